@@ -1,0 +1,124 @@
+"""`wpo` command line: parse, load the recipe, call the stage, print. Errors end as one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from wpo.config import load_recipe
+from wpo.errors import NotImplementedStage, WpoError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Weighted Preference Optimization: sample → score → pair → train → eval → export.",
+)
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
+OverridesArg = Annotated[list[str] | None, typer.Argument(help="Overrides: dotted.key=value ...")]
+
+
+def _guarded(action: Callable[[], Any]) -> None:
+    """Run `action`; a known error prints one line (exit 2), an unexpected one too (exit 1, traceback on WPO_DEBUG)."""
+    try:
+        action()
+    except NotImplementedStage as exc:
+        typer.echo(f"wpo: {exc}", err=True)
+        raise typer.Exit(3) from None
+    except WpoError as exc:
+        typer.echo(f"wpo: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("wpo: interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, not a traceback
+        if os.environ.get("WPO_DEBUG"):
+            traceback.print_exc()
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        typer.echo(f"wpo: internal error: {type(exc).__name__}: {first_line} (WPO_DEBUG=1 shows the traceback)", err=True)
+        raise typer.Exit(1) from None
+
+
+def _print_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+@app.command()
+def run(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+    """Run the recipe's stages in order, skipping those already done under the same config."""
+
+    def action() -> None:
+        from wpo.stages import run_pipeline
+
+        _print_json(run_pipeline(load_recipe(recipe, overrides)))
+
+    _guarded(action)
+
+
+def _stage_command(name: str, summary: str) -> None:
+    def command(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+        def action() -> None:
+            from wpo.stages import get_stage, run_stage
+
+            get_stage(name)
+            _print_json(run_stage(load_recipe(recipe, overrides), name))
+
+        _guarded(action)
+
+    command.__doc__ = summary
+    app.command(name=name)(command)
+
+
+_stage_command("sample", "Sample on-policy candidates and join off-policy answers.")
+_stage_command("score", "Score candidates with a reward model, a judge or a Python function.")
+_stage_command("pair", "Turn scored candidates into preference pairs.")
+_stage_command("train", "Train the policy with the WPO loss.")
+_stage_command("export", "Export the trained model to GGUF with a model card.")
+
+
+@app.command(name="eval")
+def evaluate(
+    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML file.")] = None,
+    overrides: OverridesArg = None,
+    annotations: Annotated[Path | None, typer.Option(help="Recompute metrics from this annotations.json.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
+) -> None:
+    """Judge model outputs against references; or recompute metrics with --annotations."""
+
+    def action() -> None:
+        raise NotImplementedStage("wpo eval is not implemented yet (tracked in issue 4)")
+
+    _guarded(action)
+
+
+@app.command()
+def chat(model: Annotated[str, typer.Argument(help="HF model directory or .gguf file.")]) -> None:
+    """Chat with a model in the terminal."""
+
+    def action() -> None:
+        raise NotImplementedStage("wpo chat is not implemented yet (tracked in issue 5)")
+
+    _guarded(action)
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("WPO_LOG_LEVEL", "INFO"),
+        format="%(asctime)s wpo %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Recipes: YAML → one typed, validated config per stage, with `key=value` overrides.
+
+Validation happens once, on load: an unknown key, a wrong type or an invalid combination of keys fails with the
+key's dotted path (and the recipe's file name), before any model is touched. Keys that only make sense together are
+checked here too, so nothing combines silently at run time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from wpo.errors import ConfigError
+from wpo.loss import LOSS_TYPES, REFERENCE_FREE_LOSSES
+
+STAGES: tuple[str, ...] = ("sample", "score", "pair", "train", "eval", "export")
+EMBEDDED_DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class Section(BaseModel):
+    """Every config section: unknown keys fail, types are strict (an int is still accepted where a float is)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+    def explicitly_set(self, name: str) -> bool:
+        return name in self.model_fields_set
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class ModelConfig(Section):
+    name_or_path: str = EMBEDDED_DEFAULT_MODEL
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    lora: LoraConfig | None = None
+
+
+class SampleConfig(Section):
+    prompts: str | None = None
+    n: int = Field(5, gt=0)
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(512, gt=0)
+    backend: Literal["transformers", "llamacpp", "vllm"] = "transformers"
+    offpolicy_fields: list[str] = Field(default_factory=list)
+
+
+class ScoreConfig(Section):
+    candidates: str | None = None
+    scorer: Literal["reward_model", "judge", "python"] = "reward_model"
+    model: str | None = None
+    function: str | None = None
+
+    @model_validator(mode="after")
+    def _settings_match_scorer(self) -> ScoreConfig:
+        if self.function is not None and self.scorer != "python":
+            raise ValueError(f"score.function is only used by score.scorer: python (scorer is {self.scorer!r})")
+        if self.model is not None and self.scorer != "reward_model":
+            raise ValueError(f"score.model is only used by score.scorer: reward_model (scorer is {self.scorer!r})")
+        return self
+
+
+class PairConfig(Section):
+    candidates: str | None = None
+    min_margin: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(Section):
+    pairs: str | None = None
+    reference_model: str | None = None
+    loss: Literal["sigmoid", "ipo", "hinge", "length_normalized"] = "sigmoid"
+    weighting: Literal["wpo", "none"] = "wpo"
+    clamp: bool = True
+    beta: float = Field(0.1, gt=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    learning_rate: float = Field(5e-7, ge=0.0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    num_epochs: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    per_device_batch_size: int = Field(1, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    max_length: int = Field(1024, gt=1)
+    max_prompt_length: int | None = Field(512, gt=0)
+    logging_steps: int = Field(10, gt=0)
+    save_steps: int = Field(500, ge=0)
+    save_total_limit: int | None = Field(2, gt=0)
+    loss_chunk_size: int = Field(0, ge=0)
+    resume: Literal["auto", "never"] = "auto"
+    gradient_checkpointing: bool = False
+    weight_decay: float = Field(0.0, ge=0.0)
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    adam_epsilon: float = Field(1e-8, gt=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _keys_combine(self) -> TrainConfig:
+        if self.explicitly_set("clamp") and self.weighting == "none":
+            raise ValueError("train.clamp only applies to train.weighting: wpo (weighting is 'none')")
+        if self.label_smoothing and self.loss not in ("sigmoid", "length_normalized"):
+            raise ValueError(f"train.label_smoothing applies to sigmoid losses only (train.loss is {self.loss!r})")
+        if self.reference_model is not None and self.loss in REFERENCE_FREE_LOSSES:
+            raise ValueError(f"train.reference_model is unused by the reference-free train.loss: {self.loss}")
+        if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"train.max_prompt_length ({self.max_prompt_length}) must be below train.max_length "
+                f"({self.max_length}) to leave room for the response"
+            )
+        if self.loss_chunk_size:
+            raise ValueError("train.loss_chunk_size > 0 (the chunked loss) is not implemented yet; set it to 0")
+        return self
+
+
+class EvalConfig(Section):
+    model: str | None = None
+
+
+class ExportConfig(Section):
+    model: str | None = None
+    quantizations: list[str] = Field(default_factory=lambda: ["Q4_K_M"])
+
+
+class Recipe(Section):
+    output_dir: str = "runs/wpo"
+    seed: int = 42
+    stages: list[Literal["sample", "score", "pair", "train", "eval", "export"]] = Field(
+        default_factory=lambda: list(STAGES)
+    )
+    on_bad_record: Literal["error", "skip"] = "error"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    pair: PairConfig = Field(default_factory=PairConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @model_validator(mode="after")
+    def _stages_in_order(self) -> Recipe:
+        if not self.stages:
+            raise ValueError("stages must name at least one stage")
+        order = [STAGES.index(stage) for stage in self.stages]
+        if order != sorted(set(order)):
+            raise ValueError(f"stages must be unique and in pipeline order {list(STAGES)}, got {self.stages}")
+        return self
+
+    def stage_dir(self, stage: str) -> Path:
+        return Path(self.output_dir) / stage
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-6` as a float, as YAML 1.2 does (PyYAML's 1.1 rules make it a string)."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` strings; values are parsed as YAML (`train.beta=0.05`, `stages=[train]`)."""
+    for override in overrides:
+        key, sep, raw_value = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r} is not of the form key=value")
+        parts = key.strip().split(".")
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {'.'.join(parts[: depth + 1])} is not a section")
+            node = child
+        try:
+            node[parts[-1]] = parse_yaml(raw_value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {override!r}: value is not valid YAML ({exc.problem})") from None
+    return data
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        candidates = [a for a in getattr(field.annotation, "__args__", (field.annotation,)) if isinstance(a, type)]
+        nested = [a for a in candidates if issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return list(model.model_fields)
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
+        path = ".".join(str(p) for p in loc) or "(recipe)"
+        if error["type"] == "extra_forbidden":
+            known = _known_keys(Recipe, loc)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))}?" if close else ""
+            lines.append(f"{source}: {path}: unknown key{hint}")
+        elif error["type"] == "value_error":
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{source}: {message}" if loc == () else f"{source}: {path}: {message}")
+        else:
+            lines.append(f"{source}: {path}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(dict.fromkeys(lines))
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Load and validate a recipe file (or the defaults when `path` is None), then apply overrides."""
+    source = str(path) if path is not None else "(defaults)"
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"recipe {source} does not exist") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"recipe {source} is not valid UTF-8") from None
+        try:
+            data = parse_yaml(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{source}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def config_hash(payload: Any) -> str:
+    """A stable short hash of any JSON-serializable config fragment."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,279 @@
+"""The four data contracts of DESIGN.md as validated records.
+
+Each `parse_*` takes a raw record and its location and returns a typed record or raises `RecordInvalid` with a
+reason key (for skip counts) and a message; `load_*` applies a `BadRecordPolicy` to a whole source. Pairs are also
+accepted in TRL's implicit-prompt form (`chosen`/`rejected` holding the whole conversation, `prompt` a string), as
+published datasets such as wzhouad/gemma-2-ultrafeedback-hybrid ship them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from wpo.data.io import BadRecordPolicy, read_records
+
+ROLES = ("system", "user", "assistant")
+
+
+class RecordInvalid(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _messages(value: Any, name: str) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise RecordInvalid("wrong_type", f"{name} must be a non-empty list of messages or a string")
+    messages = []
+    for index, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise RecordInvalid("wrong_type", f"{name}[{index}] must be an object with a string 'content'")
+        if message.get("role") not in ROLES:
+            raise RecordInvalid("wrong_role", f"{name}[{index}] has role {message.get('role')!r}; expected {ROLES}")
+        messages.append({"role": message["role"], "content": message["content"]})
+    return messages
+
+
+def _require(record: dict[str, Any], key: str) -> Any:
+    if key not in record or record[key] is None:
+        raise RecordInvalid("missing_field", f"missing field {key!r}")
+    return record[key]
+
+
+def _finite_or_none(record: dict[str, Any], key: str) -> float | None:
+    value = record.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RecordInvalid("wrong_type", f"{key} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise RecordInvalid("non_finite_score", f"{key} is {value}; scores must be finite")
+    return float(value)
+
+
+def _prompt_messages(value: Any) -> list[dict[str, str]]:
+    messages = _messages(value, "prompt")
+    if messages[-1]["role"] != "user":
+        raise RecordInvalid("wrong_role", f"the prompt's last message must be the user's, got {messages[-1]['role']!r}")
+    return messages
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    score_chosen: float | None = None
+    score_rejected: float | None = None
+    source_chosen: str | None = None
+    source_rejected: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """TRL's conversational preference format, plus our scores and sources."""
+        return {
+            "id": self.id,
+            "prompt": self.prompt,
+            "chosen": [{"role": "assistant", "content": self.chosen}],
+            "rejected": [{"role": "assistant", "content": self.rejected}],
+            "score_chosen": self.score_chosen,
+            "score_rejected": self.score_rejected,
+            "source_chosen": self.source_chosen,
+            "source_rejected": self.source_rejected,
+        }
+
+
+def _completion(value: Any, name: str, prompt: list[dict[str, str]]) -> str:
+    if isinstance(value, str):
+        text = value
+    else:
+        messages = _messages(value, name)
+        if messages[: len(prompt)] == prompt and len(messages) > len(prompt):
+            messages = messages[len(prompt) :]  # implicit-prompt form: the conversation repeats the prompt
+        if len(messages) != 1:
+            raise RecordInvalid("wrong_role", f"{name} must be one assistant message, got {len(messages)} messages")
+        if messages[0]["role"] != "assistant":
+            raise RecordInvalid("wrong_role", f"{name} must be an assistant message, got role {messages[0]['role']!r}")
+        text = messages[0]["content"]
+    if not text.strip():
+        raise RecordInvalid("empty_text", f"{name} is empty")
+    return text
+
+
+def parse_pair(record: dict[str, Any], where: str) -> Pair:
+    prompt = _prompt_messages(_require(record, "prompt"))
+    chosen = _completion(_require(record, "chosen"), "chosen", prompt)
+    rejected = _completion(_require(record, "rejected"), "rejected", prompt)
+    raw_id = record.get("id", record.get("prompt_id"))
+    if raw_id is not None and not isinstance(raw_id, str | int):
+        raise RecordInvalid("wrong_type", f"id must be a string, got {type(raw_id).__name__}")
+    return Pair(
+        id=str(raw_id) if raw_id is not None else where,
+        prompt=prompt,
+        chosen=chosen,
+        rejected=rejected,
+        score_chosen=_finite_or_none(record, "score_chosen"),
+        score_rejected=_finite_or_none(record, "score_rejected"),
+        source_chosen=record.get("source_chosen"),
+        source_rejected=record.get("source_rejected"),
+    )
+
+
+@dataclass(frozen=True)
+class LoadedPairs:
+    pairs: list[Pair]
+    records_read: int
+    skipped: dict[str, int]
+
+
+def load_pairs(source: str, policy: BadRecordPolicy) -> LoadedPairs:
+    """Read and validate a pairs source. Chosen identical to rejected is always skipped (and counted)."""
+    pairs: list[Pair] = []
+    seen_ids: dict[str, str] = {}
+    read = 0
+    for item in read_records(source, policy):
+        read += 1
+        try:
+            pair = parse_pair(item.data, item.where)
+        except RecordInvalid as exc:
+            policy.reject(item.where, exc.reason, exc.message)
+            continue
+        if pair.id in seen_ids:
+            policy.reject(item.where, "duplicate_id", f"duplicate id {pair.id!r} (first at {seen_ids[pair.id]})")
+            continue
+        seen_ids[pair.id] = item.where
+        if pair.chosen == pair.rejected:
+            policy.skip(item.where, "identical_chosen_rejected", "chosen is identical to rejected")
+            continue
+        pairs.append(pair)
+    return LoadedPairs(pairs=pairs, records_read=read, skipped=dict(policy.skipped))
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    id: str
+    messages: list[dict[str, str]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_prompt(record: dict[str, Any], where: str) -> PromptRecord:
+    raw_id = _require(record, "id")
+    if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
+        raise RecordInvalid("wrong_type", f"id must be a string, got {type(raw_id).__name__}")
+    messages = _prompt_messages(_require(record, "messages"))
+    extra = {k: v for k, v in record.items() if k not in ("id", "messages")}
+    return PromptRecord(id=str(raw_id), messages=messages, extra=extra)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str
+    source: str
+    seed: int | None = None
+    score: float | None = None
+    scores: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class CandidatesRecord:
+    id: str
+    messages: list[dict[str, str]]
+    candidates: list[Candidate]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "messages": self.messages,
+            "candidates": [vars(candidate) for candidate in self.candidates],
+        }
+
+
+def parse_candidates(record: dict[str, Any], where: str) -> CandidatesRecord:
+    prompt = parse_prompt(record, where)
+    raw = _require(record, "candidates")
+    if not isinstance(raw, list):
+        raise RecordInvalid("wrong_type", "candidates must be a list")
+    candidates = []
+    for index, item in enumerate(raw):
+        name = f"candidates[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            raise RecordInvalid("wrong_type", f"{name} must be an object with a string 'text'")
+        source = item.get("source")
+        if source != "policy" and not (isinstance(source, str) and source.startswith("offpolicy:")):
+            raise RecordInvalid("wrong_type", f"{name}.source must be 'policy' or 'offpolicy:<name>', got {source!r}")
+        seed = item.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise RecordInvalid("wrong_type", f"{name}.seed must be an integer or null")
+        try:
+            score = _finite_or_none(item, "score")
+            scores = item.get("scores")
+            if scores is not None:
+                if not isinstance(scores, dict):
+                    raise RecordInvalid("wrong_type", "scores must be an object")
+                scores = {str(k): _finite_or_none(scores, k) for k in scores}
+        except RecordInvalid as exc:
+            raise RecordInvalid(exc.reason, f"{name}.{exc.message}") from None
+        candidates.append(Candidate(text=item["text"], source=source, seed=seed, score=score, scores=scores))
+    return CandidatesRecord(id=prompt.id, messages=prompt.messages, candidates=candidates)
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """One entry of alpaca_eval's `model_outputs.json`."""
+
+    instruction: str
+    output: str
+    generator: str
+
+
+def parse_model_output(record: dict[str, Any], where: str) -> ModelOutput:
+    values = {}
+    for key in ("instruction", "output", "generator"):
+        value = _require(record, key)
+        if not isinstance(value, str):
+            raise RecordInvalid("wrong_type", f"{key} must be a string, got {type(value).__name__}")
+        values[key] = value
+    return ModelOutput(**values)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One entry of alpaca_eval's `annotations.json`: output_1 is the reference, output_2 the model's."""
+
+    instruction: str
+    output_1: str
+    output_2: str
+    generator_1: str
+    generator_2: str
+    preference: float
+
+
+def parse_annotation(record: dict[str, Any], where: str) -> Annotation:
+    values: dict[str, Any] = {}
+    for key in ("instruction", "output_1", "output_2", "generator_1", "generator_2"):
+        value = _require(record, key)
+        if not isinstance(value, str):
+            raise RecordInvalid("wrong_type", f"{key} must be a string, got {type(value).__name__}")
+        values[key] = value
+    preference = _finite_or_none(record, "preference")
+    if preference is None:
+        raise RecordInvalid("missing_field", "missing field 'preference'")
+    if not 1.0 <= preference <= 2.0:
+        raise RecordInvalid("out_of_range", f"preference must lie in [1, 2], got {preference}")
+    return Annotation(preference=preference, **values)
+
+
+def load_records(source: str, parse: Any, policy: BadRecordPolicy) -> list[Any]:
+    """Read a source and parse every record with `parse`, applying the bad-record policy."""
+    parsed = []
+    for item in read_records(source, policy):
+        try:
+            parsed.append(parse(item.data, item.where))
+        except RecordInvalid as exc:
+            policy.reject(item.where, exc.reason, exc.message)
+    return parsed

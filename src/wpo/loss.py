@@ -1,0 +1,147 @@
+"""The WPO objective as pure functions of tensors.
+
+Nothing here sees a model, a batch dict or a config: the trainer turns logits into per-sequence statistics with
+`sequence_statistics`, and `preference_loss` turns those (plus precomputed reference log-probs) into the weighted
+loss. Every formula is the one written in DESIGN.md ("The method, exactly").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+LossType = Literal["sigmoid", "ipo", "hinge", "length_normalized"]
+LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "length_normalized")
+REFERENCE_FREE_LOSSES: frozenset[str] = frozenset({"length_normalized"})
+
+
+def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma-2 final-logit soft-capping, `cap * tanh(z / cap)`; identity when the model has no cap."""
+    if cap is None:
+        return logits
+    return cap * torch.tanh(logits / cap)
+
+
+@dataclass(frozen=True)
+class SequenceStatistics:
+    """What the loss needs from one forward pass, one value per sequence.
+
+    `logps` is the summed log-prob of the response tokens; `aligned_logps` is the mean over response tokens of
+    `log p(t) - log sum_v p_v^2` (the paper code's "sampled alignment"); `token_counts` is the number of response tokens.
+    """
+
+    logps: torch.Tensor
+    aligned_logps: torch.Tensor
+    token_counts: torch.Tensor
+
+
+def sequence_statistics(
+    logits: torch.Tensor, labels: torch.Tensor, softcap: float | None = None
+) -> SequenceStatistics:
+    """Per-sequence statistics from next-token logits `[B, T, V]` and labels `[B, T]` already aligned to them.
+
+    `labels[b, t]` is the token predicted by `logits[b, t]`; positions holding IGNORE_INDEX (prompt, padding) are not
+    response tokens. `log sum_v p_v^2` is computed in log space as `logsumexp(2z) - 2 logsumexp(z)`, which never
+    forms the probabilities and so cannot underflow to log(0).
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not align")
+    logits = soft_cap(logits.to(torch.promote_types(logits.dtype, torch.float32)), softcap)  # bf16 → fp32
+    mask = labels != IGNORE_INDEX
+    safe_labels = torch.where(mask, labels, torch.zeros_like(labels))
+    log_normalizer = torch.logsumexp(logits, dim=-1)
+    token_logps = logits.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1) - log_normalizer
+    log_sum_p_squared = torch.logsumexp(2.0 * logits, dim=-1) - 2.0 * log_normalizer
+    mask_f = mask.to(token_logps.dtype)
+    token_counts = mask.sum(-1)
+    logps = (token_logps * mask_f).sum(-1)
+    aligned = ((token_logps - log_sum_p_squared) * mask_f).sum(-1) / token_counts.clamp(min=1)
+    return SequenceStatistics(logps=logps, aligned_logps=aligned, token_counts=token_counts)
+
+
+def wpo_weight(aligned_chosen: torch.Tensor, aligned_rejected: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """`exp(a(y_w) + a(y_l))`, clamped at 1 by default (the released code), and detached: the weight has no gradient."""
+    weight = torch.exp(aligned_chosen.detach() + aligned_rejected.detach())
+    return weight.clamp(max=1.0) if clamp else weight
+
+
+def sigmoid_loss(logits: torch.Tensor, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """DPO's loss on `z`, with conservative label smoothing ε: `-(1-ε) log σ(βz) - ε log σ(-βz)`."""
+    return -(1.0 - label_smoothing) * F.logsigmoid(beta * logits) - label_smoothing * F.logsigmoid(-beta * logits)
+
+
+def ipo_loss(logits: torch.Tensor, beta: float) -> torch.Tensor:
+    """IPO (Azar et al.) on summed log-probs: `(z - 1/(2β))^2`, with β as the regularization strength τ."""
+    return (logits - 1.0 / (2.0 * beta)) ** 2
+
+
+def hinge_loss(logits: torch.Tensor, beta: float) -> torch.Tensor:
+    """SLiC-style hinge: `max(0, 1 - βz)`."""
+    return torch.relu(1.0 - beta * logits)
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """Per-pair outputs of `preference_loss`; `loss` is their weighted mean, the number the optimizer sees."""
+
+    loss: torch.Tensor
+    pair_losses: torch.Tensor
+    weights: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+
+
+def preference_loss(
+    chosen: SequenceStatistics,
+    rejected: SequenceStatistics,
+    reference_chosen_logps: torch.Tensor | None,
+    reference_rejected_logps: torch.Tensor | None,
+    *,
+    loss_type: str = "sigmoid",
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    weighting: Literal["wpo", "none"] = "wpo",
+    clamp: bool = True,
+) -> PreferenceLoss:
+    """Weighted preference loss over a batch of pairs; every loss type takes the same WPO weight.
+
+    `pair_losses` are already multiplied by the weight; `loss` is their mean over pairs. Rewards are the implicit
+    DPO rewards `β (logp_π - logp_ref)` (for the reference-free loss, `β` times the length-normalized log-prob).
+    """
+    if loss_type in REFERENCE_FREE_LOSSES:
+        chosen_scores = chosen.logps / chosen.token_counts.clamp(min=1)
+        rejected_scores = rejected.logps / rejected.token_counts.clamp(min=1)
+    else:
+        if reference_chosen_logps is None or reference_rejected_logps is None:
+            raise ValueError(f"loss_type {loss_type!r} needs reference log-probs")
+        chosen_scores = chosen.logps - reference_chosen_logps
+        rejected_scores = rejected.logps - reference_rejected_logps
+    logits = chosen_scores - rejected_scores
+
+    if loss_type in ("sigmoid", "length_normalized"):
+        unweighted = sigmoid_loss(logits, beta, label_smoothing)
+    elif loss_type == "ipo":
+        unweighted = ipo_loss(logits, beta)
+    elif loss_type == "hinge":
+        unweighted = hinge_loss(logits, beta)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
+
+    if weighting == "wpo":
+        weights = wpo_weight(chosen.aligned_logps, rejected.aligned_logps, clamp=clamp)
+    elif weighting == "none":
+        weights = torch.ones_like(unweighted)
+    else:
+        raise ValueError(f"unknown weighting {weighting!r}; expected 'wpo' or 'none'")
+    pair_losses = weights * unweighted
+    return PreferenceLoss(
+        loss=pair_losses.mean(),
+        pair_losses=pair_losses,
+        weights=weights,
+        chosen_rewards=(beta * chosen_scores).detach(),
+        rejected_rewards=(beta * rejected_scores).detach(),
+    )

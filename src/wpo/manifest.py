@@ -1,0 +1,84 @@
+"""Stage manifests: what a stage read, wrote and skipped, under which config, and whether it finished.
+
+`wpo run` skips a stage whose manifest says it completed under the same config hash (which covers its inputs'
+fingerprints), so rerunning a recipe costs nothing for stages already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from wpo.data.io import write_json
+
+MANIFEST_NAME = "manifest.json"
+TRACKED_PACKAGES = ("wpo", "torch", "transformers", "accelerate", "peft", "datasets", "safetensors")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(
+    stage_dir: Path,
+    *,
+    stage: str,
+    config: dict[str, Any],
+    config_hash: str,
+    seed: int,
+    counts: dict[str, Any],
+    wall_seconds: float,
+    outputs: list[str],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    path = stage_dir / MANIFEST_NAME
+    write_json(
+        path,
+        {
+            "stage": stage,
+            "completed": True,
+            "config_hash": config_hash,
+            "seed": seed,
+            "config": config,
+            "counts": counts,
+            "wall_seconds": round(wall_seconds, 3),
+            "outputs": outputs,
+            "versions": package_versions(),
+            **(extra or {}),
+        },
+    )
+    return path
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    path = stage_dir / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def completed_with(stage_dir: Path, config_hash: str) -> bool:
+    """True when the stage finished under this exact config and all of its outputs are still there."""
+    manifest = read_manifest(stage_dir)
+    if not manifest or not manifest.get("completed") or manifest.get("config_hash") != config_hash:
+        return False
+    return all((stage_dir / output).exists() for output in manifest.get("outputs", []))

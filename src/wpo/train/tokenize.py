@@ -1,0 +1,146 @@
+"""Pairs → token ids, and token ids → padded chosen+rejected batches.
+
+The response is every token the chat template emits after the prompt rendered with `add_generation_prompt=True`,
+end-of-turn tokens included. Prompt and response are tokenized separately (so a merge across the boundary can
+never shift it), the prompt is truncated from the left to `max_prompt_length`, then the response so the pair fits
+`max_length`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from wpo.data.io import BadRecordPolicy
+from wpo.data.schemas import Pair, RecordInvalid
+from wpo.errors import DataError
+from wpo.loss import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    id: str
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+
+@dataclass(frozen=True)
+class TokenizedPairs:
+    pairs: list[TokenizedPair]
+    truncated_prompts: int
+    truncated_responses: int
+
+    def digest(self) -> str:
+        """A hash of every token id: identical exactly when the model would see identical inputs."""
+        digest = hashlib.sha256()
+        for pair in self.pairs:
+            for ids in (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids):
+                digest.update(len(ids).to_bytes(4, "little"))
+                digest.update(b"".join(i.to_bytes(4, "little") for i in ids))
+        return digest.hexdigest()
+
+
+def render_response(tokenizer, prompt: list[dict[str, str]], response: str) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt (with the generation prompt) and of the assistant turn that follows it."""
+    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(
+        prompt + [{"role": "assistant", "content": response}], tokenize=False
+    )
+    if not full_text.startswith(prompt_text):
+        raise RecordInvalid(
+            "template_mismatch",
+            "the chat template's rendering of the conversation does not start with its rendering of the prompt",
+        )
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+    return list(prompt_ids), list(response_ids)
+
+
+def tokenize_pairs(
+    pairs: list[Pair],
+    tokenizer,
+    *,
+    max_length: int,
+    max_prompt_length: int | None,
+    policy: BadRecordPolicy,
+) -> TokenizedPairs:
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError("the tokenizer has no chat template; WPO trains on chat-formatted pairs")
+    tokenized = []
+    truncated_prompts = truncated_responses = 0
+    for pair in pairs:
+        try:
+            prompt_ids, chosen_ids = render_response(tokenizer, pair.prompt, pair.chosen)
+            _, rejected_ids = render_response(tokenizer, pair.prompt, pair.rejected)
+        except RecordInvalid as exc:
+            policy.reject(f"pair {pair.id}", exc.reason, exc.message)
+            continue
+        if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+            prompt_ids = prompt_ids[-max_prompt_length:]
+            truncated_prompts += 1
+        if len(prompt_ids) >= max_length:
+            policy.reject(
+                f"pair {pair.id}",
+                "prompt_too_long",
+                f"prompt has {len(prompt_ids)} tokens, leaving no room for a response within "
+                f"max_length {max_length} (set train.max_prompt_length to truncate it)",
+            )
+            continue
+        room = max_length - len(prompt_ids)
+        if len(chosen_ids) > room or len(rejected_ids) > room:
+            truncated_responses += 1
+        tokenized.append(TokenizedPair(pair.id, prompt_ids, chosen_ids[:room], rejected_ids[:room]))
+    return TokenizedPairs(tokenized, truncated_prompts, truncated_responses)
+
+
+@dataclass
+class PairBatch:
+    """`2B` sequences, chosen first then rejected, right-padded.
+
+    `labels[:, t]` is the token predicted at position `start + t` (IGNORE_INDEX outside responses), so it aligns with
+    logits computed for the last `logits_to_keep` positions only: the shared prompt prefix gets no logits at all.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    logits_to_keep: int
+    pair_count: int
+
+    @property
+    def token_count(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device: torch.device) -> PairBatch:
+        return PairBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.labels.to(device),
+            self.logits_to_keep,
+            self.pair_count,
+        )
+
+
+def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int) -> PairBatch:
+    sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    length = max(len(prompt) + len(response) for prompt, response in sequences)
+    first_logit = min(len(prompt) for prompt, _ in sequences) - 1
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
+    for row, (prompt, response) in enumerate(sequences):
+        ids = prompt + response
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        # logits at position t predict token t + 1: response token at k is labelled at k - 1
+        labels[row, len(prompt) - 1 : len(ids) - 1] = torch.tensor(response)
+    return PairBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        labels=labels[:, first_logit:],
+        logits_to_keep=length - first_logit,
+        pair_count=len(pairs),
+    )

@@ -1,0 +1,393 @@
+"""The one WPO trainer: pairs → tokens → cached reference log-probs → weighted preference updates → `train/final/`.
+
+Reading order: `train()` loads and tokenizes the pairs, gets the reference log-probs (cache or one pass), builds the
+policy (full or LoRA), then runs `_optimizer_step` for each step of a fixed, seeded schedule of pairs, logging and
+checkpointing as it goes. The schedule is a pure function of (seed, epoch), so a resumed run sees exactly the pairs
+the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from wpo.config import Recipe, config_hash
+from wpo.data.io import BadRecordPolicy, resolve_local, write_json
+from wpo.data.schemas import load_pairs
+from wpo.errors import DataError
+from wpo.loss import REFERENCE_FREE_LOSSES, preference_loss
+from wpo.manifest import file_sha256, write_manifest
+from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+from wpo.train import checkpoint, reference
+from wpo.train.forward import pair_statistics
+from wpo.train.metrics import MetricsLog
+from wpo.train.tokenize import collate_pairs, tokenize_pairs
+
+log = logging.getLogger(__name__)
+
+# Keys that change how a run is observed, not what it computes: changing them must not block a resume.
+NON_SEMANTIC_TRAIN_KEYS = ("pairs", "logging_steps", "save_steps", "save_total_limit", "resume")
+
+
+def pairs_source(recipe: Recipe) -> str:
+    return recipe.train.pairs or str(recipe.stage_dir("pair") / "pairs.jsonl")
+
+
+def _source_fingerprint(source: str) -> str:
+    local = resolve_local(source)
+    if local is None:
+        return source
+    if local.is_dir():
+        return config_hash(sorted((p.name, p.stat().st_size) for p in local.rglob("*") if p.is_file()))
+    return file_sha256(local)
+
+
+def run_config(recipe: Recipe) -> dict[str, Any]:
+    """Everything that determines the trained weights; its hash keys checkpoints and the stage manifest."""
+    train = recipe.train.model_dump(mode="json")
+    for key in NON_SEMANTIC_TRAIN_KEYS:
+        train.pop(key)
+    return {
+        "seed": recipe.seed,
+        "model": recipe.model.model_dump(mode="json"),
+        "train": train,
+        "pairs_sha256": _source_fingerprint(pairs_source(recipe)),
+    }
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which pairs each optimizer step uses: a seeded permutation per epoch, cut into steps of `pairs_per_step`."""
+
+    pair_count: int
+    pairs_per_step: int
+    steps_per_epoch: int
+    total_steps: int
+    seed: int
+
+    def step_indices(self, step: int) -> list[int]:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(self.pair_count, generator=generator).tolist()
+        return order[within * self.pairs_per_step : (within + 1) * self.pairs_per_step]
+
+
+def build_schedule(pair_count: int, recipe: Recipe, num_processes: int) -> Schedule:
+    cfg = recipe.train
+    per_step = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * num_processes
+    if num_processes > 1:
+        steps_per_epoch = pair_count // per_step  # every process must see full micro-batches
+    else:
+        steps_per_epoch = math.ceil(pair_count / per_step)  # the last step of an epoch may be smaller
+    if steps_per_epoch == 0:
+        raise DataError(f"{pair_count} pairs are fewer than one optimizer step's {per_step} pairs")
+    total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
+    return Schedule(pair_count, per_step, steps_per_epoch, total, recipe.seed)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    final_dir: Path
+    steps: int
+    last_metrics: dict[str, Any] | None
+    reference_from_cache: bool | None
+    counts: dict[str, Any]
+
+
+def train(recipe: Recipe) -> TrainResult:
+    cfg = recipe.train
+    started = time.perf_counter()
+    train_dir = recipe.stage_dir("train")
+    accelerator = Accelerator()
+    set_seed(recipe.seed)
+    config = run_config(recipe)
+    run_hash = config_hash(config)
+
+    source = pairs_source(recipe)
+    policy = BadRecordPolicy(recipe.on_bad_record)
+    loaded = load_pairs(source, policy)
+    model_path = resolve_model_path(recipe.model.name_or_path)
+    tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
+    tokens = tokenize_pairs(
+        loaded.pairs, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, policy=policy
+    )
+    if not tokens.pairs:
+        raise DataError(f"{source}: no usable pairs (read {loaded.records_read}, skipped {dict(policy.skipped)})")
+    log.info(
+        "pairs: read %d from %s, training on %d; skipped %s; truncated %d prompts, %d responses",
+        loaded.records_read, source, len(tokens.pairs), dict(policy.skipped) or "none",
+        tokens.truncated_prompts, tokens.truncated_responses,
+    )  # fmt: skip
+
+    if cfg.resume == "never":
+        checkpoint.prune_checkpoints(train_dir, keep=0)
+    resume_point = checkpoint.latest_resume_point(train_dir, run_hash, config)
+    schedule = build_schedule(len(tokens.pairs), recipe, accelerator.num_processes)
+    log.info(
+        "schedule: %d steps of %d pairs (%d per device x %d accumulation x %d processes), %d steps per epoch",
+        schedule.total_steps, schedule.pairs_per_step, cfg.per_device_batch_size, cfg.gradient_accumulation_steps,
+        accelerator.num_processes, schedule.steps_per_epoch,
+    )  # fmt: skip
+
+    model = load_causal_lm(_policy_weights_path(model_path, resume_point, recipe), recipe.model)
+    model.to(accelerator.device)
+    references = _reference_logps(recipe, model_path, model, tokens, tokenizer, source, resume_point, accelerator)
+    model = _make_trainable(model, recipe, resume_point)
+
+    optimizer = _build_optimizer(model, recipe)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(
+        cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * schedule.total_steps),
+        num_training_steps=schedule.total_steps,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    start_step = 0
+    if resume_point is not None:
+        checkpoint.restore_training_state(resume_point, optimizer, scheduler)
+        start_step = resume_point.step
+
+    metrics = MetricsLog(train_dir, start_step, enabled=accelerator.is_main_process)
+    last_row = None
+    progress = tqdm(
+        total=schedule.total_steps, initial=start_step, desc="train", unit="step",
+        disable=not accelerator.is_main_process,
+    )  # fmt: skip
+    try:
+        for step in range(start_step, schedule.total_steps):
+            row = _optimizer_step(model, optimizer, scheduler, accelerator, recipe, schedule, step, tokens, references,
+                                  tokenizer.pad_token_id)  # fmt: skip
+            number = step + 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{row['loss']:.4f}", weight=f"{row['weight_mean']:.3f}")
+            if number == 1 or number % cfg.logging_steps == 0 or number == schedule.total_steps:
+                metrics.write(row)
+                last_row = row
+            if (cfg.save_steps and number % cfg.save_steps == 0) or number == schedule.total_steps:
+                _save_checkpoint(train_dir, number, model, tokenizer, optimizer, scheduler, accelerator, run_hash,
+                                 config, recipe)  # fmt: skip
+    finally:
+        progress.close()
+        metrics.close()
+
+    final_dir = _save_final(train_dir, model, tokenizer, accelerator, recipe, schedule)
+    counts = {
+        "pairs_read": loaded.records_read,
+        "pairs_trained": len(tokens.pairs),
+        "skipped": dict(policy.skipped),
+        "truncated_prompts": tokens.truncated_prompts,
+        "truncated_responses": tokens.truncated_responses,
+        "steps": schedule.total_steps,
+        "resumed_from_step": start_step,
+    }
+    if accelerator.is_main_process:
+        write_manifest(
+            train_dir, stage="train", config=config, config_hash=run_hash, seed=recipe.seed, counts=counts,
+            wall_seconds=time.perf_counter() - started, outputs=["final", "metrics.jsonl"],
+            extra={"reference_cache": str(references.cache_path) if references else None},
+        )  # fmt: skip
+    return TrainResult(
+        final_dir=final_dir,
+        steps=schedule.total_steps,
+        last_metrics=last_row,
+        reference_from_cache=references.from_cache if references else None,
+        counts=counts,
+    )
+
+
+def _policy_weights_path(model_path: str, resume_point, recipe: Recipe) -> str:
+    """Full fine-tuning resumes from the checkpoint's weights; LoRA always starts from the base."""
+    if resume_point is not None and recipe.model.lora is None:
+        return str(resume_point.path / "model")
+    return model_path
+
+
+def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, source, resume_point, accelerator):
+    cfg = recipe.train
+    if cfg.loss in REFERENCE_FREE_LOSSES:
+        return None
+    reference_path = resolve_model_path(cfg.reference_model) if cfg.reference_model else model_path
+    policy_is_reference = reference_path == model_path and _policy_weights_path(
+        model_path, resume_point, recipe
+    ) == model_path
+
+    def load_reference():
+        if policy_is_reference:
+            return policy_model  # the untrained policy is the reference: no second copy in memory
+        return load_causal_lm(reference_path, recipe.model).to(accelerator.device)
+
+    key = reference.cache_key(reference.model_fingerprint(reference_path), resolve_dtype(recipe.model.dtype), tokens)
+    result = reference.load_or_compute(
+        cache_dir=reference.cache_directory(source, recipe.stage_dir("train")),
+        key=key,
+        tokens=tokens,
+        load_model=load_reference,
+        batch_size=cfg.per_device_batch_size,
+        pad_token_id=tokenizer.pad_token_id,
+        device=accelerator.device,
+    )
+    gc.collect()
+    return result
+
+
+def _make_trainable(model, recipe: Recipe, resume_point):
+    cfg = recipe.train
+    if recipe.model.lora is not None:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        lora = recipe.model.lora
+        if resume_point is not None:
+            model = PeftModel.from_pretrained(model, resume_point.path / "model", is_trainable=True)
+        else:
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                    target_modules=lora.target_modules, task_type="CAUSAL_LM",
+                ),
+            )  # fmt: skip
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.train()
+    return model
+
+
+def _build_optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
+    """AdamW; like HF Trainer, biases and norm weights (1-D parameters) get no weight decay."""
+    cfg = recipe.train
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon,
+    )
+
+
+def _optimizer_step(model, optimizer, scheduler, accelerator, recipe, schedule, step, tokens, references, pad_id):
+    """One optimizer step over this step's pairs; returns the logged row (means over all the step's pairs)."""
+    cfg = recipe.train
+    started = time.perf_counter()
+    indices = schedule.step_indices(step)
+    world, rank, per_device = accelerator.num_processes, accelerator.process_index, cfg.per_device_batch_size
+    micro_batches = []
+    for k in range(cfg.gradient_accumulation_steps):
+        begin = (k * world + rank) * per_device
+        if indices[begin : begin + per_device]:
+            micro_batches.append(indices[begin : begin + per_device])
+    local_pairs = sum(len(micro) for micro in micro_batches)
+    collected: dict[str, list[torch.Tensor]] = {}
+    token_count = 0
+    for position, micro in enumerate(micro_batches):
+        batch = collate_pairs([tokens.pairs[i] for i in micro], pad_id).to(accelerator.device)
+        token_count += batch.token_count
+        sync = nullcontext() if position == len(micro_batches) - 1 else accelerator.no_sync(model)
+        with sync:
+            chosen, rejected = pair_statistics(model, batch)
+            index = torch.tensor(micro)
+            result = preference_loss(
+                chosen,
+                rejected,
+                references.chosen[index].to(accelerator.device) if references else None,
+                references.rejected[index].to(accelerator.device) if references else None,
+                loss_type=cfg.loss,
+                beta=cfg.beta,
+                label_smoothing=cfg.label_smoothing,
+                weighting=cfg.weighting,
+                clamp=cfg.clamp,
+            )
+            accelerator.backward(result.pair_losses.sum() / local_pairs)
+        for name, value in (
+            ("loss", result.pair_losses), ("weight", result.weights),
+            ("rewards_chosen", result.chosen_rewards), ("rewards_rejected", result.rejected_rewards),
+            ("logps_chosen", chosen.logps), ("logps_rejected", rejected.logps),
+        ):  # fmt: skip
+            collected.setdefault(name, []).append(value.detach().float())
+
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+    learning_rate = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+    stats = {name: accelerator.gather(torch.cat(values)).cpu().double() for name, values in collected.items()}
+    tokens_seen = accelerator.gather(torch.tensor([token_count], device=accelerator.device)).sum().item()
+    margins = stats["rewards_chosen"] - stats["rewards_rejected"]
+    seconds = time.perf_counter() - started
+    return {
+        "step": step + 1,
+        "epoch": (step + 1) / schedule.steps_per_epoch,
+        "loss": stats["loss"].mean().item(),
+        "weight_mean": stats["weight"].mean().item(),
+        "weight_min": stats["weight"].min().item(),
+        "weight_max": stats["weight"].max().item(),
+        "rewards_chosen": stats["rewards_chosen"].mean().item(),
+        "rewards_rejected": stats["rewards_rejected"].mean().item(),
+        "reward_margin": margins.mean().item(),
+        "reward_accuracy": (margins > 0).double().mean().item(),
+        "logps_chosen": stats["logps_chosen"].mean().item(),
+        "logps_rejected": stats["logps_rejected"].mean().item(),
+        "learning_rate": learning_rate,
+        "grad_norm": float(grad_norm) if grad_norm is not None else None,
+        "pairs": int(stats["loss"].numel()),
+        "tokens_per_second": tokens_seen / seconds,
+        "step_seconds": seconds,
+    }
+
+
+def _save_checkpoint(train_dir, step, model, tokenizer, optimizer, scheduler, accelerator, run_hash, config, recipe):
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        checkpoint.save_checkpoint(
+            train_dir, step=step, model=accelerator.unwrap_model(model), tokenizer=tokenizer, optimizer=optimizer,
+            scheduler=scheduler, config_hash=run_hash, config=config,
+        )  # fmt: skip
+        checkpoint.prune_checkpoints(train_dir, keep=recipe.train.save_total_limit)
+    accelerator.wait_for_everyone()
+
+
+def _save_final(train_dir, model, tokenizer, accelerator, recipe: Recipe, schedule: Schedule) -> Path:
+    """Weights (or the LoRA adapter), tokenizer and the hyperparameters exactly as trained, for the model card."""
+    final_dir = train_dir / "final"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        staging = train_dir / ".final.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        write_json(
+            staging / "wpo_training.json",
+            {
+                "base_model": recipe.model.name_or_path,
+                "seed": recipe.seed,
+                "num_processes": accelerator.num_processes,
+                "global_batch_pairs": schedule.pairs_per_step,
+                "total_steps": schedule.total_steps,
+                "pairs": pairs_source(recipe),
+                "lora": recipe.model.lora.model_dump() if recipe.model.lora else None,
+                "train": recipe.train.model_dump(mode="json"),
+            },
+        )
+        shutil.rmtree(final_dir, ignore_errors=True)
+        staging.rename(final_dir)
+    accelerator.wait_for_everyone()
+    return final_dir
