@@ -92,6 +92,7 @@ class TrainConfig(Section):
     max_steps: int | None = Field(None, gt=0)
     per_device_batch_size: int = Field(1, gt=0)
     gradient_accumulation_steps: int = Field(1, gt=0)
+    global_batch_size: int | None = Field(None, gt=0)
     max_length: int = Field(1024, gt=1)
     max_prompt_length: int | None = Field(512, gt=0)
     logging_steps: int = Field(10, gt=0)

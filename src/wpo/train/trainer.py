@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, resolve_local, write_json
 from wpo.data.schemas import load_pairs
-from wpo.errors import DataError
+from wpo.errors import ConfigError, DataError
 from wpo.loss import REFERENCE_FREE_LOSSES, preference_loss
 from wpo.manifest import file_sha256, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
@@ -87,6 +87,13 @@ class Schedule:
 def build_schedule(pair_count: int, recipe: Recipe, num_processes: int) -> Schedule:
     cfg = recipe.train
     per_step = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * num_processes
+    if cfg.global_batch_size is not None and cfg.global_batch_size != per_step:
+        raise ConfigError(
+            f"train.global_batch_size is {cfg.global_batch_size}, but per_device_batch_size "
+            f"{cfg.per_device_batch_size} x gradient_accumulation_steps {cfg.gradient_accumulation_steps} x "
+            f"{num_processes} processes = {per_step}; launch with the intended number of processes "
+            "(accelerate launch --config_file ...) or change the accumulation"
+        )
     if num_processes > 1:
         steps_per_epoch = pair_count // per_step  # every process must see full micro-batches
     else:

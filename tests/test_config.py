@@ -1,0 +1,109 @@
+"""Recipes load, validate on load with dotted key paths, and take key=value overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wpo.config import apply_overrides, config_hash, load_recipe
+from wpo.errors import ConfigError
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_recipe_loads(recipe):
+    assert load_recipe(recipe).stages
+
+
+def test_seed_recipe_carries_the_cards_hyperparameters():
+    """gemma-2-9b-it-WPO-HB: lr 1e-6, β 0.01, 1 x 16 x 8 = 128 pairs per step, seed 1, cosine, warmup 0.1, 2 epochs."""
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "gemma-2-9b-it-wpo-hb.yaml")
+    train = recipe.train
+    assert recipe.model.name_or_path == "google/gemma-2-9b-it" and recipe.seed == 1
+    assert (train.learning_rate, train.beta, train.lr_scheduler, train.warmup_ratio) == (1e-6, 0.01, "cosine", 0.1)
+    assert (train.per_device_batch_size, train.gradient_accumulation_steps, train.global_batch_size) == (1, 16, 128)
+    assert (train.num_epochs, train.max_length, train.max_prompt_length) == (2, 2048, 1800)
+    assert train.weighting == "wpo" and train.clamp is True and train.loss == "sigmoid"
+    assert recipe.model.dtype == "bfloat16"
+    assert train.pairs.startswith("wzhouad/gemma-2-ultrafeedback-hybrid")
+
+
+def test_public_keys_only_recipe_is_valid(tmp_path):
+    """A recipe setting only DESIGN.md's listed keys loads; everything else has a default."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        """
+output_dir: out
+seed: 3
+stages: [sample, score, pair, train, eval, export]
+model: {name_or_path: some/model, dtype: auto, trust_remote_code: false, lora: {r: 8}}
+sample: {prompts: p.jsonl, n: 4, temperature: 0.7, top_p: 0.9, max_new_tokens: 64, backend: transformers,
+         offpolicy_fields: [reference]}
+score: {scorer: python, function: "mod:fn", candidates: c.jsonl}
+pair: {candidates: s.jsonl}
+train: {pairs: p.jsonl, loss: sigmoid, weighting: wpo, clamp: false, beta: 0.05, label_smoothing: 0.1,
+        learning_rate: 1e-6, lr_scheduler: cosine, warmup_ratio: 0.1, num_epochs: 2, max_steps: 10,
+        per_device_batch_size: 2, gradient_accumulation_steps: 4, max_length: 512, max_prompt_length: 256,
+        logging_steps: 1, save_steps: 5, loss_chunk_size: 0, resume: auto}
+eval: {model: m}
+export: {model: m, quantizations: [Q4_K_M, Q8_0]}
+"""
+    )
+    recipe = load_recipe(recipe)
+    assert recipe.train.learning_rate == 1e-6  # YAML 1.1 would read 1e-6 as a string
+    assert recipe.model.lora.r == 8 and recipe.train.clamp is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.bta=0.1"], r"\(defaults\): train.bta: unknown key; did you mean train.beta\?"),
+        (["trian.beta=0.1"], r"trian: unknown key; did you mean train\?"),
+        (["train.beta=high"], r"train.beta: Input should be a valid number"),
+        (["train.beta=-1"], r"train.beta: Input should be greater than 0"),
+        (["train.num_epochs=1.5"], r"train.num_epochs: Input should be a valid integer"),
+        (["train.loss=kto"], r"train.loss: Input should be 'sigmoid', 'ipo', 'hinge' or 'length_normalized'"),
+        (["model.lora.alph=4"], r"model.lora.alph: unknown key; did you mean model.lora.alpha\?"),
+        (["train.weighting=none", "train.clamp=false"], r"train.clamp only applies to train.weighting: wpo"),
+        (["train.loss=ipo", "train.label_smoothing=0.1"], r"train.label_smoothing applies to sigmoid losses only"),
+        (["train.max_prompt_length=600", "train.max_length=512"], r"train.max_prompt_length \(600\) must be below"),
+        (["train.loss=length_normalized", "train.reference_model=x"], r"train.reference_model is unused"),
+        (["train.loss_chunk_size=64"], r"train.loss_chunk_size > 0 .* not implemented yet"),
+        (["score.scorer=judge", "score.function=a:b"], r"score.function is only used by score.scorer: python"),
+        (["stages=[train, pair]"], r"stages must be unique and in pipeline order"),
+        (["train"], r"override 'train' is not of the form key=value"),
+        (["seed.x=1"], r"override 'seed.x=1': seed is not a section"),
+    ],
+)
+def test_invalid_recipes_fail_with_the_key_path(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(None, ["seed=1", *overrides])
+
+
+def test_errors_name_the_recipe_file(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("train:\n  beta: 0.1\n  warmup: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: train.warmup: unknown key; did you mean train.warmup_ratio\?"):
+        load_recipe(recipe)
+    recipe.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: invalid YAML"):
+        load_recipe(recipe)
+    recipe.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="a recipe must be a mapping"):
+        load_recipe(recipe)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_overrides_parse_values_as_yaml():
+    data = apply_overrides({"train": {"beta": 0.1}}, ["train.beta=2e-2", "stages=[train]", "model.lora.r=4"])
+    assert data == {"train": {"beta": 0.02}, "stages": ["train"], "model": {"lora": {"r": 4}}}
+    recipe = load_recipe(None, ["train.learning_rate=3e-7", "model.lora={r: 4, alpha: 8}"])
+    assert recipe.train.learning_rate == 3e-7 and recipe.model.lora.alpha == 8
+
+
+def test_config_hash_is_stable_and_sensitive():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
