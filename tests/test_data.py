@@ -102,9 +102,7 @@ def test_parquet_and_datasets_dir_sources(tmp_path):
     assert rows[2].where.endswith("ds:row 3") and rows[2].data["id"] == "p3"
 
 
-def test_unknown_source_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+def test_unknown_source_is_a_clear_error():
     with pytest.raises(DataError, match=r"no-such/dataset: no local file by that name, and loading it as a datasets"):
         list(read_records("no-such/dataset"))
     with pytest.raises(DataError, match=r"builtin:nope.jsonl: no such built-in data file; available: .*toy-pairs"):

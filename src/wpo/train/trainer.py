@@ -268,7 +268,7 @@ def _make_trainable(model, recipe: Recipe, resume_point):
                 ),
             )  # fmt: skip
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.train()
     return model

@@ -1,0 +1,213 @@
+"""The trainer on tiny random models: the step-1 loss against an independent computation, resume, caching, LoRA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import PAIRS, pair_record, write_lines
+from wpo.config import load_recipe
+from wpo.errors import ConfigError, DataError, WpoError
+from wpo.train import trainer
+from wpo.train.metrics import read_metrics
+
+
+def recipe_for(tmp_path: Path, model: Path, pairs: Path, *overrides: str, run: str = "run"):
+    return load_recipe(
+        None,
+        [
+            f"model.name_or_path={model}", f"train.pairs={pairs}", f"output_dir={tmp_path / run}", "seed=3",
+            "train.per_device_batch_size=2", "train.learning_rate=1e-3", "train.logging_steps=1", "train.max_length=96",
+            "train.max_prompt_length=48", *overrides,
+        ],
+    )  # fmt: skip
+
+
+def response_statistics(model, tokenizer, prompt, response, softcap):
+    """log p(response | prompt) and the mean of log p(t) - log Σ p², the paper's way: one sequence, softmax, p²."""
+    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids).last_hidden_state
+        logits = model.lm_head(hidden)[0].double()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    predicting = logits[len(prompt_ids) - 1 : -1]
+    targets = torch.tensor(response_ids)
+    token_logps = torch.log_softmax(predicting, -1)[torch.arange(len(targets)), targets]
+    log_sum_p2 = torch.log((torch.softmax(predicting, -1) ** 2).sum(-1))
+    return token_logps.sum().item(), (token_logps - log_sum_p2).mean().item()
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+def test_step_one_loss_equals_the_wpo_formula(tmp_path, pairs_file, kind, request, tiny_llama_reference):
+    """At step 1 the lr is 0 (warmup), so the logged loss is the WPO loss of the initial policy on all 6 pairs.
+
+    For gemma2 the independent computation applies the final-logit soft-cap (2.0) itself to `lm_head(hidden)`; the
+    uncapped value must differ, so the check would catch a missing or doubled cap.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = request.getfixturevalue(f"tiny_{kind}")
+    extra = [f"train.reference_model={tiny_llama_reference}"] if kind == "llama" else []
+    recipe = recipe_for(tmp_path, model_dir, pairs_file, "train.gradient_accumulation_steps=3", "train.beta=0.5",
+                        "train.max_steps=2", *extra)  # fmt: skip
+    trainer.train(recipe)
+    first = read_metrics(tmp_path / "run" / "train" / "metrics.jsonl")[0]
+    assert first["step"] == 1 and first["learning_rate"] == 0.0 and first["pairs"] == 6
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager")
+    reference = AutoModelForCausalLM.from_pretrained(tiny_llama_reference) if kind == "llama" else policy
+    softcap = policy.config.final_logit_softcapping if kind == "gemma2" else None
+
+    def wpo_losses(cap):
+        losses = []
+        for pair_id, prompt, chosen, rejected in PAIRS:
+            messages = [{"role": "user", "content": prompt}]
+            logp_w, a_w = response_statistics(policy, tokenizer, messages, chosen, cap)
+            logp_l, a_l = response_statistics(policy, tokenizer, messages, rejected, cap)
+            ref_w, _ = response_statistics(reference, tokenizer, messages, chosen, cap)
+            ref_l, _ = response_statistics(reference, tokenizer, messages, rejected, cap)
+            z = torch.tensor((logp_w - logp_l) - (ref_w - ref_l), dtype=torch.float64)
+            weight = min(1.0, torch.exp(torch.tensor(a_w + a_l)).item())
+            losses.append(weight * -torch.nn.functional.logsigmoid(0.5 * z).item())
+        return sum(losses) / len(losses)
+
+    assert first["loss"] == pytest.approx(wpo_losses(softcap), rel=1e-5)
+    if kind == "gemma2":
+        assert abs(wpo_losses(None) - first["loss"]) > 1e-3
+
+
+def test_resume_reproduces_the_uninterrupted_curve(tmp_path, tiny_llama, pairs_file, monkeypatch):
+    """6 pairs, 2 per step: 3 steps per epoch, 5 steps cross an epoch boundary. Kill after step 3, resume from 2."""
+    common = ("train.max_steps=5", "train.save_steps=2")
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="straight"))
+    straight = read_metrics(tmp_path / "straight" / "train" / "metrics.jsonl")
+
+    real_step = trainer._optimizer_step
+
+    def dies_at_step_four(*args):
+        if args[6] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(trainer, "_optimizer_step", dies_at_step_four)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="killed"))
+    assert [row["step"] for row in read_metrics(tmp_path / "killed" / "train" / "metrics.jsonl")] == [1, 2, 3]
+    monkeypatch.setattr(trainer, "_optimizer_step", real_step)
+
+    result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="killed"))
+    assert result.counts["resumed_from_step"] == 2 and result.reference_from_cache
+    resumed = read_metrics(tmp_path / "killed" / "train" / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
+    for key in ("loss", "weight_mean", "reward_margin", "learning_rate", "logps_chosen"):
+        assert [r[key] for r in resumed] == pytest.approx([r[key] for r in straight], rel=1e-6, abs=1e-9), key
+    final_a = load_file(str(tmp_path / "straight" / "train" / "final" / "model.safetensors"))
+    final_b = load_file(str(tmp_path / "killed" / "train" / "final" / "model.safetensors"))
+    for name, tensor in final_a.items():
+        torch.testing.assert_close(final_b[name], tensor, rtol=1e-6, atol=1e-7)
+
+
+def test_outputs_metrics_manifest_and_reference_cache(tmp_path, tiny_llama, pairs_file):
+    result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3", "train.save_steps=2"))
+    train_dir = tmp_path / "run" / "train"
+    assert result.reference_from_cache is False
+    rows = read_metrics(train_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    required = {"step", "loss", "weight_mean", "weight_min", "weight_max", "rewards_chosen", "rewards_rejected",
+                "reward_margin", "reward_accuracy", "logps_chosen", "logps_rejected", "learning_rate",
+                "tokens_per_second"}  # fmt: skip
+    assert required <= set(rows[0])
+    assert all(0.0 < r["weight_min"] <= r["weight_mean"] <= r["weight_max"] <= 1.0 for r in rows)
+    assert list((train_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    final = train_dir / "final"
+    assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
+    trained = json.loads((final / "wpo_training.json").read_text())
+    assert trained["train"]["beta"] == 0.1 and trained["global_batch_pairs"] == 2 and trained["total_steps"] == 3
+    assert sorted(p.name for p in train_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert {p.name for p in (train_dir / "checkpoint-2").iterdir()} == {
+        "model", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"}  # fmt: skip
+    run_dir = tmp_path / "run"
+    assert not [p for p in run_dir.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".tmp")]
+
+    manifest = json.loads((train_dir / "manifest.json").read_text())
+    assert manifest["completed"] and manifest["stage"] == "train" and manifest["seed"] == 3
+    assert manifest["counts"]["pairs_trained"] == 6 and manifest["counts"]["skipped"] == {}
+    assert "torch" in manifest["versions"] and manifest["wall_seconds"] > 0
+    cache = Path(manifest["reference_cache"])
+    assert cache.parent == pairs_file.parent / ".wpo_reference_cache" and cache.is_file()
+
+    again = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3", run="second"))
+    assert again.reference_from_cache is True
+    assert read_metrics(tmp_path / "second" / "train" / "metrics.jsonl")[0]["loss"] == rows[0]["loss"]
+
+
+def test_other_configs_checkpoint_is_refused(tmp_path, tiny_llama, pairs_file):
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2"))
+    with pytest.raises(WpoError, match=r"checkpoint-2 was written by a different config \(differs in: train.beta\)"):
+        trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", "train.beta=0.2"))
+    fresh = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", "train.beta=0.2",
+                                     "train.resume=never"))  # fmt: skip
+    assert fresh.counts["resumed_from_step"] == 0
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_llama, pairs_file):
+    """2 pairs x 1 micro-batch and 1 pair x 2 micro-batches give the same update (the loss is a mean over pairs)."""
+    common = ("train.max_steps=2", "train.warmup_ratio=0.0", "train.max_grad_norm=null")
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="big"))
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.per_device_batch_size=1",
+                             "train.gradient_accumulation_steps=2", run="accumulated"))  # fmt: skip
+    big = read_metrics(tmp_path / "big" / "train" / "metrics.jsonl")
+    accumulated = read_metrics(tmp_path / "accumulated" / "train" / "metrics.jsonl")
+    assert [r["loss"] for r in accumulated] == pytest.approx([r["loss"] for r in big], rel=1e-5)
+    a = load_file(str(tmp_path / "big" / "train" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "accumulated" / "train" / "final" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(tmp_path, tiny_llama, pairs_file):
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", run="plain"))
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2",
+                             "train.gradient_checkpointing=true", run="checkpointed"))  # fmt: skip
+    plain = read_metrics(tmp_path / "plain" / "train" / "metrics.jsonl")
+    checkpointed = read_metrics(tmp_path / "checkpointed" / "train" / "metrics.jsonl")
+    assert [r["loss"] for r in checkpointed] == pytest.approx([r["loss"] for r in plain], rel=1e-5)
+
+
+def test_lora_trains_an_adapter(tmp_path, tiny_llama, pairs_file):
+    result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3",
+                                      "model.lora={r: 4, alpha: 8, dropout: 0.0}", "train.learning_rate=1e-2"))  # fmt: skip
+    adapter = load_file(str(result.final_dir / "adapter_model.safetensors"))
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: non-zero means it trained
+    assert not (result.final_dir / "model.safetensors").exists()
+    rows = read_metrics(tmp_path / "run" / "train" / "metrics.jsonl")
+    assert rows[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)  # B = 0 at step 1: the policy is the reference
+    assert abs(rows[-1]["reward_margin"]) > 1e-3
+
+
+def test_bad_pairs_fail_or_are_counted(tmp_path, tiny_llama):
+    records = [pair_record(*pair) for pair in PAIRS] + [pair_record("long", "seven " * 200, "a", "b")]
+    pairs = write_lines(tmp_path / "pairs.jsonl", records + ['{"id": "broken"'])
+    with pytest.raises(DataError, match=r"pairs.jsonl:8: invalid JSON"):
+        trainer.train(recipe_for(tmp_path, tiny_llama, pairs, "train.max_steps=1", "train.max_prompt_length=null"))
+    result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs, "train.max_steps=1",
+                                      "train.max_prompt_length=null", "on_bad_record=skip"))  # fmt: skip
+    assert result.counts["skipped"] == {"invalid_json": 1, "prompt_too_long": 1}
+    assert result.counts["pairs_trained"] == 6
+
+
+def test_global_batch_size_mismatch_fails(tmp_path, tiny_llama, pairs_file):
+    with pytest.raises(ConfigError, match=r"train.global_batch_size is 128, but per_device_batch_size 2 x .* = 2"):
+        trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.global_batch_size=128"))
