@@ -202,6 +202,10 @@ def test_bad_pairs_fail_or_are_counted(tmp_path, tiny_llama):
     pairs = write_lines(tmp_path / "pairs.jsonl", records + ['{"id": "broken"'])
     with pytest.raises(DataError, match=r"pairs.jsonl:8: invalid JSON"):
         trainer.train(recipe_for(tmp_path, tiny_llama, pairs, "train.max_steps=1", "train.max_prompt_length=null"))
+    write_lines(pairs, records)
+    with pytest.raises(DataError, match=r"pairs.jsonl:7 \(pair long\): prompt has \d+ tokens, leaving no room"):
+        trainer.train(recipe_for(tmp_path, tiny_llama, pairs, "train.max_steps=1", "train.max_prompt_length=null"))
+    write_lines(pairs, records + ['{"id": "broken"'])
     result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs, "train.max_steps=1",
                                       "train.max_prompt_length=null", "on_bad_record=skip"))  # fmt: skip
     assert result.counts["skipped"] == {"invalid_json": 1, "prompt_too_long": 1}

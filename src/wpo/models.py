@@ -140,7 +140,3 @@ def load_causal_lm(path: str, config: ModelConfig):
         raise WpoError(f"could not load model {path}: {str(exc).splitlines()[0]}") from None
     return model
 
-
-def final_logit_softcap(model) -> float | None:
-    """The model's final-logit soft-cap (Gemma-2), or None."""
-    return getattr(getattr(model, "config", None), "final_logit_softcapping", None)

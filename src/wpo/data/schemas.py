@@ -73,6 +73,7 @@ class Pair:
     score_rejected: float | None = None
     source_chosen: str | None = None
     source_rejected: str | None = None
+    where: str | None = field(default=None, compare=False)  # file:line it was read from, for later errors
 
     def to_record(self) -> dict[str, Any]:
         """TRL's conversational preference format, plus our scores and sources."""
@@ -121,6 +122,7 @@ def parse_pair(record: dict[str, Any], where: str) -> Pair:
         score_rejected=_finite_or_none(record, "score_rejected"),
         source_chosen=record.get("source_chosen"),
         source_rejected=record.get("source_rejected"),
+        where=where,
     )
 
 

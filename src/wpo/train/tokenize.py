@@ -72,18 +72,19 @@ def tokenize_pairs(
     tokenized = []
     truncated_prompts = truncated_responses = 0
     for pair in pairs:
+        where = f"{pair.where} (pair {pair.id})" if pair.where else f"pair {pair.id}"
         try:
             prompt_ids, chosen_ids = render_response(tokenizer, pair.prompt, pair.chosen)
             _, rejected_ids = render_response(tokenizer, pair.prompt, pair.rejected)
         except RecordInvalid as exc:
-            policy.reject(f"pair {pair.id}", exc.reason, exc.message)
+            policy.reject(where, exc.reason, exc.message)
             continue
         if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
             prompt_ids = prompt_ids[-max_prompt_length:]
             truncated_prompts += 1
         if len(prompt_ids) >= max_length:
             policy.reject(
-                f"pair {pair.id}",
+                where,
                 "prompt_too_long",
                 f"prompt has {len(prompt_ids)} tokens, leaving no room for a response within "
                 f"max_length {max_length} (set train.max_prompt_length to truncate it)",
