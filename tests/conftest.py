@@ -61,7 +61,8 @@ def save_tiny_model(directory: Path, kind: str, seed: int) -> Path:
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
         )  # fmt: skip
     else:
-        tokenizer = build_tokenizer(GEMMA_TEMPLATE, ["<bos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<end_of_turn>")
+        specials = ["<bos>", "<start_of_turn>", "<end_of_turn>"]
+        tokenizer = build_tokenizer(GEMMA_TEMPLATE, specials, "<bos>", "<end_of_turn>")
         config = Gemma2Config(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,

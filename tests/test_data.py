@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-
 from conftest import PAIRS, pair_record, write_lines
+
 from wpo.data import (
     BadRecordPolicy,
     atomic_writer,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import GEMMA_TEMPLATE, build_tokenizer
+
 from wpo.data import BadRecordPolicy, Pair
 from wpo.errors import DataError
 from wpo.loss import IGNORE_INDEX

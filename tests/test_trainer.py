@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PAIRS, pair_record, write_lines
 from safetensors.torch import load_file
 
-from conftest import PAIRS, pair_record, write_lines
 from wpo.config import load_recipe
 from wpo.errors import ConfigError, DataError, WpoError
 from wpo.train import trainer
@@ -70,7 +70,7 @@ def test_step_one_loss_equals_the_wpo_formula(tmp_path, pairs_file, kind, reques
 
     def wpo_losses(cap):
         losses = []
-        for pair_id, prompt, chosen, rejected in PAIRS:
+        for _, prompt, chosen, rejected in PAIRS:
             messages = [{"role": "user", "content": prompt}]
             logp_w, a_w = response_statistics(policy, tokenizer, messages, chosen, cap)
             logp_l, a_l = response_statistics(policy, tokenizer, messages, rejected, cap)
@@ -186,8 +186,9 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tmp_path, tiny_llama,
 
 
 def test_lora_trains_an_adapter(tmp_path, tiny_llama, pairs_file):
-    result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3",
-                                      "model.lora={r: 4, alpha: 8, dropout: 0.0}", "train.learning_rate=1e-2"))  # fmt: skip
+    lora = "model.lora={r: 4, alpha: 8, dropout: 0.0}"
+    result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3", lora,
+                                      "train.learning_rate=1e-2"))  # fmt: skip
     adapter = load_file(str(result.final_dir / "adapter_model.safetensors"))
     lora_b = [t for name, t in adapter.items() if "lora_B" in name]
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: non-zero means it trained

@@ -44,7 +44,8 @@ def _guarded(action: Callable[[], Any]) -> None:
         if os.environ.get("WPO_DEBUG"):
             traceback.print_exc()
         first_line = str(exc).splitlines()[0] if str(exc) else ""
-        typer.echo(f"wpo: internal error: {type(exc).__name__}: {first_line} (WPO_DEBUG=1 shows the traceback)", err=True)
+        hint = "(WPO_DEBUG=1 shows the traceback)"
+        typer.echo(f"wpo: internal error: {type(exc).__name__}: {first_line} {hint}", err=True)
         raise typer.Exit(1) from None
 
 

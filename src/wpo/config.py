@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from wpo.errors import ConfigError
-from wpo.loss import LOSS_TYPES, REFERENCE_FREE_LOSSES
+from wpo.loss import REFERENCE_FREE_LOSSES
 
 STAGES: tuple[str, ...] = ("sample", "score", "pair", "train", "eval", "export")
 EMBEDDED_DEFAULT_MODEL = "embedded:smollm2-135m-instruct"

@@ -31,7 +31,7 @@ class SequenceStatistics:
     """What the loss needs from one forward pass, one value per sequence.
 
     `logps` is the summed log-prob of the response tokens; `aligned_logps` is the mean over response tokens of
-    `log p(t) - log sum_v p_v^2` (the paper code's "sampled alignment"); `token_counts` is the number of response tokens.
+    `log p(t) - log sum_v p_v^2` (the paper code's "sampled alignment"); `token_counts` counts the response tokens.
     """
 
     logps: torch.Tensor
