@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -49,12 +50,34 @@ class ModelConfig(Section):
 
 class SampleConfig(Section):
     prompts: str | None = None
-    n: int = Field(5, gt=0)
+    n: int = Field(5, ge=0)
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
     max_new_tokens: int = Field(512, gt=0)
+    stop: list[str] = Field(default_factory=list)
     backend: Literal["transformers", "llamacpp", "vllm"] = "transformers"
+    batch_size: int = Field(8, gt=0)
+    gguf: str | None = None
+    context_length: int = Field(4096, gt=0)
+    tensor_parallel_size: int = Field(1, gt=0)
     offpolicy_fields: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _backend_and_pool(self) -> SampleConfig:
+        if self.n + len(self.offpolicy_fields) < 2:
+            raise ValueError(
+                f"sample.n ({self.n}) plus sample.offpolicy_fields ({len(self.offpolicy_fields)}) must give at "
+                "least 2 candidates per prompt to form a pair"
+            )
+        install = {"llamacpp": ("llama_cpp", "pip install llama-cpp-python"), "vllm": ("vllm", "pip install 'wpo[vllm]'")}
+        if self.backend in install and importlib.util.find_spec(install[self.backend][0]) is None:
+            raise ValueError(f"sample.backend: {self.backend} is not installed; {install[self.backend][1]}")
+        if self.gguf is not None and self.backend != "llamacpp":
+            raise ValueError(f"sample.gguf is only used by sample.backend: llamacpp (backend is {self.backend!r})")
+        if self.tensor_parallel_size > 1 and self.backend != "vllm":
+            raise ValueError("sample.tensor_parallel_size > 1 needs sample.backend: vllm")
+        return self
 
 
 class ScoreConfig(Section):

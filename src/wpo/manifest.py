@@ -13,7 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from wpo.data.io import write_json
+from wpo.config import config_hash
+from wpo.data.io import resolve_local, write_json
 
 MANIFEST_NAME = "manifest.json"
 TRACKED_PACKAGES = ("wpo", "torch", "transformers", "accelerate", "peft", "datasets", "safetensors")
@@ -35,6 +36,16 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def source_fingerprint(source: str) -> str:
+    """What identifies a stage's input: a local file's sha256, a directory's file list and sizes, else the id."""
+    local = resolve_local(source) if source else None
+    if local is None:
+        return source
+    if local.is_dir():
+        return config_hash(sorted((str(p.relative_to(local)), p.stat().st_size) for p in local.rglob("*") if p.is_file()))
+    return file_sha256(local)
 
 
 def write_manifest(

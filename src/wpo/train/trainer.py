@@ -24,11 +24,11 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from wpo.config import Recipe, config_hash
-from wpo.data.io import BadRecordPolicy, resolve_local, write_json
+from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import load_pairs
 from wpo.errors import ConfigError, DataError
 from wpo.loss import REFERENCE_FREE_LOSSES, preference_loss
-from wpo.manifest import file_sha256, write_manifest
+from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from wpo.train import checkpoint, reference
 from wpo.train.forward import pair_statistics
@@ -45,15 +45,6 @@ def pairs_source(recipe: Recipe) -> str:
     return recipe.train.pairs or str(recipe.stage_dir("pair") / "pairs.jsonl")
 
 
-def _source_fingerprint(source: str) -> str:
-    local = resolve_local(source)
-    if local is None:
-        return source
-    if local.is_dir():
-        return config_hash(sorted((p.name, p.stat().st_size) for p in local.rglob("*") if p.is_file()))
-    return file_sha256(local)
-
-
 def run_config(recipe: Recipe) -> dict[str, Any]:
     """Everything that determines the trained weights; its hash keys checkpoints and the stage manifest."""
     train = recipe.train.model_dump(mode="json")
@@ -63,7 +54,7 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
         "seed": recipe.seed,
         "model": recipe.model.model_dump(mode="json"),
         "train": train,
-        "pairs_sha256": _source_fingerprint(pairs_source(recipe)),
+        "pairs_sha256": source_fingerprint(pairs_source(recipe)),
     }
 
 

@@ -1,0 +1,136 @@
+"""`wpo sample`: prompts → on-policy samples + off-policy answers → `sample/candidates.jsonl`.
+
+Prompts are grouped into batches by length (a plan fixed by the prompts file alone), each finished batch is appended
+to a progress file, and the final file is written in input order once every prompt is done — so a killed and
+rerun stage writes exactly the file an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from wpo.config import Recipe, config_hash
+from wpo.data.io import BadRecordPolicy, read_records, write_jsonl
+from wpo.data.progress import ProgressFile
+from wpo.data.schemas import PromptRecord, RecordInvalid, parse_prompt
+from wpo.errors import ConfigError, DataError
+from wpo.manifest import source_fingerprint, write_manifest
+from wpo.sampling import SampleRequest, make_sampler, sample_seed
+
+log = logging.getLogger(__name__)
+OUTPUT = "candidates.jsonl"
+
+
+def run_config(recipe: Recipe) -> dict[str, Any]:
+    return {
+        "seed": recipe.seed,
+        "model": recipe.model.model_dump(mode="json"),
+        "sample": recipe.sample.model_dump(mode="json", exclude={"prompts", "batch_size"}),
+        "prompts_sha256": source_fingerprint(recipe.sample.prompts or ""),
+    }
+
+
+def load_prompts(recipe: Recipe, policy: BadRecordPolicy) -> list[PromptRecord]:
+    """Prompts with unique ids, each carrying every configured off-policy field as a non-empty string."""
+    source = recipe.sample.prompts
+    if not source:
+        raise ConfigError("sample.prompts is required to sample (a prompts file, Parquet, datasets dir or hub id)")
+    prompts, first_seen = [], {}
+    for item in read_records(source, policy):
+        try:
+            prompt = parse_prompt(item.data, item.where)
+            for field in recipe.sample.offpolicy_fields:
+                value = prompt.extra.get(field)
+                if not isinstance(value, str) or not value.strip():
+                    raise RecordInvalid("missing_offpolicy", f"off-policy field {field!r} is missing or empty")
+        except RecordInvalid as exc:
+            policy.reject(item.where, exc.reason, exc.message)
+            continue
+        if prompt.id in first_seen:
+            policy.reject(item.where, "duplicate_id", f"duplicate id {prompt.id!r} (first at {first_seen[prompt.id]})")
+            continue
+        first_seen[prompt.id] = item.where
+        prompts.append(prompt)
+    return prompts
+
+
+def batch_plan(prompts: list[PromptRecord], batch_size: int) -> list[list[PromptRecord]]:
+    """Prompts sorted by length (ties in input order), cut into batches: less padding, and fixed by the input."""
+    ordered = sorted(prompts, key=lambda p: sum(len(m["content"]) for m in p.messages))
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def run_sample(recipe: Recipe) -> dict[str, Any]:
+    from wpo.models import resolve_model_path
+
+    started = time.perf_counter()
+    cfg = recipe.sample
+    stage_dir = recipe.stage_dir("sample")
+    policy = BadRecordPolicy(recipe.on_bad_record)
+    prompts = load_prompts(recipe, policy)
+    if not prompts:
+        raise DataError(f"{cfg.prompts}: no usable prompts (skipped {dict(policy.skipped)})")
+    config = run_config(recipe)
+    run_hash = config_hash(config)
+    progress = ProgressFile(stage_dir, "candidates", run_hash)
+    done = progress.load()
+    already_done = sum(p.id in done for p in prompts)
+    pending = [batch for batch in batch_plan(prompts, cfg.batch_size) if any(p.id not in done for p in batch)]
+    generation_seconds = 0.0
+    if pending and cfg.n > 0:
+        sampler = make_sampler(recipe, resolve_model_path(recipe.model.name_or_path))
+        for batch in tqdm(pending, desc="sample", unit="batch"):
+            requests = [SampleRequest(p.messages, sample_seed(recipe.seed, p.id, k)) for p in batch for k in range(cfg.n)]
+            batch_started = time.perf_counter()
+            texts = sampler.generate(requests)
+            generation_seconds += time.perf_counter() - batch_started
+            records = [
+                {
+                    "id": p.id,
+                    "samples": [
+                        {"text": texts[i * cfg.n + k], "seed": requests[i * cfg.n + k].seed} for k in range(cfg.n)
+                    ],
+                }
+                for i, p in enumerate(batch)
+            ]
+            progress.append(records)
+            done.update((r["id"], r) for r in records)
+
+    dropped: Counter[str] = Counter()
+    output = []
+    for prompt in prompts:
+        candidates = [
+            {"text": s["text"], "source": "policy", "seed": s["seed"], "score": None, "scores": None}
+            for s in (done[prompt.id]["samples"] if cfg.n > 0 else [])
+        ]
+        candidates += [
+            {"text": prompt.extra[field], "source": f"offpolicy:{field}", "seed": None, "score": None, "scores": None}
+            for field in cfg.offpolicy_fields
+        ]
+        if len({c["text"] for c in candidates}) < 2:
+            dropped["all_candidates_identical"] += 1
+            log.warning("dropped prompt %s: all %d candidates are identical", prompt.id, len(candidates))
+            continue
+        output.append({"id": prompt.id, "messages": prompt.messages, **prompt.extra, "candidates": candidates})
+    written = write_jsonl(stage_dir / OUTPUT, output)
+    progress.remove()
+    counts = {
+        "prompts_read": len(prompts) + sum(policy.skipped.values()),
+        "prompts_written": written,
+        "skipped": dict(policy.skipped),
+        "dropped": dict(dropped),
+        "samples_per_prompt": cfg.n,
+        "offpolicy_fields": cfg.offpolicy_fields,
+        "prompts_done_before_this_run": already_done,
+    }
+    wall = time.perf_counter() - started
+    write_manifest(stage_dir, stage="sample", config=config, config_hash=run_hash, seed=recipe.seed, counts=counts,
+                   wall_seconds=wall, outputs=[OUTPUT])  # fmt: skip
+    log.info("sample: read %d prompts from %s, wrote %d to %s; skipped %s, dropped %s", counts["prompts_read"],
+             cfg.prompts, written, stage_dir / OUTPUT, dict(policy.skipped) or "none", dict(dropped) or "none")  # fmt: skip
+    return {"output": str(stage_dir / OUTPUT), "counts": counts, "generation_seconds": generation_seconds}

@@ -1,0 +1,75 @@
+"""transformers `generate` with one random generator per row: batched, yet each sample depends only on its seed.
+
+HF's sampling draws every row from the global RNG, so a sample would change with its batch-mates. Instead generation
+runs greedy over a logits processor that does the sampling itself — temperature, top-k, top-p, then a draw from the
+row's own `torch.Generator` — and hands greedy a one-hot choice.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from wpo.config import Recipe
+from wpo.models import load_causal_lm, load_tokenizer
+from wpo.sampling import SampleRequest, cut_at_stop, render_prompt
+
+
+class PerRowSampling(LogitsProcessor):
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, top_k: int, device: torch.device):
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logits = scores.float()
+        if self.temperature == 0.0:
+            choice = logits.argmax(-1)
+        else:
+            logits = logits / self.temperature
+            if self.top_k > 0:
+                kth = torch.topk(logits, min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            if self.top_p < 1.0:
+                sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+                sorted_probs = sorted_logits.softmax(-1)
+                outside = (sorted_probs.cumsum(-1) - sorted_probs) >= self.top_p  # always keeps the top token
+                logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
+            probs = logits.softmax(-1)
+            choice = torch.stack(
+                [torch.multinomial(probs[row], 1, generator=gen)[0] for row, gen in enumerate(self.generators)]
+            )
+        one_hot = torch.full_like(scores, float("-inf"))
+        return one_hot.scatter(-1, choice.unsqueeze(-1), 0.0)
+
+
+class TransformersSampler:
+    def __init__(self, model_path: str, recipe: Recipe):
+        self.config = recipe.sample
+        self.tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
+        self.tokenizer.padding_side = "left"
+        self.model = load_causal_lm(model_path, recipe.model)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+
+    @torch.no_grad()
+    def generate(self, requests: list[SampleRequest]) -> list[str]:
+        cfg = self.config
+        texts = [render_prompt(self.tokenizer, request.messages) for request in requests]
+        batch = self.tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(self.device)
+        generation = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=cfg.max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
+            stop_strings=cfg.stop or None,
+        )
+        processor = PerRowSampling([r.seed for r in requests], cfg.temperature, cfg.top_p, cfg.top_k, self.device)
+        output = self.model.generate(
+            **batch,
+            generation_config=generation,
+            logits_processor=LogitsProcessorList([processor]),
+            tokenizer=self.tokenizer,
+        )
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        decoded = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [cut_at_stop(text, cfg.stop) for text in decoded]

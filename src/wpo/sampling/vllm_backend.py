@@ -1,0 +1,42 @@
+"""vLLM on GPUs (optional extra `wpo[vllm]`, imported only when chosen): one request per sample, each with its seed.
+
+Not exercised by the CPU test suite: this workplace's CI has no GPU.
+"""
+
+from __future__ import annotations
+
+from wpo.config import Recipe
+from wpo.models import load_tokenizer, resolve_dtype
+from wpo.sampling import SampleRequest, cut_at_stop, render_prompt
+
+
+class VllmSampler:
+    def __init__(self, model_path: str, recipe: Recipe):
+        from vllm import LLM
+
+        self.config = recipe.sample
+        self.tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
+        self.llm = LLM(
+            model=model_path,
+            tensor_parallel_size=recipe.sample.tensor_parallel_size,
+            dtype=str(resolve_dtype(recipe.model.dtype)).removeprefix("torch."),
+            trust_remote_code=recipe.model.trust_remote_code,
+            seed=recipe.seed,
+        )
+
+    def generate(self, requests: list[SampleRequest]) -> list[str]:
+        from vllm import SamplingParams, TokensPrompt
+
+        cfg = self.config
+        prompts = [
+            TokensPrompt(prompt_token_ids=self.tokenizer(render_prompt(self.tokenizer, r.messages),
+                                                         add_special_tokens=False)["input_ids"])
+            for r in requests
+        ]  # fmt: skip
+        params = [
+            SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k if cfg.top_k > 0 else -1,
+                           max_tokens=cfg.max_new_tokens, stop=cfg.stop or None, seed=r.seed)
+            for r in requests
+        ]  # fmt: skip
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [cut_at_stop(output.outputs[0].text, cfg.stop) for output in outputs]
