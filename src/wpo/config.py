@@ -80,24 +80,45 @@ class SampleConfig(Section):
         return self
 
 
+class JudgeConfig(Section):
+    """An OpenAI-compatible chat endpoint; the API key is read from the environment variable named here, never stored."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    timeout: float = Field(60.0, gt=0.0)
+    max_retries: int = Field(5, ge=0)
+    backoff_seconds: float = Field(0.5, ge=0.0)
+
+
 class ScoreConfig(Section):
     candidates: str | None = None
     scorer: Literal["reward_model", "judge", "python"] = "reward_model"
     model: str | None = None
     function: str | None = None
+    judge: JudgeConfig | None = None
+    batch_size: int = Field(8, gt=0)
+    max_length: int = Field(4096, gt=1)
 
     @model_validator(mode="after")
     def _settings_match_scorer(self) -> ScoreConfig:
-        if self.function is not None and self.scorer != "python":
-            raise ValueError(f"score.function is only used by score.scorer: python (scorer is {self.scorer!r})")
-        if self.model is not None and self.scorer != "reward_model":
-            raise ValueError(f"score.model is only used by score.scorer: reward_model (scorer is {self.scorer!r})")
+        for key, scorer in (("function", "python"), ("model", "reward_model"), ("judge", "judge")):
+            if getattr(self, key) is not None and self.scorer != scorer:
+                raise ValueError(f"score.{key} is only used by score.scorer: {scorer} (scorer is {self.scorer!r})")
         return self
+
+    def required(self, key: str):
+        """A setting the chosen scorer cannot run without, or a ConfigError naming it."""
+        value = getattr(self, key)
+        if value is None:
+            raise ConfigError(f"score.{key} is required by score.scorer: {self.scorer}")
+        return value
 
 
 class PairConfig(Section):
     candidates: str | None = None
     min_margin: float = Field(0.0, ge=0.0)
+    length_unit: Literal["tokens", "characters"] = "tokens"
 
 
 class TrainConfig(Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,31 +19,29 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Stage:
+    """A stage by the import paths of its `run_config(recipe)` and `run(recipe)` (imported only when used)."""
+
     name: str
-    run_config: Callable[[Recipe], dict[str, Any]]
-    run: Callable[[Recipe], dict[str, Any]]
+    module: str
+    run_function: str
+
+    def _function(self, name: str) -> Callable[[Recipe], dict[str, Any]]:
+        return getattr(importlib.import_module(self.module), name)
+
+    def run_config(self, recipe: Recipe) -> dict[str, Any]:
+        return self._function("run_config")(recipe)
+
+    def run(self, recipe: Recipe) -> dict[str, Any]:
+        return self._function(self.run_function)(recipe)
 
 
-def _train_headline(recipe: Recipe) -> dict[str, Any]:
-    from wpo.train.trainer import train
-
-    result = train(recipe)
-    return {
-        "final_dir": str(result.final_dir),
-        "steps": result.steps,
-        "final_metrics": result.last_metrics,
-        "reference_from_cache": result.reference_from_cache,
-    }
-
-
-def _train_config(recipe: Recipe) -> dict[str, Any]:
-    from wpo.train.trainer import run_config
-
-    return run_config(recipe)
-
-
-PENDING = {"sample": 3, "score": 3, "pair": 3, "eval": 4, "export": 5}
-IMPLEMENTED = {"train": Stage("train", _train_config, _train_headline)}
+PENDING = {"eval": 4, "export": 5}
+IMPLEMENTED = {
+    "sample": Stage("sample", "wpo.sampling.stage", "run_sample"),
+    "score": Stage("score", "wpo.scoring.stage", "run_score"),
+    "pair": Stage("pair", "wpo.pair_stage", "run_pair"),
+    "train": Stage("train", "wpo.train.trainer", "run_train"),
+}
 
 
 def get_stage(name: str) -> Stage:

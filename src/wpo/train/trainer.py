@@ -207,6 +207,17 @@ def train(recipe: Recipe) -> TrainResult:
     )
 
 
+def run_train(recipe: Recipe) -> dict[str, Any]:
+    """The stage entry point: train, and report the headline figures."""
+    result = train(recipe)
+    return {
+        "final_dir": str(result.final_dir),
+        "steps": result.steps,
+        "final_metrics": result.last_metrics,
+        "reference_from_cache": result.reference_from_cache,
+    }
+
+
 def _policy_weights_path(model_path: str, resume_point, recipe: Recipe) -> str:
     """Full fine-tuning resumes from the checkpoint's weights; LoRA always starts from the base."""
     if resume_point is not None and recipe.model.lora is None:

@@ -1,0 +1,113 @@
+"""`wpo pair`: scored candidates → `pair/pairs.jsonl` (TRL conversational preference format) + `pair/stats.json`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from wpo.config import Recipe, config_hash
+from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
+from wpo.data.schemas import CandidatesRecord, Pair, RecordInvalid, load_records, parse_candidates
+from wpo.errors import DataError
+from wpo.manifest import source_fingerprint, write_manifest
+from wpo.pairing import choose_pair
+
+log = logging.getLogger(__name__)
+OUTPUT, STATS = "pairs.jsonl", "stats.json"
+
+
+def candidates_source(recipe: Recipe) -> str:
+    return recipe.pair.candidates or str(recipe.stage_dir("score") / "candidates.jsonl")
+
+
+def run_config(recipe: Recipe) -> dict[str, Any]:
+    config = {
+        "pair": recipe.pair.model_dump(mode="json", exclude={"candidates"}),
+        "candidates_sha256": source_fingerprint(candidates_source(recipe)),
+    }
+    if recipe.pair.length_unit == "tokens":
+        config["tokenizer"] = recipe.model.name_or_path
+    return config
+
+
+def parse_scored(record: dict[str, Any], where: str) -> CandidatesRecord:
+    parsed = parse_candidates(record, where)
+    for index, candidate in enumerate(parsed.candidates):
+        if candidate.score is None:
+            raise RecordInvalid("unscored_candidate", f"candidates[{index}] has no score (run wpo score first)")
+    return parsed
+
+
+def histogram(values: list[float], edges: np.ndarray) -> dict[str, list[float]]:
+    counts, _ = np.histogram(values, bins=edges)
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def run_pair(recipe: Recipe) -> dict[str, Any]:
+    started = time.perf_counter()
+    stage_dir = recipe.stage_dir("pair")
+    source = candidates_source(recipe)
+    policy = BadRecordPolicy(recipe.on_bad_record)
+    records: list[CandidatesRecord] = load_records(source, parse_scored, policy)
+    if not records:
+        raise DataError(f"{source}: no usable scored candidates (skipped {dict(policy.skipped)})")
+    if recipe.pair.length_unit == "tokens":
+        from wpo.models import load_tokenizer, resolve_model_path
+
+        tokenizer = load_tokenizer(resolve_model_path(recipe.model.name_or_path), recipe.model.trust_remote_code)
+
+        def length(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    else:
+        length = len
+
+    pairs, dropped, sources = [], Counter(), {"chosen": Counter(), "rejected": Counter()}
+    empty_candidates = 0
+    all_scores, chosen_scores, rejected_scores = [], [], []
+    for record in records:
+        candidates = [c for c in record.candidates if c.text.strip()]
+        empty_candidates += len(record.candidates) - len(candidates)
+        scores = [c.score for c in candidates]
+        all_scores += scores
+        choice = choose_pair(scores, [length(c.text) for c in candidates], [c.text for c in candidates],
+                             recipe.pair.min_margin)  # fmt: skip
+        if choice.drop_reason:
+            dropped[choice.drop_reason] += 1
+            continue
+        chosen, rejected = candidates[choice.chosen], candidates[choice.rejected]
+        pairs.append(Pair(record.id, record.messages, chosen.text, rejected.text, chosen.score, rejected.score,
+                          chosen.source, rejected.source))  # fmt: skip
+        chosen_scores.append(chosen.score)
+        rejected_scores.append(rejected.score)
+        sources["chosen"][chosen.source] += 1
+        sources["rejected"][rejected.source] += 1
+
+    written = write_jsonl(stage_dir / OUTPUT, [p.to_record() for p in pairs])
+    edges = np.histogram_bin_edges(all_scores or [0.0], bins=10)
+    stats = {
+        "pairs": written,
+        "prompts": len(records),
+        "dropped": dict(dropped),
+        "skipped": dict(policy.skipped),
+        "empty_candidates_ignored": empty_candidates,
+        "length_unit": recipe.pair.length_unit,
+        "sources": {side: dict(counter) for side, counter in sources.items()},
+        "mean_margin": float(np.mean(np.subtract(chosen_scores, rejected_scores))) if pairs else None,
+        "histograms": {
+            "all": histogram(all_scores, edges),
+            "chosen": histogram(chosen_scores, edges),
+            "rejected": histogram(rejected_scores, edges),
+        },
+    }
+    write_json(stage_dir / STATS, stats)
+    config = run_config(recipe)
+    counts = {key: stats[key] for key in ("pairs", "prompts", "dropped", "skipped", "empty_candidates_ignored")}
+    write_manifest(stage_dir, stage="pair", config=config, config_hash=config_hash(config), seed=recipe.seed,
+                   counts=counts, wall_seconds=time.perf_counter() - started, outputs=[OUTPUT, STATS])  # fmt: skip
+    log.info("pair: read %d prompts from %s, wrote %d pairs to %s; dropped %s", len(records), source, written,
+             stage_dir / OUTPUT, dict(dropped) or "none")  # fmt: skip
+    return {"output": str(stage_dir / OUTPUT), "stats": stats}

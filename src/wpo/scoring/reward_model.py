@@ -1,0 +1,82 @@
+"""A sequence-classification reward model on the rendered conversation, batched by length.
+
+Any `AutoModelForSequenceClassification` with one output works; ArmoRM-style models whose output carries `.score`
+(a custom gating head) work when the recipe sets `model.trust_remote_code: true` — without it loading fails with a
+message saying so. Conversations longer than `score.max_length` tokens are truncated (from the left, keeping the
+response) and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from wpo.config import Recipe
+from wpo.errors import WpoError
+from wpo.models import load_tokenizer, resolve_dtype, resolve_model_path
+from wpo.scoring import ScoreRequest
+
+log = logging.getLogger(__name__)
+
+
+def load_reward_model(path: str, recipe: Recipe):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    trust = recipe.model.trust_remote_code
+    try:
+        AutoConfig.from_pretrained(path, trust_remote_code=trust)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=resolve_dtype(recipe.model.dtype), trust_remote_code=trust, use_safetensors=True
+        )
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise WpoError(
+                f"reward model {path} needs its own code (e.g. ArmoRM's gating head); set model.trust_remote_code: "
+                "true if you trust it"
+            ) from None
+        raise
+    except OSError as exc:
+        raise WpoError(f"could not load reward model {path}: {str(exc).splitlines()[0]}") from None
+    return model
+
+
+class RewardModelScorer:
+    def __init__(self, recipe: Recipe):
+        path = resolve_model_path(recipe.score.required("model"))
+        self.config = recipe.score
+        self.tokenizer = load_tokenizer(path, recipe.model.trust_remote_code)
+        self.tokenizer.truncation_side = "left"
+        self.model = load_reward_model(path, recipe)
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        self.truncated = 0
+
+    @torch.no_grad()
+    def score(self, requests: list[ScoreRequest]) -> list[float]:
+        texts = [
+            self.tokenizer.apply_chat_template(
+                r.messages + [{"role": "assistant", "content": r.response}], tokenize=False
+            )
+            for r in requests
+        ]
+        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        limit = self.config.max_length
+        self.truncated += sum(len(ids) > limit for ids in encoded)
+        encoded = [ids[-limit:] for ids in encoded]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # length buckets: little padding
+        scores: list[float] = [0.0] * len(encoded)
+        for start in range(0, len(order), self.config.batch_size):
+            rows = order[start : start + self.config.batch_size]
+            batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(self.device)
+            output = self.model(**batch)
+            values = output.score if hasattr(output, "score") else output.logits
+            if values.ndim == 2:
+                if values.shape[-1] != 1:
+                    raise WpoError(f"reward model gives {values.shape[-1]} outputs per sequence; expected 1")
+                values = values[:, 0]
+            for row, value in zip(rows, values.float().tolist(), strict=True):
+                scores[row] = value
+        return scores

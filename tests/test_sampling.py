@@ -1,0 +1,151 @@
+"""Sampling: per-sample seeds, batch independence, the candidates file, off-policy joins, and surviving a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import write_lines
+from wpo.config import load_recipe
+from wpo.errors import ConfigError, DataError
+from wpo.sampling import SampleRequest, sample_seed
+from wpo.sampling.stage import run_sample
+from wpo.sampling.transformers_backend import PerRowSampling, TransformersSampler
+
+
+def prompts_file(tmp_path, count=5, reference=True):
+    records = [
+        {"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i} plus {i}?" + " Explain." * (i % 3)}],
+         **({"reference": f"{i} plus {i} is {2 * i}."} if reference else {})}
+        for i in range(count)
+    ]  # fmt: skip
+    return write_lines(tmp_path / "prompts.jsonl", records)
+
+
+def sample_recipe(tmp_path, model, prompts, *overrides, run="run"):
+    return load_recipe(None, [f"model.name_or_path={model}", f"sample.prompts={prompts}", f"output_dir={tmp_path / run}",
+                              "seed=5", "sample.n=3", "sample.max_new_tokens=8", *overrides])  # fmt: skip
+
+
+def test_seeds_are_stable_and_distinct():
+    assert sample_seed(1, "q1", 0) == sample_seed(1, "q1", 0)
+    seeds = {sample_seed(run, prompt, k) for run in (1, 2) for prompt in ("q1", "q2") for k in range(4)}
+    assert len(seeds) == 16 and all(0 <= s < 2**31 for s in seeds)
+
+
+def test_per_row_sampling_filters():
+    """top_k=1 and a tiny top_p leave only the argmax; temperature 0 is greedy; sampling follows the row's seed."""
+    scores = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]])
+    for processor in (PerRowSampling([1, 2], 1.0, 1.0, 1, torch.device("cpu")),
+                      PerRowSampling([1, 2], 1.0, 0.01, 0, torch.device("cpu")),
+                      PerRowSampling([1, 2], 0.0, 1.0, 0, torch.device("cpu"))):  # fmt: skip
+        assert processor(None, scores).argmax(-1).tolist() == [1, 0]
+
+    def draws(seed):
+        processor = PerRowSampling([seed], 5.0, 1.0, 0, torch.device("cpu"))
+        return [processor(None, scores[:1]).argmax(-1).item() for _ in range(30)]
+
+    assert draws(7) == draws(7) and draws(7) != draws(8)
+
+
+def test_a_sample_does_not_depend_on_its_batch(tmp_path, tiny_llama):
+    recipe = sample_recipe(tmp_path, tiny_llama, prompts_file(tmp_path), "sample.max_new_tokens=12")
+    sampler = TransformersSampler(str(tiny_llama), recipe)
+    requests = [SampleRequest([{"role": "user", "content": text}], seed)
+                for text, seed in (("Hi", 11), ("What is the capital of France? Answer.", 12), ("Seven", 13))]
+    together = sampler.generate(requests)
+    alone = [sampler.generate([request])[0] for request in requests]
+    assert together == alone
+    assert sampler.generate(requests[:1]) != sampler.generate([SampleRequest(requests[0].messages, 99)])
+
+
+def test_sample_stage_writes_the_hybrid_pool(tmp_path, tiny_llama):
+    prompts = prompts_file(tmp_path)
+    result = run_sample(sample_recipe(tmp_path, tiny_llama, prompts, "sample.offpolicy_fields=[reference]",
+                                      "sample.batch_size=2"))  # fmt: skip
+    lines = (tmp_path / "run" / "sample" / "candidates.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["id"] for r in records] == [f"q{i}" for i in range(5)]  # input order, whatever the batching
+    first = records[0]
+    assert first["messages"] == [{"role": "user", "content": "What is 0 plus 0?"}]
+    assert first["reference"] == "0 plus 0 is 0."
+    assert [c["source"] for c in first["candidates"]] == ["policy"] * 3 + ["offpolicy:reference"]
+    assert [c["seed"] for c in first["candidates"]] == [sample_seed(5, "q0", k) for k in range(3)] + [None]
+    assert first["candidates"][3]["text"] == "0 plus 0 is 0."
+    assert all(c["score"] is None and c["scores"] is None for c in first["candidates"])
+    assert result["counts"]["prompts_written"] == 5
+    manifest = json.loads((tmp_path / "run" / "sample" / "manifest.json").read_text())
+    assert manifest["completed"] and manifest["counts"]["samples_per_prompt"] == 3
+    assert not list((tmp_path / "run" / "sample").glob(".*progress*"))
+
+    again = run_sample(sample_recipe(tmp_path, tiny_llama, prompts, "sample.offpolicy_fields=[reference]",
+                                     "sample.batch_size=5", run="again"))  # fmt: skip
+    assert (tmp_path / "again" / "sample" / "candidates.jsonl").read_text() == "\n".join(lines) + "\n"
+    assert again["counts"]["prompts_written"] == 5
+
+
+def test_identical_candidates_drop_the_prompt(tmp_path, tiny_llama):
+    result = run_sample(sample_recipe(tmp_path, tiny_llama, prompts_file(tmp_path, 2), "sample.temperature=0",
+                                      "sample.n=2"))  # fmt: skip
+    assert result["counts"]["dropped"] == {"all_candidates_identical": 2}
+    assert (tmp_path / "run" / "sample" / "candidates.jsonl").read_text() == ""
+
+
+def test_bad_prompts_and_settings(tmp_path, tiny_llama):
+    prompts = write_lines(tmp_path / "p.jsonl", [
+        {"id": "a", "messages": [{"role": "user", "content": "x"}]},
+        {"id": "a", "messages": [{"role": "user", "content": "y"}], "reference": "r"},
+    ])  # fmt: skip
+    with pytest.raises(DataError, match=r"p.jsonl:1: off-policy field 'reference' is missing or empty"):
+        run_sample(sample_recipe(tmp_path, tiny_llama, prompts, "sample.offpolicy_fields=[reference]"))
+    with pytest.raises(DataError, match=r"p.jsonl:2: duplicate id 'a'"):
+        run_sample(sample_recipe(tmp_path, tiny_llama, prompts))
+    with pytest.raises(ConfigError, match=r"sample.backend: vllm is not installed; pip install 'wpo\[vllm\]'"):
+        load_recipe(None, ["sample.backend=vllm"])
+    with pytest.raises(ConfigError, match=r"must give at least 2 candidates per prompt"):
+        load_recipe(None, ["sample.n=1"])
+    with pytest.raises(ConfigError, match=r"sample.prompts is required"):
+        run_sample(load_recipe(None, [f"output_dir={tmp_path}"]))
+    with pytest.raises(ConfigError, match=r"llamacpp needs a GGUF of the policy"):
+        from wpo.sampling.llamacpp_backend import policy_gguf
+
+        policy_gguf(load_recipe(None, [f"model.name_or_path={tiny_llama}", "sample.backend=llamacpp"]))
+
+
+def test_killed_sampling_resumes_to_the_same_file(tmp_path, tiny_llama):
+    """SIGKILL `wpo sample` once it has written some batches; the rerun's file equals an uninterrupted run's."""
+    prompts = prompts_file(tmp_path, count=24)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"seed: 5\nmodel: {{name_or_path: {tiny_llama}}}\n"
+                      f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 24, batch_size: 1}}\n")  # fmt: skip
+    env = {**os.environ, "WPO_LOG_LEVEL": "WARNING"}
+    command = [sys.executable, "-m", "wpo", "sample", str(recipe)]
+    subprocess.run([*command, f"output_dir={tmp_path / 'straight'}"], check=True, capture_output=True, env=env)
+
+    killed_dir = tmp_path / "killed" / "sample"
+    process = subprocess.Popen([*command, f"output_dir={tmp_path / 'killed'}"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        progress = list(killed_dir.glob(".candidates.*.progress.jsonl"))
+        if progress and progress[0].read_text().count("\n") >= 3:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "candidates.jsonl").exists(), "the run finished before it could be killed"
+    done_before = progress[0].read_text().count("\n")
+    assert 3 <= done_before < 24
+
+    subprocess.run([*command, f"output_dir={tmp_path / 'killed'}"], check=True, capture_output=True, env=env)
+    straight = (tmp_path / "straight" / "sample" / "candidates.jsonl").read_bytes()
+    assert (killed_dir / "candidates.jsonl").read_bytes() == straight
+    manifest = json.loads((killed_dir / "manifest.json").read_text())
+    assert manifest["counts"]["prompts_done_before_this_run"] >= done_before
