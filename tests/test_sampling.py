@@ -107,7 +107,7 @@ def test_bad_prompts_and_settings(tmp_path, tiny_llama):
         run_sample(sample_recipe(tmp_path, tiny_llama, prompts, "sample.offpolicy_fields=[reference]"))
     with pytest.raises(DataError, match=r"p.jsonl:2: duplicate id 'a'"):
         run_sample(sample_recipe(tmp_path, tiny_llama, prompts))
-    with pytest.raises(ConfigError, match=r"sample.backend: vllm is not installed; pip install 'wpo\[vllm\]'"):
+    with pytest.raises(ConfigError, match=r"sample.backend: vllm is not installed; pip install vllm"):
         load_recipe(None, ["sample.backend=vllm"])
     with pytest.raises(ConfigError, match=r"must give at least 2 candidates per prompt"):
         load_recipe(None, ["sample.n=1"])

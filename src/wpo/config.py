@@ -70,7 +70,10 @@ class SampleConfig(Section):
                 f"sample.n ({self.n}) plus sample.offpolicy_fields ({len(self.offpolicy_fields)}) must give at "
                 "least 2 candidates per prompt to form a pair"
             )
-        install = {"llamacpp": ("llama_cpp", "pip install llama-cpp-python"), "vllm": ("vllm", "pip install 'wpo[vllm]'")}
+        install = {
+            "llamacpp": ("llama_cpp", "pip install llama-cpp-python"),
+            "vllm": ("vllm", "pip install vllm (GPU only; it pins its own torch)"),
+        }
         if self.backend in install and importlib.util.find_spec(install[self.backend][0]) is None:
             raise ValueError(f"sample.backend: {self.backend} is not installed; {install[self.backend][1]}")
         if self.gguf is not None and self.backend != "llamacpp":
@@ -89,6 +92,7 @@ class JudgeConfig(Section):
     timeout: float = Field(60.0, gt=0.0)
     max_retries: int = Field(5, ge=0)
     backoff_seconds: float = Field(0.5, ge=0.0)
+    extra_body: dict[str, Any] = Field(default_factory=dict)  # server extensions, e.g. {grammar: "root ::= [0-9]"}
 
 
 class ScoreConfig(Section):

@@ -1,4 +1,4 @@
-"""vLLM on GPUs (optional extra `wpo[vllm]`, imported only when chosen): one request per sample, each with its seed.
+"""vLLM on GPUs (installed separately, imported only when chosen): one request per sample, each with its seed.
 
 Not exercised by the CPU test suite: this workplace's CI has no GPU.
 """

@@ -5,6 +5,9 @@ the judge's distribution over digit tokens (smoother than the argmax, as G-Eval 
 first digit of its answer. Every answer is cached on disk, keyed by (endpoint, judge model, prompt, response), so a
 rerun pays nothing twice; transient failures (timeouts, 429, 5xx) are retried with exponential backoff and jitter.
 The API key comes from the environment variable named in the recipe and is never written anywhere.
+
+Small judges do not follow the one-digit instruction; `score.judge.extra_body` passes a server's own constraint
+through (llama.cpp: `{grammar: "root ::= [0-9]"}`; vLLM: `{guided_choice: ["0", ..., "9"]}`).
 """
 
 from __future__ import annotations
@@ -88,8 +91,8 @@ class JudgeScorer:
         return cache
 
     def _key(self, request: ScoreRequest) -> str:
-        payload = json.dumps([self.config.base_url, self.config.model, JUDGE_TEMPLATE, request.messages,
-                              request.response], ensure_ascii=False)  # fmt: skip
+        payload = json.dumps([self.config.base_url, self.config.model, self.config.extra_body, JUDGE_TEMPLATE,
+                              request.messages, request.response], ensure_ascii=False, sort_keys=True)  # fmt: skip
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def _remember(self, key: str, score: float) -> None:
@@ -108,6 +111,7 @@ class JudgeScorer:
             "temperature": 0.0,
             "logprobs": True,
             "top_logprobs": 20,
+            **self.config.extra_body,
         }
         last_error = ""
         for attempt in range(self.config.max_retries + 1):

@@ -45,9 +45,8 @@ class RewardModelScorer:
     def __init__(self, recipe: Recipe):
         path = resolve_model_path(recipe.score.required("model"))
         self.config = recipe.score
+        self.model = load_reward_model(path, recipe)  # first: it says why remote code is needed, if it is
         self.tokenizer = load_tokenizer(path, recipe.model.trust_remote_code)
-        self.tokenizer.truncation_side = "left"
-        self.model = load_reward_model(path, recipe)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
