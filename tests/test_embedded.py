@@ -36,3 +36,56 @@ def test_embedded_smollm2_trains_two_steps(tmp_path):
 
     reloaded = AutoModelForCausalLM.from_pretrained(result.final_dir)
     assert reloaded.config.model_type == "llama"
+
+
+@pytest.mark.slow
+def test_llamacpp_sampler_is_seeded_per_sample(tmp_path):
+    from wpo.models import resolve_model_path
+    from wpo.sampling import SampleRequest
+    from wpo.sampling.llamacpp_backend import LlamaCppSampler
+
+    recipe = load_recipe(None, ["sample.backend=llamacpp", "sample.max_new_tokens=24", "sample.temperature=1.0",
+                                "sample.stop=['.']"])  # fmt: skip
+    sampler = LlamaCppSampler(resolve_model_path(recipe.model.name_or_path), recipe)
+    question = [{"role": "user", "content": "Tell me a fact about the moon."}]
+    requests = [SampleRequest(question, 1), SampleRequest(question, 2), SampleRequest(question, 1)]
+    first = sampler.generate(requests)
+    assert first[0] == first[2] and first == sampler.generate(requests)
+    assert first[0] != first[1]
+    assert all("." not in text for text in first)  # cut at the stop string
+
+
+@pytest.mark.slow
+def test_sample_score_pair_from_the_cli_on_the_embedded_model(tmp_path):
+    """The data side end to end: `wpo run` with a Python reward preferring answers near 40 characters."""
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({
+        "id": f"q{i}", "messages": [{"role": "user", "content": question}], "reference": reference}) + "\n"
+        for i, (question, reference) in enumerate([
+            ("What is the capital of France?", "The capital of France is Paris."),
+            ("Name a primary colour.", "Red is a primary colour."),
+        ])))  # fmt: skip
+    (tmp_path / "near40.py").write_text("def reward(messages, text):\n    return -abs(len(text) - 40)\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'run'}\nseed: 2\nstages: [sample, score, pair]\n"
+        f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 24, offpolicy_fields: [reference]}}\n"
+        "score: {scorer: python, function: 'near40:reward'}\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "wpo", "run", str(recipe)], cwd=tmp_path, capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    scored = [json.loads(line) for line in (tmp_path / "run" / "score" / "candidates.jsonl").read_text().splitlines()]
+    for record in scored:
+        assert [c["source"] for c in record["candidates"]] == ["policy", "policy", "offpolicy:reference"]
+        assert all(c["score"] == -abs(len(c["text"]) - 40) for c in record["candidates"])
+    pairs = [json.loads(line) for line in (tmp_path / "run" / "pair" / "pairs.jsonl").read_text().splitlines()]
+    stats = json.loads((tmp_path / "run" / "pair" / "stats.json").read_text())
+    assert len(pairs) + sum(stats["dropped"].values()) == 2
+    for pair in pairs:
+        assert pair["score_chosen"] > pair["score_rejected"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(summary["wall_seconds"]) == {"sample", "score", "pair"}

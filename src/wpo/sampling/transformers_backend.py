@@ -56,8 +56,10 @@ class TransformersSampler:
         cfg = self.config
         texts = [render_prompt(self.tokenizer, request.messages) for request in requests]
         batch = self.tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(self.device)
-        generation = GenerationConfig(
+        generation = GenerationConfig(  # neutral values: the model's defaults only fill fields left unset
             do_sample=False,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
             max_new_tokens=cfg.max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,

@@ -1,5 +1,8 @@
 """vLLM on GPUs (installed separately, imported only when chosen): one request per sample, each with its seed.
 
+vLLM's `n` shares one seed across a prompt's samples; one request per sample keeps every sample reproducible from
+its own seed, and prefix caching shares the prompt's KV cache across them, so the cost stays close to `n`.
+
 Not exercised by the CPU test suite: this workplace's CI has no GPU.
 """
 
@@ -22,6 +25,7 @@ class VllmSampler:
             dtype=str(resolve_dtype(recipe.model.dtype)).removeprefix("torch."),
             trust_remote_code=recipe.model.trust_remote_code,
             seed=recipe.seed,
+            enable_prefix_caching=True,
         )
 
     def generate(self, requests: list[SampleRequest]) -> list[str]:
