@@ -52,11 +52,17 @@ def test_train_and_run_from_the_command_line(tmp_path, tiny_llama, pairs_file):
         (["eval", "--annotations", "a.json", "--json"], 3, "wpo eval is not implemented yet (tracked in issue 4)"),
         (["chat", "model-dir"], 3, "wpo chat is not implemented yet (tracked in issue 5)"),
         (["run", "recipes/quickstart.yaml", "stages=[train, export]"], 3, "wpo export is not implemented yet"),
-        (["train", "recipes/quickstart.yaml", "train.bta=1"], 2,
-         "wpo: error: recipes/quickstart.yaml: train.bta: unknown key; did you mean train.beta?"),
+        (
+            ["train", "recipes/quickstart.yaml", "train.bta=1"],
+            2,
+            "wpo: error: recipes/quickstart.yaml: train.bta: unknown key; did you mean train.beta?",
+        ),
         (["train", "missing.yaml"], 2, "wpo: error: recipe missing.yaml does not exist"),
-        (["train", "recipes/quickstart.yaml", "train.pairs=nowhere.jsonl", "output_dir=/tmp/wpo-cli-missing"], 2,
-         "wpo: error: nowhere.jsonl: no local file by that name, and loading it as a datasets id"),
+        (
+            ["train", "recipes/quickstart.yaml", "train.pairs=nowhere.jsonl", "output_dir=/tmp/wpo-cli-missing"],
+            2,
+            "wpo: error: nowhere.jsonl: no local file by that name, and loading it as a datasets id",
+        ),
     ],
 )
 def test_errors_are_one_line_with_a_nonzero_exit(args, code, message):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import write_lines
+
 from wpo.config import load_recipe
 from wpo.pair_stage import run_pair
 from wpo.pairing import choose_pair

@@ -11,8 +11,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import write_lines
+
 from wpo.config import load_recipe
 from wpo.errors import ConfigError, DataError
 from wpo.sampling import SampleRequest, sample_seed
@@ -30,8 +30,8 @@ def prompts_file(tmp_path, count=5, reference=True):
 
 
 def sample_recipe(tmp_path, model, prompts, *overrides, run="run"):
-    return load_recipe(None, [f"model.name_or_path={model}", f"sample.prompts={prompts}", f"output_dir={tmp_path / run}",
-                              "seed=5", "sample.n=3", "sample.max_new_tokens=8", *overrides])  # fmt: skip
+    settings = [f"model.name_or_path={model}", f"sample.prompts={prompts}", f"output_dir={tmp_path / run}", "seed=5"]
+    return load_recipe(None, [*settings, "sample.n=3", "sample.max_new_tokens=8", *overrides])
 
 
 def test_seeds_are_stable_and_distinct():
@@ -58,8 +58,10 @@ def test_per_row_sampling_filters():
 def test_a_sample_does_not_depend_on_its_batch(tmp_path, tiny_llama):
     recipe = sample_recipe(tmp_path, tiny_llama, prompts_file(tmp_path), "sample.max_new_tokens=12")
     sampler = TransformersSampler(str(tiny_llama), recipe)
-    requests = [SampleRequest([{"role": "user", "content": text}], seed)
-                for text, seed in (("Hi", 11), ("What is the capital of France? Answer.", 12), ("Seven", 13))]
+    requests = [
+        SampleRequest([{"role": "user", "content": text}], seed)
+        for text, seed in (("Hi", 11), ("What is the capital of France? Answer.", 12), ("Seven", 13))
+    ]
     together = sampler.generate(requests)
     alone = [sampler.generate([request])[0] for request in requests]
     assert together == alone

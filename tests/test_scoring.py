@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-
 from conftest import CHATML_TEMPLATE, build_tokenizer, write_lines
+
 from wpo.config import load_recipe
 from wpo.errors import ConfigError, DataError, WpoError
 from wpo.scoring import ScoreRequest
@@ -60,7 +60,9 @@ def test_non_finite_scores_name_the_candidate(tmp_path, monkeypatch):
     (tmp_path / "bad_reward.py").write_text("def reward(messages, text):\n    return float('nan') if 'lot' in text "
                                             "else 1.0\n")  # fmt: skip
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataError, match=r"candidates.jsonl:1: candidate 1 of 'q0' got score nan; scores must be finite"):
+    with pytest.raises(
+        DataError, match=r"candidates.jsonl:1: candidate 1 of 'q0' got score nan; scores must be finite"
+    ):
         run_score(score_recipe(tmp_path, candidates_file(tmp_path), "score.scorer=python",
                                "score.function=bad_reward:reward"))  # fmt: skip
     with pytest.raises(ConfigError, match=r"score.function: cannot import 'nowhere'"):
@@ -111,7 +113,9 @@ def test_remote_code_reward_model_needs_consent(tmp_path):
     (tmp_path / "rm" / "config.json").write_text(json.dumps(
         {"model_type": "armo-rm", "auto_map": {"AutoConfig": "configuration_armo.ArmoConfig"}}))  # fmt: skip
     (tmp_path / "rm" / "model.safetensors").write_bytes(b"")
-    with pytest.raises(WpoError, match=r"needs its own code \(e.g. ArmoRM's gating head\); set model.trust_remote_code"):
+    with pytest.raises(
+        WpoError, match=r"needs its own code \(e.g. ArmoRM's gating head\); set model.trust_remote_code"
+    ):
         run_score(score_recipe(tmp_path, candidates_file(tmp_path), f"score.model={tmp_path / 'rm'}"))
 
 
@@ -150,8 +154,10 @@ def llama_server():
 
 def test_judge_scores_against_a_real_local_server(tmp_path, llama_server, monkeypatch):
     monkeypatch.setenv("WPO_JUDGE_KEY", PLANTED_KEY)
-    judge = (f"score.judge={{base_url: '{llama_server}', model: smollm2, api_key_env: WPO_JUDGE_KEY, "
-             "extra_body: {grammar: 'root ::= [0-9]'}}")  # a 135M judge needs the constraint to answer a digit
+    judge = (
+        f"score.judge={{base_url: '{llama_server}', model: smollm2, api_key_env: WPO_JUDGE_KEY, "
+        "extra_body: {grammar: 'root ::= [0-9]'}}"
+    )  # a 135M judge needs the constraint to answer a digit
     recipe = score_recipe(tmp_path, candidates_file(tmp_path), "score.scorer=judge", judge)
     first = run_score(recipe)
     scores = [c["score"] for r in read_scored(tmp_path) for c in r["candidates"]]
@@ -170,7 +176,9 @@ def test_judge_scores_against_a_real_local_server(tmp_path, llama_server, monkey
 
     monkeypatch.setenv("WPO_JUDGE_KEY", "wrong-key")
     with pytest.raises(WpoError, match=r"judge at .* answered HTTP 401"):
-        JudgeScorer(recipe.score.judge, tmp_path / "other").score([ScoreRequest([{"role": "user", "content": "q"}], "a")])
+        JudgeScorer(recipe.score.judge, tmp_path / "other").score(
+            [ScoreRequest([{"role": "user", "content": "q"}], "a")]
+        )
 
 
 class FlakyJudge(BaseHTTPRequestHandler):
@@ -211,14 +219,20 @@ def flaky_server():
 def test_judge_retries_then_weights_digits(tmp_path, flaky_server):
     """Expected digit: 0.75 x 7 + 0.25 x 3 = 6.0 (the non-digit token is ignored)."""
     FlakyJudge.failures = 2
-    recipe = score_recipe(tmp_path, candidates_file(tmp_path), "score.scorer=judge",
-                          f"score.judge={{base_url: '{flaky_server}', model: m, max_retries: 3, backoff_seconds: 0.01}}")
+    recipe = score_recipe(
+        tmp_path,
+        candidates_file(tmp_path),
+        "score.scorer=judge",
+        f"score.judge={{base_url: '{flaky_server}', model: m, max_retries: 3, backoff_seconds: 0.01}}",
+    )
     scorer = JudgeScorer(recipe.score.judge, tmp_path)
     assert scorer.score([ScoreRequest([{"role": "user", "content": "q"}], "a")]) == [pytest.approx(6.0)]
     assert FlakyJudge.seen == 3
 
     FlakyJudge.failures, FlakyJudge.seen = 100, 0
-    with pytest.raises(WpoError, match=r"failed after 4 attempts \(HTTP 503\); 1 judgements are saved in .*judge_cache"):
+    with pytest.raises(
+        WpoError, match=r"failed after 4 attempts \(HTTP 503\); 1 judgements are saved in .*judge_cache"
+    ):
         scorer.score([ScoreRequest([{"role": "user", "content": "q"}], "another answer")])
 
 

@@ -84,7 +84,7 @@ class SampleConfig(Section):
 
 
 class JudgeConfig(Section):
-    """An OpenAI-compatible chat endpoint; the API key is read from the environment variable named here, never stored."""
+    """An OpenAI-compatible chat endpoint; the API key comes from the variable named in `api_key_env`, never stored."""
 
     base_url: str
     model: str

@@ -39,9 +39,7 @@ class SequenceStatistics:
     token_counts: torch.Tensor
 
 
-def sequence_statistics(
-    logits: torch.Tensor, labels: torch.Tensor, softcap: float | None = None
-) -> SequenceStatistics:
+def sequence_statistics(logits: torch.Tensor, labels: torch.Tensor, softcap: float | None = None) -> SequenceStatistics:
     """Per-sequence statistics from next-token logits `[B, T, V]` and labels `[B, T]` already aligned to them.
 
     `labels[b, t]` is the token predicted by `logits[b, t]`; positions holding IGNORE_INDEX (prompt, padding) are not

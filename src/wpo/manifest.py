@@ -44,7 +44,9 @@ def source_fingerprint(source: str) -> str:
     if local is None:
         return source
     if local.is_dir():
-        return config_hash(sorted((str(p.relative_to(local)), p.stat().st_size) for p in local.rglob("*") if p.is_file()))
+        return config_hash(
+            sorted((str(p.relative_to(local)), p.stat().st_size) for p in local.rglob("*") if p.is_file())
+        )
     return file_sha256(local)
 
 

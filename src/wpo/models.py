@@ -97,7 +97,7 @@ def _refuse_pickle_only(directory: Path) -> None:
     if pickles and not has_safetensors:
         raise WpoError(
             f"{directory} holds only pickle weights ({', '.join(sorted(pickles))}); wpo loads safetensors only. "
-            "Convert once with: python -c \"from transformers import AutoModelForCausalLM as M; "
+            'Convert once with: python -c "from transformers import AutoModelForCausalLM as M; '
             f"M.from_pretrained('{directory}').save_pretrained('{directory}-safetensors')\""
         )
 
@@ -139,4 +139,3 @@ def load_causal_lm(path: str, config: ModelConfig):
     except OSError as exc:
         raise WpoError(f"could not load model {path}: {str(exc).splitlines()[0]}") from None
     return model
-

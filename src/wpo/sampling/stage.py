@@ -85,7 +85,9 @@ def run_sample(recipe: Recipe) -> dict[str, Any]:
     if pending and cfg.n > 0:
         sampler = make_sampler(recipe, resolve_model_path(recipe.model.name_or_path))
         for batch in tqdm(pending, desc="sample", unit="batch"):
-            requests = [SampleRequest(p.messages, sample_seed(recipe.seed, p.id, k)) for p in batch for k in range(cfg.n)]
+            requests = [
+                SampleRequest(p.messages, sample_seed(recipe.seed, p.id, k)) for p in batch for k in range(cfg.n)
+            ]
             batch_started = time.perf_counter()
             texts = sampler.generate(requests)
             generation_seconds += time.perf_counter() - batch_started
@@ -131,6 +133,8 @@ def run_sample(recipe: Recipe) -> dict[str, Any]:
     wall = time.perf_counter() - started
     write_manifest(stage_dir, stage="sample", config=config, config_hash=run_hash, seed=recipe.seed, counts=counts,
                    wall_seconds=wall, outputs=[OUTPUT])  # fmt: skip
-    log.info("sample: read %d prompts from %s, wrote %d to %s; skipped %s, dropped %s", counts["prompts_read"],
-             cfg.prompts, written, stage_dir / OUTPUT, dict(policy.skipped) or "none", dict(dropped) or "none")  # fmt: skip
+    log.info(
+        "sample: read %d prompts from %s, wrote %d to %s; skipped %s, dropped %s", counts["prompts_read"],
+        cfg.prompts, written, stage_dir / OUTPUT, dict(policy.skipped) or "none", dict(dropped) or "none",
+    )  # fmt: skip
     return {"output": str(stage_dir / OUTPUT), "counts": counts, "generation_seconds": generation_seconds}

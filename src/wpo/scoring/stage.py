@@ -99,5 +99,7 @@ def run_score(recipe: Recipe) -> dict[str, Any]:
 
 def _checked(score: Any, where: str, record_id: Any, index: int) -> float:
     if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-        raise DataError(f"{where}: candidate {index} of {record_id!r} got score {score!r}; scores must be finite numbers")
+        raise DataError(
+            f"{where}: candidate {index} of {record_id!r} got score {score!r}; scores must be finite numbers"
+        )
     return float(score)

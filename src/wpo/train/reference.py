@@ -100,4 +100,3 @@ def load_or_compute(
         handle.write(save({"chosen": chosen, "rejected": rejected}))
     log.info("reference log-probs: computed %d pairs, cached in %s", len(tokens.pairs), path)
     return ReferenceLogps(chosen, rejected, path, from_cache=False)
-

@@ -46,9 +46,7 @@ class TokenizedPairs:
 def render_response(tokenizer, prompt: list[dict[str, str]], response: str) -> tuple[list[int], list[int]]:
     """Token ids of the prompt (with the generation prompt) and of the assistant turn that follows it."""
     prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    full_text = tokenizer.apply_chat_template(
-        prompt + [{"role": "assistant", "content": response}], tokenize=False
-    )
+    full_text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
     if not full_text.startswith(prompt_text):
         raise RecordInvalid(
             "template_mismatch",

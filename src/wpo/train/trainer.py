@@ -22,6 +22,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_json
@@ -145,8 +146,6 @@ def train(recipe: Recipe) -> TrainResult:
     model = _make_trainable(model, recipe, resume_point)
 
     optimizer = _build_optimizer(model, recipe)
-    from transformers import get_scheduler
-
     scheduler = get_scheduler(
         cfg.lr_scheduler,
         optimizer,
@@ -230,9 +229,9 @@ def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, source
     if cfg.loss in REFERENCE_FREE_LOSSES:
         return None
     reference_path = resolve_model_path(cfg.reference_model) if cfg.reference_model else model_path
-    policy_is_reference = reference_path == model_path and _policy_weights_path(
-        model_path, resume_point, recipe
-    ) == model_path
+    policy_is_reference = (
+        reference_path == model_path and _policy_weights_path(model_path, resume_point, recipe) == model_path
+    )
 
     def load_reference():
         if policy_is_reference:
