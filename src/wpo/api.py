@@ -1,0 +1,116 @@
+"""OpenAI-compatible chat endpoints for judges: retries with backoff, and an on-disk answer cache.
+
+Shared by the pointwise scorer (`wpo score`) and the pairwise evaluator (`wpo eval`). Timeouts, connection errors,
+408/409/429 and 5xx are retried with exponential backoff and jitter, up to `max_retries`; the final failure says how
+many answers are already cached, because those are never asked again. The API key is read from the environment
+variable named in the recipe and is written nowhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from wpo.config import JudgeConfig
+from wpo.errors import WpoError
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class AnswerCache:
+    """Append-only JSONL of `{key, value}`: every answer is fsynced as soon as it arrives."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.values: dict[str, Any] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by a kill: that answer is simply asked again
+                self.values[entry["key"]] = entry["value"]
+
+    @staticmethod
+    def key(*parts: Any) -> str:
+        payload = json.dumps(parts, ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.values
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def put(self, key: str, value: Any) -> None:
+        self.values[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"key": key, "value": value}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+class ChatClient:
+    def __init__(self, config: JudgeConfig):
+        self.config = config
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.headers = {"Content-Type": "application/json"}
+        if config.api_key_env:
+            key = os.environ.get(config.api_key_env)
+            if not key:
+                raise WpoError(f"api_key_env names {config.api_key_env}, which is not set")
+            self.headers["Authorization"] = f"Bearer {key}"
+        self.calls = 0
+
+    def complete(self, messages: list[dict[str, str]], cache: AnswerCache, **params: Any) -> dict[str, Any]:
+        """The first choice of a chat completion; `extra_body` from the config is merged into the request."""
+        body = {"model": self.config.model, "messages": messages, **params, **self.config.extra_body}
+        last_error = ""
+        for attempt in range(self.config.max_retries + 1):
+            if attempt:
+                delay = min(30.0, self.config.backoff_seconds * 2 ** (attempt - 1)) * (1.0 + random.random())
+                log.warning("judge: %s; retry %d/%d in %.1fs", last_error, attempt, self.config.max_retries, delay)
+                time.sleep(delay)
+            try:
+                self.calls += 1
+                response = requests.post(self.url, json=body, headers=self.headers, timeout=self.config.timeout)
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                last_error = type(exc).__name__
+                continue
+            if response.status_code in RETRY_STATUS:
+                last_error = f"HTTP {response.status_code}"
+                continue
+            if response.status_code != 200:
+                raise WpoError(f"judge at {self.url} answered HTTP {response.status_code}: {response.text[:200]}")
+            return response.json()["choices"][0]
+        raise WpoError(
+            f"judge at {self.url} failed after {self.config.max_retries + 1} attempts ({last_error}); "
+            f"{len(cache)} judgements are saved in {cache.path} and will not be asked again"
+        )
+
+
+def first_token_distribution(choice: dict[str, Any]) -> dict[str, float]:
+    """Probabilities of the first generated token's top alternatives (stripped, lower-cased, summed by text)."""
+    content = (choice.get("logprobs") or {}).get("content") or []
+    if not content:
+        return {}
+    probs: dict[str, float] = {}
+    for entry in content[0].get("top_logprobs") or []:
+        token = entry.get("token", "").strip().lower()
+        probs[token] = probs.get(token, 0.0) + math.exp(entry["logprob"])
+    return probs
