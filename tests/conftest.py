@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 import torch
 
 # Tests never reach a hub: fail fast instead of retrying a network that is not there.
@@ -127,3 +132,54 @@ def write_lines(path: Path, lines: list) -> Path:
 @pytest.fixture
 def pairs_file(tmp_path) -> Path:
     return write_lines(tmp_path / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
+
+
+PLANTED_KEY = "sk-wpo-planted-test-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    """`python -m llama_cpp.server` on the embedded SmolLM2 GGUF, on loopback, requiring an API key."""
+    from wpo.models import embedded_gguf
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf("embedded:smollm2-135m-instruct")),
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--api_key", PLANTED_KEY],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{base_url}/models", headers={"Authorization": f"Bearer {PLANTED_KEY}"}, timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("llama_cpp.server did not start")
+    yield base_url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory) -> Path:
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    directory = tmp_path_factory.mktemp("tiny-rm")
+    tokenizer = build_tokenizer(CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"], None, "<|im_end|>")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
 import torch
-from conftest import CHATML_TEMPLATE, build_tokenizer, write_lines
+from conftest import PLANTED_KEY, write_lines
 
 from wpo.config import load_recipe
 from wpo.errors import ConfigError, DataError, WpoError
 from wpo.scoring import ScoreRequest
 from wpo.scoring.judge import JudgeScorer, score_from_answer
 from wpo.scoring.stage import run_score
-
-PLANTED_KEY = "sk-wpo-planted-test-key-0123456789"
 
 
 def candidates_file(tmp_path: Path) -> Path:
@@ -71,21 +64,6 @@ def test_non_finite_scores_name_the_candidate(tmp_path, monkeypatch):
         run_score(score_recipe(tmp_path, candidates_file(tmp_path), "score.scorer=python"))
 
 
-@pytest.fixture(scope="session")
-def tiny_reward_model(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    directory = tmp_path_factory.mktemp("tiny-rm")
-    tokenizer = build_tokenizer(CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"], None, "<|im_end|>")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
 def test_reward_model_scores_match_one_at_a_time(tmp_path, tiny_reward_model):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -117,39 +95,6 @@ def test_remote_code_reward_model_needs_consent(tmp_path):
         WpoError, match=r"needs its own code \(e.g. ArmoRM's gating head\); set model.trust_remote_code"
     ):
         run_score(score_recipe(tmp_path, candidates_file(tmp_path), f"score.model={tmp_path / 'rm'}"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def llama_server():
-    """`python -m llama_cpp.server` on the embedded SmolLM2 GGUF, on loopback, requiring an API key."""
-    from wpo.models import embedded_gguf
-
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf("embedded:smollm2-135m-instruct")),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--api_key", PLANTED_KEY],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base_url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{base_url}/models", headers={"Authorization": f"Bearer {PLANTED_KEY}"}, timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("llama_cpp.server did not start")
-    yield base_url
-    process.terminate()
-    process.wait(timeout=30)
 
 
 def test_judge_scores_against_a_real_local_server(tmp_path, llama_server, monkeypatch):

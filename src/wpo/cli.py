@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -96,9 +97,37 @@ def evaluate(
     """Judge model outputs against references; or recompute metrics with --annotations."""
 
     def action() -> None:
-        raise NotImplementedStage("wpo eval is not implemented yet (tracked in issue 4)")
+        if annotations is not None:
+            if recipe is not None:
+                raise WpoError("give either a recipe or --annotations, not both")
+            from wpo.eval.stage import metrics_from_file
+
+            metrics = metrics_from_file(str(annotations))
+        elif recipe is not None:
+            from wpo.stages import run_stage
+
+            metrics = run_stage(load_recipe(recipe, overrides), "eval")["metrics"]
+        else:
+            raise WpoError("wpo eval needs a recipe, or --annotations FILE")
+        if as_json:
+            finite = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+            typer.echo(json.dumps({k: v for k, v in finite.items() if k != "glm_weights"}))
+        else:
+            _print_metrics(metrics)
 
     _guarded(action)
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    lines = [
+        f"{'LC win rate':<18} {metrics['length_controlled_winrate']:8.2f}",
+        f"{'win rate':<18} {metrics['win_rate']:8.2f}  (standard error {metrics['standard_error']:.2f})",
+        f"{'discrete win rate':<18} {metrics['discrete_win_rate']:8.2f}",
+        f"{'wins/draws/total':<18} {metrics['n_wins']}/{metrics['n_draws']}/{metrics['n_total']}",
+        f"{'avg length':<18} {metrics['avg_length']:8.0f}",
+        f"LC formula: {metrics['lc_formula']}",
+    ]
+    typer.echo("\n".join(lines))
 
 
 @app.command()

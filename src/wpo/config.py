@@ -175,6 +175,31 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     model: str | None = None
+    prompts: str | None = None
+    reference_field: str = "reference"
+    reference_generator: str = "reference"
+    generator_name: str | None = None
+    backend: Literal["transformers", "llamacpp", "vllm"] = "transformers"
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(512, gt=0)
+    batch_size: int = Field(8, gt=0)
+    judge: Literal["api", "reward_model", "python"] = "api"
+    api: JudgeConfig | None = None
+    reward_model: str | None = None
+    function: str | None = None
+    instruction_difficulty: str | None = None
+    gamed_baselines: str | None = None
+    leaderboard: str | None = None
+
+    @model_validator(mode="after")
+    def _settings_match_judge(self) -> EvalConfig:
+        for key, judge in (("api", "api"), ("reward_model", "reward_model"), ("function", "python")):
+            if getattr(self, key) is not None and self.judge != judge:
+                raise ValueError(f"eval.{key} is only used by eval.judge: {judge} (judge is {self.judge!r})")
+        if self.gamed_baselines is not None and self.instruction_difficulty is None:
+            raise ValueError("eval.gamed_baselines needs eval.instruction_difficulty (AlpacaEval's formula uses both)")
+        return self
 
 
 class ExportConfig(Section):

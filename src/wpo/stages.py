@@ -35,12 +35,13 @@ class Stage:
         return self._function(self.run_function)(recipe)
 
 
-PENDING = {"eval": 4, "export": 5}
+PENDING = {"export": 5}
 IMPLEMENTED = {
     "sample": Stage("sample", "wpo.sampling.stage", "run_sample"),
     "score": Stage("score", "wpo.scoring.stage", "run_score"),
     "pair": Stage("pair", "wpo.pair_stage", "run_pair"),
     "train": Stage("train", "wpo.train.trainer", "run_train"),
+    "eval": Stage("eval", "wpo.eval.stage", "run_eval"),
 }
 
 

@@ -1,0 +1,136 @@
+"""Pairwise judges: is the model's output better than the reference's? Each returns an alpaca_eval preference in [1, 2].
+
+- `api`: an OpenAI-compatible chat judge sees both outputs as (a) and (b) and answers one letter; the preference is
+  the judge's probability of the model's letter among the two (weighted, as AlpacaEval 2 does), or its discrete
+  answer when no logprobs come back. Which output is (a) is decided per instruction by a hash of its text, so the
+  order is random across instructions yet the same on every rerun; the answer is un-swapped afterwards.
+- `reward_model`: 1 + σ(r(model) − r(reference)), the Bradley–Terry probability under a sequence-classification RM.
+- `python`: `module:function(messages, reference_output, model_output) -> P(model better)` in [0, 1].
+
+Identical outputs are a draw (1.5) without asking anyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from wpo.api import AnswerCache, ChatClient, first_token_distribution
+from wpo.config import Recipe, ScoreConfig
+from wpo.errors import WpoError
+
+PAIRWISE_SYSTEM = "You are a careful, impartial judge of assistant responses."
+PAIRWISE_TEMPLATE = (
+    "Which output follows the instruction better: more helpful, correct and faithful to what was asked?\n\n"
+    "[Instruction]\n{instruction}\n\n[Output (a)]\n{first}\n\n[Output (b)]\n{second}\n\n"
+    "Answer with a single letter, a or b."
+)
+CACHE_FILE = "judge_cache.jsonl"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    messages: list[dict[str, str]]
+    reference: str
+    output: str
+
+    @property
+    def instruction(self) -> str:
+        return self.messages[-1]["content"]
+
+
+def model_shown_first(instruction: str) -> bool:
+    """The per-instruction order: deterministic from the instruction text, balanced across instructions."""
+    return hashlib.sha256(instruction.encode("utf-8")).digest()[0] % 2 == 1
+
+
+class ApiPairwiseJudge:
+    def __init__(self, recipe: Recipe, cache_dir: Path):
+        self.config = recipe.eval.api
+        if self.config is None:
+            raise WpoError("eval.api (base_url, model, ...) is required by eval.judge: api")
+        self.client = ChatClient(self.config)
+        self.cache = AnswerCache(cache_dir / CACHE_FILE)
+
+    def probability_second_better(self, first: str, second: str, instruction: str) -> float:
+        key = AnswerCache.key(self.config.base_url, self.config.model, self.config.extra_body, PAIRWISE_TEMPLATE,
+                              instruction, first, second)  # fmt: skip
+        if key not in self.cache:
+            prompt = PAIRWISE_TEMPLATE.format(instruction=instruction, first=first, second=second)
+            messages = [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": prompt}]
+            choice = self.client.complete(messages, self.cache, max_tokens=1, temperature=0.0, logprobs=True,
+                                          top_logprobs=20)  # fmt: skip
+            letters = first_token_distribution(choice)
+            p_a, p_b = letters.get("a", 0.0), letters.get("b", 0.0)
+            if p_a + p_b > 0:
+                value = p_b / (p_a + p_b)
+            else:
+                answer = ((choice.get("message") or {}).get("content") or "").strip().lower()[:1]
+                if answer not in ("a", "b"):
+                    raise WpoError(f"pairwise judge answered {answer!r}; expected 'a' or 'b'")
+                value = 1.0 if answer == "b" else 0.0
+            self.cache.put(key, value)
+        return self.cache[key]
+
+    def preferences(self, comparisons: list[Comparison]) -> list[float]:
+        preferences = []
+        for item in comparisons:
+            if model_shown_first(item.instruction):
+                p_model = 1.0 - self.probability_second_better(item.output, item.reference, item.instruction)
+            else:
+                p_model = self.probability_second_better(item.reference, item.output, item.instruction)
+            preferences.append(1.0 + p_model)
+        return preferences
+
+
+class RewardModelPairwiseJudge:
+    def __init__(self, recipe: Recipe):
+        from wpo.scoring.reward_model import RewardModelScorer
+
+        if recipe.eval.reward_model is None:
+            raise WpoError("eval.reward_model is required by eval.judge: reward_model")
+        scoring = ScoreConfig(scorer="reward_model", model=recipe.eval.reward_model)
+        self.scorer = RewardModelScorer(recipe.model_copy(update={"score": scoring}))
+
+    def preferences(self, comparisons: list[Comparison]) -> list[float]:
+        from wpo.scoring import ScoreRequest
+
+        requests = [ScoreRequest(c.messages, text) for c in comparisons for text in (c.reference, c.output)]
+        scores = self.scorer.score(requests)
+        return [1.0 + 1.0 / (1.0 + math.exp(scores[2 * i] - scores[2 * i + 1])) for i in range(len(comparisons))]
+
+
+class PythonPairwiseJudge:
+    def __init__(self, recipe: Recipe):
+        from wpo.scoring.python_callable import load_function
+
+        if recipe.eval.function is None:
+            raise WpoError("eval.function is required by eval.judge: python")
+        self.function = load_function(recipe.eval.function)
+
+    def preferences(self, comparisons: list[Comparison]) -> list[float]:
+        preferences = []
+        for item in comparisons:
+            p_model = self.function(item.messages, item.reference, item.output)
+            if isinstance(p_model, bool) or not isinstance(p_model, int | float) or not 0.0 <= p_model <= 1.0:
+                raise WpoError(f"eval.function returned {p_model!r} for {item.instruction[:60]!r}; expected [0, 1]")
+            preferences.append(1.0 + float(p_model))
+        return preferences
+
+
+def judge_all(recipe: Recipe, comparisons: list[Comparison], cache_dir: Path) -> list[float]:
+    """Preferences for every comparison, with identical outputs settled as draws before any judge is built."""
+    open_items = [c for c in comparisons if c.output != c.reference]
+    judged: list[float] = []
+    if open_items:
+        kind = recipe.eval.judge
+        judge = (
+            ApiPairwiseJudge(recipe, cache_dir) if kind == "api"
+            else RewardModelPairwiseJudge(recipe) if kind == "reward_model"
+            else PythonPairwiseJudge(recipe)
+        )  # fmt: skip
+        judged = judge.preferences(open_items)
+    answers = iter(judged)
+    return [1.5 if c.output == c.reference else next(answers) for c in comparisons]

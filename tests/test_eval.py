@@ -1,0 +1,182 @@
+"""Evaluation: pairwise judges (order randomization, un-swapping), the eval stage's files, and `wpo eval` on the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import write_lines
+
+from wpo.config import load_recipe
+from wpo.eval.judges import ApiPairwiseJudge, Comparison, judge_all, model_shown_first
+from wpo.eval.stage import run_eval
+
+
+def test_order_is_deterministic_and_balanced():
+    instructions = [f"instruction {i}" for i in range(200)]
+    first = [model_shown_first(text) for text in instructions]
+    assert first == [model_shown_first(text) for text in instructions]
+    assert 70 < sum(first) < 130
+
+
+class PrefersB(BaseHTTPRequestHandler):
+    """Always gives letter b probability 0.8 (and a 0.2)."""
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        top = [{"token": "b", "logprob": math.log(0.8)}, {"token": " a", "logprob": math.log(0.2)}]
+        body = json.dumps({"choices": [{"message": {"content": "b"}, "logprobs": {"content": [
+            {"token": "b", "top_logprobs": top}]}}]}).encode()  # fmt: skip
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_api_judge_unswaps_the_order(tmp_path):
+    """A judge that always prefers (b) at 0.8: the model gets 0.8 where it was shown second, 0.2 where first."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PrefersB)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        recipe = load_recipe(
+            None, [f"eval.api={{base_url: 'http://127.0.0.1:{server.server_address[1]}/v1', model: j}}"]
+        )
+        items = [Comparison([{"role": "user", "content": f"task {i}"}], "reference", f"output {i}") for i in range(12)]
+        preferences = ApiPairwiseJudge(recipe, tmp_path).preferences(items)
+    finally:
+        server.shutdown()
+    for item, preference in zip(items, preferences, strict=True):
+        assert preference == pytest.approx(1.2 if model_shown_first(item.instruction) else 1.8)
+
+
+def test_identical_outputs_are_draws_without_a_judge(tmp_path):
+    recipe = load_recipe(None, ["eval.judge=python", "eval.function=nowhere:f"])  # never imported: all identical
+    items = [Comparison([{"role": "user", "content": "q"}], "same", "same")]
+    assert judge_all(recipe, items, tmp_path) == [1.5]
+
+
+def test_reward_model_judge_is_bradley_terry(tiny_reward_model):
+    """preference = 1 + σ(r(model) − r(reference)), with r computed here straight from the model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from wpo.eval.judges import RewardModelPairwiseJudge
+
+    recipe = load_recipe(None, ["eval.judge=reward_model", f"eval.reward_model={tiny_reward_model}"])
+    items = [Comparison([{"role": "user", "content": f"Say something about {w}."}], f"{w}.", f"I like {w} a lot.")
+             for w in ("the sea", "foxes")]  # fmt: skip
+    preferences = RewardModelPairwiseJudge(recipe).preferences(items)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model)
+
+    def reward(messages, text):
+        rendered = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": text}], tokenize=False)
+        with torch.no_grad():
+            ids = tokenizer(rendered, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            return model(input_ids=ids).logits[0, 0].item()
+
+    for item, preference in zip(items, preferences, strict=True):
+        margin = reward(item.messages, item.output) - reward(item.messages, item.reference)
+        assert preference == pytest.approx(1 + 1 / (1 + math.exp(-margin)), abs=1e-5)
+
+
+def eval_prompts(tmp_path, count=4):
+    records = [
+        {"id": f"e{i}", "messages": [{"role": "user", "content": f"Name something {word}."}],
+         "reference": f"Something {word} is the {word} thing."}
+        for i, word in enumerate(["blue", "small", "loud", "old", "new", "warm"][:count])
+    ]  # fmt: skip
+    return write_lines(tmp_path / "eval.jsonl", records)
+
+
+def test_eval_stage_writes_alpaca_eval_files(tmp_path, tiny_llama, monkeypatch):
+    """A Python judge that prefers the shorter output: preferences are known, so every metric is."""
+    (tmp_path / "shorter.py").write_text("def judge(messages, reference, output):\n"
+                                         "    return 1.0 if len(output) < len(reference) else 0.0\n")  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(None, [f"output_dir={tmp_path / 'run'}", f"eval.model={tiny_llama}", "eval.judge=python",
+                                "eval.function=shorter:judge", f"eval.prompts={eval_prompts(tmp_path)}",
+                                "eval.max_new_tokens=8", "eval.generator_name=tiny"])  # fmt: skip
+    result = run_eval(recipe)
+    eval_dir = tmp_path / "run" / "eval"
+    outputs = json.loads((eval_dir / "model_outputs.json").read_text())
+    assert [set(o) for o in outputs] == [{"instruction", "output", "generator"}] * 4
+    assert outputs[0]["instruction"] == "Name something blue." and outputs[0]["generator"] == "tiny"
+    annotations = json.loads((eval_dir / "annotations.json").read_text())
+    for annotation, output in zip(annotations, outputs, strict=True):
+        assert annotation["output_2"] == output["output"] and annotation["generator_1"] == "reference"
+        assert annotation["preference"] == (2.0 if len(output["output"]) < len(annotation["output_1"]) else 1.0)
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    wins = sum(a["preference"] == 2.0 for a in annotations)
+    assert metrics["win_rate"] == pytest.approx(100 * wins / 4) == result["metrics"]["win_rate"]
+    assert metrics["avg_length"] == pytest.approx(sum(len(o["output"]) for o in outputs) / 4)
+    assert metrics["lc_formula"] == "tanh(std_delta_len) + not_gamed_baseline"
+    board = (eval_dir / "leaderboard.csv").read_text().splitlines()
+    assert board[0] == (",win_rate,standard_error,n_wins,n_wins_base,n_draws,n_total,discrete_win_rate,mode,"
+                        "avg_length,length_controlled_winrate,lc_standard_error")  # fmt: skip
+    assert board[1].startswith("tiny,")
+    assert (eval_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "tiny vs the reference" in (eval_dir / "report.html").read_text()
+    assert json.loads((eval_dir / "manifest.json").read_text())["completed"]
+
+
+def test_eval_annotations_json_on_the_cli(tmp_path):
+    """Preferences 2, 1, 1.5, 1.75 (see test_eval_metrics): WR 56.25, discrete 62.5, 2 wins, 1 draw, 4 total."""
+    annotations = [
+        {"instruction": f"i{k}", "output_1": "r" * 10, "output_2": "m" * length, "generator_1": "ref",
+         "generator_2": "mine", "preference": pref}
+        for k, (pref, length) in enumerate([(2.0, 12), (1.0, 8), (1.5, 10), (1.75, 14)])
+    ]  # fmt: skip
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(annotations))
+    env = {**os.environ, "WPO_LOG_LEVEL": "WARNING"}
+    result = subprocess.run([sys.executable, "-m", "wpo", "eval", "--annotations", str(path), "--json"],
+                            capture_output=True, text=True, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["win_rate"] == pytest.approx(56.25) and out["discrete_win_rate"] == pytest.approx(62.5)
+    assert (out["n_wins"], out["n_draws"], out["n_total"]) == (2, 1, 4)
+    assert out["avg_length"] == pytest.approx(11.0)
+    assert 0 <= out["length_controlled_winrate"] <= 100 and out["generator"] == "mine"
+    for key in ("standard_error", "length_controlled_winrate"):
+        assert key in out
+
+    annotations[1]["preference"] = 2.5
+    path.write_text(json.dumps(annotations))
+    bad = subprocess.run([sys.executable, "-m", "wpo", "eval", "--annotations", str(path)], capture_output=True,
+                         text=True, env=env)  # fmt: skip
+    assert bad.returncode == 2
+    assert "annotations.json:item 1: preference must lie in [1, 2], got 2.5" in bad.stderr
+
+
+@pytest.mark.slow
+def test_eval_offline_on_the_embedded_model_with_a_local_judge(tmp_path, llama_server, monkeypatch):
+    """`wpo eval` fully offline: SmolLM2 answers, SmolLM2 on llama.cpp's server judges (a/b constrained)."""
+    from conftest import PLANTED_KEY
+
+    monkeypatch.setenv("WPO_JUDGE_KEY", PLANTED_KEY)
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'run'}\nstages: [eval]\n"
+        f"eval:\n  prompts: {eval_prompts(tmp_path, 3)}\n  max_new_tokens: 24\n"
+        f"  api: {{base_url: '{llama_server}', model: smollm2, api_key_env: WPO_JUDGE_KEY, "
+        'extra_body: {grammar: \'root ::= "a" | "b"\'}}\n'
+    )
+    env = {**os.environ, "WPO_LOG_LEVEL": "WARNING"}
+    result = subprocess.run([sys.executable, "-m", "wpo", "eval", str(recipe)], capture_output=True, text=True,
+                            env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for label in ("LC win rate", "win rate", "avg length"):
+        assert label in result.stdout
+    annotations = json.loads((tmp_path / "run" / "eval" / "annotations.json").read_text())
+    assert len(annotations) == 3 and all(1.0 <= a["preference"] <= 2.0 for a in annotations)
+    assert annotations[0]["generator_2"] == "smollm2-135m-instruct"
