@@ -49,7 +49,11 @@ def test_train_and_run_from_the_command_line(tmp_path, tiny_llama, pairs_file):
     [
         (["export", "recipes/quickstart.yaml"], 3, "wpo export is not implemented yet (tracked in issue 5)"),
         (["sample", "recipes/quickstart.yaml"], 2, "wpo: error: sample.prompts is required to sample"),
-        (["eval", "--annotations", "missing.json", "--json"], 2, "wpo: error: missing.json: no local file by that name"),
+        (
+            ["eval", "--annotations", "missing.json", "--json"],
+            2,
+            "wpo: error: missing.json: no local file by that name",
+        ),
         (["eval"], 2, "wpo: error: wpo eval needs a recipe, or --annotations FILE"),
         (["chat", "model-dir"], 3, "wpo chat is not implemented yet (tracked in issue 5)"),
         (["run", "recipes/quickstart.yaml", "stages=[train, export]"], 3, "wpo export is not implemented yet"),
