@@ -136,23 +136,12 @@ class LoadedPairs:
 def load_pairs(source: str, policy: BadRecordPolicy) -> LoadedPairs:
     """Read and validate a pairs source. Chosen identical to rejected is always skipped (and counted)."""
     pairs: list[Pair] = []
-    seen_ids: dict[str, str] = {}
-    read = 0
-    for item in read_records(source, policy):
-        read += 1
-        try:
-            pair = parse_pair(item.data, item.where)
-        except RecordInvalid as exc:
-            policy.reject(item.where, exc.reason, exc.message)
-            continue
-        if pair.id in seen_ids:
-            policy.reject(item.where, "duplicate_id", f"duplicate id {pair.id!r} (first at {seen_ids[pair.id]})")
-            continue
-        seen_ids[pair.id] = item.where
-        if pair.chosen == pair.rejected:
+    for item in parse_all(source, parse_pair, policy, unique_ids=True):
+        if item.record.chosen == item.record.rejected:
             policy.skip(item.where, "identical_chosen_rejected", "chosen is identical to rejected")
             continue
-        pairs.append(pair)
+        pairs.append(item.record)
+    read = len(pairs) + sum(policy.skipped.values())
     return LoadedPairs(pairs=pairs, records_read=read, skipped=dict(policy.skipped))
 
 
@@ -270,12 +259,37 @@ def parse_annotation(record: dict[str, Any], where: str) -> Annotation:
     return Annotation(preference=preference, **values)
 
 
-def load_records(source: str, parse: Any, policy: BadRecordPolicy) -> list[Any]:
-    """Read a source and parse every record with `parse`, applying the bad-record policy."""
-    parsed = []
+@dataclass(frozen=True)
+class ParsedRecord:
+    where: str
+    record: Any
+    raw: dict[str, Any]
+
+
+def parse_all(source: str, parse: Any, policy: BadRecordPolicy, unique_ids: bool = False) -> list[ParsedRecord]:
+    """Read a source and parse every record with `parse(raw, where)`, applying the bad-record policy.
+
+    With `unique_ids`, a record whose `.id` was already seen is a bad record naming where the first one was.
+    """
+    parsed: list[ParsedRecord] = []
+    first_seen: dict[str, str] = {}
     for item in read_records(source, policy):
         try:
-            parsed.append(parse(item.data, item.where))
+            record = parse(item.data, item.where)
         except RecordInvalid as exc:
             policy.reject(item.where, exc.reason, exc.message)
+            continue
+        if unique_ids:
+            if record.id in first_seen:
+                policy.reject(
+                    item.where, "duplicate_id", f"duplicate id {record.id!r} (first at {first_seen[record.id]})"
+                )
+                continue
+            first_seen[record.id] = item.where
+        parsed.append(ParsedRecord(item.where, record, item.data))
     return parsed
+
+
+def load_records(source: str, parse: Any, policy: BadRecordPolicy) -> list[Any]:
+    """The parsed records of a source (see `parse_all`)."""
+    return [item.record for item in parse_all(source, parse, policy)]

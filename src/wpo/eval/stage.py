@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from wpo.config import Recipe, config_hash
-from wpo.data.io import BadRecordPolicy, read_records, write_json
-from wpo.data.schemas import RecordInvalid, load_records, parse_annotation, parse_prompt
+from wpo.data.io import BadRecordPolicy, write_json
+from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_annotation, parse_prompt
 from wpo.errors import ConfigError, DataError
 from wpo.eval.judges import Comparison, judge_all
 from wpo.eval.metrics import summarize
@@ -50,16 +50,14 @@ def load_comparisons_inputs(recipe: Recipe, policy: BadRecordPolicy):
     cfg = recipe.eval
     if not cfg.prompts:
         raise ConfigError("eval.prompts is required: an eval set with a reference output per prompt")
-    prompts = []
-    for item in read_records(cfg.prompts, policy):
-        try:
-            prompt = parse_prompt(item.data, item.where)
-            if not isinstance(prompt.extra.get(cfg.reference_field), str):
-                raise RecordInvalid("missing_reference", f"reference output field {cfg.reference_field!r} is missing")
-        except RecordInvalid as exc:
-            policy.reject(item.where, exc.reason, exc.message)
-            continue
-        prompts.append(prompt)
+
+    def parse(raw: dict[str, Any], where: str) -> PromptRecord:
+        prompt = parse_prompt(raw, where)
+        if not isinstance(prompt.extra.get(cfg.reference_field), str):
+            raise RecordInvalid("missing_reference", f"reference output field {cfg.reference_field!r} is missing")
+        return prompt
+
+    prompts = load_records(cfg.prompts, parse, policy)
     if not prompts:
         raise DataError(f"{cfg.prompts}: no usable eval prompts (skipped {dict(policy.skipped)})")
     return prompts

@@ -15,9 +15,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from wpo.config import Recipe, config_hash
-from wpo.data.io import BadRecordPolicy, read_records, write_jsonl
+from wpo.data.io import BadRecordPolicy, write_jsonl
 from wpo.data.progress import ProgressFile
-from wpo.data.schemas import PromptRecord, RecordInvalid, parse_prompt
+from wpo.data.schemas import PromptRecord, RecordInvalid, parse_all, parse_prompt
 from wpo.errors import ConfigError, DataError
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.sampling import SampleRequest, make_sampler, sample_seed
@@ -40,23 +40,17 @@ def load_prompts(recipe: Recipe, policy: BadRecordPolicy) -> list[PromptRecord]:
     source = recipe.sample.prompts
     if not source:
         raise ConfigError("sample.prompts is required to sample (a prompts file, Parquet, datasets dir or hub id)")
-    prompts, first_seen = [], {}
-    for item in read_records(source, policy):
-        try:
-            prompt = parse_prompt(item.data, item.where)
-            for field in recipe.sample.offpolicy_fields:
-                value = prompt.extra.get(field)
-                if not isinstance(value, str) or not value.strip():
-                    raise RecordInvalid("missing_offpolicy", f"off-policy field {field!r} is missing or empty")
-        except RecordInvalid as exc:
-            policy.reject(item.where, exc.reason, exc.message)
-            continue
-        if prompt.id in first_seen:
-            policy.reject(item.where, "duplicate_id", f"duplicate id {prompt.id!r} (first at {first_seen[prompt.id]})")
-            continue
-        first_seen[prompt.id] = item.where
-        prompts.append(prompt)
-    return prompts
+    offpolicy_fields = recipe.sample.offpolicy_fields
+
+    def parse(raw: dict[str, Any], where: str) -> PromptRecord:
+        prompt = parse_prompt(raw, where)
+        for field in offpolicy_fields:
+            value = prompt.extra.get(field)
+            if not isinstance(value, str) or not value.strip():
+                raise RecordInvalid("missing_offpolicy", f"off-policy field {field!r} is missing or empty")
+        return prompt
+
+    return [item.record for item in parse_all(source, parse, policy, unique_ids=True)]
 
 
 def batch_plan(prompts: list[PromptRecord], batch_size: int) -> list[list[PromptRecord]]:

@@ -15,9 +15,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from wpo.config import Recipe, config_hash
-from wpo.data.io import BadRecordPolicy, read_records, write_jsonl
+from wpo.data.io import BadRecordPolicy, write_jsonl
 from wpo.data.progress import ProgressFile
-from wpo.data.schemas import RecordInvalid, parse_candidates
+from wpo.data.schemas import parse_all, parse_candidates
 from wpo.errors import DataError
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.scoring import ScoreRequest, make_scorer
@@ -41,18 +41,7 @@ def run_score(recipe: Recipe) -> dict[str, Any]:
     stage_dir = recipe.stage_dir("score")
     source = candidates_source(recipe)
     policy = BadRecordPolicy(recipe.on_bad_record)
-    records, first_seen = [], {}
-    for item in read_records(source, policy):
-        try:
-            record_id = parse_candidates(item.data, item.where).id
-        except RecordInvalid as exc:
-            policy.reject(item.where, exc.reason, exc.message)
-            continue
-        if record_id in first_seen:
-            policy.reject(item.where, "duplicate_id", f"duplicate id {record_id!r} (first at {first_seen[record_id]})")
-            continue
-        first_seen[record_id] = item.where
-        records.append((item.where, item.data))
+    records = [(item.where, item.raw) for item in parse_all(source, parse_candidates, policy, unique_ids=True)]
     if not records:
         raise DataError(f"{source}: no usable candidate records (skipped {dict(policy.skipped)})")
 
