@@ -89,3 +89,49 @@ def test_sample_score_pair_from_the_cli_on_the_embedded_model(tmp_path):
         assert pair["score_chosen"] > pair["score_rejected"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert set(summary["wall_seconds"]) == {"sample", "score", "pair"}
+
+
+@pytest.mark.slow
+def test_whole_pipeline_chains_and_a_rerun_skips_every_stage(tmp_path):
+    """sample → score → pair → train → eval on the embedded model, each stage reading the previous one's output."""
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({
+        "id": f"a{i}", "messages": [{"role": "user", "content": question}], "reference": reference}) + "\n"
+        for i, (question, reference) in enumerate([
+            ("What is the capital of France?", "The capital of France is Paris."),
+            ("Name a primary colour.", "Red is a primary colour."),
+            ("What is 3 plus 4?", "3 plus 4 is 7."),
+            ("Name a fruit.", "An apple is a fruit."),
+        ])))  # fmt: skip
+    (tmp_path / "rewards.py").write_text(
+        "def near40(messages, text):\n    return -abs(len(text) - 40)\n\n\n"
+        "def shorter(messages, reference, output):\n    return 1.0 if len(output) < len(reference) else 0.0\n"
+    )
+    (tmp_path / "recipe.yaml").write_text(
+        "output_dir: run\nseed: 3\nstages: [sample, score, pair, train, eval]\n"
+        "sample: {prompts: prompts.jsonl, n: 2, max_new_tokens: 24, offpolicy_fields: [reference]}\n"
+        "score: {scorer: python, function: 'rewards:near40'}\n"
+        "train: {max_steps: 2, per_device_batch_size: 2, max_length: 128, max_prompt_length: 64, save_steps: 0}\n"
+        "eval: {prompts: prompts.jsonl, judge: python, function: 'rewards:shorter', max_new_tokens: 24}\n"
+    )
+
+    def wpo_run():
+        result = subprocess.run([sys.executable, "-m", "wpo", "run", "recipe.yaml"], cwd=tmp_path, capture_output=True,
+                                text=True)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return json.loads((tmp_path / "run" / "summary.json").read_text())
+
+    first = wpo_run()
+    assert [name for name, stage in first["stages"].items() if not stage["skipped"]] == [
+        "sample", "score", "pair", "train", "eval"]  # fmt: skip
+    pairs = (tmp_path / "run" / "pair" / "pairs.jsonl").read_text().splitlines()
+    assert first["stages"]["train"]["final_metrics"]["step"] == 2 and pairs
+    annotations = json.loads((tmp_path / "run" / "eval" / "annotations.json").read_text())
+    assert len(annotations) == 4 and annotations[0]["generator_2"] == "smollm2-135m-instruct-wpo"
+    assert first["stages"]["eval"]["metrics"]["n_total"] == 4
+
+    again = wpo_run()
+    assert all(stage["skipped"] for stage in again["stages"].values())

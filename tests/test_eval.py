@@ -129,6 +129,28 @@ def test_eval_stage_writes_alpaca_eval_files(tmp_path, tiny_llama, monkeypatch):
     assert json.loads((eval_dir / "manifest.json").read_text())["completed"]
 
 
+def test_eval_reads_an_alpaca_eval_reference_outputs_file(tmp_path, tiny_llama, monkeypatch):
+    """alpaca_eval's format (instruction, output = the reference, generator) works as the eval set as it is."""
+    (tmp_path / "always.py").write_text("def judge(messages, reference, output):\n    return 0.25\n")
+    monkeypatch.chdir(tmp_path)
+    references = tmp_path / "gpt4_turbo_outputs.json"
+    references.write_text(json.dumps([
+        {"instruction": "Name something blue.", "output": "The sky is blue.", "generator": "gpt4_turbo",
+         "dataset": "helpful_base"},
+        {"instruction": "Name something old.", "output": "The pyramids are old.", "generator": "gpt4_turbo",
+         "dataset": "koala"},
+    ]))  # fmt: skip
+    recipe = load_recipe(None, [f"output_dir={tmp_path / 'run'}", f"eval.model={tiny_llama}", "eval.judge=python",
+                                "eval.function=always:judge", f"eval.prompts={references}",
+                                "eval.max_new_tokens=4"])  # fmt: skip
+    result = run_eval(recipe)
+    annotations = json.loads((tmp_path / "run" / "eval" / "annotations.json").read_text())
+    assert [a["output_1"] for a in annotations] == ["The sky is blue.", "The pyramids are old."]
+    assert {a["generator_1"] for a in annotations} == {"gpt4_turbo"}
+    assert [a["instruction"] for a in annotations] == ["Name something blue.", "Name something old."]
+    assert result["metrics"]["win_rate"] == pytest.approx(25.0)
+
+
 def test_eval_annotations_json_on_the_cli(tmp_path):
     """Preferences 2, 1, 1.5, 1.75 (see test_eval_metrics): WR 56.25, discrete 62.5, 2 wins, 1 draw, 4 total."""
     annotations = [

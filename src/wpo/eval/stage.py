@@ -6,6 +6,7 @@ Writes `eval/model_outputs.json` and `eval/annotations.json` in alpaca_eval's fo
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -35,6 +36,15 @@ def eval_model(recipe: Recipe) -> str:
     return str(final) if (final / "config.json").is_file() else recipe.model.name_or_path
 
 
+def generator_name(model: str) -> str:
+    """The model's name on the leaderboard: a trained run is `<base model>-wpo`, else the model's own name."""
+    trained = Path(model) / "wpo_training.json"
+    if trained.is_file():
+        base = json.loads(trained.read_text(encoding="utf-8"))["base_model"]
+        return f"{Path(base.removeprefix('embedded:')).name}-wpo"
+    return Path(model.removeprefix("embedded:")).name
+
+
 def run_config(recipe: Recipe) -> dict[str, Any]:
     model = eval_model(recipe)
     return {
@@ -46,12 +56,27 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
     }
 
 
+def from_alpaca_eval(raw: dict[str, Any], where: str, reference_field: str) -> dict[str, Any]:
+    """alpaca_eval's eval-set / reference-outputs records (`instruction`, `output`, `generator`) as prompts records."""
+    extra = {k: v for k, v in raw.items() if k not in ("instruction", "output", "generator")}
+    return {
+        "id": raw.get("id", where),
+        "messages": [{"role": "user", "content": raw["instruction"]}],
+        reference_field: raw.get("output"),
+        "reference_generator": raw.get("generator"),
+        **extra,
+    }
+
+
 def load_comparisons_inputs(recipe: Recipe, policy: BadRecordPolicy):
+    """The eval prompts with their reference outputs: our prompts format, or alpaca_eval's reference outputs file."""
     cfg = recipe.eval
     if not cfg.prompts:
         raise ConfigError("eval.prompts is required: an eval set with a reference output per prompt")
 
     def parse(raw: dict[str, Any], where: str) -> PromptRecord:
+        if "messages" not in raw and isinstance(raw.get("instruction"), str):
+            raw = from_alpaca_eval(raw, where, cfg.reference_field)
         prompt = parse_prompt(raw, where)
         if not isinstance(prompt.extra.get(cfg.reference_field), str):
             raise RecordInvalid("missing_reference", f"reference output field {cfg.reference_field!r} is missing")
@@ -106,7 +131,7 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     policy = BadRecordPolicy(recipe.on_bad_record)
     prompts = load_comparisons_inputs(recipe, policy)
     model = eval_model(recipe)
-    generator = cfg.generator_name or Path(model.removeprefix("embedded:")).name
+    generator = cfg.generator_name or generator_name(model)
     outputs = generate_outputs(recipe, model, prompts)
     model_outputs = [{"instruction": p.messages[-1]["content"], "output": o, "generator": generator}
                      for p, o in zip(prompts, outputs, strict=True)]  # fmt: skip
@@ -118,8 +143,9 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     preferences = judge_all(recipe, comparisons, stage_dir)
     annotations = [
         {"instruction": c.instruction, "output_1": c.reference, "output_2": c.output,
-         "generator_1": cfg.reference_generator, "generator_2": generator, "preference": pref, "annotator": cfg.judge}
-        for c, pref in zip(comparisons, preferences, strict=True)
+         "generator_1": p.extra.get("reference_generator") or cfg.reference_generator, "generator_2": generator,
+         "preference": pref, "annotator": cfg.judge}
+        for p, c, pref in zip(prompts, comparisons, preferences, strict=True)
     ]  # fmt: skip
     write_json(stage_dir / "annotations.json", annotations)
     metrics = metrics_from_annotations(annotations, *_difficulty_inputs(recipe, len(annotations)))
