@@ -47,8 +47,11 @@ def test_train_and_run_from_the_command_line(tmp_path, tiny_llama, pairs_file):
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["export", "recipes/quickstart.yaml", "export.quantizations=[IQ2_XS]"], 2,
-         "wpo: error: export.quantizations: IQ2_XS needs an importance matrix (imatrix)"),
+        (
+            ["export", "recipes/quickstart.yaml", "export.quantizations=[IQ2_XS]"],
+            2,
+            "wpo: error: export.quantizations: IQ2_XS needs an importance matrix (imatrix)",
+        ),
         (["sample", "recipes/quickstart.yaml"], 2, "wpo: error: sample.prompts is required to sample"),
         (
             ["eval", "--annotations", "missing.json", "--json"],
