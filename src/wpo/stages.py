@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from wpo.config import Recipe, config_hash
@@ -44,12 +45,8 @@ STAGE_REGISTRY = {
 }
 
 
-def get_stage(name: str) -> Stage:
-    return STAGE_REGISTRY[name]
-
-
 def run_stage(recipe: Recipe, name: str) -> dict[str, Any]:
-    stage = get_stage(name)
+    stage = STAGE_REGISTRY[name]
     started = time.perf_counter()
     headline = stage.run(recipe)
     return {"wall_seconds": time.perf_counter() - started, "skipped": False, **headline}
@@ -57,7 +54,7 @@ def run_stage(recipe: Recipe, name: str) -> dict[str, Any]:
 
 def run_pipeline(recipe: Recipe) -> dict[str, Any]:
     """Run `recipe.stages` in order; a stage whose manifest matches its config is skipped. Writes summary.json."""
-    stages = [get_stage(name) for name in recipe.stages]
+    stages = [STAGE_REGISTRY[name] for name in recipe.stages]
     summary: dict[str, Any] = {"stages": {}}
     for stage in stages:
         stage_dir = recipe.stage_dir(stage.name)
@@ -69,5 +66,5 @@ def run_pipeline(recipe: Recipe) -> dict[str, Any]:
         log.info("%s: running", stage.name)
         summary["stages"][stage.name] = run_stage(recipe, stage.name)
     summary["wall_seconds"] = {name: entry["wall_seconds"] for name, entry in summary["stages"].items()}
-    write_json(recipe.output_dir + "/summary.json", summary)
+    write_json(Path(recipe.output_dir) / "summary.json", summary)
     return summary
