@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from conftest import write_lines
 
 from wpo.config import load_recipe
 from wpo.train.metrics import read_metrics
@@ -38,6 +39,21 @@ def test_embedded_smollm2_trains_two_steps(tmp_path):
     assert reloaded.config.model_type == "llama"
 
 
+QUESTIONS = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Name a primary colour.", "Red is a primary colour."),
+    ("What is 3 plus 4?", "3 plus 4 is 7."),
+    ("Name a fruit.", "An apple is a fruit."),
+]
+
+
+def write_prompts(path, count):
+    """The first `count` questions as prompts records, each with its off-policy `reference` answer."""
+    records = [{"id": f"q{i}", "messages": [{"role": "user", "content": question}], "reference": reference}
+               for i, (question, reference) in enumerate(QUESTIONS[:count])]  # fmt: skip
+    return write_lines(path, records)
+
+
 @pytest.mark.slow
 def test_llamacpp_sampler_is_seeded_per_sample(tmp_path):
     from wpo.models import resolve_model_path
@@ -61,13 +77,7 @@ def test_sample_score_pair_from_the_cli_on_the_embedded_model(tmp_path):
     import subprocess
     import sys
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({
-        "id": f"q{i}", "messages": [{"role": "user", "content": question}], "reference": reference}) + "\n"
-        for i, (question, reference) in enumerate([
-            ("What is the capital of France?", "The capital of France is Paris."),
-            ("Name a primary colour.", "Red is a primary colour."),
-        ])))  # fmt: skip
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
     (tmp_path / "near40.py").write_text("def reward(messages, text):\n    return -abs(len(text) - 40)\n")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -97,15 +107,7 @@ def test_whole_pipeline_chains_and_a_rerun_skips_every_stage(tmp_path):
     import subprocess
     import sys
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({
-        "id": f"a{i}", "messages": [{"role": "user", "content": question}], "reference": reference}) + "\n"
-        for i, (question, reference) in enumerate([
-            ("What is the capital of France?", "The capital of France is Paris."),
-            ("Name a primary colour.", "Red is a primary colour."),
-            ("What is 3 plus 4?", "3 plus 4 is 7."),
-            ("Name a fruit.", "An apple is a fruit."),
-        ])))  # fmt: skip
+    write_prompts(tmp_path / "prompts.jsonl", 4)
     (tmp_path / "rewards.py").write_text(
         "def near40(messages, text):\n    return -abs(len(text) - 40)\n\n\n"
         "def shorter(messages, reference, output):\n    return 1.0 if len(output) < len(reference) else 0.0\n"

@@ -119,8 +119,12 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_causal_lm(path: str, config: ModelConfig):
-    """Load a causal LM from safetensors; Gemma-2 always gets eager attention (its soft-capping needs it)."""
+def load_pretrained(path: str, config: ModelConfig, auto_class=None, custom_code: str = "custom code"):
+    """Load a model (a causal LM unless `auto_class` says otherwise) from safetensors only.
+
+    Remote code runs only with `model.trust_remote_code: true`; without it a model that needs `custom_code` fails
+    with a message saying so. Gemma-2 always gets eager attention (its soft-capping needs it).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     trust = config.trust_remote_code
@@ -128,15 +132,18 @@ def load_causal_lm(path: str, config: ModelConfig):
         model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
-            raise WpoError(f"{path} needs custom code; set model.trust_remote_code: true if you trust it") from None
+            raise WpoError(f"{path} needs {custom_code}; set model.trust_remote_code: true if you trust it") from None
         raise
     kwargs = {}
     if model_config.model_type == "gemma2":
         kwargs["attn_implementation"] = "eager"
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        return (auto_class or AutoModelForCausalLM).from_pretrained(
             path, dtype=resolve_dtype(config.dtype), trust_remote_code=trust, use_safetensors=True, **kwargs
         )
     except OSError as exc:
         raise WpoError(f"could not load model {path}: {str(exc).splitlines()[0]}") from None
-    return model
+
+
+def load_causal_lm(path: str, config: ModelConfig):
+    return load_pretrained(path, config)

@@ -14,38 +14,25 @@ import torch
 
 from wpo.config import Recipe
 from wpo.errors import WpoError
-from wpo.models import load_tokenizer, resolve_dtype, resolve_model_path
+from wpo.models import load_pretrained, load_tokenizer, resolve_model_path
 from wpo.scoring import ScoreRequest
 
 log = logging.getLogger(__name__)
 
 
-def load_reward_model(path: str, recipe: Recipe):
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    trust = recipe.model.trust_remote_code
-    try:
-        AutoConfig.from_pretrained(path, trust_remote_code=trust)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=resolve_dtype(recipe.model.dtype), trust_remote_code=trust, use_safetensors=True
-        )
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc):
-            raise WpoError(
-                f"reward model {path} needs its own code (e.g. ArmoRM's gating head); set model.trust_remote_code: "
-                "true if you trust it"
-            ) from None
-        raise
-    except OSError as exc:
-        raise WpoError(f"could not load reward model {path}: {str(exc).splitlines()[0]}") from None
-    return model
-
-
 class RewardModelScorer:
     def __init__(self, recipe: Recipe):
+        from transformers import AutoModelForSequenceClassification
+
         path = resolve_model_path(recipe.score.required("model"))
         self.config = recipe.score
-        self.model = load_reward_model(path, recipe)  # first: it says why remote code is needed, if it is
+        # first: it says why remote code is needed, if it is
+        self.model = load_pretrained(
+            path,
+            recipe.model,
+            AutoModelForSequenceClassification,
+            custom_code="its own code (e.g. ArmoRM's gating head)",
+        )
         self.tokenizer = load_tokenizer(path, recipe.model.trust_remote_code)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
