@@ -73,6 +73,15 @@ export: {model: m, quantizations: [Q4_K_M, Q8_0]}
         (["train.loss_chunk_size=64"], r"train.loss_chunk_size > 0 .* not implemented yet"),
         (["score.scorer=judge", "score.function=a:b"], r"score.function is only used by score.scorer: python"),
         (["stages=[train, pair]"], r"stages must be unique and in pipeline order"),
+        (["rounds=2", "stages=[train, eval]"], r"rounds: 2 re-samples .* \(missing \['sample', 'score', 'pair'\]\)"),
+        (["rounds=2", "sample.n=0", "sample.offpolicy_fields=[a, b]"], r"rounds: 2 needs on-policy samples"),
+        (["rounds=2", "train.pairs=p.jsonl"], r"train.pairs is set, but with rounds: 2 each round must read its own"),
+        (["rounds=0"], r"rounds: Input should be greater than 0"),
+        (
+            ["eval.compare_to=base_model", "eval.reference_field=ref"],
+            r"eval.reference_field is only used by "
+            r"eval.compare_to: reference",
+        ),
         (["train"], r"override 'train' is not of the form key=value"),
         (["seed.x=1"], r"override 'seed.x=1': seed is not a section"),
     ],
@@ -80,6 +89,7 @@ export: {model: m, quantizations: [Q4_K_M, Q8_0]}
 def test_invalid_recipes_fail_with_the_key_path(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(None, ["seed=1", *overrides])
+
 
 
 def test_errors_name_the_recipe_file(tmp_path):
@@ -107,3 +117,18 @@ def test_overrides_parse_values_as_yaml():
 def test_config_hash_is_stable_and_sensitive():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_dpo_ablation_differs_from_the_quickstart_only_in_the_weighting():
+    """WPO vs DPO means something only if everything else is equal: pairs, hyperparameters, eval settings."""
+    quickstart, ablation = (
+        load_recipe(RECIPES[0].parent / name) for name in ("quickstart.yaml", "quickstart-dpo.yaml")
+    )
+    assert ablation.train.pairs == f"{quickstart.output_dir}/pair/pairs.jsonl"
+    assert ablation.train.weighting == "none" and quickstart.train.weighting == "wpo"
+    differing = {key for key, value in ablation.train if getattr(quickstart.train, key) != value}
+    assert differing == {"pairs", "weighting"}
+    assert ablation.model == quickstart.model and ablation.seed == quickstart.seed
+    assert ablation.eval.prompts == f"{quickstart.output_dir}/eval/model_outputs.json"
+    for key in ("reward", "judge", "function", "max_new_tokens", "temperature", "top_p", "backend"):
+        assert getattr(ablation.eval, key) == getattr(quickstart.eval, key), key

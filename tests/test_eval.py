@@ -14,6 +14,7 @@ import pytest
 from conftest import write_lines
 
 from wpo.config import load_recipe
+from wpo.data.io import resolve_builtin
 from wpo.eval.judges import ApiPairwiseJudge, Comparison, judge_all, model_shown_first
 from wpo.eval.stage import run_eval
 
@@ -202,3 +203,43 @@ def test_eval_offline_on_the_embedded_model_with_a_local_judge(tmp_path, llama_s
     annotations = json.loads((tmp_path / "run" / "eval" / "annotations.json").read_text())
     assert len(annotations) == 3 and all(1.0 <= a["preference"] <= 2.0 for a in annotations)
     assert annotations[0]["generator_2"] == "smollm2-135m-instruct"
+
+
+def test_eval_against_the_base_model_with_a_programmatic_reward(tmp_path, tiny_llama, tiny_llama_reference):
+    """compare_to: base_model generates the base's outputs as the baseline; eval.reward scores both sides per prompt
+    and reports means with bootstrap intervals — every figure recomputed here from the files."""
+    from wpo.eval.metrics import bootstrap_mean_ci
+    from wpo.tasks import ifeval
+
+    heldout = [json.loads(line) for line in resolve_builtin("builtin:ifeval-heldout.jsonl").read_text().splitlines()]
+    prompts = write_lines(tmp_path / "heldout.jsonl", heldout[:5])
+    recipe = load_recipe(None, [
+        f"output_dir={tmp_path / 'run'}", "seed=3", f"model.name_or_path={tiny_llama}",
+        f"eval.model={tiny_llama_reference}", f"eval.prompts={prompts}", "eval.compare_to=base_model",
+        "eval.reward=wpo.tasks.ifeval:reward", "eval.judge=python",
+        "eval.function=wpo.tasks.ifeval:pairwise_preference", "eval.max_new_tokens=12", "eval.temperature=1.0",
+    ])  # fmt: skip
+    metrics = run_eval(recipe)["metrics"]
+    eval_dir = tmp_path / "run" / "eval"
+    base = json.loads((eval_dir / "base_outputs.json").read_text())
+    trained = json.loads((eval_dir / "model_outputs.json").read_text())
+    assert {o["generator"] for o in base} == {tiny_llama.name}
+    assert {o["generator"] for o in trained} == {tiny_llama_reference.name}
+    assert [o["output"] for o in base] != [o["output"] for o in trained]  # two different models really ran
+
+    annotations = json.loads((eval_dir / "annotations.json").read_text())
+    rewards = [json.loads(line) for line in (eval_dir / "rewards.jsonl").read_text().splitlines()]
+    for record, b, t, a, r in zip(heldout[:5], base, trained, annotations, rewards, strict=True):
+        assert (a["output_1"], a["output_2"], a["generator_1"]) == (b["output"], t["output"], tiny_llama.name)
+        expected = 1.5 if b["output"] == t["output"] else 1 + ifeval.pairwise_preference(
+            record["messages"], b["output"], t["output"])  # fmt: skip
+        assert a["preference"] == expected
+        assert r == {"id": record["id"], "constraint": record["constraint"],
+                     "reward_base": ifeval.reward(record["messages"], b["output"]),
+                     "reward_trained": ifeval.reward(record["messages"], t["output"])}  # fmt: skip
+    deltas = [r["reward_trained"] - r["reward_base"] for r in rewards]
+    assert metrics["reward_base"] == pytest.approx(sum(r["reward_base"] for r in rewards) / 5)
+    assert metrics["reward_delta"] == pytest.approx(sum(deltas) / 5)
+    assert metrics["reward_delta_ci95"] == bootstrap_mean_ci(deltas, seed=3)
+    assert metrics["reference_generator"] == tiny_llama.name
+    assert json.loads((eval_dir / "metrics.json").read_text())["reward_trained_ci95"] == metrics["reward_trained_ci95"]

@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 
-from wpo.eval.metrics import head_to_head, length_controlled_winrate, summarize
+from wpo.eval.metrics import bootstrap_mean_ci, head_to_head, length_controlled_winrate, reward_comparison, summarize
 
 
 def test_head_to_head_hand_worked():
@@ -95,3 +96,27 @@ def test_summarize_reports_every_public_key():
     for key in ("win_rate", "standard_error", "discrete_win_rate", "n_wins", "n_draws", "n_total", "avg_length",
                 "length_controlled_winrate"):  # fmt: skip
         assert key in out
+
+
+def test_bootstrap_ci_against_hand_worked_cases_and_scipy():
+    assert bootstrap_mean_ci(np.full(7, 0.25), seed=0) == [0.25, 0.25]  # no spread, no interval
+    low, high = bootstrap_mean_ci(np.array([0.0, 1.0]), seed=0)  # resample means are 0, 0.5 or 1 (1/4, 1/2, 1/4)
+    assert (low, high) == (0.0, 1.0)
+    values = np.random.default_rng(3).normal(0.4, 1.0, 60)
+    ours = bootstrap_mean_ci(values, seed=1)
+    theirs = scipy_stats.bootstrap((values,), np.mean, method="percentile", n_resamples=10_000, random_state=1)
+    assert ours == pytest.approx([theirs.confidence_interval.low, theirs.confidence_interval.high], abs=0.02)
+    assert ours == bootstrap_mean_ci(values, seed=1)  # seeded: the same interval on every rerun
+    with pytest.raises(ValueError, match="empty"):
+        bootstrap_mean_ci(np.array([]), seed=0)
+
+
+def test_reward_comparison_pairs_prompts():
+    """A constant per-prompt gain has a zero-width delta interval, however much the prompts differ from each other."""
+    base = np.array([0.0, 0.2, 0.9, 0.5])
+    out = reward_comparison(base, base + 0.1, seed=0)
+    assert out["reward_base"] == pytest.approx(0.4) and out["reward_trained"] == pytest.approx(0.5)
+    assert out["reward_delta"] == pytest.approx(0.1) and out["reward_delta_ci95"] == pytest.approx([0.1, 0.1])
+    assert out["reward_base_ci95"][0] < 0.4 < out["reward_base_ci95"][1] and out["reward_n"] == 4
+    with pytest.raises(ValueError, match="4 base rewards for 3 trained"):
+        reward_comparison(base, base[:3], seed=0)

@@ -17,7 +17,7 @@ from wpo.config import load_recipe
 from wpo.errors import ConfigError, DataError
 from wpo.sampling import SampleRequest, sample_seed
 from wpo.sampling.stage import run_sample
-from wpo.sampling.transformers_backend import PerRowSampling, TransformersSampler
+from wpo.sampling.transformers_backend import PerRowSampling, TransformersSampler, nucleus
 
 
 def prompts_file(tmp_path, count=5, reference=True):
@@ -53,6 +53,29 @@ def test_per_row_sampling_filters():
         return [processor(None, scores[:1]).argmax(-1).item() for _ in range(30)]
 
     assert draws(7) == draws(7) and draws(7) != draws(8)
+
+
+def full_sort_nucleus(logits, top_p):
+    """Top-p the plain way, the reference for the candidate-limited version."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = sorted_logits.softmax(-1)
+    return logits.scatter(-1, order, sorted_logits.masked_fill(probs.cumsum(-1) - probs >= top_p, float("-inf")))
+
+
+def test_nucleus_keeps_what_a_full_sort_keeps():
+    """Peaked rows take the 64-candidate path, flat rows the full sort; a batch mixes both. The kept sets match the
+    full sort's up to a token whose cumulative mass sits on the boundary within rounding."""
+    generator = torch.Generator().manual_seed(0)
+    for scale in (0.5, 3.0, 12.0):
+        logits = torch.randn(16, 5000, generator=generator) * scale
+        logits[::3] *= 4  # every third row much more peaked than its neighbours
+        ours, theirs = nucleus(logits, 0.9), full_sort_nucleus(logits, 0.9)
+        kept_ours, kept_theirs = ours > float("-inf"), theirs > float("-inf")
+        assert (kept_ours != kept_theirs).sum(-1).max() <= 1
+        assert torch.equal(ours[kept_ours & kept_theirs], logits[kept_ours & kept_theirs])  # kept logits unchanged
+    peaked = torch.tensor([[10.0, 9.0, 0.0, -1.0] + [-30.0] * 100])
+    assert (nucleus(peaked, 0.5) > float("-inf")).nonzero()[:, 1].tolist() == [0]
+    assert (nucleus(peaked, 0.8) > float("-inf")).nonzero()[:, 1].tolist() == [0, 1]  # 0.731 < 0.8 needs the second
 
 
 def test_a_sample_does_not_depend_on_its_batch(tmp_path, tiny_llama):

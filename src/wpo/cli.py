@@ -52,15 +52,50 @@ def _print_json(payload: Any) -> None:
 
 
 @app.command()
-def run(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+def run(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of the table.")] = False,
+) -> None:
     """Run the recipe's stages in order, skipping those already done under the same config."""
 
     def action() -> None:
         from wpo.stages import run_pipeline
 
-        _print_json(run_pipeline(load_recipe(recipe, overrides)))
+        loaded = load_recipe(recipe, overrides)
+        summary = run_pipeline(loaded)
+        if as_json:
+            _print_json(summary)
+        else:
+            _print_summary(summary, Path(loaded.output_dir) / "summary.json")
 
     _guarded(action)
+
+
+def _print_summary(summary: dict[str, Any], path: Path) -> None:
+    """The end-of-run table: each stage's wall time, then the headline figures."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"wpo run: {path}", show_header=True)
+    table.add_column("stage / figure")
+    table.add_column("value", justify="right")
+    for label, entry in summary["stages"].items():
+        table.add_row(label, "done before (skipped)" if entry["skipped"] else f"{entry['wall_seconds']:.0f} s")
+    table.add_row("total", f"{summary['total_wall_seconds']:.0f} s", end_section=True)
+    if "reward_base" in summary:
+        for key in ("reward_base", "reward_trained"):
+            low, high = summary[f"{key}_ci95"]
+            table.add_row(key.replace("_", " "), f"{summary[key]:.3f}  [{low:.3f}, {high:.3f}]")
+        low, high = summary["reward_delta_ci95"]
+        table.add_row("reward delta (95% CI)", f"{summary['reward_delta']:+.3f}  [{low:+.3f}, {high:+.3f}]")
+    if "win_rate" in summary:
+        table.add_row("win rate vs baseline", f"{summary['win_rate']:.1f} ± {summary['standard_error']:.1f}")
+        table.add_row("LC win rate", f"{summary['length_controlled_winrate']:.1f}")
+    for export in summary.get("exports", []):
+        table.add_row(export["file"], f"{export['size_bytes'] / 1e6:.0f} MB, ppl {export['perplexity']:.2f}, "
+                                      f"KL {export['kl_mean']:.4f}")  # fmt: skip
+    Console().print(table)
 
 
 def _stage_command(name: str, summary: str) -> None:

@@ -176,8 +176,10 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     model: str | None = None
     prompts: str | None = None
+    compare_to: Literal["reference", "base_model"] = "reference"
     reference_field: str = "reference"
     reference_generator: str = "reference"
+    reward: str | None = None
     generator_name: str | None = None
     backend: Literal["transformers", "llamacpp", "vllm"] = "transformers"
     temperature: float = Field(0.0, ge=0.0)
@@ -197,6 +199,9 @@ class EvalConfig(Section):
         for key, judge in (("api", "api"), ("reward_model", "reward_model"), ("function", "python")):
             if getattr(self, key) is not None and self.judge != judge:
                 raise ValueError(f"eval.{key} is only used by eval.judge: {judge} (judge is {self.judge!r})")
+        for key in ("reference_field", "reference_generator"):
+            if self.compare_to == "base_model" and self.explicitly_set(key):
+                raise ValueError(f"eval.{key} is only used by eval.compare_to: reference (compare_to is 'base_model')")
         if self.gamed_baselines is not None and self.instruction_difficulty is None:
             raise ValueError("eval.gamed_baselines needs eval.instruction_difficulty (AlpacaEval's formula uses both)")
         return self
@@ -211,9 +216,13 @@ class ExportConfig(Section):
     verify_tokens: int = Field(256, gt=8)
 
 
+ROUND_STAGES: tuple[str, ...] = ("sample", "score", "pair", "train")
+
+
 class Recipe(Section):
     output_dir: str = "runs/wpo"
     seed: int = 42
+    rounds: int = Field(1, gt=0)
     stages: list[Literal["sample", "score", "pair", "train", "eval", "export"]] = Field(
         default_factory=lambda: list(STAGES)
     )
@@ -233,10 +242,29 @@ class Recipe(Section):
         order = [STAGES.index(stage) for stage in self.stages]
         if order != sorted(set(order)):
             raise ValueError(f"stages must be unique and in pipeline order {list(STAGES)}, got {self.stages}")
+        if self.rounds > 1:
+            missing = [stage for stage in ROUND_STAGES if stage not in self.stages]
+            if missing:
+                raise ValueError(f"rounds: {self.rounds} re-samples and retrains each round, so stages must include "
+                                 f"{list(ROUND_STAGES)} (missing {missing})")  # fmt: skip
+            if self.sample.n == 0:
+                raise ValueError(f"rounds: {self.rounds} needs on-policy samples each round (sample.n is 0)")
+            for key in ("score.candidates", "pair.candidates", "train.pairs"):
+                section, name = key.split(".")
+                if getattr(getattr(self, section), name) is not None:
+                    raise ValueError(f"{key} is set, but with rounds: {self.rounds} each round must read its own data")
         return self
 
     def stage_dir(self, stage: str) -> Path:
         return Path(self.output_dir) / stage
+
+    def round_output_dir(self, round_number: int) -> Path:
+        """Round 1 writes under `output_dir` (the documented layout); round k ≥ 2 under `output_dir/round-k`."""
+        return Path(self.output_dir) if round_number == 1 else Path(self.output_dir) / f"round-{round_number}"
+
+    def final_model_dir(self) -> Path:
+        """Where the last round's trained model is saved: what eval and export use unless told otherwise."""
+        return self.round_output_dir(self.rounds) / "train" / "final"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

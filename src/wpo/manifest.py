@@ -39,14 +39,15 @@ def file_sha256(path: str | Path) -> str:
 
 
 def source_fingerprint(source: str) -> str:
-    """What identifies a stage's input: a local file's sha256, a directory's file list and sizes, else the id."""
+    """What identifies a stage's input: a local file's sha256; for a directory (a model, a dataset: too big to hash
+    on every check) its files' names, sizes and modification times, so retrained weights of equal size still differ;
+    else the id itself."""
     local = resolve_local(source) if source else None
     if local is None:
         return source
     if local.is_dir():
-        return config_hash(
-            sorted((str(p.relative_to(local)), p.stat().st_size) for p in local.rglob("*") if p.is_file())
-        )
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        return config_hash([(str(p.relative_to(local)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
     return file_sha256(local)
 
 

@@ -147,3 +147,34 @@ def load_pretrained(path: str, config: ModelConfig, auto_class=None, custom_code
 
 def load_causal_lm(path: str, config: ModelConfig):
     return load_pretrained(path, config)
+
+
+def merged_model_dir(model_dir: Path, work_dir: Path) -> Path:
+    """A full HF model directory: the model itself, or its LoRA adapter merged into the base, saved in `work_dir`.
+
+    Export, evaluation and the next round of sampling all need whole weights, and a LoRA run saves only the adapter.
+    """
+    if not (model_dir / "adapter_config.json").is_file():
+        return model_dir
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    from wpo.config import config_hash
+    from wpo.manifest import file_sha256
+
+    adapter_digest = config_hash([file_sha256(path) for path in sorted(model_dir.glob("adapter_*"))])
+    target = work_dir / f"merged-{adapter_digest[:12]}"  # a retrained adapter merges afresh
+    if (target / "config.json").is_file():
+        return target
+    for stale in work_dir.glob("merged-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    log.info("merging the LoRA adapter in %s into its base", model_dir)
+    merged = AutoPeftModelForCausalLM.from_pretrained(str(model_dir)).merge_and_unload()
+    staging = work_dir / ".merged.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    merged.save_pretrained(staging, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(staging)
+    if (model_dir / "wpo_training.json").is_file():  # the model's lineage travels with its merged weights
+        shutil.copy2(model_dir / "wpo_training.json", staging / "wpo_training.json")
+    staging.rename(target)
+    return target

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wpo.config import Recipe, config_hash
+from wpo.config import ROUND_STAGES, Recipe, config_hash
 from wpo.data.io import write_json
 from wpo.manifest import completed_with, read_manifest
 
@@ -52,19 +53,67 @@ def run_stage(recipe: Recipe, name: str) -> dict[str, Any]:
     return {"wall_seconds": time.perf_counter() - started, "skipped": False, **headline}
 
 
+def run_or_skip(recipe: Recipe, name: str) -> dict[str, Any]:
+    """Run one stage, unless its manifest says it already finished under this exact config."""
+    stage = STAGE_REGISTRY[name]
+    stage_dir = recipe.stage_dir(name)
+    if completed_with(stage_dir, config_hash(stage.run_config(recipe))):
+        log.info("%s: already done under this config (%s); skipping", name, stage_dir)
+        manifest = read_manifest(stage_dir) or {}
+        return {"wall_seconds": 0.0, "skipped": True, "counts": manifest.get("counts")}
+    log.info("%s: running (%s)", name, stage_dir)
+    return run_stage(recipe, name)
+
+
+def round_recipe(recipe: Recipe, round_number: int) -> Recipe:
+    """Round k ≥ 2 of iterative on-policy WPO: a one-round recipe that samples from, and trains, round k-1's model
+    (which is also its reference), writing under `output_dir/round-k`."""
+    if round_number == 1:
+        return recipe.model_copy(update={"rounds": 1})
+    from wpo.models import merged_model_dir
+
+    previous = recipe.round_output_dir(round_number - 1)
+    previous_final = previous / "train" / "final"
+    policy = merged_model_dir(previous_final, previous / "train")
+    return recipe.model_copy(update={
+        "rounds": 1,
+        "output_dir": str(recipe.round_output_dir(round_number)),
+        "model": recipe.model.model_copy(update={"name_or_path": str(policy)}),
+    })  # fmt: skip
+
+
+HEADLINE_KEYS = (
+    "reward_base", "reward_base_ci95", "reward_trained", "reward_trained_ci95", "reward_delta", "reward_delta_ci95",
+    "win_rate", "standard_error", "length_controlled_winrate", "avg_length",
+)  # fmt: skip
+EXPORT_KEYS = ("type", "file", "size_bytes", "perplexity", "hf_perplexity", "kl_mean")
+
+
 def run_pipeline(recipe: Recipe) -> dict[str, Any]:
-    """Run `recipe.stages` in order; a stage whose manifest matches its config is skipped. Writes summary.json."""
-    stages = [STAGE_REGISTRY[name] for name in recipe.stages]
-    summary: dict[str, Any] = {"stages": {}}
-    for stage in stages:
-        stage_dir = recipe.stage_dir(stage.name)
-        if completed_with(stage_dir, config_hash(stage.run_config(recipe))):
-            log.info("%s: already done under this config (%s); skipping", stage.name, stage_dir)
-            manifest = read_manifest(stage_dir) or {}
-            summary["stages"][stage.name] = {"wall_seconds": 0.0, "skipped": True, "counts": manifest.get("counts")}
-            continue
-        log.info("%s: running", stage.name)
-        summary["stages"][stage.name] = run_stage(recipe, stage.name)
-    summary["wall_seconds"] = {name: entry["wall_seconds"] for name, entry in summary["stages"].items()}
+    """Run `recipe.stages` in order — sample → train once per round, then eval and export on the last round's model —
+    skipping stages whose manifest matches their config. Writes `summary.json`: wall seconds per stage and the
+    headline figures."""
+    started = time.perf_counter()
+    summary: dict[str, Any] = {"rounds": recipe.rounds, "stages": {}}
+    round_stages = [name for name in recipe.stages if name in ROUND_STAGES]
+    for round_number in range(1, recipe.rounds + 1):
+        current = round_recipe(recipe, round_number)
+        for name in round_stages:
+            label = name if round_number == 1 else f"round-{round_number}/{name}"
+            summary["stages"][label] = run_or_skip(current, name)
+    for name in (name for name in recipe.stages if name not in ROUND_STAGES):
+        summary["stages"][name] = run_or_skip(recipe, name)
+    summary["wall_seconds"] = {label: entry["wall_seconds"] for label, entry in summary["stages"].items()}
+    summary["total_wall_seconds"] = time.perf_counter() - started
+    if "eval" in recipe.stages:
+        metrics = _read_json(recipe.stage_dir("eval") / "metrics.json")
+        summary.update({key: metrics[key] for key in HEADLINE_KEYS if key in metrics})
+    if "export" in recipe.stages:
+        report = _read_json(recipe.stage_dir("export") / "quantization_report.json")
+        summary["exports"] = [{key: entry[key] for key in EXPORT_KEYS if key in entry} for entry in report["files"]]
     write_json(Path(recipe.output_dir) / "summary.json", summary)
     return summary
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -129,3 +129,36 @@ def summarize(
     metrics.update(length_controlled_winrate(preferences, reference_lengths, model_lengths, instruction_difficulty,
                                              gamed_rows))  # fmt: skip
     return metrics
+
+
+def bootstrap_mean_ci(values: np.ndarray, seed: int, resamples: int = 10_000, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap confidence interval of the mean: resample the items with replacement `resamples` times."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        raise ValueError("bootstrap of an empty sample")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return [float(low), float(high)]
+
+
+def reward_comparison(base: np.ndarray, trained: np.ndarray, seed: int) -> dict[str, float | list[float]]:
+    """Mean programmatic reward of base and trained outputs on the same prompts, with bootstrap 95% CIs.
+
+    The delta's interval resamples prompts, keeping each prompt's two rewards together (a paired bootstrap), so
+    prompt difficulty cancels out of the interval.
+    """
+    base, trained = np.asarray(base, dtype=float), np.asarray(trained, dtype=float)
+    if base.shape != trained.shape:
+        raise ValueError(f"{base.size} base rewards for {trained.size} trained ones")
+    delta = trained - base
+    return {
+        "reward_base": float(base.mean()),
+        "reward_base_ci95": bootstrap_mean_ci(base, seed),
+        "reward_trained": float(trained.mean()),
+        "reward_trained_ci95": bootstrap_mean_ci(trained, seed),
+        "reward_delta": float(delta.mean()),
+        "reward_delta_ci95": bootstrap_mean_ci(delta, seed),
+        "reward_n": int(base.size),
+    }

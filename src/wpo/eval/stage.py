@@ -14,26 +14,28 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from wpo.config import Recipe, config_hash
-from wpo.data.io import BadRecordPolicy, write_json
+from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
 from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_annotation, parse_prompt
 from wpo.errors import ConfigError, DataError
 from wpo.eval.judges import Comparison, judge_all
-from wpo.eval.metrics import summarize
+from wpo.eval.metrics import reward_comparison, summarize
 from wpo.eval.report import update_leaderboard, write_report
 from wpo.manifest import source_fingerprint, write_manifest
+from wpo.models import merged_model_dir
 
 log = logging.getLogger(__name__)
-OUTPUTS = ["model_outputs.json", "annotations.json", "metrics.json", "report.png", "report.html"]
 
 
 def eval_model(recipe: Recipe) -> str:
-    """`eval.model`, else the trained model of this run, else the recipe's base model."""
+    """`eval.model`, else the trained model of this run (weights or LoRA adapter), else the recipe's base model."""
     if recipe.eval.model:
         return recipe.eval.model
-    final = recipe.stage_dir("train") / "final"
-    return str(final) if (final / "config.json").is_file() else recipe.model.name_or_path
+    final = recipe.final_model_dir()
+    trained = any((final / name).is_file() for name in ("config.json", "adapter_config.json"))
+    return str(final) if trained else recipe.model.name_or_path
 
 
 def generator_name(model: str) -> str:
@@ -45,12 +47,20 @@ def generator_name(model: str) -> str:
     return Path(model.removeprefix("embedded:")).name
 
 
+def compares_with_base(recipe: Recipe) -> bool:
+    """The base model's outputs are needed as the pairwise baseline, or to measure what training did to the reward."""
+    return recipe.eval.compare_to == "base_model" or recipe.eval.reward is not None
+
+
 def run_config(recipe: Recipe) -> dict[str, Any]:
     model = eval_model(recipe)
+    base = recipe.model.name_or_path if compares_with_base(recipe) else None
     return {
         "seed": recipe.seed,
         "model": model,
         "model_files": source_fingerprint(model) if Path(model).exists() else model,
+        "base_model": base,
+        "base_model_files": source_fingerprint(base) if base and Path(base).exists() else base,
         "eval": recipe.eval.model_dump(mode="json", exclude={"batch_size", "leaderboard"}),
         "prompts_sha256": source_fingerprint(recipe.eval.prompts or ""),
     }
@@ -69,16 +79,19 @@ def from_alpaca_eval(raw: dict[str, Any], where: str, reference_field: str) -> d
 
 
 def load_comparisons_inputs(recipe: Recipe, policy: BadRecordPolicy):
-    """The eval prompts with their reference outputs: our prompts format, or alpaca_eval's reference outputs file."""
+    """The eval prompts (with their reference outputs unless the baseline is the base model): our prompts format, or
+    alpaca_eval's reference outputs file."""
     cfg = recipe.eval
     if not cfg.prompts:
-        raise ConfigError("eval.prompts is required: an eval set with a reference output per prompt")
+        raise ConfigError("eval.prompts is required: an eval set (with a reference output per prompt, or "
+                          "eval.compare_to: base_model)")  # fmt: skip
+    needs_reference = cfg.compare_to == "reference"
 
     def parse(raw: dict[str, Any], where: str) -> PromptRecord:
         if "messages" not in raw and isinstance(raw.get("instruction"), str):
             raw = from_alpaca_eval(raw, where, cfg.reference_field)
         prompt = parse_prompt(raw, where)
-        if not isinstance(prompt.extra.get(cfg.reference_field), str):
+        if needs_reference and not isinstance(prompt.extra.get(cfg.reference_field), str):
             raise RecordInvalid("missing_reference", f"reference output field {cfg.reference_field!r} is missing")
         return prompt
 
@@ -102,10 +115,10 @@ def generate_outputs(recipe: Recipe, model: str, prompts) -> list[str]:
     )
     sampler = make_sampler(generation_recipe, resolve_model_path(model))
     outputs = []
-    for start in range(0, len(prompts), cfg.batch_size):
+    for start in tqdm(range(0, len(prompts), cfg.batch_size), desc=f"eval: {generator_name(model)}", unit="batch"):
         batch = prompts[start : start + cfg.batch_size]
         outputs += sampler.generate([SampleRequest(p.messages, sample_seed(recipe.seed, p.id, 0)) for p in batch])
-        log.info("eval: generated %d/%d outputs", len(outputs), len(prompts))
+    log.info("eval: generated %d outputs with %s", len(outputs), model)
     return outputs
 
 
@@ -124,6 +137,28 @@ def _difficulty_inputs(recipe: Recipe, count: int):
     return difficulty, gamed
 
 
+def outputs_file(prompts, outputs: list[str], generator: str) -> list[dict[str, str]]:
+    """alpaca_eval's `model_outputs.json` records."""
+    return [{"instruction": p.messages[-1]["content"], "output": o, "generator": generator}
+            for p, o in zip(prompts, outputs, strict=True)]  # fmt: skip
+
+
+def reward_metrics(recipe: Recipe, prompts, base_outputs: list[str], outputs: list[str], stage_dir: Path):
+    """Programmatic reward of base and evaluated outputs per prompt (`rewards.jsonl`) and their bootstrap CIs."""
+    from wpo.scoring import ScoreRequest
+    from wpo.scoring.python_callable import PythonScorer
+
+    scorer = PythonScorer(recipe.eval.reward)
+    base = scorer.score([ScoreRequest(p.messages, o) for p, o in zip(prompts, base_outputs, strict=True)])
+    trained = scorer.score([ScoreRequest(p.messages, o) for p, o in zip(prompts, outputs, strict=True)])
+    write_jsonl(stage_dir / "rewards.jsonl", [
+        {"id": p.id, "reward_base": b, "reward_trained": t, **({"constraint": p.extra["constraint"]}
+                                                                 if "constraint" in p.extra else {})}
+        for p, b, t in zip(prompts, base, trained, strict=True)
+    ])  # fmt: skip
+    return reward_comparison(np.array(base), np.array(trained), recipe.seed)
+
+
 def run_eval(recipe: Recipe) -> dict[str, Any]:
     started = time.perf_counter()
     cfg = recipe.eval
@@ -132,24 +167,37 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     prompts = load_comparisons_inputs(recipe, policy)
     model = eval_model(recipe)
     generator = cfg.generator_name or generator_name(model)
-    outputs = generate_outputs(recipe, model, prompts)
-    model_outputs = [{"instruction": p.messages[-1]["content"], "output": o, "generator": generator}
-                     for p, o in zip(prompts, outputs, strict=True)]  # fmt: skip
-    write_json(stage_dir / "model_outputs.json", model_outputs)
+    outputs = generate_outputs(recipe, str(merged_model_dir(Path(model), stage_dir)) if Path(model).is_dir() else model,
+                               prompts)  # fmt: skip
+    write_json(stage_dir / "model_outputs.json", outputs_file(prompts, outputs, generator))
+    outputs_written = ["model_outputs.json"]
 
-    comparisons = [
-        Comparison(p.messages, p.extra[cfg.reference_field], o) for p, o in zip(prompts, outputs, strict=True)
-    ]
+    base_outputs: list[str] | None = None
+    if compares_with_base(recipe):
+        base = recipe.model.name_or_path
+        base_outputs = outputs if base == model else generate_outputs(recipe, base, prompts)
+        write_json(stage_dir / "base_outputs.json", outputs_file(prompts, base_outputs, generator_name(base)))
+        outputs_written.append("base_outputs.json")
+    if cfg.compare_to == "base_model":
+        references, reference_generators = base_outputs, [generator_name(recipe.model.name_or_path)] * len(prompts)
+    else:
+        references = [p.extra[cfg.reference_field] for p in prompts]
+        reference_generators = [p.extra.get("reference_generator") or cfg.reference_generator for p in prompts]
+
+    comparisons = [Comparison(p.messages, r, o) for p, r, o in zip(prompts, references, outputs, strict=True)]
     preferences = judge_all(recipe, comparisons, stage_dir)
     annotations = [
-        {"instruction": c.instruction, "output_1": c.reference, "output_2": c.output,
-         "generator_1": p.extra.get("reference_generator") or cfg.reference_generator, "generator_2": generator,
-         "preference": pref, "annotator": cfg.judge}
-        for p, c, pref in zip(prompts, comparisons, preferences, strict=True)
+        {"instruction": c.instruction, "output_1": c.reference, "output_2": c.output, "generator_1": g,
+         "generator_2": generator, "preference": pref, "annotator": cfg.judge}
+        for c, g, pref in zip(comparisons, reference_generators, preferences, strict=True)
     ]  # fmt: skip
     write_json(stage_dir / "annotations.json", annotations)
     metrics = metrics_from_annotations(annotations, *_difficulty_inputs(recipe, len(annotations)))
     metrics["judge"] = cfg.judge
+    metrics["reference_generator"] = reference_generators[0]
+    if cfg.reward is not None:
+        metrics.update(reward_metrics(recipe, prompts, base_outputs, outputs, stage_dir))
+        outputs_written.append("rewards.jsonl")
     write_json(stage_dir / "metrics.json", metrics)
     board = update_leaderboard(Path(cfg.leaderboard) if cfg.leaderboard else stage_dir / "leaderboard.csv",
                                generator, metrics)  # fmt: skip
@@ -157,11 +205,16 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     config = run_config(recipe)
     counts = {"prompts": len(prompts), "skipped": dict(policy.skipped), "draws_identical_outputs":
               sum(c.output == c.reference for c in comparisons)}  # fmt: skip
+    outputs_written += ["annotations.json", "metrics.json", "report.png", "report.html"]
     write_manifest(stage_dir, stage="eval", config=config, config_hash=config_hash(config), seed=recipe.seed,
-                   counts=counts, wall_seconds=time.perf_counter() - started, outputs=OUTPUTS)  # fmt: skip
+                   counts=counts, wall_seconds=time.perf_counter() - started, outputs=outputs_written)  # fmt: skip
     log.info("eval: %s vs %s on %d instructions: LC %.2f, WR %.2f, avg length %.0f", generator,
-             cfg.reference_generator, len(prompts), metrics["length_controlled_winrate"], metrics["win_rate"],
+             reference_generators[0], len(prompts), metrics["length_controlled_winrate"], metrics["win_rate"],
              metrics["avg_length"])  # fmt: skip
+    if cfg.reward is not None:
+        log.info("eval: reward %.3f (base) → %.3f (%s); delta %+.3f, 95%% CI [%.3f, %.3f]", metrics["reward_base"],
+                 metrics["reward_trained"], generator, metrics["reward_delta"],
+                 *metrics["reward_delta_ci95"])  # fmt: skip
     return {"generator": generator, "metrics": metrics}
 
 

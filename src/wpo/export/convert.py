@@ -78,26 +78,6 @@ def check_architecture(model_dir: Path) -> str:
     return architecture
 
 
-def merged_model_dir(model_dir: Path, work_dir: Path) -> Path:
-    """A full HF model directory: the model itself, or its LoRA adapter merged into the base and saved."""
-    if not (model_dir / "adapter_config.json").is_file():
-        return model_dir
-    from peft import AutoPeftModelForCausalLM
-    from transformers import AutoTokenizer
-
-    target = work_dir / "merged"
-    if (target / "config.json").is_file():
-        return target
-    log.info("merging the LoRA adapter in %s into its base", model_dir)
-    merged = AutoPeftModelForCausalLM.from_pretrained(str(model_dir)).merge_and_unload()
-    staging = work_dir / ".merged.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    merged.save_pretrained(staging, safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(staging)
-    staging.rename(target)
-    return target
-
-
 def convert(model_dir: Path, outfile: Path, outtype: str) -> Path:
     """Run llama.cpp's converter in a subprocess (it is a script with its own logging and globals)."""
     staging = outfile.with_name(f".{outfile.name}.tmp")

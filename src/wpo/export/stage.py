@@ -11,7 +11,7 @@ from wpo.config import Recipe, config_hash
 from wpo.data.io import resolve_local, write_json
 from wpo.errors import WpoError
 from wpo.export.card import write_card
-from wpo.export.convert import check_architecture, check_quantizations, export_gguf, merged_model_dir
+from wpo.export.convert import check_architecture, check_quantizations, export_gguf
 from wpo.export.verify import hf_log_probs, perplexity, verify_gguf
 from wpo.manifest import source_fingerprint, write_manifest
 
@@ -22,7 +22,7 @@ REPORT, CARD = "quantization_report.json", "README.md"
 def export_model(recipe: Recipe) -> str:
     if recipe.export.model:
         return recipe.export.model
-    final = recipe.stage_dir("train") / "final"
+    final = recipe.final_model_dir()
     return str(final) if final.is_dir() else recipe.model.name_or_path
 
 
@@ -39,7 +39,7 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from wpo.eval.stage import generator_name
-    from wpo.models import resolve_model_path
+    from wpo.models import merged_model_dir, resolve_model_path
 
     started = time.perf_counter()
     cfg = recipe.export

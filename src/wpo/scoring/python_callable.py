@@ -6,10 +6,11 @@ The module is imported from the working directory or PYTHONPATH (the working dir
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 
-from wpo.errors import ConfigError
+from wpo.errors import ConfigError, WpoError
 from wpo.scoring import ScoreRequest
 
 
@@ -30,8 +31,21 @@ def load_function(spec: str):
 
 
 class PythonScorer:
+    """Calls the user's function per response; its exceptions and non-finite results fail naming the prompt."""
+
     def __init__(self, spec: str):
+        self.spec = spec
         self.function = load_function(spec)
 
+    def _one(self, request: ScoreRequest) -> float:
+        prompt = request.messages[-1]["content"][:80] if request.messages else ""
+        try:
+            value = self.function(request.messages, request.response)
+        except Exception as exc:  # the user's code: report which prompt broke it, not a bare traceback
+            raise WpoError(f"{self.spec} failed on the prompt {prompt!r}: {type(exc).__name__}: {exc}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise WpoError(f"{self.spec} returned {value!r} for the prompt {prompt!r}; expected a finite number")
+        return float(value)
+
     def score(self, requests: list[ScoreRequest]) -> list[float]:
-        return [self.function(r.messages, r.response) for r in requests]
+        return [self._one(r) for r in requests]

@@ -9,6 +9,7 @@ the uninterrupted run would have.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import shutil
@@ -54,6 +55,7 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
     return {
         "seed": recipe.seed,
         "model": recipe.model.model_dump(mode="json"),
+        "model_files": source_fingerprint(recipe.model.name_or_path),
         "train": train,
         "pairs_sha256": source_fingerprint(pairs_source(recipe)),
     }
@@ -373,6 +375,15 @@ def _save_checkpoint(train_dir, step, model, tokenizer, optimizer, scheduler, ac
     accelerator.wait_for_everyone()
 
 
+def _lineage(model_path: str) -> dict[str, Any]:
+    """The untrained base model and how many WPO rounds led here: training a wpo-trained model continues its line."""
+    previous = Path(model_path) / "wpo_training.json"
+    if previous.is_file():
+        earlier = json.loads(previous.read_text(encoding="utf-8"))
+        return {"base_model": earlier["base_model"], "round": earlier.get("round", 1) + 1, "trained_from": model_path}
+    return {"base_model": model_path, "round": 1, "trained_from": model_path}
+
+
 def _save_final(train_dir, model, tokenizer, accelerator, recipe: Recipe, schedule: Schedule) -> Path:
     """Weights (or the LoRA adapter), tokenizer and the hyperparameters exactly as trained, for the model card."""
     final_dir = train_dir / "final"
@@ -385,7 +396,7 @@ def _save_final(train_dir, model, tokenizer, accelerator, recipe: Recipe, schedu
         write_json(
             staging / "wpo_training.json",
             {
-                "base_model": recipe.model.name_or_path,
+                **_lineage(recipe.model.name_or_path),
                 "seed": recipe.seed,
                 "num_processes": accelerator.num_processes,
                 "global_batch_pairs": schedule.pairs_per_step,

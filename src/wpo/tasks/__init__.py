@@ -1,0 +1,1 @@
+"""Tasks with programmatic rewards, shipped with their prompts: the quickstart's `ifeval`."""

@@ -1,0 +1,273 @@
+"""Instruction following with verifiable constraints (IFEval-style): the quickstart's task and programmatic reward.
+
+A prompt asks about a topic and adds one format constraint written in IFEval's wording: all capitals, all lowercase,
+an exact closing phrase, two required keywords, a word limit, an exact number of markdown bullets, a <<title>>, no
+commas, or the whole answer in double quotes. The reward reads the constraint back *from the prompt's text*, so it is
+a pure function of (prompt, response) that works on any prompt carrying these instructions, and scores how well the
+response obeys it in [0, 1] — with partial credit where "how far off" is measurable (share of capital letters, word
+count over the limit, bullets off by one, number of commas), which gives pairs a graded signal rather than ties.
+
+The shipped prompt files (`builtin:ifeval-train.jsonl`, `builtin:ifeval-heldout.jsonl`) are built by
+`build_prompts()` from `ifeval-topics.tsv`: three short facts per topic, split by topic so no held-out topic is seen in
+training. Each prompt carries a `reference` answer made from its topic's facts that satisfies the constraint — the
+hybrid pool's off-policy "strong model" answer. Rebuild them with `python -m wpo.tasks.ifeval`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wpo.data.io import resolve_builtin, write_jsonl
+
+TOPICS_FILE = "ifeval-topics.tsv"
+TRAIN_FILE = "ifeval-train.jsonl"
+HELDOUT_FILE = "ifeval-heldout.jsonl"
+DEV_FILE = "ifeval-dev.jsonl"
+HELDOUT_TOPICS = 24
+CONSTRAINTS_PER_TOPIC = 2
+BUILD_SEED = 20261124
+
+END_PHRASES = ("Is there anything else I can help with?", "Any other questions?", "Let me know if you need more.")
+QUESTIONS = (
+    "Write a short paragraph about {topic}.",
+    "Tell me about {topic}.",
+    "Explain {topic} to a curious child.",
+    "Describe {topic} briefly.",
+)
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    facts: tuple[str, str, str]
+    keywords: tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One instruction kind: how it is worded, how to read it back from a prompt, and how to score a response."""
+
+    kind: str
+    pattern: re.Pattern[str]
+    score: Callable[[str, re.Match[str]], float]
+
+
+def _letters(text: str) -> list[str]:
+    return [c for c in text if c.isalpha()]
+
+
+def _share(text: str, predicate: Callable[[str], bool]) -> float:
+    letters = _letters(text)
+    return sum(map(predicate, letters)) / len(letters) if letters else 0.0
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\b\w+\b", text)
+
+
+def _bullets(text: str) -> int:
+    return len(re.findall(r"^\s*[*-]\s", text, flags=re.MULTILINE))
+
+
+def _score_capitals(response: str, _: re.Match[str]) -> float:
+    return _share(response, str.isupper)
+
+
+def _score_lowercase(response: str, _: re.Match[str]) -> float:
+    """All or nothing (as IFEval checks it): ordinary prose is already ~97% lowercase, so a share would not separate
+    obeying from ignoring the instruction."""
+    letters = _letters(response)
+    return 1.0 if letters and not any(c.isupper() for c in letters) else 0.0
+
+
+def _score_end_phrase(response: str, match: re.Match[str]) -> float:
+    phrase = match["phrase"]
+    if response.rstrip().endswith(phrase):
+        return 1.0
+    return 0.5 if phrase in response else 0.0
+
+
+def _score_keywords(response: str, match: re.Match[str]) -> float:
+    words = {w.lower() for w in _words(response)}
+    keywords = (match["first"], match["second"])
+    return sum(k.lower() in words for k in keywords) / len(keywords)
+
+
+def _score_max_words(response: str, match: re.Match[str]) -> float:
+    limit, count = int(match["limit"]), len(_words(response))
+    if count == 0:
+        return 0.0
+    return 1.0 if count < limit else (limit - 1) / count
+
+
+def _score_bullets(response: str, match: re.Match[str]) -> float:
+    wanted, found = int(match["count"]), _bullets(response)
+    return max(0.0, 1.0 - abs(found - wanted) / wanted)
+
+
+def _score_title(response: str, _: re.Match[str]) -> float:
+    return 1.0 if re.search(r"<<[^\n<>]+>>", response) else 0.0
+
+
+def _score_no_commas(response: str, _: re.Match[str]) -> float:
+    if not response.strip():
+        return 0.0
+    return 1.0 / (1.0 + response.count(","))
+
+
+def _score_quotation(response: str, _: re.Match[str]) -> float:
+    text = response.strip()
+    return 1.0 if len(text) > 1 and text[0] == '"' and text[-1] == '"' else 0.0
+
+
+CONSTRAINTS: dict[str, Constraint] = {
+    c.kind: c
+    for c in (
+        Constraint("capital_letters", re.compile(r"in English, and in all capital letters\."), _score_capitals),
+        Constraint("lowercase", re.compile(r"in English, and in all lowercase letters\."), _score_lowercase),
+        Constraint("end_phrase", re.compile(r"Finish your response with this exact phrase: (?P<phrase>.+?) No other "
+                                            r"words should follow this phrase\."), _score_end_phrase),
+        Constraint("keywords", re.compile(r"Include the keywords '(?P<first>[^']+)' and '(?P<second>[^']+)' in the "
+                                          r"response\."), _score_keywords),
+        Constraint("max_words", re.compile(r"Answer with less than (?P<limit>\d+) words\."), _score_max_words),
+        Constraint("bullets", re.compile(r"Your answer must contain exactly (?P<count>\d+) bullet points\."),
+                   _score_bullets),
+        Constraint("title", re.compile(r"Your answer must contain a title, wrapped in double angular brackets"),
+                   _score_title),
+        Constraint("no_commas", re.compile(r"refrain from the use of any commas\."), _score_no_commas),
+        Constraint("quotation", re.compile(r"Wrap your entire response with double quotation marks\."),
+                   _score_quotation),
+    )
+}  # fmt: skip
+
+
+def instruction_text(kind: str, topic: Topic, rng: random.Random) -> str:
+    """The constraint's wording (IFEval's), with its parameters drawn from `rng`."""
+    if kind == "capital_letters":
+        return "Your entire response should be in English, and in all capital letters."
+    if kind == "lowercase":
+        return (
+            "Your entire response should be in English, and in all lowercase letters. No capital letters are allowed."
+        )
+    if kind == "end_phrase":
+        phrase = rng.choice(END_PHRASES)
+        return f"Finish your response with this exact phrase: {phrase} No other words should follow this phrase."
+    if kind == "keywords":
+        return f"Include the keywords '{topic.keywords[0]}' and '{topic.keywords[1]}' in the response."
+    if kind == "max_words":
+        return f"Answer with less than {rng.choice((20, 25, 30))} words."
+    if kind == "bullets":
+        return (
+            f"Your answer must contain exactly {rng.choice((2, 3))} bullet points. Use the markdown bullet points "
+            "such as:\n* This is point 1.\n* This is point 2"
+        )
+    if kind == "title":
+        return "Your answer must contain a title, wrapped in double angular brackets, such as <<poem of joy>>."
+    if kind == "no_commas":
+        return "In your entire response, refrain from the use of any commas."
+    if kind == "quotation":
+        return "Wrap your entire response with double quotation marks."
+    raise ValueError(f"unknown constraint kind {kind!r}")
+
+
+def reference_answer(kind: str, topic: Topic, instruction: str) -> str:
+    """An answer built from the topic's facts that satisfies the constraint (the off-policy 'strong' answer)."""
+    paragraph = " ".join(topic.facts)
+    match = CONSTRAINTS[kind].pattern.search(instruction)
+    if kind == "capital_letters":
+        return paragraph.upper()
+    if kind == "lowercase":
+        return paragraph.lower()
+    if kind == "end_phrase":
+        return f"{paragraph} {match['phrase']}"
+    if kind == "max_words":
+        kept: list[str] = []
+        for fact in topic.facts:
+            if len(_words(" ".join([*kept, fact]))) >= int(match["limit"]):
+                break
+            kept.append(fact)
+        return " ".join(kept)
+    if kind == "bullets":
+        return "\n".join(f"* {fact}" for fact in topic.facts[: int(match["count"])])
+    if kind == "title":
+        return f"<<{topic.name[0].upper()}{topic.name[1:]}>>\n\n{paragraph}"
+    if kind == "quotation":
+        return f'"{paragraph}"'
+    return paragraph  # keywords come from the facts; the facts have no commas
+
+
+def constraints_in(prompt: str) -> list[tuple[Constraint, re.Match[str]]]:
+    return [(c, m) for c in CONSTRAINTS.values() if (m := c.pattern.search(prompt))]
+
+
+def reward(messages: list[dict[str, str]], response: str) -> float:
+    """Mean score in [0, 1] over the constraints stated in the last user message (`score.function` for python)."""
+    prompt = messages[-1]["content"]
+    found = constraints_in(prompt)
+    if not found:
+        raise ValueError(f"no IFEval-style constraint found in the prompt {prompt[:80]!r}")
+    return sum(c.score(response, m) for c, m in found) / len(found)
+
+
+def pairwise_preference(messages: list[dict[str, str]], reference_output: str, model_output: str) -> float:
+    """P(model output better) for `eval.judge: python`: 1, 0 or 0.5 by comparing the two rewards."""
+    model_reward, reference_reward = reward(messages, model_output), reward(messages, reference_output)
+    return 0.5 if model_reward == reference_reward else float(model_reward > reference_reward)
+
+
+def load_topics(path: Path | None = None) -> list[Topic]:
+    """`ifeval-topics.tsv`: name, three facts and two keywords per line, tab-separated."""
+    path = path or resolve_builtin(f"builtin:{TOPICS_FILE}")
+    topics = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split("\t")
+        if len(fields) != 5:
+            raise ValueError(f"{path}:{number}: expected 5 tab-separated fields, got {len(fields)}")
+        topics.append(Topic(fields[0], (fields[1], fields[2], fields[3]), tuple(fields[4].split(","))))
+    return topics
+
+
+def _record(topic: Topic, kind: str, rng: random.Random) -> dict[str, Any]:
+    instruction = instruction_text(kind, topic, rng)
+    question = rng.choice(QUESTIONS).format(topic=topic.name)
+    return {
+        "id": f"{re.sub(r'[^a-z0-9]+', '-', topic.name.lower()).strip('-')}-{kind}",
+        "messages": [{"role": "user", "content": f"{question} {instruction}"}],
+        "reference": reference_answer(kind, topic, instruction),
+        "constraint": kind,
+    }
+
+
+def build_prompts(topics: list[Topic], seed: int = BUILD_SEED) -> dict[str, list[dict[str, Any]]]:
+    """Train, dev and held-out prompt records. Held-out topics are never trained on. Dev prompts pair each training
+    topic with a constraint kind it has no training prompt for: new prompts to tune the recipe on, so the held-out set
+    is looked at once, for the final figures."""
+    rng, dev_rng = random.Random(seed), random.Random(seed + 1)
+    order = list(range(len(topics)))
+    rng.shuffle(order)
+    heldout_topics = set(order[:HELDOUT_TOPICS])
+    kinds = list(CONSTRAINTS)
+    files: dict[str, list[dict[str, Any]]] = {TRAIN_FILE: [], DEV_FILE: [], HELDOUT_FILE: []}
+    for index, topic in enumerate(topics):
+        chosen = rng.sample(kinds, CONSTRAINTS_PER_TOPIC)
+        split = HELDOUT_FILE if index in heldout_topics else TRAIN_FILE
+        files[split] += [_record(topic, kind, rng) for kind in chosen]
+        if split == TRAIN_FILE:
+            unused = [kind for kind in kinds if kind not in chosen]
+            files[DEV_FILE].append(_record(topic, dev_rng.choice(unused), dev_rng))
+    return files
+
+
+def main() -> None:
+    for name, records in build_prompts(load_topics()).items():
+        count = write_jsonl(resolve_builtin(f"builtin:{TOPICS_FILE}").parent / name, records)
+        print(f"wrote {count} prompts to {name}")
+
+
+if __name__ == "__main__":
+    main()
