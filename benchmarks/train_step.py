@@ -1,13 +1,24 @@
-"""Step time and peak memory of one WPO optimizer step on SmolLM2-135M (embedded), side by side.
+"""Step time and peak memory of one WPO optimizer step on SmolLM2-135M: chunked vs full logits vs TRL, side by side.
 
-Each variant runs the trainer's own `_optimizer_step` in a fresh subprocess (so peak RSS readings do not bleed into
-each other) on the same synthetic pairs of exactly `--tokens` tokens each (half prompt, half response). Variants:
+Every variant trains the embedded SmolLM2-135M-Instruct (fp32, as loaded by `wpo.models.load_causal_lm`) on the
+same `--pairs` synthetic pairs of exactly `--tokens` tokens per sequence (half prompt, half response; the words are
+single tokens, so TRL's own tokenization of the text gives the same ids, which the TRL child checks). Each runs in a
+fresh subprocess; memory is the peak resident set of the training steps over what was resident before the first
+(model, precomputed reference log-probs and optimizer object included in that baseline; gradients, Adam state and
+activations not), and the process's peak over its whole life. Variants:
 
-- `all-logits`:  the baseline — logits for every position of the sequence (what a naive DPO forward does)
-- `wpo`:         the trainer's default — logits only from the shortest prompt's last token on (`logits_to_keep`)
-- `wpo+ckpt`:    the same with activation (gradient) checkpointing
+- `chunked`:      the trainer's default, `train.loss_chunk_size: 256` (`wpo.chunked_loss`)
+- `full-logits`:  `train.loss_chunk_size: 0`, logits from the shortest prompt on (`logits_to_keep`)
+- `trl`:          TRL 1.16 `DPOTrainer(use_weighting=True)` set up like ours: reference log-probs precomputed
+                  (`precompute_ref_log_probs=True`), gradient checkpointing as `--gradient-checkpointing`, and
+                  `bf16=False`: TRL autocasts to bf16 by default, ~10x slower on a CPU without bf16 units
+- `trl-defaults`: TRL's defaults apart from `bf16=False` and no truncation: a reference model kept in memory and
+                  run every step, gradient checkpointing on (not run unless named in `--variants`)
 
-Run: python benchmarks/train_step.py [--pairs 2] [--tokens 512] [--steps 3]
+Our trainer's first-step losses (policy = reference, weight unclamped as TRL's) must equal TRL's logged ones.
+
+Run: python benchmarks/train_step.py [--tokens 512 1024 2048] [--variants chunked full-logits trl] [--pairs 1]
+     [--steps 2] [--gradient-checkpointing]   (the defaults: ~25 min on a 2-core CPU; ~40 min on one core)
 """
 
 from __future__ import annotations
@@ -15,116 +26,215 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
+import random
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
 
-VARIANTS = ("all-logits", "wpo", "wpo+ckpt")
+import peak_memory
+from transformers import TrainerCallback
+
+MODEL = "embedded:smollm2-135m-instruct"
+VARIANTS = ("chunked", "full-logits", "trl", "trl-defaults")
+LEARNING_RATE, BETA = 1e-6, 0.1
 
 
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def synthetic_pairs(tokenizer, pairs: int, tokens: int) -> list[dict]:
+    """Texts of single-token words and their ids: `tokens // 2` random prompt words, then responses that repeat an
+    8-word phrase (predictable in context, so log-probs and WPO weights are not vanishingly small), then the EOS.
+
+    TRL tokenizes the text itself and appends the EOS to each response; ours is given the same ids directly.
+    """
+    vocab = tokenizer.get_vocab()
+    words = sorted(t[1:] for t in vocab if t.startswith("Ġ") and t[1:].isascii() and t[1:].isalpha() and len(t) > 3)
+    rng = random.Random(0)
+
+    def text_and_ids(count: int, period: int | None = None) -> tuple[str, list[int]]:
+        phrase = [rng.choice(words) for _ in range(period or count)]
+        chosen = [phrase[i % len(phrase)] for i in range(count)]
+        return "".join(" " + word for word in chosen), [vocab["Ġ" + word] for word in chosen]
+
+    rows = []
+    for _ in range(pairs):
+        prompt, prompt_ids = text_and_ids(tokens // 2)
+        (chosen, chosen_ids), (rejected, rejected_ids) = (text_and_ids(tokens - tokens // 2 - 1, 8) for _ in "cr")
+        eos = [tokenizer.eos_token_id]
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "prompt_ids": prompt_ids,
+                     "chosen_ids": chosen_ids + eos, "rejected_ids": rejected_ids + eos})  # fmt: skip
+    return rows
 
 
-def child(variant: str, pairs: int, tokens: int, steps: int) -> dict:
+def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool) -> dict:
     import torch
     from accelerate import Accelerator
     from transformers import get_scheduler
 
     from wpo.config import load_recipe
-    from wpo.models import load_causal_lm, resolve_model_path
+    from wpo.models import load_causal_lm, load_tokenizer, resolve_model_path
     from wpo.train import trainer
     from wpo.train.reference import ReferenceLogps, compute_reference_logps
-    from wpo.train.tokenize import PairBatch, TokenizedPair, TokenizedPairs
+    from wpo.train.tokenize import TokenizedPair, TokenizedPairs
 
     torch.manual_seed(0)
     recipe = load_recipe(None, [
-        f"train.per_device_batch_size={pairs}", "train.warmup_ratio=0", "train.learning_rate=1e-6",
-        f"train.gradient_checkpointing={'true' if variant == 'wpo+ckpt' else 'false'}",
-        f"train.max_length={tokens + 1}", f"train.max_prompt_length={tokens // 2}",
+        f"model.name_or_path={MODEL}", f"train.per_device_batch_size={pairs}", "train.warmup_ratio=0",
+        f"train.learning_rate={LEARNING_RATE}", f"train.beta={BETA}", "train.clamp=false",
+        f"train.gradient_checkpointing={str(checkpointing).lower()}", f"train.max_length={tokens + 1}",
+        f"train.max_prompt_length={tokens // 2}", *(["train.loss_chunk_size=0"] if variant == "full-logits" else []),
     ])  # fmt: skip
-    path = resolve_model_path(recipe.model.name_or_path)
-    model = trainer._make_trainable(load_causal_lm(path, recipe.model), recipe, None)
-    vocab = model.config.vocab_size
-    half = tokens // 2
+    path = resolve_model_path(MODEL)
+    tokenizer = load_tokenizer(path)
+    rows = synthetic_pairs(tokenizer, pairs, tokens)
     tokenized = TokenizedPairs(
-        [
-            TokenizedPair(str(i), torch.randint(0, vocab, (half,)).tolist(), torch.randint(0, vocab, (half,)).tolist(),
-                          torch.randint(0, vocab, (half,)).tolist())
-            for i in range(pairs)
-        ], 0, 0,
-    )  # fmt: skip
+        [TokenizedPair(str(i), r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for i, r in enumerate(rows)], 0, 0
+    )
+    model = trainer._make_trainable(load_causal_lm(path, recipe.model), recipe, None)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    chosen, rejected = compute_reference_logps(model, tokenized, pairs, 0, accelerator.device)
+    chunk = recipe.train.loss_chunk_size
+    chosen, rejected = compute_reference_logps(
+        model, tokenized, pairs, tokenizer.pad_token_id, accelerator.device, loss_chunk_size=chunk
+    )
     references = ReferenceLogps(chosen, rejected, None, False)  # policy = reference: step-1 loss is ln 2 x weight
-    if variant == "all-logits":  # keep every position's logits: the batch's labels grow to the full length
-        original = trainer.collate_pairs
-
-        def all_positions(batch_pairs, pad_id):
-            batch = original(batch_pairs, pad_id)
-            length = batch.input_ids.shape[1]
-            pad = torch.full((batch.labels.shape[0], length - batch.logits_to_keep), -100, dtype=torch.long)
-            return PairBatch(batch.input_ids, batch.attention_mask, torch.cat([pad, batch.labels], 1), length,
-                             batch.pair_count)  # fmt: skip
-
-        trainer.collate_pairs = all_positions
     optimizer = trainer._build_optimizer(model, recipe)
     schedule = trainer.build_schedule(pairs, recipe, 1)
     scheduler = get_scheduler("constant", optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
-    before = rss_mib()
-    times, losses = [], []
-    for step in range(steps + 1):
-        started = time.perf_counter()
+    setup_peak = peak_memory.peak_mib()
+    start = peak_memory.reset_peak()
+    wall, cpu, losses = [], [], []
+    for _ in range(steps + 1):
+        started, started_cpu = time.perf_counter(), time.process_time()
         row = trainer._optimizer_step(model, optimizer, scheduler, accelerator, recipe, schedule, 0, tokenized,
-                                      references, 0)  # fmt: skip
-        if step:  # the first step allocates optimizer state: timed separately below
-            times.append(time.perf_counter() - started)
+                                      references, tokenizer.pad_token_id)  # fmt: skip
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
         losses.append(row["loss"])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result(variant, wall, cpu, setup_peak, start, losses[0], f"loss_chunk_size={chunk}")
+
+
+def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from wpo.config import ModelConfig
+    from wpo.models import load_causal_lm, load_tokenizer, resolve_model_path
+
+    torch.manual_seed(0)
+    path = resolve_model_path(MODEL)
+    tokenizer = load_tokenizer(path)
+    rows = synthetic_pairs(tokenizer, pairs, tokens)
+    matched = variant == "trl"
+    settings = {"precompute_ref_log_probs": True, "gradient_checkpointing": checkpointing} if matched else {}
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = DPOConfig(
+            output_dir=output_dir, use_weighting=True, bf16=False, max_length=None, beta=BETA,
+            learning_rate=LEARNING_RATE, lr_scheduler_type="constant", per_device_train_batch_size=pairs,
+            max_steps=steps + 1, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+            disable_tqdm=True, seed=0, **settings,
+        )  # fmt: skip
+        dataset = Dataset.from_list([{key: r[key] for key in ("prompt", "chosen", "rejected")} for r in rows])
+        dpo = DPOTrainer(model=load_causal_lm(path, ModelConfig()), args=config, processing_class=tokenizer,
+                         train_dataset=dataset)  # fmt: skip
+        for row, prepared in zip(rows, dpo.train_dataset, strict=True):
+            for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
+                assert prepared[key] == row[key], f"TRL tokenized {key} differently"
+        timer = StepTimer()
+        dpo.add_callback(timer)
+        dpo.train()
+        first_loss = next(entry["loss"] for entry in dpo.state.log_history if "loss" in entry)
+        settings_text = ", ".join(f"{k}={getattr(config, k)}" for k in ("precompute_ref_log_probs",
+                                                                         "gradient_checkpointing", "bf16"))  # fmt: skip
+    return result(variant, timer.wall, timer.cpu, timer.setup_peak, timer.start, first_loss, settings_text)
+
+
+class StepTimer(TrainerCallback):
+    """Peak memory from the start of training; the time of each step, from the end of the one before."""
+
+    def __init__(self):
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.mark: tuple[float, float] | None = None
+        self.setup_peak = self.start = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.setup_peak = peak_memory.peak_mib()
+        self.start = peak_memory.reset_peak()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.mark = self.mark or (time.perf_counter(), time.process_time())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = (time.perf_counter(), time.process_time())
+        self.wall.append(now[0] - self.mark[0])
+        self.cpu.append(now[1] - self.mark[1])
+        self.mark = now
+
+
+def result(variant, wall: list[float], cpu: list[float], setup_peak, start, first_loss: float, settings: str) -> dict:
+    """The first step allocates the optimizer state and is left out of the median times, not out of the peak.
+
+    CPU seconds (of this single-threaded process) are what the ratios use: on a machine shared with other jobs the
+    wall time of a step depends on what else runs meanwhile, its CPU time much less.
+    """
     return {
         "variant": variant,
-        "step_seconds": statistics.median(times),
-        "peak_rss_mib": peak,
-        "step_peak_over_start_mib": peak - before,
-        "first_loss": losses[0],
+        "settings": settings,
+        "step_seconds": statistics.median(wall[1:]),
+        "step_cpu_seconds": statistics.median(cpu[1:]),
+        "process_peak_mib": max(setup_peak, peak_memory.peak_mib()),
+        "step_peak_over_start_mib": peak_memory.peak_mib() - start,
+        "first_loss": first_loss,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS[:3]))
+    parser.add_argument("--pairs", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps, after one untimed first step")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="for ours and `trl` alike")
     parser.add_argument("--child", choices=VARIANTS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.pairs, args.tokens, args.steps)))
+        run = trl_child if args.child.startswith("trl") else wpo_child
+        print(json.dumps(run(args.child, args.pairs, args.tokens[0], args.steps, args.gradient_checkpointing)))
         return
-    results = []
-    for variant in VARIANTS:
-        command = [sys.executable, __file__, "--child", variant, "--pairs", str(args.pairs), "--tokens",
-                   str(args.tokens), "--steps", str(args.steps)]  # fmt: skip
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(output.strip().splitlines()[-1]))
-    base = results[0]
-    print(f"SmolLM2-135M, {args.pairs} pairs x {args.tokens} tokens, fp32, median of {args.steps} steps")
-    print(f"{'variant':<12} {'step s':>8} {'x base':>7} {'peak RSS MiB':>13} {'step peak MiB':>14} {'x base':>7}")
-    for r in results:
-        print(
-            f"{r['variant']:<12} {r['step_seconds']:>8.2f} {r['step_seconds'] / base['step_seconds']:>7.2f} "
-            f"{r['peak_rss_mib']:>13.0f} {r['step_peak_over_start_mib']:>14.0f} "
-            f"{r['step_peak_over_start_mib'] / base['step_peak_over_start_mib']:>7.2f}"
-        )
-    losses = [r["first_loss"] for r in results]
-    agree = all(math.isclose(loss, losses[0], rel_tol=1e-4) for loss in losses)
-    print(f"first-step losses agree across variants: {agree} ({', '.join(f'{loss:.6e}' for loss in losses)})")
+
+    import torch
+    import trl
+
+    print(
+        f"SmolLM2-135M fp32, {args.pairs} pair(s) x T tokens per sequence (half prompt), median of {args.steps} steps "
+        f"after the first, ratios of CPU time; gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} "
+        f"(trl-defaults: on); torch {torch.__version__} ({torch.get_num_threads()} threads), trl {trl.__version__}"
+    )
+    print(f"{'T':>5} {'variant':<13} {'wall s':>7} {'CPU s':>7} {'x trl':>6} {'x full':>7} {'peak RSS MiB':>13} "
+          f"{'step peak MiB':>14} {'x trl':>6} {'x full':>7}  {'first loss':<12}  settings")  # fmt: skip
+    for tokens in args.tokens:
+        results = {}
+        for variant in args.variants:
+            arguments = ["--child", variant, "--pairs", str(args.pairs), "--tokens", str(tokens), "--steps",
+                         str(args.steps), *(["--gradient-checkpointing"] * args.gradient_checkpointing)]  # fmt: skip
+            results[variant] = peak_memory.run_child(__file__, arguments)
+        trl_result, full = results.get("trl"), results.get("full-logits")
+        for variant, r in results.items():
+            print(
+                f"{tokens:>5} {variant:<13} {r['step_seconds']:>7.2f} {r['step_cpu_seconds']:>7.2f} "
+                f"{ratio(r, trl_result, 'step_cpu_seconds'):>6} {ratio(r, full, 'step_cpu_seconds'):>7} "
+                f"{r['process_peak_mib']:>13.0f} "
+                f"{r['step_peak_over_start_mib']:>14.0f} {ratio(r, trl_result, 'step_peak_over_start_mib'):>6} "
+                f"{ratio(r, full, 'step_peak_over_start_mib'):>7}  {r['first_loss']:.6e}   {r['settings']}",
+                flush=True,
+            )
+        losses = [r["first_loss"] for r in results.values()]
+        agree = all(math.isclose(loss, losses[0], rel_tol=1e-3) for loss in losses)
+        print(f"{tokens:>5} first-step losses agree to 1e-3: {agree}", flush=True)
+
+
+def ratio(result: dict, base: dict | None, key: str) -> str:
+    return "-" if base is None else f"{result[key] / base[key]:.2f}"
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ export: {model: m, quantizations: [Q4_K_M, Q8_0]}
         (["train.loss=ipo", "train.label_smoothing=0.1"], r"train.label_smoothing applies to sigmoid losses only"),
         (["train.max_prompt_length=600", "train.max_length=512"], r"train.max_prompt_length \(600\) must be below"),
         (["train.loss=length_normalized", "train.reference_model=x"], r"train.reference_model is unused"),
-        (["train.loss_chunk_size=64"], r"train.loss_chunk_size > 0 .* not implemented yet"),
+        (["train.loss_chunk_size=-1"], r"train.loss_chunk_size: Input should be greater than or equal to 0"),
         (["score.scorer=judge", "score.function=a:b"], r"score.function is only used by score.scorer: python"),
         (["stages=[train, pair]"], r"stages must be unique and in pipeline order"),
         (["rounds=2", "stages=[train, eval]"], r"rounds: 2 re-samples .* \(missing \['sample', 'score', 'pair'\]\)"),
@@ -90,6 +90,10 @@ def test_invalid_recipes_fail_with_the_key_path(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(None, ["seed=1", *overrides])
 
+
+def test_the_chunked_loss_is_the_default():
+    assert load_recipe(None, []).train.loss_chunk_size > 0
+    assert load_recipe(None, ["train.loss_chunk_size=0"]).train.loss_chunk_size == 0  # the full-logits path
 
 
 def test_errors_name_the_recipe_file(tmp_path):

@@ -161,6 +161,13 @@ def test_other_configs_checkpoint_is_refused(tmp_path, tiny_llama, pairs_file):
     assert fresh.counts["resumed_from_step"] == 0
 
 
+def test_a_run_resumes_with_another_loss_chunk(tmp_path, tiny_llama, pairs_file):
+    """The chunk only trades memory for passes: a run that ran out of memory may resume with a smaller one."""
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", "train.loss_chunk_size=64"))
+    again = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", "train.loss_chunk_size=4"))
+    assert again.counts["resumed_from_step"] == 2
+
+
 def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_llama, pairs_file):
     """2 pairs x 1 micro-batch and 1 pair x 2 micro-batches give the same update (the loss is a mean over pairs)."""
     common = ("train.max_steps=2", "train.warmup_ratio=0.0", "train.max_grad_norm=null")
@@ -216,3 +223,134 @@ def test_bad_pairs_fail_or_are_counted(tmp_path, tiny_llama):
 def test_global_batch_size_mismatch_fails(tmp_path, tiny_llama, pairs_file):
     with pytest.raises(ConfigError, match=r"train.global_batch_size is 128, but per_device_batch_size 2 x .* = 2"):
         trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.global_batch_size=128"))
+
+
+def tokenized_pairs(model_dir: Path, pairs_file: Path):
+    from wpo.data.io import BadRecordPolicy
+    from wpo.data.schemas import load_pairs
+    from wpo.models import load_tokenizer
+    from wpo.train.tokenize import tokenize_pairs
+
+    tokenizer = load_tokenizer(str(model_dir))
+    pairs = load_pairs(str(pairs_file), BadRecordPolicy()).pairs
+    return tokenize_pairs(pairs, tokenizer, max_length=96, max_prompt_length=48, policy=BadRecordPolicy()), tokenizer
+
+
+def tiny_model(model_dir: Path, lora_targets: list[str] | None = None):
+    """The trainer's loader; with `lora_targets`, a LoRA model whose B matrices are random (not zero), so that every
+    adapter weight gets a gradient and the adapter changes the logits."""
+    from wpo.config import ModelConfig
+    from wpo.models import load_causal_lm
+
+    model = load_causal_lm(str(model_dir), ModelConfig())
+    if lora_targets is not None:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)
+        lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=lora_targets, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(std=0.2)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2", "llama-lora"])
+def test_chunked_pair_statistics_equal_the_full_logits_path(kind, request, pairs_file):
+    """Values and the gradient of every trainable weight, through a real model: the hidden state the chunked path
+    projects is the final-norm output, Gemma-2's soft-cap (2.0, bending hard here) is applied, LoRA trains alike."""
+    from wpo.train.forward import pair_statistics
+    from wpo.train.tokenize import collate_pairs
+
+    model_dir = request.getfixturevalue(f"tiny_{kind.removesuffix('-lora')}")
+    model = tiny_model(model_dir, ["q_proj", "v_proj", "down_proj"] if kind.endswith("lora") else None)
+    tokens, tokenizer = tokenized_pairs(model_dir, pairs_file)
+    batch = collate_pairs(tokens.pairs[:3], tokenizer.pad_token_id)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    results = {}
+    for chunk_size in (0, 5):  # 5 divides none of the response lengths: chunks straddle sequences
+        chosen, rejected = pair_statistics(model, batch, loss_chunk_size=chunk_size)
+        objective = (chosen.logps - rejected.logps).sum() + 10.0 * (chosen.aligned_logps + rejected.aligned_logps).sum()
+        results[chunk_size] = (chosen, rejected, torch.autograd.grad(objective, trainable))
+    (chosen, rejected, grads), (full_chosen, full_rejected, full_grads) = results[5], results[0]
+    for actual, expected in ((chosen, full_chosen), (rejected, full_rejected)):
+        torch.testing.assert_close(actual.logps, expected.logps, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(actual.aligned_logps, expected.aligned_logps, rtol=1e-5, atol=1e-6)
+    assert len(grads) == len(full_grads) > 0
+    for grad, full_grad in zip(grads, full_grads, strict=True):
+        torch.testing.assert_close(grad, full_grad, rtol=1e-4, atol=1e-4 * full_grad.abs().max().item())
+
+
+def test_chunked_path_refuses_heads_it_cannot_reproduce(tiny_llama, pairs_file):
+    """An adapter on the output layer, or logits the model scales after its output layer: a clear error, not a
+    silently different loss."""
+    from wpo.errors import WpoError
+    from wpo.train.forward import pair_statistics
+    from wpo.train.tokenize import collate_pairs
+
+    tokens, tokenizer = tokenized_pairs(tiny_llama, pairs_file)
+    batch = collate_pairs(tokens.pairs[:1], tokenizer.pad_token_id)
+    with pytest.raises(
+        WpoError, match=r"output layer is a peft\..*Linear, not a torch.nn.Linear .*train.loss_chunk_size: 0"
+    ):
+        pair_statistics(tiny_model(tiny_llama, ["lm_head"]), batch, loss_chunk_size=8)
+    scaled = tiny_model(tiny_llama)
+    scaled.lm_head.register_forward_hook(lambda module, inputs, output: output * 0.5)
+    with pytest.raises(WpoError, match="scales its logits .*train.loss_chunk_size: 0"):
+        pair_statistics(scaled, batch, loss_chunk_size=8)
+    pair_statistics(scaled, batch, loss_chunk_size=0)  # the full-logits path takes the model's own logits
+
+
+def test_reference_logps_by_the_chunked_path_equal_the_full_path(tiny_gemma2, pairs_file):
+    from wpo.train.reference import compute_reference_logps
+
+    model = tiny_model(tiny_gemma2)
+    tokens, tokenizer = tokenized_pairs(tiny_gemma2, pairs_file)
+    chunked = compute_reference_logps(model, tokens, 4, tokenizer.pad_token_id, "cpu", loss_chunk_size=7)
+    full = compute_reference_logps(model, tokens, 4, tokenizer.pad_token_id, "cpu", loss_chunk_size=0)
+    assert chunked[0].shape == (6,) and bool((chunked[0] < 0).all())
+    for actual, expected in zip(chunked, full, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_with_and_without_chunking_gives_the_same_weights(tmp_path, tiny_gemma2, pairs_file):
+    """Two optimizer steps of two accumulated micro-batches each, soft-capped model: same losses, same weights."""
+    common = ("train.max_steps=2", "train.warmup_ratio=0.0", "train.per_device_batch_size=1",
+              "train.gradient_accumulation_steps=2", "train.max_grad_norm=null")  # fmt: skip
+    trainer.train(recipe_for(tmp_path, tiny_gemma2, pairs_file, *common, "train.loss_chunk_size=0", run="full"))
+    trainer.train(recipe_for(tmp_path, tiny_gemma2, pairs_file, *common, "train.loss_chunk_size=3", run="chunked"))
+    full = read_metrics(tmp_path / "full" / "train" / "metrics.jsonl")
+    chunked = read_metrics(tmp_path / "chunked" / "train" / "metrics.jsonl")
+    for key in ("loss", "weight_mean", "logps_chosen", "logps_rejected"):
+        assert [r[key] for r in chunked] == pytest.approx([r[key] for r in full], rel=1e-5), key
+    a = load_file(str(tmp_path / "full" / "train" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "chunked" / "train" / "final" / "model.safetensors"))
+    initial = load_file(str(tiny_gemma2 / "model.safetensors"))
+    assert any(not torch.equal(a[name], initial[name]) for name in a)  # it trained
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+
+
+def test_reference_model_is_gone_before_training(tmp_path, tiny_llama, tiny_llama_reference, pairs_file, monkeypatch):
+    """A separate reference model serves its one pass and is freed: only the policy is alive at every step."""
+    import gc
+    import weakref
+
+    loaded = []
+    real_load, real_step = trainer.load_causal_lm, trainer._optimizer_step
+
+    def recording_load(*args):
+        model = real_load(*args)
+        loaded.append(weakref.ref(model))
+        return model
+
+    def checking_step(*args):
+        gc.collect()
+        assert len(loaded) == 2 and sum(ref() is not None for ref in loaded) == 1
+        return real_step(*args)
+
+    monkeypatch.setattr(trainer, "load_causal_lm", recording_load)
+    monkeypatch.setattr(trainer, "_optimizer_step", checking_step)
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=1",
+                             f"train.reference_model={tiny_llama_reference}"))  # fmt: skip

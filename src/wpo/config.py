@@ -146,7 +146,7 @@ class TrainConfig(Section):
     logging_steps: int = Field(10, gt=0)
     save_steps: int = Field(500, ge=0)
     save_total_limit: int | None = Field(2, gt=0)
-    loss_chunk_size: int = Field(0, ge=0)
+    loss_chunk_size: int = Field(256, ge=0)  # response tokens projected at a time; 0 = full logits (wpo.chunked_loss)
     resume: Literal["auto", "never"] = "auto"
     gradient_checkpointing: bool = False
     weight_decay: float = Field(0.0, ge=0.0)
@@ -168,8 +168,6 @@ class TrainConfig(Section):
                 f"train.max_prompt_length ({self.max_prompt_length}) must be below train.max_length "
                 f"({self.max_length}) to leave room for the response"
             )
-        if self.loss_chunk_size:
-            raise ValueError("train.loss_chunk_size > 0 (the chunked loss) is not implemented yet; set it to 0")
         return self
 
 

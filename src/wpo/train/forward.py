@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from wpo.loss import SequenceStatistics, sequence_statistics
+import torch
+from accelerate.utils import extract_model_from_parallel
+
+from wpo.chunked_loss import chunked_sequence_statistics
+from wpo.errors import WpoError
+from wpo.loss import SequenceStatistics, sequence_statistics, soft_cap
 from wpo.train.tokenize import PairBatch
 
 
@@ -14,16 +19,57 @@ def split_statistics(stats: SequenceStatistics, pair_count: int) -> tuple[Sequen
     return chosen, rejected
 
 
-def pair_statistics(model, batch: PairBatch) -> tuple[SequenceStatistics, SequenceStatistics]:
+def pair_statistics(model, batch: PairBatch, *, loss_chunk_size: int) -> tuple[SequenceStatistics, SequenceStatistics]:
     """Chosen and rejected statistics from one concatenated forward pass.
 
-    Logits are computed only for the positions from the shortest prompt's last token on (`logits_to_keep`). The
-    model's own forward applies Gemma-2's final-logit soft-capping, so the logits reaching the loss are already capped.
+    `loss_chunk_size > 0` (the default recipe) projects only the response tokens' final hidden states, that many at a
+    time, so no `[B, T, V]` logits ever exist (`wpo.chunked_loss`). `0` is the plain path, kept as the reference:
+    the model computes logits from the shortest prompt's last token on (`logits_to_keep`) and applies Gemma-2's
+    final-logit soft-capping itself, so the logits reaching the loss are already capped.
     """
+    if loss_chunk_size == 0:
+        output = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            logits_to_keep=batch.logits_to_keep,
+            use_cache=False,
+        )
+        return split_statistics(sequence_statistics(output.logits, batch.labels), batch.pair_count)
+    return split_statistics(_chunked_statistics(model, batch, loss_chunk_size), batch.pair_count)
+
+
+def _chunked_statistics(model, batch: PairBatch, chunk_size: int) -> SequenceStatistics:
+    # The top-level call, not the decoder alone, so that wrappers' forward hooks (DDP, FSDP) run. It computes logits
+    # for one position only, which serve to check that the hidden state and the head reproduce the model's logits.
     output = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
-        logits_to_keep=batch.logits_to_keep,
+        logits_to_keep=1,
+        output_hidden_states=-1,  # only the last one, which is after the final norm
         use_cache=False,
     )
-    return split_statistics(sequence_statistics(output.logits, batch.labels), batch.pair_count)
+    final_hidden = output.hidden_states[-1]
+    head, softcap = output_projection(model)
+    with torch.no_grad():
+        recomputed = soft_cap(torch.nn.functional.linear(final_hidden[:, -1], head.weight, head.bias).float(), softcap)
+        if not torch.allclose(recomputed, output.logits[:, -1].float(), rtol=1e-2, atol=1e-2):
+            raise WpoError(
+                "the model's logits are not softcap(final hidden state @ output weight): it scales its logits in a "
+                "way the chunked loss does not reproduce; set train.loss_chunk_size: 0"
+            )
+    hidden = final_hidden[:, -batch.logits_to_keep :]
+    return chunked_sequence_statistics(hidden, head.weight, head.bias, batch.labels, softcap, chunk_size)
+
+
+def output_projection(model) -> tuple[torch.nn.Linear, float | None]:
+    """The model's output layer and its final-logit soft-cap (Gemma-2's; None for most models)."""
+    unwrapped = extract_model_from_parallel(model)
+    head = unwrapped.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        raise WpoError(
+            f"the output layer is a {type(head).__module__}.{type(head).__qualname__}, not a torch.nn.Linear (an "
+            "adapter or quantization on lm_head?): the chunked loss reads its weight directly; set "
+            "train.loss_chunk_size: 0"
+        )
+    softcap = getattr(unwrapped.config.get_text_config(), "final_logit_softcapping", None)
+    return head, softcap

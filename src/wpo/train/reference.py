@@ -62,14 +62,17 @@ def cache_key(fingerprint: str, dtype: torch.dtype, tokens: TokenizedPairs) -> s
 
 
 @torch.no_grad()
-def compute_reference_logps(model, tokens: TokenizedPairs, batch_size: int, pad_token_id: int, device):
+def compute_reference_logps(
+    model, tokens: TokenizedPairs, batch_size: int, pad_token_id: int, device, *, loss_chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs of every pair, by the same forward as training (chunked or not), without autograd."""
     was_training = model.training
     model.eval()
     chosen, rejected = [], []
     batches = range(0, len(tokens.pairs), batch_size)
     for start in tqdm(batches, desc="reference log-probs", unit="batch"):
         batch = collate_pairs(tokens.pairs[start : start + batch_size], pad_token_id).to(device)
-        chosen_stats, rejected_stats = pair_statistics(model, batch)
+        chosen_stats, rejected_stats = pair_statistics(model, batch, loss_chunk_size=loss_chunk_size)
         chosen.append(chosen_stats.logps.float().cpu())
         rejected.append(rejected_stats.logps.float().cpu())
     model.train(was_training)
@@ -85,6 +88,7 @@ def load_or_compute(
     batch_size: int,
     pad_token_id: int,
     device,
+    loss_chunk_size: int,
 ) -> ReferenceLogps:
     """Read the cached log-probs for `key`, or load the reference with `load_model()`, compute and cache them."""
     path = cache_dir / f"reference-{key}.safetensors"
@@ -95,7 +99,9 @@ def load_or_compute(
             return ReferenceLogps(cached["chosen"], cached["rejected"], path, from_cache=True)
         log.warning("reference cache %s has the wrong length; recomputing", path)
     model = load_model()
-    chosen, rejected = compute_reference_logps(model, tokens, batch_size, pad_token_id, device)
+    chosen, rejected = compute_reference_logps(
+        model, tokens, batch_size, pad_token_id, device, loss_chunk_size=loss_chunk_size
+    )
     with atomic_writer(path, "wb") as handle:
         handle.write(save({"chosen": chosen, "rejected": rejected}))
     log.info("reference log-probs: computed %d pairs, cached in %s", len(tokens.pairs), path)

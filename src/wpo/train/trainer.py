@@ -39,8 +39,9 @@ from wpo.train.tokenize import collate_pairs, tokenize_pairs
 
 log = logging.getLogger(__name__)
 
-# Keys that change how a run is observed, not what it computes: changing them must not block a resume.
-NON_SEMANTIC_TRAIN_KEYS = ("pairs", "logging_steps", "save_steps", "save_total_limit", "resume")
+# Keys that change how a run is observed, not what it computes: changing them must not block a resume. The loss
+# chunk changes only memory (and float rounding): a run that ran out of memory can resume with a smaller one.
+NON_SEMANTIC_TRAIN_KEYS = ("pairs", "logging_steps", "save_steps", "save_total_limit", "resume", "loss_chunk_size")
 
 
 def pairs_source(recipe: Recipe) -> str:
@@ -249,6 +250,7 @@ def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, source
         batch_size=cfg.per_device_batch_size,
         pad_token_id=tokenizer.pad_token_id,
         device=accelerator.device,
+        loss_chunk_size=cfg.loss_chunk_size,
     )
     gc.collect()
     return result
@@ -312,7 +314,7 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, recipe, schedule, 
         token_count += batch.token_count
         sync = nullcontext() if position == len(micro_batches) - 1 else accelerator.no_sync(model)
         with sync:
-            chosen, rejected = pair_statistics(model, batch)
+            chosen, rejected = pair_statistics(model, batch, loss_chunk_size=cfg.loss_chunk_size)
             index = torch.tensor(micro)
             result = preference_loss(
                 chosen,

@@ -1,0 +1,197 @@
+"""The statistics of `wpo.loss.sequence_statistics` from hidden states, without ever holding `[B, T, V]` logits.
+
+The WPO weight needs `log sum_v p_v^2` over the whole vocabulary at every response token, so a naive forward keeps
+full-size logits (and several tensors like them) alive for backward: gigabytes per sequence at a 256k vocabulary.
+Here the output projection runs on `chunk_size` response tokens at a time; each chunk's logits are reduced to three
+numbers per token (target logit, `logsumexp(z)`, `log sum p^2`) and dropped, and backward recomputes them chunk by
+chunk. Peak memory is O(chunk_size x V), whatever the batch and sequence length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from wpo.loss import IGNORE_INDEX, SequenceStatistics
+
+# Rows of a low-precision output projection upcast at a time: bounds the fp32 copy of the weight (the whole of it
+# is 3.7 GB for gemma-2-9b's 256000 x 3584 head).
+VOCAB_SLICE = 32768
+
+
+def _weight_slices(weight: torch.Tensor, dtype: torch.dtype) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The weight in `dtype`, whole when it already is, else in slices of VOCAB_SLICE rows (upcast one at a time)."""
+    vocab = weight.shape[0]
+    if weight.dtype == dtype:
+        yield slice(0, vocab), weight
+        return
+    for start in range(0, vocab, VOCAB_SLICE):
+        rows = slice(start, min(start + VOCAB_SLICE, vocab))
+        yield rows, weight[rows].to(dtype)
+
+
+def _chunk_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor:
+    """`hidden @ weight.T + bias` for one chunk of tokens, computed and returned in `dtype` (fp32 for bf16 inputs)."""
+    logits = hidden.new_empty((hidden.shape[0], weight.shape[0]), dtype=dtype)
+    for rows, weight_rows in _weight_slices(weight, dtype):
+        torch.mm(hidden, weight_rows.t(), out=logits[:, rows])
+    if bias is not None:
+        logits += bias.to(dtype)
+    return logits
+
+
+class ChunkedTokenStatistics(torch.autograd.Function):
+    """Per-token `log p(label)` and `log sum_v p_v^2` of `softcap(hidden @ weight.T + bias)`, chunk by chunk.
+
+    Both outputs are differentiable (the trainer only backpropagates through the first, as the WPO weight is
+    detached). Only `[N]`-sized statistics are saved for backward; the logits are recomputed there.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, softcap, chunk_size):
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        count = hidden.shape[0]
+        token_logps = hidden.new_empty(count, dtype=dtype)
+        log_normalizers = hidden.new_empty(count, dtype=dtype)
+        log_sum_p_squared = hidden.new_empty(count, dtype=dtype)
+        for start in range(0, count, chunk_size):
+            rows = slice(start, start + chunk_size)
+            logits = _chunk_logits(hidden[rows].to(dtype), weight, bias, dtype)
+            if softcap is not None:
+                logits.div_(softcap).tanh_().mul_(softcap)
+            target = logits.gather(1, labels[rows].unsqueeze(1)).squeeze(1)
+            peak = logits.amax(1, keepdim=True)
+            # One pass over the vocabulary gives both sums: e = exp(z - max) ≤ 1 has a largest entry of exactly 1,
+            # so neither sum can underflow. logsumexp(2z) - 2 logsumexp(z) = log Σe² - 2 log Σe.
+            exp_shifted = logits.sub_(peak).exp_()
+            log_sum_exp = exp_shifted.sum(1).log_()
+            log_sum_exp_squared = exp_shifted.square_().sum(1).log_()
+            log_normalizers[rows] = peak.squeeze(1) + log_sum_exp
+            token_logps[rows] = target - log_normalizers[rows]
+            log_sum_p_squared[rows] = log_sum_exp_squared - 2.0 * log_sum_exp
+            del logits, exp_shifted  # before the next chunk allocates its own
+        ctx.save_for_backward(hidden, weight, bias, labels, log_normalizers, log_sum_p_squared)
+        ctx.softcap, ctx.chunk_size = softcap, chunk_size
+        ctx.set_materialize_grads(False)  # an output nobody backpropagates through costs nothing in backward
+        return token_logps, log_sum_p_squared
+
+    @staticmethod
+    def backward(ctx, grad_token_logps, grad_log_sum_p_squared):
+        hidden, weight, bias, labels, log_normalizers, log_sum_p_squared = ctx.saved_tensors
+        softcap, chunk_size = ctx.softcap, ctx.chunk_size
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        dtype = log_normalizers.dtype
+        # fp32 accumulators whatever the inputs' precision: summing bf16 partial products would bias the update
+        grad_hidden = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device) if needs_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if needs_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if needs_bias else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            hidden_rows = hidden[rows].to(dtype)
+            grad_logits = _chunk_logit_gradient(
+                hidden_rows,
+                weight,
+                bias,
+                labels[rows],
+                softcap,
+                log_normalizers[rows],
+                log_sum_p_squared[rows],
+                None if grad_token_logps is None else grad_token_logps[rows].to(dtype),
+                None if grad_log_sum_p_squared is None else grad_log_sum_p_squared[rows].to(dtype),
+            )
+            for vocab_rows, weight_rows in _weight_slices(weight, dtype):
+                if grad_hidden is not None:
+                    grad_hidden[rows].addmm_(grad_logits[:, vocab_rows], weight_rows)
+                if grad_weight is not None:
+                    grad_weight[vocab_rows].addmm_(grad_logits[:, vocab_rows].t(), hidden_rows)
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+            del grad_logits  # before the next chunk allocates its own
+        return (
+            None if grad_hidden is None else grad_hidden.to(hidden.dtype),
+            None if grad_weight is None else grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(bias.dtype),
+            None,
+            None,
+            None,
+        )
+
+
+def _chunk_logit_gradient(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    softcap: float | None,
+    log_normalizers: torch.Tensor,
+    log_sum_p_squared: torch.Tensor,
+    grad_token_logps: torch.Tensor | None,
+    grad_log_sum_p_squared: torch.Tensor | None,
+) -> torch.Tensor:
+    """d/dx of `g1·log p(label) + g2·log Σp²` for one chunk, x the logits before the soft-cap, recomputed here.
+
+    With z the capped logits: d log p(label)/dz = onehot - p and d log Σp²/dz = 2q - 2p, q = p²/Σp² (the softmax
+    of 2z), so dL/dz = `p·(2·g2·p/Σp² - g1 - 2·g2) + g1·onehot`; the cap z = c·tanh(x/c) adds dz/dx = 1 - tanh².
+    Two `[chunk, V]` buffers when g2 is None (the trainer's case), three otherwise.
+    """
+    logits = _chunk_logits(hidden, weight, bias, log_normalizers.dtype)
+    tanh = logits.div_(softcap).tanh_() if softcap is not None else None
+    probs = tanh.mul(softcap) if tanh is not None else logits
+    probs.sub_(log_normalizers.unsqueeze(1)).exp_()
+    g1 = torch.zeros_like(log_normalizers) if grad_token_logps is None else grad_token_logps
+    if grad_log_sum_p_squared is None:
+        grad = probs.mul_(-g1.unsqueeze(1))
+    else:
+        g2 = grad_log_sum_p_squared
+        grad = probs.mul((2.0 * g2 * torch.exp(-log_sum_p_squared)).unsqueeze(1))
+        grad.sub_((g1 + 2.0 * g2).unsqueeze(1)).mul_(probs)
+    grad.scatter_add_(1, labels.unsqueeze(1), g1.unsqueeze(1))
+    if tanh is not None:
+        grad.mul_(tanh.square_().neg_().add_(1.0))
+    return grad
+
+
+def token_statistics(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    softcap: float | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`log p(label)` and `log Σ_v p_v²` per token, from `hidden [N, H]`, the output projection `weight [V, H]` (and
+    `bias [V]`), and `labels [N]` (every one a real token id); computed in fp32 (or fp64) whatever the inputs' dtype.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if hidden.ndim != 2 or labels.shape != hidden.shape[:1]:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} do not align")
+    return ChunkedTokenStatistics.apply(hidden, weight, bias, labels, softcap, chunk_size)
+
+
+def chunked_sequence_statistics(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    softcap: float | None,
+    chunk_size: int,
+) -> SequenceStatistics:
+    """`sequence_statistics(softcap(hidden @ weight.T + bias), labels)` for `hidden [B, T, H]`, `labels [B, T]`.
+
+    Only the response positions (labels other than IGNORE_INDEX) are projected; prompt and padding cost nothing.
+    """
+    if hidden.shape[:-1] != labels.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and labels {tuple(labels.shape)} do not align")
+    mask = labels != IGNORE_INDEX
+    token_logps, log_sum_p_squared = token_statistics(hidden[mask], weight, bias, labels[mask], softcap, chunk_size)
+    # Back to [B, T] before summing, so the sums run in the same (pairwise) order as the full-logits path's
+    per_position = token_logps.new_zeros(labels.shape).masked_scatter(mask, token_logps)
+    aligned_per_position = token_logps.new_zeros(labels.shape).masked_scatter(mask, token_logps - log_sum_p_squared)
+    token_counts = mask.sum(-1)
+    return SequenceStatistics(
+        per_position.sum(-1), aligned_per_position.sum(-1) / token_counts.clamp(min=1), token_counts
+    )
