@@ -29,18 +29,27 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
 class AnswerCache:
-    """Append-only JSONL of `{key, value}`: every answer is fsynced as soon as it arrives."""
+    """Append-only JSONL of `{key, value}`: every answer is fsynced as soon as it arrives.
+
+    A line torn by a kill is cut off on load (that one answer is asked again), so the next append starts a clean line.
+    """
 
     def __init__(self, path: Path):
         self.path = path
         self.values: dict[str, Any] = {}
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a kill: that answer is simply asked again
+        if not path.is_file():
+            return
+        raw = path.read_bytes()
+        complete = raw[: raw.rfind(b"\n") + 1]
+        if len(complete) != len(raw):
+            with path.open("r+b") as handle:
+                handle.truncate(len(complete))
+        for line in complete.splitlines():
+            try:
+                entry = json.loads(line)
                 self.values[entry["key"]] = entry["value"]
+            except (ValueError, TypeError, KeyError):
+                log.warning("judge cache %s: ignoring an unreadable line", path)
 
     @staticmethod
     def key(*parts: Any) -> str:
@@ -70,12 +79,21 @@ class ChatClient:
         self.config = config
         self.url = config.base_url.rstrip("/") + "/chat/completions"
         self.headers = {"Content-Type": "application/json"}
+        self._key = ""
         if config.api_key_env:
-            key = os.environ.get(config.api_key_env)
-            if not key:
+            self._key = os.environ.get(config.api_key_env, "")
+            if not self._key:
                 raise WpoError(f"api_key_env names {config.api_key_env}, which is not set")
-            self.headers["Authorization"] = f"Bearer {key}"
+            self.headers["Authorization"] = f"Bearer {self._key}"
         self.calls = 0
+
+    def _failure(self, problem: str, cache: AnswerCache) -> WpoError:
+        """The error that ends a judging run: what went wrong (the key redacted, should a server echo it) and how
+        many answers are safe on disk."""
+        if self._key:
+            problem = problem.replace(self._key, "***")
+        return WpoError(f"judge at {self.url} {problem}; {len(cache)} judgements are saved in {cache.path} and will "
+                        "not be asked again")  # fmt: skip
 
     def complete(self, messages: list[dict[str, str]], cache: AnswerCache, **params: Any) -> dict[str, Any]:
         """The first choice of a chat completion; `extra_body` from the config is merged into the request."""
@@ -92,25 +110,42 @@ class ChatClient:
             except (requests.Timeout, requests.ConnectionError) as exc:
                 last_error = type(exc).__name__
                 continue
+            except requests.RequestException as exc:  # an invalid URL, a bad header: retrying cannot help
+                raise self._failure(f"cannot be asked ({type(exc).__name__}: {exc})", cache) from None
             if response.status_code in RETRY_STATUS:
                 last_error = f"HTTP {response.status_code}"
                 continue
             if response.status_code != 200:
-                raise WpoError(f"judge at {self.url} answered HTTP {response.status_code}: {response.text[:200]}")
-            return response.json()["choices"][0]
-        raise WpoError(
-            f"judge at {self.url} failed after {self.config.max_retries + 1} attempts ({last_error}); "
-            f"{len(cache)} judgements are saved in {cache.path} and will not be asked again"
-        )
+                raise self._failure(f"answered HTTP {response.status_code}: {response.text[:200]!r}", cache)
+            try:
+                choice = response.json()["choices"][0]
+            except (ValueError, KeyError, IndexError, TypeError):
+                choice = None
+            if not _is_chat_choice(choice):
+                raise self._failure(f"answered with no chat completion: {response.text[:200]!r}", cache)
+            return choice
+        raise self._failure(f"failed after {self.config.max_retries + 1} attempts ({last_error})", cache)
+
+
+def _is_chat_choice(choice: Any) -> bool:
+    """The shape the judges read: `{"message": {"content": str | null}, "logprobs": ...}`."""
+    if not isinstance(choice, dict):
+        return False
+    message = choice.get("message") or {}
+    return isinstance(message, dict) and isinstance(message.get("content") or "", str)
 
 
 def first_token_distribution(choice: dict[str, Any]) -> dict[str, float]:
     """Probabilities of the first generated token's top alternatives (stripped, lower-cased, summed by text)."""
-    content = (choice.get("logprobs") or {}).get("content") or []
-    if not content:
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list) or not content or not isinstance(content[0], dict):
         return {}
+    entries = content[0].get("top_logprobs")
     probs: dict[str, float] = {}
-    for entry in content[0].get("top_logprobs") or []:
-        token = entry.get("token", "").strip().lower()
-        probs[token] = probs.get(token, 0.0) + math.exp(entry["logprob"])
+    for entry in entries if isinstance(entries, list) else []:  # malformed entries are ignored, not fatal
+        token, logprob = (entry.get("token"), entry.get("logprob")) if isinstance(entry, dict) else (None, None)
+        if isinstance(token, str) and isinstance(logprob, int | float) and math.isfinite(logprob):
+            key = token.strip().lower()
+            probs[key] = probs.get(key, 0.0) + math.exp(min(logprob, 0.0))
     return probs

@@ -42,8 +42,10 @@ class HfChat:
     def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
-        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                    return_dict=True)  # fmt: skip
+        from wpo.models import apply_chat_template
+
+        inputs = apply_chat_template(self.tokenizer, messages, add_generation_prompt=True, return_tensors="pt",
+                                     return_dict=True)  # fmt: skip
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(**inputs, streamer=streamer, max_new_tokens=self.max_new_tokens, do_sample=True, temperature=0.7)
         thread = threading.Thread(target=self.model.generate, kwargs=kwargs)

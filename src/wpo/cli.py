@@ -33,7 +33,7 @@ def _guarded(action: Callable[[], Any]) -> None:
     try:
         action()
     except WpoError as exc:
-        typer.echo(f"wpo: error: {exc}", err=True)
+        typer.echo(f"wpo: error: {' '.join(str(exc).splitlines())}", err=True)  # one line, even if a value had several
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("wpo: interrupted", err=True)

@@ -62,14 +62,15 @@ def gguf_to_hf_dir(gguf_path: Path) -> Path:
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     directory, filename = str(gguf_path.parent), gguf_path.name
-    loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(directory, gguf_file=filename)
+    loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32,
+                                                  trust_remote_code=False)  # fmt: skip
+    config = AutoConfig.from_pretrained(directory, gguf_file=filename, trust_remote_code=False)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     if loaded.generation_config is not None:
         model.generation_config = loaded.generation_config
     model.save_pretrained(staging, safe_serialization=True)
-    AutoTokenizer.from_pretrained(directory, gguf_file=filename).save_pretrained(staging)
+    AutoTokenizer.from_pretrained(directory, gguf_file=filename, trust_remote_code=False).save_pretrained(staging)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
@@ -113,10 +114,37 @@ def resolve_dtype(name: str) -> torch.dtype:
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise WpoError(f"the tokenizer of {path} needs custom code; set model.trust_remote_code: true if you "
+                           "trust it") from None  # fmt: skip
+        raise
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+class ChatTemplateError(WpoError):
+    """The chat template refused a conversation (its own `raise_exception`, or a variable it needs is missing)."""
+
+
+def apply_chat_template(tokenizer, messages: list[dict[str, str]], **kwargs):
+    """`tokenizer.apply_chat_template`, which renders in transformers' sandboxed Jinja, with its errors made ours.
+
+    A template that reaches for Python internals hits the sandbox's SecurityError: that model is refused outright.
+    Any other template error concerns this conversation (e.g. Gemma's "System role not supported").
+    """
+    from jinja2.exceptions import SecurityError, TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, **kwargs)
+    except SecurityError as exc:
+        raise WpoError(f"the chat template of {tokenizer.name_or_path} tried an unsafe operation ({exc}); "
+                       "refusing to render it") from None  # fmt: skip
+    except TemplateError as exc:
+        raise ChatTemplateError(f"the chat template refused the conversation: {exc}") from None
 
 
 def load_pretrained(path: str, config: ModelConfig, auto_class=None, custom_code: str = "custom code"):
@@ -149,7 +177,7 @@ def load_causal_lm(path: str, config: ModelConfig):
     return load_pretrained(path, config)
 
 
-def merged_model_dir(model_dir: Path, work_dir: Path) -> Path:
+def merged_model_dir(model_dir: Path, work_dir: Path, trust_remote_code: bool = False) -> Path:
     """A full HF model directory: the model itself, or its LoRA adapter merged into the base, saved in `work_dir`.
 
     Export, evaluation and the next round of sampling all need whole weights, and a LoRA run saves only the adapter.
@@ -169,11 +197,13 @@ def merged_model_dir(model_dir: Path, work_dir: Path) -> Path:
     for stale in work_dir.glob("merged-*"):
         shutil.rmtree(stale, ignore_errors=True)
     log.info("merging the LoRA adapter in %s into its base", model_dir)
-    merged = AutoPeftModelForCausalLM.from_pretrained(str(model_dir)).merge_and_unload()
+    merged = AutoPeftModelForCausalLM.from_pretrained(
+        str(model_dir), trust_remote_code=trust_remote_code, use_safetensors=True
+    ).merge_and_unload()
     staging = work_dir / ".merged.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     merged.save_pretrained(staging, safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(staging)
+    AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code).save_pretrained(staging)
     if (model_dir / "wpo_training.json").is_file():  # the model's lineage travels with its merged weights
         shutil.copy2(model_dir / "wpo_training.json", staging / "wpo_training.json")
     staging.rename(target)

@@ -11,7 +11,7 @@ import numpy as np
 
 from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
-from wpo.data.schemas import CandidatesRecord, Pair, RecordInvalid, load_records, parse_candidates
+from wpo.data.schemas import CandidatesRecord, Pair, RecordInvalid, parse_all, parse_candidates
 from wpo.errors import DataError
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.pairing import choose_pair
@@ -52,7 +52,7 @@ def run_pair(recipe: Recipe) -> dict[str, Any]:
     stage_dir = recipe.stage_dir("pair")
     source = candidates_source(recipe)
     policy = BadRecordPolicy(recipe.on_bad_record)
-    records: list[CandidatesRecord] = load_records(source, parse_scored, policy)
+    records: list[CandidatesRecord] = [item.record for item in parse_all(source, parse_scored, policy, unique_ids=True)]
     if not records:
         raise DataError(f"{source}: no usable scored candidates (skipped {dict(policy.skipped)})")
     if recipe.pair.length_unit == "tokens":
@@ -86,6 +86,9 @@ def run_pair(recipe: Recipe) -> dict[str, Any]:
         sources["chosen"][chosen.source] += 1
         sources["rejected"][rejected.source] += 1
 
+    if not pairs:
+        raise DataError(f"{source}: no preference pair could be formed from {len(records)} prompts "
+                        f"(dropped {dict(dropped)}, skipped {dict(policy.skipped)})")  # fmt: skip
     written = write_jsonl(stage_dir / OUTPUT, [p.to_record() for p in pairs])
     edges = np.histogram_bin_edges(all_scores or [0.0], bins=10)
     stats = {

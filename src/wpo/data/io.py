@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -83,26 +84,53 @@ def read_records(source: str, policy: BadRecordPolicy | None = None) -> Iterator
         yield from _read_jsonl(path, policy)
 
 
+# A `\uD800`-`\uDFFF` escape: valid JSON, but alone it decodes to a surrogate that UTF-8 cannot encode.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def _read_jsonl(path: Path, policy: BadRecordPolicy) -> Iterator[SourceRecord]:
+    seen_a_line = False
     with path.open("rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             where = f"{path}:{line_number}"
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
+                seen_a_line = True
                 policy.reject(where, "invalid_utf8", f"invalid UTF-8 at byte {exc.start}")
                 continue
             if not text.strip():
                 continue
+            seen_a_line = True
             try:
-                data = json.loads(text)
+                data = json.loads(text.rstrip("\r\n"))  # so an error's column is on this line, not past its end
             except json.JSONDecodeError as exc:
                 policy.reject(where, "invalid_json", f"invalid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            except RecursionError:
+                policy.reject(where, "invalid_json", "invalid JSON (nested too deeply)")
+                continue
+            except ValueError:  # an integer literal longer than Python's 4300-digit limit
+                policy.reject(where, "invalid_json", "invalid JSON (a number too long to read)")
                 continue
             if not isinstance(data, dict):
                 policy.reject(where, "not_an_object", f"expected a JSON object, got {type(data).__name__}")
                 continue
+            if SURROGATE_ESCAPE.search(text) and not _encodable(data):
+                policy.reject(where, "invalid_utf8", "invalid Unicode: an unpaired surrogate escape (\\uD800-\\uDFFF)")
+                continue
             yield SourceRecord(where, data)
+    if not seen_a_line:
+        raise DataError(f"{path}: the file is empty (no records)")
+
+
+def _encodable(data: Any) -> bool:
+    """Whether a parsed record can be written back as UTF-8 (paired surrogate escapes decode to one character)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _starts_with_array(path: Path) -> bool:
@@ -117,6 +145,8 @@ def _read_json_array(path: Path, policy: BadRecordPolicy) -> Iterator[SourceReco
         raise DataError(f"{path}: invalid UTF-8 at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except (RecursionError, ValueError):
+        raise DataError(f"{path}: invalid JSON (nested too deeply, or a number too long to read)") from None
     for index, data in enumerate(items):
         where = f"{path}:item {index}"
         if not isinstance(data, dict):
@@ -175,12 +205,34 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def remove_orphaned_temporaries(target: Path) -> None:
+    """Remove temporary siblings of `target` (`.NAME.PID.*.tmp`) whose writer process is gone: what a kill left."""
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = stale.name[len(target.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @contextmanager
 def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of `path`; on success fsync and rename it over `path`, on failure remove it."""
+    """Open a temporary sibling of `path`; on success fsync and rename it over `path`, on failure remove it.
+
+    The temporary file is named by this process, and those of writers that were killed are removed first.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_orphaned_temporaries(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions

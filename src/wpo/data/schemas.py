@@ -56,10 +56,12 @@ def _finite_or_none(record: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
-def _prompt_messages(value: Any) -> list[dict[str, str]]:
-    messages = _messages(value, "prompt")
+def _prompt_messages(value: Any, name: str) -> list[dict[str, str]]:
+    messages = _messages(value, name)
     if messages[-1]["role"] != "user":
         raise RecordInvalid("wrong_role", f"the prompt's last message must be the user's, got {messages[-1]['role']!r}")
+    if not messages[-1]["content"].strip():
+        raise RecordInvalid("empty_text", f"{name}[{len(messages) - 1}] (the user's message) is empty")
     return messages
 
 
@@ -107,11 +109,11 @@ def _completion(value: Any, name: str, prompt: list[dict[str, str]]) -> str:
 
 
 def parse_pair(record: dict[str, Any], where: str) -> Pair:
-    prompt = _prompt_messages(_require(record, "prompt"))
+    prompt = _prompt_messages(_require(record, "prompt"), "prompt")
     chosen = _completion(_require(record, "chosen"), "chosen", prompt)
     rejected = _completion(_require(record, "rejected"), "rejected", prompt)
     raw_id = record.get("id", record.get("prompt_id"))
-    if raw_id is not None and not isinstance(raw_id, str | int):
+    if raw_id is not None and (not isinstance(raw_id, str | int) or isinstance(raw_id, bool)):
         raise RecordInvalid("wrong_type", f"id must be a string, got {type(raw_id).__name__}")
     return Pair(
         id=str(raw_id) if raw_id is not None else where,
@@ -156,7 +158,7 @@ def parse_prompt(record: dict[str, Any], where: str) -> PromptRecord:
     raw_id = _require(record, "id")
     if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
         raise RecordInvalid("wrong_type", f"id must be a string, got {type(raw_id).__name__}")
-    messages = _prompt_messages(_require(record, "messages"))
+    messages = _prompt_messages(_require(record, "messages"), "messages")
     extra = {k: v for k, v in record.items() if k not in ("id", "messages")}
     return PromptRecord(id=str(raw_id), messages=messages, extra=extra)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from wpo.data.io import fsync_directory, remove_orphaned_temporaries
 from wpo.errors import ConfigError, WpoError
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,25 @@ def check_architecture(model_dir: Path) -> str:
     return architecture
 
 
+def staging_path(outfile: Path) -> Path:
+    """A temporary sibling of `outfile` named by this process: a converter orphaned by a killed run may still be
+    writing its own, so a rerun must neither share that file nor reuse it. Those of killed runs are removed."""
+    remove_orphaned_temporaries(outfile)
+    return outfile.with_name(f".{outfile.name}.{os.getpid()}.tmp")
+
+
+def publish(staging: Path, outfile: Path) -> Path:
+    """Make a finished file durable, then give it its final name: a GGUF at its final path is always complete."""
+    with staging.open("rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(staging, outfile)
+    fsync_directory(outfile.parent)
+    return outfile
+
+
 def convert(model_dir: Path, outfile: Path, outtype: str) -> Path:
     """Run llama.cpp's converter in a subprocess (it is a script with its own logging and globals)."""
-    staging = outfile.with_name(f".{outfile.name}.tmp")
+    staging = staging_path(outfile)
     command = [
         sys.executable,
         "-m",
@@ -96,8 +113,7 @@ def convert(model_dir: Path, outfile: Path, outtype: str) -> Path:
         staging.unlink(missing_ok=True)
         last = [line for line in result.stderr.splitlines() if line.strip()][-1:] or ["(no output)"]
         raise WpoError(f"convert_hf_to_gguf failed on {model_dir} ({outtype}): {last[0]}")
-    staging.rename(outfile)
-    return outfile
+    return publish(staging, outfile)
 
 
 def quantize(source: Path, outfile: Path, type_name: str) -> Path:
@@ -105,13 +121,12 @@ def quantize(source: Path, outfile: Path, type_name: str) -> Path:
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{type_name}")
-    staging = outfile.with_name(f".{outfile.name}.tmp")
+    staging = staging_path(outfile)
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(staging).encode(), params)
     if status != 0:
         staging.unlink(missing_ok=True)
         raise WpoError(f"llama_model_quantize failed for {type_name} (status {status})")
-    staging.rename(outfile)
-    return outfile
+    return publish(staging, outfile)
 
 
 def export_gguf(model_dir: Path, out_dir: Path, name: str, types: list[str]) -> dict[str, Path]:

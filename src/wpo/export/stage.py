@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from wpo.config import Recipe, config_hash
-from wpo.data.io import resolve_local, write_json
-from wpo.errors import WpoError
+from wpo.data.io import atomic_writer, resolve_local, write_json
+from wpo.errors import ConfigError, WpoError
 from wpo.export.card import write_card
 from wpo.export.convert import check_architecture, check_quantizations, export_gguf
 from wpo.export.verify import hf_log_probs, perplexity, verify_gguf
@@ -17,6 +18,9 @@ from wpo.manifest import source_fingerprint, write_manifest
 
 log = logging.getLogger(__name__)
 REPORT, CARD = "quantization_report.json", "README.md"
+GGUF_CONFIG = ".gguf-config"  # the config hash the GGUF files in the stage directory were made under
+# One path component, so `<name>.<TYPE>.gguf` stays inside the stage directory.
+FILE_NAME = re.compile(r"\w[\w.+-]{0,199}")
 
 
 def export_model(recipe: Recipe) -> str:
@@ -46,19 +50,26 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
     stage_dir = recipe.stage_dir("export")
     types = check_quantizations(cfg.quantizations)
     model = export_model(recipe)
-    model_dir = merged_model_dir(Path(resolve_model_path(model)), stage_dir)
+    name = cfg.name or generator_name(model)
+    if not FILE_NAME.fullmatch(name):
+        raise ConfigError(f"export.name {name!r} must be a plain file name (letters, digits, '.', '_', '+', '-'; "
+                          f"not starting with '.'): the GGUF files are written inside {stage_dir}")  # fmt: skip
+    trust = recipe.model.trust_remote_code
+    model_dir = merged_model_dir(Path(resolve_model_path(model)), stage_dir, trust_remote_code=trust)
     if not (model_dir / "config.json").is_file():
         raise WpoError(f"export.model {model}: not a local HF model directory")
     check_architecture(model_dir)
-    name = cfg.name or generator_name(model)
+    config = run_config(recipe)
+    discard_files_of_another_config(stage_dir, config_hash(config))
     files = export_gguf(model_dir, stage_dir, name, types)
 
     text_path = resolve_local(cfg.verify_text)
     if text_path is None:
         raise WpoError(f"export.verify_text {cfg.verify_text}: no such file")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust)
     ids = tokenizer(text_path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"][: cfg.verify_tokens]
-    hf_model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32").eval()
+    hf_model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32", trust_remote_code=trust,
+                                                    use_safetensors=True).eval()  # fmt: skip
     reference = hf_log_probs(hf_model, ids)
     hf_ppl = perplexity(reference, ids)
     del hf_model
@@ -71,8 +82,20 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
     write_json(stage_dir / REPORT, {"model": name, "verify_tokens": len(ids), "files": report})
     write_card(stage_dir / CARD, name=name, run_dir=Path(recipe.output_dir), model_dir=model_dir, report=report,
                license_name=cfg.license)  # fmt: skip
-    config = run_config(recipe)
     write_manifest(stage_dir, stage="export", config=config, config_hash=config_hash(config), seed=recipe.seed,
                    counts={"files": len(files)}, wall_seconds=time.perf_counter() - started,
                    outputs=[p.name for p in files.values()] + [REPORT, CARD])  # fmt: skip
     return {"files": [str(p) for p in files.values()], "report": report}
+
+
+def discard_files_of_another_config(stage_dir: Path, run_hash: str) -> None:
+    """GGUF files left by a run under the same config (one that was killed) are reused; any others are stale (another
+    model, other settings) and are removed, so a file is never reused across configs."""
+    marker = stage_dir / GGUF_CONFIG
+    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == run_hash:
+        return
+    for stale in stage_dir.glob("*.gguf"):
+        log.info("export: removing %s, made under another config", stale)
+        stale.unlink()
+    with atomic_writer(marker) as handle:
+        handle.write(run_hash + "\n")

@@ -55,4 +55,6 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
 
 def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     """The prompt exactly as training sees it: the chat template with the generation prompt."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    from wpo.models import apply_chat_template
+
+    return apply_chat_template(tokenizer, messages, add_generation_prompt=True, tokenize=False)

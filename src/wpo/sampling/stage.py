@@ -20,7 +20,8 @@ from wpo.data.progress import ProgressFile
 from wpo.data.schemas import PromptRecord, RecordInvalid, parse_all, parse_prompt
 from wpo.errors import ConfigError, DataError
 from wpo.manifest import source_fingerprint, write_manifest
-from wpo.sampling import SampleRequest, make_sampler, sample_seed
+from wpo.models import ChatTemplateError
+from wpo.sampling import SampleRequest, make_sampler, render_prompt, sample_seed
 
 log = logging.getLogger(__name__)
 OUTPUT = "candidates.jsonl"
@@ -36,8 +37,40 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def load_prompts(recipe: Recipe, policy: BadRecordPolicy) -> list[PromptRecord]:
-    """Prompts with unique ids, each carrying every configured off-policy field as a non-empty string."""
+class ContextCheck:
+    """Whether a rendered prompt plus `sample.max_new_tokens` fits the policy's context window; a prompt that does
+    not is a bad record (named, or counted as `prompt_too_long`), not a crash or an out-of-memory mid-run. The
+    tokenizer is loaded on first use, after the prompts file itself has been checked."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.tokenizer = None
+        self.limit: int | None = None
+
+    def problem(self, messages: list[dict[str, str]]) -> str | None:
+        from transformers import AutoConfig
+
+        from wpo.models import load_tokenizer, resolve_model_path
+
+        cfg, model = self.recipe.sample, self.recipe.model
+        if self.tokenizer is None:
+            path = resolve_model_path(model.name_or_path)
+            self.tokenizer = load_tokenizer(path, model.trust_remote_code)
+            config = AutoConfig.from_pretrained(path, trust_remote_code=model.trust_remote_code).get_text_config()
+            context = getattr(config, "max_position_embeddings", None)
+            self.limit = cfg.context_length if cfg.backend == "llamacpp" else context
+        if self.limit is None:
+            return None
+        length = len(self.tokenizer(render_prompt(self.tokenizer, messages), add_special_tokens=False)["input_ids"])
+        if length + cfg.max_new_tokens <= self.limit:
+            return None
+        return (f"prompt has {length} tokens; with sample.max_new_tokens {cfg.max_new_tokens} it exceeds the "
+                f"model's context of {self.limit} tokens")  # fmt: skip
+
+
+def load_prompts(recipe: Recipe, policy: BadRecordPolicy, context: ContextCheck | None = None) -> list[PromptRecord]:
+    """Prompts with unique ids, each carrying every configured off-policy field as a non-empty string (and, given a
+    `context` check, fitting the model's context)."""
     source = recipe.sample.prompts
     if not source:
         raise ConfigError("sample.prompts is required to sample (a prompts file, Parquet, datasets dir or hub id)")
@@ -49,6 +82,12 @@ def load_prompts(recipe: Recipe, policy: BadRecordPolicy) -> list[PromptRecord]:
             value = prompt.extra.get(field)
             if not isinstance(value, str) or not value.strip():
                 raise RecordInvalid("missing_offpolicy", f"off-policy field {field!r} is missing or empty")
+        try:
+            problem = context.problem(prompt.messages) if context else None
+        except ChatTemplateError as exc:  # e.g. a system message the template does not support
+            raise RecordInvalid("chat_template_error", str(exc)) from None
+        if problem:
+            raise RecordInvalid("prompt_too_long", problem)
         return prompt
 
     return [item.record for item in parse_all(source, parse, policy, unique_ids=True)]
@@ -67,7 +106,7 @@ def run_sample(recipe: Recipe) -> dict[str, Any]:
     cfg = recipe.sample
     stage_dir = recipe.stage_dir("sample")
     policy = BadRecordPolicy(recipe.on_bad_record)
-    prompts = load_prompts(recipe, policy)
+    prompts = load_prompts(recipe, policy, ContextCheck(recipe) if cfg.n > 0 else None)
     if not prompts:
         raise DataError(f"{cfg.prompts}: no usable prompts (skipped {dict(policy.skipped)})")
     config = run_config(recipe)

@@ -14,7 +14,7 @@ import torch
 
 from wpo.config import Recipe
 from wpo.errors import WpoError
-from wpo.models import load_pretrained, load_tokenizer, resolve_model_path
+from wpo.models import apply_chat_template, load_pretrained, load_tokenizer, resolve_model_path
 from wpo.scoring import ScoreRequest
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,10 @@ class RewardModelScorer:
     @torch.no_grad()
     def score(self, requests: list[ScoreRequest]) -> list[float]:
         texts = [
-            self.tokenizer.apply_chat_template(
-                r.messages + [{"role": "assistant", "content": r.response}], tokenize=False
-            )
+            apply_chat_template(self.tokenizer, r.messages + [{"role": "assistant", "content": r.response}],
+                                tokenize=False)
             for r in requests
-        ]
+        ]  # fmt: skip
         encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         limit = self.config.max_length
         self.truncated += sum(len(ids) > limit for ids in encoded)

@@ -17,6 +17,7 @@ from wpo.data.io import BadRecordPolicy
 from wpo.data.schemas import Pair, RecordInvalid
 from wpo.errors import DataError
 from wpo.loss import IGNORE_INDEX
+from wpo.models import ChatTemplateError, apply_chat_template
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,12 @@ class TokenizedPairs:
 
 def render_response(tokenizer, prompt: list[dict[str, str]], response: str) -> tuple[list[int], list[int]]:
     """Token ids of the prompt (with the generation prompt) and of the assistant turn that follows it."""
-    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    full_text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
+    try:
+        prompt_text = apply_chat_template(tokenizer, prompt, add_generation_prompt=True, tokenize=False)
+        full_text = apply_chat_template(tokenizer, prompt + [{"role": "assistant", "content": response}],
+                                        tokenize=False)  # fmt: skip
+    except ChatTemplateError as exc:
+        raise RecordInvalid("chat_template_error", str(exc)) from None
     if not full_text.startswith(prompt_text):
         raise RecordInvalid(
             "template_mismatch",
