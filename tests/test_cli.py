@@ -52,7 +52,11 @@ def test_train_and_run_from_the_command_line(tmp_path, tiny_llama, pairs_file):
             2,
             "wpo: error: export.quantizations: IQ2_XS needs an importance matrix (imatrix)",
         ),
-        (["sample", "recipes/quickstart.yaml"], 2, "wpo: error: sample.prompts is required to sample"),
+        (
+            ["sample", "recipes/quickstart.yaml", "sample.prompts=null"],
+            2,
+            "wpo: error: sample.prompts is required to sample",
+        ),
         (
             ["eval", "--annotations", "missing.json", "--json"],
             2,

@@ -18,8 +18,8 @@ def test_embedded_smollm2_trains_two_steps(tmp_path):
     """Step 1 has lr 0 and the policy is its own reference, so z = 0 and every pair's loss is ln 2 x its weight."""
     recipe = load_recipe(
         "recipes/quickstart.yaml",
-        [f"output_dir={tmp_path}", "train.max_steps=2", "train.per_device_batch_size=2",
-         "train.gradient_accumulation_steps=1", "train.save_steps=0"],
+        [f"output_dir={tmp_path}", "train.pairs=builtin:toy-pairs.jsonl", "train.max_steps=2",
+         "train.per_device_batch_size=2", "train.gradient_accumulation_steps=1", "train.save_steps=0"],
     )  # fmt: skip
     result = train(recipe)
     rows = read_metrics(tmp_path / "train" / "metrics.jsonl")

@@ -15,6 +15,7 @@ from conftest import write_lines
 
 from wpo.config import load_recipe
 from wpo.data.io import resolve_builtin
+from wpo.errors import WpoError
 from wpo.eval.judges import ApiPairwiseJudge, Comparison, judge_all, model_shown_first
 from wpo.eval.stage import run_eval
 
@@ -243,3 +244,19 @@ def test_eval_against_the_base_model_with_a_programmatic_reward(tmp_path, tiny_l
     assert metrics["reward_delta_ci95"] == bootstrap_mean_ci(deltas, seed=3)
     assert metrics["reference_generator"] == tiny_llama.name
     assert json.loads((eval_dir / "metrics.json").read_text())["reward_trained_ci95"] == metrics["reward_trained_ci95"]
+
+
+def test_a_non_finite_eval_reward_names_the_prompt(tmp_path, tiny_llama, tiny_llama_reference, monkeypatch):
+    (tmp_path / "nan_reward.py").write_text("def reward(messages, text):\n    return float('inf')\n")
+    monkeypatch.chdir(tmp_path)
+    prompts = write_lines(tmp_path / "prompts.jsonl", [{"id": f"p{i}", "messages": [{"role": "user", "content": "Hi"}]}
+                                                        for i in (1, 2)])  # fmt: skip
+    recipe = load_recipe(None, [
+        f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_llama}", f"eval.model={tiny_llama_reference}",
+        f"eval.prompts={prompts}", "eval.compare_to=base_model", "eval.reward=nan_reward:reward",
+        "eval.judge=python", "eval.function=wpo.tasks.ifeval:pairwise_preference", "eval.max_new_tokens=4",
+    ])  # fmt: skip
+    with pytest.raises(WpoError, match=r"eval.reward nan_reward:reward gave \[inf, inf\] \(base, trained\) for the "
+                                       r"prompt 'p1'; rewards must be finite numbers"):  # fmt: skip
+        run_eval(recipe)
+    assert not (tmp_path / "run" / "eval" / "rewards.jsonl").exists()

@@ -10,6 +10,7 @@ from scipy import stats as scipy_stats
 from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 
+from wpo.errors import DataError
 from wpo.eval.metrics import bootstrap_mean_ci, head_to_head, length_controlled_winrate, reward_comparison, summarize
 
 
@@ -120,3 +121,9 @@ def test_reward_comparison_pairs_prompts():
     assert out["reward_base_ci95"][0] < 0.4 < out["reward_base_ci95"][1] and out["reward_n"] == 4
     with pytest.raises(ValueError, match="4 base rewards for 3 trained"):
         reward_comparison(base, base[:3], seed=0)
+
+
+def test_lc_of_a_single_comparison_is_refused_with_a_message():
+    with pytest.raises(DataError, match="the length-controlled win rate needs at least 2 comparisons to "
+                                        "cross-validate, got 1"):  # fmt: skip
+        length_controlled_winrate(np.array([1.5]), np.array([10.0]), np.array([12.0]))

@@ -15,9 +15,6 @@ def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-CAPS = "Tell me about owls. Your entire response should be in English, and in all capital letters."
-END = ("Describe tea briefly. Finish your response with this exact phrase: Any other questions? No other words should "
-       "follow this phrase.")  # fmt: skip
 KEYWORDS = "Tell me about salt. Include the keywords 'mineral' and 'sodium' in the response."
 WORDS = "Describe snow briefly. Answer with less than 10 words."
 BULLETS = ("Tell me about kites. Your answer must contain exactly 3 bullet points. Use the markdown bullet points such "
@@ -27,19 +24,6 @@ BULLETS = ("Tell me about kites. Your answer must contain exactly 3 bullet point
 @pytest.mark.parametrize(
     ("prompt", "response", "expected"),
     [
-        (CAPS, "OWLS HUNT AT NIGHT.", 1.0),
-        (CAPS, "OWLS hunt", 0.5),  # 4 of 8 letters are capitals
-        (CAPS, "", 0.0),
-        (
-            "Tell me about owls. Your entire response should be in English, and in all lowercase letters. No capital "
-            "letters are allowed.",
-            "Owls hunt",
-            0.0,  # all or nothing: one capital fails it
-        ),
-        (END, "Tea is a drink. Any other questions?", 1.0),
-        (END, "Tea is a drink. Any other questions?  \n", 1.0),  # trailing whitespace is not a word
-        (END, "Any other questions? Tea is a drink.", 0.5),  # the phrase, but not at the end
-        (END, "Tea is a drink.", 0.0),
         (KEYWORDS, "Salt is a Mineral.", 0.5),  # case-insensitive, whole words
         (KEYWORDS, "Salt is a mineral made of sodium chloride.", 1.0),
         (KEYWORDS, "Minerals and sodiums", 0.0),  # not the words themselves
@@ -50,8 +34,8 @@ BULLETS = ("Tell me about kites. Your answer must contain exactly 3 bullet point
         (BULLETS, "Intro\n- a\n- b", 2 / 3),  # one bullet short of three
         (BULLETS, "no bullets at all", 0.0),
         (
-            "Tell me about maps. Your answer must contain a title, wrapped in double angular brackets, such as <<poem of "
-            "joy>>.",
+            "Tell me about maps. Your answer must contain a title, wrapped in double angular brackets, such as "
+            "<<poem of joy>>.",
             "<<Maps>>\nMaps show places.",
             1.0,
         ),
@@ -60,7 +44,6 @@ BULLETS = ("Tell me about kites. Your answer must contain exactly 3 bullet point
             "Maps, roads, towns.",
             1 / 3,
         ),
-        ("Tell me about maps. Wrap your entire response with double quotation marks.", ' "Maps show places." ', 1.0),
     ],
 )
 def test_reward_by_hand(prompt, response, expected):
@@ -68,17 +51,17 @@ def test_reward_by_hand(prompt, response, expected):
 
 
 def test_reward_averages_several_constraints_and_refuses_a_prompt_without_one():
-    both = f"{CAPS} Answer with less than 10 words."
-    assert ifeval.reward(user(both), "OWLS hunt at night") == pytest.approx((4 / 15 + 1.0) / 2)  # OWLS: 4 of 15 letters
+    both = f"{KEYWORDS} Answer with less than 10 words."
+    assert ifeval.reward(user(both), "Salt is a mineral.") == pytest.approx((0.5 + 1.0) / 2)
     with pytest.raises(ValueError, match="no IFEval-style constraint found in the prompt 'What is 2"):
         ifeval.reward(user("What is 2 + 2?"), "4")
 
 
 def test_pairwise_preference_compares_rewards():
-    messages = user(CAPS)
-    assert ifeval.pairwise_preference(messages, "owls", "OWLS") == 1.0
-    assert ifeval.pairwise_preference(messages, "OWLS", "owls") == 0.0
-    assert ifeval.pairwise_preference(messages, "OWLS!", "OWLS?") == 0.5
+    messages = user(KEYWORDS)
+    assert ifeval.pairwise_preference(messages, "salt", "mineral salt") == 1.0
+    assert ifeval.pairwise_preference(messages, "mineral salt", "salt") == 0.0
+    assert ifeval.pairwise_preference(messages, "sodium!", "mineral?") == 0.5
 
 
 def shipped(name: str) -> list[dict]:
@@ -123,3 +106,10 @@ def test_topics_file_errors_name_the_line(tmp_path):
     bad.write_text("owls\tOne.\tTwo.\tThree.\tnight,feathers\nbroken line\n")
     with pytest.raises(ValueError, match=r"topics.tsv:2: expected 5 tab-separated fields, got 1"):
         ifeval.load_topics(bad)
+
+
+def test_every_topic_keyword_is_a_word_of_its_facts():
+    """A keywords prompt asks for words the reference contains verbatim (not 'invention' for 'inventions')."""
+    for topic in ifeval.load_topics():
+        words = {w.lower() for w in ifeval._words(" ".join(topic.facts))}
+        assert {k.lower() for k in topic.keywords} <= words, topic.name

@@ -17,6 +17,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
+from wpo.errors import DataError
+
 C_GRID = np.logspace(-4, 4, 10)
 FORMULA_WITH_DIFFICULTY = "tanh(std_delta_len) + instruction_difficulty + not_gamed_baseline"
 FORMULA_WITHOUT_DIFFICULTY = "tanh(std_delta_len) + not_gamed_baseline"
@@ -57,6 +59,9 @@ def _fit(features: np.ndarray, targets: np.ndarray, weights: np.ndarray, c: floa
 
 def fit_glm(features: np.ndarray, targets: np.ndarray, weights: np.ndarray, n_splits: int = 5) -> np.ndarray:
     """Coefficients of the GLM, with C chosen by grouped K-fold CV on the weighted soft log loss."""
+    if len(targets) < 2:
+        raise DataError(f"the length-controlled win rate needs at least 2 comparisons to cross-validate, got "
+                        f"{len(targets)}")  # fmt: skip
     folds = list(GroupKFold(n_splits=min(n_splits, len(targets))).split(features, groups=np.arange(len(targets))))
     losses = []
     for c in C_GRID:

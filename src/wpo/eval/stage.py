@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
 from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_annotation, parse_prompt
-from wpo.errors import ConfigError, DataError
+from wpo.errors import ConfigError, DataError, WpoError
 from wpo.eval.judges import Comparison, judge_all
 from wpo.eval.metrics import reward_comparison, summarize
 from wpo.eval.report import update_leaderboard, write_report
@@ -151,6 +152,10 @@ def reward_metrics(recipe: Recipe, prompts, base_outputs: list[str], outputs: li
     scorer = PythonScorer(recipe.eval.reward)
     base = scorer.score([ScoreRequest(p.messages, o) for p, o in zip(prompts, base_outputs, strict=True)])
     trained = scorer.score([ScoreRequest(p.messages, o) for p, o in zip(prompts, outputs, strict=True)])
+    for prompt, *values in zip(prompts, base, trained, strict=True):
+        if not all(math.isfinite(v) for v in values):
+            raise WpoError(f"eval.reward {recipe.eval.reward} gave {values} (base, trained) for the prompt "
+                           f"{prompt.id!r}; rewards must be finite numbers")  # fmt: skip
     write_jsonl(stage_dir / "rewards.jsonl", [
         {"id": p.id, "reward_base": b, "reward_trained": t, **({"constraint": p.extra["constraint"]}
                                                                  if "constraint" in p.extra else {})}

@@ -6,7 +6,6 @@ The module is imported from the working directory or PYTHONPATH (the working dir
 from __future__ import annotations
 
 import importlib
-import math
 import os
 import sys
 
@@ -31,7 +30,10 @@ def load_function(spec: str):
 
 
 class PythonScorer:
-    """Calls the user's function per response; its exceptions and non-finite results fail naming the prompt."""
+    """Calls the user's function per response; its exceptions and non-numeric results fail naming the prompt.
+
+    Non-finite numbers are returned as they are: each caller refuses them naming its own record (file and line).
+    """
 
     def __init__(self, spec: str):
         self.spec = spec
@@ -43,8 +45,8 @@ class PythonScorer:
             value = self.function(request.messages, request.response)
         except Exception as exc:  # the user's code: report which prompt broke it, not a bare traceback
             raise WpoError(f"{self.spec} failed on the prompt {prompt!r}: {type(exc).__name__}: {exc}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise WpoError(f"{self.spec} returned {value!r} for the prompt {prompt!r}; expected a finite number")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise WpoError(f"{self.spec} returned {value!r} for the prompt {prompt!r}; expected a number")
         return float(value)
 
     def score(self, requests: list[ScoreRequest]) -> list[float]:

@@ -1,11 +1,16 @@
 """Instruction following with verifiable constraints (IFEval-style): the quickstart's task and programmatic reward.
 
-A prompt asks about a topic and adds one format constraint written in IFEval's wording: all capitals, all lowercase,
-an exact closing phrase, two required keywords, a word limit, an exact number of markdown bullets, a <<title>>, no
-commas, or the whole answer in double quotes. The reward reads the constraint back *from the prompt's text*, so it is
-a pure function of (prompt, response) that works on any prompt carrying these instructions, and scores how well the
-response obeys it in [0, 1] — with partial credit where "how far off" is measurable (share of capital letters, word
-count over the limit, bullets off by one, number of commas), which gives pairs a graded signal rather than ties.
+A prompt asks about a topic and adds one format constraint written in IFEval's wording: two required keywords, a word
+limit, an exact number of markdown bullets, a <<title>>, or no commas. The reward reads the constraint back *from the
+prompt's text*, so it is a pure function of (prompt, response) that works on any prompt carrying these instructions,
+and scores how well the response obeys it in [0, 1] — with partial credit where "how far off" is measurable
+(keywords present, word count over the limit, bullets off by one, number of commas), which gives pairs a graded
+signal rather than ties.
+
+The five kinds are those on which SmolLM2-135M-Instruct's own samples vary (measured on the dev prompts: best of 3
+samples well above their mean), so on-policy pairs carry signal. IFEval's all-capitals, all-lowercase, closing-phrase
+and quotation-marks constraints were tried and dropped: the model never satisfied them within 48 new tokens, so
+every pair taught them only through the off-policy reference, and two CPU epochs did not move them.
 
 The shipped prompt files (`builtin:ifeval-train.jsonl`, `builtin:ifeval-heldout.jsonl`) are built by
 `build_prompts()` from `ifeval-topics.tsv`: three short facts per topic, split by topic so no held-out topic is seen in
@@ -32,7 +37,6 @@ HELDOUT_TOPICS = 24
 CONSTRAINTS_PER_TOPIC = 2
 BUILD_SEED = 20261124
 
-END_PHRASES = ("Is there anything else I can help with?", "Any other questions?", "Let me know if you need more.")
 QUESTIONS = (
     "Write a short paragraph about {topic}.",
     "Tell me about {topic}.",
@@ -57,39 +61,12 @@ class Constraint:
     score: Callable[[str, re.Match[str]], float]
 
 
-def _letters(text: str) -> list[str]:
-    return [c for c in text if c.isalpha()]
-
-
-def _share(text: str, predicate: Callable[[str], bool]) -> float:
-    letters = _letters(text)
-    return sum(map(predicate, letters)) / len(letters) if letters else 0.0
-
-
 def _words(text: str) -> list[str]:
     return re.findall(r"\b\w+\b", text)
 
 
 def _bullets(text: str) -> int:
     return len(re.findall(r"^\s*[*-]\s", text, flags=re.MULTILINE))
-
-
-def _score_capitals(response: str, _: re.Match[str]) -> float:
-    return _share(response, str.isupper)
-
-
-def _score_lowercase(response: str, _: re.Match[str]) -> float:
-    """All or nothing (as IFEval checks it): ordinary prose is already ~97% lowercase, so a share would not separate
-    obeying from ignoring the instruction."""
-    letters = _letters(response)
-    return 1.0 if letters and not any(c.isupper() for c in letters) else 0.0
-
-
-def _score_end_phrase(response: str, match: re.Match[str]) -> float:
-    phrase = match["phrase"]
-    if response.rstrip().endswith(phrase):
-        return 1.0
-    return 0.5 if phrase in response else 0.0
 
 
 def _score_keywords(response: str, match: re.Match[str]) -> float:
@@ -120,18 +97,9 @@ def _score_no_commas(response: str, _: re.Match[str]) -> float:
     return 1.0 / (1.0 + response.count(","))
 
 
-def _score_quotation(response: str, _: re.Match[str]) -> float:
-    text = response.strip()
-    return 1.0 if len(text) > 1 and text[0] == '"' and text[-1] == '"' else 0.0
-
-
 CONSTRAINTS: dict[str, Constraint] = {
     c.kind: c
     for c in (
-        Constraint("capital_letters", re.compile(r"in English, and in all capital letters\."), _score_capitals),
-        Constraint("lowercase", re.compile(r"in English, and in all lowercase letters\."), _score_lowercase),
-        Constraint("end_phrase", re.compile(r"Finish your response with this exact phrase: (?P<phrase>.+?) No other "
-                                            r"words should follow this phrase\."), _score_end_phrase),
         Constraint("keywords", re.compile(r"Include the keywords '(?P<first>[^']+)' and '(?P<second>[^']+)' in the "
                                           r"response\."), _score_keywords),
         Constraint("max_words", re.compile(r"Answer with less than (?P<limit>\d+) words\."), _score_max_words),
@@ -140,23 +108,12 @@ CONSTRAINTS: dict[str, Constraint] = {
         Constraint("title", re.compile(r"Your answer must contain a title, wrapped in double angular brackets"),
                    _score_title),
         Constraint("no_commas", re.compile(r"refrain from the use of any commas\."), _score_no_commas),
-        Constraint("quotation", re.compile(r"Wrap your entire response with double quotation marks\."),
-                   _score_quotation),
     )
 }  # fmt: skip
 
 
 def instruction_text(kind: str, topic: Topic, rng: random.Random) -> str:
     """The constraint's wording (IFEval's), with its parameters drawn from `rng`."""
-    if kind == "capital_letters":
-        return "Your entire response should be in English, and in all capital letters."
-    if kind == "lowercase":
-        return (
-            "Your entire response should be in English, and in all lowercase letters. No capital letters are allowed."
-        )
-    if kind == "end_phrase":
-        phrase = rng.choice(END_PHRASES)
-        return f"Finish your response with this exact phrase: {phrase} No other words should follow this phrase."
     if kind == "keywords":
         return f"Include the keywords '{topic.keywords[0]}' and '{topic.keywords[1]}' in the response."
     if kind == "max_words":
@@ -170,21 +127,15 @@ def instruction_text(kind: str, topic: Topic, rng: random.Random) -> str:
         return "Your answer must contain a title, wrapped in double angular brackets, such as <<poem of joy>>."
     if kind == "no_commas":
         return "In your entire response, refrain from the use of any commas."
-    if kind == "quotation":
-        return "Wrap your entire response with double quotation marks."
     raise ValueError(f"unknown constraint kind {kind!r}")
 
 
 def reference_answer(kind: str, topic: Topic, instruction: str) -> str:
-    """An answer built from the topic's facts that satisfies the constraint (the off-policy 'strong' answer)."""
-    paragraph = " ".join(topic.facts)
+    """An answer built from the topic's facts that satisfies the constraint (the off-policy 'strong' answer): two facts
+    long, short like the answers 48 new tokens allow (three bullets take three facts, and so do keywords, which may
+    sit in any of them)."""
+    paragraph = " ".join(topic.facts[:2])
     match = CONSTRAINTS[kind].pattern.search(instruction)
-    if kind == "capital_letters":
-        return paragraph.upper()
-    if kind == "lowercase":
-        return paragraph.lower()
-    if kind == "end_phrase":
-        return f"{paragraph} {match['phrase']}"
     if kind == "max_words":
         kept: list[str] = []
         for fact in topic.facts:
@@ -196,9 +147,9 @@ def reference_answer(kind: str, topic: Topic, instruction: str) -> str:
         return "\n".join(f"* {fact}" for fact in topic.facts[: int(match["count"])])
     if kind == "title":
         return f"<<{topic.name[0].upper()}{topic.name[1:]}>>\n\n{paragraph}"
-    if kind == "quotation":
-        return f'"{paragraph}"'
-    return paragraph  # keywords come from the facts; the facts have no commas
+    if kind == "keywords":
+        return " ".join(topic.facts)
+    return paragraph  # the facts have no commas
 
 
 def constraints_in(prompt: str) -> list[tuple[Constraint, re.Match[str]]]:
