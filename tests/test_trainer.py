@@ -302,6 +302,23 @@ def test_chunked_path_refuses_heads_it_cannot_reproduce(tiny_llama, pairs_file):
     pair_statistics(scaled, batch, loss_chunk_size=0)  # the full-logits path takes the model's own logits
 
 
+@pytest.mark.parametrize("shard", ["zero3", "freed"])
+def test_chunked_path_refuses_a_sharded_output_weight(tiny_llama, shard):
+    """Under ZeRO-3 (a `ds_id` parameter) or FSDP (a freed flat-parameter view) the head's weight is not whole
+    outside its forward: a clear error naming the way out, not a loss computed from an empty matrix."""
+    from wpo.errors import WpoError
+    from wpo.train.forward import output_projection
+
+    model = tiny_model(tiny_llama)
+    if shard == "zero3":
+        model.lm_head.weight.ds_id = 7
+    else:
+        model.lm_head.weight = torch.nn.Parameter(torch.empty(0))
+    with pytest.raises(WpoError, match=r"sharded across processes \(DeepSpeed ZeRO-3 or FSDP\).*"
+                                       r"set train.loss_chunk_size: 0 for this launch"):  # fmt: skip
+        output_projection(model)
+
+
 def test_reference_logps_by_the_chunked_path_equal_the_full_path(tiny_gemma2, pairs_file):
     from wpo.train.reference import compute_reference_logps
 

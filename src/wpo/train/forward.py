@@ -71,5 +71,18 @@ def output_projection(model) -> tuple[torch.nn.Linear, float | None]:
             "adapter or quantization on lm_head?): the chunked loss reads its weight directly; set "
             "train.loss_chunk_size: 0"
         )
+    if is_sharded(head.weight):
+        raise WpoError(
+            "the output layer's weight is sharded across processes (DeepSpeed ZeRO-3 or FSDP): the chunked loss "
+            "cannot read it outside the layer's own forward yet; set train.loss_chunk_size: 0 for this launch"
+        )
     softcap = getattr(unwrapped.config.get_text_config(), "final_logit_softcapping", None)
     return head, softcap
+
+
+def is_sharded(weight: torch.Tensor) -> bool:
+    """A ZeRO-3 partitioned parameter (`ds_id`, empty outside its module's forward), an FSDP2 DTensor, or an FSDP1
+    flat-parameter view freed after the forward."""
+    from torch.distributed.tensor import DTensor
+
+    return hasattr(weight, "ds_id") or isinstance(weight, DTensor) or weight.numel() == 0

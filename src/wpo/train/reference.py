@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,15 +64,25 @@ def cache_key(fingerprint: str, dtype: torch.dtype, tokens: TokenizedPairs) -> s
 
 @torch.no_grad()
 def compute_reference_logps(
-    model, tokens: TokenizedPairs, batch_size: int, pad_token_id: int, device, *, loss_chunk_size: int
+    model,
+    tokens: TokenizedPairs,
+    batch_size: int,
+    pad_token_id: int,
+    device,
+    *,
+    loss_chunk_size: int,
+    indices: list[int] | None = None,
+    show_progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs of every pair, by the same forward as training (chunked or not), without autograd."""
+    """Summed response log-probs of the pairs at `indices` (default: all), by the same forward as training (chunked
+    or not), without autograd."""
+    pairs = tokens.pairs if indices is None else [tokens.pairs[i] for i in indices]
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
-    batches = range(0, len(tokens.pairs), batch_size)
-    for start in tqdm(batches, desc="reference log-probs", unit="batch"):
-        batch = collate_pairs(tokens.pairs[start : start + batch_size], pad_token_id).to(device)
+    chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
+    batches = range(0, len(pairs), batch_size)
+    for start in tqdm(batches, desc="reference log-probs", unit="batch", disable=not show_progress):
+        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id).to(device)
         chosen_stats, rejected_stats = pair_statistics(model, batch, loss_chunk_size=loss_chunk_size)
         chosen.append(chosen_stats.logps.float().cpu())
         rejected.append(rejected_stats.logps.float().cpu())
@@ -87,10 +98,14 @@ def load_or_compute(
     load_model,
     batch_size: int,
     pad_token_id: int,
-    device,
+    accelerator,
     loss_chunk_size: int,
 ) -> ReferenceLogps:
-    """Read the cached log-probs for `key`, or load the reference with `load_model()`, compute and cache them."""
+    """Read the cached log-probs for `key`, or load the reference with `load_model()`, compute and cache them.
+
+    With several processes each computes every `num_processes`-th pair, the shards are gathered once, and the main
+    process writes the cache; every process then holds all of them (the training schedule draws from all pairs).
+    """
     path = cache_dir / f"reference-{key}.safetensors"
     if path.is_file():
         cached = load_file(str(path))
@@ -99,10 +114,30 @@ def load_or_compute(
             return ReferenceLogps(cached["chosen"], cached["rejected"], path, from_cache=True)
         log.warning("reference cache %s has the wrong length; recomputing", path)
     model = load_model()
-    chosen, rejected = compute_reference_logps(
-        model, tokens, batch_size, pad_token_id, device, loss_chunk_size=loss_chunk_size
-    )
-    with atomic_writer(path, "wb") as handle:
-        handle.write(save({"chosen": chosen, "rejected": rejected}))
-    log.info("reference log-probs: computed %d pairs, cached in %s", len(tokens.pairs), path)
+    count, world = len(tokens.pairs), accelerator.num_processes
+    shard = list(range(accelerator.process_index, count, world))
+    chosen, rejected = (
+        gather_strided(values, count, accelerator)
+        for values in compute_reference_logps(model, tokens, batch_size, pad_token_id, accelerator.device,
+                                              loss_chunk_size=loss_chunk_size, indices=shard,
+                                              show_progress=accelerator.is_main_process)
+    )  # fmt: skip
+    if accelerator.is_main_process:
+        with atomic_writer(path, "wb") as handle:
+            handle.write(save({"chosen": chosen, "rejected": rejected}))
+        log.info("reference log-probs: computed %d pairs on %d process(es), cached in %s", count, world, path)
+    accelerator.wait_for_everyone()
     return ReferenceLogps(chosen, rejected, path, from_cache=False)
+
+
+def gather_strided(values: torch.Tensor, count: int, accelerator) -> torch.Tensor:
+    """All `count` values, in order, from every process's shard `process_index::num_processes` (shards differ in
+    length by at most one, so each is padded to the longest for the collective)."""
+    world = accelerator.num_processes
+    if world == 1:
+        return values
+    longest = math.ceil(count / world)
+    padded = torch.zeros(longest, dtype=values.dtype, device=accelerator.device)
+    padded[: len(values)] = values.to(accelerator.device)
+    gathered = accelerator.gather(padded).cpu()  # process 0's shard, then process 1's, ...
+    return gathered.view(world, longest).t().reshape(-1)[:count]

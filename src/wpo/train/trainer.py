@@ -12,6 +12,7 @@ import gc
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -28,7 +29,7 @@ from transformers import get_scheduler
 from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import load_pairs
-from wpo.errors import ConfigError, DataError
+from wpo.errors import ConfigError, DataError, WpoError
 from wpo.loss import REFERENCE_FREE_LOSSES, preference_loss
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
@@ -108,11 +109,26 @@ class TrainResult:
     counts: dict[str, Any]
 
 
+def make_accelerator() -> Accelerator:
+    """accelerate's Accelerator, on CPU when the machine has no accelerator device.
+
+    accelerate treats a `torchrun` launch as distributed only on a device it knows, or with `cpu=True` (then over
+    gloo); without that, each process would silently train alone on the whole schedule. A launch it does not see as
+    distributed fails here instead.
+    """
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise WpoError(f"launched as {launched} processes (WORLD_SIZE), but accelerate runs "
+                       f"{accelerator.num_processes}: check the launcher and the accelerate config")  # fmt: skip
+    return accelerator
+
+
 def train(recipe: Recipe) -> TrainResult:
     cfg = recipe.train
     started = time.perf_counter()
     train_dir = recipe.stage_dir("train")
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     set_seed(recipe.seed)
     config = run_config(recipe)
     run_hash = config_hash(config)
@@ -193,6 +209,8 @@ def train(recipe: Recipe) -> TrainResult:
         "truncated_responses": tokens.truncated_responses,
         "steps": schedule.total_steps,
         "resumed_from_step": start_step,
+        "num_processes": accelerator.num_processes,
+        "global_batch_pairs": schedule.pairs_per_step,
     }
     if accelerator.is_main_process:
         write_manifest(
@@ -249,7 +267,7 @@ def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, source
         load_model=load_reference,
         batch_size=cfg.per_device_batch_size,
         pad_token_id=tokenizer.pad_token_id,
-        device=accelerator.device,
+        accelerator=accelerator,
         loss_chunk_size=cfg.loss_chunk_size,
     )
     gc.collect()
@@ -390,10 +408,11 @@ def _save_final(train_dir, model, tokenizer, accelerator, recipe: Recipe, schedu
     """Weights (or the LoRA adapter), tokenizer and the hyperparameters exactly as trained, for the model card."""
     final_dir = train_dir / "final"
     accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # every process takes part: ZeRO-3 / FSDP gather the full weights
     if accelerator.is_main_process:
         staging = train_dir / ".final.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(staging, safe_serialization=True)
+        accelerator.unwrap_model(model).save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         write_json(
             staging / "wpo_training.json",
