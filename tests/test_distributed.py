@@ -1,5 +1,6 @@
-"""Several processes train what one process trains: `torchrun --nproc_per_node 2 -m wpo train` over gloo on CPU, with
-one pair per device, against one process with two pairs per device — the same global batch, so the same updates."""
+"""Several processes do what one process does: `torchrun --nproc_per_node 2 -m wpo train` over gloo on CPU, with one
+pair per device, against one process with two pairs per device — the same global batch, so the same updates; and
+`wpo sample` split across two processes writes the same candidates file as one process."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 from conftest import PAIRS, pair_record, write_lines
 from safetensors.torch import load_file
+from test_sampling import prompts_file
 from torch.testing import assert_close
 
 from wpo.train.metrics import read_metrics
@@ -29,12 +31,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def train(processes: int, recipe: Path, *overrides: str) -> subprocess.CompletedProcess:
+def wpo(processes: int, stage: str, recipe: Path, *overrides: str) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m"]
     if processes > 1:  # torchrun, as `torchrun --nproc_per_node N -m wpo ...`
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                     "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m"]  # fmt: skip
-    result = subprocess.run([*launcher, "wpo", "train", str(recipe), *overrides], capture_output=True, text=True,
+    result = subprocess.run([*launcher, "wpo", stage, str(recipe), *overrides], capture_output=True, text=True,
                             env=ENV, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -53,8 +55,8 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
     for run in (one, two):  # each run's pairs in its own directory, so each computes its own reference cache
         run.mkdir()
         write_lines(run / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
-    train(1, recipe, f"output_dir={one}", f"train.pairs={one / 'pairs.jsonl'}", "train.per_device_batch_size=2")
-    launched = train(2, recipe, f"output_dir={two}", f"train.pairs={two / 'pairs.jsonl'}",
+    wpo(1, "train", recipe, f"output_dir={one}", f"train.pairs={one / 'pairs.jsonl'}", "train.per_device_batch_size=2")
+    launched = wpo(2, "train", recipe, f"output_dir={two}", f"train.pairs={two / 'pairs.jsonl'}",
                      "train.per_device_batch_size=1")  # fmt: skip
 
     assert "schedule: 3 steps of 2 pairs (1 per device x 1 accumulation x 2 processes)" in launched.stderr
@@ -98,3 +100,43 @@ def test_strided_shards_are_gathered_back_in_order(count, world):
     values = torch.arange(1.0, count + 1)
     gathered = gather_strided(values[0::world], count, GatheringAccelerator(values, world))
     assert gathered.tolist() == values.tolist()
+
+
+def test_two_processes_sample_the_same_candidates_as_one(tmp_path, tiny_llama):
+    """Whole batches of the one-process plan are dealt to the processes (5 batches: 3 and 2), each appends to its own
+    progress file, and the main process merges them in input order."""
+    prompts = prompts_file(tmp_path, count=9)
+    recipe = tmp_path / "sample.yaml"
+    recipe.write_text(f"seed: 5\nmodel: {{name_or_path: {tiny_llama}}}\n"
+                      f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 12, batch_size: 2, "
+                      "offpolicy_fields: [reference]}\n")  # fmt: skip
+    wpo(1, "sample", recipe, f"output_dir={tmp_path / 'one'}")
+    launched = wpo(2, "sample", recipe, f"output_dir={tmp_path / 'two'}")
+
+    assert "sample: process 0 sampled 3 of 5 batches" in launched.stderr
+    assert "sample: process 1 sampled 2 of 5 batches" in launched.stderr
+    one, two = (tmp_path / run / "sample" for run in ("one", "two"))
+    assert (two / "candidates.jsonl").read_bytes() == (one / "candidates.jsonl").read_bytes()
+    assert json.loads((two / "manifest.json").read_text())["counts"]["prompts_written"] == 9
+    assert not list(two.glob(".*progress*"))  # every process's progress file is gone once merged
+
+
+def test_progress_of_any_process_count_resumes_and_other_configs_are_removed(tmp_path):
+    """A run killed with two processes resumes with one (and vice versa): `load` reads every process's file of the
+    same config; a file of another config is removed, another process's file of this config is not."""
+    from wpo.data.progress import ProgressFile
+
+    stale = tmp_path / ".candidates.oldhash.process0.progress.jsonl"
+    stale.write_text('{"id": "old"}\n')
+    first, second = (ProgressFile(tmp_path, "candidates", "abc", rank, 2) for rank in (0, 1))
+    first.append([{"id": "q0"}])
+    second.append([{"id": "q1"}])
+    with second.path.open("a") as torn:
+        torn.write('{"id": "q2", "tor')  # a line torn by a kill
+    assert not stale.exists()
+    alone = ProgressFile(tmp_path, "candidates", "abc")
+    assert sorted(alone.load()) == ["q0", "q1"] and second.path.read_text().endswith('"q1"}\n')
+    alone.append([{"id": "q2"}])
+    assert sorted(ProgressFile(tmp_path, "candidates", "abc", 1, 2).load()) == ["q0", "q1", "q2"]
+    alone.remove()
+    assert list(tmp_path.iterdir()) == []

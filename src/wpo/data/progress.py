@@ -18,29 +18,38 @@ log = logging.getLogger(__name__)
 
 
 class ProgressFile:
-    def __init__(self, directory: Path, name: str, config_hash: str):
+    """This process's progress file; with several processes (`process_index` > 0 or `num_processes` > 1) each appends
+    to its own, and `load` reads every process's file of the same config — so a rerun resumes whatever the number
+    of processes was."""
+
+    def __init__(self, directory: Path, name: str, config_hash: str, process_index: int = 0, num_processes: int = 1):
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f".{name}.{config_hash}.progress.jsonl"
+        self.directory, self.name, self.config_hash = directory, name, config_hash
+        suffix = f".process{process_index}" if num_processes > 1 else ""
+        self.path = directory / f".{name}.{config_hash}{suffix}.progress.jsonl"
         for stale in directory.glob(f".{name}.*.progress.jsonl"):
-            if stale != self.path:
+            if not stale.name.startswith(f".{name}.{config_hash}."):
                 log.info("removing progress of another config: %s", stale)
-                stale.unlink()
+                stale.unlink(missing_ok=True)  # another process may have removed it first
+
+    def files(self) -> list[Path]:
+        """Every process's progress file under this config."""
+        return sorted(self.directory.glob(f".{self.name}.{self.config_hash}.*progress.jsonl"))
 
     def load(self) -> dict[str, dict[str, Any]]:
-        """Records finished by earlier runs, by id; a torn last line (a kill mid-write) is truncated away."""
-        if not self.path.is_file():
-            return {}
-        raw = self.path.read_bytes()
-        complete = raw[: raw.rfind(b"\n") + 1]
-        if len(complete) != len(raw):
-            with self.path.open("r+b") as handle:
-                handle.truncate(len(complete))
+        """Records finished by earlier runs (by any process), by id; a torn last line (a kill mid-write) is cut off."""
         done = {}
-        for line in complete.decode("utf-8").splitlines():
-            record = json.loads(line)
-            done[record["id"]] = record
+        for path in self.files():
+            raw = path.read_bytes()
+            complete = raw[: raw.rfind(b"\n") + 1]
+            if len(complete) != len(raw):
+                with path.open("r+b") as handle:
+                    handle.truncate(len(complete))
+            for line in complete.decode("utf-8").splitlines():
+                record = json.loads(line)
+                done[record["id"]] = record
         if done:
-            log.info("resuming: %d records already done in %s", len(done), self.path)
+            log.info("resuming: %d records already done in %s", len(done), self.directory)
         return done
 
     def append(self, records: list[dict[str, Any]]) -> None:
@@ -53,4 +62,6 @@ class ProgressFile:
             os.fsync(handle.fileno())
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Every process's file: called by the one process that wrote the stage's output."""
+        for path in self.files():
+            path.unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_jsonl
 from wpo.data.progress import ProgressFile
 from wpo.data.schemas import PromptRecord, RecordInvalid, parse_all, parse_prompt
+from wpo.distributed import process_state
 from wpo.errors import ConfigError, DataError
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import ChatTemplateError
@@ -111,14 +112,22 @@ def run_sample(recipe: Recipe) -> dict[str, Any]:
         raise DataError(f"{cfg.prompts}: no usable prompts (skipped {dict(policy.skipped)})")
     config = run_config(recipe)
     run_hash = config_hash(config)
-    progress = ProgressFile(stage_dir, "candidates", run_hash)
+    state = process_state()
+    if state.num_processes > 1 and cfg.backend == "vllm":
+        raise ConfigError("sample.backend vllm runs in one process (it spreads over GPUs by tensor_parallel_size); "
+                          f"launch wpo sample without a launcher, not as {state.num_processes} processes")  # fmt: skip
+    progress = ProgressFile(stage_dir, "candidates", run_hash, state.process_index, state.num_processes)
     done = progress.load()
+    state.wait_for_everyone()  # every process has read (and repaired) the progress files before any appends
     already_done = sum(p.id in done for p in prompts)
     pending = [batch for batch in batch_plan(prompts, cfg.batch_size) if any(p.id not in done for p in batch)]
+    # Whole batches of the one-process plan go to each process, so every sample is computed in the same batch, with
+    # the same padding, as a one-process run computes it: the merged file is the same bytes.
+    mine = pending[state.process_index :: state.num_processes]
     generation_seconds = 0.0
-    if pending and cfg.n > 0:
+    if mine and cfg.n > 0:
         sampler = make_sampler(recipe, resolve_model_path(recipe.model.name_or_path))
-        for batch in tqdm(pending, desc="sample", unit="batch"):
+        for batch in tqdm(mine, desc="sample", unit="batch", disable=not state.is_main_process):
             requests = [
                 SampleRequest(p.messages, sample_seed(recipe.seed, p.id, k)) for p in batch for k in range(cfg.n)
             ]
@@ -135,8 +144,30 @@ def run_sample(recipe: Recipe) -> dict[str, Any]:
                 for i, p in enumerate(batch)
             ]
             progress.append(records)
-            done.update((r["id"], r) for r in records)
 
+    state.wait_for_everyone()
+    if state.num_processes > 1:
+        log.info("sample: process %d sampled %d of %d batches", state.process_index, len(mine), len(pending))
+    result = (
+        _write_candidates(recipe, prompts, progress, policy, already_done, started) if state.is_main_process else {}
+    )
+    state.wait_for_everyone()  # no process moves on before the merged file exists
+    return {**result, "generation_seconds": generation_seconds}
+
+
+def _write_candidates(
+    recipe: Recipe,
+    prompts: list[PromptRecord],
+    progress: ProgressFile,
+    policy: BadRecordPolicy,
+    already_done: int,
+    started: float,
+) -> dict[str, Any]:
+    """Merge every process's samples with the off-policy answers, in input order; write the file and the manifest."""
+    cfg = recipe.sample
+    stage_dir = recipe.stage_dir("sample")
+    config = run_config(recipe)
+    done = progress.load()
     dropped: Counter[str] = Counter()
     output = []
     for prompt in prompts:
@@ -165,10 +196,10 @@ def run_sample(recipe: Recipe) -> dict[str, Any]:
         "prompts_done_before_this_run": already_done,
     }
     wall = time.perf_counter() - started
-    write_manifest(stage_dir, stage="sample", config=config, config_hash=run_hash, seed=recipe.seed, counts=counts,
-                   wall_seconds=wall, outputs=[OUTPUT])  # fmt: skip
+    write_manifest(stage_dir, stage="sample", config=config, config_hash=config_hash(config), seed=recipe.seed,
+                   counts=counts, wall_seconds=wall, outputs=[OUTPUT])  # fmt: skip
     log.info(
         "sample: read %d prompts from %s, wrote %d to %s; skipped %s, dropped %s", counts["prompts_read"],
         cfg.prompts, written, stage_dir / OUTPUT, dict(policy.skipped) or "none", dict(dropped) or "none",
     )  # fmt: skip
-    return {"output": str(stage_dir / OUTPUT), "counts": counts, "generation_seconds": generation_seconds}
+    return {"output": str(stage_dir / OUTPUT), "counts": counts}

@@ -12,7 +12,6 @@ import gc
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -29,7 +28,8 @@ from transformers import get_scheduler
 from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import load_pairs
-from wpo.errors import ConfigError, DataError, WpoError
+from wpo.distributed import check_launch, on_cpu
+from wpo.errors import ConfigError, DataError
 from wpo.loss import REFERENCE_FREE_LOSSES, preference_loss
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
@@ -110,17 +110,9 @@ class TrainResult:
 
 
 def make_accelerator() -> Accelerator:
-    """accelerate's Accelerator, on CPU when the machine has no accelerator device.
-
-    accelerate treats a `torchrun` launch as distributed only on a device it knows, or with `cpu=True` (then over
-    gloo); without that, each process would silently train alone on the whole schedule. A launch it does not see as
-    distributed fails here instead.
-    """
-    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise WpoError(f"launched as {launched} processes (WORLD_SIZE), but accelerate runs "
-                       f"{accelerator.num_processes}: check the launcher and the accelerate config")  # fmt: skip
+    """accelerate's Accelerator, on CPU (gloo) when the machine has no accelerator device (`wpo.distributed`)."""
+    accelerator = Accelerator(cpu=on_cpu())
+    check_launch(accelerator.num_processes)
     return accelerator
 
 
