@@ -140,3 +140,18 @@ def test_progress_of_any_process_count_resumes_and_other_configs_are_removed(tmp
     assert sorted(ProgressFile(tmp_path, "candidates", "abc", 1, 2).load()) == ["q0", "q1", "q2"]
     alone.remove()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_vllm_sampling_refuses_a_launcher(tmp_path, tiny_llama, monkeypatch):
+    from types import SimpleNamespace
+
+    from wpo.config import load_recipe
+    from wpo.errors import ConfigError
+    from wpo.sampling import stage
+
+    recipe = load_recipe(None, [f"model.name_or_path={tiny_llama}", f"sample.prompts={prompts_file(tmp_path)}",
+                                f"output_dir={tmp_path / 'run'}", "sample.max_new_tokens=8"])  # fmt: skip
+    recipe.sample.backend = "vllm"  # past the load-time check that vLLM is installed, which it is not here
+    monkeypatch.setattr(stage, "process_state", lambda: SimpleNamespace(num_processes=2, process_index=0))
+    with pytest.raises(ConfigError, match="sample.backend vllm runs in one process .* not as 2 processes"):
+        stage.run_sample(recipe)
