@@ -155,3 +155,17 @@ def test_vllm_sampling_refuses_a_launcher(tmp_path, tiny_llama, monkeypatch):
     monkeypatch.setattr(stage, "process_state", lambda: SimpleNamespace(num_processes=2, process_index=0))
     with pytest.raises(ConfigError, match="sample.backend vllm runs in one process .* not as 2 processes"):
         stage.run_sample(recipe)
+
+
+@pytest.mark.parametrize("command", ["score", "pair", "eval", "export", "run"])
+def test_stages_that_do_not_split_refuse_a_launcher(command, monkeypatch):
+    """Under a launcher they would repeat the whole job in every process, writing the same files at once."""
+    from wpo.config import load_recipe
+    from wpo.errors import ConfigError
+    from wpo.stages import run_pipeline, run_stage
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    recipe = load_recipe(None, [])
+    with pytest.raises(ConfigError, match=rf"^wpo {command} runs in one process, not as 2: launch it without "
+                                          r"torchrun or accelerate \(only sample and train split"):  # fmt: skip
+        run_pipeline(recipe) if command == "run" else run_stage(recipe, command)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 from wpo.config import ROUND_STAGES, Recipe, config_hash
 from wpo.data.io import write_json
+from wpo.errors import ConfigError
 from wpo.manifest import completed_with, read_manifest
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,21 @@ STAGE_REGISTRY = {
     "eval": Stage("eval", "wpo.eval.stage", "run_eval"),
     "export": Stage("export", "wpo.export.stage", "run_export"),
 }
+# Stages that split their work across the processes of a launch (`torchrun`, `accelerate launch`); the others, and
+# `wpo run`, would only repeat the whole job in every process.
+MULTI_PROCESS_STAGES = ("sample", "train")
+
+
+def refuse_a_launcher(what: str) -> None:
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1:
+        raise ConfigError(f"{what} runs in one process, not as {processes}: launch it without torchrun or accelerate "
+                          f"(only {' and '.join(MULTI_PROCESS_STAGES)} split across processes)")  # fmt: skip
 
 
 def run_stage(recipe: Recipe, name: str) -> dict[str, Any]:
+    if name not in MULTI_PROCESS_STAGES:
+        refuse_a_launcher(f"wpo {name}")
     stage = STAGE_REGISTRY[name]
     started = time.perf_counter()
     headline = stage.run(recipe)
@@ -93,6 +107,7 @@ def run_pipeline(recipe: Recipe) -> dict[str, Any]:
     """Run `recipe.stages` in order — sample → train once per round, then eval and export on the last round's model —
     skipping stages whose manifest matches their config. Writes `summary.json`: wall seconds per stage and the
     headline figures."""
+    refuse_a_launcher("wpo run")
     started = time.perf_counter()
     summary: dict[str, Any] = {"rounds": recipe.rounds, "stages": {}}
     round_stages = [name for name in recipe.stages if name in ROUND_STAGES]
