@@ -29,6 +29,7 @@ import statistics
 import time
 
 import peak_memory
+from peak_memory import ratio
 
 VOCAB = 256_000
 SOFTCAP = 30.0
@@ -180,10 +181,6 @@ def main() -> None:
                 f"{ratio(r, full, 'cpu_seconds'):>7} {ratio(r, trl_result, 'cpu_seconds'):>6}  {r['loss']:.6e}",
                 flush=True,
             )
-
-
-def ratio(result: dict, base: dict | None, key: str) -> str:
-    return "-" if base is None else f"{result[key] / base[key]:.2f}"
 
 
 if __name__ == "__main__":

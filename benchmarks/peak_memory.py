@@ -38,3 +38,8 @@ def run_child(script: str, arguments: list[str]) -> dict:
     if completed.returncode != 0:
         raise RuntimeError(f"{' '.join(arguments)} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def ratio(result: dict, base: dict | None, key: str) -> str:
+    """`result[key] / base[key]` for the side-by-side tables, or "-" when the baseline variant was not run."""
+    return "-" if base is None else f"{result[key] / base[key]:.2f}"

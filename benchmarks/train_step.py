@@ -32,6 +32,7 @@ import tempfile
 import time
 
 import peak_memory
+from peak_memory import ratio
 from transformers import TrainerCallback
 
 MODEL = "embedded:smollm2-135m-instruct"
@@ -231,10 +232,6 @@ def main() -> None:
         losses = [r["first_loss"] for r in results.values()]
         agree = all(math.isclose(loss, losses[0], rel_tol=1e-3) for loss in losses)
         print(f"{tokens:>5} first-step losses agree to 1e-3: {agree}", flush=True)
-
-
-def ratio(result: dict, base: dict | None, key: str) -> str:
-    return "-" if base is None else f"{result[key] / base[key]:.2f}"
 
 
 if __name__ == "__main__":

@@ -12,15 +12,25 @@ import os
 import torch
 from accelerate import PartialState
 
-from wpo.errors import WpoError
+from wpo.errors import ConfigError, WpoError
 
 
 def on_cpu() -> bool:
     return not torch.accelerator.is_available()
 
 
+# Stages that split their work across the processes of a launch; the others, and `wpo run`, would only repeat the
+# whole job in every process.
+MULTI_PROCESS_STAGES = ("sample", "train")
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (`torchrun` and `accelerate launch` set WORLD_SIZE; 1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def check_launch(num_processes: int) -> None:
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    launched = launched_processes()
     if launched != num_processes:
         raise WpoError(f"launched as {launched} processes (WORLD_SIZE), but accelerate runs {num_processes}: "
                        "check the launcher and the accelerate config")  # fmt: skip
@@ -31,3 +41,10 @@ def process_state() -> PartialState:
     state = PartialState(cpu=on_cpu())
     check_launch(state.num_processes)
     return state
+
+
+def refuse_a_launcher(what: str) -> None:
+    processes = launched_processes()
+    if processes > 1:
+        raise ConfigError(f"{what} runs in one process, not as {processes}: launch it without torchrun or accelerate "
+                          f"(only {' and '.join(MULTI_PROCESS_STAGES)} split across processes)")  # fmt: skip

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Any
 
 from wpo.config import ROUND_STAGES, Recipe, config_hash
 from wpo.data.io import write_json
-from wpo.errors import ConfigError
+from wpo.distributed import MULTI_PROCESS_STAGES, refuse_a_launcher
 from wpo.manifest import completed_with, read_manifest
 
 log = logging.getLogger(__name__)
@@ -46,16 +45,6 @@ STAGE_REGISTRY = {
     "eval": Stage("eval", "wpo.eval.stage", "run_eval"),
     "export": Stage("export", "wpo.export.stage", "run_export"),
 }
-# Stages that split their work across the processes of a launch (`torchrun`, `accelerate launch`); the others, and
-# `wpo run`, would only repeat the whole job in every process.
-MULTI_PROCESS_STAGES = ("sample", "train")
-
-
-def refuse_a_launcher(what: str) -> None:
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
-    if processes > 1:
-        raise ConfigError(f"{what} runs in one process, not as {processes}: launch it without torchrun or accelerate "
-                          f"(only {' and '.join(MULTI_PROCESS_STAGES)} split across processes)")  # fmt: skip
 
 
 def run_stage(recipe: Recipe, name: str) -> dict[str, Any]:
@@ -88,7 +77,7 @@ def round_recipe(recipe: Recipe, round_number: int) -> Recipe:
 
     previous = recipe.round_output_dir(round_number - 1)
     previous_final = previous / "train" / "final"
-    policy = merged_model_dir(previous_final, previous / "train")
+    policy = merged_model_dir(previous_final, previous / "train", trust_remote_code=recipe.model.trust_remote_code)
     return recipe.model_copy(update={
         "rounds": 1,
         "output_dir": str(recipe.round_output_dir(round_number)),

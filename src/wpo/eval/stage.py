@@ -172,8 +172,9 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     prompts = load_comparisons_inputs(recipe, policy)
     model = eval_model(recipe)
     generator = cfg.generator_name or generator_name(model)
-    outputs = generate_outputs(recipe, str(merged_model_dir(Path(model), stage_dir)) if Path(model).is_dir() else model,
-                               prompts)  # fmt: skip
+    trust = recipe.model.trust_remote_code
+    outputs = generate_outputs(recipe, str(merged_model_dir(Path(model), stage_dir, trust_remote_code=trust))
+                               if Path(model).is_dir() else model, prompts)  # fmt: skip
     write_json(stage_dir / "model_outputs.json", outputs_file(prompts, outputs, generator))
     outputs_written = ["model_outputs.json"]
 
