@@ -64,6 +64,8 @@ def run(
 
         loaded = load_recipe(recipe, overrides)
         summary = run_pipeline(loaded)
+        if summary is None:  # a process of a launch other than the main one: the main one reports
+            return
         if as_json:
             _print_json(summary)
         else:

@@ -21,7 +21,7 @@ def on_cpu() -> bool:
 
 # Stages that split their work across the processes of a launch; the others, and `wpo run`, would only repeat the
 # whole job in every process.
-MULTI_PROCESS_STAGES = ("sample", "train")
+MULTI_PROCESS_STAGES = ("sample", "score", "train")
 
 
 def launched_processes() -> int:
@@ -43,8 +43,14 @@ def process_state() -> PartialState:
     return state
 
 
+def process_device() -> torch.device:
+    """Where this process computes: its own GPU under a multi-GPU launch (cuda:LOCAL_RANK), else the one device."""
+    return process_state().device
+
+
 def refuse_a_launcher(what: str) -> None:
     processes = launched_processes()
     if processes > 1:
         raise ConfigError(f"{what} runs in one process, not as {processes}: launch it without torchrun or accelerate "
-                          f"(only {' and '.join(MULTI_PROCESS_STAGES)} split across processes)")  # fmt: skip
+                          f"(only {', '.join(MULTI_PROCESS_STAGES[:-1])} and {MULTI_PROCESS_STAGES[-1]} split across "
+                          "processes; under a launcher, wpo run runs the others on the main process)")  # fmt: skip

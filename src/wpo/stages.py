@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
+
 from wpo.config import ROUND_STAGES, Recipe, config_hash
 from wpo.data.io import write_json
-from wpo.distributed import MULTI_PROCESS_STAGES, refuse_a_launcher
+from wpo.distributed import MULTI_PROCESS_STAGES, process_state, refuse_a_launcher
 from wpo.manifest import completed_with, read_manifest
 
 log = logging.getLogger(__name__)
@@ -50,33 +52,53 @@ STAGE_REGISTRY = {
 def run_stage(recipe: Recipe, name: str) -> dict[str, Any]:
     if name not in MULTI_PROCESS_STAGES:
         refuse_a_launcher(f"wpo {name}")
-    stage = STAGE_REGISTRY[name]
+    return _timed_run(recipe, name)
+
+
+def _timed_run(recipe: Recipe, name: str) -> dict[str, Any]:
     started = time.perf_counter()
-    headline = stage.run(recipe)
+    headline = STAGE_REGISTRY[name].run(recipe)
     return {"wall_seconds": time.perf_counter() - started, "skipped": False, **headline}
 
 
-def run_or_skip(recipe: Recipe, name: str) -> dict[str, Any]:
-    """Run one stage, unless its manifest says it already finished under this exact config."""
+def run_or_skip(recipe: Recipe, name: str, launch: PartialState | None = None) -> dict[str, Any]:
+    """Run one stage, unless its manifest says it already finished under this exact config.
+
+    With `launch` (every process of a launch calls this): each process looks at the manifest before any writes it;
+    the stages that split run in every process, the others in the main process while the rest wait.
+    """
     stage = STAGE_REGISTRY[name]
     stage_dir = recipe.stage_dir(name)
-    if completed_with(stage_dir, config_hash(stage.run_config(recipe))):
+    done = completed_with(stage_dir, config_hash(stage.run_config(recipe)))
+    if launch is not None:
+        launch.wait_for_everyone()
+    if done:
         log.info("%s: already done under this config (%s); skipping", name, stage_dir)
         manifest = read_manifest(stage_dir) or {}
         return {"wall_seconds": 0.0, "skipped": True, "counts": manifest.get("counts")}
-    log.info("%s: running (%s)", name, stage_dir)
-    return run_stage(recipe, name)
+    if launch is None or name in MULTI_PROCESS_STAGES:
+        log.info("%s: running (%s)", name, stage_dir)
+        return _timed_run(recipe, name)
+    result = {"wall_seconds": 0.0, "skipped": False, "main_process_only": True}
+    if launch.is_main_process:
+        log.info("%s: running on the main process (%s)", name, stage_dir)
+        result = _timed_run(recipe, name)
+    launch.wait_for_everyone()
+    return result
 
 
-def round_recipe(recipe: Recipe, round_number: int) -> Recipe:
+def round_recipe(recipe: Recipe, round_number: int, launch: PartialState) -> Recipe:
     """Round k ≥ 2 of iterative on-policy WPO: a one-round recipe that samples from, and trains, round k-1's model
-    (which is also its reference), writing under `output_dir/round-k`."""
+    (which is also its reference), writing under `output_dir/round-k`. A LoRA adapter is merged by the main process."""
     if round_number == 1:
         return recipe.model_copy(update={"rounds": 1})
     from wpo.models import merged_model_dir
 
     previous = recipe.round_output_dir(round_number - 1)
     previous_final = previous / "train" / "final"
+    if launch.is_main_process:
+        merged_model_dir(previous_final, previous / "train", trust_remote_code=recipe.model.trust_remote_code)
+    launch.wait_for_everyone()
     policy = merged_model_dir(previous_final, previous / "train", trust_remote_code=recipe.model.trust_remote_code)
     return recipe.model_copy(update={
         "rounds": 1,
@@ -92,19 +114,29 @@ HEADLINE_KEYS = (
 EXPORT_KEYS = ("type", "file", "size_bytes", "perplexity", "hf_perplexity", "kl_mean")
 
 
-def run_pipeline(recipe: Recipe) -> dict[str, Any]:
+def run_pipeline(recipe: Recipe) -> dict[str, Any] | None:
     """Run `recipe.stages` in order — sample → train once per round, then eval and export on the last round's model —
     skipping stages whose manifest matches their config. Writes `summary.json`: wall seconds per stage and the
-    headline figures."""
-    refuse_a_launcher("wpo run")
+    headline figures.
+
+    Under a launcher, sample, score and train split across the processes and pair runs on the main process between
+    barriers; after the last round the other processes are done, and eval and export run on the main process alone
+    (no process idles at a barrier through a long evaluation). The summary is the main process's: the others
+    return None.
+    """
     started = time.perf_counter()
+    launch = process_state()
     summary: dict[str, Any] = {"rounds": recipe.rounds, "stages": {}}
     round_stages = [name for name in recipe.stages if name in ROUND_STAGES]
     for round_number in range(1, recipe.rounds + 1):
-        current = round_recipe(recipe, round_number)
+        current = round_recipe(recipe, round_number, launch)
         for name in round_stages:
             label = name if round_number == 1 else f"round-{round_number}/{name}"
-            summary["stages"][label] = run_or_skip(current, name)
+            summary["stages"][label] = run_or_skip(current, name, launch if launch.num_processes > 1 else None)
+    if not launch.is_main_process:
+        log.info("run: process %d is done; the main process goes on with %s", launch.process_index,
+                 [name for name in recipe.stages if name not in ROUND_STAGES] or "the summary")  # fmt: skip
+        return None
     for name in (name for name in recipe.stages if name not in ROUND_STAGES):
         summary["stages"][name] = run_or_skip(recipe, name)
     summary["wall_seconds"] = {label: entry["wall_seconds"] for label, entry in summary["stages"].items()}

@@ -11,6 +11,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from wpo.config import Recipe
+from wpo.distributed import process_device
 from wpo.models import load_causal_lm, load_tokenizer
 from wpo.sampling import SampleRequest, cut_at_stop, render_prompt
 
@@ -73,7 +74,7 @@ class TransformersSampler:
         self.tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
         self.tokenizer.padding_side = "left"
         self.model = load_causal_lm(model_path, recipe.model)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = process_device()
         self.model.to(self.device).eval()
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ import logging
 import torch
 
 from wpo.config import Recipe
+from wpo.distributed import process_device
 from wpo.errors import WpoError
 from wpo.models import apply_chat_template, load_pretrained, load_tokenizer, resolve_model_path
 from wpo.scoring import ScoreRequest
@@ -36,7 +37,7 @@ class RewardModelScorer:
         self.tokenizer = load_tokenizer(path, recipe.model.trust_remote_code)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = process_device()
         self.model.to(self.device).eval()
         self.truncated = 0
 

@@ -1,7 +1,9 @@
 """`wpo score`: candidates → the same records with every candidate's `score` filled → `score/candidates.jsonl`.
 
 Scored records are appended to a progress file as they finish, so a killed run resumes where it stopped; the final
-file is written in input order once every record is scored. Non-finite scores are refused, naming the candidate.
+file is written in input order once every record is scored. Under a launcher (`torchrun`, `accelerate launch`) the
+records' chunks are dealt out to the processes, each on its own device, and the main process merges them.
+Non-finite scores are refused, naming the candidate.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import math
 import time
 from typing import Any
 
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_jsonl
 from wpo.data.progress import ProgressFile
 from wpo.data.schemas import parse_all, parse_candidates
+from wpo.distributed import process_state
 from wpo.errors import DataError
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.scoring import ScoreRequest, make_scorer
@@ -45,15 +49,21 @@ def run_score(recipe: Recipe) -> dict[str, Any]:
     if not records:
         raise DataError(f"{source}: no usable candidate records (skipped {dict(policy.skipped)})")
 
-    config = run_config(recipe)
-    run_hash = config_hash(config)
-    progress = ProgressFile(stage_dir, "scores", run_hash)
+    run_hash = config_hash(run_config(recipe))
+    state = process_state()
+    progress = ProgressFile(stage_dir, "scores", run_hash, state.process_index, state.num_processes)
     done = progress.load()
-    pending = [(where, data) for where, data in records if str(data["id"]) not in done]
-    scorer = make_scorer(recipe, stage_dir) if pending else None
-    bar = tqdm(total=sum(len(d["candidates"]) for _, d in pending), desc="score", unit="candidate")
-    for start in range(0, len(pending), RECORDS_PER_APPEND):
-        chunk = pending[start : start + RECORDS_PER_APPEND]
+    state.wait_for_everyone()  # every process has read (and repaired) the progress files before any appends
+    already_done = sum(str(data["id"]) in done for _, data in records)
+    # A plan fixed by the input: chunks are appended whole, so a chunk is done or not whatever the process count.
+    chunks = [records[i : i + RECORDS_PER_APPEND] for i in range(0, len(records), RECORDS_PER_APPEND)]
+    pending = [chunk for chunk in chunks if any(str(data["id"]) not in done for _, data in chunk)]
+    mine = pending[state.process_index :: state.num_processes]
+    scorer = make_scorer(recipe, stage_dir) if mine else None
+    state.wait_for_everyone()  # every judge cache is loaded (and repaired) before any process appends to it
+    bar = tqdm(total=sum(len(d["candidates"]) for chunk in mine for _, d in chunk), desc="score", unit="candidate",
+               disable=not state.is_main_process)  # fmt: skip
+    for chunk in mine:
         requests = [ScoreRequest(d["messages"], c["text"]) for _, d in chunk for c in d["candidates"]]
         scores = iter(scorer.score(requests))
         finished = []
@@ -63,24 +73,51 @@ def run_score(recipe: Recipe) -> dict[str, Any]:
                 candidate["score"] = _checked(next(scores), where, data["id"], index)
             finished.append(scored)
         progress.append(finished)
-        done.update((str(r["id"]), r) for r in finished)
         bar.update(len(requests))
     bar.close()
 
+    work = {
+        "candidates_scored": sum(len(d["candidates"]) for chunk in mine for _, d in chunk),
+        "truncated": getattr(scorer, "truncated", 0),
+        "judge_calls": getattr(scorer, "calls", 0),
+        "judge_cache_hits": getattr(scorer, "cache_hits", 0),
+    }
+    if state.num_processes > 1:
+        log.info("score: process %d scored %d of %d chunks", state.process_index, len(mine), len(pending))
+    every_process = gather_object([work]) if state.num_processes > 1 else [work]
+    state.wait_for_everyone()
+    result = {}
+    if state.is_main_process:
+        totals = {key: sum(w[key] for w in every_process) for key in work}
+        result = _write_scored(recipe, records, progress, policy, already_done, totals, started)
+    state.wait_for_everyone()  # no process moves on before the merged file exists
+    return result
+
+
+def _write_scored(
+    recipe: Recipe,
+    records: list[tuple[str, dict[str, Any]]],
+    progress: ProgressFile,
+    policy: BadRecordPolicy,
+    already_done: int,
+    work: dict[str, int],
+    started: float,
+) -> dict[str, Any]:
+    """Every process's scored records, in input order: the output file and the manifest."""
+    stage_dir, source = recipe.stage_dir("score"), candidates_source(recipe)
+    done = progress.load()
     written = write_jsonl(stage_dir / OUTPUT, [done[str(data["id"])] for _, data in records])
     progress.remove()
     counts = {
         "records_read": len(records) + sum(policy.skipped.values()),
         "records_written": written,
-        "candidates_scored": sum(len(d["candidates"]) for _, d in pending),
-        "records_done_before_this_run": len(records) - len(pending),
+        "records_done_before_this_run": already_done,
         "skipped": dict(policy.skipped),
-        "truncated": getattr(scorer, "truncated", 0),
-        "judge_calls": getattr(scorer, "calls", 0),
-        "judge_cache_hits": getattr(scorer, "cache_hits", 0),
+        **work,
     }
-    write_manifest(stage_dir, stage="score", config=config, config_hash=run_hash, seed=recipe.seed, counts=counts,
-                   wall_seconds=time.perf_counter() - started, outputs=[OUTPUT])  # fmt: skip
+    config = run_config(recipe)
+    write_manifest(stage_dir, stage="score", config=config, config_hash=config_hash(config), seed=recipe.seed,
+                   counts=counts, wall_seconds=time.perf_counter() - started, outputs=[OUTPUT])  # fmt: skip
     log.info("score: read %d records from %s, wrote %d to %s; skipped %s", counts["records_read"], source, written,
              stage_dir / OUTPUT, dict(policy.skipped) or "none")  # fmt: skip
     return {"output": str(stage_dir / OUTPUT), "counts": counts}
