@@ -15,10 +15,14 @@ activations not), and the process's peak over its whole life. Variants:
 - `trl-defaults`: TRL's defaults apart from `bf16=False` and no truncation: a reference model kept in memory and
                   run every step, gradient checkpointing on (not run unless named in `--variants`)
 
+`--lora` trains a LoRA adapter instead (r 16, alpha 32, dropout 0, every linear layer of the body; TRL through its
+`peft_config` with the same settings): gradients and Adam state shrink to the adapter's, so the step's peak is what
+the forward and backward hold, the loss's logits included.
+
 Our trainer's first-step losses (policy = reference, weight unclamped as TRL's) must equal TRL's logged ones.
 
 Run: python benchmarks/train_step.py [--tokens 512 1024 2048] [--variants chunked full-logits trl] [--pairs 1]
-     [--steps 2] [--gradient-checkpointing]   (the defaults: ~25 min on a 2-core CPU; ~40 min on one core)
+     [--steps 2] [--gradient-checkpointing] [--lora]   (the defaults: ~25 min on a 2-core CPU; ~40 min on one core)
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from transformers import TrainerCallback
 MODEL = "embedded:smollm2-135m-instruct"
 VARIANTS = ("chunked", "full-logits", "trl", "trl-defaults")
 LEARNING_RATE, BETA = 1e-6, 0.1
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 
 
 def synthetic_pairs(tokenizer, pairs: int, tokens: int) -> list[dict]:
@@ -65,7 +70,7 @@ def synthetic_pairs(tokenizer, pairs: int, tokens: int) -> list[dict]:
     return rows
 
 
-def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool) -> dict:
+def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool, lora: bool) -> dict:
     import torch
     from accelerate import Accelerator
     from transformers import get_scheduler
@@ -82,6 +87,7 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
         f"train.learning_rate={LEARNING_RATE}", f"train.beta={BETA}", "train.clamp=false",
         f"train.gradient_checkpointing={str(checkpointing).lower()}", f"train.max_length={tokens + 1}",
         f"train.max_prompt_length={tokens // 2}", *(["train.loss_chunk_size=0"] if variant == "full-logits" else []),
+        *([f"model.lora={json.dumps(LORA)}"] if lora else []),
     ])  # fmt: skip
     path = resolve_model_path(MODEL)
     tokenizer = load_tokenizer(path)
@@ -110,12 +116,13 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
         wall.append(time.perf_counter() - started)
         cpu.append(time.process_time() - started_cpu)
         losses.append(row["loss"])
-    return result(variant, wall, cpu, setup_peak, start, losses[0], f"loss_chunk_size={chunk}")
+    return result(variant, wall, cpu, setup_peak, start, losses[0], f"loss_chunk_size={chunk}, lora={lora}")
 
 
-def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool) -> dict:
+def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool, lora: bool) -> dict:
     import torch
     from datasets import Dataset
+    from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
     from wpo.config import ModelConfig
@@ -135,8 +142,10 @@ def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
             disable_tqdm=True, seed=0, **settings,
         )  # fmt: skip
         dataset = Dataset.from_list([{key: r[key] for key in ("prompt", "chosen", "rejected")} for r in rows])
+        peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+                                 target_modules="all-linear", task_type="CAUSAL_LM") if lora else None  # fmt: skip
         dpo = DPOTrainer(model=load_causal_lm(path, ModelConfig()), args=config, processing_class=tokenizer,
-                         train_dataset=dataset)  # fmt: skip
+                         train_dataset=dataset, peft_config=peft_config)  # fmt: skip
         for row, prepared in zip(rows, dpo.train_dataset, strict=True):
             for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
                 assert prepared[key] == row[key], f"TRL tokenized {key} differently"
@@ -146,6 +155,7 @@ def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
         first_loss = next(entry["loss"] for entry in dpo.state.log_history if "loss" in entry)
         settings_text = ", ".join(f"{k}={getattr(config, k)}" for k in ("precompute_ref_log_probs",
                                                                          "gradient_checkpointing", "bf16"))  # fmt: skip
+        settings_text += f", lora={lora}"
     return result(variant, timer.wall, timer.cpu, timer.setup_peak, timer.start, first_loss, settings_text)
 
 
@@ -196,18 +206,21 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2, help="timed steps, after one untimed first step")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="for ours and `trl` alike")
+    parser.add_argument("--lora", action="store_true", help="train a LoRA adapter (ours and TRL's alike)")
     parser.add_argument("--child", choices=VARIANTS)
     args = parser.parse_args()
     if args.child:
         run = trl_child if args.child.startswith("trl") else wpo_child
-        print(json.dumps(run(args.child, args.pairs, args.tokens[0], args.steps, args.gradient_checkpointing)))
+        measured = run(args.child, args.pairs, args.tokens[0], args.steps, args.gradient_checkpointing, args.lora)
+        print(json.dumps(measured))
         return
 
     import torch
     import trl
 
     print(
-        f"SmolLM2-135M fp32, {args.pairs} pair(s) x T tokens per sequence (half prompt), median of {args.steps} steps "
+        f"SmolLM2-135M fp32, {'LoRA' if args.lora else 'full fine-tuning'}, {args.pairs} pair(s) x T tokens per "
+        f"sequence (half prompt), median of {args.steps} steps "
         f"after the first, ratios of CPU time; gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} "
         f"(trl-defaults: on); torch {torch.__version__} ({torch.get_num_threads()} threads), trl {trl.__version__}"
     )
@@ -217,7 +230,8 @@ def main() -> None:
         results = {}
         for variant in args.variants:
             arguments = ["--child", variant, "--pairs", str(args.pairs), "--tokens", str(tokens), "--steps",
-                         str(args.steps), *(["--gradient-checkpointing"] * args.gradient_checkpointing)]  # fmt: skip
+                         str(args.steps), *(["--gradient-checkpointing"] * args.gradient_checkpointing),
+                         *(["--lora"] * args.lora)]  # fmt: skip
             results[variant] = peak_memory.run_child(__file__, arguments)
         trl_result, full = results.get("trl"), results.get("full-logits")
         for variant, r in results.items():
