@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 from test_sampling import prompts_file
 from torch.testing import assert_close
 
+from wpo.data.io import resolve_builtin
 from wpo.train.metrics import read_metrics
 from wpo.train.reference import gather_strided
 
@@ -82,6 +84,62 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
     assert any(not initial[name].equal(tensor) for name, tensor in one_weights.items())  # training moved them
 
 
+def test_a_killed_multi_process_training_resumes_to_the_same_weights(tmp_path, tiny_llama):
+    """Two processes checkpoint what one process checkpoints (whole weights, Adam state keyed by parameter name),
+    and a two-process run stopped after its step-2 checkpoint resumes from it to the uninterrupted run's weights."""
+    recipe = tmp_path / "train.yaml"
+    write_lines(tmp_path / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
+    recipe.write_text(
+        f"seed: 4\nmodel: {{name_or_path: {tiny_llama}}}\n"
+        f"train: {{pairs: {tmp_path / 'pairs.jsonl'}, max_steps: 3, learning_rate: 1.0e-3, lr_scheduler: linear, "
+        "warmup_ratio: 0, max_length: 64, max_prompt_length: 32, logging_steps: 1, save_steps: 1, "
+        "loss_chunk_size: 8}\n"
+    )
+    one, two = tmp_path / "one", tmp_path / "two"
+    wpo(1, "train", recipe, f"output_dir={one}", "train.per_device_batch_size=2")
+    launched = wpo(2, "train", recipe, f"output_dir={two}", "train.per_device_batch_size=1")
+    assert "accelerate: MULTI_CPU, 2 process(es) on cpu" in launched.stderr
+
+    def weights(run: Path, directory: str) -> dict[str, torch.Tensor]:
+        return load_file(run / "train" / directory / "model.safetensors")
+
+    uninterrupted = weights(two, "final")
+    for directory in ("checkpoint-2/model", "final"):  # whole tensors, equal to one process's
+        for name, tensor in weights(one, directory).items():
+            assert_close(weights(two, directory)[name], tensor, rtol=1e-5, atol=1e-5, msg=f"{directory}: {name}")
+    one_adam = load_file(one / "train" / "checkpoint-2" / "optimizer.safetensors")
+    two_adam = load_file(two / "train" / "checkpoint-2" / "optimizer.safetensors")
+    assert one_adam.keys() == two_adam.keys() and "model.layers.0.mlp.up_proj.weight.exp_avg_sq" in two_adam
+    for name, tensor in one_adam.items():
+        assert_close(two_adam[name], tensor, rtol=1e-4, atol=1e-8, msg=name)
+
+    for stale in ("checkpoint-3", "final", "manifest.json"):  # as if killed after the step-2 checkpoint
+        path = two / "train" / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    resumed = wpo(2, "train", recipe, f"output_dir={two}", "train.per_device_batch_size=1")
+    assert "(step 2)" in resumed.stderr
+    assert json.loads((two / "train" / "manifest.json").read_text())["counts"]["resumed_from_step"] == 2
+    for name, tensor in uninterrupted.items():
+        assert_close(weights(two, "final")[name], tensor, rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("layout", ["head", "root"])
+def test_chunked_loss_with_an_fsdp_sharded_output_layer(tmp_path, tiny_llama, layout):
+    """FSDP2 shards the output layer on its own (`head`: its weight is a DTensor shard outside its forward, so the
+    loss must run as that layer's forward) or with the root module (`root`); values and gradients equal the unsharded
+    full-logits path's, and the sharded Adam state saved whole by a checkpoint loads back into the shards
+    (`tests/fsdp_chunked_head.py`: accelerate runs FSDP only on GPUs, so this drives `fully_shard` directly)."""
+    script = Path(__file__).with_name("fsdp_chunked_head.py")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(free_port()), str(script), str(tiny_llama), layout, str(tmp_path)],
+        capture_output=True, text=True, env=ENV, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"fsdp2 {layout}: values and gradients equal" in result.stdout
+    assert f"fsdp2 {layout}: optimizer state saved whole and restored into the shards" in result.stdout
+
+
 class GatheringAccelerator:
     """What `accelerator.gather` returns on process 0 of `world`: every process's padded tensor, concatenated."""
 
@@ -121,6 +179,79 @@ def test_two_processes_sample_the_same_candidates_as_one(tmp_path, tiny_llama):
     assert not list(two.glob(".*progress*"))  # every process's progress file is gone once merged
 
 
+def test_two_processes_score_what_one_process_scores(tmp_path, tiny_reward_model):
+    """The reward model runs in each process on its share of the chunks (20 records in chunks of 8: two and one);
+    the merged file is the same bytes, and the manifest counts every process's work."""
+    records = [
+        {"id": f"q{i}", "messages": [{"role": "user", "content": f"Tell me about topic number {i}."}],
+         "candidates": [{"text": text, "source": "policy", "seed": None, "score": None, "scores": None}
+                        for text in (f"Topic {i} is {'long ' * (i % 5)}fine.", f"No idea about {i}.")]}
+        for i in range(20)
+    ]  # fmt: skip
+    candidates = write_lines(tmp_path / "candidates.jsonl", records)
+    recipe = tmp_path / "score.yaml"
+    recipe.write_text(f"score: {{candidates: {candidates}, model: {tiny_reward_model}, batch_size: 3, "
+                      "max_length: 60}\n")  # fmt: skip
+    wpo(1, "score", recipe, f"output_dir={tmp_path / 'one'}")
+    launched = wpo(2, "score", recipe, f"output_dir={tmp_path / 'two'}")
+
+    assert "score: process 0 scored 2 of 3 chunks" in launched.stderr
+    assert "score: process 1 scored 1 of 3 chunks" in launched.stderr
+    one, two = (tmp_path / run / "score" for run in ("one", "two"))
+    assert (two / "candidates.jsonl").read_bytes() == (one / "candidates.jsonl").read_bytes()
+    scored = [json.loads(line) for line in (two / "candidates.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in scored] == [f"q{i}" for i in range(20)]
+    assert all(isinstance(c["score"], float) for r in scored for c in r["candidates"])
+    one_counts, two_counts = (json.loads((run / "manifest.json").read_text())["counts"] for run in (one, two))
+    assert two_counts == one_counts
+    assert (two_counts["candidates_scored"], two_counts["records_written"]) == (40, 20)
+    assert 0 < two_counts["truncated"] < 40  # the long ones, counted in whichever process scored them
+    assert not list(two.glob(".*progress*"))
+
+
+def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llama):
+    """Two rounds of LoRA WPO then eval: sample, score and train split across the two processes, pair and the
+    round-2 merge run on the main process between barriers, and eval on the main process once the other is done.
+    Round 1 is compared file by file with one process (2 steps: both runs' first epoch holds them, whatever the
+    pair count); round 2 samples from round 1's weights, equal only to float rounding, so it is checked for what
+    ran where."""
+    train = [json.loads(line) for line in resolve_builtin("builtin:ifeval-train.jsonl").read_text().splitlines()]
+    heldout = [json.loads(line) for line in resolve_builtin("builtin:ifeval-heldout.jsonl").read_text().splitlines()]
+    recipe = tmp_path / "run.yaml"
+    recipe.write_text(
+        f"seed: 5\nrounds: 2\nstages: [sample, score, pair, train, eval]\n"
+        f"model: {{name_or_path: {tiny_llama}, lora: {{r: 4, alpha: 8, dropout: 0.0}}}}\n"
+        f"sample: {{prompts: {write_lines(tmp_path / 'train.jsonl', train[:6])}, n: 2, max_new_tokens: 6, "
+        "temperature: 1.0, batch_size: 2, offpolicy_fields: [reference]}\n"
+        "score: {scorer: python, function: 'wpo.tasks.ifeval:reward'}\n"
+        "train: {learning_rate: 1.0e-2, max_steps: 2, max_length: 160, max_prompt_length: 128, logging_steps: 1}\n"
+        f"eval: {{prompts: {write_lines(tmp_path / 'heldout.jsonl', heldout[:4])}, compare_to: base_model, "
+        "reward: 'wpo.tasks.ifeval:reward', judge: python, function: 'wpo.tasks.ifeval:pairwise_preference', "
+        "max_new_tokens: 6, temperature: 1.0}\n"
+    )
+    one, two = tmp_path / "one", tmp_path / "two"
+    wpo(1, "run", recipe, f"output_dir={one}", "train.per_device_batch_size=2")
+    launched = wpo(2, "run", recipe, f"output_dir={two}", "train.per_device_batch_size=1")
+
+    assert "pair: running on the main process" in launched.stderr
+    assert "run: process 1 is done; the main process goes on with ['eval']" in launched.stderr
+    for produced in ("sample/candidates.jsonl", "score/candidates.jsonl", "pair/pairs.jsonl"):
+        assert (two / produced).read_bytes() == (one / produced).read_bytes(), produced
+    one_adapter, two_adapter = (load_file(run / "train/final/adapter_model.safetensors") for run in (one, two))
+    for name, tensor in one_adapter.items():
+        assert_close(two_adapter[name], tensor, rtol=1e-5, atol=1e-5, msg=name)
+
+    (merged,) = (two / "train").glob("merged-*")  # round 1's adapter, merged once, by the main process
+    sampled = json.loads((two / "round-2" / "sample" / "manifest.json").read_text())
+    assert sampled["config"]["model"]["name_or_path"] == str(merged)
+    assert json.loads((two / "round-2" / "train" / "manifest.json").read_text())["counts"]["num_processes"] == 2
+    two_summary = json.loads((two / "summary.json").read_text())
+    assert list(two_summary["stages"]) == list(json.loads((one / "summary.json").read_text())["stages"])
+    assert json.loads((two / "eval" / "manifest.json").read_text())["config"]["model"] == str(
+        two / "round-2" / "train" / "final")  # fmt: skip
+    assert 0.0 <= two_summary["reward_trained"] <= 1.0 and "win_rate" in two_summary
+
+
 def test_progress_of_any_process_count_resumes_and_other_configs_are_removed(tmp_path):
     """A run killed with two processes resumes with one (and vice versa): `load` reads every process's file of the
     same config; a file of another config is removed, another process's file of this config is not."""
@@ -157,15 +288,15 @@ def test_vllm_sampling_refuses_a_launcher(tmp_path, tiny_llama, monkeypatch):
         stage.run_sample(recipe)
 
 
-@pytest.mark.parametrize("command", ["score", "pair", "eval", "export", "run"])
+@pytest.mark.parametrize("command", ["pair", "eval", "export"])
 def test_stages_that_do_not_split_refuse_a_launcher(command, monkeypatch):
     """Under a launcher they would repeat the whole job in every process, writing the same files at once."""
     from wpo.config import load_recipe
     from wpo.errors import ConfigError
-    from wpo.stages import run_pipeline, run_stage
+    from wpo.stages import run_stage
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     recipe = load_recipe(None, [])
     with pytest.raises(ConfigError, match=rf"^wpo {command} runs in one process, not as 2: launch it without "
-                                          r"torchrun or accelerate \(only sample and train split"):  # fmt: skip
-        run_pipeline(recipe) if command == "run" else run_stage(recipe, command)
+                                          r"torchrun or accelerate \(only sample, score and train split"):  # fmt: skip
+        run_stage(recipe, command)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import PAIRS, pair_record, write_lines
 from safetensors.torch import load_file
+from torch.testing import assert_close
 
 from wpo.config import load_recipe
 from wpo.errors import ConfigError, DataError, WpoError
@@ -299,24 +300,29 @@ def test_chunked_path_refuses_heads_it_cannot_reproduce(tiny_llama, pairs_file):
     scaled.lm_head.register_forward_hook(lambda module, inputs, output: output * 0.5)
     with pytest.raises(WpoError, match="scales its logits .*train.loss_chunk_size: 0"):
         pair_statistics(scaled, batch, loss_chunk_size=8)
+    assert "forward" not in vars(scaled.lm_head)  # the error left the layer's own forward in place
     pair_statistics(scaled, batch, loss_chunk_size=0)  # the full-logits path takes the model's own logits
 
 
-@pytest.mark.parametrize("shard", ["zero3", "freed"])
-def test_chunked_path_refuses_a_sharded_output_weight(tiny_llama, shard):
-    """Under ZeRO-3 (a `ds_id` parameter) or FSDP (a freed flat-parameter view) the head's weight is not whole
-    outside its forward: a clear error naming the way out, not a loss computed from an empty matrix."""
-    from wpo.errors import WpoError
-    from wpo.train.forward import output_projection
+def test_chunked_loss_runs_as_the_output_layers_forward(tiny_llama, pairs_file):
+    """Inside the layer's own hooks — where ZeRO-3 and FSDP gather a sharded weight (`test_distributed.py` runs it
+    under FSDP) — with the layer's own forward back in place afterwards."""
+    from wpo.train.forward import pair_statistics
+    from wpo.train.tokenize import collate_pairs
 
+    tokens, tokenizer = tokenized_pairs(tiny_llama, pairs_file)
+    batch = collate_pairs(tokens.pairs[:2], tokenizer.pad_token_id)
     model = tiny_model(tiny_llama)
-    if shard == "zero3":
-        model.lm_head.weight.ds_id = 7
-    else:
-        model.lm_head.weight = torch.nn.Parameter(torch.empty(0))
-    with pytest.raises(WpoError, match=r"sharded across processes \(DeepSpeed ZeRO-3 or FSDP\).*"
-                                       r"set train.loss_chunk_size: 0 for this launch"):  # fmt: skip
-        output_projection(model)
+    calls = []
+    model.lm_head.register_forward_pre_hook(lambda module, args: calls.append([tuple(a.shape) for a in args]))
+    chunked = pair_statistics(model, batch, loss_chunk_size=4)
+    hidden_size = model.config.hidden_size
+    assert calls == [[(4, 1, hidden_size)],  # the model's own call, for the one position it checks
+                     [(4, batch.logits_to_keep, hidden_size), (4, batch.logits_to_keep)]]  # fmt: skip
+    assert "forward" not in vars(model.lm_head)
+    for actual, expected in zip(chunked, pair_statistics(model, batch, loss_chunk_size=0), strict=True):
+        assert_close(actual.logps, expected.logps, rtol=1e-5, atol=1e-5)
+        assert_close(actual.aligned_logps, expected.aligned_logps, rtol=1e-5, atol=1e-5)
 
 
 def test_reference_logps_by_the_chunked_path_equal_the_full_path(tiny_gemma2, pairs_file):

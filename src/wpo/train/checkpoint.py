@@ -2,6 +2,8 @@
 
 A checkpoint directory is written under a temporary name and renamed into place, and `trainer_state.json` (with the
 config hash the run was started with) is the last file written, so a directory named `checkpoint-N` is complete.
+The weights and the optimizer state are whole, keyed by parameter name — gathered by every process first when a
+launch shards them (FSDP) — so a checkpoint resumes under any number of processes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict, set_optimizer_state_dict
 
 from wpo.data.io import write_json
 from wpo.errors import WpoError
@@ -28,24 +31,25 @@ STATE_FILE = "trainer_state.json"
 
 
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """`{"state": {parameter name: {key: value}}, "param_groups": [...]}` → tensors named `parameter.key`, and JSON."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
-    for index, param_state in state_dict["state"].items():
+    for name, param_state in state_dict["state"].items():
         for key, value in param_state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
             else:
-                scalars.setdefault(str(index), {})[key] = value
+                scalars.setdefault(name, {})[key] = value
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, tensor in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = tensor
-    for index, values in meta["scalars"].items():
-        state.setdefault(int(index), {}).update(values)
+    state: dict[str, dict[str, Any]] = {}
+    for tensor_name, tensor in tensors.items():
+        name, key = tensor_name.rsplit(".", 1)  # parameter names have dots; optimizer state keys do not
+        state.setdefault(name, {})[key] = tensor
+    for name, values in meta["scalars"].items():
+        state.setdefault(name, {}).update(values)
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
@@ -69,19 +73,21 @@ def save_checkpoint(
     *,
     step: int,
     model,
+    model_state: dict[str, torch.Tensor],
     tokenizer,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     scheduler,
     config_hash: str,
     config: dict[str, Any],
 ) -> Path:
+    """`model` (unwrapped) saves `model_state`, its whole state dict; `optimizer_state` is keyed by parameter name."""
     final = directory / f"checkpoint-{step}"
     staging = directory / f".checkpoint-{step}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "model").mkdir(parents=True)
-    model.save_pretrained(staging / "model", safe_serialization=True)
+    model.save_pretrained(staging / "model", state_dict=model_state, safe_serialization=True)
     tokenizer.save_pretrained(staging / "model")
-    optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
+    optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer_state)
     save_file(optimizer_tensors, str(staging / "optimizer.safetensors"))
     save_file(_rng_tensors(), str(staging / "rng.safetensors"))
     write_json(
@@ -148,9 +154,25 @@ def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def restore_training_state(point: ResumePoint, optimizer: torch.optim.Optimizer, scheduler) -> None:
-    tensors = load_file(str(point.path / "optimizer.safetensors"))
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, point.state["optimizer"]))
+def _state_dict_options(sharded: bool) -> StateDictOptions:
+    """FSDP shards the Adam state with the parameters: gather it whole, on the CPU (and scatter it back on resume).
+    One process and DDP hold it whole already."""
+    return StateDictOptions(full_state_dict=sharded, cpu_offload=sharded)
+
+
+def gather_optimizer_state(model, optimizer: torch.optim.Optimizer, sharded: bool) -> dict[str, Any]:
+    """The whole optimizer state, keyed by parameter name; every process calls this when `sharded`."""
+    return get_optimizer_state_dict(model, optimizer, options=_state_dict_options(sharded))
+
+
+def load_optimizer_state(model, optimizer: torch.optim.Optimizer, point: ResumePoint, sharded: bool) -> None:
+    """Every process reads the whole state saved at `point` and keeps its own shard of it (all of it, unsharded)."""
+    state = _unflatten_optimizer(load_file(str(point.path / "optimizer.safetensors")), point.state["optimizer"])
+    set_optimizer_state_dict(model, optimizer, state, options=_state_dict_options(sharded))
+
+
+def restore_training_state(point: ResumePoint, scheduler) -> None:
+    """The learning-rate schedule and the random number generators as they were at `point`."""
     scheduler.load_state_dict(point.state["scheduler"])
     rng = load_file(str(point.path / "rng.safetensors"))
     torch.set_rng_state(rng["torch_cpu"])

@@ -7,7 +7,7 @@ from accelerate.utils import extract_model_from_parallel
 
 from wpo.chunked_loss import chunked_sequence_statistics
 from wpo.errors import WpoError
-from wpo.loss import SequenceStatistics, sequence_statistics, soft_cap
+from wpo.loss import IGNORE_INDEX, SequenceStatistics, sequence_statistics, soft_cap
 from wpo.train.tokenize import PairBatch
 
 
@@ -48,41 +48,53 @@ def _chunked_statistics(model, batch: PairBatch, chunk_size: int) -> SequenceSta
         output_hidden_states=-1,  # only the last one, which is after the final norm
         use_cache=False,
     )
-    final_hidden = output.hidden_states[-1]
     head, softcap = output_projection(model)
-    with torch.no_grad():
-        recomputed = soft_cap(torch.nn.functional.linear(final_hidden[:, -1], head.weight, head.bias).float(), softcap)
-        if not torch.allclose(recomputed, output.logits[:, -1].float(), rtol=1e-2, atol=1e-2):
-            raise WpoError(
-                "the model's logits are not softcap(final hidden state @ output weight): it scales its logits in a "
-                "way the chunked loss does not reproduce; set train.loss_chunk_size: 0"
-            )
-    hidden = final_hidden[:, -batch.logits_to_keep :]
-    return chunked_sequence_statistics(hidden, head.weight, head.bias, batch.labels, softcap, chunk_size)
+    hidden = output.hidden_states[-1][:, -batch.logits_to_keep :]
+
+    def head_forward(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            recomputed = soft_cap(torch.nn.functional.linear(hidden[:, -1], head.weight, head.bias).float(), softcap)
+            if not torch.allclose(recomputed, output.logits[:, -1].float(), rtol=1e-2, atol=1e-2):
+                raise WpoError(
+                    "the model's logits are not softcap(final hidden state @ output weight): it scales its logits in "
+                    "a way the chunked loss does not reproduce; set train.loss_chunk_size: 0"
+                )
+        stats = chunked_sequence_statistics(hidden, head.weight, head.bias, labels, softcap, chunk_size)
+        return stats.logps, stats.aligned_logps
+
+    logps, aligned_logps = call_as_forward(head, head_forward, hidden, batch.labels)
+    return SequenceStatistics(logps, aligned_logps, (batch.labels != IGNORE_INDEX).sum(-1))
+
+
+def call_as_forward(module: torch.nn.Module, forward, *args):
+    """`forward(*args)` run as `module`'s own forward, inside the hooks a wrapper put on the module.
+
+    A wrapper that shards the output layer's weight (DeepSpeed ZeRO-3, FSDP) gathers it in a pre-forward hook, frees
+    it after the forward, and gathers it again when the gradient reaches the forward's outputs — as for any layer. So
+    the chunked loss, run here, reads the whole weight in its forward and in the backward that recomputes the logits,
+    and the weight's gradient goes back to the shards. Without a wrapper the hooks are absent and this is a call.
+    """
+    previous = module.__dict__.get("forward")
+    module.forward = forward
+    try:
+        return module(*args)
+    finally:
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous
 
 
 def output_projection(model) -> tuple[torch.nn.Linear, float | None]:
     """The model's output layer and its final-logit soft-cap (Gemma-2's; None for most models)."""
     unwrapped = extract_model_from_parallel(model)
     head = unwrapped.get_output_embeddings()
-    if type(head) is not torch.nn.Linear:
+    # FSDP2 subclasses the layer's class to add its hooks; a quantized or adapted layer replaces the forward
+    if not isinstance(head, torch.nn.Linear) or type(head).forward is not torch.nn.Linear.forward:
         raise WpoError(
             f"the output layer is a {type(head).__module__}.{type(head).__qualname__}, not a torch.nn.Linear (an "
             "adapter or quantization on lm_head?): the chunked loss reads its weight directly; set "
             "train.loss_chunk_size: 0"
         )
-    if is_sharded(head.weight):
-        raise WpoError(
-            "the output layer's weight is sharded across processes (DeepSpeed ZeRO-3 or FSDP): the chunked loss "
-            "cannot read it outside the layer's own forward yet; set train.loss_chunk_size: 0 for this launch"
-        )
     softcap = getattr(unwrapped.config.get_text_config(), "final_logit_softcapping", None)
     return head, softcap
-
-
-def is_sharded(weight: torch.Tensor) -> bool:
-    """A ZeRO-3 partitioned parameter (`ds_id`, empty outside its module's forward), an FSDP2 DTensor, or an FSDP1
-    flat-parameter view freed after the forward."""
-    from torch.distributed.tensor import DTensor
-
-    return hasattr(weight, "ds_id") or isinstance(weight, DTensor) or weight.numel() == 0

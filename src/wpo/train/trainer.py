@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -113,6 +113,15 @@ def make_accelerator() -> Accelerator:
     """accelerate's Accelerator, on CPU (gloo) when the machine has no accelerator device (`wpo.distributed`)."""
     accelerator = Accelerator(cpu=on_cpu())
     check_launch(accelerator.num_processes)
+    log.info("accelerate: %s, %d process(es) on %s", accelerator.distributed_type.value, accelerator.num_processes,
+             accelerator.device.type)  # fmt: skip
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "DeepSpeed launches are not supported yet: its engine keeps the optimizer state in its own format and "
+            "ZeRO-3 partitions the weights at load, before the reference pass; shard with FSDP instead "
+            "(accelerate launch --config_file recipes/accelerate/fsdp.yaml), which shards weights, gradients and "
+            "Adam state as ZeRO-3 does"
+        )
     return accelerator
 
 
@@ -166,7 +175,8 @@ def train(recipe: Recipe) -> TrainResult:
     model, optimizer = accelerator.prepare(model, optimizer)
     start_step = 0
     if resume_point is not None:
-        checkpoint.restore_training_state(resume_point, optimizer, scheduler)
+        checkpoint.load_optimizer_state(model, optimizer.optimizer, resume_point, sharded=_is_fsdp(accelerator))
+        checkpoint.restore_training_state(resume_point, scheduler)
         start_step = resume_point.step
 
     metrics = MetricsLog(train_dir, start_step, enabled=accelerator.is_main_process)
@@ -376,12 +386,19 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, recipe, schedule, 
     }
 
 
+def _is_fsdp(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
 def _save_checkpoint(train_dir, step, model, tokenizer, optimizer, scheduler, accelerator, run_hash, config, recipe):
+    """Every process takes part in gathering sharded weights and optimizer state; the main process writes them."""
     accelerator.wait_for_everyone()
+    model_state = accelerator.get_state_dict(model)
+    optimizer_state = checkpoint.gather_optimizer_state(model, optimizer.optimizer, sharded=_is_fsdp(accelerator))
     if accelerator.is_main_process:
         checkpoint.save_checkpoint(
-            train_dir, step=step, model=accelerator.unwrap_model(model), tokenizer=tokenizer, optimizer=optimizer,
-            scheduler=scheduler, config_hash=run_hash, config=config,
+            train_dir, step=step, model=accelerator.unwrap_model(model), model_state=model_state, tokenizer=tokenizer,
+            optimizer_state=optimizer_state, scheduler=scheduler, config_hash=run_hash, config=config,
         )  # fmt: skip
         checkpoint.prune_checkpoints(train_dir, keep=recipe.train.save_total_limit)
     accelerator.wait_for_everyone()
