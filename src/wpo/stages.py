@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,11 @@ def round_recipe(recipe: Recipe, round_number: int, launch: PartialState) -> Rec
 
     previous = recipe.round_output_dir(round_number - 1)
     previous_final = previous / "train" / "final"
-    if launch.is_main_process:
-        merged_model_dir(previous_final, previous / "train", trust_remote_code=recipe.model.trust_remote_code)
+    trust = recipe.model.trust_remote_code
+    merge = partial(merged_model_dir, previous_final, previous / "train", trust_remote_code=trust)
+    policy = merge() if launch.is_main_process else None
     launch.wait_for_everyone()
-    policy = merged_model_dir(previous_final, previous / "train", trust_remote_code=recipe.model.trust_remote_code)
+    policy = policy or merge()  # the other processes find the main process's merge
     return recipe.model_copy(update={
         "rounds": 1,
         "output_dir": str(recipe.round_output_dir(round_number)),

@@ -61,8 +61,8 @@ def run_score(recipe: Recipe) -> dict[str, Any]:
     mine = pending[state.process_index :: state.num_processes]
     scorer = make_scorer(recipe, stage_dir) if mine else None
     state.wait_for_everyone()  # every judge cache is loaded (and repaired) before any process appends to it
-    bar = tqdm(total=sum(len(d["candidates"]) for chunk in mine for _, d in chunk), desc="score", unit="candidate",
-               disable=not state.is_main_process)  # fmt: skip
+    my_candidates = sum(len(d["candidates"]) for chunk in mine for _, d in chunk)
+    bar = tqdm(total=my_candidates, desc="score", unit="candidate", disable=not state.is_main_process)
     for chunk in mine:
         requests = [ScoreRequest(d["messages"], c["text"]) for _, d in chunk for c in d["candidates"]]
         scores = iter(scorer.score(requests))
@@ -77,7 +77,7 @@ def run_score(recipe: Recipe) -> dict[str, Any]:
     bar.close()
 
     work = {
-        "candidates_scored": sum(len(d["candidates"]) for chunk in mine for _, d in chunk),
+        "candidates_scored": my_candidates,
         "truncated": getattr(scorer, "truncated", 0),
         "judge_calls": getattr(scorer, "calls", 0),
         "judge_cache_hits": getattr(scorer, "cache_hits", 0),
