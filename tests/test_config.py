@@ -26,7 +26,7 @@ def test_seed_recipe_carries_the_cards_hyperparameters():
     assert (train.per_device_batch_size, train.gradient_accumulation_steps, train.global_batch_size) == (1, 16, 128)
     assert (train.num_epochs, train.max_length, train.max_prompt_length) == (2, 2048, 1800)
     assert train.weighting == "wpo" and train.clamp is True and train.loss == "sigmoid"
-    assert recipe.model.dtype == "float32"  # fp32 master weights; bf16 compute comes from recipes/accelerate/fsdp.yaml
+    assert recipe.model.dtype == "float32"  # fp32 masters; bf16 compute: the accelerate config
     assert train.loss_chunk_size > 0  # the chunked loss gathers the FSDP-sharded output layer
     assert train.pairs.startswith("wzhouad/gemma-2-ultrafeedback-hybrid")
 

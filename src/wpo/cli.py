@@ -105,7 +105,9 @@ def _stage_command(name: str, summary: str) -> None:
         def action() -> None:
             from wpo.stages import run_stage
 
-            _print_json(run_stage(load_recipe(recipe, overrides), name))
+            headline = run_stage(load_recipe(recipe, overrides), name)
+            if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, every process has it; the main one says it
+                _print_json(headline)
 
         _guarded(action)
 

@@ -7,7 +7,9 @@ machine has no accelerator device, and a launch accelerate still does not see as
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from typing import Any
 
 import torch
 from accelerate import PartialState
@@ -17,6 +19,23 @@ from wpo.errors import ConfigError, WpoError
 
 def on_cpu() -> bool:
     return not torch.accelerator.is_available()
+
+
+def deepspeed_launch() -> bool:
+    """`accelerate launch` with a DeepSpeed config (it sets this variable for every process)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def state_options() -> dict[str, Any]:
+    """How accelerate should see this launch. It turns DeepSpeed on only off the CPU, so a DeepSpeed launch on a
+    machine without an accelerator device names gloo itself and runs DeepSpeed on its CPU accelerator (how the tests
+    run ZeRO-3 on two processes)."""
+    if deepspeed_launch():
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError("this is a DeepSpeed launch, but deepspeed is not installed: "
+                              "pip install 'wpo[deepspeed]'")  # fmt: skip
+        return {"cpu": False, "backend": "gloo"} if on_cpu() else {"cpu": False}
+    return {"cpu": on_cpu()}
 
 
 # Stages that split their work across the processes of a launch; the others, and `wpo run`, would only repeat the
@@ -38,7 +57,7 @@ def check_launch(num_processes: int) -> None:
 
 def process_state() -> PartialState:
     """This process's rank among the launch's processes, with barriers between them."""
-    state = PartialState(cpu=on_cpu())
+    state = PartialState(**state_options())
     check_launch(state.num_processes)
     return state
 

@@ -3,7 +3,7 @@
 A checkpoint directory is written under a temporary name and renamed into place, and `trainer_state.json` (with the
 config hash the run was started with) is the last file written, so a directory named `checkpoint-N` is complete.
 The weights and the optimizer state are whole, keyed by parameter name — gathered by every process first when a
-launch shards them (FSDP) — so a checkpoint resumes under any number of processes.
+launch shards them (FSDP, DeepSpeed ZeRO-3) — so a checkpoint resumes under any number of processes.
 """
 
 from __future__ import annotations
@@ -165,10 +165,14 @@ def gather_optimizer_state(model, optimizer: torch.optim.Optimizer, sharded: boo
     return get_optimizer_state_dict(model, optimizer, options=_state_dict_options(sharded))
 
 
+def read_optimizer_state(point: ResumePoint) -> dict[str, Any]:
+    """The whole optimizer state saved at `point`, keyed by parameter name."""
+    return _unflatten_optimizer(load_file(str(point.path / "optimizer.safetensors")), point.state["optimizer"])
+
+
 def load_optimizer_state(model, optimizer: torch.optim.Optimizer, point: ResumePoint, sharded: bool) -> None:
     """Every process reads the whole state saved at `point` and keeps its own shard of it (all of it, unsharded)."""
-    state = _unflatten_optimizer(load_file(str(point.path / "optimizer.safetensors")), point.state["optimizer"])
-    set_optimizer_state_dict(model, optimizer, state, options=_state_dict_options(sharded))
+    set_optimizer_state_dict(model, optimizer, read_optimizer_state(point), options=_state_dict_options(sharded))
 
 
 def restore_training_state(point: ResumePoint, scheduler) -> None:

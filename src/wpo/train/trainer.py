@@ -21,19 +21,19 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import load_pairs
-from wpo.distributed import check_launch, on_cpu
+from wpo.distributed import check_launch, state_options
 from wpo.errors import ConfigError, DataError
 from wpo.loss import REFERENCE_FREE_LOSSES, preference_loss
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
-from wpo.train import checkpoint, reference
+from wpo.train import checkpoint, reference, zero
 from wpo.train.forward import pair_statistics
 from wpo.train.metrics import MetricsLog
 from wpo.train.tokenize import collate_pairs, tokenize_pairs
@@ -111,17 +111,12 @@ class TrainResult:
 
 def make_accelerator() -> Accelerator:
     """accelerate's Accelerator, on CPU (gloo) when the machine has no accelerator device (`wpo.distributed`)."""
-    accelerator = Accelerator(cpu=on_cpu())
+    options = state_options()
+    backend = options.pop("backend", None)
+    accelerator = Accelerator(**options, kwargs_handlers=[InitProcessGroupKwargs(backend=backend)] if backend else [])
     check_launch(accelerator.num_processes)
     log.info("accelerate: %s, %d process(es) on %s", accelerator.distributed_type.value, accelerator.num_processes,
              accelerator.device.type)  # fmt: skip
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ConfigError(
-            "DeepSpeed launches are not supported yet: its engine keeps the optimizer state in its own format and "
-            "ZeRO-3 partitions the weights at load, before the reference pass; shard with FSDP instead "
-            "(accelerate launch --config_file recipes/accelerate/fsdp.yaml), which shards weights, gradients and "
-            "Adam state as ZeRO-3 does"
-        )
     return accelerator
 
 
@@ -160,12 +155,19 @@ def train(recipe: Recipe) -> TrainResult:
         accelerator.num_processes, schedule.steps_per_epoch,
     )  # fmt: skip
 
-    model = load_causal_lm(_policy_weights_path(model_path, resume_point, recipe), recipe.model)
-    model.to(accelerator.device)
-    references = _reference_logps(recipe, model_path, model, tokens, tokenizer, source, resume_point, accelerator)
-    model = _make_trainable(model, recipe, resume_point)
+    with zero.loading_whole(accelerator):
+        model = load_causal_lm(_policy_weights_path(model_path, resume_point, recipe), recipe.model)
+        model.to(accelerator.device)
+        references = _reference_logps(recipe, model_path, model, tokens, tokenizer, source, resume_point, accelerator)
+        model = _make_trainable(model, recipe, resume_point)
 
     optimizer = _build_optimizer(model, recipe)
+    group_names = _parameter_group_names(model, optimizer)
+    deepspeed = zero.is_deepspeed(accelerator)
+    if deepspeed:
+        zero.configure(accelerator, recipe, schedule.pairs_per_step)
+    # ZeRO-3 in bf16 builds its fp32 masters from its bf16 copy of the weights: put the loaded ones back instead
+    masters = _trainable_weights(model) if deepspeed and zero.computes_in_bf16(accelerator) else None
     scheduler = get_scheduler(
         cfg.lr_scheduler,
         optimizer,
@@ -173,9 +175,15 @@ def train(recipe: Recipe) -> TrainResult:
         num_training_steps=schedule.total_steps,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
+    if masters is not None:
+        zero.set_masters(model, masters)
+        del masters
     start_step = 0
     if resume_point is not None:
-        checkpoint.load_optimizer_state(model, optimizer.optimizer, resume_point, sharded=_is_fsdp(accelerator))
+        if deepspeed:
+            zero.restore_optimizer(model, checkpoint.read_optimizer_state(resume_point), str(resume_point.path))
+        else:
+            checkpoint.load_optimizer_state(model, optimizer.optimizer, resume_point, sharded=_is_fsdp(accelerator))
         checkpoint.restore_training_state(resume_point, scheduler)
         start_step = resume_point.step
 
@@ -196,8 +204,8 @@ def train(recipe: Recipe) -> TrainResult:
                 metrics.write(row)
                 last_row = row
             if (cfg.save_steps and number % cfg.save_steps == 0) or number == schedule.total_steps:
-                _save_checkpoint(train_dir, number, model, tokenizer, optimizer, scheduler, accelerator, run_hash,
-                                 config, recipe)  # fmt: skip
+                _save_checkpoint(train_dir, number, model, tokenizer, optimizer, group_names, scheduler, accelerator,
+                                 run_hash, config, recipe)  # fmt: skip
     finally:
         progress.close()
         metrics.close()
@@ -329,10 +337,14 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, recipe, schedule, 
     local_pairs = sum(len(micro) for micro in micro_batches)
     collected: dict[str, list[torch.Tensor]] = {}
     token_count = 0
+    deepspeed = zero.is_deepspeed(accelerator)
     for position, micro in enumerate(micro_batches):
         batch = collate_pairs([tokens.pairs[i] for i in micro], pad_id).to(accelerator.device)
         token_count += batch.token_count
-        sync = nullcontext() if position == len(micro_batches) - 1 else accelerator.no_sync(model)
+        last = position == len(micro_batches) - 1
+        if deepspeed:  # the engine reduces the gradients at the boundary; the step comes once, below
+            model.set_gradient_accumulation_boundary(last)
+        sync = nullcontext() if last or deepspeed else accelerator.no_sync(model)
         with sync:
             chosen, rejected = pair_statistics(model, batch, loss_chunk_size=cfg.loss_chunk_size)
             index = torch.tensor(micro)
@@ -347,7 +359,11 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, recipe, schedule, 
                 weighting=cfg.weighting,
                 clamp=cfg.clamp,
             )
-            accelerator.backward(result.pair_losses.sum() / local_pairs)
+            loss = result.pair_losses.sum() / local_pairs
+            if deepspeed:
+                model.backward(loss, scale_wrt_gas=False)  # already the step's mean: no division by accumulation
+            else:
+                accelerator.backward(loss)
         for name, value in (
             ("loss", result.pair_losses), ("weight", result.weights),
             ("rewards_chosen", result.chosen_rewards), ("rewards_rejected", result.rejected_rewards),
@@ -355,11 +371,15 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, recipe, schedule, 
         ):  # fmt: skip
             collected.setdefault(name, []).append(value.detach().float())
 
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
     learning_rate = scheduler.get_last_lr()[0]
-    optimizer.step()
+    if deepspeed:
+        norm = zero.step(model)
+        grad_norm = norm if cfg.max_grad_norm else None  # logged as without DeepSpeed: only when clipping
+    else:
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
 
     stats = {name: accelerator.gather(torch.cat(values)).cpu().double() for name, values in collected.items()}
     tokens_seen = accelerator.gather(torch.tensor([token_count], device=accelerator.device)).sum().item()
@@ -390,11 +410,35 @@ def _is_fsdp(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
-def _save_checkpoint(train_dir, step, model, tokenizer, optimizer, scheduler, accelerator, run_hash, config, recipe):
+def _parameter_group_names(model, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    """The names of each optimizer group's parameters, taken before DeepSpeed flattens the groups into partitions."""
+    names = {id(param): name for name, param in model.named_parameters()}
+    return [[names[id(param)] for param in group["params"]] for group in optimizer.param_groups]
+
+
+def _trainable_weights(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the trainable weights as loaded (the base, or a checkpoint's), by name."""
+    return {name: param.detach().to("cpu", copy=True) for name, param in model.named_parameters()
+            if param.requires_grad}  # fmt: skip
+
+
+def _whole_model_state(model, accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    """The whole weights to save, gathered by every process: under ZeRO-3 the fp32 masters of the trained parameters
+    (enough for full fine-tuning and for a LoRA adapter), else accelerate's full state dict (FSDP gathers it)."""
+    if zero.is_deepspeed(accelerator):
+        return zero.gather_weights(model, keep=accelerator.is_main_process)
+    return accelerator.get_state_dict(model)
+
+
+def _save_checkpoint(train_dir, step, model, tokenizer, optimizer, group_names, scheduler, accelerator, run_hash,
+                     config, recipe):  # fmt: skip
     """Every process takes part in gathering sharded weights and optimizer state; the main process writes them."""
     accelerator.wait_for_everyone()
-    model_state = accelerator.get_state_dict(model)
-    optimizer_state = checkpoint.gather_optimizer_state(model, optimizer.optimizer, sharded=_is_fsdp(accelerator))
+    model_state = _whole_model_state(model, accelerator)
+    if zero.is_deepspeed(accelerator):
+        optimizer_state = zero.gather_optimizer_state(model, group_names, keep=accelerator.is_main_process)
+    else:
+        optimizer_state = checkpoint.gather_optimizer_state(model, optimizer.optimizer, sharded=_is_fsdp(accelerator))
     if accelerator.is_main_process:
         checkpoint.save_checkpoint(
             train_dir, step=step, model=accelerator.unwrap_model(model), model_state=model_state, tokenizer=tokenizer,
@@ -417,7 +461,7 @@ def _save_final(train_dir, model, tokenizer, accelerator, recipe: Recipe, schedu
     """Weights (or the LoRA adapter), tokenizer and the hyperparameters exactly as trained, for the model card."""
     final_dir = train_dir / "final"
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # every process takes part: ZeRO-3 / FSDP gather the full weights
+    state_dict = _whole_model_state(model, accelerator)
     if accelerator.is_main_process:
         staging = train_dir / ".final.tmp"
         shutil.rmtree(staging, ignore_errors=True)
