@@ -209,18 +209,14 @@ def test_two_processes_score_what_one_process_scores(tmp_path, tiny_reward_model
     assert not list(two.glob(".*progress*"))
 
 
-def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llama):
-    """Two rounds of LoRA WPO then eval: sample, score and train split across the two processes, pair and the
-    round-2 merge run on the main process between barriers, and eval on the main process once the other is done.
-    Round 1 is compared file by file with one process (2 steps: both runs' first epoch holds them, whatever the
-    pair count); round 2 samples from round 1's weights, equal only to float rounding, so it is checked for what
-    ran where."""
+def two_rounds_of_lora_and_eval(tmp_path: Path, model: Path) -> Path:
+    """A `wpo run` recipe: two rounds of sample, score, pair and LoRA training on IFEval prompts, then eval."""
     train = [json.loads(line) for line in resolve_builtin("builtin:ifeval-train.jsonl").read_text().splitlines()]
     heldout = [json.loads(line) for line in resolve_builtin("builtin:ifeval-heldout.jsonl").read_text().splitlines()]
     recipe = tmp_path / "run.yaml"
     recipe.write_text(
         f"seed: 5\nrounds: 2\nstages: [sample, score, pair, train, eval]\n"
-        f"model: {{name_or_path: {tiny_llama}, lora: {{r: 4, alpha: 8, dropout: 0.0}}}}\n"
+        f"model: {{name_or_path: {model}, lora: {{r: 4, alpha: 8, dropout: 0.0}}}}\n"
         f"sample: {{prompts: {write_lines(tmp_path / 'train.jsonl', train[:6])}, n: 2, max_new_tokens: 6, "
         "temperature: 1.0, batch_size: 2, offpolicy_fields: [reference]}\n"
         "score: {scorer: python, function: 'wpo.tasks.ifeval:reward'}\n"
@@ -229,6 +225,16 @@ def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llam
         "reward: 'wpo.tasks.ifeval:reward', judge: python, function: 'wpo.tasks.ifeval:pairwise_preference', "
         "max_new_tokens: 6, temperature: 1.0}\n"
     )
+    return recipe
+
+
+def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llama):
+    """Two rounds of LoRA WPO then eval: sample, score and train split across the two processes, pair and the
+    round-2 merge run on the main process between barriers, and eval on the main process once the other is done.
+    Round 1 is compared file by file with one process (2 steps: both runs' first epoch holds them, whatever the
+    pair count); round 2 samples from round 1's weights, equal only to float rounding, so it is checked for what
+    ran where."""
+    recipe = two_rounds_of_lora_and_eval(tmp_path, tiny_llama)
     one, two = tmp_path / "one", tmp_path / "two"
     wpo(1, "run", recipe, f"output_dir={one}", "train.per_device_batch_size=2")
     launched = wpo(2, "run", recipe, f"output_dir={two}", "train.per_device_batch_size=1")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import PAIRS, pair_record, write_lines
 from safetensors.torch import load_file
-from test_distributed import ENV, free_port, wpo
+from test_distributed import ENV, free_port, two_rounds_of_lora_and_eval, wpo
 from torch.testing import assert_close
 
 from wpo.config import load_recipe
@@ -27,11 +27,13 @@ ZERO3 = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "zero3.
 LORA = "model.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}"
 
 
-def zero3(recipe: Path, *overrides: str, mixed_precision: str = "no") -> subprocess.CompletedProcess:
+def zero3(
+    recipe: Path, *overrides: str, mixed_precision: str = "no", stage: str = "train"
+) -> subprocess.CompletedProcess:
     """`accelerate launch` with the shipped ZeRO-3 config, on 2 processes (fp32 unless told: exact comparisons)."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO3), "--num_processes",
                "2", "--main_process_port", str(free_port()), "--mixed_precision", mixed_precision,
-               "-m", "wpo", "train", str(recipe), *overrides]  # fmt: skip
+               "-m", "wpo", stage, str(recipe), *overrides]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -144,6 +146,19 @@ def test_lora_under_zero3_trains_the_adapter_one_process_trains(tmp_path, tiny_l
         assert_same_tensors(adapter, weights(one, directory, "adapter_model.safetensors"), 1e-5, directory)
     one_adam, two_adam = (weights(run, "checkpoint-2", "optimizer.safetensors") for run in (one, two))
     assert_same_tensors(two_adam, one_adam, 1e-6, "Adam state")
+
+
+def test_wpo_run_under_zero3_goes_through_two_rounds_and_eval(tmp_path, tiny_llama):
+    """Once the trainer has made its Accelerator, the processes still load models whole: round 2's LoRA merge (the
+    main process alone) and sampling would otherwise partition the weights while loading and wait for each other."""
+    run = tmp_path / "run"
+    launched = zero3(two_rounds_of_lora_and_eval(tmp_path, tiny_llama), f"output_dir={run}",
+                     "train.per_device_batch_size=1", stage="run")  # fmt: skip
+    assert launched.stderr.count("accelerate: DEEPSPEED, 2 process(es)") == 4  # both processes, both rounds
+    assert "run: process 1 is done; the main process goes on with ['eval']" in launched.stderr
+    for trained in (run / "train", run / "round-2" / "train"):
+        assert json.loads((trained / "manifest.json").read_text())["counts"]["num_processes"] == 2
+    assert "win_rate" in json.loads((run / "summary.json").read_text())
 
 
 def plugin_accelerator(**plugin_options):

@@ -115,6 +115,8 @@ def make_accelerator() -> Accelerator:
     backend = options.pop("backend", None)
     accelerator = Accelerator(**options, kwargs_handlers=[InitProcessGroupKwargs(backend=backend)] if backend else [])
     check_launch(accelerator.num_processes)
+    if zero.is_deepspeed(accelerator):
+        zero.load_models_whole()
     log.info("accelerate: %s, %d process(es) on %s", accelerator.distributed_type.value, accelerator.num_processes,
              accelerator.device.type)  # fmt: skip
     return accelerator
@@ -155,11 +157,10 @@ def train(recipe: Recipe) -> TrainResult:
         accelerator.num_processes, schedule.steps_per_epoch,
     )  # fmt: skip
 
-    with zero.loading_whole(accelerator):
-        model = load_causal_lm(_policy_weights_path(model_path, resume_point, recipe), recipe.model)
-        model.to(accelerator.device)
-        references = _reference_logps(recipe, model_path, model, tokens, tokenizer, source, resume_point, accelerator)
-        model = _make_trainable(model, recipe, resume_point)
+    model = load_causal_lm(_policy_weights_path(model_path, resume_point, recipe), recipe.model)
+    model.to(accelerator.device)
+    references = _reference_logps(recipe, model_path, model, tokens, tokenizer, source, resume_point, accelerator)
+    model = _make_trainable(model, recipe, resume_point)
 
     optimizer = _build_optimizer(model, recipe)
     group_names = _parameter_group_names(model, optimizer)

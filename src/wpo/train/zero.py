@@ -10,8 +10,6 @@ would otherwise rebuild them from the bf16 copies and round away every update be
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -74,21 +72,14 @@ def configure(accelerator: Accelerator, recipe: Recipe, pairs_per_step: int) -> 
     )  # fmt: skip
 
 
-@contextmanager
-def loading_whole(accelerator: Accelerator) -> Iterator[None]:
-    """Load models whole inside this, even under ZeRO-3: accelerate registers its DeepSpeed config with transformers
-    whatever zero3_init_flag says, and `from_pretrained` would partition the weights while loading — before the
-    reference pass, which runs on the model outside the engine."""
-    if not is_deepspeed(accelerator):
-        yield
-        return
+def load_models_whole() -> None:
+    """Undo accelerate's registering its DeepSpeed config with transformers, which it does whatever zero3_init_flag
+    says. Left registered, `from_pretrained` partitions weights while loading — before the reference pass, which runs
+    outside the engine, and in what runs on the main process alone after training (the round-k LoRA merge, eval) — and
+    `generate` waits for every process at each token. wpo partitions only in `prepare`."""
     from transformers.integrations import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        accelerator.state.deepspeed_plugin.set_deepspeed_weakref()
 
 
 def trainable_parameters(engine) -> list[tuple[str, torch.nn.Parameter]]:
