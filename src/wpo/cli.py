@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -47,6 +48,12 @@ def _guarded(action: Callable[[], Any]) -> None:
         raise typer.Exit(1) from None
 
 
+def _stdout_for_results():
+    """Inside this, what libraries print goes to stderr, so stdout carries only the result (`| jq` works):
+    DeepSpeed, once imported (accelerate imports it when installed), logs to stdout."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def _print_json(payload: Any) -> None:
     typer.echo(json.dumps(payload, indent=2, default=str))
 
@@ -63,7 +70,8 @@ def run(
         from wpo.stages import run_pipeline
 
         loaded = load_recipe(recipe, overrides)
-        summary = run_pipeline(loaded)
+        with _stdout_for_results():
+            summary = run_pipeline(loaded)
         if summary is None:  # a process of a launch other than the main one: the main one reports
             return
         if as_json:
@@ -105,7 +113,8 @@ def _stage_command(name: str, summary: str) -> None:
         def action() -> None:
             from wpo.stages import run_stage
 
-            headline = run_stage(load_recipe(recipe, overrides), name)
+            with _stdout_for_results():
+                headline = run_stage(load_recipe(recipe, overrides), name)
             if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, every process has it; the main one says it
                 _print_json(headline)
 
@@ -141,7 +150,8 @@ def evaluate(
         elif recipe is not None:
             from wpo.stages import run_stage
 
-            metrics = run_stage(load_recipe(recipe, overrides), "eval")["metrics"]
+            with _stdout_for_results():
+                metrics = run_stage(load_recipe(recipe, overrides), "eval")["metrics"]
         else:
             raise WpoError("wpo eval needs a recipe, or --annotations FILE")
         if as_json:
