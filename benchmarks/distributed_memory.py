@@ -6,11 +6,11 @@ and `accelerate launch --config_file recipes/accelerate/zero3.yaml --num_process
 DeepSpeed's CPU accelerator). DDP keeps the whole weights, gradients and Adam state in every process (16 bytes per
 parameter); ZeRO-3 keeps half of each in each of two. The peak resident set of every training process is read from
 /proc (VmHWM, polled until it exits); it includes what both launches hold alike — the interpreter and libraries, and
-the whole fp32 model each process loads for its share of the reference pass before `prepare` partitions it — so the
-ratio understates what partitioning saves on the state itself. Step time is the mean of `step_seconds` after the
-first step (gloo on CPU: it says what ZeRO-3's gathers cost here, not on GPUs).
+the whole fp32 model each process loads for its share of the reference pass before `prepare` partitions it — and
+DeepSpeed's communication buckets (5e8 elements each by default, more than this model's whole state). Step time is
+the mean of `step_seconds` after the first step (gloo on CPU: it says what ZeRO-3's gathers cost here, not on GPUs).
 
-Run: python benchmarks/distributed_memory.py [--tokens 512] [--steps 6]   (about 3 minutes on a 2-core CPU)
+Run: python benchmarks/distributed_memory.py [--tokens 512] [--steps 6]   (about 8 minutes on a 2-core CPU)
 """
 
 from __future__ import annotations
