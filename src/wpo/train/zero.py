@@ -28,6 +28,10 @@ def is_deepspeed(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
+def computes_in_bf16(accelerator: Accelerator) -> bool:
+    return accelerator.state.deepspeed_plugin.deepspeed_config.get("bf16", {}).get("enabled") is True
+
+
 def configure(accelerator: Accelerator, recipe: Recipe, pairs_per_step: int) -> None:
     """Write the recipe's batch, accumulation and clipping into the engine's config (before `prepare`), refusing a
     launcher config that sets them otherwise, or a setup this trainer does not drive."""
@@ -67,7 +71,7 @@ def configure(accelerator: Accelerator, recipe: Recipe, pairs_per_step: int) -> 
     accelerator.gradient_accumulation_steps = cfg.gradient_accumulation_steps
     log.info(
         "deepspeed: ZeRO-3, %s, micro-batch %d, accumulation %d, clipping %s (from the recipe)",
-        "bf16 compute over fp32 masters" if config.get("bf16", {}).get("enabled") is True else "fp32",
+        "bf16 compute over fp32 masters" if computes_in_bf16(accelerator) else "fp32",
         cfg.per_device_batch_size, cfg.gradient_accumulation_steps, cfg.max_grad_norm,
     )  # fmt: skip
 
@@ -122,10 +126,6 @@ def gather_optimizer_state(engine, group_names: list[list[str]], keep: bool) -> 
         for group, names in zip(adam.param_groups, group_names, strict=True)
     ]
     return {"state": state, "param_groups": groups}
-
-
-def computes_in_bf16(accelerator: Accelerator) -> bool:
-    return accelerator.state.deepspeed_plugin.deepspeed_config.get("bf16", {}).get("enabled") is True
 
 
 def set_masters(engine, masters: dict[str, torch.Tensor]) -> None:
