@@ -58,9 +58,11 @@ def check_checkpoint_roundtrip(model_dir: str, work_dir: str, model, reference, 
         scheduler = torch.optim.lr_scheduler.LambdaLR(sharded_adam, lambda step: 1.0)
         checkpoint.save_checkpoint(directory, step=1, model=model, model_state=model_state,
                                    tokenizer=AutoTokenizer.from_pretrained(model_dir), optimizer_state=state,
-                                   scheduler=scheduler, config_hash="h", config={})  # fmt: skip
+                                   scheduler=scheduler, config_hash="h", config={},
+                                   schedule={"global_batch_pairs": 2, "total_steps": 1})  # fmt: skip
     dist.barrier()
-    point = checkpoint.latest_resume_point(directory, "h", {})
+    point = checkpoint.latest_resume_point(directory, "h", {}, {"global_batch_pairs": 2, "total_steps": 1,
+                                                                 "num_processes": 2})  # fmt: skip
     shard(untrained, layout)
     restored = torch.optim.AdamW(untrained.parameters(), lr=1e-3)
     checkpoint.load_optimizer_state(untrained, restored, point, sharded=True)

@@ -54,7 +54,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
         "max_prompt_length: 32, logging_steps: 1, save_steps: 0, loss_chunk_size: 8}\n"
     )
     one, two = tmp_path / "one", tmp_path / "two"
-    for run in (one, two):  # each run's pairs in its own directory, so each computes its own reference cache
+    for run in (one, two):  # each run computes its own reference cache, in its own train directory
         run.mkdir()
         write_lines(run / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
     wpo(1, "train", recipe, f"output_dir={one}", f"train.pairs={one / 'pairs.jsonl'}", "train.per_device_batch_size=2")
@@ -63,7 +63,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
 
     assert "schedule: 3 steps of 2 pairs (1 per device x 1 accumulation x 2 processes)" in launched.stderr
     assert "reference log-probs: computed 6 pairs on 2 process(es)" in launched.stderr
-    (one_cache,), (two_cache,) = ((run / ".wpo_reference_cache").glob("*.safetensors") for run in (one, two))
+    (one_cache,), (two_cache,) = ((run / "train" / "reference_cache").glob("*.safetensors") for run in (one, two))
     for name, tensor in load_file(one_cache).items():
         assert_close(load_file(two_cache)[name], tensor, rtol=1e-6, atol=1e-6)
     manifest = json.loads((two / "train" / "manifest.json").read_text())
@@ -222,7 +222,7 @@ def two_rounds_of_lora_and_eval(tmp_path: Path, model: Path) -> Path:
         "score: {scorer: python, function: 'wpo.tasks.ifeval:reward'}\n"
         "train: {learning_rate: 1.0e-2, max_steps: 2, max_length: 160, max_prompt_length: 128, logging_steps: 1}\n"
         f"eval: {{prompts: {write_lines(tmp_path / 'heldout.jsonl', heldout[:4])}, compare_to: base_model, "
-        "reward: 'wpo.tasks.ifeval:reward', judge: python, function: 'wpo.tasks.ifeval:pairwise_preference', "
+        "reward: 'wpo.tasks.ifeval:reward', judge: python, function: 'wpo.tasks.ifeval:content_preference', "
         "max_new_tokens: 6, temperature: 1.0}\n"
     )
     return recipe

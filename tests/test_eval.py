@@ -209,6 +209,11 @@ def test_eval_offline_on_the_embedded_model_with_a_local_judge(tmp_path, llama_s
 def test_eval_against_the_base_model_with_a_programmatic_reward(tmp_path, tiny_llama, tiny_llama_reference):
     """compare_to: base_model generates the base's outputs as the baseline; eval.reward scores both sides per prompt
     and reports means with bootstrap intervals — every figure recomputed here from the files."""
+    from sacrebleu.metrics import CHRF
+
+    from sacrebleu.metrics import CHRF
+
+    from wpo.eval.measures import distinct_2
     from wpo.eval.metrics import bootstrap_mean_ci
     from wpo.tasks import ifeval
 
@@ -217,8 +222,9 @@ def test_eval_against_the_base_model_with_a_programmatic_reward(tmp_path, tiny_l
     recipe = load_recipe(None, [
         f"output_dir={tmp_path / 'run'}", "seed=3", f"model.name_or_path={tiny_llama}",
         f"eval.model={tiny_llama_reference}", f"eval.prompts={prompts}", "eval.compare_to=base_model",
-        "eval.reward=wpo.tasks.ifeval:reward", "eval.judge=python",
-        "eval.function=wpo.tasks.ifeval:pairwise_preference", "eval.max_new_tokens=12", "eval.temperature=1.0",
+        "eval.reward=wpo.tasks.ifeval:reward", "eval.measures={constraint_accuracy: "
+        "wpo.tasks.ifeval:constraint_accuracy}", "eval.judge=python",
+        "eval.function=wpo.tasks.ifeval:content_preference", "eval.max_new_tokens=12", "eval.temperature=1.0",
     ])  # fmt: skip
     metrics = run_eval(recipe)["metrics"]
     eval_dir = tmp_path / "run" / "eval"
@@ -229,19 +235,33 @@ def test_eval_against_the_base_model_with_a_programmatic_reward(tmp_path, tiny_l
     assert [o["output"] for o in base] != [o["output"] for o in trained]  # two different models really ran
 
     annotations = json.loads((eval_dir / "annotations.json").read_text())
-    rewards = [json.loads(line) for line in (eval_dir / "rewards.jsonl").read_text().splitlines()]
-    for record, b, t, a, r in zip(heldout[:5], base, trained, annotations, rewards, strict=True):
+    rows = [json.loads(line) for line in (eval_dir / "measures.jsonl").read_text().splitlines()]
+    for record, b, t, a, r in zip(heldout[:5], base, trained, annotations, rows, strict=True):
         assert (a["output_1"], a["output_2"], a["generator_1"]) == (b["output"], t["output"], tiny_llama.name)
-        expected = 1.5 if b["output"] == t["output"] else 1 + ifeval.pairwise_preference(
+        expected = 1.5 if b["output"] == t["output"] else 1 + ifeval.content_preference(
             record["messages"], b["output"], t["output"])  # fmt: skip
         assert a["preference"] == expected
-        assert r == {"id": record["id"], "constraint": record["constraint"],
-                     "reward_base": ifeval.reward(record["messages"], b["output"]),
-                     "reward_trained": ifeval.reward(record["messages"], t["output"])}  # fmt: skip
-    deltas = [r["reward_trained"] - r["reward_base"] for r in rewards]
-    assert metrics["reward_base"] == pytest.approx(sum(r["reward_base"] for r in rewards) / 5)
-    assert metrics["reward_delta"] == pytest.approx(sum(deltas) / 5)
-    assert metrics["reward_delta_ci95"] == bootstrap_mean_ci(deltas, seed=3)
+        measured = {}
+        for side, text in (("base", b["output"]), ("trained", t["output"])):
+            measured |= {f"reward_{side}": ifeval.reward(record["messages"], text),
+                         f"constraint_accuracy_{side}": ifeval.constraint_accuracy(record["messages"], text),
+                         f"chrf_{side}": CHRF().sentence_score(text, [record["reference"]]).score,
+                         f"length_chars_{side}": len(text), f"distinct_2_{side}": distinct_2(text)}  # fmt: skip
+        assert r == {"id": record["id"], "constraint": record["constraint"], **measured,
+                     "prompt": record["messages"][-1]["content"], "reference": record["reference"],
+                     "base_output": b["output"], "output": t["output"]}  # fmt: skip
+    assert metrics["measures"] == ["reward", "constraint_accuracy", "chrf", "length_chars", "distinct_2"]
+    for name in metrics["measures"]:
+        deltas = [r[f"{name}_trained"] - r[f"{name}_base"] for r in rows]
+        assert metrics[f"{name}_base"] == pytest.approx(sum(r[f"{name}_base"] for r in rows) / 5)
+        assert metrics[f"{name}_delta"] == pytest.approx(sum(deltas) / 5)
+        assert metrics[f"{name}_delta_ci95"] == bootstrap_mean_ci(deltas, seed=3)
+    assert set(metrics["verdict"]) == {"reward_up", "constraint_accuracy_up", "content_not_worse",
+                                       "length_not_collapsed", "repetition_not_worse"}  # fmt: skip
+    assert metrics["better"] == all(check["passed"] for check in metrics["verdict"].values())
+    side_by_side = (eval_dir / "side_by_side.md").read_text()
+    assert all(record["id"] in side_by_side and b["output"] in side_by_side
+               for record, b in zip(heldout[:5], base, strict=True))  # fmt: skip
     assert metrics["reference_generator"] == tiny_llama.name
     assert json.loads((eval_dir / "metrics.json").read_text())["reward_trained_ci95"] == metrics["reward_trained_ci95"]
 
@@ -254,9 +274,8 @@ def test_a_non_finite_eval_reward_names_the_prompt(tmp_path, tiny_llama, tiny_ll
     recipe = load_recipe(None, [
         f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_llama}", f"eval.model={tiny_llama_reference}",
         f"eval.prompts={prompts}", "eval.compare_to=base_model", "eval.reward=nan_reward:reward",
-        "eval.judge=python", "eval.function=wpo.tasks.ifeval:pairwise_preference", "eval.max_new_tokens=4",
+        "eval.judge=python", "eval.function=wpo.tasks.ifeval:content_preference", "eval.max_new_tokens=4",
     ])  # fmt: skip
-    with pytest.raises(WpoError, match=r"eval.reward nan_reward:reward gave \[inf, inf\] \(base, trained\) for the "
-                                       r"prompt 'p1'; rewards must be finite numbers"):  # fmt: skip
+    with pytest.raises(WpoError, match=r"eval measure reward gave inf for the prompt 'p1'; expected a finite number"):
         run_eval(recipe)
-    assert not (tmp_path / "run" / "eval" / "rewards.jsonl").exists()
+    assert not (tmp_path / "run" / "eval" / "measures.jsonl").exists()

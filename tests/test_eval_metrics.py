@@ -11,7 +11,7 @@ from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 
 from wpo.errors import DataError
-from wpo.eval.metrics import bootstrap_mean_ci, head_to_head, length_controlled_winrate, reward_comparison, summarize
+from wpo.eval.metrics import bootstrap_mean_ci, head_to_head, length_controlled_winrate, paired_comparison, summarize
 
 
 def test_head_to_head_hand_worked():
@@ -112,15 +112,15 @@ def test_bootstrap_ci_against_hand_worked_cases_and_scipy():
         bootstrap_mean_ci(np.array([]), seed=0)
 
 
-def test_reward_comparison_pairs_prompts():
+def test_paired_comparison_pairs_prompts():
     """A constant per-prompt gain has a zero-width delta interval, however much the prompts differ from each other."""
     base = np.array([0.0, 0.2, 0.9, 0.5])
-    out = reward_comparison(base, base + 0.1, seed=0)
+    out = paired_comparison("reward", base, base + 0.1, seed=0)
     assert out["reward_base"] == pytest.approx(0.4) and out["reward_trained"] == pytest.approx(0.5)
     assert out["reward_delta"] == pytest.approx(0.1) and out["reward_delta_ci95"] == pytest.approx([0.1, 0.1])
     assert out["reward_base_ci95"][0] < 0.4 < out["reward_base_ci95"][1] and out["reward_n"] == 4
-    with pytest.raises(ValueError, match="4 base rewards for 3 trained"):
-        reward_comparison(base, base[:3], seed=0)
+    with pytest.raises(ValueError, match="4 base values of reward for 3 trained"):
+        paired_comparison("reward", base, base[:3], seed=0)
 
 
 def test_lc_of_a_single_comparison_is_refused_with_a_message():

@@ -93,6 +93,25 @@ def test_sigmoid_loss_hand_worked():
     assert unweighted.loss.item() == pytest.approx(math.log1p(math.exp(-1.0)), rel=1e-12)
 
 
+def test_sft_term_hand_worked():
+    """RPO's term on the same pair (z = 2, β = 0.5, w = exp(-0.7)): the chosen answer has logp -4 over 3 tokens, so
+    its NLL per token is 4/3; with α = 0.5 each pair's loss is w · [ln(1 + e^-1) + 0.5 · 4/3]. The term takes the
+    WPO weight like the preference loss, and its gradient reaches the chosen log-prob: d/d logp_w of w·α·(-logp_w/3)
+    is -w·α/3 on top of the sigmoid loss's -w·β·σ(-βz)."""
+    logps = torch.tensor([-4.0], dtype=torch.float64, requires_grad=True)
+    chosen = SequenceStatistics(logps, torch.tensor([-0.3], dtype=torch.float64), torch.tensor([3]))
+    rejected = stats([-6.0], [-0.4], [5])
+    ref_c, ref_r = torch.tensor([-5.0], dtype=torch.float64), torch.tensor([-5.0], dtype=torch.float64)
+    weight = math.exp(-0.7)
+    out = preference_loss(chosen, rejected, ref_c, ref_r, beta=0.5, sft_weight=0.5)
+    assert out.loss.item() == pytest.approx(weight * (math.log1p(math.exp(-1.0)) + 0.5 * 4 / 3), rel=1e-12)
+    out.loss.backward()
+    sigmoid_minus_one = 1 / (1 + math.e)
+    assert logps.grad.item() == pytest.approx(-weight * (0.5 * sigmoid_minus_one + 0.5 / 3), rel=1e-12)
+    plain = preference_loss(chosen, rejected, ref_c, ref_r, beta=0.5, sft_weight=0.5, weighting="none")
+    assert plain.loss.item() == pytest.approx(math.log1p(math.exp(-1.0)) + 0.5 * 4 / 3, rel=1e-12)
+
+
 def test_other_losses_hand_worked():
     """Same pair (z = 2, w = exp(-0.7)), β = 0.5.
 

@@ -33,7 +33,7 @@ def test_two_rounds_sample_from_the_updated_policy_then_eval_the_last(tmp_path, 
         "train.max_prompt_length=128", "train.logging_steps=1",
         f"eval.prompts={write_lines(tmp_path / 'heldout.jsonl', heldout[:4])}", "eval.compare_to=base_model",
         "eval.reward=wpo.tasks.ifeval:reward", "eval.judge=python",
-        "eval.function=wpo.tasks.ifeval:pairwise_preference", "eval.max_new_tokens=6", "eval.temperature=1.0",
+        "eval.function=wpo.tasks.ifeval:content_preference", "eval.max_new_tokens=6", "eval.temperature=1.0",
     ])  # fmt: skip
     summary = run_pipeline(recipe)
 
@@ -55,7 +55,8 @@ def test_two_rounds_sample_from_the_updated_policy_then_eval_the_last(tmp_path, 
     assert {o["generator"] for o in read_json(run / "eval" / "model_outputs.json")} == {f"{tiny_llama.name}-wpo"}
     metrics = read_json(run / "eval" / "metrics.json")
     written = read_json(run / "summary.json")
-    for key in ("reward_base", "reward_trained", "reward_delta_ci95", "win_rate", "length_controlled_winrate"):
+    for key in ("reward_base", "reward_trained", "reward_delta_ci95", "win_rate", "length_controlled_winrate",
+                "chrf_delta_ci95", "length_chars_trained", "distinct_2_base", "better", "verdict"):
         assert written[key] == metrics[key] == summary[key]
     assert set(written["wall_seconds"]) == set(summary["stages"]) and written["rounds"] == 2
 

@@ -146,11 +146,27 @@ def test_outputs_metrics_manifest_and_reference_cache(tmp_path, tiny_llama, pair
     assert manifest["counts"]["pairs_trained"] == 6 and manifest["counts"]["skipped"] == {}
     assert "torch" in manifest["versions"] and manifest["wall_seconds"] > 0
     cache = Path(manifest["reference_cache"])
-    assert cache.parent == pairs_file.parent / ".wpo_reference_cache" and cache.is_file()
+    assert cache.parent == train_dir / "reference_cache" and cache.is_file()
+    assert sorted(p.name for p in pairs_file.parent.iterdir()) == ["pairs.jsonl", "run"]  # nothing beside the input
 
-    again = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3", run="second"))
+    again = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3", "train.resume=never"))
     assert again.reference_from_cache is True
-    assert read_metrics(tmp_path / "second" / "train" / "metrics.jsonl")[0]["loss"] == rows[0]["loss"]
+    assert read_metrics(train_dir / "metrics.jsonl")[0]["loss"] == rows[0]["loss"]
+
+
+def test_a_datasets_directory_of_pairs_is_never_written_to(tmp_path, tiny_llama):
+    """The reference cache once went into the pairs' own `save_to_disk` directory, which changed its fingerprint,
+    so the same command run twice refused its own checkpoint. Inputs are read-only to a run."""
+    import datasets
+
+    pairs_dir = tmp_path / "pairs-dataset"
+    datasets.Dataset.from_list([pair_record(*pair) for pair in PAIRS]).save_to_disk(str(pairs_dir))
+    before = {p.relative_to(pairs_dir): p.read_bytes() for p in pairs_dir.rglob("*") if p.is_file()}
+    first = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_dir, "train.max_steps=2"))
+    second = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_dir, "train.max_steps=2"))  # the same command
+    assert (first.reference_from_cache, second.counts["resumed_from_step"]) == (False, 2)
+    after = {p.relative_to(pairs_dir): p.read_bytes() for p in pairs_dir.rglob("*") if p.is_file()}
+    assert after == before
 
 
 def test_other_configs_checkpoint_is_refused(tmp_path, tiny_llama, pairs_file):
@@ -180,8 +196,8 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_llama, pair
     assert [r["loss"] for r in accumulated] == pytest.approx([r["loss"] for r in big], rel=1e-5)
     a = load_file(str(tmp_path / "big" / "train" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "accumulated" / "train" / "final" / "model.safetensors"))
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+    for name in a:  # each run computes its reference pass at its own batch size: padding moves the last bits
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-5)
 
 
 def test_gradient_checkpointing_changes_nothing_but_memory(tmp_path, tiny_llama, pairs_file):
@@ -377,3 +393,49 @@ def test_reference_model_is_gone_before_training(tmp_path, tiny_llama, tiny_llam
     monkeypatch.setattr(trainer, "_optimizer_step", checking_step)
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=1",
                              f"train.reference_model={tiny_llama_reference}"))  # fmt: skip
+
+
+def model_with_an_infinite_weight(tmp_path: Path, model: Path) -> Path:
+    import shutil
+
+    from safetensors.torch import save_file
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(model, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    name = next(n for n in weights if "layers.0.mlp.up_proj" in n)
+    weights[name][0, 0] = float("inf")
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    return broken
+
+
+@pytest.mark.parametrize("loss_chunk_size", [0, 256])
+def test_a_non_finite_model_is_named_in_the_reference_pass(tmp_path, tiny_llama, pairs_file, loss_chunk_size):
+    """One inf weight once failed as 'the model's logits are not softcap(...)', pointing at the chunked loss."""
+    broken = model_with_an_infinite_weight(tmp_path, tiny_llama)
+    recipe = recipe_for(tmp_path, broken, pairs_file, "train.max_steps=1", f"train.loss_chunk_size={loss_chunk_size}")
+    with pytest.raises(WpoError, match=r"^non-finite (logits|log-probs \(the model's logits are not finite\)) in the "
+                                       r"reference pass, pairs \['p1', 'p2'\]$"):  # fmt: skip
+        trainer.train(recipe)
+
+
+def test_a_non_finite_policy_is_named_at_its_step(tmp_path, tiny_llama, pairs_file):
+    broken = model_with_an_infinite_weight(tmp_path, tiny_llama)
+    recipe = recipe_for(tmp_path, broken, pairs_file, "train.max_steps=1", f"train.reference_model={tiny_llama}")
+    with pytest.raises(WpoError, match=r"^non-finite logits at step 1, pairs \['p\d', 'p\d'\]$"):
+        trainer.train(recipe)
+
+
+def test_a_checkpoint_from_another_global_batch_is_refused_naming_both(tmp_path, tiny_llama, pairs_file):
+    """Two processes with the same per-device batch make twice the pairs per step: resuming their checkpoint with one
+    process would silently change the schedule. The state records it; a mismatch is refused."""
+    recipe = recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3", "train.save_steps=1")
+    trainer.train(recipe)
+    state_file = tmp_path / "run" / "train" / "checkpoint-3" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["schedule"] == {"global_batch_pairs": 2, "total_steps": 3, "num_processes": 1}
+    state["schedule"] = {"global_batch_pairs": 4, "total_steps": 3, "num_processes": 2}  # as a 2-process launch wrote
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(WpoError, match=r"checkpoint-3 was written with 4 pairs per step and 3 steps, but this launch "
+                                       r"makes 2 pairs per step and 3 steps \(1 process\(es\)\); refusing to resume"):  # fmt: skip
+        trainer.train(recipe)

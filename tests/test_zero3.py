@@ -86,8 +86,7 @@ def test_zero3_trains_and_checkpoints_what_one_process_does_and_resumes_without_
     assert launched.stdout.count('"final_dir"') == 1  # the headline, from the main process only
     assert "deepspeed: ZeRO-3, fp32, micro-batch 1, accumulation 1, clipping 1.0 (from the recipe)" in launched.stderr
     assert "reference log-probs: computed 6 pairs on 2 process(es)" in launched.stderr
-    (one_cache,), (two_cache,) = ((tmp_path / f"pairs-{run}" / ".wpo_reference_cache").glob("*")
-                                  for run in ("one", "two"))  # fmt: skip
+    (one_cache,), (two_cache,) = ((run / "train" / "reference_cache").glob("*") for run in (one, two))  # fmt: skip
     assert_same_tensors(load_file(two_cache), load_file(one_cache), 1e-6, "reference log-probs")
     for a, b in zip(read_metrics(one / "train" / "metrics.jsonl"), read_metrics(two / "train" / "metrics.jsonl"),
                     strict=True):  # fmt: skip

@@ -93,12 +93,13 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
     for label, entry in summary["stages"].items():
         table.add_row(label, "done before (skipped)" if entry["skipped"] else f"{entry['wall_seconds']:.0f} s")
     table.add_row("total", f"{summary['total_wall_seconds']:.0f} s", end_section=True)
-    if "reward_base" in summary:
-        for key in ("reward_base", "reward_trained"):
-            low, high = summary[f"{key}_ci95"]
-            table.add_row(key.replace("_", " "), f"{summary[key]:.3f}  [{low:.3f}, {high:.3f}]")
-        low, high = summary["reward_delta_ci95"]
-        table.add_row("reward delta (95% CI)", f"{summary['reward_delta']:+.3f}  [{low:+.3f}, {high:+.3f}]")
+    for name in (key.removesuffix("_delta_ci95") for key in list(summary) if key.endswith("_delta_ci95")):
+        low, high = summary[f"{name}_delta_ci95"]
+        table.add_row(f"{name}: base → trained, delta (95% CI)", f"{summary[f'{name}_base']:.3f} → "
+                      f"{summary[f'{name}_trained']:.3f}, {summary[f'{name}_delta']:+.3f} [{low:+.3f}, {high:+.3f}]")
+    if "better" in summary:
+        failed = [name for name, check in summary["verdict"].items() if not check["passed"]]
+        table.add_row("better than the base", "yes" if summary["better"] else f"no ({', '.join(failed)})")
     if "win_rate" in summary:
         table.add_row("win rate vs baseline", f"{summary['win_rate']:.1f} ± {summary['standard_error']:.1f}")
         table.add_row("LC win rate", f"{summary['length_controlled_winrate']:.1f}")

@@ -133,6 +133,7 @@ class TrainConfig(Section):
     clamp: bool = True
     beta: float = Field(0.1, gt=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    sft_weight: float = Field(0.0, ge=0.0)
     learning_rate: float = Field(5e-7, ge=0.0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
@@ -178,6 +179,10 @@ class EvalConfig(Section):
     reference_field: str = "reference"
     reference_generator: str = "reference"
     reward: str | None = None
+    measures: dict[str, str] = Field(default_factory=dict)
+    content_margin: float = Field(2.0, ge=0.0)
+    min_length_ratio: float = Field(0.5, ge=0.0)
+    repetition_margin: float = Field(0.05, ge=0.0)
     generator_name: str | None = None
     backend: Literal["transformers", "llamacpp", "vllm"] = "transformers"
     temperature: float = Field(0.0, ge=0.0)
@@ -197,9 +202,13 @@ class EvalConfig(Section):
         for key, judge in (("api", "api"), ("reward_model", "reward_model"), ("function", "python")):
             if getattr(self, key) is not None and self.judge != judge:
                 raise ValueError(f"eval.{key} is only used by eval.judge: {judge} (judge is {self.judge!r})")
-        for key in ("reference_field", "reference_generator"):
-            if self.compare_to == "base_model" and self.explicitly_set(key):
-                raise ValueError(f"eval.{key} is only used by eval.compare_to: reference (compare_to is 'base_model')")
+        if self.compare_to == "base_model" and self.explicitly_set("reference_generator"):
+            raise ValueError("eval.reference_generator is only used by eval.compare_to: reference (compare_to is "
+                             "'base_model')")
+        for name in self.measures:
+            if name in ("reward", "chrf", "length_chars", "distinct_2") or not name.isidentifier():
+                raise ValueError(f"eval.measures.{name}: a measure needs its own name (an identifier other than "
+                                 "reward, chrf, length_chars, distinct_2)")
         if self.gamed_baselines is not None and self.instruction_difficulty is None:
             raise ValueError("eval.gamed_baselines needs eval.instruction_difficulty (AlpacaEval's formula uses both)")
         return self

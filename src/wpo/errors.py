@@ -11,3 +11,7 @@ class ConfigError(WpoError):
 
 class DataError(WpoError):
     """An input record is invalid; the message names the file and line."""
+
+
+class NonFiniteError(WpoError):
+    """A logit, log-prob, loss or gradient is NaN or infinite; the message says which, where, and for which pairs."""

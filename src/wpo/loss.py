@@ -104,9 +104,13 @@ def preference_loss(
     label_smoothing: float = 0.0,
     weighting: Literal["wpo", "none"] = "wpo",
     clamp: bool = True,
+    sft_weight: float = 0.0,
 ) -> PreferenceLoss:
     """Weighted preference loss over a batch of pairs; every loss type takes the same WPO weight.
 
+    `sft_weight` α adds RPO's term, the chosen answer's negative log-likelihood per token, `α · (−logp(y_w) / |y_w|)`,
+    to each pair's loss before the weight: it keeps the chosen answer likely (and its end-of-turn token), where a
+    preference loss alone can lower both answers' likelihood and move the mass to degenerate text.
     `pair_losses` are already multiplied by the weight; `loss` is their mean over pairs. Rewards are the implicit
     DPO rewards `β (logp_π - logp_ref)` (for the reference-free loss, `β` times the length-normalized log-prob).
     """
@@ -128,6 +132,8 @@ def preference_loss(
         unweighted = hinge_loss(logits, beta)
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
+    if sft_weight:
+        unweighted = unweighted - sft_weight * chosen.logps / chosen.token_counts.clamp(min=1)
 
     if weighting == "wpo":
         weights = wpo_weight(chosen.aligned_logps, rejected.aligned_logps, clamp=clamp)

@@ -109,10 +109,8 @@ def round_recipe(recipe: Recipe, round_number: int, launch: PartialState) -> Rec
     })  # fmt: skip
 
 
-HEADLINE_KEYS = (
-    "reward_base", "reward_base_ci95", "reward_trained", "reward_trained_ci95", "reward_delta", "reward_delta_ci95",
-    "win_rate", "standard_error", "length_controlled_winrate", "avg_length",
-)  # fmt: skip
+HEADLINE_KEYS = ("win_rate", "standard_error", "length_controlled_winrate", "avg_length", "better", "verdict")
+MEASURE_SUFFIXES = ("_base", "_base_ci95", "_trained", "_trained_ci95", "_delta", "_delta_ci95")
 EXPORT_KEYS = ("type", "file", "size_bytes", "perplexity", "hf_perplexity", "kl_mean")
 
 
@@ -146,6 +144,8 @@ def run_pipeline(recipe: Recipe) -> dict[str, Any] | None:
     if "eval" in recipe.stages:
         metrics = _read_json(recipe.stage_dir("eval") / "metrics.json")
         summary.update({key: metrics[key] for key in HEADLINE_KEYS if key in metrics})
+        summary.update({name + suffix: metrics[name + suffix] for name in metrics.get("measures", [])
+                        for suffix in MEASURE_SUFFIXES})  # fmt: skip
     if "export" in recipe.stages:
         report = _read_json(recipe.stage_dir("export") / "quantization_report.json")
         summary["exports"] = [{key: entry[key] for key in EXPORT_KEYS if key in entry} for entry in report["files"]]

@@ -13,6 +13,8 @@ With AlpacaEval's gamed-baseline rows, they join the fit with weight λ/2 (λ = 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
@@ -148,22 +150,23 @@ def bootstrap_mean_ci(values: np.ndarray, seed: int, resamples: int = 10_000, le
     return [float(low), float(high)]
 
 
-def reward_comparison(base: np.ndarray, trained: np.ndarray, seed: int) -> dict[str, float | list[float]]:
-    """Mean programmatic reward of base and trained outputs on the same prompts, with bootstrap 95% CIs.
+def paired_comparison(name: str, base: np.ndarray, trained: np.ndarray, seed: int) -> dict[str, Any]:
+    """Means of one measure on base and trained answers to the same prompts, with bootstrap 95% CIs
+    (`<name>_base`, `<name>_trained`, `<name>_delta`, each with `_ci95`, and `<name>_n`).
 
-    The delta's interval resamples prompts, keeping each prompt's two rewards together (a paired bootstrap), so
+    The delta's interval resamples prompts, keeping each prompt's two values together (a paired bootstrap), so
     prompt difficulty cancels out of the interval.
     """
     base, trained = np.asarray(base, dtype=float), np.asarray(trained, dtype=float)
     if base.shape != trained.shape:
-        raise ValueError(f"{base.size} base rewards for {trained.size} trained ones")
+        raise ValueError(f"{base.size} base values of {name} for {trained.size} trained ones")
     delta = trained - base
     return {
-        "reward_base": float(base.mean()),
-        "reward_base_ci95": bootstrap_mean_ci(base, seed),
-        "reward_trained": float(trained.mean()),
-        "reward_trained_ci95": bootstrap_mean_ci(trained, seed),
-        "reward_delta": float(delta.mean()),
-        "reward_delta_ci95": bootstrap_mean_ci(delta, seed),
-        "reward_n": int(base.size),
+        f"{name}_base": float(base.mean()),
+        f"{name}_base_ci95": bootstrap_mean_ci(base, seed),
+        f"{name}_trained": float(trained.mean()),
+        f"{name}_trained_ci95": bootstrap_mean_ci(trained, seed),
+        f"{name}_delta": float(delta.mean()),
+        f"{name}_delta_ci95": bootstrap_mean_ci(delta, seed),
+        f"{name}_n": int(base.size),
     }

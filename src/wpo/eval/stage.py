@@ -22,7 +22,8 @@ from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
 from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_annotation, parse_prompt
 from wpo.errors import ConfigError, DataError, WpoError
 from wpo.eval.judges import Comparison, judge_all
-from wpo.eval.metrics import reward_comparison, summarize
+from wpo.eval.measures import compare, per_prompt_values, side_by_side, verdict
+from wpo.eval.metrics import summarize
 from wpo.eval.report import update_leaderboard, write_report
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import merged_model_dir
@@ -50,7 +51,7 @@ def generator_name(model: str) -> str:
 
 def compares_with_base(recipe: Recipe) -> bool:
     """The base model's outputs are needed as the pairwise baseline, or to measure what training did to the reward."""
-    return recipe.eval.compare_to == "base_model" or recipe.eval.reward is not None
+    return recipe.eval.compare_to == "base_model" or recipe.eval.reward is not None or bool(recipe.eval.measures)
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:
@@ -144,24 +145,36 @@ def outputs_file(prompts, outputs: list[str], generator: str) -> list[dict[str, 
             for p, o in zip(prompts, outputs, strict=True)]  # fmt: skip
 
 
-def reward_metrics(recipe: Recipe, prompts, base_outputs: list[str], outputs: list[str], stage_dir: Path):
-    """Programmatic reward of base and evaluated outputs per prompt (`rewards.jsonl`) and their bootstrap CIs."""
-    from wpo.scoring import ScoreRequest
-    from wpo.scoring.python_callable import PythonScorer
+def heldout_measures(recipe: Recipe, prompts, base_outputs: list[str], outputs: list[str], stage_dir: Path,
+                     generators: tuple[str, str]) -> dict[str, Any]:  # fmt: skip
+    """Every measure of the base's and the evaluated model's answers per prompt (`measures.jsonl`,
+    `side_by_side.md`), their paired bootstrap CIs, and the verdict on "better" (see `wpo.eval.measures`)."""
+    from wpo.scoring.python_callable import load_function
 
-    scorer = PythonScorer(recipe.eval.reward)
-    base = scorer.score([ScoreRequest(p.messages, o) for p, o in zip(prompts, base_outputs, strict=True)])
-    trained = scorer.score([ScoreRequest(p.messages, o) for p, o in zip(prompts, outputs, strict=True)])
-    for prompt, *values in zip(prompts, base, trained, strict=True):
-        if not all(math.isfinite(v) for v in values):
-            raise WpoError(f"eval.reward {recipe.eval.reward} gave {values} (base, trained) for the prompt "
-                           f"{prompt.id!r}; rewards must be finite numbers")  # fmt: skip
-    write_jsonl(stage_dir / "rewards.jsonl", [
-        {"id": p.id, "reward_base": b, "reward_trained": t, **({"constraint": p.extra["constraint"]}
-                                                                 if "constraint" in p.extra else {})}
-        for p, b, t in zip(prompts, base, trained, strict=True)
-    ])  # fmt: skip
-    return reward_comparison(np.array(base), np.array(trained), recipe.seed)
+    cfg = recipe.eval
+    functions = {"reward": load_function(cfg.reward)} if cfg.reward else {}
+    functions |= {name: load_function(spec) for name, spec in cfg.measures.items()}
+    with_reference = all(isinstance(p.extra.get(cfg.reference_field), str) for p in prompts)
+    rows = []
+    for prompt, base, trained in tqdm(list(zip(prompts, base_outputs, outputs, strict=True)), desc="eval: measures",
+                                      unit="prompt"):  # fmt: skip
+        reference = prompt.extra[cfg.reference_field] if with_reference else None
+        values = [per_prompt_values(functions, prompt.messages, text, reference, prompt.id) for text in (base, trained)]
+        rows.append({
+            "id": prompt.id, **({"constraint": prompt.extra["constraint"]} if "constraint" in prompt.extra else {}),
+            **{f"{name}_base": value for name, value in values[0].items()},
+            **{f"{name}_trained": value for name, value in values[1].items()},
+            "prompt": prompt.messages[-1]["content"], "reference": reference, "base_output": base, "output": trained,
+        })  # fmt: skip
+    names = list(values[0])
+    write_jsonl(stage_dir / "measures.jsonl", rows)
+    highlight = "reward" if "reward" in names else names[0]
+    (stage_dir / "side_by_side.md").write_text(side_by_side(rows, names, generators[0], generators[1], highlight),
+                                               encoding="utf-8")  # fmt: skip
+    metrics = compare(rows, names, recipe.seed)
+    gains = [name for name in names if name in functions]
+    metrics.update(verdict(metrics, gains, cfg.content_margin, cfg.min_length_ratio, cfg.repetition_margin))
+    return metrics
 
 
 def run_eval(recipe: Recipe) -> dict[str, Any]:
@@ -201,9 +214,10 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     metrics = metrics_from_annotations(annotations, *_difficulty_inputs(recipe, len(annotations)))
     metrics["judge"] = cfg.judge
     metrics["reference_generator"] = reference_generators[0]
-    if cfg.reward is not None:
-        metrics.update(reward_metrics(recipe, prompts, base_outputs, outputs, stage_dir))
-        outputs_written.append("rewards.jsonl")
+    if base_outputs is not None:
+        base_generator = generator_name(recipe.model.name_or_path)
+        metrics.update(heldout_measures(recipe, prompts, base_outputs, outputs, stage_dir, (base_generator, generator)))
+        outputs_written += ["measures.jsonl", "side_by_side.md"]
     write_json(stage_dir / "metrics.json", metrics)
     board = update_leaderboard(Path(cfg.leaderboard) if cfg.leaderboard else stage_dir / "leaderboard.csv",
                                generator, metrics)  # fmt: skip
@@ -217,10 +231,13 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     log.info("eval: %s vs %s on %d instructions: LC %.2f, WR %.2f, avg length %.0f", generator,
              reference_generators[0], len(prompts), metrics["length_controlled_winrate"], metrics["win_rate"],
              metrics["avg_length"])  # fmt: skip
-    if cfg.reward is not None:
-        log.info("eval: reward %.3f (base) → %.3f (%s); delta %+.3f, 95%% CI [%.3f, %.3f]", metrics["reward_base"],
-                 metrics["reward_trained"], generator, metrics["reward_delta"],
-                 *metrics["reward_delta_ci95"])  # fmt: skip
+    for name in metrics.get("measures", []):
+        log.info("eval: %s %.3f (base) → %.3f (%s); delta %+.3f, 95%% CI [%.3f, %.3f]", name, metrics[f"{name}_base"],
+                 metrics[f"{name}_trained"], generator, metrics[f"{name}_delta"],
+                 *metrics[f"{name}_delta_ci95"])  # fmt: skip
+    if "better" in metrics:
+        failed = [name for name, check in metrics["verdict"].items() if not check["passed"]]
+        log.info("eval: better than the base: %s%s", metrics["better"], f" (failed: {', '.join(failed)})" * bool(failed))
     return {"generator": generator, "metrics": metrics}
 
 

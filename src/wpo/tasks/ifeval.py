@@ -20,14 +20,17 @@ hybrid pool's off-policy "strong model" answer. Rebuild them with `python -m wpo
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from wpo.data.io import resolve_builtin, write_jsonl
+from wpo.eval.measures import chrf, distinct_2
 
 TOPICS_FILE = "ifeval-topics.tsv"
 TRAIN_FILE = "ifeval-train.jsonl"
@@ -156,19 +159,133 @@ def constraints_in(prompt: str) -> list[tuple[Constraint, re.Match[str]]]:
     return [(c, m) for c in CONSTRAINTS.values() if (m := c.pattern.search(prompt))]
 
 
-def reward(messages: list[dict[str, str]], response: str) -> float:
-    """Mean score in [0, 1] over the constraints stated in the last user message (`score.function` for python)."""
+def _constraints_of(messages: list[dict[str, str]]) -> list[tuple[Constraint, re.Match[str]]]:
     prompt = messages[-1]["content"]
     found = constraints_in(prompt)
     if not found:
         raise ValueError(f"no IFEval-style constraint found in the prompt {prompt[:80]!r}")
+    return found
+
+
+def format_score(messages: list[dict[str, str]], response: str) -> float:
+    """Graded obedience to the prompt's format constraints alone, in [0, 1] (mean over the constraints)."""
+    found = _constraints_of(messages)
     return sum(c.score(response, m) for c, m in found) / len(found)
 
 
-def pairwise_preference(messages: list[dict[str, str]], reference_output: str, model_output: str) -> float:
-    """P(model output better) for `eval.judge: python`: 1, 0 or 0.5 by comparing the two rewards."""
-    model_reward, reference_reward = reward(messages, model_output), reward(messages, reference_output)
-    return 0.5 if model_reward == reference_reward else float(model_reward > reference_reward)
+# IFEval's strict checks (google-research/instruction_following_eval, instructions.py), one per kind: the measure of
+# format the training never optimized directly (the reward grades "how far off"; this is pass/fail).
+STRICT_CHECKS: dict[str, Callable[[str, re.Match[str]], bool]] = {
+    "keywords": lambda text, m: all(re.search(k, text, flags=re.IGNORECASE) for k in (m["first"], m["second"])),
+    "max_words": lambda text, m: len(re.findall(r"\w+", text)) < int(m["limit"]),
+    "bullets": lambda text, m: len(re.findall(r"^\s*\*[^\*].*$", text, flags=re.MULTILINE))
+    + len(re.findall(r"^\s*-.*$", text, flags=re.MULTILINE)) == int(m["count"]),
+    "title": lambda text, _: any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", text)),
+    "no_commas": lambda text, _: not re.search(r"\,", text),
+}
+
+
+def constraint_accuracy(messages: list[dict[str, str]], response: str) -> float:
+    """Instruction-level strict accuracy (IFEval): the fraction of the prompt's constraints the response follows."""
+    found = _constraints_of(messages)
+    return sum(STRICT_CHECKS[c.kind](response, m) for c, m in found) / len(found)
+
+
+# Function words: a fluent sentence is about 40% of them, a keyword list none.
+STOPWORDS = frozenset(
+    "a an the and or but if of to in on at by for with from as into onto over under about than then so that this "
+    "these those it its it's they them their there here is are was were be been being has have had do does did can "
+    "could will would may might must should not no yes very more most much many some any each every all both other "
+    "such what which who whom whose when where why how i you he she we me him her us my your our his also just only "
+    "up down out off too again once while because through during before after above below between".split()
+)
+MIN_WORDS = 6  # fewer than this is not an answer, whatever the format says
+SHORT_ANSWER_WORDS = 8  # a word-limited answer should still be a sentence
+PARAGRAPH_WORDS = 15  # "a short paragraph", "tell me about", "briefly": at least a couple of sentences
+FACT_WORDS_FOR_FULL_CREDIT = 3
+FLUENT_STOPWORD_SHARE = 0.25
+INSTRUCTION_EXAMPLES = ("poem of joy", "this is point")
+JUDGE_TEMPERATURE = 0.05  # a content-quality difference of 0.05 is a 73% preference
+
+
+def _stem(word: str) -> str:
+    """A crude stem, enough to match 'eruptions' with 'eruption' and 'pumps' with 'pumping'."""
+    word = word.lower().removesuffix("'s")
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 4:
+            return word[: -len(suffix)]
+    return word
+
+
+def _content_stems(text: str) -> set[str]:
+    return {_stem(w) for w in _words(text) if w.lower() not in STOPWORDS and not w.isdigit()}
+
+
+@lru_cache(maxsize=1)
+def _topics_by_name() -> dict[str, Topic]:
+    return {topic.name.lower(): topic for topic in load_topics()}
+
+
+def topic_of(prompt: str) -> Topic:
+    """The topic a prompt asks about: the longest topic name of the topic table found in it."""
+    text = prompt.lower()
+    names = [name for name in _topics_by_name() if re.search(rf"\b{re.escape(name)}\b", text)]
+    if not names:
+        raise ValueError(f"no topic of {TOPICS_FILE} found in the prompt {prompt[:80]!r}")
+    return _topics_by_name()[max(names, key=len)]
+
+
+def fact_coverage(topic: Topic, response: str) -> float:
+    """How many of the topic's fact words (beyond the words of its name) the response uses, capped at full credit."""
+    facts = _content_stems(" ".join(topic.facts)) - _content_stems(topic.name)
+    used = facts & _content_stems(response)
+    return min(1.0, len(used) / FACT_WORDS_FOR_FULL_CREDIT)
+
+
+def _content_factor(kind_limits: list[int], topic: Topic, response: str) -> float:
+    """Content, in [0, 1]: fact coverage × fluency × no repetition × long enough for what was asked."""
+    words = _words(response)
+    if len(words) < MIN_WORDS or any(example in response.lower() for example in INSTRUCTION_EXAMPLES):
+        return 0.0
+    fluency = min(1.0, sum(w.lower() in STOPWORDS for w in words) / len(words) / FLUENT_STOPWORD_SHARE)
+    repetition = min(1.0, max(0.0, (distinct_2(response) - 0.5) / 0.4))
+    wanted = min([SHORT_ANSWER_WORDS if limit else PARAGRAPH_WORDS for limit in kind_limits])
+    length = min(1.0, len(words) / wanted)
+    return fact_coverage(topic, response) * fluency * repetition * length
+
+
+def reward(messages: list[dict[str, str]], response: str) -> float:
+    """The task reward (`score.function`): format score × content factor, in [0, 1].
+
+    The format score alone is cheap to satisfy with a degenerate answer (the instruction's own example, a title with
+    nothing under it, one sentence repeated, a keyword list); the content factor makes the cheapest high score a good
+    answer: it is zero for an answer under six words or one that copies the instruction's example, and otherwise the
+    product of the topic's fact words used (three for full credit), fluency (share of function words), repetition
+    (distinct bigrams) and length against what the request asks.
+    """
+    found = _constraints_of(messages)
+    limits = [int(m["limit"]) if c.kind == "max_words" else 0 for c, m in found]
+    content = _content_factor(limits, topic_of(messages[-1]["content"]), response)
+    return format_score(messages, response) * content
+
+
+def content_quality(messages: list[dict[str, str]], response: str) -> float:
+    """What the quickstart's judge sees in one answer: half IFEval's strict format check, half chrF against the answer
+    built from the topic's facts (sacrebleu), so a format-only answer cannot win and neither can off-format prose."""
+    prompt = messages[-1]["content"]
+    kind = _constraints_of(messages)[0][0].kind
+    reference = reference_answer(kind, topic_of(prompt), prompt)
+    return 0.5 * constraint_accuracy(messages, response) + 0.5 * chrf(response, reference) / 100
+
+
+def content_preference(messages: list[dict[str, str]], baseline_output: str, model_output: str) -> float:
+    """P(model output better) for `eval.judge: python`: a logistic of the difference in `content_quality`, so a
+    near tie stays near 0.5 (soft preferences, as AlpacaEval's weighted judge gives)."""
+    if model_output == baseline_output:
+        return 0.5
+    difference = content_quality(messages, model_output) - content_quality(messages, baseline_output)
+    return 1.0 / (1.0 + math.exp(-difference / JUDGE_TEMPERATURE))
+
 
 
 def load_topics(path: Path | None = None) -> list[Topic]:

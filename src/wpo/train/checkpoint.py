@@ -79,6 +79,7 @@ def save_checkpoint(
     scheduler,
     config_hash: str,
     config: dict[str, Any],
+    schedule: dict[str, int],
 ) -> Path:
     """`model` (unwrapped) saves `model_state`, its whole state dict; `optimizer_state` is keyed by parameter name."""
     final = directory / f"checkpoint-{step}"
@@ -96,6 +97,7 @@ def save_checkpoint(
             "step": step,
             "config_hash": config_hash,
             "config": config,
+            "schedule": schedule,
             "optimizer": optimizer_meta,
             "scheduler": scheduler.state_dict(),
             "python_random": _python_random_state(),
@@ -129,8 +131,11 @@ def prune_checkpoints(directory: Path, keep: int | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def latest_resume_point(directory: Path, config_hash: str, config: dict[str, Any]) -> ResumePoint | None:
-    """The newest checkpoint, refusing one that another config wrote (and saying which keys differ)."""
+def latest_resume_point(directory: Path, config_hash: str, config: dict[str, Any],
+                        schedule: dict[str, int]) -> ResumePoint | None:  # fmt: skip
+    """The newest checkpoint, refusing one that another config wrote (and saying which keys differ), or one whose
+    schedule (pairs per optimizer step, total steps) this launch would not reproduce exactly, as another process count
+    would."""
     checkpoints = find_checkpoints(directory)
     if not checkpoints:
         return None
@@ -141,6 +146,14 @@ def latest_resume_point(directory: Path, config_hash: str, config: dict[str, Any
         raise WpoError(
             f"{path} was written by a different config (differs in: {', '.join(differing) or 'unknown'}); "
             "refusing to resume: use another output_dir, or train.resume=never to start over"
+        )
+    written = state.get("schedule") or {}
+    if any(written.get(key) != schedule[key] for key in ("global_batch_pairs", "total_steps")):
+        raise WpoError(
+            f"{path} was written with {written.get('global_batch_pairs')} pairs per step and "
+            f"{written.get('total_steps')} steps, but this launch makes {schedule['global_batch_pairs']} pairs per step "
+            f"and {schedule['total_steps']} steps ({schedule['num_processes']} process(es)); refusing to resume: launch "
+            "with per_device_batch_size x gradient_accumulation_steps x processes as before, or train.resume=never"
         )
     return ResumePoint(path=path, step=step, state=state)
 

@@ -6,7 +6,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 
 from wpo.chunked_loss import chunked_sequence_statistics
-from wpo.errors import WpoError
+from wpo.errors import NonFiniteError, WpoError
 from wpo.loss import IGNORE_INDEX, SequenceStatistics, sequence_statistics, soft_cap
 from wpo.train.tokenize import PairBatch
 
@@ -17,6 +17,11 @@ def split_statistics(stats: SequenceStatistics, pair_count: int) -> tuple[Sequen
         SequenceStatistics(stats.logps[rows], stats.aligned_logps[rows], stats.token_counts[rows]) for rows in halves
     )
     return chosen, rejected
+
+
+def require_finite(what: str, tensor: torch.Tensor, where: str = "") -> None:
+    if not torch.isfinite(tensor).all():
+        raise NonFiniteError(f"non-finite {what}{where}")
 
 
 def pair_statistics(model, batch: PairBatch, *, loss_chunk_size: int) -> tuple[SequenceStatistics, SequenceStatistics]:
@@ -34,8 +39,12 @@ def pair_statistics(model, batch: PairBatch, *, loss_chunk_size: int) -> tuple[S
             logits_to_keep=batch.logits_to_keep,
             use_cache=False,
         )
-        return split_statistics(sequence_statistics(output.logits, batch.labels), batch.pair_count)
-    return split_statistics(_chunked_statistics(model, batch, loss_chunk_size), batch.pair_count)
+        stats = sequence_statistics(output.logits, batch.labels)
+    else:
+        stats = _chunked_statistics(model, batch, loss_chunk_size)
+    require_finite("log-probs (the model's logits are not finite)", stats.logps.detach())
+    require_finite("log-probs (the model's logits are not finite)", stats.aligned_logps.detach())
+    return split_statistics(stats, batch.pair_count)
 
 
 def _chunked_statistics(model, batch: PairBatch, chunk_size: int) -> SequenceStatistics:
@@ -53,6 +62,7 @@ def _chunked_statistics(model, batch: PairBatch, chunk_size: int) -> SequenceSta
 
     def head_forward(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
+            require_finite("logits", output.logits[:, -1])
             recomputed = soft_cap(torch.nn.functional.linear(hidden[:, -1], head.weight, head.bias).float(), softcap)
             if not torch.allclose(recomputed, output.logits[:, -1].float(), rtol=1e-2, atol=1e-2):
                 raise WpoError(

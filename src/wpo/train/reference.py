@@ -1,8 +1,10 @@
-"""Reference log-probs, computed once before training and cached next to the pairs.
+"""Reference log-probs, computed once before training and cached in the run's train directory.
 
 The cache key covers the reference model (its path and weight files' sizes and times), the dtype, and a digest of
 every token id the model sees — so any change to the pairs, the tokenizer, the chat template or the truncation
-settings computes afresh, and a rerun of the same recipe reads the file instead of running the model.
+settings computes afresh, and a rerun of the same recipe reads the file instead of running the model. The cache
+never sits beside the pairs: a run does not write inside its inputs (a `datasets` directory would change its own
+fingerprint, and the pairs may be read-only or shared).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +19,14 @@ import torch
 from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
-from wpo.data.io import atomic_writer, resolve_local
+from wpo.data.io import atomic_writer
+from wpo.errors import NonFiniteError
 from wpo.train.forward import pair_statistics
 from wpo.train.tokenize import TokenizedPairs, collate_pairs
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR_NAME = ".wpo_reference_cache"
+CACHE_DIR_NAME = "reference_cache"
 
 
 @dataclass(frozen=True)
@@ -47,14 +49,8 @@ def model_fingerprint(resolved_path: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def cache_directory(pairs_source: str, fallback: Path) -> Path:
-    """Next to the pairs when they are a writable local file; else the run's train directory."""
-    local = resolve_local(pairs_source)
-    if local is not None and not pairs_source.startswith("builtin:"):
-        parent = local if local.is_dir() else local.parent
-        if os.access(parent, os.W_OK):
-            return parent / CACHE_DIR_NAME
-    return fallback / CACHE_DIR_NAME
+def cache_directory(train_dir: Path) -> Path:
+    return train_dir / CACHE_DIR_NAME
 
 
 def cache_key(fingerprint: str, dtype: torch.dtype, tokens: TokenizedPairs) -> str:
@@ -82,8 +78,12 @@ def compute_reference_logps(
     chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
     batches = range(0, len(pairs), batch_size)
     for start in tqdm(batches, desc="reference log-probs", unit="batch", disable=not show_progress):
-        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id).to(device)
-        chosen_stats, rejected_stats = pair_statistics(model, batch, loss_chunk_size=loss_chunk_size)
+        batch_pairs = pairs[start : start + batch_size]
+        batch = collate_pairs(batch_pairs, pad_token_id).to(device)
+        try:
+            chosen_stats, rejected_stats = pair_statistics(model, batch, loss_chunk_size=loss_chunk_size)
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"{exc} in the reference pass, pairs {[p.id for p in batch_pairs]}") from None
         chosen.append(chosen_stats.logps.float().cpu())
         rejected.append(rejected_stats.logps.float().cpu())
     model.train(was_training)

@@ -29,12 +29,12 @@ from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import load_pairs
 from wpo.distributed import check_launch, state_options
-from wpo.errors import ConfigError, DataError
+from wpo.errors import ConfigError, DataError, NonFiniteError
 from wpo.loss import REFERENCE_FREE_LOSSES, preference_loss
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from wpo.train import checkpoint, reference, zero
-from wpo.train.forward import pair_statistics
+from wpo.train.forward import pair_statistics, require_finite
 from wpo.train.metrics import MetricsLog
 from wpo.train.tokenize import collate_pairs, tokenize_pairs
 
@@ -72,12 +72,19 @@ class Schedule:
     steps_per_epoch: int
     total_steps: int
     seed: int
+    num_processes: int
 
     def step_indices(self, step: int) -> list[int]:
         epoch, within = divmod(step, self.steps_per_epoch)
         generator = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(self.pair_count, generator=generator).tolist()
         return order[within * self.pairs_per_step : (within + 1) * self.pairs_per_step]
+
+    def fingerprint(self) -> dict[str, int]:
+        """What a checkpoint must match to resume exactly: the global batch, the step count, and (for the message) the
+        process count it came from."""
+        return {"global_batch_pairs": self.pairs_per_step, "total_steps": self.total_steps,
+                "num_processes": self.num_processes}  # fmt: skip
 
 
 def build_schedule(pair_count: int, recipe: Recipe, num_processes: int) -> Schedule:
@@ -97,7 +104,7 @@ def build_schedule(pair_count: int, recipe: Recipe, num_processes: int) -> Sched
     if steps_per_epoch == 0:
         raise DataError(f"{pair_count} pairs are fewer than one optimizer step's {per_step} pairs")
     total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
-    return Schedule(pair_count, per_step, steps_per_epoch, total, recipe.seed)
+    return Schedule(pair_count, per_step, steps_per_epoch, total, recipe.seed, num_processes)
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,16 @@ class TrainResult:
     last_metrics: dict[str, Any] | None
     reference_from_cache: bool | None
     counts: dict[str, Any]
+
+
+def _shared_run_config(recipe: Recipe, accelerator: Accelerator) -> dict[str, Any]:
+    """The run config as the main process computes it, so every process keys checkpoints with the same hash (file
+    fingerprints read by each process could differ)."""
+    if accelerator.num_processes == 1:
+        return run_config(recipe)
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([run_config(recipe) if accelerator.is_main_process else None])[0]
 
 
 def make_accelerator() -> Accelerator:
@@ -128,7 +145,7 @@ def train(recipe: Recipe) -> TrainResult:
     train_dir = recipe.stage_dir("train")
     accelerator = make_accelerator()
     set_seed(recipe.seed)
-    config = run_config(recipe)
+    config = _shared_run_config(recipe, accelerator)
     run_hash = config_hash(config)
 
     source = pairs_source(recipe)
@@ -147,10 +164,11 @@ def train(recipe: Recipe) -> TrainResult:
         tokens.truncated_prompts, tokens.truncated_responses,
     )  # fmt: skip
 
-    if cfg.resume == "never":
+    if cfg.resume == "never" and accelerator.is_main_process:
         checkpoint.prune_checkpoints(train_dir, keep=0)
-    resume_point = checkpoint.latest_resume_point(train_dir, run_hash, config)
+    accelerator.wait_for_everyone()
     schedule = build_schedule(len(tokens.pairs), recipe, accelerator.num_processes)
+    resume_point = checkpoint.latest_resume_point(train_dir, run_hash, config, schedule.fingerprint())
     log.info(
         "schedule: %d steps of %d pairs (%d per device x %d accumulation x %d processes), %d steps per epoch",
         schedule.total_steps, schedule.pairs_per_step, cfg.per_device_batch_size, cfg.gradient_accumulation_steps,
@@ -159,7 +177,7 @@ def train(recipe: Recipe) -> TrainResult:
 
     model = load_causal_lm(_policy_weights_path(model_path, resume_point, recipe), recipe.model)
     model.to(accelerator.device)
-    references = _reference_logps(recipe, model_path, model, tokens, tokenizer, source, resume_point, accelerator)
+    references = _reference_logps(recipe, model_path, model, tokens, tokenizer, resume_point, accelerator)
     model = _make_trainable(model, recipe, resume_point)
 
     optimizer = _build_optimizer(model, recipe)
@@ -206,7 +224,7 @@ def train(recipe: Recipe) -> TrainResult:
                 last_row = row
             if (cfg.save_steps and number % cfg.save_steps == 0) or number == schedule.total_steps:
                 _save_checkpoint(train_dir, number, model, tokenizer, optimizer, group_names, scheduler, accelerator,
-                                 run_hash, config, recipe)  # fmt: skip
+                                 run_hash, config, recipe, schedule)  # fmt: skip
     finally:
         progress.close()
         metrics.close()
@@ -256,7 +274,7 @@ def _policy_weights_path(model_path: str, resume_point, recipe: Recipe) -> str:
     return model_path
 
 
-def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, source, resume_point, accelerator):
+def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, resume_point, accelerator):
     cfg = recipe.train
     if cfg.loss in REFERENCE_FREE_LOSSES:
         return None
@@ -272,7 +290,7 @@ def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, source
 
     key = reference.cache_key(reference.model_fingerprint(reference_path), resolve_dtype(recipe.model.dtype), tokens)
     result = reference.load_or_compute(
-        cache_dir=reference.cache_directory(source, recipe.stage_dir("train")),
+        cache_dir=reference.cache_directory(recipe.stage_dir("train")),
         key=key,
         tokens=tokens,
         load_model=load_reference,
@@ -346,8 +364,12 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, recipe, schedule, 
         if deepspeed:  # the engine reduces the gradients at the boundary; the step comes once, below
             model.set_gradient_accumulation_boundary(last)
         sync = nullcontext() if last or deepspeed else accelerator.no_sync(model)
+        where = f" at step {step + 1}, pairs {[tokens.pairs[i].id for i in micro]}"
         with sync:
-            chosen, rejected = pair_statistics(model, batch, loss_chunk_size=cfg.loss_chunk_size)
+            try:
+                chosen, rejected = pair_statistics(model, batch, loss_chunk_size=cfg.loss_chunk_size)
+            except NonFiniteError as exc:
+                raise NonFiniteError(f"{exc}{where}") from None
             index = torch.tensor(micro)
             result = preference_loss(
                 chosen,
@@ -359,8 +381,10 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, recipe, schedule, 
                 label_smoothing=cfg.label_smoothing,
                 weighting=cfg.weighting,
                 clamp=cfg.clamp,
+                sft_weight=cfg.sft_weight,
             )
             loss = result.pair_losses.sum() / local_pairs
+            require_finite("loss", loss.detach(), where)
             if deepspeed:
                 model.backward(loss, scale_wrt_gas=False)  # already the step's mean: no division by accumulation
             else:
@@ -378,6 +402,9 @@ def _optimizer_step(model, optimizer, scheduler, accelerator, recipe, schedule, 
         grad_norm = norm if cfg.max_grad_norm else None  # logged as without DeepSpeed: only when clipping
     else:
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+        if grad_norm is not None:
+            require_finite("gradient norm", torch.as_tensor(grad_norm), f" at step {step + 1}, pairs "
+                           f"{[tokens.pairs[i].id for micro in micro_batches for i in micro]}")  # fmt: skip
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     scheduler.step()
@@ -432,7 +459,7 @@ def _whole_model_state(model, accelerator: Accelerator) -> dict[str, torch.Tenso
 
 
 def _save_checkpoint(train_dir, step, model, tokenizer, optimizer, group_names, scheduler, accelerator, run_hash,
-                     config, recipe):  # fmt: skip
+                     config, recipe, schedule):  # fmt: skip
     """Every process takes part in gathering sharded weights and optimizer state; the main process writes them."""
     accelerator.wait_for_everyone()
     model_state = _whole_model_state(model, accelerator)
@@ -444,6 +471,7 @@ def _save_checkpoint(train_dir, step, model, tokenizer, optimizer, group_names, 
         checkpoint.save_checkpoint(
             train_dir, step=step, model=accelerator.unwrap_model(model), model_state=model_state, tokenizer=tokenizer,
             optimizer_state=optimizer_state, scheduler=scheduler, config_hash=run_hash, config=config,
+            schedule=schedule.fingerprint(),
         )  # fmt: skip
         checkpoint.prune_checkpoints(train_dir, keep=recipe.train.save_total_limit)
     accelerator.wait_for_everyone()
