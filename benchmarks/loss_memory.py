@@ -6,9 +6,9 @@ starts from the final hidden states). Each variant runs hidden states → statis
 the hidden states and the output weight) in a fresh subprocess; memory is the peak resident set over what was
 resident before the loss (inputs and weight included in the baseline, their gradients not). Variants:
 
-- `chunked`:      `wpo.chunked_loss` (train.loss_chunk_size > 0, the default): response tokens only, `--chunk` at a time
+- `chunked`:      `wpo.train.chunked_loss` (train.loss_chunk_size > 0, the default): response tokens only, `--chunk` at a time
 - `full-logits`:  train.loss_chunk_size = 0: logits `[B, T/2 + 1, V]` from the shortest prompt on, softcap, then
-                  `wpo.loss.sequence_statistics`
+                  `wpo.train.loss.sequence_statistics`
 - `trl`:          TRL 1.16's `DPOTrainer(use_weighting=True)` loss as it runs on this machine: its fused LM head
                   (`trl.kernels.chunked_logprob.ChunkedLogProbFunction`, with the outputs DPOTrainer requests) over
                   every position, as its forward does on a device without Triton, then its weight `exp(mean(log p -
@@ -62,8 +62,8 @@ def make_inputs(tokens: int, hidden_size: int, dtype):
 def wpo_loss(hidden, weight, batch, variant: str, chunk: int):
     import torch
 
-    from wpo.chunked_loss import chunked_sequence_statistics
-    from wpo.loss import preference_loss, sequence_statistics, soft_cap
+    from wpo.train.chunked_loss import chunked_sequence_statistics
+    from wpo.train.loss import preference_loss, sequence_statistics, soft_cap
     from wpo.train.forward import split_statistics
 
     kept = hidden[:, -batch.logits_to_keep :]

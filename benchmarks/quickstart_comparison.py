@@ -40,8 +40,14 @@ def run_seed(seed: int, root: Path) -> dict[str, Path]:
     wpo("run", "recipes/quickstart-dpo.yaml", f"seed={seed}", f"output_dir={runs['dpo']}",
         f"train.pairs={runs['wpo'] / 'pair' / 'pairs.jsonl'}")  # fmt: skip
     wpo("run", "recipes/quickstart.yaml", *rounds, "rounds=2", "stages=[sample, score, pair, train]")
-    wpo("eval", "recipes/quickstart.yaml", f"seed={seed}", f"output_dir={runs['wpo-2-rounds']}",
-        f"eval.model={runs['wpo'] / 'round-2' / 'train' / 'final'}", "eval.generator_name=smollm2-135m-instruct-wpo-r2")
+    wpo(
+        "eval",
+        "recipes/quickstart.yaml",
+        f"seed={seed}",
+        f"output_dir={runs['wpo-2-rounds']}",
+        f"eval.model={runs['wpo'] / 'round-2' / 'train' / 'final'}",
+        "eval.generator_name=smollm2-135m-instruct-wpo-r2",
+    )
     return runs
 
 

@@ -7,7 +7,7 @@ fresh subprocess; memory is the peak resident set of the training steps over wha
 (model, precomputed reference log-probs and optimizer object included in that baseline; gradients, Adam state and
 activations not), and the process's peak over its whole life. Variants:
 
-- `chunked`:      the trainer's default, `train.loss_chunk_size: 256` (`wpo.chunked_loss`)
+- `chunked`:      the trainer's default, `train.loss_chunk_size: 256` (`wpo.train.chunked_loss`)
 - `full-logits`:  `train.loss_chunk_size: 0`, logits from the shortest prompt on (`logits_to_keep`)
 - `trl`:          TRL 1.16 `DPOTrainer(use_weighting=True)` set up like ours: reference log-probs precomputed
                   (`precompute_ref_log_probs=True`), gradient checkpointing as `--gradient-checkpointing`, and

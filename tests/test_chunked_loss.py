@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from wpo import chunked_loss
-from wpo.chunked_loss import chunked_sequence_statistics, token_statistics
-from wpo.loss import IGNORE_INDEX, SequenceStatistics, preference_loss, sequence_statistics, soft_cap
+from wpo.train import chunked_loss
+from wpo.train.chunked_loss import chunked_sequence_statistics, token_statistics
+from wpo.train.loss import IGNORE_INDEX, SequenceStatistics, preference_loss, sequence_statistics, soft_cap
 
 VOCAB, HIDDEN = 50, 8
 

@@ -83,6 +83,8 @@ export: {model: m, quantizations: [Q4_K_M, Q8_0]}
             r"eval.reference_generator is only used by eval.compare_to: reference",
         ),
         (["eval.measures={chrf: a:b}"], r"eval.measures.chrf: a measure needs its own name"),
+        (["model.dtype=bfloat16"], r"model.dtype bfloat16 with full fine-tuning \(model.lora is null\) keeps the trained "
+         r"weights in bfloat16, where a step of train.learning_rate 5e-07 rounds away"),
         (["train"], r"override 'train' is not of the form key=value"),
         (["seed.x=1"], r"override 'seed.x=1': seed is not a section"),
     ],
@@ -90,6 +92,12 @@ export: {model: m, quantizations: [Q4_K_M, Q8_0]}
 def test_invalid_recipes_fail_with_the_key_path(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(None, ["seed=1", *overrides])
+
+
+def test_low_precision_weights_are_fine_for_lora_inference_or_when_asked_for():
+    assert load_recipe(None, ["model.dtype=bfloat16", "model.lora={r: 8}"]).model.dtype == "bfloat16"
+    assert load_recipe(None, ["model.dtype=float16", "stages=[sample, score]"]).model.dtype == "float16"
+    assert load_recipe(None, ["model.dtype=bfloat16", "train.low_precision_weights=true"]).train.low_precision_weights
 
 
 def test_the_chunked_loss_is_the_default():

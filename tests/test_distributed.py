@@ -299,7 +299,7 @@ def test_stages_that_do_not_split_refuse_a_launcher(command, monkeypatch):
     """Under a launcher they would repeat the whole job in every process, writing the same files at once."""
     from wpo.config import load_recipe
     from wpo.errors import ConfigError
-    from wpo.stages import run_stage
+    from wpo.pipeline import run_stage
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     recipe = load_recipe(None, [])

@@ -211,8 +211,6 @@ def test_eval_against_the_base_model_with_a_programmatic_reward(tmp_path, tiny_l
     and reports means with bootstrap intervals — every figure recomputed here from the files."""
     from sacrebleu.metrics import CHRF
 
-    from sacrebleu.metrics import CHRF
-
     from wpo.eval.measures import distinct_2
     from wpo.eval.metrics import bootstrap_mean_ci
     from wpo.tasks import ifeval

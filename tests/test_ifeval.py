@@ -122,8 +122,10 @@ def adversarial_answers(kind: str) -> dict[str, str]:
         "one sentence repeated": repeated.get(kind, f"{sentence} {sentence} {sentence}"),
         "title alone": TITLE_ALONE[kind],
         "bullets without content": CONTENT_FREE_BULLETS[kind],
-        "off-topic paragraph": {"title": f"<<Volcanoes>>\n\n{OFF_TOPIC}", "bullets": f"* {OFF_TOPIC}\n* {OFF_TOPIC}"}
-        .get(kind, OFF_TOPIC.replace(",", "")),
+        "off-topic paragraph": {
+            "title": f"<<Volcanoes>>\n\n{OFF_TOPIC}",
+            "bullets": f"* {OFF_TOPIC}\n* {OFF_TOPIC}",
+        }.get(kind, OFF_TOPIC.replace(",", "")),
         "keyword list": KEYWORD_LISTS[kind],
     }
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from wpo.loss import (
+from wpo.train.loss import (
     IGNORE_INDEX,
     SequenceStatistics,
     preference_loss,

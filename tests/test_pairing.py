@@ -8,7 +8,7 @@ import pytest
 from conftest import write_lines
 
 from wpo.config import load_recipe
-from wpo.pair_stage import run_pair
+from wpo.pairing.stage import run_pair
 from wpo.pairing import choose_pair
 
 CASES = [

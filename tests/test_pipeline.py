@@ -8,7 +8,7 @@ from conftest import write_lines
 
 from wpo.config import load_recipe
 from wpo.data.io import resolve_builtin
-from wpo.stages import run_pipeline
+from wpo.pipeline import run_pipeline
 
 
 def read_json(path):
@@ -55,8 +55,18 @@ def test_two_rounds_sample_from_the_updated_policy_then_eval_the_last(tmp_path, 
     assert {o["generator"] for o in read_json(run / "eval" / "model_outputs.json")} == {f"{tiny_llama.name}-wpo"}
     metrics = read_json(run / "eval" / "metrics.json")
     written = read_json(run / "summary.json")
-    for key in ("reward_base", "reward_trained", "reward_delta_ci95", "win_rate", "length_controlled_winrate",
-                "chrf_delta_ci95", "length_chars_trained", "distinct_2_base", "better", "verdict"):
+    for key in (
+        "reward_base",
+        "reward_trained",
+        "reward_delta_ci95",
+        "win_rate",
+        "length_controlled_winrate",
+        "chrf_delta_ci95",
+        "length_chars_trained",
+        "distinct_2_base",
+        "better",
+        "verdict",
+    ):
         assert written[key] == metrics[key] == summary[key]
     assert set(written["wall_seconds"]) == set(summary["stages"]) and written["rounds"] == 2
 

@@ -132,8 +132,18 @@ def test_bad_prompts_and_settings(tmp_path, tiny_llama):
         run_sample(sample_recipe(tmp_path, tiny_llama, prompts, "sample.offpolicy_fields=[reference]"))
     with pytest.raises(DataError, match=r"p.jsonl:2: duplicate id 'a'"):
         run_sample(sample_recipe(tmp_path, tiny_llama, prompts))
+    vllm = load_recipe(None, ["sample.backend=vllm"])  # the recipe loads: the backend is checked when sampling starts
     with pytest.raises(ConfigError, match=r"sample.backend: vllm is not installed; pip install vllm"):
-        load_recipe(None, ["sample.backend=vllm"])
+        run_sample(
+            sample_recipe(
+                tmp_path,
+                tiny_llama,
+                write_lines(tmp_path / "one.jsonl", [{"id": "a", "messages": [{"role": "user", "content": "x"}]}]),
+                "sample.backend=vllm",
+                run="vllm",
+            )
+        )
+    assert vllm.sample.backend == "vllm"
     with pytest.raises(ConfigError, match=r"must give at least 2 candidates per prompt"):
         load_recipe(None, ["sample.n=1"])
     with pytest.raises(ConfigError, match=r"sample.prompts is required"):

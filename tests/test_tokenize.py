@@ -8,7 +8,7 @@ from conftest import GEMMA_TEMPLATE, build_tokenizer
 
 from wpo.data import BadRecordPolicy, Pair
 from wpo.errors import DataError
-from wpo.loss import IGNORE_INDEX
+from wpo.train.loss import IGNORE_INDEX
 from wpo.train.tokenize import collate_pairs, render_response, tokenize_pairs
 
 

@@ -67,7 +67,7 @@ def run(
     """Run the recipe's stages in order, skipping those already done under the same config."""
 
     def action() -> None:
-        from wpo.stages import run_pipeline
+        from wpo.pipeline import run_pipeline
 
         loaded = load_recipe(recipe, overrides)
         with _stdout_for_results():
@@ -95,8 +95,11 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
     table.add_row("total", f"{summary['total_wall_seconds']:.0f} s", end_section=True)
     for name in (key.removesuffix("_delta_ci95") for key in list(summary) if key.endswith("_delta_ci95")):
         low, high = summary[f"{name}_delta_ci95"]
-        table.add_row(f"{name}: base → trained, delta (95% CI)", f"{summary[f'{name}_base']:.3f} → "
-                      f"{summary[f'{name}_trained']:.3f}, {summary[f'{name}_delta']:+.3f} [{low:+.3f}, {high:+.3f}]")
+        table.add_row(
+            f"{name}: base → trained, delta (95% CI)",
+            f"{summary[f'{name}_base']:.3f} → "
+            f"{summary[f'{name}_trained']:.3f}, {summary[f'{name}_delta']:+.3f} [{low:+.3f}, {high:+.3f}]",
+        )
     if "better" in summary:
         failed = [name for name, check in summary["verdict"].items() if not check["passed"]]
         table.add_row("better than the base", "yes" if summary["better"] else f"no ({', '.join(failed)})")
@@ -112,7 +115,7 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
 def _stage_command(name: str, summary: str) -> None:
     def command(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
         def action() -> None:
-            from wpo.stages import run_stage
+            from wpo.pipeline import run_stage
 
             with _stdout_for_results():
                 headline = run_stage(load_recipe(recipe, overrides), name)
@@ -149,7 +152,7 @@ def evaluate(
 
             metrics = metrics_from_file(str(annotations))
         elif recipe is not None:
-            from wpo.stages import run_stage
+            from wpo.pipeline import run_stage
 
             with _stdout_for_results():
                 metrics = run_stage(load_recipe(recipe, overrides), "eval")["metrics"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -19,10 +18,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from wpo.errors import ConfigError
-from wpo.loss import REFERENCE_FREE_LOSSES
 
 STAGES: tuple[str, ...] = ("sample", "score", "pair", "train", "eval", "export")
+LossType = Literal["sigmoid", "ipo", "hinge", "length_normalized"]  # `wpo.train.loss` implements each
+REFERENCE_FREE_LOSSES: frozenset[str] = frozenset({"length_normalized"})
 EMBEDDED_DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+
+
+def unhashed(default: Any = None, **constraints: Any) -> Any:
+    """A key that changes how a stage runs or is observed, not what it computes (batch sizes, logging, input paths
+    whose content is fingerprinted on its own): left out of the stage's config hash, so changing it never blocks a
+    resume or reruns a finished stage. Declared here, on the field, and nowhere else."""
+    return Field(default, json_schema_extra={"hashed": False}, **constraints)
 
 
 class Section(BaseModel):
@@ -32,6 +39,12 @@ class Section(BaseModel):
 
     def explicitly_set(self, name: str) -> bool:
         return name in self.model_fields_set
+
+    def hashed_settings(self) -> dict[str, Any]:
+        """The section as JSON without its `unhashed` keys: what a stage's config hash covers."""
+        fields = type(self).model_fields
+        skip = {name for name, field in fields.items() if (field.json_schema_extra or {}).get("hashed") is False}
+        return self.model_dump(mode="json", exclude=skip)
 
 
 class LoraConfig(Section):
@@ -49,7 +62,7 @@ class ModelConfig(Section):
 
 
 class SampleConfig(Section):
-    prompts: str | None = None
+    prompts: str | None = unhashed()
     n: int = Field(5, ge=0)
     temperature: float = Field(0.8, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
@@ -57,7 +70,7 @@ class SampleConfig(Section):
     max_new_tokens: int = Field(512, gt=0)
     stop: list[str] = Field(default_factory=list)
     backend: Literal["transformers", "llamacpp", "vllm"] = "transformers"
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = unhashed(8, gt=0)
     gguf: str | None = None
     context_length: int = Field(4096, gt=0)
     tensor_parallel_size: int = Field(1, gt=0)
@@ -70,12 +83,6 @@ class SampleConfig(Section):
                 f"sample.n ({self.n}) plus sample.offpolicy_fields ({len(self.offpolicy_fields)}) must give at "
                 "least 2 candidates per prompt to form a pair"
             )
-        install = {
-            "llamacpp": ("llama_cpp", "pip install llama-cpp-python"),
-            "vllm": ("vllm", "pip install vllm (GPU only; it pins its own torch)"),
-        }
-        if self.backend in install and importlib.util.find_spec(install[self.backend][0]) is None:
-            raise ValueError(f"sample.backend: {self.backend} is not installed; {install[self.backend][1]}")
         if self.gguf is not None and self.backend != "llamacpp":
             raise ValueError(f"sample.gguf is only used by sample.backend: llamacpp (backend is {self.backend!r})")
         if self.tensor_parallel_size > 1 and self.backend != "vllm":
@@ -96,12 +103,12 @@ class JudgeConfig(Section):
 
 
 class ScoreConfig(Section):
-    candidates: str | None = None
+    candidates: str | None = unhashed()
     scorer: Literal["reward_model", "judge", "python"] = "reward_model"
     model: str | None = None
     function: str | None = None
     judge: JudgeConfig | None = None
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = unhashed(8, gt=0)
     max_length: int = Field(4096, gt=1)
 
     @model_validator(mode="after")
@@ -120,15 +127,15 @@ class ScoreConfig(Section):
 
 
 class PairConfig(Section):
-    candidates: str | None = None
+    candidates: str | None = unhashed()
     min_margin: float = Field(0.0, ge=0.0)
     length_unit: Literal["tokens", "characters"] = "tokens"
 
 
 class TrainConfig(Section):
-    pairs: str | None = None
+    pairs: str | None = unhashed()
     reference_model: str | None = None
-    loss: Literal["sigmoid", "ipo", "hinge", "length_normalized"] = "sigmoid"
+    loss: LossType = "sigmoid"
     weighting: Literal["wpo", "none"] = "wpo"
     clamp: bool = True
     beta: float = Field(0.1, gt=0.0)
@@ -144,11 +151,15 @@ class TrainConfig(Section):
     global_batch_size: int | None = Field(None, gt=0)
     max_length: int = Field(1024, gt=1)
     max_prompt_length: int | None = Field(512, gt=0)
-    logging_steps: int = Field(10, gt=0)
-    save_steps: int = Field(500, ge=0)
-    save_total_limit: int | None = Field(2, gt=0)
-    loss_chunk_size: int = Field(256, ge=0)  # response tokens projected at a time; 0 = full logits (wpo.chunked_loss)
-    resume: Literal["auto", "never"] = "auto"
+    logging_steps: int = unhashed(10, gt=0)
+    save_steps: int = unhashed(500, ge=0)
+    save_total_limit: int | None = unhashed(2, gt=0)
+    # response tokens projected at a time; 0 = full logits (wpo.train.chunked_loss). Only memory (and float rounding)
+    # changes with it: a run that ran out of memory can resume with a smaller one.
+    loss_chunk_size: int = unhashed(256, ge=0)
+    resume: Literal["auto", "never"] = unhashed("auto")
+    # full fine-tuning of bf16/fp16 weights rounds small updates away: refused unless asked for (low_precision_problem)
+    low_precision_weights: bool = False
     gradient_checkpointing: bool = False
     weight_decay: float = Field(0.0, ge=0.0)
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
@@ -174,7 +185,7 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     model: str | None = None
-    prompts: str | None = None
+    prompts: str | None = unhashed()
     compare_to: Literal["reference", "base_model"] = "reference"
     reference_field: str = "reference"
     reference_generator: str = "reference"
@@ -188,14 +199,14 @@ class EvalConfig(Section):
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(512, gt=0)
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = unhashed(8, gt=0)
     judge: Literal["api", "reward_model", "python"] = "api"
     api: JudgeConfig | None = None
     reward_model: str | None = None
     function: str | None = None
     instruction_difficulty: str | None = None
     gamed_baselines: str | None = None
-    leaderboard: str | None = None
+    leaderboard: str | None = unhashed()
 
     @model_validator(mode="after")
     def _settings_match_judge(self) -> EvalConfig:
@@ -203,12 +214,15 @@ class EvalConfig(Section):
             if getattr(self, key) is not None and self.judge != judge:
                 raise ValueError(f"eval.{key} is only used by eval.judge: {judge} (judge is {self.judge!r})")
         if self.compare_to == "base_model" and self.explicitly_set("reference_generator"):
-            raise ValueError("eval.reference_generator is only used by eval.compare_to: reference (compare_to is "
-                             "'base_model')")
+            raise ValueError(
+                "eval.reference_generator is only used by eval.compare_to: reference (compare_to is 'base_model')"
+            )
         for name in self.measures:
             if name in ("reward", "chrf", "length_chars", "distinct_2") or not name.isidentifier():
-                raise ValueError(f"eval.measures.{name}: a measure needs its own name (an identifier other than "
-                                 "reward, chrf, length_chars, distinct_2)")
+                raise ValueError(
+                    f"eval.measures.{name}: a measure needs its own name (an identifier other than "
+                    "reward, chrf, length_chars, distinct_2)"
+                )
         if self.gamed_baselines is not None and self.instruction_difficulty is None:
             raise ValueError("eval.gamed_baselines needs eval.instruction_difficulty (AlpacaEval's formula uses both)")
         return self
@@ -260,6 +274,10 @@ class Recipe(Section):
                 section, name = key.split(".")
                 if getattr(getattr(self, section), name) is not None:
                     raise ValueError(f"{key} is set, but with rounds: {self.rounds} each round must read its own data")
+        if "train" in self.stages:
+            problem = low_precision_problem(self.model.dtype, self)
+            if problem:
+                raise ValueError(problem)
         return self
 
     def stage_dir(self, stage: str) -> Path:
@@ -269,12 +287,19 @@ class Recipe(Section):
         """Round 1 writes under `output_dir` (the documented layout); round k ≥ 2 under `output_dir/round-k`."""
         return Path(self.output_dir) if round_number == 1 else Path(self.output_dir) / f"round-{round_number}"
 
-    def final_model_dir(self) -> Path:
-        """Where the last round's trained model is saved: what eval and export use unless told otherwise."""
-        return self.round_output_dir(self.rounds) / "train" / "final"
-
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def low_precision_problem(dtype: str, recipe: Recipe) -> str | None:
+    """Why full fine-tuning in `dtype` (resolved, or as written) would quietly not train, unless the recipe asks for
+    it with train.low_precision_weights: true."""
+    if dtype not in ("bfloat16", "float16") or recipe.model.lora is not None or recipe.train.low_precision_weights:
+        return None
+    return (f"model.dtype {dtype} with full fine-tuning (model.lora is null) keeps the trained weights in {dtype}, "
+            f"where a step of train.learning_rate {recipe.train.learning_rate:g} rounds away against the weights' "
+            "resolution; load float32 weights (bf16 compute comes from the launcher's mixed_precision), train LoRA, "
+            "or set train.low_precision_weights: true to train so anyway")  # fmt: skip
 
 
 class _Yaml12Loader(yaml.SafeLoader):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
 from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_annotation, parse_prompt
-from wpo.errors import ConfigError, DataError, WpoError
+from wpo.errors import ConfigError, DataError
 from wpo.eval.judges import Comparison, judge_all
 from wpo.eval.measures import compare, per_prompt_values, side_by_side, verdict
 from wpo.eval.metrics import summarize
@@ -33,11 +32,9 @@ log = logging.getLogger(__name__)
 
 def eval_model(recipe: Recipe) -> str:
     """`eval.model`, else the trained model of this run (weights or LoRA adapter), else the recipe's base model."""
-    if recipe.eval.model:
-        return recipe.eval.model
-    final = recipe.final_model_dir()
-    trained = any((final / name).is_file() for name in ("config.json", "adapter_config.json"))
-    return str(final) if trained else recipe.model.name_or_path
+    from wpo.pipeline import final_model
+
+    return recipe.eval.model or final_model(recipe)
 
 
 def generator_name(model: str) -> str:
@@ -63,7 +60,7 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
         "model_files": source_fingerprint(model) if Path(model).exists() else model,
         "base_model": base,
         "base_model_files": source_fingerprint(base) if base and Path(base).exists() else base,
-        "eval": recipe.eval.model_dump(mode="json", exclude={"batch_size", "leaderboard"}),
+        "eval": recipe.eval.hashed_settings(),
         "prompts_sha256": source_fingerprint(recipe.eval.prompts or ""),
     }
 
@@ -237,7 +234,9 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
                  *metrics[f"{name}_delta_ci95"])  # fmt: skip
     if "better" in metrics:
         failed = [name for name, check in metrics["verdict"].items() if not check["passed"]]
-        log.info("eval: better than the base: %s%s", metrics["better"], f" (failed: {', '.join(failed)})" * bool(failed))
+        log.info(
+            "eval: better than the base: %s%s", metrics["better"], f" (failed: {', '.join(failed)})" * bool(failed)
+        )
     return {"generator": generator, "metrics": metrics}
 
 

@@ -24,10 +24,9 @@ FILE_NAME = re.compile(r"\w[\w.+-]{0,199}")
 
 
 def export_model(recipe: Recipe) -> str:
-    if recipe.export.model:
-        return recipe.export.model
-    final = recipe.final_model_dir()
-    return str(final) if final.is_dir() else recipe.model.name_or_path
+    from wpo.pipeline import final_model
+
+    return recipe.export.model or final_model(recipe)
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:

@@ -8,10 +8,12 @@ on which other prompts share its batch (the transformers backend draws each row 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from dataclasses import dataclass
 from typing import Protocol
 
 from wpo.config import Recipe
+from wpo.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,17 @@ def sample_seed(run_seed: int, prompt_id: str, index: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+# The backends that are optional installs: checked when a stage starts sampling, not when any recipe loads.
+OPTIONAL_BACKENDS = {
+    "llamacpp": ("llama_cpp", "pip install llama-cpp-python"),
+    "vllm": ("vllm", "pip install vllm (GPU only; it pins its own torch)"),
+}
+
+
 def make_sampler(recipe: Recipe, model_path: str) -> Sampler:
     backend = recipe.sample.backend
+    if backend in OPTIONAL_BACKENDS and importlib.util.find_spec(OPTIONAL_BACKENDS[backend][0]) is None:
+        raise ConfigError(f"sample.backend: {backend} is not installed; {OPTIONAL_BACKENDS[backend][1]}")
     if backend == "transformers":
         from wpo.sampling.transformers_backend import TransformersSampler
 

@@ -33,7 +33,7 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
         "seed": recipe.seed,
         "model": recipe.model.model_dump(mode="json"),
         "model_files": source_fingerprint(recipe.model.name_or_path),
-        "sample": recipe.sample.model_dump(mode="json", exclude={"prompts", "batch_size"}),
+        "sample": recipe.sample.hashed_settings(),
         "prompts_sha256": source_fingerprint(recipe.sample.prompts or ""),
     }
 

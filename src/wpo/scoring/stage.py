@@ -25,6 +25,7 @@ from wpo.distributed import process_state
 from wpo.errors import DataError
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.scoring import ScoreRequest, make_scorer
+from wpo.pipeline import stage_output
 
 log = logging.getLogger(__name__)
 OUTPUT = "candidates.jsonl"
@@ -32,11 +33,11 @@ RECORDS_PER_APPEND = 8
 
 
 def candidates_source(recipe: Recipe) -> str:
-    return recipe.score.candidates or str(recipe.stage_dir("sample") / "candidates.jsonl")
+    return recipe.score.candidates or str(stage_output(recipe, "sample"))
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:
-    score = recipe.score.model_dump(mode="json", exclude={"candidates", "batch_size"})
+    score = recipe.score.hashed_settings()
     return {"score": score, "candidates_sha256": source_fingerprint(candidates_source(recipe))}
 
 

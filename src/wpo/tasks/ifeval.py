@@ -179,7 +179,8 @@ STRICT_CHECKS: dict[str, Callable[[str, re.Match[str]], bool]] = {
     "keywords": lambda text, m: all(re.search(k, text, flags=re.IGNORECASE) for k in (m["first"], m["second"])),
     "max_words": lambda text, m: len(re.findall(r"\w+", text)) < int(m["limit"]),
     "bullets": lambda text, m: len(re.findall(r"^\s*\*[^\*].*$", text, flags=re.MULTILINE))
-    + len(re.findall(r"^\s*-.*$", text, flags=re.MULTILINE)) == int(m["count"]),
+    + len(re.findall(r"^\s*-.*$", text, flags=re.MULTILINE))
+    == int(m["count"]),
     "title": lambda text, _: any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", text)),
     "no_commas": lambda text, _: not re.search(r"\,", text),
 }
@@ -285,7 +286,6 @@ def content_preference(messages: list[dict[str, str]], baseline_output: str, mod
         return 0.5
     difference = content_quality(messages, model_output) - content_quality(messages, baseline_output)
     return 1.0 / (1.0 + math.exp(-difference / JUDGE_TEMPERATURE))
-
 
 
 def load_topics(path: Path | None = None) -> list[Topic]:

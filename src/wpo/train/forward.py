@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from wpo.chunked_loss import chunked_sequence_statistics
+from wpo.train.chunked_loss import chunked_sequence_statistics
 from wpo.errors import NonFiniteError, WpoError
-from wpo.loss import IGNORE_INDEX, SequenceStatistics, sequence_statistics, soft_cap
+from wpo.train.loss import IGNORE_INDEX, SequenceStatistics, sequence_statistics, soft_cap
 from wpo.train.tokenize import PairBatch
 
 
@@ -28,7 +28,7 @@ def pair_statistics(model, batch: PairBatch, *, loss_chunk_size: int) -> tuple[S
     """Chosen and rejected statistics from one concatenated forward pass.
 
     `loss_chunk_size > 0` (the default recipe) projects only the response tokens' final hidden states, that many at a
-    time, so no `[B, T, V]` logits ever exist (`wpo.chunked_loss`). `0` is the plain path, kept as the reference:
+    time, so no `[B, T, V]` logits ever exist (`wpo.train.chunked_loss`). `0` is the plain path, kept as the reference:
     the model computes logits from the shortest prompt's last token on (`logits_to_keep`) and applies Gemma-2's
     final-logit soft-capping itself, so the logits reaching the loss are already capped.
     """

@@ -16,7 +16,7 @@ import torch
 from wpo.data.io import BadRecordPolicy
 from wpo.data.schemas import Pair, RecordInvalid
 from wpo.errors import DataError
-from wpo.loss import IGNORE_INDEX
+from wpo.train.loss import IGNORE_INDEX
 from wpo.models import ChatTemplateError, apply_chat_template
 
 

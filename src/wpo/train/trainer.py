@@ -25,40 +25,34 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from wpo.config import Recipe, config_hash
+from wpo.config import Recipe, config_hash, low_precision_problem
 from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import load_pairs
 from wpo.distributed import check_launch, state_options
 from wpo.errors import ConfigError, DataError, NonFiniteError
-from wpo.loss import REFERENCE_FREE_LOSSES, preference_loss
+from wpo.train.loss import REFERENCE_FREE_LOSSES, preference_loss
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from wpo.train import checkpoint, reference, zero
 from wpo.train.forward import pair_statistics, require_finite
 from wpo.train.metrics import MetricsLog
 from wpo.train.tokenize import collate_pairs, tokenize_pairs
+from wpo.pipeline import stage_output
 
 log = logging.getLogger(__name__)
 
-# Keys that change how a run is observed, not what it computes: changing them must not block a resume. The loss
-# chunk changes only memory (and float rounding): a run that ran out of memory can resume with a smaller one.
-NON_SEMANTIC_TRAIN_KEYS = ("pairs", "logging_steps", "save_steps", "save_total_limit", "resume", "loss_chunk_size")
-
 
 def pairs_source(recipe: Recipe) -> str:
-    return recipe.train.pairs or str(recipe.stage_dir("pair") / "pairs.jsonl")
+    return recipe.train.pairs or str(stage_output(recipe, "pair"))
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:
     """Everything that determines the trained weights; its hash keys checkpoints and the stage manifest."""
-    train = recipe.train.model_dump(mode="json")
-    for key in NON_SEMANTIC_TRAIN_KEYS:
-        train.pop(key)
     return {
         "seed": recipe.seed,
         "model": recipe.model.model_dump(mode="json"),
         "model_files": source_fingerprint(recipe.model.name_or_path),
-        "train": train,
+        "train": recipe.train.hashed_settings(),
         "pairs_sha256": source_fingerprint(pairs_source(recipe)),
     }
 
@@ -143,6 +137,9 @@ def train(recipe: Recipe) -> TrainResult:
     cfg = recipe.train
     started = time.perf_counter()
     train_dir = recipe.stage_dir("train")
+    problem = low_precision_problem(str(resolve_dtype(recipe.model.dtype)).removeprefix("torch."), recipe)
+    if problem:  # model.dtype: auto resolved to bf16 on this machine, or the recipe's stages did not name train
+        raise ConfigError(problem)
     accelerator = make_accelerator()
     set_seed(recipe.seed)
     config = _shared_run_config(recipe, accelerator)
@@ -488,7 +485,7 @@ def _lineage(model_path: str) -> dict[str, Any]:
 
 def _save_final(train_dir, model, tokenizer, accelerator, recipe: Recipe, schedule: Schedule) -> Path:
     """Weights (or the LoRA adapter), tokenizer and the hyperparameters exactly as trained, for the model card."""
-    final_dir = train_dir / "final"
+    final_dir = stage_output(recipe, "train")
     accelerator.wait_for_everyone()
     state_dict = _whole_model_state(model, accelerator)
     if accelerator.is_main_process:

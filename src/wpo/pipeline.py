@@ -1,4 +1,5 @@
-"""The pipeline's stages behind one interface, and `wpo run`: run the recipe's stages in order, skipping done ones."""
+"""The pipeline runner: the stage registry (each stage's module and its output, declared once) and `wpo run`, which
+runs the recipe's stages in order, round by round, skipping those already done."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from accelerate import PartialState
-
 from wpo.config import ROUND_STAGES, Recipe, config_hash
 from wpo.data.io import write_json
 from wpo.distributed import MULTI_PROCESS_STAGES, process_state, refuse_a_launcher
@@ -24,11 +23,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage by the import paths of its `run_config(recipe)` and `run(recipe)` (imported only when used)."""
+    """A stage by the import paths of its `run_config(recipe)` and `run(recipe)` (imported only when used), and the
+    output the next stage reads, under `<output_dir>/<name>/`."""
 
     name: str
     module: str
     run_function: str
+    output: str
 
     def _function(self, name: str) -> Callable[[Recipe], dict[str, Any]]:
         return getattr(importlib.import_module(self.module), name)
@@ -41,13 +42,26 @@ class Stage:
 
 
 STAGE_REGISTRY = {
-    "sample": Stage("sample", "wpo.sampling.stage", "run_sample"),
-    "score": Stage("score", "wpo.scoring.stage", "run_score"),
-    "pair": Stage("pair", "wpo.pair_stage", "run_pair"),
-    "train": Stage("train", "wpo.train.trainer", "run_train"),
-    "eval": Stage("eval", "wpo.eval.stage", "run_eval"),
-    "export": Stage("export", "wpo.export.stage", "run_export"),
+    "sample": Stage("sample", "wpo.sampling.stage", "run_sample", "candidates.jsonl"),
+    "score": Stage("score", "wpo.scoring.stage", "run_score", "candidates.jsonl"),
+    "pair": Stage("pair", "wpo.pairing.stage", "run_pair", "pairs.jsonl"),
+    "train": Stage("train", "wpo.train.trainer", "run_train", "final"),
+    "eval": Stage("eval", "wpo.eval.stage", "run_eval", "metrics.json"),
+    "export": Stage("export", "wpo.export.stage", "run_export", "quantization_report.json"),
 }
+
+
+def stage_output(recipe: Recipe, name: str, round_number: int = 1) -> Path:
+    """Where stage `name` of this recipe (of round `round_number`) writes what the next stage reads."""
+    return recipe.round_output_dir(round_number) / name / STAGE_REGISTRY[name].output
+
+
+def final_model(recipe: Recipe) -> str:
+    """The model a run ends with: the last round's trained weights or LoRA adapter when they exist, else the base
+    model. Eval and export use it unless `eval.model` / `export.model` say otherwise."""
+    final = stage_output(recipe, "train", recipe.rounds)
+    trained = any((final / name).is_file() for name in ("config.json", "adapter_config.json"))
+    return str(final) if trained else recipe.model.name_or_path
 
 
 def run_stage(recipe: Recipe, name: str) -> dict[str, Any]:
@@ -62,7 +76,7 @@ def _timed_run(recipe: Recipe, name: str) -> dict[str, Any]:
     return {"wall_seconds": time.perf_counter() - started, "skipped": False, **headline}
 
 
-def run_or_skip(recipe: Recipe, name: str, launch: PartialState | None = None) -> dict[str, Any]:
+def run_or_skip(recipe: Recipe, name: str, launch=None) -> dict[str, Any]:
     """Run one stage, unless its manifest says it already finished under this exact config.
 
     With `launch` (every process of a launch calls this): each process looks at the manifest before any writes it;
@@ -88,17 +102,16 @@ def run_or_skip(recipe: Recipe, name: str, launch: PartialState | None = None) -
     return result
 
 
-def round_recipe(recipe: Recipe, round_number: int, launch: PartialState) -> Recipe:
+def round_recipe(recipe: Recipe, round_number: int, launch) -> Recipe:
     """Round k ≥ 2 of iterative on-policy WPO: a one-round recipe that samples from, and trains, round k-1's model
     (which is also its reference), writing under `output_dir/round-k`. A LoRA adapter is merged by the main process."""
     if round_number == 1:
         return recipe.model_copy(update={"rounds": 1})
     from wpo.models import merged_model_dir
 
-    previous = recipe.round_output_dir(round_number - 1)
-    previous_final = previous / "train" / "final"
+    previous_final = stage_output(recipe, "train", round_number - 1)
     trust = recipe.model.trust_remote_code
-    merge = partial(merged_model_dir, previous_final, previous / "train", trust_remote_code=trust)
+    merge = partial(merged_model_dir, previous_final, previous_final.parent, trust_remote_code=trust)
     policy = merge() if launch.is_main_process else None
     launch.wait_for_everyone()
     policy = policy or merge()  # the other processes find the main process's merge
@@ -142,12 +155,12 @@ def run_pipeline(recipe: Recipe) -> dict[str, Any] | None:
     summary["wall_seconds"] = {label: entry["wall_seconds"] for label, entry in summary["stages"].items()}
     summary["total_wall_seconds"] = time.perf_counter() - started
     if "eval" in recipe.stages:
-        metrics = _read_json(recipe.stage_dir("eval") / "metrics.json")
+        metrics = _read_json(stage_output(recipe, "eval"))
         summary.update({key: metrics[key] for key in HEADLINE_KEYS if key in metrics})
         summary.update({name + suffix: metrics[name + suffix] for name in metrics.get("measures", [])
                         for suffix in MEASURE_SUFFIXES})  # fmt: skip
     if "export" in recipe.stages:
-        report = _read_json(recipe.stage_dir("export") / "quantization_report.json")
+        report = _read_json(stage_output(recipe, "export"))
         summary["exports"] = [{key: entry[key] for key in EXPORT_KEYS if key in entry} for entry in report["files"]]
     write_json(Path(recipe.output_dir) / "summary.json", summary)
     return summary

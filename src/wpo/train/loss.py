@@ -8,15 +8,15 @@ loss. Every formula is the one written in DESIGN.md ("The method, exactly").
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
+from wpo.config import REFERENCE_FREE_LOSSES, LossType
+
 IGNORE_INDEX = -100
-LossType = Literal["sigmoid", "ipo", "hinge", "length_normalized"]
-LOSS_TYPES: tuple[str, ...] = ("sigmoid", "ipo", "hinge", "length_normalized")
-REFERENCE_FREE_LOSSES: frozenset[str] = frozenset({"length_normalized"})
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 
 
 def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:

@@ -15,18 +15,19 @@ from wpo.data.schemas import CandidatesRecord, Pair, RecordInvalid, parse_all, p
 from wpo.errors import DataError
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.pairing import choose_pair
+from wpo.pipeline import stage_output
 
 log = logging.getLogger(__name__)
 OUTPUT, STATS = "pairs.jsonl", "stats.json"
 
 
 def candidates_source(recipe: Recipe) -> str:
-    return recipe.pair.candidates or str(recipe.stage_dir("score") / "candidates.jsonl")
+    return recipe.pair.candidates or str(stage_output(recipe, "score"))
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:
     config = {
-        "pair": recipe.pair.model_dump(mode="json", exclude={"candidates"}),
+        "pair": recipe.pair.hashed_settings(),
         "candidates_sha256": source_fingerprint(candidates_source(recipe)),
     }
     if recipe.pair.length_unit == "tokens":
