@@ -78,6 +78,8 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
     from wpo.config import load_recipe
     from wpo.models import load_causal_lm, load_tokenizer, resolve_model_path
     from wpo.train import trainer
+    from wpo.train.launchers import make_launcher
+    from wpo.train.schedule import build_schedule
     from wpo.train.reference import ReferenceLogps, compute_reference_logps
     from wpo.train.tokenize import TokenizedPair, TokenizedPairs
 
@@ -103,16 +105,19 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
     )
     references = ReferenceLogps(chosen, rejected, None, False)  # policy = reference: step-1 loss is ln 2 x weight
     optimizer = trainer._build_optimizer(model, recipe)
-    schedule = trainer.build_schedule(pairs, recipe, 1)
+    schedule = build_schedule(pairs, recipe, 1)
     scheduler = get_scheduler("constant", optimizer)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    launcher = make_launcher(accelerator)
+    model, optimizer = launcher.prepare(model, optimizer, recipe, schedule.pairs_per_step)
+    state = trainer.TrainState(recipe=recipe, accelerator=accelerator, launcher=launcher, model=model,
+                               optimizer=optimizer, scheduler=scheduler, tokens=tokenized, references=references,
+                               schedule=schedule, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     setup_peak = peak_memory.peak_mib()
     start = peak_memory.reset_peak()
     wall, cpu, losses = [], [], []
     for _ in range(steps + 1):
         started, started_cpu = time.perf_counter(), time.process_time()
-        row = trainer._optimizer_step(model, optimizer, scheduler, accelerator, recipe, schedule, 0, tokenized,
-                                      references, tokenizer.pad_token_id)  # fmt: skip
+        row = trainer.train_step(state, 0)
         wall.append(time.perf_counter() - started)
         cpu.append(time.process_time() - started_cpu)
         losses.append(row["loss"])

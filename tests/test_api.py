@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 from conftest import PLANTED_KEY, free_port
@@ -59,11 +58,9 @@ def test_a_stalled_server_times_out_and_is_retried(tmp_path):
     with FakeJudge(stall_seconds=1.5) as judge:
         client = ChatClient(JudgeConfig(base_url=judge.url, model="m", timeout=0.2, max_retries=1,
                                         backoff_seconds=0.001))  # fmt: skip
-        started = time.perf_counter()
         with pytest.raises(WpoError, match=r"failed after 2 attempts \(ReadTimeout\); 0 judgements are saved"):
             client.complete([{"role": "user", "content": "q"}], AnswerCache(tmp_path / "cache.jsonl"))
-        assert time.perf_counter() - started < 1.2  # two 0.2 s timeouts, not the server's 1.5 s stalls
-    assert judge.received == 2 and judge.answered == []
+    assert judge.received == 2 and judge.answered == []  # both attempts reached the server, neither was answered
 
 
 def test_backoff_doubles_is_capped_and_jittered(tmp_path, monkeypatch):

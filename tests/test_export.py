@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 import yaml
 
 from wpo.config import load_recipe
@@ -189,8 +190,16 @@ def test_lora_adapter_is_merged_before_conversion(tmp_path, smollm_tokenizer):
     )
     run_export(recipe)
     report = json.loads((tmp_path / "run" / "export" / "quantization_report.json").read_text())["files"][0]
-    assert len(list((tmp_path / "run" / "export").glob("merged-*/model.safetensors"))) == 1
-    assert report["kl_mean"] < 1e-3  # the GGUF matches the merged model, not the bare base
+    (merged_file,) = (tmp_path / "run" / "export").glob("merged-*/model.safetensors")
+    assert report["kl_mean"] < 1e-3  # the GGUF matches the merged directory ...
+    # ... and that directory is base + adapter: its weights are what peft's own merge gives, not the bare base's
+    merged, base_weights = load_file(str(merged_file)), load_file(str(base / "model.safetensors"))
+    expected = {name: tensor.detach() for name, tensor in peft_model.merge_and_unload().state_dict().items()}
+    adapted = [name for name in merged if name.endswith(("q_proj.weight", "v_proj.weight"))]
+    assert adapted
+    for name in adapted:
+        torch.testing.assert_close(merged[name], expected[name], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(merged[name], base_weights[name], atol=1e-3), name
 
 
 @pytest.mark.slow

@@ -93,18 +93,18 @@ def test_resume_reproduces_the_uninterrupted_curve(tmp_path, tiny_llama, pairs_f
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="straight"))
     straight = read_metrics(tmp_path / "straight" / "train" / "metrics.jsonl")
 
-    real_step = trainer._optimizer_step
+    real_step = trainer.train_step
 
-    def dies_at_step_four(*args):
-        if args[6] == 3:
+    def dies_at_step_four(state, step):
+        if step == 3:
             raise KeyboardInterrupt
-        return real_step(*args)
+        return real_step(state, step)
 
-    monkeypatch.setattr(trainer, "_optimizer_step", dies_at_step_four)
+    monkeypatch.setattr(trainer, "train_step", dies_at_step_four)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="killed"))
     assert [row["step"] for row in read_metrics(tmp_path / "killed" / "train" / "metrics.jsonl")] == [1, 2, 3]
-    monkeypatch.setattr(trainer, "_optimizer_step", real_step)
+    monkeypatch.setattr(trainer, "train_step", real_step)
 
     result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="killed"))
     assert result.counts["resumed_from_step"] == 2 and result.reference_from_cache
@@ -200,10 +200,31 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_llama, pair
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-5)
 
 
-def test_gradient_checkpointing_changes_nothing_but_memory(tmp_path, tiny_llama, pairs_file):
+def test_gradient_checkpointing_changes_nothing_but_memory(tmp_path, tiny_llama, pairs_file, monkeypatch):
+    """Checkpointing is really on (every decoder layer goes through its checkpoint function at every step), and the
+    losses do not change."""
+    checkpointed_layers: dict[str, int] = {}
+    real_make_trainable = trainer._make_trainable
+
+    def counting(model, recipe, resume_point):
+        model = real_make_trainable(model, recipe, resume_point)
+        name = "checkpointed" if recipe.train.gradient_checkpointing else "plain"
+        checkpointed_layers[name] = 0
+        for layer in (m for m in model.modules() if getattr(m, "gradient_checkpointing", False)):
+            real = layer._gradient_checkpointing_func
+
+            def counted(*args, real=real, **kwargs):
+                checkpointed_layers[name] += 1
+                return real(*args, **kwargs)
+
+            layer._gradient_checkpointing_func = counted
+        return model
+
+    monkeypatch.setattr(trainer, "_make_trainable", counting)
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", run="plain"))
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2",
                              "train.gradient_checkpointing=true", run="checkpointed"))  # fmt: skip
+    assert checkpointed_layers == {"plain": 0, "checkpointed": 2 * 2}  # 2 steps x the tiny model's 2 layers
     plain = read_metrics(tmp_path / "plain" / "train" / "metrics.jsonl")
     checkpointed = read_metrics(tmp_path / "checkpointed" / "train" / "metrics.jsonl")
     assert [r["loss"] for r in checkpointed] == pytest.approx([r["loss"] for r in plain], rel=1e-5)
@@ -377,7 +398,7 @@ def test_reference_model_is_gone_before_training(tmp_path, tiny_llama, tiny_llam
     import weakref
 
     loaded = []
-    real_load, real_step = trainer.load_causal_lm, trainer._optimizer_step
+    real_load, real_step = trainer.load_causal_lm, trainer.train_step
 
     def recording_load(*args):
         model = real_load(*args)
@@ -390,7 +411,7 @@ def test_reference_model_is_gone_before_training(tmp_path, tiny_llama, tiny_llam
         return real_step(*args)
 
     monkeypatch.setattr(trainer, "load_causal_lm", recording_load)
-    monkeypatch.setattr(trainer, "_optimizer_step", checking_step)
+    monkeypatch.setattr(trainer, "train_step", checking_step)
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=1",
                              f"train.reference_model={tiny_llama_reference}"))  # fmt: skip
 
@@ -439,3 +460,23 @@ def test_a_checkpoint_from_another_global_batch_is_refused_naming_both(tmp_path,
     with pytest.raises(WpoError, match=r"checkpoint-3 was written with 4 pairs per step and 3 steps, but this launch "
                                        r"makes 2 pairs per step and 3 steps \(1 process\(es\)\); refusing to resume"):  # fmt: skip
         trainer.train(recipe)
+
+
+def test_micro_batches_deal_a_step_out_by_process_and_accumulation():
+    """8 pairs, 2 per device, 2 accumulation, 2 processes: micro-batch k of process r starts at (k·2 + r)·2."""
+    from wpo.train.schedule import micro_batches
+
+    pairs = [10, 11, 12, 13, 14, 15, 16, 17]
+    assert micro_batches(pairs, 2, 2, 2, 0) == [[10, 11], [14, 15]]
+    assert micro_batches(pairs, 2, 2, 2, 1) == [[12, 13], [16, 17]]
+    assert micro_batches(pairs, 4, 2, 1, 0) == [[10, 11, 12, 13], [14, 15, 16, 17]]
+    assert micro_batches([10, 11, 12], 2, 2, 1, 0) == [[10, 11], [12]]  # a short last step of an epoch
+    assert micro_batches([10, 11], 2, 2, 1, 0) == [[10, 11]]  # the empty tail is dropped, not an empty batch
+
+
+def test_final_is_the_last_checkpoint_hard_linked_not_written_twice(tmp_path, tiny_llama, pairs_file):
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2"))
+    train_dir = tmp_path / "run" / "train"
+    final, last = train_dir / "final" / "model.safetensors", train_dir / "checkpoint-2" / "model" / "model.safetensors"
+    assert final.stat().st_ino == last.stat().st_ino
+    assert json.loads((train_dir / "final" / "wpo_training.json").read_text())["total_steps"] == 2
