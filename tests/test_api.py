@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from conftest import PLANTED_KEY, free_port
+from helpers import PLANTED_KEY, free_port
 from judge_server import FakeJudge, digit_for
 
 from wpo.api import AnswerCache, ChatClient, first_token_distribution

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from helpers import run_wpo
 
-
-def wpo(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WPO_LOG_LEVEL": "WARNING"}
-    return subprocess.run([sys.executable, "-m", "wpo", *args], capture_output=True, text=True, cwd=cwd, env=env)
+ENV = {**os.environ, "WPO_LOG_LEVEL": "WARNING"}
 
 
 def tiny_recipe(tmp_path, tiny_llama, pairs_file) -> str:
@@ -27,18 +23,18 @@ def tiny_recipe(tmp_path, tiny_llama, pairs_file) -> str:
 
 def test_train_and_run_from_the_command_line(tmp_path, tiny_llama, pairs_file):
     recipe = tiny_recipe(tmp_path, tiny_llama, pairs_file)
-    trained = wpo("train", recipe, "train.logging_steps=1")
+    trained = run_wpo("train", recipe, "train.logging_steps=1", env=ENV)
     assert trained.returncode == 0, trained.stderr
     assert json.loads(trained.stdout)["steps"] == 2
     rows = [json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
 
-    ran = wpo("run", recipe, "train.logging_steps=1")  # same config: the finished stage is skipped
+    ran = run_wpo("run", recipe, "train.logging_steps=1", env=ENV)  # same config: the finished stage is skipped
     assert ran.returncode == 0, ran.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["stages"]["train"]["skipped"] is True and summary["wall_seconds"] == {"train": 0.0}
 
-    rerun = wpo("run", recipe, "train.beta=0.2", "train.resume=never")  # another config: it trains again
+    rerun = run_wpo("run", recipe, "train.beta=0.2", "train.resume=never", env=ENV)  # another config: it trains again
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["stages"]["train"]["skipped"] is False and summary["stages"]["train"]["steps"] == 2
@@ -78,7 +74,7 @@ def test_train_and_run_from_the_command_line(tmp_path, tiny_llama, pairs_file):
     ],
 )
 def test_errors_are_one_line_with_a_nonzero_exit(args, code, message):
-    result = wpo(*args, cwd=os.path.dirname(os.path.dirname(__file__)))
+    result = run_wpo(*args, env=ENV, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.returncode == code
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -86,7 +82,7 @@ def test_errors_are_one_line_with_a_nonzero_exit(args, code, message):
 
 
 def test_help_lists_every_verb():
-    result = wpo("--help")
+    result = run_wpo("--help", env=ENV)
     assert result.returncode == 0
     for verb in ("run", "sample", "score", "pair", "train", "eval", "export", "chat"):
         assert verb in result.stdout

@@ -26,13 +26,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import PAIRS, pair_record, write_lines
+from helpers import PAIRS, assert_ok, cli, pair_record, tiny_model, write_lines
 from judge_server import FakeJudge
 from safetensors.torch import load_file
-from test_export import sentencepiece_dir, tiny_model  # noqa: F401 - sentencepiece_dir is a fixture used below
-from typer.testing import CliRunner
 
-from wpo.cli import app
 from wpo.train.metrics import read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WPO_LOG_LEVEL": "WARNING"}
@@ -53,11 +50,10 @@ def command(stage: str, recipe: Path, run_dir: Path) -> list[str]:
     return [stage, str(recipe), f"output_dir={run_dir}"]
 
 
-def wpo(stage: str, recipe: Path, run_dir: Path) -> None:
+def run_to_completion(stage: str, recipe: Path, run_dir: Path) -> None:
     """The same command line as the killed process, run to completion in this process (one thread, as it had)."""
     with one_thread():
-        result = CliRunner().invoke(app, command(stage, recipe, run_dir))
-    assert result.exit_code == 0, result.stderr[-3000:]
+        assert_ok(cli(*command(stage, recipe, run_dir)), tail=3000)
 
 
 def kill_when(stage: str, recipe: Path, run_dir: Path, ready: Callable[[], bool]) -> int:
@@ -126,7 +122,7 @@ def test_sample(tmp_path, tiny_llama):
     recipe = tmp_path / "sample.yaml"
     recipe.write_text(f"seed: 5\nmodel: {{name_or_path: {tiny_llama}}}\n"
                       f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 8, batch_size: 1}}\n")  # fmt: skip
-    wpo("sample", recipe, tmp_path / "straight")
+    run_to_completion("sample", recipe, tmp_path / "straight")
 
     killed = tmp_path / "killed"
 
@@ -139,7 +135,7 @@ def test_sample(tmp_path, tiny_llama):
     done_before = progress_lines()
     assert 3 <= done_before < 12
 
-    wpo("sample", recipe, killed)
+    run_to_completion("sample", recipe, killed)
     output = "sample/candidates.jsonl"
     assert (killed / output).read_bytes() == (tmp_path / "straight" / output).read_bytes()
     counts = json.loads((killed / "sample" / "manifest.json").read_text())["counts"]
@@ -169,7 +165,7 @@ def test_score(tmp_path):
     candidates = candidates_to_score(tmp_path)
     with FakeJudge() as straight_judge:
         straight = judge_recipe(tmp_path / "straight.yaml", "score", straight_judge.url, f"candidates: {candidates}")
-        wpo("score", straight, tmp_path / "straight")
+        run_to_completion("score", straight, tmp_path / "straight")
     assert len(straight_judge.answered) == 24
 
     killed = tmp_path / "killed"
@@ -179,7 +175,7 @@ def test_score(tmp_path):
         judge.release()
         assert assert_no_partial_outputs(killed / "score") == ["judge_cache.jsonl"]  # an append-only log
         assert (killed / "score" / "judge_cache.jsonl").read_text().count("\n") == 19
-        wpo("score", recipe, killed)
+        run_to_completion("score", recipe, killed)
     assert len(judge.answered) == 24 and sorted(judge.answered) == sorted(straight_judge.answered)
     output = "score/candidates.jsonl"
     assert (killed / output).read_bytes() == (tmp_path / "straight" / output).read_bytes()
@@ -197,13 +193,13 @@ def test_pair(tmp_path):
     ])  # fmt: skip
     recipe = tmp_path / "pair.yaml"
     recipe.write_text(f"pair: {{candidates: {candidates}, length_unit: characters}}\n")
-    wpo("pair", recipe, tmp_path / "straight")
+    run_to_completion("pair", recipe, tmp_path / "straight")
 
     killed = tmp_path / "killed"
     kill_when("pair", recipe, killed, lambda: any((killed / "pair").glob(".pairs.jsonl.*.tmp")))
     assert "pairs.jsonl" not in assert_no_partial_outputs(killed / "pair")
 
-    wpo("pair", recipe, killed)
+    run_to_completion("pair", recipe, killed)
     for output in ("pair/pairs.jsonl", "pair/stats.json"):
         assert (killed / output).read_bytes() == (tmp_path / "straight" / output).read_bytes(), output
     assert not list((killed / "pair").glob(".*.tmp"))
@@ -224,7 +220,7 @@ def train_recipe(run_dir: Path, model: Path) -> Path:
 def test_train(tmp_path, tiny_llama):
     """Kill once checkpoint-10 of 40 steps is on disk; the resumed run logs the uninterrupted run's loss curve and
     ends with its weights."""
-    wpo("train", train_recipe(tmp_path / "straight", tiny_llama), tmp_path / "straight")
+    run_to_completion("train", train_recipe(tmp_path / "straight", tiny_llama), tmp_path / "straight")
 
     killed = tmp_path / "killed"
     recipe = train_recipe(killed, tiny_llama)
@@ -234,7 +230,7 @@ def test_train(tmp_path, tiny_llama):
     logged = [row["step"] for row in read_metrics(killed / "train" / "metrics.jsonl")]
     assert logged == list(range(1, len(logged) + 1)) and 10 <= len(logged) < 40
 
-    wpo("train", recipe, killed)
+    run_to_completion("train", recipe, killed)
     counts = json.loads((killed / "train" / "manifest.json").read_text())["counts"]
     assert counts["resumed_from_step"] >= 10 and counts["resumed_from_step"] % 5 == 0
     straight = read_metrics(tmp_path / "straight" / "train" / "metrics.jsonl")
@@ -261,7 +257,7 @@ def test_eval(tmp_path, tiny_llama):
     inputs = f"model: {tiny_llama}, prompts: {prompts}"
     with FakeJudge() as straight_judge:
         straight = judge_recipe(tmp_path / "straight.yaml", "eval", straight_judge.url, inputs)
-        wpo("eval", straight, tmp_path / "straight")
+        run_to_completion("eval", straight, tmp_path / "straight")
     assert len(straight_judge.answered) == 6
 
     killed = tmp_path / "killed"
@@ -271,14 +267,14 @@ def test_eval(tmp_path, tiny_llama):
         judge.release()
         left = assert_no_partial_outputs(killed / "eval")
         assert "model_outputs.json" in left and "annotations.json" not in left
-        wpo("eval", recipe, killed)
+        run_to_completion("eval", recipe, killed)
     assert len(judge.answered) == 6 and sorted(judge.answered) == sorted(straight_judge.answered)
     for output in ("model_outputs.json", "annotations.json", "metrics.json", "leaderboard.csv"):
         assert (killed / "eval" / output).read_bytes() == (tmp_path / "straight" / "eval" / output).read_bytes()
 
 
 @pytest.fixture(scope="module")
-def exportable_model(tmp_path_factory, sentencepiece_dir) -> Path:  # noqa: F811 - the fixture imported above
+def exportable_model(tmp_path_factory, sentencepiece_dir) -> Path:
     """A tiny Qwen2 with a SentencePiece tokenizer: llama.cpp's converter accepts it without knowing the tokenizer."""
     return tiny_model(tmp_path_factory.mktemp("exportable"), "qwen2", sentencepiece_dir)
 
@@ -289,13 +285,13 @@ def test_export(tmp_path, exportable_model):
     recipe = tmp_path / "export.yaml"
     recipe.write_text(f"export: {{model: {exportable_model}, name: tiny, quantizations: [F16, Q4_K_M], "
                       "verify_tokens: 32}\n")  # fmt: skip
-    wpo("export", recipe, tmp_path / "straight")
+    run_to_completion("export", recipe, tmp_path / "straight")
 
     killed = tmp_path / "killed"
     session = kill_when("export", recipe, killed, lambda: any((killed / "export").glob(".tiny.F16.gguf.*.tmp")))
     try:
         assert "tiny.F16.gguf" not in assert_no_partial_outputs(killed / "export")
-        wpo("export", recipe, killed)
+        run_to_completion("export", recipe, killed)
     finally:
         with suppress(ProcessLookupError):  # the converter the kill orphaned, if it is still running
             os.killpg(session, signal.SIGKILL)

@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import PAIRS, pair_record, write_lines
+from helpers import PAIRS, pair_record, write_lines
 
 from wpo.data import (
     BadRecordPolicy,

@@ -5,43 +5,31 @@ pair per device, against one process with two pairs per device — the same glob
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import PAIRS, pair_record, write_lines
+from helpers import (
+    DISTRIBUTED_ENV,
+    PAIRS,
+    assert_ok,
+    free_port,
+    pair_record,
+    prompts_file,
+    run_wpo,
+    two_rounds_of_lora_and_eval,
+    write_lines,
+)
 from safetensors.torch import load_file
-from test_sampling import prompts_file
 from torch.testing import assert_close
 
-from wpo.data.io import resolve_builtin
 from wpo.train.metrics import read_metrics
 from wpo.train.reference import gather_strided
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WPO_LOG_LEVEL": "INFO"}
 LOGGED = ("loss", "weight_mean", "reward_margin", "logps_chosen", "logps_rejected", "grad_norm", "learning_rate")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wpo(processes: int, stage: str, recipe: Path, *overrides: str) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m"]
-    if processes > 1:  # torchrun, as `torchrun --nproc_per_node N -m wpo ...`
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                    "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m"]  # fmt: skip
-    result = subprocess.run([*launcher, "wpo", stage, str(recipe), *overrides], capture_output=True, text=True,
-                            env=ENV, timeout=600)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
@@ -57,9 +45,10 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
     for run in (one, two):  # each run computes its own reference cache, in its own train directory
         run.mkdir()
         write_lines(run / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
-    wpo(1, "train", recipe, f"output_dir={one}", f"train.pairs={one / 'pairs.jsonl'}", "train.per_device_batch_size=2")
-    launched = wpo(2, "train", recipe, f"output_dir={two}", f"train.pairs={two / 'pairs.jsonl'}",
-                     "train.per_device_batch_size=1")  # fmt: skip
+    assert_ok(run_wpo("train", recipe, f"output_dir={one}", f"train.pairs={one / 'pairs.jsonl'}",
+                      "train.per_device_batch_size=2", env=DISTRIBUTED_ENV))  # fmt: skip
+    launched = assert_ok(run_wpo("train", recipe, f"output_dir={two}", f"train.pairs={two / 'pairs.jsonl'}",
+                                 "train.per_device_batch_size=1", processes=2, env=DISTRIBUTED_ENV))  # fmt: skip
 
     assert "schedule: 3 steps of 2 pairs (1 per device x 1 accumulation x 2 processes)" in launched.stderr
     assert "reference log-probs: computed 6 pairs on 2 process(es)" in launched.stderr
@@ -96,8 +85,10 @@ def test_a_killed_multi_process_training_resumes_to_the_same_weights(tmp_path, t
         "loss_chunk_size: 8}\n"
     )
     one, two = tmp_path / "one", tmp_path / "two"
-    wpo(1, "train", recipe, f"output_dir={one}", "train.per_device_batch_size=2")
-    launched = wpo(2, "train", recipe, f"output_dir={two}", "train.per_device_batch_size=1")
+    assert_ok(run_wpo("train", recipe, f"output_dir={one}", "train.per_device_batch_size=2", env=DISTRIBUTED_ENV))
+    launched = assert_ok(
+        run_wpo("train", recipe, f"output_dir={two}", "train.per_device_batch_size=1", processes=2, env=DISTRIBUTED_ENV)
+    )
     assert "accelerate: MULTI_CPU, 2 process(es) on cpu" in launched.stderr
 
     def weights(run: Path, directory: str) -> dict[str, torch.Tensor]:
@@ -116,7 +107,9 @@ def test_a_killed_multi_process_training_resumes_to_the_same_weights(tmp_path, t
     for stale in ("checkpoint-3", "final", "manifest.json"):  # as if killed after the step-2 checkpoint
         path = two / "train" / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    resumed = wpo(2, "train", recipe, f"output_dir={two}", "train.per_device_batch_size=1")
+    resumed = assert_ok(
+        run_wpo("train", recipe, f"output_dir={two}", "train.per_device_batch_size=1", processes=2, env=DISTRIBUTED_ENV)
+    )
     assert "(step 2)" in resumed.stderr
     assert json.loads((two / "train" / "manifest.json").read_text())["counts"]["resumed_from_step"] == 2
     for name, tensor in uninterrupted.items():
@@ -133,7 +126,7 @@ def test_chunked_loss_with_an_fsdp_sharded_output_layer(tmp_path, tiny_llama, la
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
          "--master_port", str(free_port()), str(script), str(tiny_llama), layout, str(tmp_path)],
-        capture_output=True, text=True, env=ENV, timeout=300,
+        capture_output=True, text=True, env=DISTRIBUTED_ENV, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"fsdp2 {layout}: values and gradients equal" in result.stdout
@@ -168,8 +161,8 @@ def test_two_processes_sample_the_same_candidates_as_one(tmp_path, tiny_llama):
     recipe.write_text(f"seed: 5\nmodel: {{name_or_path: {tiny_llama}}}\n"
                       f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 12, batch_size: 2, "
                       "offpolicy_fields: [reference]}\n")  # fmt: skip
-    wpo(1, "sample", recipe, f"output_dir={tmp_path / 'one'}")
-    launched = wpo(2, "sample", recipe, f"output_dir={tmp_path / 'two'}")
+    assert_ok(run_wpo("sample", recipe, f"output_dir={tmp_path / 'one'}", env=DISTRIBUTED_ENV))
+    launched = assert_ok(run_wpo("sample", recipe, f"output_dir={tmp_path / 'two'}", processes=2, env=DISTRIBUTED_ENV))
 
     assert "sample: process 0 sampled 3 of 5 batches" in launched.stderr
     assert "sample: process 1 sampled 2 of 5 batches" in launched.stderr
@@ -192,8 +185,8 @@ def test_two_processes_score_what_one_process_scores(tmp_path, tiny_reward_model
     recipe = tmp_path / "score.yaml"
     recipe.write_text(f"score: {{candidates: {candidates}, model: {tiny_reward_model}, batch_size: 3, "
                       "max_length: 60}\n")  # fmt: skip
-    wpo(1, "score", recipe, f"output_dir={tmp_path / 'one'}")
-    launched = wpo(2, "score", recipe, f"output_dir={tmp_path / 'two'}")
+    assert_ok(run_wpo("score", recipe, f"output_dir={tmp_path / 'one'}", env=DISTRIBUTED_ENV))
+    launched = assert_ok(run_wpo("score", recipe, f"output_dir={tmp_path / 'two'}", processes=2, env=DISTRIBUTED_ENV))
 
     assert "score: process 0 scored 2 of 3 chunks" in launched.stderr
     assert "score: process 1 scored 1 of 3 chunks" in launched.stderr
@@ -209,25 +202,6 @@ def test_two_processes_score_what_one_process_scores(tmp_path, tiny_reward_model
     assert not list(two.glob(".*progress*"))
 
 
-def two_rounds_of_lora_and_eval(tmp_path: Path, model: Path) -> Path:
-    """A `wpo run` recipe: two rounds of sample, score, pair and LoRA training on IFEval prompts, then eval."""
-    train = [json.loads(line) for line in resolve_builtin("builtin:ifeval-train.jsonl").read_text().splitlines()]
-    heldout = [json.loads(line) for line in resolve_builtin("builtin:ifeval-heldout.jsonl").read_text().splitlines()]
-    recipe = tmp_path / "run.yaml"
-    recipe.write_text(
-        f"seed: 5\nrounds: 2\nstages: [sample, score, pair, train, eval]\n"
-        f"model: {{name_or_path: {model}, lora: {{r: 4, alpha: 8, dropout: 0.0}}}}\n"
-        f"sample: {{prompts: {write_lines(tmp_path / 'train.jsonl', train[:6])}, n: 2, max_new_tokens: 6, "
-        "temperature: 1.0, batch_size: 2, offpolicy_fields: [reference]}\n"
-        "score: {scorer: python, function: 'wpo.tasks.ifeval:reward'}\n"
-        "train: {learning_rate: 1.0e-2, max_steps: 2, max_length: 160, max_prompt_length: 128, logging_steps: 1}\n"
-        f"eval: {{prompts: {write_lines(tmp_path / 'heldout.jsonl', heldout[:4])}, compare_to: base_model, "
-        "reward: 'wpo.tasks.ifeval:reward', judge: python, function: 'wpo.tasks.ifeval:content_preference', "
-        "max_new_tokens: 6, temperature: 1.0}\n"
-    )
-    return recipe
-
-
 def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llama):
     """Two rounds of LoRA WPO then eval: sample, score and train split across the two processes, pair and the
     round-2 merge run on the main process between barriers, and eval on the main process once the other is done.
@@ -236,8 +210,10 @@ def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llam
     ran where."""
     recipe = two_rounds_of_lora_and_eval(tmp_path, tiny_llama)
     one, two = tmp_path / "one", tmp_path / "two"
-    wpo(1, "run", recipe, f"output_dir={one}", "train.per_device_batch_size=2")
-    launched = wpo(2, "run", recipe, f"output_dir={two}", "train.per_device_batch_size=1")
+    assert_ok(run_wpo("run", recipe, f"output_dir={one}", "train.per_device_batch_size=2", env=DISTRIBUTED_ENV))
+    launched = assert_ok(
+        run_wpo("run", recipe, f"output_dir={two}", "train.per_device_batch_size=1", processes=2, env=DISTRIBUTED_ENV)
+    )
 
     assert "pair: running on the main process" in launched.stderr
     assert "run: process 1 is done; the main process goes on with ['eval']" in launched.stderr

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import write_lines
+from helpers import write_lines
 
 from wpo.config import load_recipe
 from wpo.train.metrics import read_metrics

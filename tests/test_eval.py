@@ -11,7 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import write_lines
+from helpers import write_lines
 
 from wpo.config import load_recipe
 from wpo.data.io import resolve_builtin
@@ -185,7 +185,7 @@ def test_eval_annotations_json_on_the_cli(tmp_path):
 @pytest.mark.slow
 def test_eval_offline_on_the_embedded_model_with_a_local_judge(tmp_path, llama_server, monkeypatch):
     """`wpo eval` fully offline: SmolLM2 answers, SmolLM2 on llama.cpp's server judges (a/b constrained)."""
-    from conftest import PLANTED_KEY
+    from helpers import PLANTED_KEY
 
     monkeypatch.setenv("WPO_JUDGE_KEY", PLANTED_KEY)
     recipe = tmp_path / "eval.yaml"

@@ -6,10 +6,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_model
 from safetensors.torch import load_file
 import yaml
 
@@ -24,78 +24,6 @@ from wpo.models import load_tokenizer, resolve_model_path
 def smollm_tokenizer():
     """SmolLM2's real tokenizer (from the embedded GGUF): llama.cpp's converter only accepts tokenizers it knows."""
     return load_tokenizer(resolve_model_path("embedded:smollm2-135m-instruct"))
-
-
-@pytest.fixture(scope="module")
-def sentencepiece_dir(tmp_path_factory) -> Path:
-    """A SentencePiece tokenizer trained here (Gemma's kind): the converter reads `tokenizer.model` for Gemma-2 and
-    Qwen2 without needing to recognize the tokenizer."""
-    import io
-
-    import sentencepiece as spm
-    from conftest import CORPUS, GEMMA_TEMPLATE
-    from transformers import AutoTokenizer
-
-    directory = tmp_path_factory.mktemp("spm")
-    buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 20),
-        model_writer=buffer,
-        vocab_size=400,
-        model_type="bpe",
-        pad_id=0,
-        unk_id=1,
-        bos_id=2,
-        eos_id=3,
-        byte_fallback=True,
-        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
-        minloglevel=2,
-    )
-    (directory / "tokenizer.model").write_bytes(buffer.getvalue())
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "GemmaTokenizer",
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "pad_token": "<pad>",
-                "unk_token": "<unk>",
-                "chat_template": GEMMA_TEMPLATE,
-            }
-        )
-    )
-    assert len(AutoTokenizer.from_pretrained(directory)) > 300
-    return directory
-
-
-def tiny_model(directory: Path, kind: str, tokenizer_source) -> Path:
-    """A tiny random model of `kind`; `tokenizer_source` is a tokenizer or a directory holding `tokenizer.model`."""
-    import shutil
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
-
-    spm_dir = tokenizer_source if isinstance(tokenizer_source, Path) else None
-    tokenizer = AutoTokenizer.from_pretrained(spm_dir) if spm_dir else tokenizer_source
-    shapes = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    configs = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
-    config = Gemma2Config(head_dim=64, **shapes) if kind == "gemma2" else configs[kind](**shapes)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    if spm_dir:
-        shutil.copy(spm_dir / "tokenizer.model", directory)
-    return directory
 
 
 def test_quantization_types_are_checked():

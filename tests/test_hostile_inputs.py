@@ -2,38 +2,22 @@
 naming `file:line` (or the recipe's key path) — or, with `on_bad_record: skip`, in a skip counted by reason in the
 stage's manifest. Never a traceback.
 
-The CLI runs in-process (typer's runner: the same `app` and error guard as `python -m wpo`, seconds instead of a
-process start per case); `test_a_real_process_prints_one_line` checks that a real process behaves the same. The
-1 MB texts are generated here rather than stored.
+The CLI runs in-process (`helpers.cli`, typer's runner: the same `app` and error guard as `python -m wpo`, seconds
+instead of a process start per case); `test_a_real_process_prints_one_line` checks that a real process behaves the
+same. The 1 MB texts are generated here rather than stored.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_lines
-from typer.testing import CliRunner, Result
-
-from wpo.cli import app
+from helpers import assert_one_line_error, cli, run_wpo, write_lines
 
 HOSTILE = Path(__file__).parent / "hostile"
 ONE_MB = 1_000_000
-
-
-def wpo(*args: str | Path) -> Result:
-    return CliRunner().invoke(app, [str(arg) for arg in args])
-
-
-def assert_one_line_error(result: Result, message: str) -> None:
-    """Exit 2, and stderr is exactly `wpo: error: <message>`: one line, no traceback, nothing escaped the CLI."""
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert result.exit_code == 2
-    assert result.stderr == f"wpo: error: {message}\n"
 
 
 def manifest_counts(run_dir: Path, stage: str) -> dict:
@@ -72,8 +56,8 @@ BAD_RECORDS = {
 def test_a_bad_record_names_its_line_or_is_counted(tmp_path, name):
     """`wpo pair` on scored candidates with one bad record (line 2) between two good ones."""
     message, reason = BAD_RECORDS[name]
-    assert_one_line_error(wpo("pair", pair_recipe(tmp_path, HOSTILE / name)), f"{HOSTILE / name}:{message}")
-    skipped = wpo("pair", pair_recipe(tmp_path, HOSTILE / name, on_bad_record="skip"))
+    assert_one_line_error(cli("pair", pair_recipe(tmp_path, HOSTILE / name)), exact=f"{HOSTILE / name}:{message}")
+    skipped = cli("pair", pair_recipe(tmp_path, HOSTILE / name, on_bad_record="skip"))
     assert skipped.exit_code == 0, skipped.stderr
     counts = manifest_counts(tmp_path / "run", "pair")
     assert (counts["skipped"], counts["pairs"], counts["dropped"]) == ({reason: 1}, 2, {})
@@ -82,17 +66,17 @@ def test_a_bad_record_names_its_line_or_is_counted(tmp_path, name):
 def test_an_empty_file_is_an_error_even_when_skipping(tmp_path):
     empty = HOSTILE / "empty.jsonl"
     for mode in ("error", "skip"):
-        assert_one_line_error(wpo("pair", pair_recipe(tmp_path, empty, mode)), f"{empty}: the file is empty (no "
-                                                                               "records)")  # fmt: skip
+        assert_one_line_error(cli("pair", pair_recipe(tmp_path, empty, mode)), exact=f"{empty}: the file is empty "
+                                                                                     "(no records)")  # fmt: skip
 
 
 def test_tied_and_empty_candidates_are_dropped_and_counted(tmp_path):
     """All-tied scores give no pair (counted as dropped); an empty candidate is ignored (counted), the rest pair."""
-    assert wpo("pair", pair_recipe(tmp_path, HOSTILE / "all-tied.jsonl")).exit_code == 0
+    assert cli("pair", pair_recipe(tmp_path, HOSTILE / "all-tied.jsonl")).exit_code == 0
     counts = manifest_counts(tmp_path / "run", "pair")
     assert (counts["pairs"], counts["dropped"], counts["skipped"]) == (2, {"all_scores_equal": 1}, {})
 
-    assert wpo("pair", pair_recipe(tmp_path, HOSTILE / "empty-candidate.jsonl")).exit_code == 0
+    assert cli("pair", pair_recipe(tmp_path, HOSTILE / "empty-candidate.jsonl")).exit_code == 0
     counts = manifest_counts(tmp_path / "run", "pair")
     assert (counts["pairs"], counts["empty_candidates_ignored"], counts["dropped"]) == (3, 1, {})
     pairs = [json.loads(line) for line in (tmp_path / "run" / "pair" / "pairs.jsonl").read_text().splitlines()]
@@ -102,15 +86,15 @@ def test_tied_and_empty_candidates_are_dropped_and_counted(tmp_path):
 def test_only_tied_candidates_fail_the_pair_stage(tmp_path):
     tied = tmp_path / "tied.jsonl"
     tied.write_text((HOSTILE / "all-tied.jsonl").read_text().splitlines()[1] + "\n")
-    assert_one_line_error(wpo("pair", pair_recipe(tmp_path, tied)),
-                          f"{tied}: no preference pair could be formed from 1 prompts (dropped {{'all_scores_equal': "
-                          "1}, skipped {})")  # fmt: skip
+    assert_one_line_error(cli("pair", pair_recipe(tmp_path, tied)),
+                          exact=f"{tied}: no preference pair could be formed from 1 prompts (dropped "
+                          "{'all_scores_equal': 1}, skipped {})")  # fmt: skip
 
 
 def test_a_one_megabyte_candidate_is_just_a_long_candidate(tmp_path):
     record = json.loads((HOSTILE / "all-tied.jsonl").read_text().splitlines()[0])
     record["candidates"][0]["text"] = "x" * ONE_MB
-    assert wpo("pair", pair_recipe(tmp_path, write_lines(tmp_path / "big.jsonl", [record]))).exit_code == 0
+    assert cli("pair", pair_recipe(tmp_path, write_lines(tmp_path / "big.jsonl", [record]))).exit_code == 0
     pair = json.loads((tmp_path / "run" / "pair" / "pairs.jsonl").read_text())
     assert len(pair["chosen"][0]["content"]) == ONE_MB
 
@@ -125,19 +109,19 @@ def train_recipe(tmp_path: Path, model: Path, pairs: Path, *settings: str) -> Pa
 
 def test_a_prompt_longer_than_max_length_fails_is_skipped_or_truncated(tmp_path, tiny_llama):
     pairs = HOSTILE / "pairs-long-prompt.jsonl"
-    refused = wpo("train", train_recipe(tmp_path, tiny_llama, pairs, "max_prompt_length: null"))
+    refused = cli("train", train_recipe(tmp_path, tiny_llama, pairs, "max_prompt_length: null"))
     assert isinstance(refused.exception, SystemExit) and refused.exit_code == 2
     assert refused.stderr.startswith(f"wpo: error: {pairs}:2 (pair long): prompt has ")
     assert refused.stderr.endswith(" tokens, leaving no room for a response within max_length 64 (set "
                                    "train.max_prompt_length to truncate it)\n")  # fmt: skip
     assert refused.stderr.count("\n") == 1
 
-    skipped = wpo("train", train_recipe(tmp_path, tiny_llama, pairs, "max_prompt_length: null"), "on_bad_record=skip")
+    skipped = cli("train", train_recipe(tmp_path, tiny_llama, pairs, "max_prompt_length: null"), "on_bad_record=skip")
     assert skipped.exit_code == 0, skipped.stderr
     counts = manifest_counts(tmp_path / "run", "train")
     assert (counts["skipped"], counts["pairs_trained"], counts["truncated_prompts"]) == ({"prompt_too_long": 1}, 2, 0)
 
-    truncated = wpo("train", train_recipe(tmp_path, tiny_llama, pairs, "max_prompt_length: 32"), "train.resume=never")
+    truncated = cli("train", train_recipe(tmp_path, tiny_llama, pairs, "max_prompt_length: 32"), "train.resume=never")
     assert truncated.exit_code == 0, truncated.stderr
     counts = manifest_counts(tmp_path / "run", "train")
     assert (counts["skipped"], counts["pairs_trained"], counts["truncated_prompts"]) == ({}, 3, 1)
@@ -148,7 +132,7 @@ def test_a_one_megabyte_response_is_truncated_and_counted(tmp_path, tiny_llama):
     records[1]["prompt"][0]["content"] = "Write at length."
     records[1]["chosen"][0]["content"] = "The sea and the sky. " * (ONE_MB // 21)
     pairs = write_lines(tmp_path / "pairs.jsonl", records)
-    assert wpo("train", train_recipe(tmp_path, tiny_llama, pairs, "max_prompt_length: 32")).exit_code == 0
+    assert cli("train", train_recipe(tmp_path, tiny_llama, pairs, "max_prompt_length: 32")).exit_code == 0
     counts = manifest_counts(tmp_path / "run", "train")
     assert (counts["pairs_trained"], counts["truncated_responses"], counts["skipped"]) == (3, 1, {})
 
@@ -162,12 +146,12 @@ def test_a_prompt_beyond_the_models_context_is_refused_before_sampling(tmp_path,
     recipe = tmp_path / "sample.yaml"
     recipe.write_text(f"output_dir: {tmp_path / 'run'}\nstages: [sample]\nmodel: {{name_or_path: {tiny_llama}}}\n"
                       f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 4}}\n")  # fmt: skip
-    refused = wpo("sample", recipe)
+    refused = cli("sample", recipe)
     assert isinstance(refused.exception, SystemExit) and refused.exit_code == 2
     assert refused.stderr.startswith(f"wpo: error: {prompts}:2: prompt has ")
     assert refused.stderr.endswith(" tokens; with sample.max_new_tokens 4 it exceeds the model's context of 512 "
                                    "tokens\n")  # fmt: skip
-    skipped = wpo("sample", recipe, "on_bad_record=skip")
+    skipped = cli("sample", recipe, "on_bad_record=skip")
     assert skipped.exit_code == 0, skipped.stderr
     counts = manifest_counts(tmp_path / "run", "sample")
     assert (counts["skipped"], counts["prompts_read"]) == ({"prompt_too_long": 1}, 2)
@@ -186,7 +170,7 @@ def test_a_bad_recipe_names_the_key_path(tmp_path, name, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where the python tag would have written its file
     message = RECIPES[name]
     separator = "" if message.startswith(":") else ": "
-    assert_one_line_error(wpo("train", HOSTILE / name), f"{HOSTILE / name}{separator}{message}")
+    assert_one_line_error(cli("train", HOSTILE / name), exact=f"{HOSTILE / name}{separator}{message}")
     assert not (tmp_path / "pwned").exists()
 
 
@@ -194,8 +178,7 @@ def test_a_real_process_prints_one_line(tmp_path):
     """The same guard in a real `python -m wpo` process: exit 2, one line on stderr, no traceback."""
     name = "malformed-json.jsonl"
     env = {**os.environ, "WPO_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "wpo", "pair", str(pair_recipe(tmp_path, HOSTILE / name))],
-                            capture_output=True, text=True, env=env)  # fmt: skip
+    result = run_wpo("pair", pair_recipe(tmp_path, HOSTILE / name), env=env)
     assert result.returncode == 2
     assert result.stderr == f"wpo: error: {HOSTILE / name}:{BAD_RECORDS[name][0]}\n"
     assert result.stdout == ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import write_lines
+from helpers import write_lines
 
 from wpo.config import load_recipe
 from wpo.pairing.stage import run_pair

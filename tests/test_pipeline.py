@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import write_lines
+from helpers import write_lines
 
 from wpo.config import load_recipe
 from wpo.data.io import resolve_builtin

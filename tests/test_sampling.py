@@ -11,22 +11,13 @@ import time
 
 import pytest
 import torch
-from conftest import write_lines
+from helpers import prompts_file, write_lines
 
 from wpo.config import load_recipe
 from wpo.errors import ConfigError, DataError
 from wpo.sampling import SampleRequest, sample_seed
 from wpo.sampling.stage import run_sample
 from wpo.sampling.transformers_backend import PerRowSampling, TransformersSampler, nucleus
-
-
-def prompts_file(tmp_path, count=5, reference=True):
-    records = [
-        {"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i} plus {i}?" + " Explain." * (i % 3)}],
-         **({"reference": f"{i} plus {i} is {2 * i}."} if reference else {})}
-        for i in range(count)
-    ]  # fmt: skip
-    return write_lines(tmp_path / "prompts.jsonl", records)
 
 
 def sample_recipe(tmp_path, model, prompts, *overrides, run="run"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PLANTED_KEY, write_lines
+from helpers import PLANTED_KEY, write_lines
 
 from wpo.config import load_recipe
 from wpo.errors import ConfigError, DataError, WpoError

@@ -11,17 +11,13 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tokenize
 from pathlib import Path
 
 import pytest
-from conftest import CHATML_TEMPLATE, PLANTED_KEY, build_tokenizer, write_lines
+from helpers import CHATML_TEMPLATE, PLANTED_KEY, assert_one_line_error, build_tokenizer, cli, run_wpo, write_lines
 from judge_server import FakeJudge
-from typer.testing import CliRunner, Result
 
-from wpo.cli import app
 from wpo.config import ModelConfig
 from wpo.data import BadRecordPolicy, Pair
 from wpo.errors import DataError, WpoError
@@ -29,17 +25,6 @@ from wpo.models import apply_chat_template, load_pretrained, load_tokenizer
 from wpo.train.tokenize import tokenize_pairs
 
 SOURCE = Path(__file__).parent.parent / "src" / "wpo"
-
-
-def wpo(*args: str | Path) -> Result:
-    return CliRunner().invoke(app, [str(arg) for arg in args])
-
-
-def assert_one_line_error(result: Result, *fragments: str) -> None:
-    assert isinstance(result.exception, SystemExit) and result.exit_code == 2, result.output
-    assert result.stderr.startswith("wpo: error: ") and result.stderr.count("\n") == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr
 
 
 def train_recipe(tmp_path: Path, model: Path, pairs: Path) -> Path:
@@ -77,7 +62,7 @@ def test_remote_code_is_never_imported_without_the_recipes_consent(remote_code_m
         load_pretrained(str(model), ModelConfig(), AutoModelForSequenceClassification, custom_code="its own code")
     with pytest.raises(WpoError, match=r"the tokenizer of .* needs custom code; set model.trust_remote_code: true"):
         load_tokenizer(str(model))
-    assert_one_line_error(wpo("train", train_recipe(tmp_path, model, pairs_file)),
+    assert_one_line_error(cli("train", train_recipe(tmp_path, model, pairs_file)),
                           f"the tokenizer of {model} needs custom code; set model.trust_remote_code: true")  # fmt: skip
     assert not marker.exists()
 
@@ -116,7 +101,7 @@ def test_a_pickle_only_checkpoint_is_refused_on_the_command_line(tmp_path, pairs
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (model / "pytorch_model.bin").write_bytes(b"never unpickled")
-    assert_one_line_error(wpo("train", train_recipe(tmp_path, model, pairs_file)),
+    assert_one_line_error(cli("train", train_recipe(tmp_path, model, pairs_file)),
                           f"{model} holds only pickle weights (pytorch_model.bin); wpo loads safetensors only. "
                           "Convert once with: python -c",
                           f"save_pretrained('{model}-safetensors')")  # fmt: skip
@@ -168,8 +153,7 @@ def test_the_api_key_is_used_but_written_nowhere(tmp_path, tiny_llama):
             f"eval: {{model: {tiny_llama}, prompts: {prompts}, max_new_tokens: 4, api: {endpoint}}}\n"
         )
         env = {**os.environ, "WPO_TEST_JUDGE_KEY": PLANTED_KEY, "WPO_LOG_LEVEL": "DEBUG", "OMP_NUM_THREADS": "1"}
-        result = subprocess.run([sys.executable, "-m", "wpo", "run", str(recipe), "--json"], capture_output=True,
-                                text=True, env=env)  # fmt: skip
+        result = run_wpo("run", recipe, "--json", env=env)
     assert result.returncode == 0, result.stderr
     assert len(judge.answered) == 4 + 2  # 4 candidates scored, 2 eval outputs judged
     assert judge.authorizations == [f"Bearer {PLANTED_KEY}"] * 6
@@ -203,7 +187,7 @@ def test_a_hostile_template_stops_training_with_one_line(tmp_path, tiny_llama, p
     model = tmp_path / "hostile-template"
     shutil.copytree(tiny_llama, model)
     (model / "chat_template.jinja").write_text(HOSTILE_TEMPLATES[1])
-    assert_one_line_error(wpo("train", train_recipe(tmp_path, model, pairs_file)),
+    assert_one_line_error(cli("train", train_recipe(tmp_path, model, pairs_file)),
                           f"the chat template of {model} tried an unsafe operation (access to attribute '__init__' "
                           "of 'type' object is unsafe.); refusing to render it")  # fmt: skip
     assert not (tmp_path / "MARKER").exists()
@@ -230,5 +214,5 @@ def test_an_export_name_cannot_leave_the_run_directory(tmp_path, tiny_llama, nam
     recipe = tmp_path / "export.yaml"
     recipe.write_text(f"output_dir: {tmp_path / 'runs' / 'run'}\nstages: [export]\n"
                       f"export: {{model: {tiny_llama}, name: '{name}', quantizations: [F16]}}\n")  # fmt: skip
-    assert_one_line_error(wpo("export", recipe), f"export.name {name!r} must be a plain file name")
+    assert_one_line_error(cli("export", recipe), f"export.name {name!r} must be a plain file name")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export.yaml"]  # nothing written, inside or out

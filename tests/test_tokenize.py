@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import GEMMA_TEMPLATE, build_tokenizer
+from helpers import GEMMA_TEMPLATE, build_tokenizer
 
 from wpo.data import BadRecordPolicy, Pair
 from wpo.errors import DataError

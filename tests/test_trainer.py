@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PAIRS, pair_record, write_lines
+from helpers import PAIRS, pair_record, write_lines
 from safetensors.torch import load_file
 from torch.testing import assert_close
 

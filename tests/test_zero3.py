@@ -13,9 +13,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PAIRS, pair_record, write_lines
+from helpers import (
+    DISTRIBUTED_ENV,
+    PAIRS,
+    assert_ok,
+    free_port,
+    pair_record,
+    run_wpo,
+    two_rounds_of_lora_and_eval,
+    write_lines,
+)
 from safetensors.torch import load_file
-from test_distributed import ENV, free_port, two_rounds_of_lora_and_eval, wpo
 from torch.testing import assert_close
 
 from wpo.config import load_recipe
@@ -34,7 +42,7 @@ def zero3(
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO3), "--num_processes",
                "2", "--main_process_port", str(free_port()), "--mixed_precision", mixed_precision,
                "-m", "wpo", stage, str(recipe), *overrides]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, env=DISTRIBUTED_ENV, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -79,7 +87,8 @@ def test_zero3_trains_and_checkpoints_what_one_process_does_and_resumes_without_
     whole fp32 weights and Adam state by parameter name — which plain data parallel resumes from."""
     recipe = train_recipe(tmp_path, tiny_llama)
     one, two = tmp_path / "one", tmp_path / "two"
-    wpo(1, "train", recipe, f"output_dir={one}", pairs_in(tmp_path / "pairs-one"), "train.per_device_batch_size=2")
+    assert_ok(run_wpo("train", recipe, f"output_dir={one}", pairs_in(tmp_path / "pairs-one"),
+                      "train.per_device_batch_size=2", env=DISTRIBUTED_ENV))  # fmt: skip
     launched = zero3(recipe, f"output_dir={two}", pairs_in(tmp_path / "pairs-two"), "train.per_device_batch_size=1")
 
     assert "accelerate: DEEPSPEED, 2 process(es)" in launched.stderr
@@ -104,8 +113,9 @@ def test_zero3_trains_and_checkpoints_what_one_process_does_and_resumes_without_
 
     uninterrupted = weights(two, "final")
     stop_after_step_2(two)
-    resumed = wpo(2, "train", recipe, f"output_dir={two}", f"train.pairs={tmp_path / 'pairs-two' / 'pairs.jsonl'}",
-                  "train.per_device_batch_size=1")  # fmt: skip
+    resumed = assert_ok(run_wpo("train", recipe, f"output_dir={two}",
+                                f"train.pairs={tmp_path / 'pairs-two' / 'pairs.jsonl'}",
+                                "train.per_device_batch_size=1", processes=2, env=DISTRIBUTED_ENV))  # fmt: skip
     assert "accelerate: MULTI_CPU" in resumed.stderr and "(step 2)" in resumed.stderr
     assert_same_tensors(weights(two, "final"), uninterrupted, 1e-6, "resumed without DeepSpeed")
 
@@ -136,8 +146,8 @@ def test_zero3_in_bf16_keeps_fp32_masters_and_resumes_to_the_same_weights(tmp_pa
 def test_lora_under_zero3_trains_the_adapter_one_process_trains(tmp_path, tiny_llama):
     recipe = train_recipe(tmp_path, tiny_llama)
     one, two = tmp_path / "one", tmp_path / "two"
-    wpo(1, "train", recipe, f"output_dir={one}", pairs_in(tmp_path / "pairs-one"), "train.per_device_batch_size=2",
-        LORA)  # fmt: skip
+    assert_ok(run_wpo("train", recipe, f"output_dir={one}", pairs_in(tmp_path / "pairs-one"),
+                      "train.per_device_batch_size=2", LORA, env=DISTRIBUTED_ENV))  # fmt: skip
     zero3(recipe, f"output_dir={two}", pairs_in(tmp_path / "pairs-two"), "train.per_device_batch_size=1", LORA)
     for directory in ("checkpoint-2/model", "final"):
         adapter = weights(two, directory, "adapter_model.safetensors")

@@ -1,0 +1,238 @@
+"""Plain helpers shared by the tests (fixtures live in conftest.py): tokenizers and tiny models built locally, pair and
+prompt files, free ports, and the two ways of running the `wpo` command: in this process (`cli`) or as a real process,
+optionally under torchrun (`run_wpo`).
+
+Test modules import from here (`from helpers import ...`), never from conftest or from another test module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typer.testing import Result
+
+# Tests never reach a hub: fail fast instead of retrying a network that is not there. Set here, before the
+# environments below copy os.environ (conftest.py imports this module before any test module is imported).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# Multi-process runs (torchrun, accelerate launch): one thread per process, and the INFO lines the tests read.
+DISTRIBUTED_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WPO_LOG_LEVEL": "INFO"}
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "<start_of_turn>{{ role }}\n{{ message['content'] }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+CORPUS = [
+    "What is the capital of France? The capital of France is Paris.",
+    "Seven plus five is twelve. Two times three is six.",
+    "Write a short poem about the sea and the sky and the wind.",
+    "The quick brown fox jumps over the lazy dog.",
+]
+
+PAIRS = [
+    ("p1", "What is seven plus five?", "Seven plus five is twelve.", "It is eleven."),
+    ("p2", "Name the capital of France.", "The capital of France is Paris.", "Lyon, I think."),
+    ("p3", "Write a line about the sea.", "The sea and the sky meet in the wind.", "No."),
+    ("p4", "What is two times three?", "Two times three is six.", "Two times three is five, probably."),
+    ("p5", "Describe a fox.", "A quick brown fox jumps over the lazy dog.", "A fox is a dog."),
+    ("p6", "What is the capital of France?", "Paris.", "The capital of France is Rome."),
+]
+
+PLANTED_KEY = "sk-wpo-planted-test-key-0123456789"
+
+
+# --- files -----------------------------------------------------------------------------------------------------------
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def pair_record(pair_id: str, prompt: str, chosen: str, rejected: str) -> dict:
+    return {
+        "id": pair_id,
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "score_chosen": 1.0,
+        "score_rejected": 0.0,
+        "source_chosen": "policy",
+        "source_rejected": "policy",
+    }
+
+
+def prompts_file(tmp_path, count=5, reference=True):
+    records = [
+        {"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i} plus {i}?" + " Explain." * (i % 3)}],
+         **({"reference": f"{i} plus {i} is {2 * i}."} if reference else {})}
+        for i in range(count)
+    ]  # fmt: skip
+    return write_lines(tmp_path / "prompts.jsonl", records)
+
+
+def two_rounds_of_lora_and_eval(tmp_path: Path, model: Path) -> Path:
+    """A `wpo run` recipe: two rounds of sample, score, pair and LoRA training on IFEval prompts, then eval."""
+    from wpo.data.io import resolve_builtin
+
+    train = [json.loads(line) for line in resolve_builtin("builtin:ifeval-train.jsonl").read_text().splitlines()]
+    heldout = [json.loads(line) for line in resolve_builtin("builtin:ifeval-heldout.jsonl").read_text().splitlines()]
+    recipe = tmp_path / "run.yaml"
+    recipe.write_text(
+        f"seed: 5\nrounds: 2\nstages: [sample, score, pair, train, eval]\n"
+        f"model: {{name_or_path: {model}, lora: {{r: 4, alpha: 8, dropout: 0.0}}}}\n"
+        f"sample: {{prompts: {write_lines(tmp_path / 'train.jsonl', train[:6])}, n: 2, max_new_tokens: 6, "
+        "temperature: 1.0, batch_size: 2, offpolicy_fields: [reference]}\n"
+        "score: {scorer: python, function: 'wpo.tasks.ifeval:reward'}\n"
+        "train: {learning_rate: 1.0e-2, max_steps: 2, max_length: 160, max_prompt_length: 128, logging_steps: 1}\n"
+        f"eval: {{prompts: {write_lines(tmp_path / 'heldout.jsonl', heldout[:4])}, compare_to: base_model, "
+        "reward: 'wpo.tasks.ifeval:reward', judge: python, function: 'wpo.tasks.ifeval:content_preference', "
+        "max_new_tokens: 6, temperature: 1.0}\n"
+    )
+    return recipe
+
+
+# --- tokenizers and tiny models --------------------------------------------------------------------------------------
+
+
+def build_tokenizer(template: str, specials: list[str], bos: str | None, eos: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", *specials], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token=eos, bos_token=bos)
+    fast.chat_template = template
+    return fast
+
+
+def save_tiny_model(directory: Path, kind: str, seed: int) -> Path:
+    """A tiny random llama- or gemma2-style model with a byte-level BPE tokenizer (the conftest model fixtures)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig
+
+    if kind == "llama":
+        tokenizer = build_tokenizer(CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"], None, "<|im_end|>")
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+        )  # fmt: skip
+    else:
+        specials = ["<bos>", "<start_of_turn>", "<end_of_turn>"]
+        tokenizer = build_tokenizer(GEMMA_TEMPLATE, specials, "<bos>", "<end_of_turn>")
+        config = Gemma2Config(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+            final_logit_softcapping=2.0, attn_logit_softcapping=50.0, sliding_window=16, query_pre_attn_scalar=8,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )  # fmt: skip
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    if kind == "gemma2":
+        with torch.no_grad():  # larger logits, so the soft-cap at 2.0 really bends them
+            model.lm_head.weight.mul_(40.0)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def tiny_model(directory: Path, kind: str, tokenizer_source) -> Path:
+    """A tiny random model of `kind` for export (llama.cpp's converter); `tokenizer_source` is a tokenizer or a
+    directory holding `tokenizer.model`."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    spm_dir = tokenizer_source if isinstance(tokenizer_source, Path) else None
+    tokenizer = AutoTokenizer.from_pretrained(spm_dir) if spm_dir else tokenizer_source
+    shapes = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    configs = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
+    config = Gemma2Config(head_dim=64, **shapes) if kind == "gemma2" else configs[kind](**shapes)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    if spm_dir:
+        shutil.copy(spm_dir / "tokenizer.model", directory)
+    return directory
+
+
+# --- the wpo command -------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli(*args: str | Path) -> Result:
+    """`wpo ARGS` in this process (typer's runner: the same `app` and error guard as `python -m wpo`)."""
+    from typer.testing import CliRunner
+
+    from wpo.cli import app
+
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+def run_wpo(
+    *args: str | Path, processes: int = 1, env: dict[str, str] | None = None, cwd=None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`python -m wpo ARGS` in a real process, or for `processes` > 1 under torchrun (as `torchrun --nproc_per_node N
+    -m wpo ARGS`); output captured as text. Checks nothing: see `assert_ok`."""
+    launcher = [sys.executable, "-m"]
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                    "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m"]  # fmt: skip
+    command = [*launcher, "wpo", *(str(arg) for arg in args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+
+
+def assert_ok(result: subprocess.CompletedProcess | Result, tail: int = 4000) -> subprocess.CompletedProcess | Result:
+    """Exit 0 (a process's return code or the in-process runner's exit code), else fail with stderr's end."""
+    code = result.returncode if isinstance(result, subprocess.CompletedProcess) else result.exit_code
+    assert code == 0, result.stderr[-tail:]
+    return result
+
+
+def assert_one_line_error(result: Result, *fragments: str, exact: str | None = None) -> None:
+    """An in-process run ended with exit 2 and stderr one line `wpo: error: ...`: no traceback, nothing escaped the
+    CLI. The line contains every fragment, and with `exact` it is exactly `wpo: error: <exact>`."""
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 2, (result.exception, result.output)
+    assert result.stderr.startswith("wpo: error: ") and result.stderr.count("\n") == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+    if exact is not None:
+        assert result.stderr == f"wpo: error: {exact}\n"
