@@ -10,12 +10,13 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 from helpers import write_lines
 
 from wpo.config import load_recipe
 from wpo.data.io import resolve_builtin
-from wpo.errors import WpoError
+from wpo.errors import DataError, WpoError
 from wpo.eval.judges import ApiPairwiseJudge, Comparison, judge_all, model_shown_first
 from wpo.eval.stage import run_eval
 
@@ -277,3 +278,30 @@ def test_a_non_finite_eval_reward_names_the_prompt(tmp_path, tiny_llama, tiny_ll
     with pytest.raises(WpoError, match=r"eval measure reward gave inf for the prompt 'p1'; expected a finite number"):
         run_eval(recipe)
     assert not (tmp_path / "run" / "eval" / "measures.jsonl").exists()
+
+
+def test_instruction_difficulties_are_matched_by_instruction_not_by_row(tmp_path, tiny_llama, monkeypatch):
+    """AlpacaEval's difficulty file in another order than the eval set: each instruction still gets its own value."""
+    from wpo.eval.stage import metrics_from_annotations
+
+    (tmp_path / "shorter.py").write_text("def judge(messages, reference, output):\n"
+                                         "    return 1.0 if len(output) < len(reference) else 0.0\n")  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    prompts = eval_prompts(tmp_path)
+    instructions = [json.loads(line)["messages"][-1]["content"] for line in prompts.read_text().splitlines()]
+    difficulty = {text: float(i) - 1.5 for i, text in enumerate(instructions)}
+    shuffled = tmp_path / "difficulty.csv"
+    shuffled.write_text("instruction,instruction_difficulty\n" + "".join(
+        f'"{text}",{difficulty[text]}\n' for text in reversed(instructions)))  # fmt: skip
+    settings = [f"output_dir={tmp_path / 'run'}", f"eval.model={tiny_llama}", "eval.judge=python",
+                "eval.function=shorter:judge", f"eval.prompts={prompts}", "eval.max_new_tokens=8"]  # fmt: skip
+    metrics = run_eval(load_recipe(None, [*settings, f"eval.instruction_difficulty={shuffled}"]))["metrics"]
+    annotations = json.loads((tmp_path / "run" / "eval" / "annotations.json").read_text())
+    expected = metrics_from_annotations(annotations, np.array([difficulty[text] for text in instructions]))
+    assert metrics["lc_formula"].startswith("tanh(std_delta_len) + instruction_difficulty")
+    assert metrics["length_controlled_winrate"] == expected["length_controlled_winrate"]
+
+    partial = tmp_path / "partial.csv"
+    partial.write_text(f'instruction,instruction_difficulty\n"{instructions[0]}",0.5\n')
+    with pytest.raises(DataError, match=r"partial.csv: no difficulty for 3 of 4 eval instructions, e.g. "):
+        run_eval(load_recipe(None, [*settings, f"eval.instruction_difficulty={partial}", "eval.generator_name=b"]))

@@ -121,13 +121,24 @@ def generate_outputs(recipe: Recipe, model: str, prompts) -> list[str]:
     return outputs
 
 
-def _difficulty_inputs(recipe: Recipe, count: int):
+def _difficulty_inputs(recipe: Recipe, instructions: list[str]):
+    """AlpacaEval's per-instruction difficulties (a CSV with `instruction` and `instruction_difficulty` columns, as
+    alpaca_eval ships it), matched to this eval set by instruction text — never by row position, which silently
+    misaligns a reordered or filtered eval set — and its gamed-baseline rows when given."""
     cfg = recipe.eval
     if cfg.instruction_difficulty is None:
         return None, None
-    difficulty = pd.read_csv(cfg.instruction_difficulty)["instruction_difficulty"].to_numpy(dtype=float)
-    if len(difficulty) != count:
-        raise DataError(f"{cfg.instruction_difficulty}: {len(difficulty)} difficulties for {count} eval instructions")
+    frame = pd.read_csv(cfg.instruction_difficulty)
+    missing_columns = {"instruction", "instruction_difficulty"} - set(frame.columns)
+    if missing_columns:
+        raise DataError(f"{cfg.instruction_difficulty}: no column {', '.join(sorted(missing_columns))} (expected "
+                        "instruction and instruction_difficulty)")  # fmt: skip
+    by_instruction = dict(zip(frame["instruction"], frame["instruction_difficulty"].astype(float), strict=True))
+    unknown = [text for text in instructions if text not in by_instruction]
+    if unknown:
+        raise DataError(f"{cfg.instruction_difficulty}: no difficulty for {len(unknown)} of {len(instructions)} eval "
+                        f"instructions, e.g. {unknown[0][:80]!r}")  # fmt: skip
+    difficulty = np.array([by_instruction[text] for text in instructions])
     gamed = None
     if cfg.gamed_baselines is not None:
         frame = pd.read_csv(cfg.gamed_baselines)
@@ -208,7 +219,9 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         for c, g, pref in zip(comparisons, reference_generators, preferences, strict=True)
     ]  # fmt: skip
     write_json(stage_dir / "annotations.json", annotations)
-    metrics = metrics_from_annotations(annotations, *_difficulty_inputs(recipe, len(annotations)))
+    metrics = metrics_from_annotations(
+        annotations, *_difficulty_inputs(recipe, [a["instruction"] for a in annotations])
+    )
     metrics["judge"] = cfg.judge
     metrics["reference_generator"] = reference_generators[0]
     if base_outputs is not None:
