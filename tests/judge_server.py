@@ -36,9 +36,12 @@ def completion_for(prompt: str) -> dict:
         top = [{"token": str(digit), "logprob": math.log(0.75)}, {"token": str((digit + 1) % 10),
                                                                    "logprob": math.log(0.25)}]  # fmt: skip
         text = str(digit)
-    return {"choices": [{"message": {"role": "assistant", "content": text},
-                         "logprobs": {"content": [{"token": text, "logprob": top[0]["logprob"],
-                                                   "top_logprobs": top}]}}]}  # fmt: skip
+    return {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text},
+                         "logprobs": {"content": [{"token": text, "logprob": top[0]["logprob"], "bytes": None,
+                                                   "top_logprobs": [{**t, "bytes": None} for t in top]}]}}],
+            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 1,
+                      "total_tokens": len(prompt.split()) + 1}}  # fmt: skip
 
 
 class FakeJudge:
@@ -47,14 +50,21 @@ class FakeJudge:
     - `hang_at=n`: the n-th request (1-based) is received but never answered; `hung` is set when it arrives, and
       `release()` lets the handler go (without answering).
     - `fail_status=code`: every request from the `fail_from`-th on gets that HTTP status, with `fail_body`.
-    - `stall_seconds=s`: every request waits s seconds before answering (to trip the client's timeout).
+      `fail_until=n` stops failing from the n-th request on; `retry_after` is sent as the `Retry-After` header.
+    - `stall_seconds=s`: every request waits s seconds before answering (to trip the client's timeout, or to stand
+      for a remote API's latency); `most_in_flight` is the most requests it held at once.
     - `body`: a fixed raw response body (status 200) instead of a completion.
+    Every request's JSON body is kept in `bodies`.
     """
 
     def __init__(self, *, hang_at: int | None = None, fail_status: int | None = None, fail_from: int = 1,
-                 fail_body: str = "", stall_seconds: float = 0.0, body: bytes | None = None):  # fmt: skip
+                 fail_until: int | None = None, fail_body: str = "", retry_after: str | None = "0.001",
+                 stall_seconds: float = 0.0, body: bytes | None = None):  # fmt: skip
         self.hang_at, self.fail_status, self.fail_from, self.fail_body = hang_at, fail_status, fail_from, fail_body
+        self.fail_until, self.retry_after = fail_until, retry_after
         self.stall_seconds, self.body = stall_seconds, body
+        self.bodies: list[dict] = []
+        self.in_flight = self.most_in_flight = 0
         self.received = 0
         self.answered: list[str] = []
         self.authorizations: list[str | None] = []
@@ -91,21 +101,35 @@ class FakeJudge:
                     judge.received += 1
                     number = judge.received
                     judge.authorizations.append(self.headers.get("Authorization"))
+                    judge.bodies.append(request)
+                    judge.in_flight += 1
+                    judge.most_in_flight = max(judge.most_in_flight, judge.in_flight)
+                try:
+                    self._answer(number, prompt)
+                finally:
+                    with judge._lock:
+                        judge.in_flight -= 1
+
+            def _answer(self, number: int, prompt: str) -> None:
                 if number == judge.hang_at:
                     judge.hung.set()
                     judge._release.wait()
                     return  # no response: the client was killed while waiting for it
                 time.sleep(judge.stall_seconds)
-                if judge.fail_status is not None and number >= judge.fail_from:
-                    self._send(judge.fail_status, judge.fail_body.encode())
+                failing = judge.fail_status is not None and number >= judge.fail_from
+                if failing and (judge.fail_until is None or number < judge.fail_until):
+                    self._send(judge.fail_status, judge.fail_body.encode(), retry_after=judge.retry_after)
                     return
                 self._send(200, judge.body if judge.body is not None else json.dumps(completion_for(prompt)).encode())
                 with judge._lock:
                     judge.answered.append(prompt)
 
-            def _send(self, status: int, payload: bytes) -> None:
+            def _send(self, status: int, payload: bytes, retry_after: str | None = None) -> None:
                 try:
                     self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    if retry_after is not None:
+                        self.send_header("Retry-After", retry_after)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)

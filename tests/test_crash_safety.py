@@ -153,7 +153,7 @@ def candidates_to_score(tmp_path: Path) -> Path:
 
 
 def judge_recipe(recipe: Path, stage: str, url: str, inputs: str) -> Path:
-    endpoint = f"{{base_url: '{url}', model: judge, backoff_seconds: 0.01}}"
+    endpoint = f"{{base_url: '{url}', model: judge, max_concurrency: 1}}"  # one in flight: the kill point is exact
     settings = f"scorer: judge, judge: {endpoint}" if stage == "score" else f"api: {endpoint}, max_new_tokens: 6"
     recipe.write_text(f"seed: 3\n{stage}: {{{inputs}, {settings}}}\n")
     return recipe
@@ -180,7 +180,7 @@ def test_score(tmp_path):
     output = "score/candidates.jsonl"
     assert (killed / output).read_bytes() == (tmp_path / "straight" / output).read_bytes()
     counts = json.loads((killed / "score" / "manifest.json").read_text())["counts"]
-    assert (counts["records_done_before_this_run"], counts["judge_calls"], counts["judge_cache_hits"]) == (8, 5, 3)
+    assert (counts["records_done_before_this_run"], counts["judge_requests"], counts["judge_cache_hits"]) == (8, 5, 3)
 
 
 def test_pair(tmp_path):

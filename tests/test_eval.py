@@ -64,7 +64,7 @@ def test_api_judge_unswaps_the_order(tmp_path):
 def test_identical_outputs_are_draws_without_a_judge(tmp_path):
     recipe = load_recipe(None, ["eval.judge=python", "eval.function=nowhere:f"])  # never imported: all identical
     items = [Comparison([{"role": "user", "content": "q"}], "same", "same")]
-    assert judge_all(recipe, items, tmp_path) == [1.5]
+    assert judge_all(recipe, items, tmp_path) == ([1.5], {})
 
 
 def test_reward_model_judge_is_bradley_terry(tiny_reward_model):

@@ -107,20 +107,21 @@ def test_judge_scores_against_a_real_local_server(tmp_path, llama_server, monkey
     first = run_score(recipe)
     scores = [c["score"] for r in read_scored(tmp_path) for c in r["candidates"]]
     assert len(scores) == 9 and all(0.0 <= s <= 9.0 for s in scores)
-    assert first["counts"]["judge_calls"] == 9
+    assert first["counts"]["judge_requests"] == first["counts"]["judge_completions"] == 9
+    assert first["counts"]["judge_prompt_tokens"] > 9 * 20 and 9 <= first["counts"]["judge_completion_tokens"] <= 18
     cache = (tmp_path / "run" / "score" / "judge_cache.jsonl").read_text().splitlines()
     assert len(cache) == 9
 
     (tmp_path / "run" / "score" / "manifest.json").unlink()
     again = run_score(recipe)  # every answer is on disk: the judge is not asked again
-    assert again["counts"]["judge_calls"] == 0 and again["counts"]["judge_cache_hits"] == 9
+    assert again["counts"]["judge_requests"] == 0 and again["counts"]["judge_cache_hits"] == 9
     assert [c["score"] for r in read_scored(tmp_path) for c in r["candidates"]] == scores
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert PLANTED_KEY not in path.read_text(errors="replace"), path
 
     monkeypatch.setenv("WPO_JUDGE_KEY", "wrong-key")
-    with pytest.raises(WpoError, match=r"judge at .* answered HTTP 401"):
+    with pytest.raises(WpoError, match=r"score.judge at .* refused the API key \(HTTP 401\): check WPO_JUDGE_KEY"):
         JudgeScorer(recipe.score.judge, tmp_path / "other").score(
             [ScoreRequest([{"role": "user", "content": "q"}], "a")]
         )
@@ -137,6 +138,8 @@ class FlakyJudge(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers["Content-Length"]))
         if type(self).seen <= type(self).failures:
             self.send_response(503)
+            self.send_header("Retry-After", "0.01")
+            self.send_header("Content-Length", "0")
             self.end_headers()
             return
         body = {"choices": [{"message": {"content": "7"}, "logprobs": {"content": [{"token": "7", "top_logprobs": [
@@ -168,19 +171,18 @@ def test_judge_retries_then_weights_digits(tmp_path, flaky_server):
         tmp_path,
         candidates_file(tmp_path),
         "score.scorer=judge",
-        f"score.judge={{base_url: '{flaky_server}', model: m, max_retries: 3, backoff_seconds: 0.01}}",
+        f"score.judge={{base_url: '{flaky_server}', model: m, max_retries: 3}}",
     )
     scorer = JudgeScorer(recipe.score.judge, tmp_path)
     assert scorer.score([ScoreRequest([{"role": "user", "content": "q"}], "a")]) == [pytest.approx(6.0)]
     assert FlakyJudge.seen == 3
 
     FlakyJudge.failures, FlakyJudge.seen = 100, 0
-    with pytest.raises(
-        WpoError, match=r"failed after 4 attempts \(HTTP 503\); 1 judgements are saved in .*judge_cache"
-    ):
+    with pytest.raises(WpoError, match=r"answered HTTP 503 after 4 attempts for the prompt 'q'; 1 answers are saved"):
         scorer.score([ScoreRequest([{"role": "user", "content": "q"}], "another answer")])
 
 
 def test_score_from_answer_falls_back_to_text():
     assert score_from_answer({"message": {"content": "Score: 8"}}) == 8.0
-    assert score_from_answer({"message": {"content": "great"}}) is None
+    with pytest.raises(WpoError, match="holds no digit"):
+        score_from_answer({"message": {"content": "great"}})

@@ -44,7 +44,14 @@ class Section(BaseModel):
         """The section as JSON without its `unhashed` keys: what a stage's config hash covers."""
         fields = type(self).model_fields
         skip = {name for name, field in fields.items() if (field.json_schema_extra or {}).get("hashed") is False}
-        return self.model_dump(mode="json", exclude=skip)
+        settings = self.model_dump(mode="json", exclude=skip)
+        for name in settings:  # nested sections (an endpoint, a list of them) leave out their own unhashed keys
+            value = getattr(self, name)
+            if isinstance(value, Section):
+                settings[name] = value.hashed_settings()
+            elif isinstance(value, list) and value and all(isinstance(item, Section) for item in value):
+                settings[name] = [item.hashed_settings() for item in value]
+        return settings
 
 
 class LoraConfig(Section):
@@ -61,6 +68,34 @@ class ModelConfig(Section):
     lora: LoraConfig | None = None
 
 
+class EndpointConfig(Section):
+    """An OpenAI-compatible chat endpoint (`wpo.endpoints`); the API key comes from the variable named in
+    `api_key_env`, never stored. `base_url` may be a list of servers of the same model: requests are spread over them."""
+
+    base_url: str | list[str]
+    model: str
+    api_key_env: str | None = None
+    timeout: float = Field(60.0, gt=0.0)
+    max_retries: int = Field(5, ge=0)
+    extra_body: dict[str, Any] = Field(default_factory=dict)  # server extensions, e.g. {grammar: "root ::= [0-9]"}
+    max_concurrency: int = unhashed(8, gt=0)
+
+    @model_validator(mode="after")
+    def _some_url(self) -> EndpointConfig:
+        if isinstance(self.base_url, list) and not self.base_url:
+            raise ValueError("base_url: give a URL, or a non-empty list of URLs")
+        return self
+
+
+class OffPolicyModelConfig(EndpointConfig):
+    """A model that answers every prompt once, joining the pool as `offpolicy:<name>` (the seed's GPT-4-turbo)."""
+
+    name: str = Field(pattern=r"^[\w.-]+$")
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(2048, gt=0)
+
+
 class SampleConfig(Section):
     prompts: str | None = unhashed()
     n: int = Field(5, ge=0)
@@ -69,20 +104,30 @@ class SampleConfig(Section):
     top_k: int = Field(0, ge=0)
     max_new_tokens: int = Field(512, gt=0)
     stop: list[str] = Field(default_factory=list)
-    backend: Literal["transformers", "llamacpp", "vllm"] = "transformers"
+    backend: Literal["transformers", "llamacpp", "vllm", "openai"] = "transformers"
+    endpoint: EndpointConfig | None = None  # the server(s) behind sample.backend: openai
     batch_size: int = unhashed(8, gt=0)
     gguf: str | None = None
     context_length: int = Field(4096, gt=0)
     tensor_parallel_size: int = Field(1, gt=0)
     offpolicy_fields: list[str] = Field(default_factory=list)
+    offpolicy_models: list[OffPolicyModelConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _backend_and_pool(self) -> SampleConfig:
-        if self.n + len(self.offpolicy_fields) < 2:
+        offpolicy = len(self.offpolicy_fields) + len(self.offpolicy_models)
+        if self.n + offpolicy < 2:
             raise ValueError(
-                f"sample.n ({self.n}) plus sample.offpolicy_fields ({len(self.offpolicy_fields)}) must give at "
-                "least 2 candidates per prompt to form a pair"
+                f"sample.n ({self.n}) plus sample.offpolicy_fields and sample.offpolicy_models ({offpolicy}) must "
+                "give at least 2 candidates per prompt to form a pair"
             )
+        sources = [*self.offpolicy_fields, *(model.name for model in self.offpolicy_models)]
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"sample.offpolicy_fields and sample.offpolicy_models names must be unique (each is a "
+                             f"source offpolicy:<name>), got {sources}")  # fmt: skip
+        if (self.backend == "openai") != (self.endpoint is not None):
+            raise ValueError(f"sample.endpoint is the server of sample.backend: openai, and only of it (backend is "
+                             f"{self.backend!r}, endpoint is {'set' if self.endpoint else 'not set'})")  # fmt: skip
         if self.gguf is not None and self.backend != "llamacpp":
             raise ValueError(f"sample.gguf is only used by sample.backend: llamacpp (backend is {self.backend!r})")
         if self.tensor_parallel_size > 1 and self.backend != "vllm":
@@ -90,24 +135,12 @@ class SampleConfig(Section):
         return self
 
 
-class JudgeConfig(Section):
-    """An OpenAI-compatible chat endpoint; the API key comes from the variable named in `api_key_env`, never stored."""
-
-    base_url: str
-    model: str
-    api_key_env: str | None = None
-    timeout: float = Field(60.0, gt=0.0)
-    max_retries: int = Field(5, ge=0)
-    backoff_seconds: float = Field(0.5, ge=0.0)
-    extra_body: dict[str, Any] = Field(default_factory=dict)  # server extensions, e.g. {grammar: "root ::= [0-9]"}
-
-
 class ScoreConfig(Section):
     candidates: str | None = unhashed()
     scorer: Literal["reward_model", "judge", "python"] = "reward_model"
     model: str | None = None
     function: str | None = None
-    judge: JudgeConfig | None = None
+    judge: EndpointConfig | None = None
     batch_size: int = unhashed(8, gt=0)
     max_length: int = Field(4096, gt=1)
 
@@ -201,7 +234,7 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(512, gt=0)
     batch_size: int = unhashed(8, gt=0)
     judge: Literal["api", "reward_model", "python"] = "api"
-    api: JudgeConfig | None = None
+    api: EndpointConfig | None = None
     reward_model: str | None = None
     function: str | None = None
     instruction_difficulty: str | None = None

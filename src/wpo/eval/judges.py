@@ -16,9 +16,10 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from wpo.api import AnswerCache, ChatClient, first_token_distribution
 from wpo.config import Recipe, ScoreConfig
+from wpo.endpoints import CACHE_FILE, AnswerCache, ChatRequest, Endpoint, first_token_distribution, message_text
 from wpo.errors import WpoError
 
 PAIRWISE_SYSTEM = "You are a careful, impartial judge of assistant responses."
@@ -27,7 +28,6 @@ PAIRWISE_TEMPLATE = (
     "[Instruction]\n{instruction}\n\n[Output (a)]\n{first}\n\n[Output (b)]\n{second}\n\n"
     "Answer with a single letter, a or b."
 )
-CACHE_FILE = "judge_cache.jsonl"
 
 
 @dataclass(frozen=True)
@@ -46,43 +46,46 @@ def model_shown_first(instruction: str) -> bool:
     return hashlib.sha256(instruction.encode("utf-8")).digest()[0] % 2 == 1
 
 
+def second_better(choice: dict[str, Any]) -> float:
+    """P(output (b) better): the judge's probability of "b" among "a" and "b", else its discrete answer."""
+    letters = first_token_distribution(choice)
+    p_a, p_b = letters.get("a", 0.0), letters.get("b", 0.0)
+    if p_a + p_b > 0:
+        return p_b / (p_a + p_b)
+    answer = message_text(choice).strip().lower()[:1]
+    if answer not in ("a", "b"):
+        raise WpoError(f"pairwise judge answered {answer!r}; expected 'a' or 'b'")
+    return 1.0 if answer == "b" else 0.0
+
+
 class ApiPairwiseJudge:
     def __init__(self, recipe: Recipe, cache_dir: Path):
         self.config = recipe.eval.api
         if self.config is None:
             raise WpoError("eval.api (base_url, model, ...) is required by eval.judge: api")
-        self.client = ChatClient(self.config)
-        self.cache = AnswerCache(cache_dir / CACHE_FILE)
+        self.endpoint = Endpoint(self.config, "eval.api", AnswerCache(cache_dir / CACHE_FILE))
 
-    def probability_second_better(self, first: str, second: str, instruction: str) -> float:
-        key = AnswerCache.key(self.config.base_url, self.config.model, self.config.extra_body, PAIRWISE_TEMPLATE,
-                              instruction, first, second)  # fmt: skip
-        if key not in self.cache:
-            prompt = PAIRWISE_TEMPLATE.format(instruction=instruction, first=first, second=second)
-            messages = [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": prompt}]
-            choice = self.client.complete(messages, self.cache, max_tokens=1, temperature=0.0, logprobs=True,
-                                          top_logprobs=20)  # fmt: skip
-            letters = first_token_distribution(choice)
-            p_a, p_b = letters.get("a", 0.0), letters.get("b", 0.0)
-            if p_a + p_b > 0:
-                value = p_b / (p_a + p_b)
-            else:
-                answer = ((choice.get("message") or {}).get("content") or "").strip().lower()[:1]
-                if answer not in ("a", "b"):
-                    raise WpoError(f"pairwise judge answered {answer!r}; expected 'a' or 'b'")
-                value = 1.0 if answer == "b" else 0.0
-            self.cache.put(key, value)
-        return self.cache[key]
+    def _request(self, first: str, second: str, instruction: str) -> ChatRequest:
+        prompt = PAIRWISE_TEMPLATE.format(instruction=instruction, first=first, second=second)
+        return ChatRequest(
+            key=AnswerCache.key(
+                self.config.model, self.config.extra_body, PAIRWISE_TEMPLATE, instruction, first, second
+            ),  # fmt: skip
+            messages=[{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": prompt}],
+            params={"max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": 20},
+            label=f"the instruction {instruction[:60]!r}",
+        )
 
     def preferences(self, comparisons: list[Comparison]) -> list[float]:
-        preferences = []
-        for item in comparisons:
-            if model_shown_first(item.instruction):
-                p_model = 1.0 - self.probability_second_better(item.output, item.reference, item.instruction)
-            else:
-                p_model = self.probability_second_better(item.reference, item.output, item.instruction)
-            preferences.append(1.0 + p_model)
-        return preferences
+        """Every comparison asked concurrently, the model's output shown first or second by `model_shown_first`."""
+        firsts = [model_shown_first(item.instruction) for item in comparisons]
+        requests = [
+            self._request(item.output, item.reference, item.instruction) if first
+            else self._request(item.reference, item.output, item.instruction)
+            for item, first in zip(comparisons, firsts, strict=True)
+        ]  # fmt: skip
+        answers = self.endpoint.ask_all(requests, second_better, desc="eval: judge")
+        return [1.0 + (1.0 - p if first else p) for p, first in zip(answers, firsts, strict=True)]
 
 
 class RewardModelPairwiseJudge:
@@ -120,10 +123,12 @@ class PythonPairwiseJudge:
         return preferences
 
 
-def judge_all(recipe: Recipe, comparisons: list[Comparison], cache_dir: Path) -> list[float]:
-    """Preferences for every comparison, with identical outputs settled as draws before any judge is built."""
+def judge_all(recipe: Recipe, comparisons: list[Comparison], cache_dir: Path) -> tuple[list[float], dict[str, int]]:
+    """Preferences for every comparison, with identical outputs settled as draws before any judge is built, and the
+    API judge's usage (empty for the others)."""
     open_items = [c for c in comparisons if c.output != c.reference]
     judged: list[float] = []
+    usage: dict[str, int] = {}
     if open_items:
         kind = recipe.eval.judge
         judge = (
@@ -132,5 +137,6 @@ def judge_all(recipe: Recipe, comparisons: list[Comparison], cache_dir: Path) ->
             else PythonPairwiseJudge(recipe)
         )  # fmt: skip
         judged = judge.preferences(open_items)
+        usage = judge.endpoint.usage.as_dict() if isinstance(judge, ApiPairwiseJudge) else {}
     answers = iter(judged)
-    return [1.5 if c.output == c.reference else next(answers) for c in comparisons]
+    return [1.5 if c.output == c.reference else next(answers) for c in comparisons], usage

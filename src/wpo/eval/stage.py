@@ -212,7 +212,7 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         reference_generators = [p.extra.get("reference_generator") or cfg.reference_generator for p in prompts]
 
     comparisons = [Comparison(p.messages, r, o) for p, r, o in zip(prompts, references, outputs, strict=True)]
-    preferences = judge_all(recipe, comparisons, stage_dir)
+    preferences, judge_usage = judge_all(recipe, comparisons, stage_dir)
     annotations = [
         {"instruction": c.instruction, "output_1": c.reference, "output_2": c.output, "generator_1": g,
          "generator_2": generator, "preference": pref, "annotator": cfg.judge}
@@ -234,7 +234,7 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     write_report(stage_dir, board, metrics, annotations, generator)
     config = run_config(recipe)
     counts = {"prompts": len(prompts), "skipped": dict(policy.skipped), "draws_identical_outputs":
-              sum(c.output == c.reference for c in comparisons)}  # fmt: skip
+              sum(c.output == c.reference for c in comparisons), "judge_usage": judge_usage}  # fmt: skip
     outputs_written += ["annotations.json", "metrics.json", "report.png", "report.html"]
     write_manifest(stage_dir, stage="eval", config=config, config_hash=config_hash(config), seed=recipe.seed,
                    counts=counts, wall_seconds=time.perf_counter() - started, outputs=outputs_written)  # fmt: skip

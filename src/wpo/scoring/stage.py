@@ -80,8 +80,7 @@ def run_score(recipe: Recipe) -> dict[str, Any]:
     work = {
         "candidates_scored": my_candidates,
         "truncated": getattr(scorer, "truncated", 0),
-        "judge_calls": getattr(scorer, "calls", 0),
-        "judge_cache_hits": getattr(scorer, "cache_hits", 0),
+        **{f"judge_{name}": value for name, value in getattr(scorer, "usage", {}).items()},
     }
     if state.num_processes > 1:
         log.info("score: process %d scored %d of %d chunks", state.process_index, len(mine), len(pending))

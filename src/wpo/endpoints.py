@@ -1,0 +1,240 @@
+"""The one client for OpenAI-compatible chat endpoints: off-policy answers, on-policy sampling through a server, the
+judge scorer and the eval judge all call models through `Endpoint`.
+
+It is the official `openai` client (timeouts; retries of timeouts, 408/409/429 and 5xx with exponential backoff that
+honours `Retry-After`; `extra_body` for server extensions) with what a pipeline needs around it:
+- requests run concurrently, at most `max_concurrency` in flight, and results come back in input order;
+- every answer is appended (fsynced) to an `AnswerCache` as it arrives, so a rerun asks nothing again and a run
+  killed with SIGKILL asks again at most what was in flight;
+- usage is counted per endpoint (requests, retries, prompt and completion tokens, cache hits) for the manifest;
+- a request that still fails names the prompt, the endpoint and how many answers are saved; a refused API key
+  (401/403) stops at once. The key is read from the variable named by `api_key_env` and written nowhere.
+`base_url` may be a list: requests are spread over the servers in turn (several `vllm serve` behind their ports).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from wpo.config import EndpointConfig
+from wpo.errors import WpoError
+
+log = logging.getLogger(__name__)
+CACHE_FILE = "judge_cache.jsonl"  # the judges' answers, in the stage directory (score/ or eval/)
+
+
+class AnswerCache:
+    """Append-only JSONL of `{key, value}`: every answer is fsynced as soon as it arrives (thread-safe).
+
+    A line torn by a kill is cut off on load (that one answer is asked again), so the next append starts a clean line.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.values: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        if not path.is_file():
+            return
+        raw = path.read_bytes()
+        complete = raw[: raw.rfind(b"\n") + 1]
+        if len(complete) != len(raw):
+            with path.open("r+b") as handle:
+                handle.truncate(len(complete))
+        for line in complete.splitlines():
+            try:
+                entry = json.loads(line)
+                self.values[entry["key"]] = entry["value"]
+            except (ValueError, TypeError, KeyError):
+                log.warning("answer cache %s: ignoring an unreadable line", path)
+
+    @staticmethod
+    def key(*parts: Any) -> str:
+        payload = json.dumps(parts, ensure_ascii=False, sort_keys=True)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.values
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self.values[key] = value
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"key": key, "value": value}) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+
+@dataclass
+class Usage:
+    """What one endpoint cost in a stage: for the manifest."""
+
+    requests: int = 0  # HTTP requests sent, retries included
+    completions: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cache_hits: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in ("requests", "completions", "retries", "prompt_tokens",
+                                                        "completion_tokens", "cache_hits")}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to ask for: `key` names it in the cache, `label` names it in an error (a prompt id)."""
+
+    key: str
+    messages: list[dict[str, str]]
+    params: dict[str, Any]
+    label: str
+
+
+class Endpoint:
+    def __init__(self, config: EndpointConfig, name: str, cache: AnswerCache):
+        import openai
+
+        self.config, self.name, self.cache = config, name, cache
+        self.usage = Usage()
+        self._key = ""
+        if config.api_key_env:
+            self._key = os.environ.get(config.api_key_env, "")
+            if not self._key:
+                raise WpoError(f"{name}: api_key_env names {config.api_key_env}, which is not set")
+        urls = config.base_url if isinstance(config.base_url, list) else [config.base_url]
+
+        self._sent = threading.local()  # requests this thread sent for its current call: the client sends from it
+
+        def counted(_request) -> None:
+            self.usage.add(requests=1)
+            self._sent.count = getattr(self._sent, "count", 0) + 1
+
+        self._clients = [
+            openai.OpenAI(base_url=url, api_key=self._key or "not-needed", timeout=config.timeout,
+                          max_retries=config.max_retries,
+                          http_client=openai.DefaultHttpxClient(event_hooks={"request": [counted]}))
+            for url in urls
+        ]  # fmt: skip
+        self._next = 0
+        self._turn = threading.Lock()
+
+    def _client(self):
+        with self._turn:
+            client = self._clients[self._next % len(self._clients)]
+            self._next += 1
+            return client
+
+    def _redacted(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def _failure(self, request: ChatRequest, problem: str) -> WpoError:
+        return WpoError(self._redacted(
+            f"{self.name} ({self.config.model} at {self.config.base_url}) {problem} for {request.label}; "
+            f"{len(self.cache)} answers are saved in {self.cache.path} and will not be asked again"
+        ))  # fmt: skip
+
+    def ask(self, request: ChatRequest) -> dict[str, Any]:
+        """One chat completion's first choice as JSON (`message`, `logprobs`), retried by the client."""
+        import openai
+
+        self._sent.count = 0
+        try:
+            completion = self._client().chat.completions.create(
+                model=self.config.model, messages=request.messages, extra_body=self.config.extra_body or None,
+                **request.params,
+            )  # fmt: skip
+        except openai.AuthenticationError as exc:
+            raise WpoError(self._redacted(f"{self.name} at {self.config.base_url} refused the API key (HTTP "
+                                          f"{exc.status_code}): check {self.config.api_key_env or 'api_key_env'}"))  # fmt: skip
+        except openai.APIStatusError as exc:
+            raise self._failure(request, f"answered HTTP {exc.status_code} after {self.config.max_retries + 1} "
+                                         "attempts") from None  # fmt: skip
+        except openai.APIError as exc:  # timeouts, refused connections: the client retried them
+            raise self._failure(request, f"failed after {self.config.max_retries + 1} attempts "
+                                         f"({type(exc).__name__})") from None  # fmt: skip
+        finally:
+            self.usage.add(retries=max(0, self._sent.count - 1))
+        if not completion.choices:
+            raise self._failure(request, "answered with no choices")
+        usage = completion.usage
+        self.usage.add(completions=1, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                       completion_tokens=getattr(usage, "completion_tokens", 0) or 0)  # fmt: skip
+        return completion.choices[0].model_dump(mode="json", exclude_none=True)
+
+    def ask_all(self, requests: list[ChatRequest], parse: Callable[[dict[str, Any]], Any], *,
+                on_failure: Callable[[ChatRequest, WpoError], None] | None = None, desc: str = "api") -> list[Any]:  # fmt: skip
+        """`parse(choice)` of every request, in input order: cached ones without asking, the rest concurrently (at
+        most `max_concurrency` in flight), each parsed value cached as it arrives. `on_failure` (given, with
+        `on_bad_record: skip`) counts a failed request and leaves None in its place instead of stopping."""
+        missing = list({r.key: r for r in requests if r.key not in self.cache}.values())
+        self.usage.add(cache_hits=len(requests) - len(missing))
+
+        stop = threading.Event()  # set by the first failure: no request starts after it
+
+        def one(request: ChatRequest) -> None:
+            if stop.is_set():
+                return
+            try:
+                self.cache.put(request.key, parse(self.ask(request)))
+            except WpoError as exc:
+                if on_failure is None or "refused the API key" in str(exc):
+                    stop.set()
+                    raise
+                on_failure(request, exc)
+
+        if missing:
+            pool = ThreadPoolExecutor(max_workers=self.config.max_concurrency)
+            try:
+                futures = [pool.submit(one, request) for request in missing]
+                for future in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="request"):
+                    future.result()
+            except BaseException:  # the first failure stops the stage: what is in flight finishes (and is saved)
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown()
+        return [self.cache[r.key] if r.key in self.cache else None for r in requests]
+
+
+def first_token_distribution(choice: dict[str, Any]) -> dict[str, float]:
+    """Probabilities of the first generated token's top alternatives (stripped, lower-cased, summed by text)."""
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list) or not content or not isinstance(content[0], dict):
+        return {}
+    entries = content[0].get("top_logprobs")
+    probs: dict[str, float] = {}
+    for entry in entries if isinstance(entries, list) else []:  # malformed entries are ignored, not fatal
+        token, logprob = (entry.get("token"), entry.get("logprob")) if isinstance(entry, dict) else (None, None)
+        if isinstance(token, str) and isinstance(logprob, int | float) and math.isfinite(logprob):
+            key = token.strip().lower()
+            probs[key] = probs.get(key, 0.0) + math.exp(min(logprob, 0.0))
+    return probs
+
+
+def message_text(choice: dict[str, Any]) -> str:
+    return (choice.get("message") or {}).get("content") or ""
