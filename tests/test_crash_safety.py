@@ -299,3 +299,34 @@ def test_export(tmp_path, exportable_model):
         assert (killed / "export" / output).read_bytes() == (tmp_path / "straight" / "export" / output).read_bytes()
     assert_no_partial_outputs(killed / "export")
     assert not [p.name for p in (killed / "export").glob(".tiny.*")]
+
+
+def test_sample_offpolicy_answers_from_a_model(tmp_path, tiny_llama):
+    """Kill while the off-policy model holds the 6th of 10 questions (one in flight): 5 answers are in the cache, and
+    the rerun asks only the other 5 and writes the same bytes as an uninterrupted run."""
+    prompts = write_lines(tmp_path / "prompts.jsonl", [
+        {"id": f"q{i}", "messages": [{"role": "user", "content": f"Name the colour number {i}."}]} for i in range(10)
+    ])  # fmt: skip
+
+    def recipe_for(name: str, url: str) -> Path:
+        model = f"{{name: strong, base_url: '{url}', model: big, max_concurrency: 1}}"
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(
+            f"seed: 5\nmodel: {{name_or_path: {tiny_llama}}}\n"
+            f"sample: {{prompts: {prompts}, n: 1, max_new_tokens: 2, offpolicy_models: [{model}]}}\n"
+        )
+        return recipe
+
+    with FakeJudge() as straight_judge:
+        run_to_completion("sample", recipe_for("straight", straight_judge.url), tmp_path / "straight")
+    killed = tmp_path / "killed"
+    with FakeJudge(hang_at=6) as judge:
+        recipe = recipe_for("killed", judge.url)
+        kill_when("sample", recipe, killed, judge.hung.is_set)
+        judge.release()
+    assert (killed / "sample" / "offpolicy_cache.jsonl").read_text().count("\n") == 5
+    with FakeJudge() as rerun_judge:
+        run_to_completion("sample", recipe_for("killed", rerun_judge.url), killed)
+    assert rerun_judge.received == 5
+    output = "sample/candidates.jsonl"
+    assert (killed / output).read_bytes() == (tmp_path / "straight" / output).read_bytes()

@@ -72,11 +72,12 @@ class EndpointConfig(Section):
     """An OpenAI-compatible chat endpoint (`wpo.endpoints`); the API key comes from the variable named in
     `api_key_env`, never stored. `base_url` may be a list of servers of the same model: requests are spread over them."""
 
-    base_url: str | list[str]
+    # where and how to ask do not change the answers: only the model and what is sent (extra_body) key them
+    base_url: str | list[str] = unhashed(...)
     model: str
-    api_key_env: str | None = None
-    timeout: float = Field(60.0, gt=0.0)
-    max_retries: int = Field(5, ge=0)
+    api_key_env: str | None = unhashed()
+    timeout: float = unhashed(60.0, gt=0.0)
+    max_retries: int = unhashed(5, ge=0)
     extra_body: dict[str, Any] = Field(default_factory=dict)  # server extensions, e.g. {grammar: "root ::= [0-9]"}
     max_concurrency: int = unhashed(8, gt=0)
 
@@ -125,6 +126,11 @@ class SampleConfig(Section):
         if len(set(sources)) != len(sources):
             raise ValueError(f"sample.offpolicy_fields and sample.offpolicy_models names must be unique (each is a "
                              f"source offpolicy:<name>), got {sources}")  # fmt: skip
+        if self.backend == "openai" and self.top_k:
+            raise ValueError(
+                "sample.top_k is not part of the OpenAI API (sample.backend is 'openai'): pass it through "
+                "sample.endpoint.extra_body (vLLM and llama.cpp read top_k there)"
+            )
         if (self.backend == "openai") != (self.endpoint is not None):
             raise ValueError(f"sample.endpoint is the server of sample.backend: openai, and only of it (backend is "
                              f"{self.backend!r}, endpoint is {'set' if self.endpoint else 'not set'})")  # fmt: skip

@@ -53,6 +53,10 @@ def make_sampler(recipe: Recipe, model_path: str) -> Sampler:
         from wpo.sampling.llamacpp_backend import LlamaCppSampler
 
         return LlamaCppSampler(model_path, recipe)
+    if backend == "openai":
+        from wpo.sampling.openai_backend import OpenAISampler
+
+        return OpenAISampler(recipe)
     from wpo.sampling.vllm_backend import VllmSampler
 
     return VllmSampler(model_path, recipe)

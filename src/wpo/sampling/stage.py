@@ -2,7 +2,9 @@
 
 Prompts are grouped into batches by length (a plan fixed by the prompts file alone), each finished batch is appended
 to a progress file, and the final file is written in input order once every prompt is done — so a killed and
-rerun stage writes exactly the file an uninterrupted run writes.
+rerun stage writes exactly the file an uninterrupted run writes. Off-policy answers come from prompt fields
+(`sample.offpolicy_fields`) and from models behind OpenAI-compatible endpoints (`sample.offpolicy_models`, one answer
+per prompt each, asked concurrently and cached as they arrive in `sample/offpolicy_cache.jsonl`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from wpo.sampling import SampleRequest, make_sampler, render_prompt, sample_seed
 
 log = logging.getLogger(__name__)
 OUTPUT = "candidates.jsonl"
+OFFPOLICY_CACHE = "offpolicy_cache.jsonl"
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:
@@ -168,6 +171,8 @@ def _write_candidates(
     stage_dir = recipe.stage_dir("sample")
     config = run_config(recipe)
     done = progress.load()
+    prompts_read = len(prompts) + sum(policy.skipped.values())
+    generated, usage = offpolicy_answers(recipe, prompts, policy)
     dropped: Counter[str] = Counter()
     output = []
     for prompt in prompts:
@@ -179,6 +184,11 @@ def _write_candidates(
             {"text": prompt.extra[field], "source": f"offpolicy:{field}", "seed": None, "score": None, "scores": None}
             for field in cfg.offpolicy_fields
         ]
+        candidates += [
+            {"text": answers[prompt.id], "source": f"offpolicy:{name}", "seed": None, "score": None, "scores": None}
+            for name, answers in generated.items()
+            if prompt.id in answers
+        ]
         if len({c["text"] for c in candidates}) < 2:
             dropped["all_candidates_identical"] += 1
             log.warning("dropped prompt %s: all %d candidates are identical", prompt.id, len(candidates))
@@ -187,12 +197,14 @@ def _write_candidates(
     written = write_jsonl(stage_dir / OUTPUT, output)
     progress.remove()
     counts = {
-        "prompts_read": len(prompts) + sum(policy.skipped.values()),
+        "prompts_read": prompts_read,
         "prompts_written": written,
         "skipped": dict(policy.skipped),
         "dropped": dict(dropped),
         "samples_per_prompt": cfg.n,
         "offpolicy_fields": cfg.offpolicy_fields,
+        "offpolicy_models": {name: len(answers) for name, answers in generated.items()},
+        "api_usage": usage,
         "prompts_done_before_this_run": already_done,
     }
     wall = time.perf_counter() - started
@@ -203,3 +215,31 @@ def _write_candidates(
         cfg.prompts, written, stage_dir / OUTPUT, dict(policy.skipped) or "none", dict(dropped) or "none",
     )  # fmt: skip
     return {"output": str(stage_dir / OUTPUT), "counts": counts}
+
+
+def offpolicy_answers(recipe: Recipe, prompts: list[PromptRecord], policy: BadRecordPolicy):
+    """`{model name: {prompt id: answer}}` from every `sample.offpolicy_models` endpoint, and each one's usage. A
+    prompt whose request still fails stops the stage, naming it, or with `on_bad_record: skip` is counted as
+    `offpolicy_failed:<name>` and keeps its other candidates."""
+    from wpo.endpoints import AnswerCache, ChatRequest, Endpoint, message_text
+
+    cache = AnswerCache(recipe.stage_dir("sample") / OFFPOLICY_CACHE)
+    generated: dict[str, dict[str, str]] = {}
+    usage: dict[str, dict[str, int]] = {}
+    for model in recipe.sample.offpolicy_models:
+        endpoint = Endpoint(model, f"sample.offpolicy_models {model.name}", cache)
+        params = {"temperature": model.temperature, "top_p": model.top_p, "max_tokens": model.max_tokens}
+        requests = [ChatRequest(AnswerCache.key(model.name, model.model, model.extra_body, params, p.messages),
+                                p.messages, params, f"the prompt {p.id!r}") for p in prompts]  # fmt: skip
+
+        def count_failure(request: ChatRequest, error: Exception, name: str = model.name) -> None:
+            policy.skipped[f"offpolicy_failed:{name}"] += 1
+            log.warning("sample: skipped the %s answer for %s: %s", name, request.label, error)
+
+        failure = count_failure if recipe.on_bad_record == "skip" else None
+        answers = endpoint.ask_all(requests, message_text, on_failure=failure, desc=f"sample: {model.name}")
+        generated[model.name] = {p.id: text for p, text in zip(prompts, answers, strict=True) if text is not None}
+        usage[model.name] = endpoint.usage.as_dict()
+        log.info("sample: %d answers from %s (%s); %s", len(generated[model.name]), model.name, model.model,
+                 usage[model.name])  # fmt: skip
+    return generated, usage
