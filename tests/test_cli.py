@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from helpers import run_wpo
+
+from wpo.config import load_recipe
 
 ENV = {**os.environ, "WPO_LOG_LEVEL": "WARNING"}
 
@@ -86,3 +89,17 @@ def test_help_lists_every_verb():
     assert result.returncode == 0
     for verb in ("run", "sample", "score", "pair", "train", "eval", "export", "chat"):
         assert verb in result.stdout
+
+
+def test_config_prints_the_validated_recipe_with_every_default(tmp_path):
+    result = run_wpo("config", "recipes/quickstart.yaml", "train.beta=0.3", "--json", env=ENV,
+                     cwd=Path(__file__).parent.parent)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    assert resolved["train"]["beta"] == 0.3  # the override
+    assert resolved["train"]["max_grad_norm"] == load_recipe(None, []).train.max_grad_norm  # a default filled in
+    assert resolved["sample"]["n"] == 4 and set(resolved) >= {"model", "sample", "score", "pair", "train", "eval"}
+    yaml_text = run_wpo("config", "recipes/quickstart.yaml", env=ENV, cwd=Path(__file__).parent.parent).stdout
+    assert "beta: 0.2" in yaml_text
+    bad = run_wpo("config", "recipes/quickstart.yaml", "train.bta=1", env=ENV, cwd=Path(__file__).parent.parent)
+    assert bad.returncode == 2 and "train.bta: unknown key; did you mean train.beta?" in bad.stderr

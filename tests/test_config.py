@@ -19,7 +19,7 @@ def test_every_recipe_loads(recipe):
 
 def test_seed_recipe_carries_the_cards_hyperparameters():
     """gemma-2-9b-it-WPO-HB: lr 1e-6, β 0.01, 1 x 16 x 8 = 128 pairs per step, seed 1, cosine, warmup 0.1, 2 epochs."""
-    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "gemma-2-9b-it-wpo-hb.yaml")
+    recipe = load_recipe(Path(__file__).parent.parent / "recipes" / "gemma-2-9b-it-wpo-hb-train.yaml")
     train = recipe.train
     assert recipe.model.name_or_path == "google/gemma-2-9b-it" and recipe.seed == 1
     assert (train.learning_rate, train.beta, train.lr_scheduler, train.warmup_ratio) == (1e-6, 0.01, "cosine", 0.1)
@@ -29,6 +29,26 @@ def test_seed_recipe_carries_the_cards_hyperparameters():
     assert recipe.model.dtype == "float32"  # fp32 masters; bf16 compute: the accelerate config
     assert train.loss_chunk_size > 0  # the chunked loss gathers the FSDP-sharded output layer
     assert train.pairs.startswith("wzhouad/gemma-2-ultrafeedback-hybrid")
+
+
+def test_the_seed_system_recipe_names_every_stage_and_trains_as_the_card():
+    """The hybrid pool (5 vLLM samples at T 0.8 / top-p 0.95 + a GPT-4-turbo answer), ArmoRM, AlpacaEval 2 with a
+    GPT-4-turbo judge, GGUF export; the training section is the published-pairs recipe's, pairs aside."""
+    recipes = Path(__file__).parent.parent / "recipes"
+    system, published = (load_recipe(recipes / name) for name in ("gemma-2-9b-it-wpo-hb.yaml",
+                                                                  "gemma-2-9b-it-wpo-hb-train.yaml"))  # fmt: skip
+    assert system.stages == ["sample", "score", "pair", "train", "eval", "export"]
+    sample = system.sample
+    assert (sample.n, sample.temperature, sample.top_p, sample.backend) == (5, 0.8, 0.95, "vllm")
+    (gpt,) = sample.offpolicy_models
+    assert (gpt.name, gpt.model, gpt.api_key_env) == ("gpt-4-turbo", "gpt-4-turbo", "OPENAI_API_KEY")
+    assert (system.score.scorer, system.score.model) == ("reward_model", "RLHFlow/ArmoRM-Llama3-8B-v0.1")
+    assert system.model.trust_remote_code
+    assert system.train.model_dump(exclude={"pairs"}) == published.train.model_dump(exclude={"pairs"})
+    assert system.train.pairs is None  # the pair stage's output
+    assert (system.eval.judge, system.eval.api.model) == ("api", "gpt-4-1106-preview")
+    assert system.eval.instruction_difficulty and system.eval.gamed_baselines
+    assert system.export.quantizations == ["Q4_K_M", "Q8_0"]
 
 
 def test_public_keys_only_recipe_is_valid(tmp_path):

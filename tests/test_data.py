@@ -154,3 +154,15 @@ def test_prompt_candidates_and_eval_contracts(tmp_path):
     assert parse_annotation({**annotation, "preference": 1.75}, "x").preference == 1.75
     with pytest.raises(Exception, match=r"preference must lie in \[1, 2\], got 2.5"):
         parse_annotation({**annotation, "preference": 2.5}, "x")
+
+
+def test_ultrafeedback_style_prompts_are_read_as_one_user_message():
+    from wpo.data.schemas import parse_prompt
+
+    record = {"prompt_id": "abc", "prompt": "Write a haiku.", "all_rm_scores": [0.1, 0.2]}
+    prompt = parse_prompt(record, "uf.jsonl:1")
+    assert (prompt.id, prompt.messages) == ("abc", [{"role": "user", "content": "Write a haiku."}])
+    assert prompt.extra == {"all_rm_scores": [0.1, 0.2]}
+    with_messages = parse_prompt({"id": "x", "prompt": "ignored", "prompt_id": "y",
+                                  "messages": [{"role": "user", "content": "Hi"}]}, "w:1")  # fmt: skip
+    assert with_messages.id == "x" and with_messages.messages == [{"role": "user", "content": "Hi"}]

@@ -179,6 +179,26 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     typer.echo("\n".join(lines))
 
 
+@app.command(name="config")
+def show_config(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+) -> None:
+    """Print the validated recipe with every default filled in: exactly what would run."""
+
+    def action() -> None:
+        resolved = load_recipe(recipe, overrides).to_dict()
+        if as_json:
+            _print_json(resolved)
+        else:
+            import yaml
+
+            typer.echo(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), nl=False)
+
+    _guarded(action)
+
+
 @app.command()
 def chat(
     model: Annotated[str, typer.Argument(help="HF model directory, .gguf file, or embedded:NAME.")],

@@ -155,6 +155,11 @@ class PromptRecord:
 
 
 def parse_prompt(record: dict[str, Any], where: str) -> PromptRecord:
+    """The prompts contract; the form UltraFeedback-derived sets publish (`prompt_id` and a string `prompt`, no
+    `messages`) is read as one user message."""
+    if "messages" not in record and isinstance(record.get("prompt"), str) and "prompt_id" in record:
+        record = {**{k: v for k, v in record.items() if k not in ("prompt", "prompt_id")}, "id": record["prompt_id"],
+                  "messages": [{"role": "user", "content": record["prompt"]}]}  # fmt: skip
     raw_id = _require(record, "id")
     if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
         raise RecordInvalid("wrong_type", f"id must be a string, got {type(raw_id).__name__}")
