@@ -114,6 +114,7 @@ def assert_no_partial_outputs(stage_dir: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # launches processes
 def test_sample(tmp_path, tiny_llama):
     prompts = write_lines(tmp_path / "prompts.jsonl", [
         {"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i} plus {i}?" + " Explain." * (i % 3)}]}
@@ -159,6 +160,7 @@ def judge_recipe(recipe: Path, stage: str, url: str, inputs: str) -> Path:
     return recipe
 
 
+@pytest.mark.slow  # launches processes
 def test_score(tmp_path):
     """Kill while the judge holds the 20th of 24 questions: 8 records are in the progress file (appended every 8),
     19 answers in the judge cache. The rerun asks only the 5 unanswered questions."""
@@ -183,6 +185,7 @@ def test_score(tmp_path):
     assert (counts["records_done_before_this_run"], counts["judge_requests"], counts["judge_cache_hits"]) == (8, 5, 3)
 
 
+@pytest.mark.slow  # launches processes
 def test_pair(tmp_path):
     """Kill while `pairs.jsonl` is being written (its temporary file exists): nothing half-written at the final path."""
     candidates = write_lines(tmp_path / "candidates.jsonl", [
@@ -217,6 +220,7 @@ def train_recipe(run_dir: Path, model: Path) -> Path:
     return recipe
 
 
+@pytest.mark.slow  # launches processes
 def test_train(tmp_path, tiny_llama):
     """Kill once checkpoint-10 of 40 steps is on disk; the resumed run logs the uninterrupted run's loss curve and
     ends with its weights."""
@@ -246,6 +250,7 @@ def test_train(tmp_path, tiny_llama):
         torch.testing.assert_close(final_resumed[name], tensor, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # launches processes
 def test_eval(tmp_path, tiny_llama):
     """Kill while the judge holds the 4th of 6 comparisons: the rerun regenerates the same outputs and asks only the
     3 comparisons never answered."""
@@ -279,6 +284,7 @@ def exportable_model(tmp_path_factory, sentencepiece_dir) -> Path:
     return tiny_model(tmp_path_factory.mktemp("exportable"), "qwen2", sentencepiece_dir)
 
 
+@pytest.mark.slow  # launches processes
 def test_export(tmp_path, exportable_model):
     """`kill -9` of `wpo export` while its converter writes the F16 file. The converter, orphaned, may keep writing its
     own temporary file while the rerun converts again; the rerun's files equal an uninterrupted run's."""
@@ -301,6 +307,7 @@ def test_export(tmp_path, exportable_model):
     assert not [p.name for p in (killed / "export").glob(".tiny.*")]
 
 
+@pytest.mark.slow  # launches processes
 def test_sample_offpolicy_answers_from_a_model(tmp_path, tiny_llama):
     """Kill while the off-policy model holds the 6th of 10 questions (one in flight): 5 answers are in the cache, and
     the rerun asks only the other 5 and writes the same bytes as an uninterrupted run."""

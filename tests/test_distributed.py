@@ -32,6 +32,7 @@ from wpo.train.reference import gather_strided
 LOGGED = ("loss", "weight_mean", "reward_margin", "logps_chosen", "logps_rejected", "grad_norm", "learning_rate")
 
 
+@pytest.mark.slow  # launches processes
 def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
     """Also: the reference pass is split between the processes (each logs only its own share) and gathered into the
     same cache a single process writes."""
@@ -73,6 +74,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
     assert any(not initial[name].equal(tensor) for name, tensor in one_weights.items())  # training moved them
 
 
+@pytest.mark.slow  # launches processes
 def test_a_killed_multi_process_training_resumes_to_the_same_weights(tmp_path, tiny_llama):
     """Two processes checkpoint what one process checkpoints (whole weights, Adam state keyed by parameter name),
     and a two-process run stopped after its step-2 checkpoint resumes from it to the uninterrupted run's weights."""
@@ -116,6 +118,7 @@ def test_a_killed_multi_process_training_resumes_to_the_same_weights(tmp_path, t
         assert_close(weights(two, "final")[name], tensor, rtol=1e-6, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow  # launches processes
 @pytest.mark.parametrize("layout", ["head", "root"])
 def test_chunked_loss_with_an_fsdp_sharded_output_layer(tmp_path, tiny_llama, layout):
     """FSDP2 shards the output layer on its own (`head`: its weight is a DTensor shard outside its forward, so the
@@ -153,6 +156,7 @@ def test_strided_shards_are_gathered_back_in_order(count, world):
     assert gathered.tolist() == values.tolist()
 
 
+@pytest.mark.slow  # launches processes
 def test_two_processes_sample_the_same_candidates_as_one(tmp_path, tiny_llama):
     """Whole batches of the one-process plan are dealt to the processes (5 batches: 3 and 2), each appends to its own
     progress file, and the main process merges them in input order."""
@@ -172,6 +176,7 @@ def test_two_processes_sample_the_same_candidates_as_one(tmp_path, tiny_llama):
     assert not list(two.glob(".*progress*"))  # every process's progress file is gone once merged
 
 
+@pytest.mark.slow  # launches processes
 def test_two_processes_score_what_one_process_scores(tmp_path, tiny_reward_model):
     """The reward model runs in each process on its share of the chunks (20 records in chunks of 8: two and one);
     the merged file is the same bytes, and the manifest counts every process's work."""
@@ -202,6 +207,7 @@ def test_two_processes_score_what_one_process_scores(tmp_path, tiny_reward_model
     assert not list(two.glob(".*progress*"))
 
 
+@pytest.mark.slow  # launches processes
 def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llama):
     """Two rounds of LoRA WPO then eval: sample, score and train split across the two processes, pair and the
     round-2 merge run on the main process between barriers, and eval on the main process once the other is done.

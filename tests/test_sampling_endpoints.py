@@ -26,6 +26,7 @@ def read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow  # starts llama.cpp's server on the real SmolLM2
 def test_sample_score_pair_with_offpolicy_answers_from_a_local_llama_cpp_server(
     tmp_path, tiny_llama, llama_server, monkeypatch
 ):

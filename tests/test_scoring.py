@@ -97,6 +97,7 @@ def test_remote_code_reward_model_needs_consent(tmp_path):
         run_score(score_recipe(tmp_path, candidates_file(tmp_path), f"score.model={tmp_path / 'rm'}"))
 
 
+@pytest.mark.slow  # starts llama.cpp's server on the real SmolLM2
 def test_judge_scores_against_a_real_local_server(tmp_path, llama_server, monkeypatch):
     monkeypatch.setenv("WPO_JUDGE_KEY", PLANTED_KEY)
     judge = (

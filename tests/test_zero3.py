@@ -81,6 +81,7 @@ def stop_after_step_2(run: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+@pytest.mark.slow  # launches processes
 def test_zero3_trains_and_checkpoints_what_one_process_does_and_resumes_without_deepspeed(tmp_path, tiny_llama):
     """The reference pass runs on the whole model (not ZeRO-3's partitions: accelerate would have transformers
     partition it while loading), the chunked loss runs on the partitioned output layer, and the checkpoint holds
@@ -120,6 +121,7 @@ def test_zero3_trains_and_checkpoints_what_one_process_does_and_resumes_without_
     assert_same_tensors(weights(two, "final"), uninterrupted, 1e-6, "resumed without DeepSpeed")
 
 
+@pytest.mark.slow  # launches processes
 def test_zero3_in_bf16_keeps_fp32_masters_and_resumes_to_the_same_weights(tmp_path, tiny_llama):
     """DeepSpeed builds its fp32 masters from its bf16 copy of the weights; wpo puts the loaded fp32 weights back,
     so three steps of learning rate 1e-6 (linear decay: 1e-6, 6.7e-7, 3.3e-7) move a weight by about 2e-6 (an Adam
@@ -143,6 +145,7 @@ def test_zero3_in_bf16_keeps_fp32_masters_and_resumes_to_the_same_weights(tmp_pa
     assert_same_tensors(weights(run, "final"), uninterrupted, 0.0, "resumed under ZeRO-3")
 
 
+@pytest.mark.slow  # launches processes
 def test_lora_under_zero3_trains_the_adapter_one_process_trains(tmp_path, tiny_llama):
     recipe = train_recipe(tmp_path, tiny_llama)
     one, two = tmp_path / "one", tmp_path / "two"
@@ -157,6 +160,7 @@ def test_lora_under_zero3_trains_the_adapter_one_process_trains(tmp_path, tiny_l
     assert_same_tensors(two_adam, one_adam, 1e-6, "Adam state")
 
 
+@pytest.mark.slow  # launches processes
 def test_wpo_run_under_zero3_goes_through_two_rounds_and_eval(tmp_path, tiny_llama):
     """Once the trainer has made its Accelerator, the processes still load models whole: round 2's LoRA merge (the
     main process alone) and sampling would otherwise partition the weights while loading and wait for each other."""
