@@ -1,3 +1,103 @@
-"""wpo: Weighted Preference Optimization (arXiv 2406.11827) of chat LLMs, from prompts to a GGUF with its card."""
+"""wpo: Weighted Preference Optimization (arXiv 2406.11827) of chat LLMs, from prompts to a GGUF with its card.
+
+The Python API mirrors the command line; a stage function takes a `Recipe` (or a path or mapping, loaded with
+`load_recipe`) and returns what the CLI prints for that stage. Errors are `WpoError`s with the CLI's one-line
+messages. Importing `wpo` is light (no torch): the stages import what they need when called.
+
+    import wpo
+    recipe = wpo.load_recipe("recipes/quickstart.yaml", ["train.beta=0.1", "output_dir=runs/beta01"])
+    summary = wpo.run(recipe)                      # what summary.json holds
+    wpo.train(recipe); wpo.evaluate(recipe)        # one stage each
+    from wpo import loss                           # the WPO loss as tensors-in, tensors-out building blocks
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+from wpo.config import Recipe, load_recipe
+from wpo.errors import ConfigError, DataError, NonFiniteError, WpoError
 
 __version__ = "0.1.0"
+__all__ = [
+    "ConfigError", "DataError", "NonFiniteError", "Recipe", "WpoError", "chunked_loss", "evaluate", "export",
+    "load_recipe", "loss", "pair", "run", "sample", "score", "train",
+]  # fmt: skip
+
+RecipeLike = Recipe | str | Path | dict[str, Any]
+
+
+def _recipe(recipe: RecipeLike) -> Recipe:
+    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+
+
+def run(recipe: RecipeLike, stages: list[str] | None = None) -> dict[str, Any]:
+    """`wpo run`: the recipe's stages (or `stages`) in order, round by round, skipping finished ones; returns the
+    summary (`summary.json`)."""
+    from wpo.pipeline import run_pipeline
+
+    loaded = _recipe(recipe)
+    if stages is not None:
+        loaded = load_recipe(loaded.to_dict(), [f"stages=[{', '.join(stages)}]"])
+    return run_pipeline(loaded)
+
+
+def _stage(name: str, recipe: RecipeLike) -> dict[str, Any]:
+    from wpo.pipeline import run_stage
+
+    return run_stage(_recipe(recipe), name)
+
+
+def sample(recipe: RecipeLike) -> dict[str, Any]:
+    """On-policy samples and off-policy answers → `sample/candidates.jsonl`."""
+    return _stage("sample", recipe)
+
+
+def score(recipe: RecipeLike) -> dict[str, Any]:
+    """A reward model, a judge or a Python function scores every candidate → `score/candidates.jsonl`."""
+    return _stage("score", recipe)
+
+
+def pair(recipe: RecipeLike) -> dict[str, Any]:
+    """Best vs worst candidate per prompt → `pair/pairs.jsonl` (TRL's conversational preference format)."""
+    return _stage("pair", recipe)
+
+
+def train(recipe: RecipeLike) -> dict[str, Any]:
+    """WPO training → `train/final/`, `train/metrics.jsonl`."""
+    return _stage("train", recipe)
+
+
+def evaluate(recipe: RecipeLike) -> dict[str, Any]:
+    """Held-out answers, judged and measured against the reference or the base → `eval/metrics.json`."""
+    return _stage("eval", recipe)
+
+
+def export(recipe: RecipeLike) -> dict[str, Any]:
+    """GGUF files, verified, with a model card → `export/`."""
+    return _stage("export", recipe)
+
+
+class _Api(types.ModuleType):
+    """`wpo.train` and `wpo.export` are stage functions and also subpackages (`wpo.train.loss`, `wpo.export.card`):
+    importing a subpackage would overwrite the function with the module, so the function stays (the subpackages
+    are still imported the usual way, through `sys.modules`)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("train", "export") and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Api
+
+
+def __getattr__(name: str) -> Any:
+    """`wpo.loss` and `wpo.chunked_loss`, imported (with torch) on first use."""
+    if name in ("loss", "chunked_loss"):
+        return importlib.import_module(f"wpo.train.{name}")
+    raise AttributeError(f"module 'wpo' has no attribute {name!r}")

@@ -7,6 +7,7 @@ checked here too, so nothing combines silently at run time.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -416,8 +417,14 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return "; ".join(dict.fromkeys(lines))
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Load and validate a recipe file (or the defaults when `path` is None), then apply overrides."""
+def load_recipe(path: str | Path | dict[str, Any] | None, overrides: list[str] | None = None) -> Recipe:
+    """Load and validate a recipe file, a mapping (as a notebook builds one) or the defaults (`None`), then apply
+    `key=value` overrides."""
+    if isinstance(path, dict):
+        try:
+            return Recipe.model_validate(apply_overrides(copy.deepcopy(path), overrides or []))
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc, "(mapping)")) from None
     source = str(path) if path is not None else "(defaults)"
     data: Any = {}
     if path is not None:
