@@ -85,7 +85,7 @@ export: {model: m, quantizations: [Q4_K_M, Q8_0]}
         (["train.beta=high"], r"train.beta: Input should be a valid number"),
         (["train.beta=-1"], r"train.beta: Input should be greater than 0"),
         (["train.num_epochs=1.5"], r"train.num_epochs: Input should be a valid integer"),
-        (["train.loss=kto"], r"train.loss: Input should be 'sigmoid', 'ipo', 'hinge' or 'length_normalized'"),
+        (["train.loss=kto"], r"train.loss: Input should be 'sigmoid', 'robust', 'ipo', 'hinge' or 'length_normalized'"),
         (["model.lora.alph=4"], r"model.lora.alph: unknown key; did you mean model.lora.alpha\?"),
         (["train.weighting=none", "train.clamp=false"], r"train.clamp only applies to train.weighting: wpo"),
         (["train.loss=ipo", "train.label_smoothing=0.1"], r"train.label_smoothing applies to sigmoid losses only"),
@@ -103,6 +103,12 @@ export: {model: m, quantizations: [Q4_K_M, Q8_0]}
             r"eval.reference_generator is only used by eval.compare_to: reference",
         ),
         (["eval.measures={chrf: a:b}"], r"eval.measures.chrf: a measure needs its own name"),
+        (["train.loss=robust"], r"train.loss: robust needs train.label_smoothing > 0"),
+        (
+            ["train.simpo_gamma=0.5"],
+            r"train.simpo_gamma is SimPO's margin for train.loss: length_normalized \(train.loss "
+            r"is 'sigmoid'\)",
+        ),
         (
             ["model.dtype=bfloat16"],
             r"model.dtype bfloat16 with full fine-tuning \(model.lora is null\) keeps the trained "

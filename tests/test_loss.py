@@ -112,6 +112,22 @@ def test_sft_term_hand_worked():
     assert plain.loss.item() == pytest.approx(math.log1p(math.exp(-1.0)) + 0.5 * 4 / 3, rel=1e-12)
 
 
+def test_robust_and_simpo_hand_worked():
+    """Same pair (z = 2, β = 0.5, w = exp(-0.7)); chosen logp -4 over 2 tokens, rejected -6 over 3.
+
+    Robust, ε = 0.1: [-(0.9) ln σ(1) + 0.1 ln σ(-1)] / 0.8 = [0.9 ln(1 + e^-1) - 0.1 ln(1 + e)] / 0.8.
+    SimPO, γ = 0.5: z = -4/2 - -6/3 = 0, so -ln σ(β·0 - γ) = ln(1 + e^0.5).
+    """
+    chosen, rejected = stats([-4.0], [-0.3], [2]), stats([-6.0], [-0.4], [3])
+    ref_c, ref_r = torch.tensor([-5.0], dtype=torch.float64), torch.tensor([-5.0], dtype=torch.float64)
+    weight = math.exp(-0.7)
+    robust = preference_loss(chosen, rejected, ref_c, ref_r, loss_type="robust", beta=0.5, label_smoothing=0.1)
+    expected = (0.9 * math.log1p(math.exp(-1.0)) - 0.1 * math.log1p(math.exp(1.0))) / 0.8
+    assert robust.loss.item() == pytest.approx(weight * expected, rel=1e-12)
+    simpo = preference_loss(chosen, rejected, None, None, loss_type="length_normalized", beta=0.5, simpo_gamma=0.5)
+    assert simpo.loss.item() == pytest.approx(weight * math.log1p(math.exp(0.5)), rel=1e-12)
+
+
 def test_other_losses_hand_worked():
     """Same pair (z = 2, w = exp(-0.7)), β = 0.5.
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from wpo.errors import ConfigError
 
 STAGES: tuple[str, ...] = ("sample", "score", "pair", "train", "eval", "export")
-LossType = Literal["sigmoid", "ipo", "hinge", "length_normalized"]  # `wpo.train.loss` implements each
+LossType = Literal["sigmoid", "robust", "ipo", "hinge", "length_normalized"]  # `wpo.train.loss` implements each
 REFERENCE_FREE_LOSSES: frozenset[str] = frozenset({"length_normalized"})
 EMBEDDED_DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -181,6 +181,7 @@ class TrainConfig(Section):
     beta: float = Field(0.1, gt=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
     sft_weight: float = Field(0.0, ge=0.0)
+    simpo_gamma: float = Field(0.0, ge=0.0)
     learning_rate: float = Field(5e-7, ge=0.0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
@@ -211,8 +212,17 @@ class TrainConfig(Section):
     def _keys_combine(self) -> TrainConfig:
         if self.explicitly_set("clamp") and self.weighting == "none":
             raise ValueError("train.clamp only applies to train.weighting: wpo (weighting is 'none')")
-        if self.label_smoothing and self.loss not in ("sigmoid", "length_normalized"):
+        if self.label_smoothing and self.loss not in ("sigmoid", "robust", "length_normalized"):
             raise ValueError(f"train.label_smoothing applies to sigmoid losses only (train.loss is {self.loss!r})")
+        if self.loss == "robust" and not self.label_smoothing:
+            raise ValueError(
+                "train.loss: robust needs train.label_smoothing > 0, the label-flip rate it corrects for "
+                "(with 0 it is train.loss: sigmoid)"
+            )
+        if self.simpo_gamma and self.loss != "length_normalized":
+            raise ValueError(
+                f"train.simpo_gamma is SimPO's margin for train.loss: length_normalized (train.loss is {self.loss!r})"
+            )
         if self.reference_model is not None and self.loss in REFERENCE_FREE_LOSSES:
             raise ValueError(f"train.reference_model is unused by the reference-free train.loss: {self.loss}")
         if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:

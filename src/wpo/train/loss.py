@@ -77,6 +77,13 @@ def ipo_loss(logits: torch.Tensor, beta: float) -> torch.Tensor:
     return (logits - 1.0 / (2.0 * beta)) ** 2
 
 
+def robust_loss(logits: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
+    """Robust DPO (Chowdhury et al. 2024) for labels flipped with probability ε: an unbiased estimate of the clean
+    loss, `[-(1-ε) log σ(βz) + ε log σ(-βz)] / (1 - 2ε)`."""
+    eps = label_smoothing
+    return (-(1.0 - eps) * F.logsigmoid(beta * logits) + eps * F.logsigmoid(-beta * logits)) / (1.0 - 2.0 * eps)
+
+
 def hinge_loss(logits: torch.Tensor, beta: float) -> torch.Tensor:
     """SLiC-style hinge: `max(0, 1 - βz)`."""
     return torch.relu(1.0 - beta * logits)
@@ -105,9 +112,11 @@ def preference_loss(
     weighting: Literal["wpo", "none"] = "wpo",
     clamp: bool = True,
     sft_weight: float = 0.0,
+    simpo_gamma: float = 0.0,
 ) -> PreferenceLoss:
     """Weighted preference loss over a batch of pairs; every loss type takes the same WPO weight.
 
+    `simpo_gamma` γ is SimPO's target margin for the reference-free loss: `-log σ(β z - γ)`.
     `sft_weight` α adds RPO's term, the chosen answer's negative log-likelihood per token, `α · (−logp(y_w) / |y_w|)`,
     to each pair's loss before the weight: it keeps the chosen answer likely (and its end-of-turn token), where a
     preference loss alone can lower both answers' likelihood and move the mass to degenerate text.
@@ -124,8 +133,12 @@ def preference_loss(
         rejected_scores = rejected.logps - reference_rejected_logps
     logits = chosen_scores - rejected_scores
 
-    if loss_type in ("sigmoid", "length_normalized"):
+    if loss_type == "sigmoid":
         unweighted = sigmoid_loss(logits, beta, label_smoothing)
+    elif loss_type == "length_normalized":
+        unweighted = sigmoid_loss(logits - simpo_gamma / beta, beta, label_smoothing)
+    elif loss_type == "robust":
+        unweighted = robust_loss(logits, beta, label_smoothing)
     elif loss_type == "ipo":
         unweighted = ipo_loss(logits, beta)
     elif loss_type == "hinge":

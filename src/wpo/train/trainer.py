@@ -213,6 +213,7 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
                 weighting=cfg.weighting,
                 clamp=cfg.clamp,
                 sft_weight=cfg.sft_weight,
+                simpo_gamma=cfg.simpo_gamma,
             )
             loss = result.pair_losses.sum() / local_pairs
             require_finite("loss", loss.detach(), where)
