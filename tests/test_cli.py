@@ -24,6 +24,7 @@ def tiny_recipe(tmp_path, tiny_llama, pairs_file) -> str:
     return str(recipe)
 
 
+@pytest.mark.slow  # launches processes
 def test_train_and_run_from_the_command_line(tmp_path, tiny_llama, pairs_file):
     recipe = tiny_recipe(tmp_path, tiny_llama, pairs_file)
     trained = run_wpo("train", recipe, "train.logging_steps=1", env=ENV)

@@ -145,6 +145,7 @@ def test_bad_prompts_and_settings(tmp_path, tiny_llama):
         policy_gguf(load_recipe(None, [f"model.name_or_path={tiny_llama}", "sample.backend=llamacpp"]))
 
 
+@pytest.mark.slow  # launches processes
 def test_killed_sampling_resumes_to_the_same_file(tmp_path, tiny_llama):
     """SIGKILL `wpo sample` once it has written some batches; the rerun's file equals an uninterrupted run's."""
     prompts = prompts_file(tmp_path, count=24)
