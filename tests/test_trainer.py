@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -480,3 +481,27 @@ def test_final_is_the_last_checkpoint_hard_linked_not_written_twice(tmp_path, ti
     final, last = train_dir / "final" / "model.safetensors", train_dir / "checkpoint-2" / "model" / "model.safetensors"
     assert final.stat().st_ino == last.stat().st_ino
     assert json.loads((train_dir / "final" / "wpo_training.json").read_text())["total_steps"] == 2
+
+
+def test_bf16_compute_keeps_fp32_weights_and_starts_at_z_zero(tmp_path, tiny_llama, pairs_file, caplog):
+    """train.mixed_precision: bf16 autocasts the forward (the reference pass too, so step 1 sees z ≈ 0), keeps the
+    weights and Adam state fp32, and follows the fp32 run's losses closely. On a CPU without bf16 instructions (where
+    a bf16 matmul runs a slow reference kernel, ~100x slower than fp32) it falls back to fp32 with one line."""
+    common = ("train.max_steps=3", "train.learning_rate=1e-4")
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="fp32"))
+    result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.mixed_precision=bf16",
+                                      run="bf16"))  # fmt: skip
+    fp32, bf16 = (read_metrics(tmp_path / run / "train" / "metrics.jsonl") for run in ("fp32", "bf16"))
+    if torch.cuda.is_available() or torch.cpu._is_avx512_bf16_supported():
+        assert bf16[0]["logps_chosen"] != fp32[0]["logps_chosen"]  # bf16 really computed: the last bits differ
+        assert abs(bf16[0]["reward_margin"]) < 1e-2  # z ≈ 0 at step 1: reference and policy in the same precision
+        assert bf16[0]["loss"] == pytest.approx(bf16[0]["weight_mean"] * math.log(2), rel=1e-2)
+    else:
+        assert "this CPU has no bf16 instructions (AVX512-BF16): training in fp32" in caplog.text
+        assert [r["loss"] for r in bf16] == [r["loss"] for r in fp32]
+    for a, b in zip(fp32, bf16, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=0.02)
+    weights = load_file(str(result.final_dir / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    optimizer = load_file(str(tmp_path / "bf16" / "train" / "checkpoint-3" / "optimizer.safetensors"))
+    assert {t.dtype for t in optimizer.values()} == {torch.float32}

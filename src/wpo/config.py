@@ -182,6 +182,9 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
     sft_weight: float = Field(0.0, ge=0.0)
     simpo_gamma: float = Field(0.0, ge=0.0)
+    # bf16 compute (autocast) over fp32 master weights and optimizer state; the loss's statistics stay fp32, and the
+    # reference pass runs in the same precision, so the first step still sees z = 0
+    mixed_precision: Literal["bf16", "no"] = "no"
     learning_rate: float = Field(5e-7, ge=0.0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)

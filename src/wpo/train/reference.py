@@ -53,8 +53,8 @@ def cache_directory(train_dir: Path) -> Path:
     return train_dir / CACHE_DIR_NAME
 
 
-def cache_key(fingerprint: str, dtype: torch.dtype, tokens: TokenizedPairs) -> str:
-    payload = f"{fingerprint}|{dtype}|{tokens.digest()}"
+def cache_key(fingerprint: str, precision: str, tokens: TokenizedPairs) -> str:
+    payload = f"{fingerprint}|{precision}|{tokens.digest()}"
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 

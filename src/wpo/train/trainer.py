@@ -95,9 +95,25 @@ class TrainResult:
     counts: dict[str, Any]
 
 
-def make_accelerator() -> Accelerator:
+def _mixed_precision(recipe: Recipe, on_cpu: bool) -> str | None:
+    """`train.mixed_precision` for accelerate (None leaves a launcher config's choice alone); bf16 on a CPU without
+    bf16 support falls back to fp32 with one line."""
+    if recipe.train.mixed_precision == "no":
+        return None
+    if on_cpu and not getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        log.warning(
+            "train.mixed_precision: bf16, but this CPU has no bf16 instructions (AVX512-BF16): training in fp32"
+        )
+        return None
+    return "bf16"
+
+
+def make_accelerator(recipe: Recipe) -> Accelerator:
     """accelerate's Accelerator, on CPU (gloo) when the machine has no accelerator device (`wpo.distributed`)."""
     options = state_options()
+    mixed = _mixed_precision(recipe, options.get("cpu", False))
+    if mixed:
+        options["mixed_precision"] = mixed
     backend = options.pop("backend", None)
     accelerator = Accelerator(**options, kwargs_handlers=[InitProcessGroupKwargs(backend=backend)] if backend else [])
     check_launch(accelerator.num_processes)
@@ -124,7 +140,7 @@ def setup(recipe: Recipe) -> TrainState:
     problem = low_precision_problem(str(resolve_dtype(recipe.model.dtype)).removeprefix("torch."), recipe)
     if problem:  # model.dtype: auto resolved to bf16 on this machine, or the recipe's stages did not name train
         raise ConfigError(problem)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(recipe)
     set_seed(recipe.seed)
     config = _shared_run_config(recipe, accelerator)
     run_hash = config_hash(config)
@@ -197,7 +213,8 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
         where = f" at step {step + 1}, pairs {[state.tokens.pairs[i].id for i in indices]}"
         with launcher.accumulating(state.model, last=position == len(batches) - 1):
             try:
-                chosen, rejected = pair_statistics(state.model, batch, loss_chunk_size=cfg.loss_chunk_size)
+                with accelerator.autocast():  # bf16 compute under train.mixed_precision; a no-op otherwise
+                    chosen, rejected = pair_statistics(state.model, batch, loss_chunk_size=cfg.loss_chunk_size)
             except NonFiniteError as exc:
                 raise NonFiniteError(f"{exc}{where}") from None
             index = torch.tensor(indices)
@@ -387,17 +404,19 @@ def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, resume
             return policy_model  # the untrained policy is the reference: no second copy in memory
         return load_causal_lm(reference_path, recipe.model).to(accelerator.device)
 
-    key = reference.cache_key(reference.model_fingerprint(reference_path), resolve_dtype(recipe.model.dtype), tokens)
-    result = reference.load_or_compute(
-        cache_dir=reference.cache_directory(recipe.stage_dir("train")),
-        key=key,
-        tokens=tokens,
-        load_model=load_reference,
-        batch_size=cfg.per_device_batch_size,
-        pad_token_id=tokenizer.pad_token_id,
-        accelerator=accelerator,
-        loss_chunk_size=cfg.loss_chunk_size,
-    )
+    precision = f"{resolve_dtype(recipe.model.dtype)}|autocast={accelerator.mixed_precision}"
+    key = reference.cache_key(reference.model_fingerprint(reference_path), precision, tokens)
+    with accelerator.autocast():  # the policy's compute precision, so step 1 sees z = 0
+        result = reference.load_or_compute(
+            cache_dir=reference.cache_directory(recipe.stage_dir("train")),
+            key=key,
+            tokens=tokens,
+            load_model=load_reference,
+            batch_size=cfg.per_device_batch_size,
+            pad_token_id=tokenizer.pad_token_id,
+            accelerator=accelerator,
+            loss_chunk_size=cfg.loss_chunk_size,
+        )
     gc.collect()
     return result
 
