@@ -25,7 +25,7 @@ from wpo.errors import ConfigError, DataError, NonFiniteError, WpoError
 __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "NonFiniteError", "Recipe", "WpoError", "chunked_loss", "evaluate", "export",
-    "load_recipe", "loss", "pair", "run", "sample", "score", "train",
+    "load_recipe", "loss", "pair", "run", "sample", "score", "sweep", "train",
 ]  # fmt: skip
 
 RecipeLike = Recipe | str | Path | dict[str, Any]
@@ -83,17 +83,29 @@ def export(recipe: RecipeLike) -> dict[str, Any]:
 
 
 class _Api(types.ModuleType):
-    """`wpo.train` and `wpo.export` are stage functions and also subpackages (`wpo.train.loss`, `wpo.export.card`):
+    """`wpo.train`, `wpo.export` and `wpo.sweep` are functions and also modules (`wpo.train.loss`, `wpo.sweep`):
     importing a subpackage would overwrite the function with the module, so the function stays (the subpackages
     are still imported the usual way, through `sys.modules`)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("train", "export") and isinstance(value, types.ModuleType):
+        if name in ("train", "export", "sweep") and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 
 
 sys.modules[__name__].__class__ = _Api
+
+
+def sweep(recipe: RecipeLike, grid: dict[str, list[str]], seeds: list[int],
+          baseline: dict[str, str] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """`wpo sweep`: every grid variant x seed with shared upstream stages; runs.csv, comparison.csv (paired by seed
+    and prompt), comparison.png under output_dir/sweep/. `grid` maps dotted keys to lists of values (YAML text)."""
+    from wpo.sweep import run_sweep
+
+    if isinstance(recipe, Recipe):
+        recipe = recipe.to_dict()
+    return run_sweep(recipe, overrides or [], {k: [str(v) for v in values] for k, values in grid.items()}, seeds,
+                     baseline)  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

@@ -179,6 +179,32 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     typer.echo("\n".join(lines))
 
 
+@app.command()
+def sweep(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    grid: Annotated[list[str], typer.Option(help="KEY=V1,V2: one axis of the grid (repeat for more).")] = None,
+    seeds: Annotated[str, typer.Option(help="Seeds, comma-separated: every variant runs with each.")] = "1",
+    baseline: Annotated[list[str] | None, typer.Option(help="KEY=V: the variant others are compared with.")] = None,
+) -> None:
+    """Run every variant of a grid x every seed under output_dir/sweep/, sharing upstream stages; write runs.csv,
+    comparison.csv (paired by seed and prompt, with CIs) and comparison.png."""
+
+    def action() -> None:
+        from wpo.sweep import parse_grid, run_sweep
+
+        chosen = dict(item.split("=", 1) for item in baseline or [] if "=" in item) or None
+        try:
+            seed_list = [int(seed) for seed in seeds.split(",")]
+        except ValueError:
+            raise WpoError(f"--seeds {seeds!r} must be integers separated by commas") from None
+        with _stdout_for_results():
+            result = run_sweep(recipe, overrides or [], parse_grid(grid or []), seed_list, chosen)
+        _print_json({key: result[key] for key in ("runs", "data_directories", "runs_csv", "comparison_csv")})
+
+    _guarded(action)
+
+
 @app.command(name="config")
 def show_config(
     recipe: RecipeArg,

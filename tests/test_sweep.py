@@ -1,0 +1,89 @@
+"""`wpo sweep` on a tiny model: variants × seeds, data stages shared where their config is, paired comparisons."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from helpers import run_wpo, write_lines
+
+import wpo
+from wpo.data.io import resolve_builtin
+from wpo.sweep import parse_grid, variant_name
+
+
+def builtin(name: str) -> list[dict]:
+    return [json.loads(line) for line in resolve_builtin(f"builtin:{name}").read_text().splitlines()]
+
+
+def tiny_recipe(tmp_path, tiny_llama) -> dict:
+    return {
+        "output_dir": str(tmp_path / "out"), "stages": ["sample", "score", "pair", "train", "eval"],
+        "model": {"name_or_path": str(tiny_llama)},
+        "sample": {"prompts": str(write_lines(tmp_path / "train.jsonl", builtin("ifeval-train.jsonl")[:4])), "n": 2,
+                   "max_new_tokens": 6, "temperature": 1.0, "offpolicy_fields": ["reference"]},
+        "score": {"scorer": "python", "function": "wpo.tasks.ifeval:reward"},
+        "pair": {"length_unit": "characters"},
+        "train": {"per_device_batch_size": 2, "max_length": 160, "max_prompt_length": 128, "max_steps": 2,
+                  "learning_rate": 1e-3},
+        "eval": {"prompts": str(write_lines(tmp_path / "heldout.jsonl", builtin("ifeval-heldout.jsonl")[:3])),
+                 "compare_to": "base_model", "reward": "wpo.tasks.ifeval:reward", "judge": "python",
+                 "function": "wpo.tasks.ifeval:content_preference", "max_new_tokens": 6, "temperature": 1.0},
+    }  # fmt: skip
+
+
+def test_a_sweep_shares_sampling_and_pairs_its_comparisons(tmp_path, tiny_llama):
+    recipe = tiny_recipe(tmp_path, tiny_llama)
+    result = wpo.sweep(recipe, grid={"train.weighting": ["wpo", "none"]}, seeds=[1, 2],
+                       baseline={"train.weighting": "wpo"})  # fmt: skip
+    sweep_dir = tmp_path / "out" / "sweep"
+    assert result["runs"] == 4 and result["data_directories"] == 2  # changing train.* keys never samples again
+    assert len(list(sweep_dir.glob("data-*/sample/candidates.jsonl"))) == 2
+    assert not list((sweep_dir / "runs").glob("*/sample"))
+    rows = list(csv.DictReader((sweep_dir / "runs.csv").open()))
+    assert [(r["train.weighting"], r["seed"]) for r in rows] == [
+        ("wpo", "1"),
+        ("wpo", "2"),
+        ("none", "1"),
+        ("none", "2"),
+    ]
+    assert all(r["reward_delta"] and r["length_controlled_winrate"] for r in rows)
+
+    table = list(csv.DictReader((sweep_dir / "comparison.csv").open()))
+    measures = {r["measure"] for r in table}
+    assert {"reward", "chrf", "length_chars", "distinct_2"} <= measures
+    for row in table:
+        if row["train.weighting"] == "wpo":  # the baseline against itself: exactly zero, no spread
+            assert float(row["minus_baseline"]) == 0.0 == float(row["minus_baseline_ci95_low"])
+    # the paired difference by hand, for one measure: per seed, per prompt, DPO's value minus WPO's, averaged
+    by_run = {}
+    for weighting in ("wpo", "none"):
+        for seed in (1, 2):
+            path = sweep_dir / "runs" / f"{variant_name({'train.weighting': weighting})}-seed{seed}" / "eval"
+            by_run[weighting, seed] = [json.loads(line) for line in (path / "measures.jsonl").read_text().splitlines()]
+    expected = sum(
+        sum(n["length_chars_trained"] - w["length_chars_trained"] for n, w in zip(by_run["none", s], by_run["wpo", s],
+                                                                                  strict=True)) / 3
+        for s in (1, 2)
+    ) / 2  # fmt: skip
+    (dpo_length,) = [r for r in table if r["train.weighting"] == "none" and r["measure"] == "length_chars"]
+    assert float(dpo_length["minus_baseline"]) == pytest.approx(expected)
+    assert (sweep_dir / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    manifests = sorted(sweep_dir.rglob("manifest.json"))
+    written = {path: path.stat().st_mtime_ns for path in manifests}
+    again = wpo.sweep(recipe, grid={"train.weighting": ["wpo", "none"]}, seeds=[1, 2])  # a rerun resumes: all done
+    assert again["runs"] == 4 and {path: path.stat().st_mtime_ns for path in manifests} == written
+
+
+def test_sweep_arguments_are_checked(tmp_path, tiny_llama):
+    with pytest.raises(wpo.ConfigError, match=r"--grid 'train.beta' is not of the form KEY=V1,V2"):
+        parse_grid(["train.beta"])
+    recipe = tiny_recipe(tmp_path, tiny_llama)
+    with pytest.raises(wpo.ConfigError, match=r"--baseline must give one value of the grid"):
+        wpo.sweep(recipe, grid={"train.beta": ["0.1", "0.2"]}, seeds=[1], baseline={"train.beta": "0.3"})
+    with pytest.raises(wpo.ConfigError, match=r"train.bta: unknown key"):
+        wpo.sweep(recipe, grid={"train.bta": ["0.1"]}, seeds=[1])
+    result = run_wpo("sweep", str(tmp_path / "missing.yaml"), "--grid", "train.beta=0.1,0.2")
+    assert result.returncode == 2 and "recipe" in result.stderr and "does not exist" in result.stderr
