@@ -505,3 +505,27 @@ def test_bf16_compute_keeps_fp32_weights_and_starts_at_z_zero(tmp_path, tiny_lla
     assert {t.dtype for t in weights.values()} == {torch.float32}
     optimizer = load_file(str(tmp_path / "bf16" / "train" / "checkpoint-3" / "optimizer.safetensors"))
     assert {t.dtype for t in optimizer.values()} == {torch.float32}
+
+
+def test_metrics_go_to_trackio_offline(tmp_path, tiny_llama, pairs_file):
+    """train.report_to: [tensorboard, trackio] logs every row to trackio's local store too (no server, no network)."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"output_dir: {tmp_path / 'run'}\nseed: 3\nmodel: {{name_or_path: {tiny_llama}}}\n"
+                      f"train: {{pairs: {pairs_file}, max_steps: 2, per_device_batch_size: 2, max_length: 96, "
+                      "max_prompt_length: 48, logging_steps: 1, report_to: [tensorboard, trackio]}\n")  # fmt: skip
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "WPO_LOG_LEVEL": "WARNING"}
+    trained = subprocess.run([sys.executable, "-m", "wpo", "train", str(recipe)], capture_output=True, text=True,
+                             env=env)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    read = ("import json; from trackio.sqlite_storage import SQLiteStorage; "
+            "print(json.dumps(SQLiteStorage.get_logs('wpo', 'run-seed3'), default=str))")  # fmt: skip
+    logs = json.loads(subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, env=env,
+                                     check=True).stdout)  # fmt: skip
+    rows = read_metrics(tmp_path / "run" / "train" / "metrics.jsonl")
+    assert [log["step"] for log in logs] == [1, 2]
+    assert [log["train/loss"] for log in logs] == pytest.approx([row["loss"] for row in rows])
+    assert list((tmp_path / "run" / "train" / "tensorboard").glob("events.out.tfevents.*"))

@@ -185,6 +185,9 @@ class TrainConfig(Section):
     # bf16 compute (autocast) over fp32 master weights and optimizer state; the loss's statistics stay fp32, and the
     # reference pass runs in the same precision, so the first step still sees z = 0
     mixed_precision: Literal["bf16", "no"] = "no"
+    report_to: list[Literal["tensorboard", "trackio"]] = unhashed(
+        ["tensorboard"]
+    )  # trackio: pip install 'wpo[trackio]'
     learning_rate: float = Field(5e-7, ge=0.0)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)

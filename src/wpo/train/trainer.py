@@ -12,6 +12,7 @@ step count, and one from another schedule is refused.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import logging
 import math
@@ -137,6 +138,8 @@ def _shared_run_config(recipe: Recipe, accelerator: Accelerator) -> dict[str, An
 def setup(recipe: Recipe) -> TrainState:
     cfg = recipe.train
     train_dir = recipe.stage_dir("train")
+    if "trackio" in cfg.report_to and importlib.util.find_spec("trackio") is None:
+        raise ConfigError("train.report_to names trackio, which is not installed: pip install 'wpo[trackio]'")
     problem = low_precision_problem(str(resolve_dtype(recipe.model.dtype)).removeprefix("torch."), recipe)
     if problem:  # model.dtype: auto resolved to bf16 on this machine, or the recipe's stages did not name train
         raise ConfigError(problem)
@@ -279,7 +282,9 @@ def train(recipe: Recipe) -> TrainResult:
     state = setup(recipe)
     cfg, accelerator, schedule = recipe.train, state.accelerator, state.schedule
     train_dir = recipe.stage_dir("train")
-    metrics = MetricsLog(train_dir, state.start_step, enabled=accelerator.is_main_process)
+    metrics = MetricsLog(train_dir, state.start_step, enabled=accelerator.is_main_process,
+                         report_to=tuple(cfg.report_to), run_name=f"{Path(recipe.output_dir).name}-seed{recipe.seed}",
+                         config=state.config)  # fmt: skip
     last_row = None
     progress = tqdm(total=schedule.total_steps, initial=state.start_step, desc="train", unit="step",
                     disable=not accelerator.is_main_process)  # fmt: skip
