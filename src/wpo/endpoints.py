@@ -105,6 +105,10 @@ class Usage:
                                                         "completion_tokens", "cache_hits")}  # fmt: skip
 
 
+class KeyRefused(WpoError):
+    """The endpoint refused the API key (401/403): every other request would fail the same way, so nothing skips it."""
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """One chat completion to ask for: `key` names it in the cache, `label` names it in an error (a prompt id)."""
@@ -168,8 +172,8 @@ class Endpoint:
                 model=self.config.model, messages=request.messages, extra_body=self.config.extra_body or None,
                 **request.params,
             )  # fmt: skip
-        except openai.AuthenticationError as exc:
-            raise WpoError(self._redacted(f"{self.name} at {self.config.base_url} refused the API key (HTTP "
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise KeyRefused(self._redacted(f"{self.name} at {self.config.base_url} refused the API key (HTTP "
                                           f"{exc.status_code}): check {self.config.api_key_env or 'api_key_env'}"))  # fmt: skip
         except openai.APIStatusError as exc:
             raise self._failure(request, f"answered HTTP {exc.status_code} after {self.config.max_retries + 1} "
@@ -202,7 +206,7 @@ class Endpoint:
             try:
                 self.cache.put(request.key, parse(self.ask(request)))
             except WpoError as exc:
-                if on_failure is None or "refused the API key" in str(exc):
+                if on_failure is None or isinstance(exc, KeyRefused):
                     stop.set()
                     raise
                 on_failure(request, exc)
