@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from wpo.config import Recipe, config_hash
-from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
+from wpo.data.io import BadRecordPolicy, atomic_writer, write_json, write_jsonl
 from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_annotation, parse_prompt
 from wpo.errors import ConfigError, DataError
 from wpo.eval.judges import Comparison, judge_all
@@ -177,8 +177,8 @@ def heldout_measures(recipe: Recipe, prompts, base_outputs: list[str], outputs: 
     names = list(values[0])
     write_jsonl(stage_dir / "measures.jsonl", rows)
     highlight = "reward" if "reward" in names else names[0]
-    (stage_dir / "side_by_side.md").write_text(side_by_side(rows, names, generators[0], generators[1], highlight),
-                                               encoding="utf-8")  # fmt: skip
+    with atomic_writer(stage_dir / "side_by_side.md") as handle:
+        handle.write(side_by_side(rows, names, generators[0], generators[1], highlight))
     metrics = compare(rows, names, recipe.seed)
     gains = [name for name in names if name in functions]
     metrics.update(verdict(metrics, gains, cfg.content_margin, cfg.min_length_ratio, cfg.repetition_margin))
