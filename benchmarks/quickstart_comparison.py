@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from wpo.sweep import stratified_ci
+
 ARMS = ("wpo", "dpo", "wpo-2-rounds")
-RESAMPLES = 10_000
 
 
 def wpo(*args: str) -> None:
@@ -55,16 +56,6 @@ def read_rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "eval" / "measures.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
-def paired_difference_ci(differences: list[np.ndarray], seed: int = 0) -> list[float]:
-    """Bootstrap CI of the mean difference: prompts resampled within each seed, seeds kept (a stratified bootstrap)."""
-    rng = np.random.default_rng(seed)
-    means = np.zeros(RESAMPLES)
-    for per_seed in differences:
-        means += per_seed[rng.integers(0, per_seed.size, size=(RESAMPLES, per_seed.size))].mean(axis=1)
-    means /= len(differences)
-    return [float(v) for v in np.percentile(means, [2.5, 97.5])]
-
-
 def compare(runs_by_seed: dict[int, dict[str, Path]]) -> dict:
     rows = {seed: {arm: read_rows(path) for arm, path in runs.items()} for seed, runs in runs_by_seed.items()}
     first = next(iter(rows.values()))["wpo"]
@@ -80,9 +71,9 @@ def compare(runs_by_seed: dict[int, dict[str, Path]]) -> dict:
             if arm != "wpo":
                 differences = [a - w for a, w in zip(values[arm], values["wpo"], strict=True)]
                 entry[arm]["minus_wpo"] = float(np.mean([d.mean() for d in differences]))
-                entry[arm]["minus_wpo_ci95"] = paired_difference_ci(differences)
+                entry[arm]["minus_wpo_ci95"] = stratified_ci(differences)
         base = [np.array([r[f"{name}_trained"] - r[f"{name}_base"] for r in rows[s]["wpo"]]) for s in rows]
-        entry["wpo"]["minus_base_ci95"] = paired_difference_ci(base)
+        entry["wpo"]["minus_base_ci95"] = stratified_ci(base)
         table["measures"][name] = entry
     return table
 
