@@ -70,6 +70,11 @@ def test_a_sweep_shares_sampling_and_pairs_its_comparisons(tmp_path, tiny_llama)
     (dpo_length,) = [r for r in table if r["train.weighting"] == "none" and r["measure"] == "length_chars"]
     assert float(dpo_length["minus_baseline"]) == pytest.approx(expected)
     assert (sweep_dir / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (sweep_dir / "report.html").read_text(encoding="utf-8")  # the sweep's page links every run's page
+    for weighting in ("wpo", "none"):
+        for seed in (1, 2):
+            run_page = f"runs/{variant_name({'train.weighting': weighting})}-seed{seed}/report.html"
+            assert f"href='{run_page}'" in page and (sweep_dir / run_page).is_file()
 
     manifests = sorted(sweep_dir.rglob("manifest.json"))
     written = {path: path.stat().st_mtime_ns for path in manifests}

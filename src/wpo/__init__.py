@@ -8,6 +8,7 @@ messages. Importing `wpo` is light (no torch): the stages import what they need 
     recipe = wpo.load_recipe("recipes/quickstart.yaml", ["train.beta=0.1", "output_dir=runs/beta01"])
     summary = wpo.run(recipe)                      # what summary.json holds
     wpo.train(recipe); wpo.evaluate(recipe)        # one stage each
+    wpo.report("runs/beta01")                      # runs/beta01/report.html, the run's offline page
     from wpo import loss                           # the WPO loss as tensors-in, tensors-out building blocks
 """
 
@@ -25,7 +26,7 @@ from wpo.errors import ConfigError, DataError, NonFiniteError, WpoError
 __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "NonFiniteError", "Recipe", "WpoError", "chunked_loss", "evaluate", "export",
-    "load_recipe", "loss", "pair", "run", "sample", "score", "sweep", "train",
+    "load_recipe", "loss", "pair", "report", "run", "sample", "score", "sweep", "train",
 ]  # fmt: skip
 
 RecipeLike = Recipe | str | Path | dict[str, Any]
@@ -83,12 +84,12 @@ def export(recipe: RecipeLike) -> dict[str, Any]:
 
 
 class _Api(types.ModuleType):
-    """`wpo.train`, `wpo.export` and `wpo.sweep` are functions and also modules (`wpo.train.loss`, `wpo.sweep`):
-    importing a subpackage would overwrite the function with the module, so the function stays (the subpackages
-    are still imported the usual way, through `sys.modules`)."""
+    """`wpo.train`, `wpo.export`, `wpo.sweep` and `wpo.report` are functions and also modules (`wpo.train.loss`,
+    `wpo.sweep`, `wpo.report.render`): importing a subpackage would overwrite the function with the module, so the
+    function stays (the subpackages are still imported the usual way, through `sys.modules`)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("train", "export", "sweep") and isinstance(value, types.ModuleType):
+        if name in ("train", "export", "sweep", "report") and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 
@@ -106,6 +107,14 @@ def sweep(recipe: RecipeLike, grid: dict[str, list[str]], seeds: list[int],
         recipe = recipe.to_dict()
     return run_sweep(recipe, overrides or [], {k: [str(v) for v in values] for k, values in grid.items()}, seeds,
                      baseline)  # fmt: skip
+
+
+def report(directory: str | Path, max_items: int | None = None) -> list[Path]:
+    """`wpo report`: `directory/report.html`, one offline page of a run (of a sweep: the comparison, and every run's
+    page too); returns the paths written. `max_items` caps the pairs and held-out prompts inlined per browser."""
+    from wpo.report import MAX_ITEMS, write_report
+
+    return write_report(directory, MAX_ITEMS if max_items is None else max_items)
 
 
 def __getattr__(name: str) -> Any:

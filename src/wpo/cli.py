@@ -17,6 +17,7 @@ import typer
 
 from wpo.config import load_recipe
 from wpo.errors import WpoError
+from wpo.report import MAX_ITEMS
 
 app = typer.Typer(
     add_completion=False,
@@ -93,6 +94,7 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
     for label, entry in summary["stages"].items():
         table.add_row(label, "done before (skipped)" if entry["skipped"] else f"{entry['wall_seconds']:.0f} s")
     table.add_row("total", f"{summary['total_wall_seconds']:.0f} s", end_section=True)
+    table.add_row("report", str(path.with_name("report.html")), end_section=True)
     for name in (key.removesuffix("_delta_ci95") for key in list(summary) if key.endswith("_delta_ci95")):
         low, high = summary[f"{name}_delta_ci95"]
         table.add_row(
@@ -201,6 +203,25 @@ def sweep(
         with _stdout_for_results():
             result = run_sweep(recipe, overrides or [], parse_grid(grid or []), seed_list, chosen)
         _print_json({key: result[key] for key in ("runs", "data_directories", "runs_csv", "comparison_csv")})
+
+    _guarded(action)
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="A run's output_dir, or a sweep's directory (output_dir/sweep).")],
+    max_items: Annotated[int, typer.Option(help="Most pairs, and held-out prompts, inlined in each browser.")] = (
+        MAX_ITEMS
+    ),
+) -> None:
+    """Write DIRECTORY/report.html: one offline page with the pipeline, the pairs, the training curves and the base's
+    and the trained model's answers side by side; for a sweep, the comparison linking to every run's page."""
+
+    def action() -> None:
+        from wpo.report import write_report
+
+        written = write_report(directory, max_items)
+        _print_json({"report": str(written[0]), "also_written": [str(path) for path in written[1:]]})
 
     _guarded(action)
 

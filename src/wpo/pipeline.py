@@ -17,6 +17,7 @@ from wpo.config import ROUND_STAGES, Recipe, config_hash
 from wpo.data.io import write_json
 from wpo.distributed import MULTI_PROCESS_STAGES, process_state, refuse_a_launcher
 from wpo.manifest import completed_with, read_manifest
+from wpo.report import write_run_report
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ EXPORT_KEYS = ("type", "file", "size_bytes", "perplexity", "hf_perplexity", "kl_
 def run_pipeline(recipe: Recipe) -> dict[str, Any] | None:
     """Run `recipe.stages` in order — sample → train once per round, then eval and export on the last round's model —
     skipping stages whose manifest matches their config. Writes `summary.json`: wall seconds per stage and the
-    headline figures.
+    headline figures; then `report.html`, the run's page (`wpo report`).
 
     Under a launcher, sample, score and train split across the processes and pair runs on the main process between
     barriers; after the last round the other processes are done, and eval and export run on the main process alone
@@ -163,6 +164,7 @@ def run_pipeline(recipe: Recipe) -> dict[str, Any] | None:
         report = _read_json(stage_output(recipe, "export"))
         summary["exports"] = [{key: entry[key] for key in EXPORT_KEYS if key in entry} for entry in report["files"]]
     write_json(Path(recipe.output_dir) / "summary.json", summary)
+    log.info("run: report at %s", write_run_report(Path(recipe.output_dir)))
     return summary
 
 

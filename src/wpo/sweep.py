@@ -96,7 +96,8 @@ def plan(recipe_source: str | Path | dict[str, Any], overrides: list[str], grid:
 
 def run_sweep(recipe_source: str | Path | dict[str, Any], overrides: list[str], grid: dict[str, list[str]],
               seeds: list[int], baseline: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run (or resume) every run of the plan, then write runs.csv, comparison.csv and comparison.png."""
+    """Run (or resume) every run of the plan, then write runs.csv, comparison.csv, comparison.png and the sweep's
+    report.html (linking each run's own page, which `wpo run` wrote)."""
     from wpo.pipeline import run_pipeline
 
     if not grid:
@@ -118,6 +119,9 @@ def run_sweep(recipe_source: str | Path | dict[str, Any], overrides: list[str], 
     rows = write_runs_csv(sweep_dir / "runs.csv", runs, list(grid))
     table = compare(runs, baseline)
     write_comparison(sweep_dir, table, list(grid))
+    from wpo.report import write_sweep_page
+
+    write_sweep_page(sweep_dir)
     shared = len({e["data"].output_dir for e in runs if e["data"] is not None})
     return {"runs": len(runs), "data_directories": shared, "runs_csv": str(sweep_dir / "runs.csv"),
             "comparison_csv": str(sweep_dir / "comparison.csv"), "rows": rows, "comparison": table}  # fmt: skip

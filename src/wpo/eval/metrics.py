@@ -16,8 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupKFold
 
 from wpo.errors import DataError
 
@@ -48,8 +46,11 @@ def _soft_logloss(probabilities: np.ndarray, targets: np.ndarray, weights: np.nd
     return float(-np.mean(weights * (targets * np.log(p) + (1 - targets) * np.log(1 - p))))
 
 
-def _fit(features: np.ndarray, targets: np.ndarray, weights: np.ndarray, c: float) -> LogisticRegression:
-    """L1 logistic regression on soft targets: each row appears as a 1 (weight w·p) and a 0 (weight w·(1-p))."""
+def _fit(features: np.ndarray, targets: np.ndarray, weights: np.ndarray, c: float) -> Any:
+    """L1 logistic regression on soft targets: each row appears as a 1 (weight w·p) and a 0 (weight w·(1-p)).
+    scikit-learn is imported here, not with the module: reading eval figures (the report, the sweep) needs no fit."""
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(
         C=c, l1_ratio=1.0, solver="liblinear", fit_intercept=False, random_state=123, max_iter=1000
     )
@@ -64,6 +65,8 @@ def fit_glm(features: np.ndarray, targets: np.ndarray, weights: np.ndarray, n_sp
     if len(targets) < 2:
         raise DataError(f"the length-controlled win rate needs at least 2 comparisons to cross-validate, got "
                         f"{len(targets)}")  # fmt: skip
+    from sklearn.model_selection import GroupKFold
+
     folds = list(GroupKFold(n_splits=min(n_splits, len(targets))).split(features, groups=np.arange(len(targets))))
     losses = []
     for c in C_GRID:
