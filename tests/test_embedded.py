@@ -62,7 +62,7 @@ def test_llamacpp_sampler_is_seeded_per_sample(tmp_path):
     from wpo.sampling.llamacpp_backend import LlamaCppSampler
 
     recipe = load_recipe(None, ["sample.backend=llamacpp", "sample.max_new_tokens=24", "sample.temperature=1.0",
-                                "sample.stop=['.']"])  # fmt: skip
+                                "sample.stop=['.']", "sample.threads=1"])  # fmt: skip
     sampler = LlamaCppSampler(resolve_model_path(recipe.model.name_or_path), recipe)
     question = [{"role": "user", "content": "Tell me a fact about the moon."}]
     requests = [SampleRequest(question, 1), SampleRequest(question, 2), SampleRequest(question, 1)]

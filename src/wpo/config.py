@@ -109,6 +109,12 @@ class SampleConfig(Section):
     backend: Literal["transformers", "llamacpp", "vllm", "openai"] = "transformers"
     endpoint: EndpointConfig | None = None  # the server(s) behind sample.backend: openai
     batch_size: int = unhashed(8, gt=0)
+    # llamacpp: samples decoded together, one llama.cpp sequence (and KV stream) each; unset, a whole stage batch
+    # (batch_size x n) at once, up to llama.cpp's 256. Text does not depend on it; KV memory grows with it.
+    parallel_sequences: int | None = unhashed(None, gt=0, le=256)
+    # llamacpp: CPU threads, all cores when unset. Its threads spin at each layer's barrier, so on a machine shared
+    # with other work fewer threads than cores can be many times faster. Text does not depend on it.
+    threads: int | None = unhashed(None, gt=0)
     gguf: str | None = None
     context_length: int = Field(4096, gt=0)
     tensor_parallel_size: int = Field(1, gt=0)
@@ -135,8 +141,10 @@ class SampleConfig(Section):
         if (self.backend == "openai") != (self.endpoint is not None):
             raise ValueError(f"sample.endpoint is the server of sample.backend: openai, and only of it (backend is "
                              f"{self.backend!r}, endpoint is {'set' if self.endpoint else 'not set'})")  # fmt: skip
-        if self.gguf is not None and self.backend != "llamacpp":
-            raise ValueError(f"sample.gguf is only used by sample.backend: llamacpp (backend is {self.backend!r})")
+        misplaced = [key for key in ("gguf", "parallel_sequences", "threads") if getattr(self, key) is not None]
+        if misplaced and self.backend != "llamacpp":
+            raise ValueError(f"sample.{misplaced[0]} is only used by sample.backend: llamacpp (backend is "
+                             f"{self.backend!r})")  # fmt: skip
         if self.tensor_parallel_size > 1 and self.backend != "vllm":
             raise ValueError("sample.tensor_parallel_size > 1 needs sample.backend: vllm")
         return self

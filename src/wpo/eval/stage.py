@@ -108,6 +108,8 @@ def generate_outputs(recipe: Recipe, model: str, prompts) -> list[str]:
     sampling = recipe.sample.model_copy(update={
         "backend": cfg.backend, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0,
         "max_new_tokens": cfg.max_new_tokens, "stop": [],
+        "n": 1, "batch_size": cfg.batch_size, "parallel_sequences": None,  # llamacpp: an eval batch at once
+        "gguf": None,  # llamacpp: the GGUF of the model evaluated (a .gguf or embedded one), never the policy's
     })  # fmt: skip
     generation_recipe = recipe.model_copy(
         update={"sample": sampling, "model": recipe.model.model_copy(update={"name_or_path": model})}

@@ -1,0 +1,136 @@
+"""The llamacpp backend's batched decoding on the embedded SmolLM2-135M: a sample's text depends on its seed alone.
+
+The parallelism check runs on an F16 copy of the model: llama.cpp multiplies F16 weights with a different kernel
+for one row than for several, so F16 is where a batch-dependent rounding would show.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from wpo.config import load_recipe
+from wpo.errors import ConfigError
+from wpo.sampling import SampleRequest, cut_at_stop
+
+SYSTEM = {"role": "system", "content": "You are a concise assistant."}
+EARLY_EOS = [{"role": "user", "content": "Hi!"}]  # the model answers in 9 tokens, then its end-of-turn token
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [SYSTEM, {"role": "user", "content": text}]
+
+
+# Three prompts, two of them sharing the system prompt, interleaved: requests of one prompt are not adjacent.
+MIXED = [
+    SampleRequest(messages, seed)
+    for seed in (11, 12, 13)
+    for messages in (user("Tell me about the moon."), user("Name three rivers."), [{"role": "user", "content": "Hi"}])
+]
+
+
+@pytest.fixture(scope="module")
+def model_path() -> str:
+    from wpo.models import resolve_model_path
+
+    return resolve_model_path("embedded:smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def f16_gguf(tmp_path_factory) -> str:
+    """The embedded model's weights as F16 (llama.cpp dequantizes the Q4_1 file in about 2 s)."""
+    import llama_cpp
+
+    from wpo.models import embedded_gguf
+
+    target = tmp_path_factory.mktemp("gguf") / "smollm2.F16.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_F16
+    params.allow_requantize = True
+    source = str(embedded_gguf("embedded:smollm2-135m-instruct")).encode()
+    assert llama_cpp.llama_model_quantize(source, str(target).encode(), params) == 0
+    return str(target)
+
+
+def sampler(model_path: str, *overrides: str):
+    from wpo.sampling.llamacpp_backend import LlamaCppSampler
+
+    recipe = load_recipe(None, ["sample.backend=llamacpp", "sample.threads=1", *overrides])
+    return LlamaCppSampler(model_path, recipe)
+
+
+@pytest.mark.slow
+def test_same_seeds_give_the_same_text_whatever_the_parallelism(model_path, f16_gguf):
+    """One at a time, 4 sequences for 9 requests (slots are reused), and all at once give the same texts."""
+    texts = {
+        parallel: sampler(model_path, f"sample.gguf={f16_gguf}", "sample.max_new_tokens=24", "sample.temperature=1.0",
+                          f"sample.parallel_sequences={parallel}").generate(MIXED)
+        for parallel in (1, 4, 16)
+    }  # fmt: skip
+    assert texts[1] == texts[4] == texts[16]
+    assert len(set(texts[1][0::3])) == 3  # one prompt, three seeds, three texts
+
+
+@pytest.mark.slow
+def test_greedy_decoding_matches_llama_cpps_own_completion(model_path):
+    """Temperature 0 is greedy, whatever the seed, and gives the text `Llama.create_completion` gives one prompt
+    at a time (with the same attention kernel): the same tokenization, detokenization and end-of-turn handling as the
+    backend had before batching."""
+    from llama_cpp import Llama
+
+    from wpo.models import embedded_gguf, load_tokenizer
+    from wpo.sampling import render_prompt
+
+    prompts = [EARLY_EOS, user("What is the capital of France?"), user("Name a color.")]
+    batched = sampler(model_path, "sample.temperature=0.0", "sample.max_new_tokens=24")
+    assert batched.parallel == 8 * 5  # unset: a whole stage batch, sample.batch_size x sample.n
+    texts = batched.generate([SampleRequest(messages, seed) for seed, messages in enumerate(prompts)])
+    assert texts == batched.generate([SampleRequest(messages, 99) for messages in prompts])
+
+    gguf = str(embedded_gguf("embedded:smollm2-135m-instruct"))
+    llm = Llama(model_path=gguf, n_ctx=512, n_threads=1, n_threads_batch=1, flash_attn=True, verbose=False)
+    tokenizer = load_tokenizer(model_path)
+    for messages, text in zip(prompts, texts, strict=True):
+        tokens = llm.tokenize(render_prompt(tokenizer, messages).encode(), add_bos=False, special=True)
+        llm.reset()
+        assert llm.create_completion(tokens, max_tokens=24, temperature=0.0)["choices"][0]["text"] == text
+    assert len(batched.tokenize(texts[0])) < 24 and "<|im_end|>" not in texts[0]  # ended by its end-of-turn token
+
+
+@pytest.mark.slow
+def test_stop_strings_and_max_new_tokens_end_each_sample_alone(model_path):
+    requests = [*MIXED, SampleRequest(EARLY_EOS, 5)]
+    free = sampler(model_path, "sample.max_new_tokens=16", "sample.parallel_sequences=3").generate(requests)
+    stopped = sampler(model_path, "sample.max_new_tokens=16", "sample.parallel_sequences=3",
+                      "sample.stop=['.', ',']").generate(requests)  # fmt: skip
+    assert stopped == [cut_at_stop(text, [".", ","]) for text in free]
+    assert any(len(s) < len(f) for s, f in zip(stopped, free, strict=True))  # some stopped early
+
+    short = sampler(model_path, "sample.max_new_tokens=4", "sample.parallel_sequences=3")
+    capped = short.generate(requests)
+    assert all(f.startswith(c) and len(short.tokenize(c)) <= 4 for c, f in zip(capped, free, strict=True))
+    assert short.generate([]) == []
+
+
+@pytest.mark.slow
+def test_eval_generates_greedily_with_llamacpp_from_the_evaluated_models_gguf(model_path):
+    """eval.backend: llamacpp answers greedily from the GGUF of the model under evaluation, not from sample.gguf."""
+    from wpo.data.schemas import PromptRecord
+    from wpo.eval.stage import generate_outputs
+
+    prompts = [PromptRecord("a", EARLY_EOS), PromptRecord("b", user("Name a color."))]
+    recipe = load_recipe(None, ["sample.backend=llamacpp", "sample.gguf=/nonexistent/policy.gguf", "sample.threads=1",
+                                "eval.backend=llamacpp", "eval.max_new_tokens=8"])  # fmt: skip
+    greedy = sampler(model_path, "sample.temperature=0.0", "sample.max_new_tokens=8")
+    expected = greedy.generate([SampleRequest(p.messages, 0) for p in prompts])
+    assert generate_outputs(recipe, "embedded:smollm2-135m-instruct", prompts) == expected
+
+
+def test_llamacpp_settings_need_the_llamacpp_backend():
+    for setting in ("sample.parallel_sequences=4", "sample.threads=1"):
+        with pytest.raises(ConfigError, match="only used by sample.backend: llamacpp"):
+            load_recipe(None, [setting])
+    recipe = load_recipe(None, ["sample.backend=llamacpp", "sample.parallel_sequences=4", "sample.threads=1"])
+    assert (recipe.sample.parallel_sequences, recipe.sample.threads) == (4, 1)
+    for bad in ("sample.parallel_sequences=0", "sample.parallel_sequences=257", "sample.threads=0"):
+        with pytest.raises(ConfigError):
+            load_recipe(None, ["sample.backend=llamacpp", bad])
