@@ -99,7 +99,7 @@ def test_config_prints_the_validated_recipe_with_every_default(tmp_path):
     resolved = json.loads(result.stdout)
     assert resolved["train"]["beta"] == 0.3  # the override
     assert resolved["train"]["max_grad_norm"] == load_recipe(None, []).train.max_grad_norm  # a default filled in
-    assert resolved["sample"]["n"] == 4 and set(resolved) >= {"model", "sample", "score", "pair", "train", "eval"}
+    assert resolved["sample"]["n"] == 6 and set(resolved) >= {"model", "sample", "score", "pair", "train", "eval"}
     yaml_text = run_wpo("config", "recipes/quickstart.yaml", env=ENV, cwd=Path(__file__).parent.parent).stdout
     assert "beta: 0.2" in yaml_text
     bad = run_wpo("config", "recipes/quickstart.yaml", "train.bta=1", env=ENV, cwd=Path(__file__).parent.parent)
