@@ -134,3 +134,37 @@ def test_llamacpp_settings_need_the_llamacpp_backend():
     for bad in ("sample.parallel_sequences=0", "sample.parallel_sequences=257", "sample.threads=0"):
         with pytest.raises(ConfigError):
             load_recipe(None, ["sample.backend=llamacpp", bad])
+
+
+@pytest.mark.slow  # runs llama.cpp's converter in a subprocess
+def test_an_hf_policy_is_converted_to_f16_once_per_weights(tmp_path, model_path):
+    """Round k's policy is an HF directory: llamacpp samples an F16 GGUF of it, cached by the weights' hash."""
+    from helpers import tiny_model
+
+    from wpo.models import load_tokenizer
+    from wpo.sampling.llamacpp_backend import LlamaCppSampler, policy_gguf
+
+    tokenizer = load_tokenizer(model_path)  # llama.cpp's converter accepts only tokenizers it knows
+    policy = tiny_model(tmp_path / "policy", "llama", tokenizer)
+
+    def recipe_for(model):
+        return load_recipe(None, [f"model.name_or_path={model}", f"output_dir={tmp_path / 'run'}",
+                                  "sample.backend=llamacpp", "sample.threads=1", "sample.max_new_tokens=6"])  # fmt: skip
+
+    gguf = policy_gguf(recipe_for(policy), policy)
+    assert gguf.parent.parent == tmp_path / "run" / "gguf" and gguf.name == "policy.F16.gguf"
+    assert gguf.read_bytes()[:4] == b"GGUF"
+    written = gguf.stat().st_mtime_ns
+    assert policy_gguf(recipe_for(policy), policy) == gguf and gguf.stat().st_mtime_ns == written
+
+    requests = [SampleRequest([{"role": "user", "content": "hello"}], seed) for seed in (1, 2, 1)]
+    texts = LlamaCppSampler(str(policy), recipe_for(policy)).generate(requests)
+    assert len(texts) == 3 and texts[0] == texts[2]
+
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(policy / "model.safetensors")  # retrained weights: another digest, another file
+    save_file({name: tensor + 0.01 if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
+              policy / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+    retrained = policy_gguf(recipe_for(policy), policy)
+    assert retrained != gguf and retrained.is_file()

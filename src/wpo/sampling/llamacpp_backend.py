@@ -39,13 +39,16 @@ from wpo.errors import ConfigError, WpoError
 from wpo.models import embedded_gguf, load_tokenizer
 from wpo.sampling import SampleRequest, cut_at_stop, render_prompt
 
+log = logging.getLogger(__name__)
+
 # A sequence's KV stream is sized in steps of this many tokens, so similar batches reuse one context.
 CONTEXT_STEP = 256
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 
 
-def policy_gguf(recipe: Recipe) -> Path:
-    """The GGUF to sample from: `sample.gguf`, the model itself when it is a GGUF, or the embedded model's file."""
+def policy_gguf(recipe: Recipe, model_dir: Path | None = None) -> Path:
+    """The GGUF to sample from: `sample.gguf`, the model itself when it is a GGUF, the embedded model's file, or —
+    for an HF model directory such as round k's policy — an F16 conversion of it (`converted_policy`)."""
     name = recipe.model.name_or_path
     if recipe.sample.gguf:
         return Path(recipe.sample.gguf)
@@ -53,10 +56,33 @@ def policy_gguf(recipe: Recipe) -> Path:
         return Path(name)
     if name.startswith("embedded:"):
         return embedded_gguf(name)
+    if model_dir is not None and any((model_dir / f).is_file() for f in ("config.json", "adapter_config.json")):
+        return converted_policy(recipe, model_dir)
     raise ConfigError(
-        f"sample.backend: llamacpp needs a GGUF of the policy; {name} is an HF model: set sample.gguf to a GGUF "
-        "of it (wpo export writes one). eval.backend: llamacpp evaluates GGUF and embedded models only"
+        f"sample.backend: llamacpp needs a GGUF of the policy; {name} is neither a GGUF nor a local HF model "
+        "directory: set sample.gguf to a GGUF of it (wpo export writes one)"
     )
+
+
+def converted_policy(recipe: Recipe, model_dir: Path) -> Path:
+    """An F16 GGUF of an HF model directory (a LoRA adapter merged first), converted once and cached under
+    `output_dir/gguf/` by the sha256 of its weights and config: round k's policy is converted when its sampling
+    starts, and a rerun, or the eval of the same weights, finds it. F16 keeps the weights as trained (a quantized
+    policy would sample another distribution) and is the type llama.cpp batches fastest on AVX2."""
+    from wpo.config import config_hash
+    from wpo.export.convert import export_gguf
+    from wpo.manifest import file_sha256
+    from wpo.models import merged_model_dir
+
+    cache = Path(recipe.output_dir) / "gguf"
+    whole = merged_model_dir(model_dir, cache, recipe.model.trust_remote_code)
+    weights = sorted(whole.glob("*.safetensors")) + [whole / "config.json"]
+    digest = config_hash([(path.name, file_sha256(path)) for path in weights])[:16]
+    target = cache / digest / "policy.F16.gguf"
+    if not target.is_file():
+        log.info("sample: converting %s to an F16 GGUF for llama.cpp (%s)", model_dir, target)
+        export_gguf(whole, target.parent, "policy", ["F16"])
+    return target
 
 
 @dataclass
@@ -88,7 +114,7 @@ class LlamaCppSampler:
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0
-        gguf = policy_gguf(recipe)
+        gguf = policy_gguf(recipe, Path(model_path))
         self.model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), model_params)
         if not self.model:
             raise WpoError(f"llama.cpp could not load {gguf}")
