@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wpo.data.io import atomic_writer
 from wpo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from wpo.report.collect import SweepData
 
 REPORT_NAME = "report.html"
 MAX_ITEMS = 2000  # pairs, and held-out prompts, inlined in each browser: enough to read, light enough to open
@@ -35,13 +39,14 @@ def write_run_report(run_dir: Path, max_items: int = MAX_ITEMS) -> Path:
     return path
 
 
-def write_sweep_page(sweep_dir: Path) -> Path:
-    """The sweep's own page: its comparison, linking each run's page (`wpo sweep` writes it after the runs)."""
+def write_sweep_page(sweep_dir: Path, sweep: SweepData | None = None) -> Path:
+    """The sweep's own page: its comparison, linking each run's page (`wpo sweep` writes it after the runs);
+    `sweep` is the collected sweep when the caller has it already."""
     from wpo.report.collect import collect_sweep
     from wpo.report.render import render_sweep
 
     path = sweep_dir / REPORT_NAME
-    page = render_sweep(collect_sweep(sweep_dir), REPORT_NAME, datetime.now(UTC))
+    page = render_sweep(sweep or collect_sweep(sweep_dir), REPORT_NAME, datetime.now(UTC))
     with atomic_writer(path) as handle:
         handle.write(page)
     return path
@@ -54,7 +59,7 @@ def write_sweep_report(sweep_dir: Path, max_items: int = MAX_ITEMS) -> list[Path
     sweep = collect_sweep(sweep_dir)
     linked = [run.directory for run in sweep.runs if run.directory] + sweep.data_directories
     written = [write_run_report(directory, max_items) for directory in linked if is_run_dir(directory)]
-    return [write_sweep_page(sweep_dir), *written]
+    return [write_sweep_page(sweep_dir, sweep), *written]
 
 
 def write_report(directory: str | Path, max_items: int = MAX_ITEMS) -> list[Path]:

@@ -109,6 +109,7 @@ class LlamaCppSampler:
     def __init__(self, model_path: str, recipe: Recipe):
         cfg = self.config = recipe.sample
         self.parallel = cfg.parallel_sequences or min(max(cfg.batch_size * cfg.n, 1), MAX_SEQUENCES)
+        self.stop = [s for s in cfg.stop if s]  # checked after every token, so built once
         self.tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load and context chatter
         llama_cpp.llama_backend_init()
@@ -274,8 +275,7 @@ class LlamaCppSampler:
         sample.n_generated += 1
         sample.token = token
         sample.position += 1
-        stop = [s for s in self.config.stop if s]
-        if stop and any(s in sample.text.decode("utf-8", errors="ignore") for s in stop):
+        if self.stop and any(s in sample.text.decode("utf-8", errors="ignore") for s in self.stop):
             return True
         return sample.n_generated >= self.config.max_new_tokens
 
