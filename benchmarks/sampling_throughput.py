@@ -5,11 +5,13 @@ Every configuration samples the same requests: the first `--prompts` prompts of 
 file x its sample.n, with its seeds, temperature, top_p and max_new_tokens, in the sample stage's batches of
 sample.batch_size prompts (one `generate` call each). Generated tokens are counted with the policy's HF tokenizer for
 every configuration, so the ratios compare like with like.
-- transformers fp32: the quickstart's own sampler (the embedded model dequantized to fp32).
+- transformers fp32: the previous quickstart sampler (the embedded model dequantized to fp32); transformers bf16
+  too where the CPU has bf16 units.
 - llamacpp one at a time: `Llama.create_completion` per request, which is what the llamacpp backend did before it
   batched; kept here only as the reference. On the embedded Q4_1 GGUF.
 - llamacpp batched: the llamacpp backend, a whole stage batch (or `--parallel-sequences` samples) per decode call,
-  on the embedded Q4_1 GGUF and on an F16 copy of it (the same weights). On AVX2, llama.cpp multiplies several rows
+  on the embedded Q4_1 GGUF and on the backend's default, an F16 conversion of the dequantized weights (the same
+  weights). On AVX2, llama.cpp multiplies several rows
   at once with matrix-matrix kernels for F16 (and Q8_0, Q4_0) but takes Q4_1 one dot product at a time, so batching
   pays off far more in F16; an F16 GGUF is also what a trained policy is exported to.
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,17 +68,9 @@ class OneSequenceAtATime:
         return texts
 
 
-def f16_copy(gguf: Path, directory: str) -> Path:
-    """The GGUF's weights as F16: llama.cpp dequantizes them (a few seconds for 135M parameters)."""
-    import llama_cpp
-
-    target = Path(directory) / f"{gguf.stem}.F16.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_F16
-    params.allow_requantize = True
-    if llama_cpp.llama_model_quantize(str(gguf).encode(), str(target).encode(), params) != 0:
-        raise SystemExit(f"llama_model_quantize could not write {target}")
-    return target
+def cpu_has_bf16() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def cpu_name() -> str:
@@ -105,27 +98,32 @@ def main() -> None:
     parallel = args.parallel_sequences or cfg.batch_size * cfg.n
     llamacpp = ["sample.backend=llamacpp", f"sample.threads={args.threads}", f"sample.parallel_sequences={parallel}"]
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory() as directory:
-        f16 = f16_copy(embedded_gguf(recipe.model.name_or_path), directory)
-        q4_1_recipe = load_recipe(str(QUICKSTART), llamacpp)
-        f16_recipe = load_recipe(str(QUICKSTART), [*llamacpp, f"sample.gguf={f16}"])
-        configurations: dict[str, Callable[[], Sampler]] = {
-            "transformers fp32": lambda: make_sampler(recipe, model_path),
-            "llamacpp Q4_1, one at a time": lambda: OneSequenceAtATime(model_path, recipe, args.threads),
-            "llamacpp Q4_1, batched": lambda: make_sampler(q4_1_recipe, model_path),
-            "llamacpp F16, batched": lambda: make_sampler(f16_recipe, model_path),
-        }
-        results = {}
-        for name, build in configurations.items():
-            sampler = build()
-            started = time.perf_counter()
-            texts = [text for batch in batches for text in sampler.generate(batch)]
-            seconds = time.perf_counter() - started
-            tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
-            results[name] = (tokens, seconds)
-            del sampler
-            gc.collect()
-            print(f"{name}: {tokens} tokens in {seconds:.1f} s", flush=True)
+    fp32 = load_recipe(str(QUICKSTART), ["sample.backend=transformers", "model.dtype=float32"])
+    bf16 = load_recipe(str(QUICKSTART), ["sample.backend=transformers", "model.dtype=bfloat16",
+                                         "train.low_precision_weights=true"])  # only sampled here, never trained
+    q4_1 = load_recipe(str(QUICKSTART), [*llamacpp, f"sample.gguf={embedded_gguf(recipe.model.name_or_path)}"])
+    f16 = load_recipe(str(QUICKSTART), llamacpp)  # the backend's default: an F16 conversion of the policy
+    configurations: dict[str, Callable[[], Sampler]] = {
+        "transformers fp32": lambda: make_sampler(fp32, model_path),
+        "llamacpp Q4_1, one at a time": lambda: OneSequenceAtATime(model_path, recipe, args.threads),
+        "llamacpp Q4_1, batched": lambda: make_sampler(q4_1, model_path),
+        "llamacpp F16, batched": lambda: make_sampler(f16, model_path),
+    }
+    if cpu_has_bf16():
+        configurations["transformers bf16"] = lambda: make_sampler(bf16, model_path)
+    else:  # bf16 matmuls are emulated without the units, ~100x slower than fp32 (benchmarks/matmul_peak.py)
+        print("transformers bf16: skipped, this CPU has no bf16 units (avx512_bf16 or amx_bf16)")
+    results = {}
+    for name, build in configurations.items():
+        sampler = build()
+        started = time.perf_counter()
+        texts = [text for batch in batches for text in sampler.generate(batch)]
+        seconds = time.perf_counter() - started
+        tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
+        results[name] = (tokens, seconds)
+        del sampler
+        gc.collect()
+        print(f"{name}: {tokens} tokens in {seconds:.1f} s", flush=True)
     base_tokens, base_seconds = results["transformers fp32"]
     print(f"\nSmolLM2-135M-Instruct, {len(prompts)} quickstart prompts x {cfg.n} samples, T {cfg.temperature}, "
           f"top_p {cfg.top_p}, max_new_tokens {cfg.max_new_tokens}, {cfg.batch_size} prompts per call; "

@@ -189,18 +189,22 @@ def test_shipped_prompt_files_are_what_the_builder_makes():
 
 def test_splits_and_every_reference_satisfies_its_constraint():
     train, dev, heldout = shipped(ifeval.TRAIN_FILE), shipped(ifeval.DEV_FILE), shipped(ifeval.HELDOUT_FILE)
-    assert (len(train), len(dev), len(heldout)) == (96, 48, 48)
+    assert (len(train), len(dev), len(heldout)) == (96, 48, 120)
     topic = lambda record: record["id"].removesuffix(f"-{record['constraint']}")  # noqa: E731
     assert not {topic(r) for r in train} & {topic(r) for r in heldout}  # held-out topics are never trained on
     assert {topic(r) for r in dev} == {topic(r) for r in train}  # dev: training topics ...
     assert not {r["id"] for r in dev} & {r["id"] for r in train}  # ... with a constraint they were not trained with
-    assert len({r["id"] for r in train + dev + heldout}) == 192
+    assert len({r["id"] for r in train + dev + heldout}) == 264
     for record in train + dev + heldout:
         assert ifeval.constraint_accuracy(record["messages"], record["reference"]) == 1.0, record["id"]
         assert ifeval.reward(record["messages"], record["reference"]) >= 0.8, record["id"]
         found = [c.kind for c, _ in ifeval.constraints_in(record["messages"][-1]["content"])]
         assert found == [record["constraint"]], record["id"]
-    assert {r["constraint"] for r in heldout} == set(ifeval.CONSTRAINTS)
+    kinds_by_topic = {}
+    for record in heldout:
+        kinds_by_topic.setdefault(topic(record), []).append(record["constraint"])
+    assert len(kinds_by_topic) == ifeval.HELDOUT_TOPICS  # every held-out topic asked with every kind, once each
+    assert all(sorted(kinds) == sorted(ifeval.CONSTRAINTS) for kinds in kinds_by_topic.values())
 
 
 def test_every_kind_reads_back_the_parameters_it_was_written_with():

@@ -1,7 +1,7 @@
 """The llamacpp backend's batched decoding on the embedded SmolLM2-135M: a sample's text depends on its seed alone.
 
-The parallelism check runs on an F16 copy of the model: llama.cpp multiplies F16 weights with a different kernel
-for one row than for several, so F16 is where a batch-dependent rounding would show.
+The backend samples the embedded model from an F16 copy of its weights: llama.cpp multiplies F16 weights with a
+different kernel for one row than for several, so F16 is also where a batch-dependent rounding would show.
 """
 
 from __future__ import annotations
@@ -35,22 +35,6 @@ def model_path() -> str:
     return resolve_model_path("embedded:smollm2-135m-instruct")
 
 
-@pytest.fixture(scope="module")
-def f16_gguf(tmp_path_factory) -> str:
-    """The embedded model's weights as F16 (llama.cpp dequantizes the Q4_1 file in about 2 s)."""
-    import llama_cpp
-
-    from wpo.models import embedded_gguf
-
-    target = tmp_path_factory.mktemp("gguf") / "smollm2.F16.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_F16
-    params.allow_requantize = True
-    source = str(embedded_gguf("embedded:smollm2-135m-instruct")).encode()
-    assert llama_cpp.llama_model_quantize(source, str(target).encode(), params) == 0
-    return str(target)
-
-
 def sampler(model_path: str, *overrides: str):
     from wpo.sampling.llamacpp_backend import LlamaCppSampler
 
@@ -59,10 +43,10 @@ def sampler(model_path: str, *overrides: str):
 
 
 @pytest.mark.slow
-def test_same_seeds_give_the_same_text_whatever_the_parallelism(model_path, f16_gguf):
+def test_same_seeds_give_the_same_text_whatever_the_parallelism(model_path):
     """One at a time, 4 sequences for 9 requests (slots are reused), and all at once give the same texts."""
     texts = {
-        parallel: sampler(model_path, f"sample.gguf={f16_gguf}", "sample.max_new_tokens=24", "sample.temperature=1.0",
+        parallel: sampler(model_path, "sample.max_new_tokens=24", "sample.temperature=1.0",
                           f"sample.parallel_sequences={parallel}").generate(MIXED)
         for parallel in (1, 4, 16)
     }  # fmt: skip
@@ -77,8 +61,9 @@ def test_greedy_decoding_matches_llama_cpps_own_completion(model_path):
     backend had before batching."""
     from llama_cpp import Llama
 
-    from wpo.models import embedded_gguf, load_tokenizer
+    from wpo.models import load_tokenizer
     from wpo.sampling import render_prompt
+    from wpo.sampling.llamacpp_backend import policy_gguf
 
     prompts = [EARLY_EOS, user("What is the capital of France?"), user("Name a color.")]
     batched = sampler(model_path, "sample.temperature=0.0", "sample.max_new_tokens=24")
@@ -86,7 +71,7 @@ def test_greedy_decoding_matches_llama_cpps_own_completion(model_path):
     texts = batched.generate([SampleRequest(messages, seed) for seed, messages in enumerate(prompts)])
     assert texts == batched.generate([SampleRequest(messages, 99) for messages in prompts])
 
-    gguf = str(embedded_gguf("embedded:smollm2-135m-instruct"))
+    gguf = str(policy_gguf(load_recipe(None, ["sample.backend=llamacpp"])))
     llm = Llama(model_path=gguf, n_ctx=512, n_threads=1, n_threads_batch=1, flash_attn=True, verbose=False)
     tokenizer = load_tokenizer(model_path)
     for messages, text in zip(prompts, texts, strict=True):
@@ -168,3 +153,28 @@ def test_an_hf_policy_is_converted_to_f16_once_per_weights(tmp_path, model_path)
               policy / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
     retrained = policy_gguf(recipe_for(policy), policy)
     assert retrained != gguf and retrained.is_file()
+
+
+@pytest.mark.slow  # runs llama.cpp's converter in a subprocess on first use
+def test_the_embedded_model_is_sampled_from_an_f16_copy_of_the_weights_training_starts_from():
+    """The embedded GGUF is Q4_1; training loads its dequantized weights, and sampling reads their F16 copy, made once
+    per machine under the model cache: the same numbers up to F16 rounding, in a type llama.cpp batches fast."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import dequantize
+
+    from wpo.models import cache_root, embedded_gguf
+    from wpo.sampling.llamacpp_backend import policy_gguf
+
+    recipe = load_recipe(None, ["sample.backend=llamacpp"])
+    converted = policy_gguf(recipe)
+    assert converted.is_relative_to(cache_root() / "gguf") and converted.name == "policy.F16.gguf"
+    written = converted.stat().st_mtime_ns
+    assert policy_gguf(recipe) == converted and converted.stat().st_mtime_ns == written  # converted once
+
+    name = "blk.0.ffn_down.weight"
+    shipped = next(t for t in GGUFReader(embedded_gguf(recipe.model.name_or_path)).tensors if t.name == name)
+    copy = next(t for t in GGUFReader(converted).tensors if t.name == name)
+    assert (shipped.tensor_type, copy.tensor_type) == (GGMLQuantizationType.Q4_1, GGMLQuantizationType.F16)
+    original = dequantize(shipped.data, shipped.tensor_type)
+    np.testing.assert_allclose(dequantize(copy.data, copy.tensor_type), original, rtol=1e-3, atol=1e-5)

@@ -36,7 +36,7 @@ import llama_cpp
 
 from wpo.config import Recipe
 from wpo.errors import ConfigError, WpoError
-from wpo.models import embedded_gguf, load_tokenizer
+from wpo.models import cache_root, load_tokenizer, resolve_model_path
 from wpo.sampling import SampleRequest, cut_at_stop, render_prompt
 
 log = logging.getLogger(__name__)
@@ -47,15 +47,17 @@ MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 
 
 def policy_gguf(recipe: Recipe, model_dir: Path | None = None) -> Path:
-    """The GGUF to sample from: `sample.gguf`, the model itself when it is a GGUF, the embedded model's file, or —
-    for an HF model directory such as round k's policy — an F16 conversion of it (`converted_policy`)."""
+    """The GGUF to sample from: `sample.gguf`, the model itself when it is a GGUF, or — for the embedded model and an
+    HF model directory such as round k's policy — an F16 conversion (`converted_policy`). The embedded model is
+    trained from its GGUF's dequantized weights; their F16 copy is what training starts from, and samples ~1.6× faster
+    batched than the shipped Q4_1, which has no matrix-matrix kernel on AVX2."""
     name = recipe.model.name_or_path
     if recipe.sample.gguf:
         return Path(recipe.sample.gguf)
     if name.endswith(".gguf"):
         return Path(name)
     if name.startswith("embedded:"):
-        return embedded_gguf(name)
+        return converted_policy(recipe, Path(resolve_model_path(name)), cache=cache_root() / "gguf")
     if model_dir is not None and any((model_dir / f).is_file() for f in ("config.json", "adapter_config.json")):
         return converted_policy(recipe, model_dir)
     raise ConfigError(
@@ -64,17 +66,17 @@ def policy_gguf(recipe: Recipe, model_dir: Path | None = None) -> Path:
     )
 
 
-def converted_policy(recipe: Recipe, model_dir: Path) -> Path:
+def converted_policy(recipe: Recipe, model_dir: Path, cache: Path | None = None) -> Path:
     """An F16 GGUF of an HF model directory (a LoRA adapter merged first), converted once and cached under
-    `output_dir/gguf/` by the sha256 of its weights and config: round k's policy is converted when its sampling
-    starts, and a rerun, or the eval of the same weights, finds it. F16 keeps the weights as trained (a quantized
+    `cache` (by default `output_dir/gguf/`) by the sha256 of its weights and config: round k's policy is converted
+    when its sampling starts, and a rerun, or the eval of the same weights, finds it. F16 keeps the weights as trained (a quantized
     policy would sample another distribution) and is the type llama.cpp batches fastest on AVX2."""
     from wpo.config import config_hash
     from wpo.export.convert import export_gguf
     from wpo.manifest import file_sha256
     from wpo.models import merged_model_dir
 
-    cache = Path(recipe.output_dir) / "gguf"
+    cache = cache or Path(recipe.output_dir) / "gguf"
     whole = merged_model_dir(model_dir, cache, recipe.model.trust_remote_code)
     weights = sorted(whole.glob("*.safetensors")) + [whole / "config.json"]
     digest = config_hash([(path.name, file_sha256(path)) for path in weights])[:16]
