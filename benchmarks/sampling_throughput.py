@@ -99,8 +99,9 @@ def main() -> None:
     llamacpp = ["sample.backend=llamacpp", f"sample.threads={args.threads}", f"sample.parallel_sequences={parallel}"]
     load_before = os.getloadavg()[0]
     fp32 = load_recipe(str(QUICKSTART), ["sample.backend=transformers", "model.dtype=float32"])
-    bf16 = load_recipe(str(QUICKSTART), ["sample.backend=transformers", "model.dtype=bfloat16",
-                                         "train.low_precision_weights=true"])  # only sampled here, never trained
+    bf16 = load_recipe(
+        str(QUICKSTART), ["sample.backend=transformers", "model.dtype=bfloat16", "train.low_precision_weights=true"]
+    )  # only sampled here, never trained
     q4_1 = load_recipe(str(QUICKSTART), [*llamacpp, f"sample.gguf={embedded_gguf(recipe.model.name_or_path)}"])
     f16 = load_recipe(str(QUICKSTART), llamacpp)  # the backend's default: an F16 conversion of the policy
     configurations: dict[str, Callable[[], Sampler]] = {

@@ -3,11 +3,14 @@
 Every variant trains the embedded SmolLM2-135M-Instruct (fp32, as loaded by `wpo.models.load_causal_lm`) on the
 same `--pairs` synthetic pairs of exactly `--tokens` tokens per sequence (half prompt, half response; the words are
 single tokens, so TRL's own tokenization of the text gives the same ids, which the TRL child checks). Each runs in a
-fresh subprocess; memory is the peak resident set of the training steps over what was resident before the first
-(model, precomputed reference log-probs and optimizer object included in that baseline; gradients, Adam state and
+fresh subprocess; `process s` is a child's whole life, cold start to end (imports, model load, reference pass, every
+step); memory is the peak resident set of the training steps over what was resident before the first (model,
+precomputed reference log-probs and optimizer object included in that baseline; gradients, Adam state and
 activations not), and the process's peak over its whole life. Variants:
 
 - `chunked`:      the trainer's default, `train.loss_chunk_size: 256` (`wpo.train.chunked_loss`)
+- `chunked-bf16`: the same under `train.mixed_precision: bf16` (bf16 compute over fp32 master weights); run only on
+                  a CPU with bf16 instructions — elsewhere the trainer falls back to fp32 and there is nothing to time
 - `full-logits`:  `train.loss_chunk_size: 0`, logits from the shortest prompt on (`logits_to_keep`)
 - `trl`:          TRL 1.16 `DPOTrainer(use_weighting=True)` set up like ours: reference log-probs precomputed
                   (`precompute_ref_log_probs=True`), gradient checkpointing as `--gradient-checkpointing`, and
@@ -19,7 +22,10 @@ activations not), and the process's peak over its whole life. Variants:
 `peft_config` with the same settings): gradients and Adam state shrink to the adapter's, so the step's peak is what
 the forward and backward hold, the loss's logits included.
 
-Our trainer's first-step losses (policy = reference, weight unclamped as TRL's) must equal TRL's logged ones.
+Our trainer's first-step losses (policy = reference, weight unclamped as TRL's) must equal TRL's logged ones, and
+bf16's losses at every step stay within 2% of fp32's. Each step's achieved GFLOP/s (the model's matmul FLOPs: 6 per
+weight per token for forward and backward, 2 more with checkpointing, plus attention's, over the step's CPU time)
+is printed beside the per-core matmul peak measured in the same run at SmolLM2's layer shapes, fp32 and bf16.
 
 Run: python benchmarks/train_step.py [--tokens 512 1024 2048] [--variants chunked full-logits trl] [--pairs 1]
      [--steps 2] [--gradient-checkpointing] [--lora]   (the defaults: ~25 min on a 2-core CPU; ~40 min on one core)
@@ -40,7 +46,7 @@ from peak_memory import ratio
 from transformers import TrainerCallback
 
 MODEL = "embedded:smollm2-135m-instruct"
-VARIANTS = ("chunked", "full-logits", "trl", "trl-defaults")
+VARIANTS = ("chunked", "chunked-bf16", "full-logits", "trl", "trl-defaults")
 LEARNING_RATE, BETA = 1e-6, 0.1
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 
@@ -89,6 +95,7 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
         f"train.learning_rate={LEARNING_RATE}", f"train.beta={BETA}", "train.clamp=false",
         f"train.gradient_checkpointing={str(checkpointing).lower()}", f"train.max_length={tokens + 1}",
         f"train.max_prompt_length={tokens // 2}", *(["train.loss_chunk_size=0"] if variant == "full-logits" else []),
+        *(["train.mixed_precision=bf16"] if variant == "chunked-bf16" else []),
         *([f"model.lora={json.dumps(LORA)}"] if lora else []),
     ])  # fmt: skip
     path = resolve_model_path(MODEL)
@@ -98,11 +105,12 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
         [TokenizedPair(str(i), r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for i, r in enumerate(rows)], 0, 0
     )
     model = trainer._make_trainable(load_causal_lm(path, recipe.model), recipe, None)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=True, mixed_precision=trainer._mixed_precision(recipe, on_cpu=True) or "no")
     chunk = recipe.train.loss_chunk_size
-    chosen, rejected = compute_reference_logps(
-        model, tokenized, pairs, tokenizer.pad_token_id, accelerator.device, loss_chunk_size=chunk
-    )
+    with accelerator.autocast():  # the reference in the policy's compute precision, as the trainer does
+        chosen, rejected = compute_reference_logps(
+            model, tokenized, pairs, tokenizer.pad_token_id, accelerator.device, loss_chunk_size=chunk
+        )
     references = ReferenceLogps(chosen, rejected, None, False)  # policy = reference: step-1 loss is ln 2 x weight
     optimizer = trainer._build_optimizer(model, recipe)
     schedule = build_schedule(pairs, recipe, 1)
@@ -121,7 +129,8 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
         wall.append(time.perf_counter() - started)
         cpu.append(time.process_time() - started_cpu)
         losses.append(row["loss"])
-    return result(variant, wall, cpu, setup_peak, start, losses[0], f"loss_chunk_size={chunk}, lora={lora}")
+    settings = f"loss_chunk_size={chunk}, mixed_precision={accelerator.mixed_precision}, lora={lora}"
+    return result(variant, wall, cpu, setup_peak, start, losses, settings)
 
 
 def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool, lora: bool) -> dict:
@@ -157,11 +166,11 @@ def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
         timer = StepTimer()
         dpo.add_callback(timer)
         dpo.train()
-        first_loss = next(entry["loss"] for entry in dpo.state.log_history if "loss" in entry)
+        losses = [entry["loss"] for entry in dpo.state.log_history if "loss" in entry]
         settings_text = ", ".join(f"{k}={getattr(config, k)}" for k in ("precompute_ref_log_probs",
                                                                          "gradient_checkpointing", "bf16"))  # fmt: skip
         settings_text += f", lora={lora}"
-    return result(variant, timer.wall, timer.cpu, timer.setup_peak, timer.start, first_loss, settings_text)
+    return result(variant, timer.wall, timer.cpu, timer.setup_peak, timer.start, losses, settings_text)
 
 
 class StepTimer(TrainerCallback):
@@ -187,7 +196,7 @@ class StepTimer(TrainerCallback):
         self.mark = now
 
 
-def result(variant, wall: list[float], cpu: list[float], setup_peak, start, first_loss: float, settings: str) -> dict:
+def result(variant, wall: list[float], cpu: list[float], setup_peak, start, losses: list[float], settings: str) -> dict:
     """The first step allocates the optimizer state and is left out of the median times, not out of the peak.
 
     CPU seconds (of this single-threaded process) are what the ratios use: on a machine shared with other jobs the
@@ -200,8 +209,47 @@ def result(variant, wall: list[float], cpu: list[float], setup_peak, start, firs
         "step_cpu_seconds": statistics.median(cpu[1:]),
         "process_peak_mib": max(setup_peak, peak_memory.peak_mib()),
         "step_peak_over_start_mib": peak_memory.peak_mib() - start,
-        "first_loss": first_loss,
+        "first_loss": losses[0],
+        "losses": losses,
     }
+
+
+def model_flops_per_token(checkpointing: bool, lora: bool, tokens: int) -> float:
+    """Matmul FLOPs per trained token of one policy forward and backward (the reference is precomputed): 2 per weight
+    forward, 4 backward (2 with LoRA: no weight gradients for the frozen body), 2 more forward with checkpointing;
+    attention's scores and mix (4·T·d per layer forward, causal half) count alike; LoRA's own small matmuls do not."""
+    from transformers import AutoConfig
+
+    from wpo.models import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(MODEL))
+    d, layers, head_dim = config.hidden_size, config.num_hidden_layers, config.hidden_size // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    weights = layers * (2 * d * d + 2 * d * kv + 3 * d * config.intermediate_size) + d * config.vocab_size
+    attention = layers * 4 * tokens * d / 2
+    passes = 2 + (2 if lora else 4) + (2 if checkpointing else 0)
+    return passes * weights + passes * attention
+
+
+def matmul_peaks() -> dict[str, float]:
+    """One core's matmul GFLOP/s at SmolLM2's MLP shape (512 tokens x 576 @ 576 x 1536), fp32 and bf16."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    peaks = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(512, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+        a @ b
+        repeats, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 1.0:
+            a @ b
+            repeats += 1
+        peaks[str(dtype).removeprefix("torch.")] = (
+            2 * 512 * 576 * 1536 * repeats / (time.perf_counter() - started) / 1e9
+        )
+    torch.set_num_threads(threads)
+    return peaks
 
 
 def main() -> None:
@@ -223,27 +271,43 @@ def main() -> None:
     import torch
     import trl
 
+    variants = list(args.variants)
+    if "chunked-bf16" in variants and not torch.cpu._is_avx512_bf16_supported():
+        variants.remove("chunked-bf16")
+        print("chunked-bf16: not run, this CPU has no bf16 instructions (AVX512-BF16): the trainer would fall back "
+              "to fp32 with one line (benchmarks/matmul_peak.py shows why)")  # fmt: skip
+    peaks = matmul_peaks()
+    print(f"one core's matmul peak at 512x576 @ 576x1536: fp32 {peaks['float32']:.1f} GFLOP/s, "
+          f"bf16 {peaks['bfloat16']:.1f} GFLOP/s")  # fmt: skip
     print(
         f"SmolLM2-135M fp32, {'LoRA' if args.lora else 'full fine-tuning'}, {args.pairs} pair(s) x T tokens per "
         f"sequence (half prompt), median of {args.steps} steps "
         f"after the first, ratios of CPU time; gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} "
         f"(trl-defaults: on); torch {torch.__version__} ({torch.get_num_threads()} threads), trl {trl.__version__}"
     )
-    print(f"{'T':>5} {'variant':<13} {'wall s':>7} {'CPU s':>7} {'x trl':>6} {'x full':>7} {'peak RSS MiB':>13} "
-          f"{'step peak MiB':>14} {'x trl':>6} {'x full':>7}  {'first loss':<12}  settings")  # fmt: skip
+    print(f"{'T':>5} {'variant':<13} {'process s':>9} {'x trl':>6} {'wall s':>7} {'CPU s':>7} {'x trl':>6} "
+          f"{'x full':>7} {'GFLOP/s':>8} {'x peak':>7} {'peak RSS MiB':>13} {'x trl':>6} {'step peak MiB':>14} "
+          f"{'x trl':>6} {'x full':>7}  {'first loss':<12}  settings")  # fmt: skip
     for tokens in args.tokens:
+        flops = model_flops_per_token(args.gradient_checkpointing, args.lora, tokens) * 2 * args.pairs * tokens
         results = {}
-        for variant in args.variants:
+        for variant in variants:
             arguments = ["--child", variant, "--pairs", str(args.pairs), "--tokens", str(tokens), "--steps",
                          str(args.steps), *(["--gradient-checkpointing"] * args.gradient_checkpointing),
                          *(["--lora"] * args.lora)]  # fmt: skip
+            started = time.perf_counter()
             results[variant] = peak_memory.run_child(__file__, arguments)
+            results[variant]["process_seconds"] = time.perf_counter() - started  # cold start to end
         trl_result, full = results.get("trl"), results.get("full-logits")
         for variant, r in results.items():
+            achieved = flops / r["step_cpu_seconds"] / 1e9  # per core: CPU seconds over every thread
+            peak = peaks["bfloat16" if "mixed_precision=bf16" in r["settings"] else "float32"]
             print(
-                f"{tokens:>5} {variant:<13} {r['step_seconds']:>7.2f} {r['step_cpu_seconds']:>7.2f} "
+                f"{tokens:>5} {variant:<13} {r['process_seconds']:>9.1f} {ratio(r, trl_result, 'process_seconds'):>6} "
+                f"{r['step_seconds']:>7.2f} {r['step_cpu_seconds']:>7.2f} "
                 f"{ratio(r, trl_result, 'step_cpu_seconds'):>6} {ratio(r, full, 'step_cpu_seconds'):>7} "
-                f"{r['process_peak_mib']:>13.0f} "
+                f"{achieved:>8.1f} {achieved / peak:>7.2f} {r['process_peak_mib']:>13.0f} "
+                f"{ratio(r, trl_result, 'process_peak_mib'):>6} "
                 f"{r['step_peak_over_start_mib']:>14.0f} {ratio(r, trl_result, 'step_peak_over_start_mib'):>6} "
                 f"{ratio(r, full, 'step_peak_over_start_mib'):>7}  {r['first_loss']:.6e}   {r['settings']}",
                 flush=True,
@@ -251,6 +315,10 @@ def main() -> None:
         losses = [r["first_loss"] for r in results.values()]
         agree = all(math.isclose(loss, losses[0], rel_tol=1e-3) for loss in losses)
         print(f"{tokens:>5} first-step losses agree to 1e-3: {agree}", flush=True)
+        if "chunked-bf16" in results and "chunked" in results:
+            pairs = zip(results["chunked-bf16"]["losses"], results["chunked"]["losses"], strict=True)
+            within = all(math.isclose(bf16, fp32, rel_tol=0.02) for bf16, fp32 in pairs)
+            print(f"{tokens:>5} bf16 losses within 2% of fp32's at every step: {within}", flush=True)
 
 
 if __name__ == "__main__":
