@@ -82,7 +82,7 @@ def converted_policy(recipe: Recipe, model_dir: Path, cache: Path | None = None)
     digest = config_hash([(path.name, file_sha256(path)) for path in weights])[:16]
     target = cache / digest / "policy.F16.gguf"
     if not target.is_file():
-        log.info("sample: converting %s to an F16 GGUF for llama.cpp (%s)", model_dir, target)
+        log.info("llama.cpp: converting %s to an F16 GGUF (%s)", model_dir, target)
         export_gguf(whole, target.parent, "policy", ["F16"])
     return target
 
