@@ -15,6 +15,8 @@ activations not), and the process's peak over its whole life. Variants:
 - `trl`:          TRL 1.16 `DPOTrainer(use_weighting=True)` set up like ours: reference log-probs precomputed
                   (`precompute_ref_log_probs=True`), gradient checkpointing as `--gradient-checkpointing`, and
                   `bf16=False`: TRL autocasts to bf16 by default, ~10x slower on a CPU without bf16 units
+- `trl-bf16`:     `trl` with `bf16=True` (its default), the autocast the issue saw run ~10x slower than fp32; run
+                  only on a CPU with bf16 instructions, as `chunked-bf16`
 - `trl-defaults`: TRL's defaults apart from `bf16=False` and no truncation: a reference model kept in memory and
                   run every step, gradient checkpointing on (not run unless named in `--variants`)
 
@@ -46,7 +48,8 @@ from peak_memory import ratio
 from transformers import TrainerCallback
 
 MODEL = "embedded:smollm2-135m-instruct"
-VARIANTS = ("chunked", "chunked-bf16", "full-logits", "trl", "trl-defaults")
+VARIANTS = ("chunked", "chunked-bf16", "full-logits", "trl", "trl-bf16", "trl-defaults")
+BF16_VARIANTS = ("chunked-bf16", "trl-bf16")
 LEARNING_RATE, BETA = 1e-6, 0.1
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 
@@ -146,11 +149,11 @@ def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
     path = resolve_model_path(MODEL)
     tokenizer = load_tokenizer(path)
     rows = synthetic_pairs(tokenizer, pairs, tokens)
-    matched = variant == "trl"
+    matched = variant in ("trl", "trl-bf16")
     settings = {"precompute_ref_log_probs": True, "gradient_checkpointing": checkpointing} if matched else {}
     with tempfile.TemporaryDirectory() as output_dir:
         config = DPOConfig(
-            output_dir=output_dir, use_weighting=True, bf16=False, max_length=None, beta=BETA,
+            output_dir=output_dir, use_weighting=True, bf16=variant == "trl-bf16", max_length=None, beta=BETA,
             learning_rate=LEARNING_RATE, lr_scheduler_type="constant", per_device_train_batch_size=pairs,
             max_steps=steps + 1, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
             disable_tqdm=True, seed=0, **settings,
@@ -255,7 +258,9 @@ def matmul_peaks() -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 1024, 2048])
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS[:3]))
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS, default=["chunked", "chunked-bf16", "full-logits", "trl"]
+    )
     parser.add_argument("--pairs", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2, help="timed steps, after one untimed first step")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="for ours and `trl` alike")
@@ -272,10 +277,11 @@ def main() -> None:
     import trl
 
     variants = list(args.variants)
-    if "chunked-bf16" in variants and not torch.cpu._is_avx512_bf16_supported():
-        variants.remove("chunked-bf16")
-        print("chunked-bf16: not run, this CPU has no bf16 instructions (AVX512-BF16): the trainer would fall back "
-              "to fp32 with one line (benchmarks/matmul_peak.py shows why)")  # fmt: skip
+    if not torch.cpu._is_avx512_bf16_supported():
+        for variant in [v for v in variants if v in BF16_VARIANTS]:
+            variants.remove(variant)
+            print(f"{variant}: not run, this CPU has no bf16 instructions (AVX512-BF16): bf16 matmuls run a "
+                  "reference kernel ~100x slower than fp32 here (benchmarks/matmul_peak.py)")  # fmt: skip
     peaks = matmul_peaks()
     print(f"one core's matmul peak at 512x576 @ 576x1536: fp32 {peaks['float32']:.1f} GFLOP/s, "
           f"bf16 {peaks['bfloat16']:.1f} GFLOP/s")  # fmt: skip
@@ -301,7 +307,7 @@ def main() -> None:
         trl_result, full = results.get("trl"), results.get("full-logits")
         for variant, r in results.items():
             achieved = flops / r["step_cpu_seconds"] / 1e9  # per core: CPU seconds over every thread
-            peak = peaks["bfloat16" if "mixed_precision=bf16" in r["settings"] else "float32"]
+            peak = peaks["bfloat16" if variant in BF16_VARIANTS else "float32"]
             print(
                 f"{tokens:>5} {variant:<13} {r['process_seconds']:>9.1f} {ratio(r, trl_result, 'process_seconds'):>6} "
                 f"{r['step_seconds']:>7.2f} {r['step_cpu_seconds']:>7.2f} "
