@@ -229,3 +229,11 @@ def test_every_topic_keyword_is_a_word_of_its_facts():
     for topic in ifeval.load_topics():
         words = {w.lower() for w in ifeval._words(" ".join(topic.facts))}
         assert {k.lower() for k in topic.keywords} <= words, topic.name
+
+
+def test_the_topic_is_the_one_asked_about_not_one_the_constraint_names():
+    """A keyword of the constraint may be another topic's name ('cheese'): the topic is the one the question names."""
+    prompt = "Explain pizza to a curious child. Include the keywords 'cheese' and 'Naples' in the response."
+    assert ifeval.topic_of(prompt).name == "pizza"
+    reference = next(r for r in shipped(ifeval.HELDOUT_FILE) if r["id"] == "pizza-keywords")["reference"]
+    assert ifeval.reward([{"role": "user", "content": prompt}], reference) >= 0.8

@@ -67,10 +67,10 @@ def policy_gguf(recipe: Recipe, model_dir: Path | None = None) -> Path:
 
 
 def converted_policy(recipe: Recipe, model_dir: Path, cache: Path | None = None) -> Path:
-    """An F16 GGUF of an HF model directory (a LoRA adapter merged first), converted once and cached under
-    `cache` (by default `output_dir/gguf/`) by the sha256 of its weights and config: round k's policy is converted
-    when its sampling starts, and a rerun, or the eval of the same weights, finds it. F16 keeps the weights as trained (a quantized
-    policy would sample another distribution) and is the type llama.cpp batches fastest on AVX2."""
+    """An F16 GGUF of an HF model directory (a LoRA adapter merged first), converted once and cached under `cache`
+    (by default `output_dir/gguf/`) by the sha256 of its weights and config: round k's policy is converted when its
+    sampling starts, and a rerun, or the eval of the same weights, finds it. F16 keeps the weights as trained (a
+    quantized policy would sample another distribution) and is the type llama.cpp batches fastest on AVX2."""
     from wpo.config import config_hash
     from wpo.export.convert import export_gguf
     from wpo.manifest import file_sha256

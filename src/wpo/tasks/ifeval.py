@@ -228,9 +228,9 @@ def _topics_by_name() -> dict[str, Topic]:
 
 
 def topic_of(prompt: str) -> Topic:
-    """The topic a prompt asks about: the topic name of the topic table found first in it, the longest where several
-    start there ("the human heart" over "heart"). First, because the question comes before its constraint, whose
-    keywords may name another topic ("Explain pizza ... Include the keywords 'cheese' and 'Naples'")."""
+    """The topic a prompt asks about: the topic name of the topic table found first in it (the longest, should several
+    start there). First, because the question comes before its constraint, whose keywords may name another topic
+    ("Explain pizza ... Include the keywords 'cheese' and 'Naples'")."""
     text = prompt.lower()
     found = [(match.start(), -len(name), name) for name in _topics_by_name()
              if (match := re.search(rf"\b{re.escape(name)}\b", text))]  # fmt: skip
