@@ -13,13 +13,15 @@ import time
 import torch
 
 
-def gflops(size: int, repeats: int, dtype: torch.dtype) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def gflops(size: int, repeats: int, dtype: torch.dtype, shape: tuple[int, int, int] | None = None) -> float:
+    """GFLOP/s of `repeats` products of (m x k) @ (k x n): `shape` = (m, k, n), square `size` by default."""
+    m, k, n = shape or (size, size, size)
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     a @ b  # warm-up
     started = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+    return 2 * m * k * n * repeats / (time.perf_counter() - started) / 1e9
 
 
 def main() -> None:

@@ -28,14 +28,14 @@ from wpo.models import resolve_model_path
 from wpo.sampling.llamacpp_backend import policy_gguf
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
-ARMS = {
-    "previous (transformers fp32)": ["sample.backend=transformers", "eval.backend=transformers", "eval.batch_size=16"],
+ARMS = {  # output directory under --root: its overrides of the recipe
+    "previous": ["sample.backend=transformers", "eval.backend=transformers", "eval.batch_size=16"],
     "defaults": [],
 }
 
 
 def run(arm: str, overrides: list[str], root: Path, seed: int) -> tuple[float, dict]:
-    output_dir = root / ("previous" if overrides else "defaults")
+    output_dir = root / arm
     shutil.rmtree(output_dir, ignore_errors=True)
     command = [sys.executable, "-m", "wpo", "run", str(QUICKSTART), f"output_dir={output_dir}", f"seed={seed}",
                *overrides]  # fmt: skip

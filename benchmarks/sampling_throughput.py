@@ -11,9 +11,9 @@ every configuration, so the ratios compare like with like.
   batched; kept here only as the reference. On the embedded Q4_1 GGUF.
 - llamacpp batched: the llamacpp backend, a whole stage batch (or `--parallel-sequences` samples) per decode call,
   on the embedded Q4_1 GGUF and on the backend's default, an F16 conversion of the dequantized weights (the same
-  weights). On AVX2, llama.cpp multiplies several rows
-  at once with matrix-matrix kernels for F16 (and Q8_0, Q4_0) but takes Q4_1 one dot product at a time, so batching
-  pays off far more in F16; an F16 GGUF is also what a trained policy is exported to.
+  weights). On AVX2, llama.cpp multiplies several rows at once with matrix-matrix kernels for F16 (and Q8_0, Q4_0)
+  but takes Q4_1 one dot product at a time, so batching pays off far more in F16; an F16 GGUF is also what a trained
+  policy is exported to.
 
 llama.cpp's threads spin at every layer's barrier: on a machine shared with other work, --threads below the core
 count can be many times faster (the load average is printed before and after). --threads applies to torch too.
@@ -68,11 +68,6 @@ class OneSequenceAtATime:
         return texts
 
 
-def cpu_has_bf16() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def cpu_name() -> str:
     lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
@@ -110,10 +105,10 @@ def main() -> None:
         "llamacpp Q4_1, batched": lambda: make_sampler(q4_1, model_path),
         "llamacpp F16, batched": lambda: make_sampler(f16, model_path),
     }
-    if cpu_has_bf16():
+    if torch.cpu._is_avx512_bf16_supported():  # the check the trainer makes before bf16 compute
         configurations["transformers bf16"] = lambda: make_sampler(bf16, model_path)
     else:  # bf16 matmuls are emulated without the units, ~100x slower than fp32 (benchmarks/matmul_peak.py)
-        print("transformers bf16: skipped, this CPU has no bf16 units (avx512_bf16 or amx_bf16)")
+        print("transformers bf16: skipped, this CPU has no bf16 instructions (AVX512-BF16)")
     results = {}
     for name, build in configurations.items():
         sampler = build()

@@ -330,10 +330,10 @@ def build_prompts(topics: list[Topic], seed: int = BUILD_SEED) -> dict[str, list
         chosen = rng.sample(kinds, CONSTRAINTS_PER_TOPIC)
         split = HELDOUT_FILE if index in heldout_topics else TRAIN_FILE
         files[split] += [_record(topic, kind, rng) for kind in chosen]
+        unused = [kind for kind in kinds if kind not in chosen]
         if split == HELDOUT_FILE:
-            files[split] += [_record(topic, kind, extra_rng) for kind in kinds if kind not in chosen]
+            files[split] += [_record(topic, kind, extra_rng) for kind in unused]
         else:
-            unused = [kind for kind in kinds if kind not in chosen]
             files[DEV_FILE].append(_record(topic, dev_rng.choice(unused), dev_rng))
     return files
 
