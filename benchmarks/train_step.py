@@ -8,7 +8,9 @@ step); memory is the peak resident set of the training steps over what was resid
 precomputed reference log-probs and optimizer object included in that baseline; gradients, Adam state and
 activations not), and the process's peak over its whole life. Variants:
 
-- `chunked`:      the trainer's default, `train.loss_chunk_size: 256` (`wpo.train.chunked_loss`)
+- `chunked`:      the trainer's default, `train.loss_chunk_size: 256` (`wpo.train.chunked_loss`) with
+                  `train.share_prompts: true` (a row per pair, its prompt computed once for both answers)
+- `padded`:       `chunked` with `train.share_prompts: false`: two padded rows per pair, the prompt computed twice
 - `chunked-bf16`: the same under `train.mixed_precision: bf16` (bf16 compute over fp32 master weights); run only on
                   a CPU with bf16 instructions — elsewhere the trainer falls back to fp32 and there is nothing to time
 - `full-logits`:  `train.loss_chunk_size: 0`, logits from the shortest prompt on (`logits_to_keep`)
@@ -26,8 +28,9 @@ the forward and backward hold, the loss's logits included.
 
 Our trainer's first-step losses (policy = reference, weight unclamped as TRL's) must equal TRL's logged ones, and
 bf16's losses at every step stay within 2% of fp32's. Each step's achieved GFLOP/s (the model's matmul FLOPs: 6 per
-weight per token for forward and backward, 2 more with checkpointing, plus attention's, over the step's CPU time)
-is printed beside the per-core matmul peak measured in the same run at SmolLM2's layer shapes, fp32 and bf16.
+weight per token for forward and backward, 2 more with checkpointing, plus attention's, over the step's CPU time;
+the tokens the model computed, so a shared prompt counts once) is printed beside the per-core matmul peak measured
+in the same run at SmolLM2's layer shapes, fp32 and bf16.
 
 Run: python benchmarks/train_step.py [--tokens 512 1024 2048] [--variants chunked full-logits trl] [--pairs 1]
      [--steps 2] [--gradient-checkpointing] [--lora]   (the defaults: ~25 min on a 2-core CPU; ~40 min on one core)
@@ -48,7 +51,7 @@ from peak_memory import ratio
 from transformers import TrainerCallback
 
 MODEL = "embedded:smollm2-135m-instruct"
-VARIANTS = ("chunked", "chunked-bf16", "full-logits", "trl", "trl-bf16", "trl-defaults")
+VARIANTS = ("chunked", "padded", "chunked-bf16", "full-logits", "trl", "trl-bf16", "trl-defaults")
 BF16_VARIANTS = ("chunked-bf16", "trl-bf16")
 LEARNING_RATE, BETA = 1e-6, 0.1
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
@@ -99,6 +102,7 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
         f"train.gradient_checkpointing={str(checkpointing).lower()}", f"train.max_length={tokens + 1}",
         f"train.max_prompt_length={tokens // 2}", *(["train.loss_chunk_size=0"] if variant == "full-logits" else []),
         *(["train.mixed_precision=bf16"] if variant == "chunked-bf16" else []),
+        *(["train.share_prompts=false"] if variant == "padded" else []),
         *([f"model.lora={json.dumps(LORA)}"] if lora else []),
     ])  # fmt: skip
     path = resolve_model_path(MODEL)
@@ -110,10 +114,10 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
     model = trainer._make_trainable(load_causal_lm(path, recipe.model), recipe, None)
     accelerator = Accelerator(cpu=True, mixed_precision=trainer._mixed_precision(recipe, on_cpu=True) or "no")
     chunk = recipe.train.loss_chunk_size
+    share = trainer._shares_prompts(model, recipe)
     with accelerator.autocast():  # the reference in the policy's compute precision, as the trainer does
-        chosen, rejected = compute_reference_logps(
-            model, tokenized, pairs, tokenizer.pad_token_id, accelerator.device, loss_chunk_size=chunk
-        )
+        chosen, rejected = compute_reference_logps(model, tokenized, pairs, tokenizer.pad_token_id, accelerator.device,
+                                                   loss_chunk_size=chunk, share_prompts=share)  # fmt: skip
     references = ReferenceLogps(chosen, rejected, None, False)  # policy = reference: step-1 loss is ln 2 x weight
     optimizer = trainer._build_optimizer(model, recipe)
     schedule = build_schedule(pairs, recipe, 1)
@@ -122,7 +126,8 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
     model, optimizer = launcher.prepare(model, optimizer, recipe, schedule.pairs_per_step)
     state = trainer.TrainState(recipe=recipe, accelerator=accelerator, launcher=launcher, model=model,
                                optimizer=optimizer, scheduler=scheduler, tokens=tokenized, references=references,
-                               schedule=schedule, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+                               schedule=schedule, pad_token_id=tokenizer.pad_token_id,
+                               share_prompts=share)  # fmt: skip
     setup_peak = peak_memory.peak_mib()
     start = peak_memory.reset_peak()
     wall, cpu, losses = [], [], []
@@ -132,8 +137,10 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
         wall.append(time.perf_counter() - started)
         cpu.append(time.process_time() - started_cpu)
         losses.append(row["loss"])
-    settings = f"loss_chunk_size={chunk}, mixed_precision={accelerator.mixed_precision}, lora={lora}"
-    return result(variant, wall, cpu, setup_peak, start, losses, settings)
+    computed = round(row["tokens_per_second"] * row["step_seconds"])
+    settings = (f"loss_chunk_size={chunk}, share_prompts={share}, mixed_precision={accelerator.mixed_precision}, "
+                f"lora={lora}")  # fmt: skip
+    return result(variant, wall, cpu, setup_peak, start, losses, settings, computed)
 
 
 def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool, lora: bool) -> dict:
@@ -173,7 +180,9 @@ def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
         settings_text = ", ".join(f"{k}={getattr(config, k)}" for k in ("precompute_ref_log_probs",
                                                                          "gradient_checkpointing", "bf16"))  # fmt: skip
         settings_text += f", lora={lora}"
-    return result(variant, timer.wall, timer.cpu, timer.setup_peak, timer.start, losses, settings_text)
+    # TRL computes chosen and rejected as two sequences, each with the prompt (equal lengths here: no padding)
+    computed = 2 * pairs * tokens
+    return result(variant, timer.wall, timer.cpu, timer.setup_peak, timer.start, losses, settings_text, computed)
 
 
 class StepTimer(TrainerCallback):
@@ -199,8 +208,11 @@ class StepTimer(TrainerCallback):
         self.mark = now
 
 
-def result(variant, wall: list[float], cpu: list[float], setup_peak, start, losses: list[float], settings: str) -> dict:
-    """The first step allocates the optimizer state and is left out of the median times, not out of the peak.
+def result(
+    variant, wall: list[float], cpu: list[float], setup_peak, start, losses: list[float], settings: str, tokens: int
+) -> dict:
+    """The first step allocates the optimizer state and is left out of the median times, not out of the peak;
+    `tokens` is how many the model computes per step (a shared prompt counts once).
 
     CPU seconds (of this single-threaded process) are what the ratios use: on a machine shared with other jobs the
     wall time of a step depends on what else runs meanwhile, its CPU time much less.
@@ -212,6 +224,7 @@ def result(variant, wall: list[float], cpu: list[float], setup_peak, start, loss
         "step_cpu_seconds": statistics.median(cpu[1:]),
         "process_peak_mib": max(setup_peak, peak_memory.peak_mib()),
         "step_peak_over_start_mib": peak_memory.peak_mib() - start,
+        "computed_tokens": tokens,
         "first_loss": losses[0],
         "losses": losses,
     }
@@ -253,7 +266,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument(
-        "--variants", nargs="+", choices=VARIANTS, default=["chunked", "chunked-bf16", "full-logits", "trl"]
+        "--variants", nargs="+", choices=VARIANTS, default=["chunked", "padded", "chunked-bf16", "full-logits", "trl"]
     )
     parser.add_argument("--pairs", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2, help="timed steps, after one untimed first step")
@@ -289,7 +302,7 @@ def main() -> None:
           f"{'x full':>7} {'GFLOP/s':>8} {'x peak':>7} {'peak RSS MiB':>13} {'x trl':>6} {'step peak MiB':>14} "
           f"{'x trl':>6} {'x full':>7}  {'first loss':<12}  settings")  # fmt: skip
     for tokens in args.tokens:
-        flops = model_flops_per_token(args.gradient_checkpointing, args.lora, tokens) * 2 * args.pairs * tokens
+        flops_per_token = model_flops_per_token(args.gradient_checkpointing, args.lora, tokens)
         results = {}
         for variant in variants:
             arguments = ["--child", variant, "--pairs", str(args.pairs), "--tokens", str(tokens), "--steps",
@@ -300,7 +313,8 @@ def main() -> None:
             results[variant]["process_seconds"] = time.perf_counter() - started  # cold start to end
         trl_result, full = results.get("trl"), results.get("full-logits")
         for variant, r in results.items():
-            achieved = flops / r["step_cpu_seconds"] / 1e9  # per core: CPU seconds over every thread
+            # the FLOPs of what the model computed, per core (CPU seconds over every thread)
+            achieved = flops_per_token * r["computed_tokens"] / r["step_cpu_seconds"] / 1e9
             peak = peaks["bfloat16" if variant in BF16_VARIANTS else "float32"]
             print(
                 f"{tokens:>5} {variant:<13} {r['process_seconds']:>9.1f} {ratio(r, trl_result, 'process_seconds'):>6} "

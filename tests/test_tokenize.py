@@ -9,7 +9,7 @@ from helpers import GEMMA_TEMPLATE, build_tokenizer
 from wpo.data import BadRecordPolicy, Pair
 from wpo.errors import DataError
 from wpo.train.loss import IGNORE_INDEX
-from wpo.train.tokenize import collate_pairs, render_response, tokenize_pairs
+from wpo.train.tokenize import TokenizedPair, collate_pairs, render_response, tokenize_pairs
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,37 @@ def test_collated_labels_line_up_with_kept_logits(gemma_tokenizer):
         assert batch.input_ids[row, columns].tolist() == response
         assert batch.attention_mask[row].sum().item() == len(prompt) + len(response)
     assert torch.equal(batch.input_ids[0, : len(tokens[0].prompt_ids)], torch.tensor(tokens[0].prompt_ids))
+
+
+def test_a_shared_prompt_batch_holds_each_prompt_once_and_hides_each_answer_from_the_other():
+    """Worked by hand: a row per pair (prompt, chosen, rejected, padding), both answers positioned from the prompt's
+    end, each answer seeing its prompt and itself, padding only itself; labels and the slots predicting them."""
+    pairs = [
+        TokenizedPair("a", [11, 12, 13], [21, 22], [31]),
+        TokenizedPair("b", [14, 15], [23], [32, 33, 34]),
+        TokenizedPair("c", [16, 17], [24], [35]),
+    ]
+    batch = collate_pairs(pairs, pad_token_id=0, share_prompts=True)
+    assert batch.shares_prompts and batch.pair_count == 3 and batch.token_count == 16
+    assert batch.input_ids.tolist() == [[11, 12, 13, 21, 22, 31], [14, 15, 23, 32, 33, 34], [16, 17, 24, 35, 0, 0]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 2, 2, 3, 4], [0, 1, 2, 2, 0, 0]]
+    assert batch.attention_mask.shape == (3, 1, 6, 6) and batch.attention_mask.dtype == torch.bool
+    assert batch.attention_mask[:, 0].int().tolist() == [
+        [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],  # prompt
+         [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0],  # chosen
+         [1, 1, 1, 0, 0, 1]],  # rejected: not the chosen answer
+        [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0],
+         [1, 1, 1, 0, 0, 0],
+         [1, 1, 0, 1, 0, 0], [1, 1, 0, 1, 1, 0], [1, 1, 0, 1, 1, 1]],
+        [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0],
+         [1, 1, 1, 0, 0, 0],
+         [1, 1, 0, 1, 0, 0],
+         [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]],  # padding
+    ]  # fmt: skip
+    # chosen rows, then rejected rows; the shortest prompt (2 tokens) puts the first kept position at 1, so a row
+    # keeps its last 5 positions and slot = row * 5 + position - 1
+    assert batch.logits_to_keep == 5
+    assert batch.labels.tolist() == [[21, 22, IGNORE_INDEX], [23, IGNORE_INDEX, IGNORE_INDEX],
+                                     [24, IGNORE_INDEX, IGNORE_INDEX], [31, IGNORE_INDEX, IGNORE_INDEX],
+                                     [32, 33, 34], [35, IGNORE_INDEX, IGNORE_INDEX]]  # fmt: skip
+    assert batch.response_positions.tolist() == [[1, 2, 0], [5, 0, 0], [10, 0, 0], [1, 0, 0], [5, 7, 8], [10, 0, 0]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -356,7 +357,7 @@ def test_chunked_loss_runs_as_the_output_layers_forward(tiny_llama, pairs_file):
     chunked = pair_statistics(model, batch, loss_chunk_size=4)
     hidden_size = model.config.hidden_size
     assert calls == [[(4, 1, hidden_size)],  # the model's own call, for the one position it checks
-                     [(4, batch.logits_to_keep, hidden_size), (4, batch.logits_to_keep)]]  # fmt: skip
+                     [(4, batch.logits_to_keep, hidden_size), (4, hidden_size), (4, batch.logits_to_keep)]]  # fmt: skip
     assert "forward" not in vars(model.lm_head)
     for actual, expected in zip(chunked, pair_statistics(model, batch, loss_chunk_size=0), strict=True):
         assert_close(actual.logps, expected.logps, rtol=1e-5, atol=1e-5)
@@ -391,6 +392,34 @@ def test_training_with_and_without_chunking_gives_the_same_weights(tmp_path, tin
     assert any(not torch.equal(a[name], initial[name]) for name in a)  # it trained
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+
+
+def test_training_with_and_without_shared_prompts_gives_the_same_weights(tmp_path, tiny_llama, pairs_file, caplog):
+    """Two steps of two pairs per micro-batch, accumulated twice: each prompt computed once for both answers trains
+    the weights that padded rows train, and the run logs what it computed."""
+    common = ("train.max_steps=2", "train.warmup_ratio=0.0", "train.per_device_batch_size=2",
+              "train.gradient_accumulation_steps=2")  # fmt: skip
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.share_prompts=false", run="padded"))
+    with caplog.at_level(logging.INFO, logger="wpo.train.trainer"):
+        trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="shared"))
+    assert "prompts: each computed once for both of its answers" in caplog.text
+    padded = read_metrics(tmp_path / "padded" / "train" / "metrics.jsonl")
+    shared = read_metrics(tmp_path / "shared" / "train" / "metrics.jsonl")
+    for key in ("loss", "weight_mean", "logps_chosen", "logps_rejected", "grad_norm"):
+        assert [r[key] for r in shared] == pytest.approx([r[key] for r in padded], rel=1e-5), key
+    a = load_file(str(tmp_path / "padded" / "train" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "shared" / "train" / "final" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_that_cannot_share_prompts_trains_on_padded_rows(tmp_path, tiny_gemma2, pairs_file, caplog):
+    with caplog.at_level(logging.INFO, logger="wpo.train.trainer"):
+        trainer.train(recipe_for(tmp_path, tiny_gemma2, pairs_file, "train.max_steps=1"))
+    assert (
+        "train.share_prompts: the model cannot share a prompt between its answers (it has 16-token sliding-window "
+        "attention, shorter than train.max_length 96); each answer gets its own padded row"
+    ) in caplog.text
 
 
 def test_reference_model_is_gone_before_training(tmp_path, tiny_llama, tiny_llama_reference, pairs_file, monkeypatch):
@@ -529,3 +558,38 @@ def test_metrics_go_to_trackio_offline(tmp_path, tiny_llama, pairs_file):
     assert [log["step"] for log in logs] == [1, 2]
     assert [log["train/loss"] for log in logs] == pytest.approx([row["loss"] for row in rows])
     assert list((tmp_path / "run" / "train" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2", "llama-lora"])
+@pytest.mark.parametrize("chunk_size", [0, 5])
+def test_sharing_each_prompt_gives_the_padded_layouts_statistics_and_gradients(kind, chunk_size, request, pairs_file):
+    """One row per micro-batch, each prompt computed once for both answers (SDPA on Llama, eager attention and the
+    soft-caps on Gemma-2, LoRA): the same log-probs, WPO alignments and gradients as two padded rows per pair.
+    Gemma-2's sliding window, shorter than the sequences, is refused, then widened so both layouts see everything."""
+    from wpo.train.forward import pair_statistics, prompt_sharing_problem
+    from wpo.train.tokenize import collate_pairs
+
+    model_dir = request.getfixturevalue(f"tiny_{kind.removesuffix('-lora')}")
+    model = tiny_model(model_dir, ["q_proj", "v_proj", "down_proj"] if kind.endswith("lora") else None)
+    assert model.config._attn_implementation == ("eager" if kind == "gemma2" else "sdpa")
+    if kind == "gemma2":
+        assert prompt_sharing_problem(model, 64) == (
+            "it has 16-token sliding-window attention, shorter than train.max_length 64"
+        )
+        model.config.sliding_window = 64
+    assert prompt_sharing_problem(model, 64) is None
+    tokens, tokenizer = tokenized_pairs(model_dir, pairs_file)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    results = {}
+    for share_prompts in (False, True):
+        batch = collate_pairs(tokens.pairs[:3], tokenizer.pad_token_id, share_prompts=share_prompts)
+        chosen, rejected = pair_statistics(model, batch, loss_chunk_size=chunk_size)
+        objective = (chosen.logps - rejected.logps).sum() + 10.0 * (chosen.aligned_logps + rejected.aligned_logps).sum()
+        results[share_prompts] = (chosen, rejected, torch.autograd.grad(objective, trainable))
+    (chosen, rejected, grads), (padded_chosen, padded_rejected, padded_grads) = results[True], results[False]
+    for actual, expected in ((chosen, padded_chosen), (rejected, padded_rejected)):
+        assert_close(actual.logps, expected.logps, rtol=1e-5, atol=1e-5)
+        assert_close(actual.aligned_logps, expected.aligned_logps, rtol=1e-5, atol=1e-6)
+        assert actual.token_counts.tolist() == expected.token_counts.tolist()
+    for grad, padded_grad in zip(grads, padded_grads, strict=True):
+        assert_close(grad, padded_grad, rtol=1e-4, atol=1e-4 * padded_grad.abs().max().item())

@@ -33,13 +33,8 @@ def pair_statistics(model, batch: PairBatch, *, loss_chunk_size: int) -> tuple[S
     final-logit soft-capping itself, so the logits reaching the loss are already capped.
     """
     if loss_chunk_size == 0:
-        output = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            logits_to_keep=batch.logits_to_keep,
-            use_cache=False,
-        )
-        stats = sequence_statistics(output.logits, batch.labels)
+        output = model(**model_inputs(model, batch), logits_to_keep=batch.logits_to_keep, use_cache=False)
+        stats = sequence_statistics(response_slots(output.logits, batch), batch.labels)
     else:
         stats = _chunked_statistics(model, batch, loss_chunk_size)
     require_finite("log-probs (the model's logits are not finite)", stats.logps.detach())
@@ -51,19 +46,21 @@ def _chunked_statistics(model, batch: PairBatch, chunk_size: int) -> SequenceSta
     # The top-level call, not the decoder alone, so that wrappers' forward hooks (DDP, FSDP) run. It computes logits
     # for one position only, which serve to check that the hidden state and the head reproduce the model's logits.
     output = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
+        **model_inputs(model, batch),
         logits_to_keep=1,
         output_hidden_states=-1,  # only the last one, which is after the final norm
         use_cache=False,
     )
     head, softcap = output_projection(model)
-    hidden = output.hidden_states[-1][:, -batch.logits_to_keep :]
+    last_hidden = output.hidden_states[-1]
+    hidden = response_slots(last_hidden[:, -batch.logits_to_keep :], batch)
 
-    def head_forward(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def head_forward(
+        hidden: torch.Tensor, final_position: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             require_finite("logits", output.logits[:, -1])
-            recomputed = soft_cap(torch.nn.functional.linear(hidden[:, -1], head.weight, head.bias).float(), softcap)
+            recomputed = soft_cap(torch.nn.functional.linear(final_position, head.weight, head.bias).float(), softcap)
             if not torch.allclose(recomputed, output.logits[:, -1].float(), rtol=1e-2, atol=1e-2):
                 raise WpoError(
                     "the model's logits are not softcap(final hidden state @ output weight): it scales its logits in "
@@ -72,8 +69,43 @@ def _chunked_statistics(model, batch: PairBatch, chunk_size: int) -> SequenceSta
         stats = chunked_sequence_statistics(hidden, head.weight, head.bias, labels, softcap, chunk_size)
         return stats.logps, stats.aligned_logps
 
-    logps, aligned_logps = call_as_forward(head, head_forward, hidden, batch.labels)
+    logps, aligned_logps = call_as_forward(head, head_forward, hidden, last_hidden[:, -1].detach(), batch.labels)
     return SequenceStatistics(logps, aligned_logps, (batch.labels != IGNORE_INDEX).sum(-1))
+
+
+def response_slots(per_position: torch.Tensor, batch: PairBatch) -> torch.Tensor:
+    """`[2B, T, ...]` aligned with `batch.labels`, from the last `logits_to_keep` positions' values `[rows, K, ...]`
+    (the padded layout's rows already are)."""
+    return per_position.flatten(0, 1)[batch.response_positions] if batch.shares_prompts else per_position
+
+
+def model_inputs(model, batch: PairBatch) -> dict[str, torch.Tensor]:
+    """The model's keyword inputs for `batch`: a shared-prompt batch's boolean mask is turned into the additive one
+    eager attention adds to its scores (SDPA takes the boolean mask as it is)."""
+    if not batch.shares_prompts:
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    mask = batch.attention_mask
+    if attention_implementation(model) == "eager":
+        blocked = torch.finfo(torch.float32).min
+        mask = torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, blocked)
+    return {"input_ids": batch.input_ids, "attention_mask": mask, "position_ids": batch.position_ids}
+
+
+def attention_implementation(model) -> str:
+    return extract_model_from_parallel(model).config.get_text_config()._attn_implementation
+
+
+def prompt_sharing_problem(model, max_length: int) -> str | None:
+    """Why the model cannot take a shared-prompt batch's custom mask (None if it can): only eager and SDPA attention
+    apply a 4-D mask as given, and a sliding-window layer would see past its window under it."""
+    implementation = attention_implementation(model)
+    if implementation not in ("eager", "sdpa"):
+        return f"its attention implementation {implementation!r} does not take a custom mask"
+    config = extract_model_from_parallel(model).config.get_text_config()
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) and window < max_length:
+        return f"it has {window}-token sliding-window attention, shorter than train.max_length {max_length}"
+    return None
 
 
 def call_as_forward(module: torch.nn.Module, forward, *args):

@@ -67,6 +67,7 @@ def compute_reference_logps(
     device,
     *,
     loss_chunk_size: int,
+    share_prompts: bool = False,
     indices: list[int] | None = None,
     show_progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +80,7 @@ def compute_reference_logps(
     batches = range(0, len(pairs), batch_size)
     for start in tqdm(batches, desc="reference log-probs", unit="batch", disable=not show_progress):
         batch_pairs = pairs[start : start + batch_size]
-        batch = collate_pairs(batch_pairs, pad_token_id).to(device)
+        batch = collate_pairs(batch_pairs, pad_token_id, share_prompts=share_prompts).to(device)
         try:
             chosen_stats, rejected_stats = pair_statistics(model, batch, loss_chunk_size=loss_chunk_size)
         except NonFiniteError as exc:
@@ -100,6 +101,7 @@ def load_or_compute(
     pad_token_id: int,
     accelerator,
     loss_chunk_size: int,
+    share_prompts: bool,
 ) -> ReferenceLogps:
     """Read the cached log-probs for `key`, or load the reference with `load_model()`, compute and cache them.
 
@@ -119,7 +121,8 @@ def load_or_compute(
     chosen, rejected = (
         gather_strided(values, count, accelerator)
         for values in compute_reference_logps(model, tokens, batch_size, pad_token_id, accelerator.device,
-                                              loss_chunk_size=loss_chunk_size, indices=shard,
+                                              loss_chunk_size=loss_chunk_size, share_prompts=share_prompts,
+                                              indices=shard,
                                               show_progress=accelerator.is_main_process)
     )  # fmt: skip
     if accelerator.is_main_process:

@@ -102,10 +102,15 @@ def tokenize_pairs(
 
 @dataclass
 class PairBatch:
-    """`2B` sequences, chosen first then rejected, right-padded.
+    """`2B` sequences' inputs, and their response labels as `[2B, T]`, chosen rows first then rejected.
 
-    `labels[:, t]` is the token predicted at position `start + t` (IGNORE_INDEX outside responses), so it aligns with
-    logits computed for the last `logits_to_keep` positions only: the shared prompt prefix gets no logits at all.
+    Two layouts feed the same statistics. Padded: `2B` right-padded rows (prompt + one answer each), `attention_mask`
+    `[2B, L]`; `labels[:, t]` is the token predicted at position `start + t`, so it aligns with logits computed for the
+    last `logits_to_keep` positions only. Shared prompt: a row per pair holding its prompt once, then its chosen and
+    its rejected answer; `attention_mask` is a boolean `[B, 1, L, L]` mask under which an answer sees the prompt and
+    its own earlier tokens only, `position_ids` restart both answers where the prompt ends, and
+    `response_positions[s, t]` is the slot, among the rows' last `logits_to_keep` positions flattened, whose hidden
+    state predicts `labels[s, t]`. The model computes each prompt once instead of twice.
     """
 
     input_ids: torch.Tensor
@@ -113,22 +118,35 @@ class PairBatch:
     labels: torch.Tensor
     logits_to_keep: int
     pair_count: int
+    token_count: int  # tokens the model computes, padding excluded
+    position_ids: torch.Tensor | None = None
+    response_positions: torch.Tensor | None = None
 
     @property
-    def token_count(self) -> int:
-        return int(self.attention_mask.sum())
+    def shares_prompts(self) -> bool:
+        return self.response_positions is not None
 
     def to(self, device: torch.device) -> PairBatch:
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device)
+
         return PairBatch(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.labels.to(device),
-            self.logits_to_keep,
-            self.pair_count,
-        )
+            move(self.input_ids), move(self.attention_mask), move(self.labels), self.logits_to_keep, self.pair_count,
+            self.token_count, move(self.position_ids), move(self.response_positions),
+        )  # fmt: skip
 
 
-def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int) -> PairBatch:
+# what each position of a shared-prompt row holds
+PADDING, PROMPT, CHOSEN, REJECTED = range(4)
+
+
+def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int, *, share_prompts: bool = False) -> PairBatch:
+    if share_prompts:
+        return _collate_shared_prompts(pairs, pad_token_id)
+    return _collate_padded(pairs, pad_token_id)
+
+
+def _collate_padded(pairs: list[TokenizedPair], pad_token_id: int) -> PairBatch:
     sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
     length = max(len(prompt) + len(response) for prompt, response in sequences)
     first_logit = min(len(prompt) for prompt, _ in sequences) - 1
@@ -147,4 +165,52 @@ def collate_pairs(pairs: list[TokenizedPair], pad_token_id: int) -> PairBatch:
         labels=labels[:, first_logit:],
         logits_to_keep=length - first_logit,
         pair_count=len(pairs),
+        token_count=int(attention_mask.sum()),
+    )
+
+
+def _collate_shared_prompts(pairs: list[TokenizedPair], pad_token_id: int) -> PairBatch:
+    # A row per pair rather than one row for the whole batch: attention cost grows with the square of a row's length
+    # and the mask cannot skip other pairs' tokens; padding the pairs' rows to the longest costs less here.
+    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    first_logit = min(len(p.prompt_ids) for p in pairs) - 1  # as in the padded layout: no logits before it
+    kept = width - first_logit
+    input_ids = torch.full((len(pairs), width), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(pairs), width), dtype=torch.long)
+    segments = torch.full((len(pairs), width), PADDING, dtype=torch.long)
+    answers: dict[int, list[tuple[list[int], list[int]]]] = {CHOSEN: [], REJECTED: []}  # (labels, predicting slots)
+    for row, pair in enumerate(pairs):
+        prompt_length = len(pair.prompt_ids)
+        ids, positions, kinds = list(pair.prompt_ids), list(range(prompt_length)), [PROMPT] * prompt_length
+        for kind, answer in ((CHOSEN, pair.chosen_ids), (REJECTED, pair.rejected_ids)):
+            # the prompt's last token predicts the answer's first token; answer token k predicts token k + 1
+            predicting = [prompt_length - 1, *range(len(ids), len(ids) + len(answer) - 1)]
+            # as slots among the rows' last `kept` positions, flattened
+            answers[kind].append((answer, [row * kept + position - first_logit for position in predicting]))
+            ids += answer
+            positions += range(prompt_length, prompt_length + len(answer))
+            kinds += [kind] * len(answer)
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        position_ids[row, : len(ids)] = torch.tensor(positions)
+        segments[row, : len(ids)] = torch.tensor(kinds)
+    responses = answers[CHOSEN] + answers[REJECTED]  # the statistics' row order, as the padded layout's
+    longest = max(len(answer) for answer, _ in responses)
+    labels = torch.full((len(responses), longest), IGNORE_INDEX, dtype=torch.long)
+    response_positions = torch.zeros((len(responses), longest), dtype=torch.long)
+    for row, (answer, slots) in enumerate(responses):
+        labels[row, : len(answer)] = torch.tensor(answer)
+        response_positions[row, : len(answer)] = torch.tensor(slots)
+    query, key = segments.unsqueeze(2), segments.unsqueeze(1)
+    visible = ((query == key) | (key == PROMPT)) & (query != PADDING) & (key != PADDING)
+    visible &= torch.ones(width, width, dtype=torch.bool).tril()
+    visible |= torch.eye(width, dtype=torch.bool)  # padding sees itself: a row that sees nothing would be NaN
+    return PairBatch(
+        input_ids=input_ids,
+        attention_mask=visible.unsqueeze(1),
+        labels=labels,
+        logits_to_keep=kept,
+        pair_count=len(pairs),
+        token_count=int((segments != PADDING).sum()),
+        position_ids=position_ids,
+        response_positions=response_positions,
     )
