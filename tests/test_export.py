@@ -164,3 +164,25 @@ def test_chat_answers_one_prompt_from_a_gguf(tmp_path, smollm_tokenizer):
     )
     assert interactive.returncode == 0, interactive.stderr
     assert interactive.stdout.count("model> ") == 2 and "(new conversation)" in interactive.stdout
+
+
+@pytest.mark.slow
+def test_export_links_the_f16_conversion_eval_made_of_the_same_weights(tmp_path, smollm_tokenizer, monkeypatch):
+    """The llama.cpp eval converted the trained weights already: export links that file (same inode, no second
+    conversion), verifies it like any other, and quantizes from it."""
+    from wpo.export import convert
+    from wpo.sampling.llamacpp_backend import converted_policy
+
+    model = tiny_model(tmp_path / "model", "llama", smollm_tokenizer)
+    recipe = load_recipe(None, [f"output_dir={tmp_path / 'run'}", f"export.model={model}", "export.name=tiny",
+                                "export.quantizations=[F16, Q4_K_M]", "export.verify_tokens=64"])  # fmt: skip
+    evaluated = converted_policy(recipe, model)
+    conversions = []
+    real_convert = convert.convert
+    monkeypatch.setattr(convert, "convert", lambda *args: conversions.append(args) or real_convert(*args))
+    run_export(recipe)
+    exported = tmp_path / "run" / "export" / "tiny.F16.gguf"
+    assert os.path.samefile(exported, evaluated) and conversions == []
+    report = {e["type"]: e for e in json.loads((exported.parent / "quantization_report.json").read_text())["files"]}
+    assert report["F16"]["perplexity"] == pytest.approx(report["F16"]["hf_perplexity"], rel=1e-2)
+    assert report["Q4_K_M"]["size_bytes"] < report["F16"]["size_bytes"]

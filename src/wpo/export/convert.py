@@ -129,13 +129,22 @@ def quantize(source: Path, outfile: Path, type_name: str) -> Path:
     return publish(staging, outfile)
 
 
-def export_gguf(model_dir: Path, out_dir: Path, name: str, types: list[str]) -> dict[str, Path]:
-    """One `<name>.<TYPE>.gguf` per requested type; the f16 file is the quantizer's source and is kept."""
+def export_gguf(
+    model_dir: Path, out_dir: Path, name: str, types: list[str], f16_source: Path | None = None
+) -> dict[str, Path]:
+    """One `<name>.<TYPE>.gguf` per requested type; the f16 file is the quantizer's source and is kept. `f16_source`,
+    an F16 conversion of the same weights made earlier (by eval), is hard-linked instead of converting again."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     needs_f16 = any(t in QUANTIZER_TYPES for t in types) or "F16" in types
     if needs_f16:
         files["F16"] = out_dir / f"{name}.F16.gguf"
+        if not files["F16"].is_file() and f16_source is not None:
+            try:
+                os.link(f16_source, files["F16"])
+                log.info("export: %s is %s, the conversion of the same weights", files["F16"].name, f16_source)
+            except OSError as exc:  # another file system: convert
+                log.info("export: could not link %s (%s); converting", f16_source, exc)
         if not files["F16"].is_file():
             convert(model_dir, files["F16"], "f16")
     for type_name in types:

@@ -60,7 +60,7 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
     check_architecture(model_dir)
     config = run_config(recipe)
     discard_files_of_another_config(stage_dir, config_hash(config))
-    files = export_gguf(model_dir, stage_dir, name, types)
+    files = export_gguf(model_dir, stage_dir, name, types, f16_source=evaluated_conversion(recipe, model_dir))
 
     text_path = resolve_local(cfg.verify_text)
     if text_path is None:
@@ -85,6 +85,15 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
                    counts={"files": len(files)}, wall_seconds=time.perf_counter() - started,
                    outputs=[p.name for p in files.values()] + [REPORT, CARD])  # fmt: skip
     return {"files": [str(p) for p in files.values()], "report": report}
+
+
+def evaluated_conversion(recipe: Recipe, model_dir: Path) -> Path | None:
+    """The F16 GGUF the llama.cpp eval (or sampling) converted these very weights to, if there is one."""
+    from wpo.sampling.llamacpp_backend import f16_conversion_path
+
+    cache = Path(recipe.output_dir) / "gguf"
+    converted = f16_conversion_path(model_dir, cache) if cache.is_dir() else None
+    return converted if converted is not None and converted.is_file() else None
 
 
 def discard_files_of_another_config(stage_dir: Path, run_hash: str) -> None:

@@ -71,20 +71,26 @@ def converted_policy(recipe: Recipe, model_dir: Path, cache: Path | None = None)
     (by default `output_dir/gguf/`) by the sha256 of its weights and config: round k's policy is converted when its
     sampling starts, and a rerun, or the eval of the same weights, finds it. F16 keeps the weights as trained (a
     quantized policy would sample another distribution) and is the type llama.cpp batches fastest on AVX2."""
-    from wpo.config import config_hash
     from wpo.export.convert import export_gguf
-    from wpo.manifest import file_sha256
     from wpo.models import merged_model_dir
 
     cache = cache or Path(recipe.output_dir) / "gguf"
     whole = merged_model_dir(model_dir, cache, recipe.model.trust_remote_code)
-    weights = sorted(whole.glob("*.safetensors")) + [whole / "config.json"]
-    digest = config_hash([(path.name, file_sha256(path)) for path in weights])[:16]
-    target = cache / digest / "policy.F16.gguf"
+    target = f16_conversion_path(whole, cache)
     if not target.is_file():
         log.info("llama.cpp: converting %s to an F16 GGUF (%s)", model_dir, target)
         export_gguf(whole, target.parent, "policy", ["F16"])
     return target
+
+
+def f16_conversion_path(whole_model_dir: Path, cache: Path) -> Path:
+    """Where `converted_policy` keeps the F16 GGUF of these weights (a model without an adapter) under `cache`."""
+    from wpo.config import config_hash
+    from wpo.manifest import file_sha256
+
+    weights = sorted(whole_model_dir.glob("*.safetensors")) + [whole_model_dir / "config.json"]
+    digest = config_hash([(path.name, file_sha256(path)) for path in weights])[:16]
+    return cache / digest / "policy.F16.gguf"
 
 
 @dataclass
