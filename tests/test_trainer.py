@@ -413,6 +413,23 @@ def test_training_with_and_without_shared_prompts_gives_the_same_weights(tmp_pat
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
 
 
+def test_a_steps_micro_batches_group_its_pairs_by_length(tmp_path, tiny_llama, pairs_file, monkeypatch):
+    """The step trains on the schedule's pairs, dealt out to micro-batches shortest first, so less is padding."""
+    collated = []
+    real_collate = trainer.collate_pairs
+    monkeypatch.setattr(
+        trainer, "collate_pairs", lambda pairs, *a, **k: collated.append(pairs) or real_collate(pairs, *a, **k)
+    )
+    state = trainer.setup(recipe_for(tmp_path, tiny_llama, pairs_file, "train.per_device_batch_size=2",
+                                     "train.gradient_accumulation_steps=2", "train.max_steps=1"))  # fmt: skip
+    collated.clear()  # the reference pass's
+    trainer.train_step(state, 0)
+    scheduled = [state.tokens.pairs[i] for i in state.schedule.step_indices(0)]
+    assert len(collated) == 2 and sorted(p.id for b in collated for p in b) == sorted(p.id for p in scheduled)
+    lengths = [p.token_count for batch in collated for p in batch]
+    assert lengths == sorted(p.token_count for p in scheduled) and lengths != [p.token_count for p in scheduled]
+
+
 def test_a_model_that_cannot_share_prompts_trains_on_padded_rows(tmp_path, tiny_gemma2, pairs_file, caplog):
     with caplog.at_level(logging.INFO, logger="wpo.train.trainer"):
         trainer.train(recipe_for(tmp_path, tiny_gemma2, pairs_file, "train.max_steps=1"))

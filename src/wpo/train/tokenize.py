@@ -27,6 +27,10 @@ class TokenizedPair:
     chosen_ids: list[int]
     rejected_ids: list[int]
 
+    @property
+    def token_count(self) -> int:
+        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
 
 @dataclass(frozen=True)
 class TokenizedPairs:
@@ -172,7 +176,7 @@ def _collate_padded(pairs: list[TokenizedPair], pad_token_id: int) -> PairBatch:
 def _collate_shared_prompts(pairs: list[TokenizedPair], pad_token_id: int) -> PairBatch:
     # A row per pair rather than one row for the whole batch: attention cost grows with the square of a row's length
     # and the mask cannot skip other pairs' tokens; padding the pairs' rows to the longest costs less here.
-    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    width = max(p.token_count for p in pairs)
     first_logit = min(len(p.prompt_ids) for p in pairs) - 1  # as in the padded layout: no logits before it
     kept = width - first_logit
     input_ids = torch.full((len(pairs), width), pad_token_id, dtype=torch.long)

@@ -208,8 +208,10 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
     """One optimizer step over the schedule's pairs for `step`; returns the logged row (means over all its pairs)."""
     cfg, accelerator, launcher = state.recipe.train, state.accelerator, state.launcher
     started = time.perf_counter()
-    batches = micro_batches(state.schedule.step_indices(step), cfg.per_device_batch_size,
-                            cfg.gradient_accumulation_steps, accelerator.num_processes, accelerator.process_index)  # fmt: skip
+    # the step's gradient is a sum over its pairs, whichever micro-batch each is in: grouping them by length pads less
+    step_pairs = sorted(state.schedule.step_indices(step), key=lambda i: state.tokens.pairs[i].token_count)
+    batches = micro_batches(step_pairs, cfg.per_device_batch_size, cfg.gradient_accumulation_steps,
+                            accelerator.num_processes, accelerator.process_index)  # fmt: skip
     local_pairs = sum(len(batch) for batch in batches)
     collected: dict[str, list[torch.Tensor]] = {}
     token_count = 0
