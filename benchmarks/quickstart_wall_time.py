@@ -1,9 +1,12 @@
-"""The quickstart end to end: its previous configuration (transformers in fp32 for sampling and evaluation) against
-its defaults (batched llama.cpp on an F16 copy of the policy), wall time per stage and the held-out measures, in one
-run.
+"""The quickstart end to end: its previous configuration (transformers in fp32 for sampling and evaluation, two
+padded rows per pair in training, a checkpoint every 5 steps) against its defaults (batched llama.cpp on an F16 copy
+of the policy, each pair's prompt computed once, a checkpoint at the end), wall time per stage and the held-out
+measures, in one run.
 
 Both arms run `wpo run recipes/quickstart.yaml` from an empty output directory with the same seed; they differ only
-in `sample.backend` and `eval.backend` (and the eval batch, which llama.cpp decodes as one batch of sequences).
+in `sample.backend`, `eval.backend` (and the eval batch, which llama.cpp decodes as one batch of sequences),
+`train.share_prompts` and `train.save_steps`. (Both group a step's pairs into micro-batches by length; export links
+eval's F16 conversion where eval made one, so only in the defaults.)
 First-use work both arms share or that a machine does once — dequantizing the embedded GGUF, the F16 copy of the
 base policy — is done before timing and printed apart. Prints each stage's wall time (from the run's summary), the
 total, and the ratio defaults / previous; then each held-out measure of both trained models with its 95% CI, and
@@ -29,7 +32,13 @@ from wpo.sampling.llamacpp_backend import policy_gguf
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
 ARMS = {  # output directory under --root: its overrides of the recipe
-    "previous": ["sample.backend=transformers", "eval.backend=transformers", "eval.batch_size=16"],
+    "previous": [
+        "sample.backend=transformers",
+        "eval.backend=transformers",
+        "eval.batch_size=16",
+        "train.share_prompts=false",
+        "train.save_steps=5",
+    ],
     "defaults": [],
 }
 
