@@ -364,6 +364,22 @@ def test_chunked_loss_runs_as_the_output_layers_forward(tiny_llama, pairs_file):
         assert_close(actual.aligned_logps, expected.aligned_logps, rtol=1e-5, atol=1e-5)
 
 
+def test_reference_logps_come_back_in_the_pairs_order_though_batched_by_length(tiny_llama, pairs_file):
+    from wpo.train.reference import compute_reference_logps
+
+    model = tiny_model(tiny_llama)
+    tokens, tokenizer = tokenized_pairs(tiny_llama, pairs_file)
+    lengths = [p.token_count for p in tokens.pairs]
+    assert lengths != sorted(lengths)  # batching by length reorders these pairs
+    batched = compute_reference_logps(model, tokens, 4, tokenizer.pad_token_id, "cpu", loss_chunk_size=7,
+                                      share_prompts=True)  # fmt: skip
+    one_by_one = compute_reference_logps(model, tokens, 1, tokenizer.pad_token_id, "cpu", loss_chunk_size=7)
+    for actual, expected in zip(batched, one_by_one, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    shard = compute_reference_logps(model, tokens, 2, tokenizer.pad_token_id, "cpu", loss_chunk_size=7, indices=[4, 1])
+    torch.testing.assert_close(shard[0], one_by_one[0][[4, 1]], rtol=1e-5, atol=1e-5)
+
+
 def test_reference_logps_by_the_chunked_path_equal_the_full_path(tiny_gemma2, pairs_file):
     from wpo.train.reference import compute_reference_logps
 
@@ -483,7 +499,7 @@ def test_a_non_finite_model_is_named_in_the_reference_pass(tmp_path, tiny_llama,
     broken = model_with_an_infinite_weight(tmp_path, tiny_llama)
     recipe = recipe_for(tmp_path, broken, pairs_file, "train.max_steps=1", f"train.loss_chunk_size={loss_chunk_size}")
     with pytest.raises(WpoError, match=r"^non-finite (logits|log-probs \(the model's logits are not finite\)) in the "
-                                       r"reference pass, pairs \['p1', 'p2'\]$"):  # fmt: skip
+                                       r"reference pass, pairs \['p\d', 'p\d'\]$"):  # fmt: skip
         trainer.train(recipe)
 
 

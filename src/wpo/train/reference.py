@@ -71,24 +71,25 @@ def compute_reference_logps(
     indices: list[int] | None = None,
     show_progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs of the pairs at `indices` (default: all), by the same forward as training (chunked
-    or not), without autograd."""
+    """Summed response log-probs of the pairs at `indices` (default: all), in that order, by the same forward as
+    training (chunked or not), without autograd. The pairs are batched shortest first, so little is padding."""
     pairs = tokens.pairs if indices is None else [tokens.pairs[i] for i in indices]
+    by_length = sorted(range(len(pairs)), key=lambda i: pairs[i].token_count)
     was_training = model.training
     model.eval()
-    chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
-    batches = range(0, len(pairs), batch_size)
-    for start in tqdm(batches, desc="reference log-probs", unit="batch", disable=not show_progress):
-        batch_pairs = pairs[start : start + batch_size]
+    chosen, rejected = torch.zeros(len(pairs)), torch.zeros(len(pairs))
+    batches = [by_length[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
+    for batch_indices in tqdm(batches, desc="reference log-probs", unit="batch", disable=not show_progress):
+        batch_pairs = [pairs[i] for i in batch_indices]
         batch = collate_pairs(batch_pairs, pad_token_id, share_prompts=share_prompts).to(device)
         try:
             chosen_stats, rejected_stats = pair_statistics(model, batch, loss_chunk_size=loss_chunk_size)
         except NonFiniteError as exc:
             raise NonFiniteError(f"{exc} in the reference pass, pairs {[p.id for p in batch_pairs]}") from None
-        chosen.append(chosen_stats.logps.float().cpu())
-        rejected.append(rejected_stats.logps.float().cpu())
+        chosen[batch_indices] = chosen_stats.logps.float().cpu()
+        rejected[batch_indices] = rejected_stats.logps.float().cpu()
     model.train(was_training)
-    return torch.cat(chosen), torch.cat(rejected)
+    return chosen, rejected
 
 
 def load_or_compute(
