@@ -4,9 +4,10 @@ of the policy, each pair's prompt computed once, a checkpoint at the end), wall 
 measures, in one run.
 
 Both arms run `wpo run recipes/quickstart.yaml` from an empty output directory with the same seed; they differ only
-in `sample.backend`, `eval.backend` (and the eval batch, which llama.cpp decodes as one batch of sequences),
-`train.share_prompts` and `train.save_steps`. (Both group a step's pairs into micro-batches by length; export links
-eval's F16 conversion where eval made one, so only in the defaults.)
+in `sample.backend` and `sample.batch_size`, `eval.backend` and `eval.batch_size` (llama.cpp decodes a batch as one
+batch of sequences), `train.share_prompts` and `train.save_steps`. (Both batch pairs by length in training's
+micro-batches and the reference pass; export links eval's F16 conversion where eval made one, so only in the
+defaults.)
 First-use work both arms share or that a machine does once — dequantizing the embedded GGUF, the F16 copy of the
 base policy — is done before timing and printed apart. Prints each stage's wall time (from the run's summary), the
 total, and the ratio defaults / previous; then each held-out measure of both trained models with its 95% CI, and
@@ -34,6 +35,7 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.ya
 ARMS = {  # output directory under --root: its overrides of the recipe
     "previous": [
         "sample.backend=transformers",
+        "sample.batch_size=8",
         "eval.backend=transformers",
         "eval.batch_size=16",
         "train.share_prompts=false",
