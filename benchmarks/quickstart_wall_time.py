@@ -38,7 +38,7 @@ ARMS = {  # output directory under --root: its overrides of the recipe
         "sample.batch_size=8",
         "eval.backend=transformers",
         "eval.batch_size=16",
-        "train.share_prompts=false",
+        "train.share_prompts=never",
         "train.save_steps=5",
     ],
     "defaults": [],

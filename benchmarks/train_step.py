@@ -8,9 +8,11 @@ step); memory is the peak resident set of the training steps over what was resid
 precomputed reference log-probs and optimizer object included in that baseline; gradients, Adam state and
 activations not), and the process's peak over its whole life. Variants:
 
-- `chunked`:      the trainer's default, `train.loss_chunk_size: 256` (`wpo.train.chunked_loss`) with
-                  `train.share_prompts: true` (a row per pair, its prompt computed once for both answers)
-- `padded`:       `chunked` with `train.share_prompts: false`: two padded rows per pair, the prompt computed twice
+- `chunked`:      the trainer's default, `train.loss_chunk_size: 256` (`wpo.train.chunked_loss`) and
+                  `train.share_prompts: auto` (a row per pair, its prompt computed once for both answers, where that
+                  costs fewer FLOPs than two padded rows)
+- `padded`:       `chunked` with `train.share_prompts: never`: two padded rows per pair, the prompt computed twice
+- `shared`:       `chunked` with `train.share_prompts: always`
 - `chunked-bf16`: the same under `train.mixed_precision: bf16` (bf16 compute over fp32 master weights); run only on
                   a CPU with bf16 instructions — elsewhere the trainer falls back to fp32 and there is nothing to time
 - `full-logits`:  `train.loss_chunk_size: 0`, logits from the shortest prompt on (`logits_to_keep`)
@@ -51,7 +53,7 @@ from peak_memory import ratio
 from transformers import TrainerCallback
 
 MODEL = "embedded:smollm2-135m-instruct"
-VARIANTS = ("chunked", "padded", "chunked-bf16", "full-logits", "trl", "trl-bf16", "trl-defaults")
+VARIANTS = ("chunked", "padded", "shared", "chunked-bf16", "full-logits", "trl", "trl-bf16", "trl-defaults")
 BF16_VARIANTS = ("chunked-bf16", "trl-bf16")
 LEARNING_RATE, BETA = 1e-6, 0.1
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
@@ -90,6 +92,7 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
     from wpo.config import load_recipe
     from wpo.models import load_causal_lm, load_tokenizer, resolve_model_path
     from wpo.train import trainer
+    from wpo.train.forward import prompt_sharing
     from wpo.train.launchers import make_launcher
     from wpo.train.schedule import build_schedule
     from wpo.train.reference import ReferenceLogps, compute_reference_logps
@@ -102,7 +105,7 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
         f"train.gradient_checkpointing={str(checkpointing).lower()}", f"train.max_length={tokens + 1}",
         f"train.max_prompt_length={tokens // 2}", *(["train.loss_chunk_size=0"] if variant == "full-logits" else []),
         *(["train.mixed_precision=bf16"] if variant == "chunked-bf16" else []),
-        *(["train.share_prompts=false"] if variant == "padded" else []),
+        *({"padded": ["train.share_prompts=never"], "shared": ["train.share_prompts=always"]}.get(variant, [])),
         *([f"model.lora={json.dumps(LORA)}"] if lora else []),
     ])  # fmt: skip
     path = resolve_model_path(MODEL)
@@ -114,10 +117,11 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
     model = trainer._make_trainable(load_causal_lm(path, recipe.model), recipe, None)
     accelerator = Accelerator(cpu=True, mixed_precision=trainer._mixed_precision(recipe, on_cpu=True) or "no")
     chunk = recipe.train.loss_chunk_size
-    share = trainer._shares_prompts(model, recipe)
+    sharing = prompt_sharing(model, recipe.train.share_prompts, recipe.train.max_length)
+    share = sharing.applies_to(tokenized.pairs)  # the pairs all have the same lengths
     with accelerator.autocast():  # the reference in the policy's compute precision, as the trainer does
         chosen, rejected = compute_reference_logps(model, tokenized, pairs, tokenizer.pad_token_id, accelerator.device,
-                                                   loss_chunk_size=chunk, share_prompts=share)  # fmt: skip
+                                                   loss_chunk_size=chunk, sharing=sharing)  # fmt: skip
     references = ReferenceLogps(chosen, rejected, None, False)  # policy = reference: step-1 loss is ln 2 x weight
     optimizer = trainer._build_optimizer(model, recipe)
     schedule = build_schedule(pairs, recipe, 1)
@@ -127,7 +131,7 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
     state = trainer.TrainState(recipe=recipe, accelerator=accelerator, launcher=launcher, model=model,
                                optimizer=optimizer, scheduler=scheduler, tokens=tokenized, references=references,
                                schedule=schedule, pad_token_id=tokenizer.pad_token_id,
-                               share_prompts=share)  # fmt: skip
+                               sharing=sharing)  # fmt: skip
     setup_peak = peak_memory.peak_mib()
     start = peak_memory.reset_peak()
     wall, cpu, losses = [], [], []

@@ -17,6 +17,7 @@ from wpo.config import load_recipe
 from wpo.errors import ConfigError, DataError, WpoError
 from wpo.train import trainer
 from wpo.train.metrics import read_metrics
+from wpo.train.tokenize import PromptSharing, TokenizedPair
 
 
 def recipe_for(tmp_path: Path, model: Path, pairs: Path, *overrides: str, run: str = "run"):
@@ -372,7 +373,7 @@ def test_reference_logps_come_back_in_the_pairs_order_though_batched_by_length(t
     lengths = [p.token_count for p in tokens.pairs]
     assert lengths != sorted(lengths)  # batching by length reorders these pairs
     batched = compute_reference_logps(model, tokens, 4, tokenizer.pad_token_id, "cpu", loss_chunk_size=7,
-                                      share_prompts=True)  # fmt: skip
+                                      sharing=PromptSharing("always"))  # fmt: skip
     one_by_one = compute_reference_logps(model, tokens, 1, tokenizer.pad_token_id, "cpu", loss_chunk_size=7)
     for actual, expected in zip(batched, one_by_one, strict=True):
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
@@ -415,10 +416,12 @@ def test_training_with_and_without_shared_prompts_gives_the_same_weights(tmp_pat
     the weights that padded rows train, and the run logs what it computed."""
     common = ("train.max_steps=2", "train.warmup_ratio=0.0", "train.per_device_batch_size=2",
               "train.gradient_accumulation_steps=2")  # fmt: skip
-    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.share_prompts=false", run="padded"))
-    with caplog.at_level(logging.INFO, logger="wpo.train.trainer"):
-        trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="shared"))
-    assert "prompts: each computed once for both of its answers" in caplog.text
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.share_prompts=never", run="padded"))
+    with caplog.at_level(logging.INFO, logger="wpo.train.forward"):
+        trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.share_prompts=always", run="shared"))
+    assert (
+        "prompts: computed once for both of their answers in every batch (train.share_prompts: always)" in caplog.text
+    )
     padded = read_metrics(tmp_path / "padded" / "train" / "metrics.jsonl")
     shared = read_metrics(tmp_path / "shared" / "train" / "metrics.jsonl")
     for key in ("loss", "weight_mean", "logps_chosen", "logps_rejected", "grad_norm"):
@@ -446,8 +449,32 @@ def test_a_steps_micro_batches_group_its_pairs_by_length(tmp_path, tiny_llama, p
     assert lengths == sorted(p.token_count for p in scheduled) and lengths != [p.token_count for p in scheduled]
 
 
+def test_auto_shares_a_prompt_where_that_costs_fewer_flops():
+    """Worked by hand, 100 multiply-adds of weights per position and 1 of attention per query-key pair. A 10-token
+    prompt with 2-token answers: padded 2 x (12 x 100 + 12²/2) = 2544 against shared 14 x 100 + 14² = 1596. A 2-token
+    prompt with 100-token answers: padded 2 x (102 x 100 + 102²/2) = 30804 against shared 202 x 100 + 202² = 61004,
+    the dense mask's attention outweighing the prompt saved."""
+    costs = PromptSharing("auto", weights_per_position=100, attention_per_pair=1)
+    long_prompt = [TokenizedPair("a", list(range(10)), [1, 2], [3, 4])]
+    long_answers = [TokenizedPair("b", [1, 2], list(range(100)), list(range(100)))]
+    assert costs.applies_to(long_prompt) and not costs.applies_to(long_answers)
+    assert PromptSharing("always").applies_to(long_answers) and not PromptSharing("never").applies_to(long_prompt)
+
+
+def test_the_models_costs_are_its_body_weights_and_attention_width(tiny_llama):
+    from wpo.train.forward import prompt_sharing
+
+    model = tiny_model(tiny_llama)
+    sharing = prompt_sharing(model, "auto", 64)
+    config = model.config
+    layer = sum(p.numel() for p in model.model.layers[0].parameters() if p.ndim == 2)
+    assert sharing.weights_per_position == config.num_hidden_layers * layer
+    assert sharing.attention_per_pair == 2 * config.num_hidden_layers * config.hidden_size
+    assert prompt_sharing(model, "never", 64) == PromptSharing("never")
+
+
 def test_a_model_that_cannot_share_prompts_trains_on_padded_rows(tmp_path, tiny_gemma2, pairs_file, caplog):
-    with caplog.at_level(logging.INFO, logger="wpo.train.trainer"):
+    with caplog.at_level(logging.INFO, logger="wpo.train.forward"):
         trainer.train(recipe_for(tmp_path, tiny_gemma2, pairs_file, "train.max_steps=1"))
     assert (
         "train.share_prompts: the model cannot share a prompt between its answers (it has 16-token sliding-window "

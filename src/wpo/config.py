@@ -212,9 +212,10 @@ class TrainConfig(Section):
     # response tokens projected at a time; 0 = full logits (wpo.train.chunked_loss). Only memory (and float rounding)
     # changes with it: a run that ran out of memory can resume with a smaller one.
     loss_chunk_size: int = unhashed(256, ge=0)
-    # a pair's prompt is computed once for both answers (wpo.train.tokenize.PairBatch), not once per answer; models
-    # whose attention cannot take the custom mask fall back to padded rows with one logged line
-    share_prompts: bool = unhashed(True)
+    # a pair's prompt computed once for both answers (wpo.train.tokenize.PairBatch) rather than once per answer:
+    # auto where that costs fewer FLOPs (PromptSharing), always, or never; models whose attention cannot take the
+    # custom mask get padded rows, with one logged line
+    share_prompts: Literal["auto", "always", "never"] = unhashed("auto")
     resume: Literal["auto", "never"] = unhashed("auto")
     # full fine-tuning of bf16/fp16 weights rounds small updates away: refused unless asked for (low_precision_problem)
     low_precision_weights: bool = False

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from accelerate.utils import extract_model_from_parallel
 
 from wpo.train.chunked_loss import chunked_sequence_statistics
 from wpo.errors import NonFiniteError, WpoError
 from wpo.train.loss import IGNORE_INDEX, SequenceStatistics, sequence_statistics, soft_cap
-from wpo.train.tokenize import PairBatch
+from wpo.train.tokenize import NO_SHARING, PairBatch, PromptSharing
+
+log = logging.getLogger(__name__)
 
 
 def split_statistics(stats: SequenceStatistics, pair_count: int) -> tuple[SequenceStatistics, SequenceStatistics]:
@@ -93,6 +97,26 @@ def model_inputs(model, batch: PairBatch) -> dict[str, torch.Tensor]:
 
 def attention_implementation(model) -> str:
     return extract_model_from_parallel(model).config.get_text_config()._attn_implementation
+
+
+def prompt_sharing(model, mode: str, max_length: int) -> PromptSharing:
+    """`train.share_prompts` for this model: never where it cannot take the mask (logged), else the FLOP counts
+    `PromptSharing` weighs the two layouts by."""
+    problem = None if mode == "never" else prompt_sharing_problem(model, max_length)
+    if problem:
+        log.warning("train.share_prompts: the model cannot share a prompt between its answers (%s); each answer "
+                    "gets its own padded row", problem)  # fmt: skip
+    if mode == "never" or problem:
+        return NO_SHARING
+    unwrapped = extract_model_from_parallel(model)
+    embeddings = {id(layer.weight) for layer in (unwrapped.get_input_embeddings(), unwrapped.get_output_embeddings())}
+    body = sum(p.numel() for p in unwrapped.parameters() if p.ndim >= 2 and id(p) not in embeddings)
+    config = unwrapped.config.get_text_config()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    attention = 2 * config.num_hidden_layers * config.num_attention_heads * head_dim  # scores, then the mix
+    log.info("prompts: computed once for both of their answers %s (train.share_prompts: %s)",
+             "in every batch" if mode == "always" else "where that costs fewer FLOPs", mode)  # fmt: skip
+    return PromptSharing(mode, weights_per_position=body, attention_per_pair=attention)
 
 
 def prompt_sharing_problem(model, max_length: int) -> str | None:

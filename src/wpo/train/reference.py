@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from wpo.data.io import atomic_writer
 from wpo.errors import NonFiniteError
 from wpo.train.forward import pair_statistics
-from wpo.train.tokenize import TokenizedPairs, collate_pairs
+from wpo.train.tokenize import NO_SHARING, PromptSharing, TokenizedPairs, collate_pairs
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def compute_reference_logps(
     device,
     *,
     loss_chunk_size: int,
-    share_prompts: bool = False,
+    sharing: PromptSharing = NO_SHARING,
     indices: list[int] | None = None,
     show_progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +81,7 @@ def compute_reference_logps(
     batches = [by_length[start : start + batch_size] for start in range(0, len(pairs), batch_size)]
     for batch_indices in tqdm(batches, desc="reference log-probs", unit="batch", disable=not show_progress):
         batch_pairs = [pairs[i] for i in batch_indices]
-        batch = collate_pairs(batch_pairs, pad_token_id, share_prompts=share_prompts).to(device)
+        batch = collate_pairs(batch_pairs, pad_token_id, share_prompts=sharing.applies_to(batch_pairs)).to(device)
         try:
             chosen_stats, rejected_stats = pair_statistics(model, batch, loss_chunk_size=loss_chunk_size)
         except NonFiniteError as exc:
@@ -102,7 +102,7 @@ def load_or_compute(
     pad_token_id: int,
     accelerator,
     loss_chunk_size: int,
-    share_prompts: bool,
+    sharing: PromptSharing,
 ) -> ReferenceLogps:
     """Read the cached log-probs for `key`, or load the reference with `load_model()`, compute and cache them.
 
@@ -122,7 +122,7 @@ def load_or_compute(
     chosen, rejected = (
         gather_strided(values, count, accelerator)
         for values in compute_reference_logps(model, tokens, batch_size, pad_token_id, accelerator.device,
-                                              loss_chunk_size=loss_chunk_size, share_prompts=share_prompts,
+                                              loss_chunk_size=loss_chunk_size, sharing=sharing,
                                               indices=shard,
                                               show_progress=accelerator.is_main_process)
     )  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -138,6 +139,31 @@ class PairBatch:
             move(self.input_ids), move(self.attention_mask), move(self.labels), self.logits_to_keep, self.pair_count,
             self.token_count, move(self.position_ids), move(self.response_positions),
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PromptSharing:
+    """Which layout a batch gets: `never` padded rows, `always` shared-prompt rows, `auto` whichever costs fewer
+    multiply-adds by a model's weights per position (its body, the output layer aside: that projects the same
+    response tokens either way) and attention per query-key pair. A shared row computes its prompt once, but its mask
+    is dense, so attention cannot skip the blocks above the diagonal as a causal one does: with short prompts and
+    long answers (1024 + 1024 tokens on SmolLM2-135M) two padded rows are cheaper (benchmarks/train_step.py)."""
+
+    mode: Literal["auto", "always", "never"]
+    weights_per_position: float = 0.0
+    attention_per_pair: float = 0.0
+
+    def applies_to(self, pairs: list[TokenizedPair]) -> bool:
+        if self.mode != "auto":
+            return self.mode == "always"
+        padded = max(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs)
+        shared = max(p.token_count for p in pairs)
+        padded_cost = 2 * (padded * self.weights_per_position + padded * padded / 2 * self.attention_per_pair)
+        shared_cost = shared * self.weights_per_position + shared * shared * self.attention_per_pair
+        return shared_cost < padded_cost
+
+
+NO_SHARING = PromptSharing("never")
 
 
 # what each position of a shared-prompt row holds

@@ -38,13 +38,13 @@ from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from wpo.pipeline import stage_output
 from wpo.train import checkpoint, reference, zero
-from wpo.train.forward import pair_statistics, prompt_sharing_problem, require_finite
+from wpo.train.forward import pair_statistics, prompt_sharing, require_finite
 from wpo.train.launchers import Launcher, make_launcher
 from wpo.train.loss import REFERENCE_FREE_LOSSES, preference_loss
 from wpo.train.metrics import MetricsLog
 from wpo.train.reference import ReferenceLogps
 from wpo.train.schedule import Schedule, build_schedule, micro_batches
-from wpo.train.tokenize import TokenizedPairs, collate_pairs, tokenize_pairs
+from wpo.train.tokenize import PromptSharing, TokenizedPairs, collate_pairs, tokenize_pairs
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class TrainState:
     references: ReferenceLogps | None
     schedule: Schedule
     pad_token_id: int
-    share_prompts: bool
+    sharing: PromptSharing
     # what the run saves and reports
     tokenizer: Any = None
     config: dict[str, Any] | None = None
@@ -178,9 +178,8 @@ def setup(recipe: Recipe) -> TrainState:
 
     model = load_causal_lm(_policy_weights_path(model_path, resume_point, recipe), recipe.model)
     model.to(accelerator.device)
-    share_prompts = _shares_prompts(model, recipe)
-    references = _reference_logps(recipe, model_path, model, tokens, tokenizer, resume_point, accelerator,
-                                  share_prompts)  # fmt: skip
+    sharing = prompt_sharing(model, cfg.share_prompts, cfg.max_length)
+    references = _reference_logps(recipe, model_path, model, tokens, tokenizer, resume_point, accelerator, sharing)
     model = _make_trainable(model, recipe, resume_point)
     optimizer = _build_optimizer(model, recipe)
     scheduler = get_scheduler(
@@ -199,7 +198,7 @@ def setup(recipe: Recipe) -> TrainState:
     return TrainState(
         recipe=recipe, accelerator=accelerator, launcher=launcher, model=model, optimizer=optimizer,
         scheduler=scheduler, tokens=tokens, references=references, schedule=schedule,
-        pad_token_id=tokenizer.pad_token_id, share_prompts=share_prompts, tokenizer=tokenizer, config=config, run_hash=run_hash,
+        pad_token_id=tokenizer.pad_token_id, sharing=sharing, tokenizer=tokenizer, config=config, run_hash=run_hash,
         start_step=start_step, loaded=loaded, skipped=dict(policy.skipped),
     )  # fmt: skip
 
@@ -216,8 +215,9 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
     collected: dict[str, list[torch.Tensor]] = {}
     token_count = 0
     for position, indices in enumerate(batches):
-        batch = collate_pairs([state.tokens.pairs[i] for i in indices], state.pad_token_id,
-                              share_prompts=state.share_prompts).to(accelerator.device)  # fmt: skip
+        pairs = [state.tokens.pairs[i] for i in indices]
+        batch = collate_pairs(pairs, state.pad_token_id, share_prompts=state.sharing.applies_to(pairs))
+        batch = batch.to(accelerator.device)
         token_count += batch.token_count
         where = f" at step {step + 1}, pairs {[state.tokens.pairs[i].id for i in indices]}"
         with launcher.accumulating(state.model, last=position == len(batches) - 1):
@@ -401,19 +401,7 @@ def _policy_weights_path(model_path: str, resume_point, recipe: Recipe) -> str:
     return model_path
 
 
-def _shares_prompts(model, recipe: Recipe) -> bool:
-    if not recipe.train.share_prompts:
-        return False
-    problem = prompt_sharing_problem(model, recipe.train.max_length)
-    if problem:
-        log.warning("train.share_prompts: the model cannot share a prompt between its answers (%s); each answer "
-                    "gets its own padded row", problem)  # fmt: skip
-    else:
-        log.info("prompts: each computed once for both of its answers (train.share_prompts)")
-    return problem is None
-
-
-def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, resume_point, accelerator, share_prompts):
+def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, resume_point, accelerator, sharing):
     cfg = recipe.train
     if cfg.loss in REFERENCE_FREE_LOSSES:
         return None
@@ -428,7 +416,7 @@ def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, resume
         return load_causal_lm(reference_path, recipe.model).to(accelerator.device)
 
     # the layout too: it changes the float rounding, and the first step should see z = 0 exactly
-    precision = f"{resolve_dtype(recipe.model.dtype)}|autocast={accelerator.mixed_precision}|shared={share_prompts}"
+    precision = f"{resolve_dtype(recipe.model.dtype)}|autocast={accelerator.mixed_precision}|shared={sharing.mode}"
     key = reference.cache_key(reference.model_fingerprint(reference_path), precision, tokens)
     with accelerator.autocast():  # the policy's compute precision, so step 1 sees z = 0
         result = reference.load_or_compute(
@@ -440,7 +428,7 @@ def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, resume
             pad_token_id=tokenizer.pad_token_id,
             accelerator=accelerator,
             loss_chunk_size=cfg.loss_chunk_size,
-            share_prompts=share_prompts,
+            sharing=sharing,
         )
     gc.collect()
     return result
