@@ -1,4 +1,4 @@
-"""Pairs → token ids, and token ids → padded chosen+rejected batches.
+"""Pairs → token ids, and token ids → chosen+rejected batches (padded rows, or a row per pair sharing its prompt).
 
 The response is every token the chat template emits after the prompt rendered with `add_generation_prompt=True`,
 end-of-turn tokens included. Prompt and response are tokenized separately (so a merge across the boundary can
