@@ -34,8 +34,12 @@ weight per token for forward and backward, 2 more with checkpointing, plus atten
 the tokens the model computed, so a shared prompt counts once) is printed beside the per-core matmul peak measured
 in the same run at SmolLM2's layer shapes, fp32 and bf16.
 
+`--profile DIR` writes each variant's torch profile of its steps (the ops by CPU time) to DIR: on a CPU with bf16
+units, `--variants chunked chunked-bf16 trl trl-bf16 --profile DIR` shows which ops an autocast spends its time in.
+Profiling slows the steps; time without it.
+
 Run: python benchmarks/train_step.py [--tokens 512 1024 2048] [--variants chunked full-logits trl] [--pairs 1]
-     [--steps 2] [--gradient-checkpointing] [--lora]   (the defaults: ~25 min on a 2-core CPU; ~40 min on one core)
+     [--steps 2] [--gradient-checkpointing] [--lora] [--profile DIR]   (the defaults: ~25 min on a 2-core CPU; ~40 min on one core)
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import random
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import peak_memory
 from peak_memory import ratio
@@ -84,7 +89,9 @@ def synthetic_pairs(tokenizer, pairs: int, tokens: int) -> list[dict]:
     return rows
 
 
-def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool, lora: bool) -> dict:
+def wpo_child(
+    variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool, lora: bool, profile: Path | None
+) -> dict:
     import torch
     from accelerate import Accelerator
     from transformers import get_scheduler
@@ -135,19 +142,24 @@ def wpo_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
     setup_peak = peak_memory.peak_mib()
     start = peak_memory.reset_peak()
     wall, cpu, losses = [], [], []
+    profiler = OpProfile(profile)
     for _ in range(steps + 1):
+        profiler.start()
         started, started_cpu = time.perf_counter(), time.process_time()
         row = trainer.train_step(state, 0)
         wall.append(time.perf_counter() - started)
         cpu.append(time.process_time() - started_cpu)
         losses.append(row["loss"])
+    profiler.stop()
     computed = round(row["tokens_per_second"] * row["step_seconds"])
     settings = (f"loss_chunk_size={chunk}, share_prompts={share}, mixed_precision={accelerator.mixed_precision}, "
                 f"lora={lora}")  # fmt: skip
     return result(variant, wall, cpu, setup_peak, start, losses, settings, computed)
 
 
-def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool, lora: bool) -> dict:
+def trl_child(
+    variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool, lora: bool, profile: Path | None
+) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -177,7 +189,7 @@ def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
         for row, prepared in zip(rows, dpo.train_dataset, strict=True):
             for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
                 assert prepared[key] == row[key], f"TRL tokenized {key} differently"
-        timer = StepTimer()
+        timer = StepTimer(OpProfile(profile))
         dpo.add_callback(timer)
         dpo.train()
         losses = [entry["loss"] for entry in dpo.state.log_history if "loss" in entry]
@@ -189,10 +201,32 @@ def trl_child(variant: str, pairs: int, tokens: int, steps: int, checkpointing: 
     return result(variant, timer.wall, timer.cpu, timer.setup_peak, timer.start, losses, settings_text, computed)
 
 
+class OpProfile:
+    """With `--profile DIR`: the torch profiler over the training steps (from the first step's start to the end),
+    written to DIR as a table of the ops that took the CPU time, most first — where an autocast spends it."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.profiler = path, None
+
+    def start(self) -> None:
+        if self.path is not None and self.profiler is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            self.profiler = profile(activities=[ProfilerActivity.CPU])
+            self.profiler.__enter__()
+
+    def stop(self) -> None:
+        if self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+            self.path.write_text(self.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+            self.profiler = None
+
+
 class StepTimer(TrainerCallback):
     """Peak memory from the start of training; the time of each step, from the end of the one before."""
 
-    def __init__(self):
+    def __init__(self, profiler: OpProfile):
+        self.profiler = profiler
         self.wall: list[float] = []
         self.cpu: list[float] = []
         self.mark: tuple[float, float] | None = None
@@ -203,6 +237,7 @@ class StepTimer(TrainerCallback):
         self.start = peak_memory.reset_peak()
 
     def on_step_begin(self, args, state, control, **kwargs):
+        self.profiler.start()
         self.mark = self.mark or (time.perf_counter(), time.process_time())
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -210,6 +245,9 @@ class StepTimer(TrainerCallback):
         self.wall.append(now[0] - self.mark[0])
         self.cpu.append(now[1] - self.mark[1])
         self.mark = now
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.profiler.stop()
 
 
 def result(
@@ -276,13 +314,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed steps, after one untimed first step")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="for ours and `trl` alike")
     parser.add_argument("--lora", action="store_true", help="train a LoRA adapter (ours and TRL's alike)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="write each variant's op profile of its steps to DIR/<variant>-T<tokens>.txt")  # fmt: skip
     parser.add_argument("--child", choices=VARIANTS)
     args = parser.parse_args()
     if args.child:
         run = trl_child if args.child.startswith("trl") else wpo_child
-        measured = run(args.child, args.pairs, args.tokens[0], args.steps, args.gradient_checkpointing, args.lora)
+        profile = args.profile / f"{args.child}-T{args.tokens[0]}.txt" if args.profile else None
+        measured = run(args.child, args.pairs, args.tokens[0], args.steps, args.gradient_checkpointing, args.lora,
+                       profile)  # fmt: skip
         print(json.dumps(measured))
         return
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
 
     import torch
     import trl
@@ -311,7 +355,7 @@ def main() -> None:
         for variant in variants:
             arguments = ["--child", variant, "--pairs", str(args.pairs), "--tokens", str(tokens), "--steps",
                          str(args.steps), *(["--gradient-checkpointing"] * args.gradient_checkpointing),
-                         *(["--lora"] * args.lora)]  # fmt: skip
+                         *(["--lora"] * args.lora), *(["--profile", str(args.profile)] if args.profile else [])]  # fmt: skip
             started = time.perf_counter()
             results[variant] = peak_memory.run_child(__file__, arguments)
             results[variant]["process_seconds"] = time.perf_counter() - started  # cold start to end
