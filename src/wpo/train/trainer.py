@@ -415,7 +415,7 @@ def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, resume
             return policy_model  # the untrained policy is the reference: no second copy in memory
         return load_causal_lm(reference_path, recipe.model).to(accelerator.device)
 
-    # the layout too: it changes the float rounding, and the first step should see z = 0 exactly
+    # the layout too: log-probs computed with a shared prompt differ from padded rows' in the float rounding
     precision = f"{resolve_dtype(recipe.model.dtype)}|autocast={accelerator.mixed_precision}|shared={sharing.mode}"
     key = reference.cache_key(reference.model_fingerprint(reference_path), precision, tokens)
     with accelerator.autocast():  # the policy's compute precision, so step 1 sees z = 0
