@@ -95,8 +95,13 @@ def model_inputs(model, batch: PairBatch) -> dict[str, torch.Tensor]:
     return {"input_ids": batch.input_ids, "attention_mask": mask, "position_ids": batch.position_ids}
 
 
+def text_config(model):
+    """The (text) config of the model inside any wrapper (DDP, DeepSpeed, PEFT)."""
+    return extract_model_from_parallel(model).config.get_text_config()
+
+
 def attention_implementation(model) -> str:
-    return extract_model_from_parallel(model).config.get_text_config()._attn_implementation
+    return text_config(model)._attn_implementation
 
 
 def prompt_sharing(model, mode: str, max_length: int) -> PromptSharing:
@@ -111,7 +116,7 @@ def prompt_sharing(model, mode: str, max_length: int) -> PromptSharing:
     unwrapped = extract_model_from_parallel(model)
     embeddings = {id(layer.weight) for layer in (unwrapped.get_input_embeddings(), unwrapped.get_output_embeddings())}
     body = sum(p.numel() for p in unwrapped.parameters() if p.ndim >= 2 and id(p) not in embeddings)
-    config = unwrapped.config.get_text_config()
+    config = text_config(model)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     attention = 2 * config.num_hidden_layers * config.num_attention_heads * head_dim  # scores, then the mix
     log.info("prompts: computed once for both of their answers %s (train.share_prompts: %s)",
@@ -125,7 +130,7 @@ def prompt_sharing_problem(model, max_length: int) -> str | None:
     implementation = attention_implementation(model)
     if implementation not in ("eager", "sdpa"):
         return f"its attention implementation {implementation!r} does not take a custom mask"
-    config = extract_model_from_parallel(model).config.get_text_config()
+    config = text_config(model)
     window = getattr(config, "sliding_window", None)
     if window and getattr(config, "use_sliding_window", True) and window < max_length:
         return f"it has {window}-token sliding-window attention, shorter than train.max_length {max_length}"
