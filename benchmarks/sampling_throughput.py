@@ -37,6 +37,7 @@ from wpo.data.io import BadRecordPolicy
 from wpo.models import embedded_gguf, load_tokenizer, resolve_model_path
 from wpo.sampling import SampleRequest, Sampler, cut_at_stop, make_sampler, render_prompt, sample_seed
 from wpo.sampling.stage import batch_plan, load_prompts
+from wpo.train.trainer import cpu_has_bf16_units
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
 SIMD_LEVELS = [("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2")]  # /proc/cpuinfo flag, name
@@ -105,7 +106,7 @@ def main() -> None:
         "llamacpp Q4_1, batched": lambda: make_sampler(q4_1, model_path),
         "llamacpp F16, batched": lambda: make_sampler(f16, model_path),
     }
-    if torch.cpu._is_avx512_bf16_supported():  # the check the trainer makes before bf16 compute
+    if cpu_has_bf16_units():  # the check the trainer makes before bf16 compute
         configurations["transformers bf16"] = lambda: make_sampler(bf16, model_path)
     else:  # bf16 matmuls are emulated without the units, ~100x slower than fp32 (benchmarks/matmul_peak.py)
         print("transformers bf16: skipped, this CPU has no bf16 instructions (AVX512-BF16)")

@@ -93,7 +93,6 @@ def wpo_child(
     variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool, lora: bool, profile: Path | None
 ) -> dict:
     import torch
-    from accelerate import Accelerator
     from transformers import get_scheduler
 
     from wpo.config import load_recipe
@@ -122,7 +121,7 @@ def wpo_child(
         [TokenizedPair(str(i), r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for i, r in enumerate(rows)], 0, 0
     )
     model = trainer._make_trainable(load_causal_lm(path, recipe.model), recipe, None)
-    accelerator = Accelerator(cpu=True, mixed_precision=trainer._mixed_precision(recipe, on_cpu=True) or "no")
+    accelerator = trainer.make_accelerator(recipe)  # the precision the recipe gets, as in the trainer
     chunk = recipe.train.loss_chunk_size
     sharing = prompt_sharing(model, recipe.train.share_prompts, recipe.train.max_length)
     share = sharing.applies_to(tokenized.pairs)  # the pairs all have the same lengths
@@ -294,9 +293,11 @@ def matmul_peaks() -> dict[str, float]:
     import torch
     from matmul_peak import gflops
 
+    from wpo.train import trainer
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    supported = torch.cpu._is_avx512_bf16_supported()  # without the units a bf16 product takes ~0.5 s: time fewer
+    supported = trainer.cpu_has_bf16_units()  # without the units a bf16 product takes ~0.5 s: time fewer
     peaks = {name: gflops(0, repeats, dtype, (512, 576, 1536))
              for name, dtype, repeats in (("float32", torch.float32, 100),
                                           ("bfloat16", torch.bfloat16, 100 if supported else 3))}  # fmt: skip
@@ -331,8 +332,10 @@ def main() -> None:
     import torch
     import trl
 
+    from wpo.train import trainer
+
     variants = list(args.variants)
-    if not torch.cpu._is_avx512_bf16_supported():
+    if not trainer.cpu_has_bf16_units():
         for variant in [v for v in variants if v in BF16_VARIANTS]:
             variants.remove(variant)
             print(f"{variant}: not run, this CPU has no bf16 instructions (AVX512-BF16): bf16 matmuls run a "

@@ -61,8 +61,8 @@ def check_checkpoint_roundtrip(model_dir: str, work_dir: str, model, reference, 
                                    scheduler=scheduler, config_hash="h", config={},
                                    schedule={"global_batch_pairs": 2, "total_steps": 1})  # fmt: skip
     dist.barrier()
-    point = checkpoint.latest_resume_point(directory, "h", {}, {"global_batch_pairs": 2, "total_steps": 1,
-                                                                 "num_processes": 2})  # fmt: skip
+    point = checkpoint.latest_resume_point(directory, "h", {"global_batch_pairs": 2, "total_steps": 1,
+                                                             "num_processes": 2})  # fmt: skip
     shard(untrained, layout)
     restored = torch.optim.AdamW(untrained.parameters(), lr=1e-3)
     checkpoint.load_optimizer_state(untrained, restored, point, sharded=True)

@@ -27,7 +27,7 @@ def tiny_recipe(tmp_path, tiny_llama, pairs_file) -> str:
 @pytest.mark.slow  # launches processes
 def test_train_and_run_from_the_command_line(tmp_path, tiny_llama, pairs_file):
     recipe = tiny_recipe(tmp_path, tiny_llama, pairs_file)
-    trained = run_wpo("train", recipe, "train.logging_steps=1", env=ENV)
+    trained = run_wpo("train", recipe, "train.logging_steps=1", "--json", env=ENV)
     assert trained.returncode == 0, trained.stderr
     assert json.loads(trained.stdout)["steps"] == 2
     rows = [json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
@@ -50,17 +50,17 @@ def test_train_and_run_from_the_command_line(tmp_path, tiny_llama, pairs_file):
         (
             ["export", "recipes/quickstart.yaml", "export.quantizations=[IQ2_XS]"],
             2,
-            "wpo: error: export.quantizations: IQ2_XS needs an importance matrix (imatrix)",
+            "wpo: error: recipes/quickstart.yaml: export.quantizations: IQ2_XS needs an importance matrix (imatrix)",
         ),
         (
             ["sample", "recipes/quickstart.yaml", "sample.prompts=null"],
             2,
-            "wpo: error: sample.prompts is required to sample",
+            "wpo: error: recipes/quickstart.yaml: sample.prompts is required by the sample stage",
         ),
         (
             ["eval", "--annotations", "missing.json", "--json"],
             2,
-            "wpo: error: missing.json: no local file by that name",
+            "wpo: error: no such file or directory: missing.json",
         ),
         (["eval"], 2, "wpo: error: wpo eval needs a recipe, or --annotations FILE"),
         (["chat", "missing.gguf", "--prompt", "hi"], 2, "wpo: error: GGUF file missing.gguf does not exist"),
@@ -73,7 +73,7 @@ def test_train_and_run_from_the_command_line(tmp_path, tiny_llama, pairs_file):
         (
             ["train", "recipes/quickstart.yaml", "train.pairs=nowhere.jsonl", "output_dir=/tmp/wpo-cli-missing"],
             2,
-            "wpo: error: nowhere.jsonl: no local file by that name, and loading it as a datasets id",
+            "wpo: error: recipes/quickstart.yaml: train.pairs: no such file or directory: nowhere.jsonl",
         ),
     ],
 )

@@ -112,7 +112,7 @@ export: {model: m, quantizations: [Q4_K_M, Q8_0]}
         (
             ["model.dtype=bfloat16"],
             r"model.dtype bfloat16 with full fine-tuning \(model.lora is null\) keeps the trained "
-            r"weights in bfloat16, where a step of train.learning_rate 5e-07 rounds away",
+            r"weights in bfloat16, where a step of train.learning_rate 5e-06 rounds away",
         ),
         (["train"], r"override 'train' is not of the form key=value"),
         (["seed.x=1"], r"override 'seed.x=1': seed is not a section"),

@@ -15,7 +15,9 @@ import torch
 from helpers import (
     DISTRIBUTED_ENV,
     PAIRS,
+    SMOOTH_ADAM,
     assert_ok,
+    assert_trained_alike,
     free_port,
     pair_record,
     prompts_file,
@@ -47,9 +49,10 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
         run.mkdir()
         write_lines(run / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
     assert_ok(run_wpo("train", recipe, f"output_dir={one}", f"train.pairs={one / 'pairs.jsonl'}",
-                      "train.per_device_batch_size=2", env=DISTRIBUTED_ENV))  # fmt: skip
+                      "train.per_device_batch_size=2", *SMOOTH_ADAM, env=DISTRIBUTED_ENV))  # fmt: skip
     launched = assert_ok(run_wpo("train", recipe, f"output_dir={two}", f"train.pairs={two / 'pairs.jsonl'}",
-                                 "train.per_device_batch_size=1", processes=2, env=DISTRIBUTED_ENV))  # fmt: skip
+                                 "train.per_device_batch_size=1", *SMOOTH_ADAM, processes=2,
+                                 env=DISTRIBUTED_ENV))  # fmt: skip
 
     assert "schedule: 3 steps of 2 pairs (1 per device x 1 accumulation x 2 processes)" in launched.stderr
     assert "reference log-probs: computed 6 pairs on 2 process(es)" in launched.stderr
@@ -67,11 +70,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
     one_weights = load_file(one / "train" / "final" / "model.safetensors")
     two_weights = load_file(two / "train" / "final" / "model.safetensors")
-    assert one_weights.keys() == two_weights.keys()
-    for name, tensor in one_weights.items():
-        assert_close(two_weights[name], tensor, rtol=1e-5, atol=1e-5, msg=name)
-    initial = load_file(tiny_llama / "model.safetensors")
-    assert any(not initial[name].equal(tensor) for name, tensor in one_weights.items())  # training moved them
+    assert_trained_alike(two_weights, one_weights, load_file(tiny_llama / "model.safetensors"))
 
 
 @pytest.mark.slow  # launches processes
@@ -87,19 +86,19 @@ def test_a_killed_multi_process_training_resumes_to_the_same_weights(tmp_path, t
         "loss_chunk_size: 8}\n"
     )
     one, two = tmp_path / "one", tmp_path / "two"
-    assert_ok(run_wpo("train", recipe, f"output_dir={one}", "train.per_device_batch_size=2", env=DISTRIBUTED_ENV))
-    launched = assert_ok(
-        run_wpo("train", recipe, f"output_dir={two}", "train.per_device_batch_size=1", processes=2, env=DISTRIBUTED_ENV)
-    )
+    assert_ok(run_wpo("train", recipe, f"output_dir={one}", "train.per_device_batch_size=2", *SMOOTH_ADAM,
+                      env=DISTRIBUTED_ENV))  # fmt: skip
+    launched = assert_ok(run_wpo("train", recipe, f"output_dir={two}", "train.per_device_batch_size=1", *SMOOTH_ADAM,
+                                 processes=2, env=DISTRIBUTED_ENV))  # fmt: skip
     assert "accelerate: MULTI_CPU, 2 process(es) on cpu" in launched.stderr
 
     def weights(run: Path, directory: str) -> dict[str, torch.Tensor]:
         return load_file(run / "train" / directory / "model.safetensors")
 
     uninterrupted = weights(two, "final")
+    initial = load_file(tiny_llama / "model.safetensors")
     for directory in ("checkpoint-2/model", "final"):  # whole tensors, equal to one process's
-        for name, tensor in weights(one, directory).items():
-            assert_close(weights(two, directory)[name], tensor, rtol=1e-5, atol=1e-5, msg=f"{directory}: {name}")
+        assert_trained_alike(weights(two, directory), weights(one, directory), initial, directory)
     one_adam = load_file(one / "train" / "checkpoint-2" / "optimizer.safetensors")
     two_adam = load_file(two / "train" / "checkpoint-2" / "optimizer.safetensors")
     assert one_adam.keys() == two_adam.keys() and "model.layers.0.mlp.up_proj.weight.exp_avg_sq" in two_adam
@@ -109,9 +108,8 @@ def test_a_killed_multi_process_training_resumes_to_the_same_weights(tmp_path, t
     for stale in ("checkpoint-3", "final", "manifest.json"):  # as if killed after the step-2 checkpoint
         path = two / "train" / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    resumed = assert_ok(
-        run_wpo("train", recipe, f"output_dir={two}", "train.per_device_batch_size=1", processes=2, env=DISTRIBUTED_ENV)
-    )
+    resumed = assert_ok(run_wpo("train", recipe, f"output_dir={two}", "train.per_device_batch_size=1", *SMOOTH_ADAM,
+                                processes=2, env=DISTRIBUTED_ENV))  # fmt: skip
     assert "(step 2)" in resumed.stderr
     assert json.loads((two / "train" / "manifest.json").read_text())["counts"]["resumed_from_step"] == 2
     for name, tensor in uninterrupted.items():
@@ -216,18 +214,17 @@ def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llam
     ran where."""
     recipe = two_rounds_of_lora_and_eval(tmp_path, tiny_llama)
     one, two = tmp_path / "one", tmp_path / "two"
-    assert_ok(run_wpo("run", recipe, f"output_dir={one}", "train.per_device_batch_size=2", env=DISTRIBUTED_ENV))
-    launched = assert_ok(
-        run_wpo("run", recipe, f"output_dir={two}", "train.per_device_batch_size=1", processes=2, env=DISTRIBUTED_ENV)
-    )
+    assert_ok(run_wpo("run", recipe, f"output_dir={one}", "train.per_device_batch_size=2", *SMOOTH_ADAM,
+                      env=DISTRIBUTED_ENV))  # fmt: skip
+    launched = assert_ok(run_wpo("run", recipe, f"output_dir={two}", "train.per_device_batch_size=1", *SMOOTH_ADAM,
+                                 processes=2, env=DISTRIBUTED_ENV))  # fmt: skip
 
     assert "pair: running on the main process" in launched.stderr
     assert "run: process 1 is done; the main process goes on with ['eval']" in launched.stderr
     for produced in ("sample/candidates.jsonl", "score/candidates.jsonl", "pair/pairs.jsonl"):
         assert (two / produced).read_bytes() == (one / produced).read_bytes(), produced
     one_adapter, two_adapter = (load_file(run / "train/final/adapter_model.safetensors") for run in (one, two))
-    for name, tensor in one_adapter.items():
-        assert_close(two_adapter[name], tensor, rtol=1e-5, atol=1e-5, msg=name)
+    assert_trained_alike(two_adapter, one_adapter, None, "adapter")
 
     (merged,) = (two / "train").glob("merged-*")  # round 1's adapter, merged once, by the main process
     sampled = json.loads((two / "round-2" / "sample" / "manifest.json").read_text())

@@ -1,7 +1,7 @@
-"""The llamacpp backend's batched decoding on the embedded SmolLM2-135M: a sample's text depends on its seed alone.
+"""The llamacpp backend's batched decoding on the embedded SmolLM2-135M: the same settings give the same texts.
 
 The backend samples the embedded model from an F16 copy of its weights: llama.cpp multiplies F16 weights with a
-different kernel for one row than for several, so F16 is also where a batch-dependent rounding would show.
+different kernel for one row than for several, so F16 is also where a batch-dependent rounding shows.
 """
 
 from __future__ import annotations
@@ -43,15 +43,19 @@ def sampler(model_path: str, *overrides: str):
 
 
 @pytest.mark.slow
-def test_same_seeds_give_the_same_text_whatever_the_parallelism(model_path):
-    """One at a time, 4 sequences for 9 requests (slots are reused), and all at once give the same texts."""
-    texts = {
-        parallel: sampler(model_path, "sample.max_new_tokens=24", "sample.temperature=1.0",
-                          f"sample.parallel_sequences={parallel}").generate(MIXED)
-        for parallel in (1, 4, 16)
-    }  # fmt: skip
-    assert texts[1] == texts[4] == texts[16]
-    assert len(set(texts[1][0::3])) == 3  # one prompt, three seeds, three texts
+def test_the_same_settings_give_the_same_texts_on_a_rerun(model_path):
+    """What holds on every CPU: the texts are fixed by the seeds, the GGUF, the CPU and what decodes together. With
+    one sequence at a time, 4 sequences for 9 requests (slots are reused) and all at once, a sampler built afresh —
+    as a rerun or a resumed stage builds one — gives the same texts, and each seed of a prompt its own text.
+
+    Not asserted: the same texts across those parallelisms. That held on AVX2, but on AVX512 llama.cpp's kernels
+    change their rounding with the number of rows, and one text parted after 14 words (docs/performance.md)."""
+    for parallel in (1, 4, 16):
+        settings = ("sample.max_new_tokens=24", "sample.temperature=1.0", f"sample.parallel_sequences={parallel}")
+        first = sampler(model_path, *settings).generate(MIXED)
+        assert sampler(model_path, *settings).generate(MIXED) == first, parallel
+        assert len(set(first[0::3])) == 3  # one prompt, three seeds, three texts
+        assert all(first), parallel
 
 
 @pytest.mark.slow

@@ -27,12 +27,13 @@ from helpers import assert_ok, assert_one_line_error, cli
 
 import wpo
 from wpo.data.io import write_json, write_jsonl
-from wpo.data.schemas import Candidate, CandidatesRecord
+from wpo.data.schemas import Candidate, CandidatesRecord, PromptRecord
 from wpo.eval.measures import compare, per_prompt_values, verdict
 from wpo.eval.metrics import summarize
 from wpo.manifest import file_sha256, write_manifest
 from wpo.report import REPORT_NAME, build_run_report
 from wpo.report.render import PAIRS_PER_PAGE, PROMPTS_PER_PAGE
+from wpo.user_functions import UserFunction
 
 HOSTILE = '</script><script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"><!-- &amp;'
 HOSTILE_SOURCE = "offpolicy:<b>gpt</b>"
@@ -129,11 +130,11 @@ def write_eval_stage(run: Path, with_measures: bool = True) -> dict:
     eval code's own functions; without measures, what a judge-only evaluation against references leaves."""
     stage = run / "eval"
     base, trained = eval_answers()
-    reward = {"reward": lambda messages, text: min(1.0, len(text) / 60)}
+    reward = {"reward": UserFunction("length:reward", lambda messages, text: min(1.0, len(text) / 60), None)}
     annotations, rows = [], []
     for (pid, prompt, reference), before, after in zip(EVAL_PROMPTS, base, trained, strict=True):
-        messages = [{"role": "user", "content": prompt}]
-        values = [per_prompt_values(reward, messages, text, reference, pid) for text in (before, after)]
+        record = PromptRecord(pid, [{"role": "user", "content": prompt}], {"reference": reference})
+        values = [per_prompt_values(reward, record, text, reference) for text in (before, after)]
         rows.append({"id": pid, **{f"{k}_base": v for k, v in values[0].items()},
                      **{f"{k}_trained": v for k, v in values[1].items()}, "prompt": prompt, "reference": reference,
                      "base_output": before, "output": after})  # fmt: skip

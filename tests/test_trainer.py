@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PAIRS, pair_record, write_lines
+from helpers import PAIRS, SMOOTH_ADAM, assert_trained_alike, pair_record, write_lines
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
@@ -172,10 +172,20 @@ def test_a_datasets_directory_of_pairs_is_never_written_to(tmp_path, tiny_llama)
     assert after == before
 
 
-def test_other_configs_checkpoint_is_refused(tmp_path, tiny_llama, pairs_file):
+def test_another_configs_checkpoints_are_moved_aside_and_training_starts_over(tmp_path, tiny_llama, pairs_file,
+                                                                              caplog):  # fmt: skip
+    """A training killed (or finished) under another config — its pairs changed upstream, a setting changed — is
+    never resumed from, never refused and never deleted: it moves to train.replaced-<hash>/ with one line."""
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2"))
-    with pytest.raises(WpoError, match=r"checkpoint-2 was written by a different config \(differs in: train.beta\)"):
-        trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", "train.beta=0.2"))
+    first = json.loads((tmp_path / "run" / "train" / "manifest.json").read_text())["config_hash"]
+    with caplog.at_level(logging.WARNING, logger="wpo.manifest"):
+        again = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", "train.beta=0.2"))
+    assert again.counts["resumed_from_step"] == 0
+    replaced = tmp_path / "run" / f"train.replaced-{first}"
+    assert (replaced / "checkpoint-2").is_dir() and (replaced / "final" / "model.safetensors").is_file()
+    assert f"train is redone: its checkpoints were written by another config (differs in: train.beta); the " \
+           f"earlier result is kept in {replaced}" in caplog.text
+    assert (tmp_path / "run" / "train" / "reference_cache").is_dir()  # the reference pass is kept for reuse
     fresh = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", "train.beta=0.2",
                                      "train.resume=never"))  # fmt: skip
     assert fresh.counts["resumed_from_step"] == 0
@@ -190,7 +200,7 @@ def test_a_run_resumes_with_another_loss_chunk(tmp_path, tiny_llama, pairs_file)
 
 def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_llama, pairs_file):
     """2 pairs x 1 micro-batch and 1 pair x 2 micro-batches give the same update (the loss is a mean over pairs)."""
-    common = ("train.max_steps=2", "train.warmup_ratio=0.0", "train.max_grad_norm=null")
+    common = ("train.max_steps=2", "train.warmup_ratio=0.0", "train.max_grad_norm=null", *SMOOTH_ADAM)
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="big"))
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.per_device_batch_size=1",
                              "train.gradient_accumulation_steps=2", run="accumulated"))  # fmt: skip
@@ -199,8 +209,8 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_llama, pair
     assert [r["loss"] for r in accumulated] == pytest.approx([r["loss"] for r in big], rel=1e-5)
     a = load_file(str(tmp_path / "big" / "train" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "accumulated" / "train" / "final" / "model.safetensors"))
-    for name in a:  # each run computes its reference pass at its own batch size: padding moves the last bits
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-5)
+    # each run computes its reference pass at its own batch size: padding moves the last bits
+    assert_trained_alike(b, a, load_file(str(tiny_llama / "model.safetensors")))
 
 
 def test_gradient_checkpointing_changes_nothing_but_memory(tmp_path, tiny_llama, pairs_file, monkeypatch):
@@ -396,7 +406,7 @@ def test_reference_logps_by_the_chunked_path_equal_the_full_path(tiny_gemma2, pa
 def test_training_with_and_without_chunking_gives_the_same_weights(tmp_path, tiny_gemma2, pairs_file):
     """Two optimizer steps of two accumulated micro-batches each, soft-capped model: same losses, same weights."""
     common = ("train.max_steps=2", "train.warmup_ratio=0.0", "train.per_device_batch_size=1",
-              "train.gradient_accumulation_steps=2", "train.max_grad_norm=null")  # fmt: skip
+              "train.gradient_accumulation_steps=2", "train.max_grad_norm=null", *SMOOTH_ADAM)  # fmt: skip
     trainer.train(recipe_for(tmp_path, tiny_gemma2, pairs_file, *common, "train.loss_chunk_size=0", run="full"))
     trainer.train(recipe_for(tmp_path, tiny_gemma2, pairs_file, *common, "train.loss_chunk_size=3", run="chunked"))
     full = read_metrics(tmp_path / "full" / "train" / "metrics.jsonl")
@@ -405,17 +415,14 @@ def test_training_with_and_without_chunking_gives_the_same_weights(tmp_path, tin
         assert [r[key] for r in chunked] == pytest.approx([r[key] for r in full], rel=1e-5), key
     a = load_file(str(tmp_path / "full" / "train" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "chunked" / "train" / "final" / "model.safetensors"))
-    initial = load_file(str(tiny_gemma2 / "model.safetensors"))
-    assert any(not torch.equal(a[name], initial[name]) for name in a)  # it trained
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+    assert_trained_alike(b, a, load_file(str(tiny_gemma2 / "model.safetensors")))
 
 
 def test_training_with_and_without_shared_prompts_gives_the_same_weights(tmp_path, tiny_llama, pairs_file, caplog):
     """Two steps of two pairs per micro-batch, accumulated twice: each prompt computed once for both answers trains
     the weights that padded rows train, and the run logs what it computed."""
     common = ("train.max_steps=2", "train.warmup_ratio=0.0", "train.per_device_batch_size=2",
-              "train.gradient_accumulation_steps=2")  # fmt: skip
+              "train.gradient_accumulation_steps=2", *SMOOTH_ADAM)  # fmt: skip
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.share_prompts=never", run="padded"))
     with caplog.at_level(logging.INFO, logger="wpo.train.forward"):
         trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.share_prompts=always", run="shared"))
@@ -428,8 +435,7 @@ def test_training_with_and_without_shared_prompts_gives_the_same_weights(tmp_pat
         assert [r[key] for r in shared] == pytest.approx([r[key] for r in padded], rel=1e-5), key
     a = load_file(str(tmp_path / "padded" / "train" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "shared" / "train" / "final" / "model.safetensors"))
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+    assert_trained_alike(b, a, load_file(str(tiny_llama / "model.safetensors")))
 
 
 def test_a_steps_micro_batches_group_its_pairs_by_length(tmp_path, tiny_llama, pairs_file, monkeypatch):
@@ -572,16 +578,30 @@ def test_final_is_the_last_checkpoint_hard_linked_not_written_twice(tmp_path, ti
     assert json.loads((train_dir / "final" / "wpo_training.json").read_text())["total_steps"] == 2
 
 
-def test_bf16_compute_keeps_fp32_weights_and_starts_at_z_zero(tmp_path, tiny_llama, pairs_file, caplog):
-    """train.mixed_precision: bf16 autocasts the forward (the reference pass too, so step 1 sees z ≈ 0), keeps the
-    weights and Adam state fp32, and follows the fp32 run's losses closely. On a CPU without bf16 instructions (where
-    a bf16 matmul runs a slow reference kernel, ~100x slower than fp32) it falls back to fp32 with one line."""
+@pytest.mark.parametrize("units", ["this CPU's", "bf16 units assumed"])
+def test_each_training_in_a_process_gets_its_own_precision(tmp_path, tiny_llama, pairs_file, caplog, monkeypatch,
+                                                          units):  # fmt: skip
+    """fp32, then bf16, then fp32 again in one process (a notebook, a sweep over train.mixed_precision): each run
+    computes in the precision its recipe asks for. bf16 autocasts the forward (the reference pass too, so step 1 sees
+    z ≈ 0), keeps the weights and Adam state fp32, and follows the fp32 run's losses closely. On a CPU without bf16
+    units it falls back to fp32 with one line; "assumed" runs the bf16 path on any CPU (slowly without the units,
+    with the same numerics), so both paths are tested on every machine."""
+    if units == "bf16 units assumed":
+        monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: True)
+    has_units = trainer.cpu_has_bf16_units()
     common = ("train.max_steps=3", "train.learning_rate=1e-4")
-    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="fp32"))
-    result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.mixed_precision=bf16",
-                                      run="bf16"))  # fmt: skip
-    fp32, bf16 = (read_metrics(tmp_path / run / "train" / "metrics.jsonl") for run in ("fp32", "bf16"))
-    if torch.cuda.is_available() or torch.cpu._is_avx512_bf16_supported():
+    with caplog.at_level(logging.INFO, logger="wpo.train.trainer"):
+        trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="fp32"))
+        result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.mixed_precision=bf16",
+                                          run="bf16"))  # fmt: skip
+        trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="fp32-again"))
+    precisions = [line.rsplit("mixed precision: ", 1)[1] for line in caplog.messages if "mixed precision: " in line]
+    assert precisions == ["no", "bf16" if has_units else "no", "no"]
+    fp32, bf16, fp32_again = (read_metrics(tmp_path / run / "train" / "metrics.jsonl")
+                              for run in ("fp32", "bf16", "fp32-again"))  # fmt: skip
+    assert fp32_again == [dict(row, tokens_per_second=a["tokens_per_second"], step_seconds=a["step_seconds"])
+                          for row, a in zip(fp32, fp32_again, strict=True)]  # fmt: skip
+    if has_units:
         assert bf16[0]["logps_chosen"] != fp32[0]["logps_chosen"]  # bf16 really computed: the last bits differ
         assert abs(bf16[0]["reward_margin"]) < 1e-2  # z ≈ 0 at step 1: reference and policy in the same precision
         assert bf16[0]["loss"] == pytest.approx(bf16[0]["weight_mean"] * math.log(2), rel=1e-2)

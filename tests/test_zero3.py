@@ -17,6 +17,7 @@ from helpers import (
     DISTRIBUTED_ENV,
     PAIRS,
     assert_ok,
+    assert_trained_alike,
     free_port,
     pair_record,
     run_wpo,
@@ -47,11 +48,13 @@ def zero3(
     return result
 
 
-def train_recipe(tmp_path: Path, model: Path, learning_rate: str = "1.0e-3") -> Path:
+def train_recipe(tmp_path: Path, model: Path, learning_rate: str = "1.0e-2", adam_epsilon: str = "0.1") -> Path:
+    """By default with helpers.SMOOTH_ADAM's settings, so runs of other layouts train weights that compare well."""
     recipe = tmp_path / "train.yaml"
     recipe.write_text(
         f"seed: 4\nmodel: {{name_or_path: {model}}}\n"
-        f"train: {{max_steps: 3, learning_rate: {learning_rate}, lr_scheduler: linear, warmup_ratio: 0, "
+        f"train: {{max_steps: 3, learning_rate: {learning_rate}, adam_epsilon: {adam_epsilon}, lr_scheduler: linear, "
+        "warmup_ratio: 0, "
         "max_length: 64, max_prompt_length: 32, logging_steps: 1, save_steps: 1, loss_chunk_size: 8}\n"
     )
     return recipe
@@ -93,7 +96,7 @@ def test_zero3_trains_and_checkpoints_what_one_process_does_and_resumes_without_
     launched = zero3(recipe, f"output_dir={two}", pairs_in(tmp_path / "pairs-two"), "train.per_device_batch_size=1")
 
     assert "accelerate: DEEPSPEED, 2 process(es)" in launched.stderr
-    assert launched.stdout.count('"final_dir"') == 1  # the headline, from the main process only
+    assert launched.stdout.count("wpo train") == 1  # the summary, from the main process only
     assert "deepspeed: ZeRO-3, fp32, micro-batch 1, accumulation 1, clipping 1.0 (from the recipe)" in launched.stderr
     assert "reference log-probs: computed 6 pairs on 2 process(es)" in launched.stderr
     (one_cache,), (two_cache,) = ((run / "train" / "reference_cache").glob("*") for run in (one, two))  # fmt: skip
@@ -102,8 +105,9 @@ def test_zero3_trains_and_checkpoints_what_one_process_does_and_resumes_without_
                     strict=True):  # fmt: skip
         for key in ("loss", "weight_mean", "reward_margin", "grad_norm", "learning_rate"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    initial = load_file(tiny_llama / "model.safetensors")
     for directory in ("checkpoint-2/model", "final"):
-        assert_same_tensors(weights(two, directory), weights(one, directory), 1e-5, directory)
+        assert_trained_alike(weights(two, directory), weights(one, directory), initial, directory)
         assert {tensor.dtype for tensor in weights(two, directory).values()} == {torch.float32}
     one_adam, two_adam = (weights(run, "checkpoint-2", "optimizer.safetensors") for run in (one, two))
     assert "model.layers.0.mlp.up_proj.weight.exp_avg_sq" in two_adam
@@ -118,7 +122,7 @@ def test_zero3_trains_and_checkpoints_what_one_process_does_and_resumes_without_
                                 f"train.pairs={tmp_path / 'pairs-two' / 'pairs.jsonl'}",
                                 "train.per_device_batch_size=1", processes=2, env=DISTRIBUTED_ENV))  # fmt: skip
     assert "accelerate: MULTI_CPU" in resumed.stderr and "(step 2)" in resumed.stderr
-    assert_same_tensors(weights(two, "final"), uninterrupted, 1e-6, "resumed without DeepSpeed")
+    assert_trained_alike(weights(two, "final"), uninterrupted, initial, "resumed without DeepSpeed")
 
 
 @pytest.mark.slow  # launches processes
@@ -127,7 +131,7 @@ def test_zero3_in_bf16_keeps_fp32_masters_and_resumes_to_the_same_weights(tmp_pa
     so three steps of learning rate 1e-6 (linear decay: 1e-6, 6.7e-7, 3.3e-7) move a weight by about 2e-6 (an Adam
     step is about the learning rate); from the bf16-rounded base the change is 2.5e-4 (measured). A resume restores
     the masters and Adam state exactly. Also: accumulation (2 micro-batches per process) under the engine."""
-    recipe = train_recipe(tmp_path, tiny_llama, learning_rate="1.0e-6")
+    recipe = train_recipe(tmp_path, tiny_llama, learning_rate="1.0e-6", adam_epsilon="1.0e-8")
     run = tmp_path / "run"
     overrides = (f"output_dir={run}", pairs_in(tmp_path / "pairs"), "train.per_device_batch_size=1",
                  "train.gradient_accumulation_steps=2")  # fmt: skip
@@ -155,7 +159,7 @@ def test_lora_under_zero3_trains_the_adapter_one_process_trains(tmp_path, tiny_l
     for directory in ("checkpoint-2/model", "final"):
         adapter = weights(two, directory, "adapter_model.safetensors")
         assert len(adapter) == 8  # lora_A and lora_B of q_proj and v_proj in 2 layers: the adapter alone
-        assert_same_tensors(adapter, weights(one, directory, "adapter_model.safetensors"), 1e-5, directory)
+        assert_trained_alike(adapter, weights(one, directory, "adapter_model.safetensors"), None, directory)
     one_adam, two_adam = (weights(run, "checkpoint-2", "optimizer.safetensors") for run in (one, two))
     assert_same_tensors(two_adam, one_adam, 1e-6, "Adam state")
 

@@ -1,7 +1,8 @@
 """wpo: Weighted Preference Optimization (arXiv 2406.11827) of chat LLMs, from prompts to a GGUF with its card.
 
 The Python API mirrors the command line; a stage function takes a `Recipe` (or a path or mapping, loaded with
-`load_recipe`) and returns what the CLI prints for that stage. Errors are `WpoError`s with the CLI's one-line
+`load_recipe`) and returns what the CLI prints for that stage with `--json`; like the CLI, it skips a stage finished
+under the same config unless called with `force=True`. Errors are `WpoError`s with the CLI's one-line
 messages. Importing `wpo` is light (no torch): the stages import what they need when called.
 
     import wpo
@@ -36,51 +37,52 @@ def _recipe(recipe: RecipeLike) -> Recipe:
     return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
 
 
-def run(recipe: RecipeLike, stages: list[str] | None = None) -> dict[str, Any]:
-    """`wpo run`: the recipe's stages (or `stages`) in order, round by round, skipping finished ones; returns the
-    summary (`summary.json`)."""
+def run(recipe: RecipeLike, stages: str | list[str] | None = None, force: bool = False) -> dict[str, Any]:
+    """`wpo run`: the recipe's stages (or `stages`: a stage name or a list of them) in order, round by round,
+    skipping finished ones (`force` redoes them); returns the summary (`summary.json`)."""
     from wpo.pipeline import run_pipeline
 
     loaded = _recipe(recipe)
     if stages is not None:
-        loaded = load_recipe(loaded.to_dict(), [f"stages=[{', '.join(stages)}]"])
-    return run_pipeline(loaded)
+        chosen = [stages] if isinstance(stages, str) else list(stages)
+        loaded = load_recipe({**loaded.model_dump(mode="json", exclude_unset=True), "stages": chosen})
+    return run_pipeline(loaded, force=force)
 
 
-def _stage(name: str, recipe: RecipeLike) -> dict[str, Any]:
+def _stage(name: str, recipe: RecipeLike, force: bool) -> dict[str, Any]:
     from wpo.pipeline import run_stage
 
-    return run_stage(_recipe(recipe), name)
+    return run_stage(_recipe(recipe), name, force=force)
 
 
-def sample(recipe: RecipeLike) -> dict[str, Any]:
+def sample(recipe: RecipeLike, force: bool = False) -> dict[str, Any]:
     """On-policy samples and off-policy answers → `sample/candidates.jsonl`."""
-    return _stage("sample", recipe)
+    return _stage("sample", recipe, force)
 
 
-def score(recipe: RecipeLike) -> dict[str, Any]:
+def score(recipe: RecipeLike, force: bool = False) -> dict[str, Any]:
     """A reward model, a judge or a Python function scores every candidate → `score/candidates.jsonl`."""
-    return _stage("score", recipe)
+    return _stage("score", recipe, force)
 
 
-def pair(recipe: RecipeLike) -> dict[str, Any]:
+def pair(recipe: RecipeLike, force: bool = False) -> dict[str, Any]:
     """Best vs worst candidate per prompt → `pair/pairs.jsonl` (TRL's conversational preference format)."""
-    return _stage("pair", recipe)
+    return _stage("pair", recipe, force)
 
 
-def train(recipe: RecipeLike) -> dict[str, Any]:
+def train(recipe: RecipeLike, force: bool = False) -> dict[str, Any]:
     """WPO training → `train/final/`, `train/metrics.jsonl`."""
-    return _stage("train", recipe)
+    return _stage("train", recipe, force)
 
 
-def evaluate(recipe: RecipeLike) -> dict[str, Any]:
+def evaluate(recipe: RecipeLike, force: bool = False) -> dict[str, Any]:
     """Held-out answers, judged and measured against the reference or the base → `eval/metrics.json`."""
-    return _stage("eval", recipe)
+    return _stage("eval", recipe, force)
 
 
-def export(recipe: RecipeLike) -> dict[str, Any]:
+def export(recipe: RecipeLike, force: bool = False) -> dict[str, Any]:
     """GGUF files, verified, with a model card → `export/`."""
-    return _stage("export", recipe)
+    return _stage("export", recipe, force)
 
 
 class _Api(types.ModuleType):
@@ -115,6 +117,11 @@ def report(directory: str | Path, max_items: int | None = None) -> list[Path]:
     from wpo.report import MAX_ITEMS, write_report
 
     return write_report(directory, MAX_ITEMS if max_items is None else max_items)
+
+
+def __dir__() -> list[str]:
+    """The public API only, not the modules and typing names this file imports."""
+    return sorted([*__all__, "__version__"])
 
 
 def __getattr__(name: str) -> Any:

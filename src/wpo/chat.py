@@ -47,19 +47,49 @@ class HfChat:
         inputs = apply_chat_template(self.tokenizer, messages, add_generation_prompt=True, return_tensors="pt",
                                      return_dict=True)  # fmt: skip
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = dict(**inputs, streamer=streamer, max_new_tokens=self.max_new_tokens, do_sample=True, temperature=0.7)
-        thread = threading.Thread(target=self.model.generate, kwargs=kwargs)
+        failures: list[Exception] = []
+
+        def generate() -> None:  # in a thread, so tokens stream; a failure ends the stream instead of hanging it
+            try:
+                self.model.generate(**inputs, streamer=streamer, max_new_tokens=self.max_new_tokens, do_sample=True,
+                                    temperature=0.7)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - handed to the caller's thread below
+                failures.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=generate, daemon=True)
         thread.start()
         yield from streamer
         thread.join()
+        if failures:
+            raise WpoError(f"generation failed: {type(failures[0]).__name__}: {failures[0]}")
 
 
 def open_chat(model: str, max_new_tokens: int):
+    if max_new_tokens < 1:
+        raise WpoError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+    path = Path(model).expanduser()
     if model.endswith(".gguf"):
-        if not Path(model).is_file():
+        if not path.is_file():
             raise WpoError(f"GGUF file {model} does not exist")
-        return GgufChat(Path(model), max_new_tokens)
-    return HfChat(model, max_new_tokens)
+        return GgufChat(path, max_new_tokens)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise WpoError(_not_a_model(path))
+    try:
+        return HfChat(model, max_new_tokens)
+    except (OSError, ValueError) as exc:  # transformers' way of saying "no model here"
+        raise WpoError(f"cannot load a model from {model}: {str(exc).splitlines()[0]}") from None
+
+
+def _not_a_model(path: Path) -> str:
+    """What to chat with instead of a directory without a model: a run's trained model or its GGUF files."""
+    ggufs = sorted(str(p) for p in (path / "export").glob("*.gguf"))
+    final = path / "train" / "final"
+    if (path / "manifest.json").is_file() or ggufs or final.is_dir() or (path / "summary.json").is_file():
+        found = [str(final)] * final.is_dir() + ggufs
+        options = ", ".join(found) if found else f"{final} or {path / 'export'}/*.gguf, once written"
+        return f"{path} is a run directory, not a model: chat with {options}"
+    return f"{path} is not an HF model directory (no config.json) nor a .gguf file"
 
 
 def reply(chat, messages: list[dict[str, str]]) -> str:

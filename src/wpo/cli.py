@@ -23,11 +23,12 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Weighted Preference Optimization: sample → score → pair → train → eval → export.",
 )
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="Overrides: dotted.key=value ...")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Redo finished stages (their results are moved aside).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON, for machines.")]
 
 
 def _guarded(action: Callable[[], Any]) -> None:
@@ -63,16 +64,21 @@ def _print_json(payload: Any) -> None:
 def run(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
+    force: ForceOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of the table.")] = False,
 ) -> None:
-    """Run the recipe's stages in order, skipping those already done under the same config."""
+    """Run the recipe's stages in order (x rounds), skipping those already done under the same config; a stage whose
+    inputs or settings changed is redone, its earlier result moved aside.
+
+    Example: wpo run recipes/quickstart.yaml train.beta=0.1 output_dir=runs/beta01
+    """
 
     def action() -> None:
         from wpo.pipeline import run_pipeline
 
         loaded = load_recipe(recipe, overrides)
         with _stdout_for_results():
-            summary = run_pipeline(loaded)
+            summary = run_pipeline(loaded, force=force)
         if summary is None:  # a process of a launch other than the main one: the main one reports
             return
         if as_json:
@@ -105,6 +111,8 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
     if "better" in summary:
         failed = [name for name, check in summary["verdict"].items() if not check["passed"]]
         table.add_row("better than the base", "yes" if summary["better"] else f"no ({', '.join(failed)})")
+    if summary.get("identical_to_base") is not None:
+        table.add_row("held-out answers identical to the base's", str(summary["identical_to_base"]))
     if "win_rate" in summary:
         table.add_row("win rate vs baseline", f"{summary['win_rate']:.1f} ± {summary['standard_error']:.1f}")
         table.add_row("LC win rate", f"{summary['length_controlled_winrate']:.1f}")
@@ -114,27 +122,55 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
     Console().print(table)
 
 
-def _stage_command(name: str, summary: str) -> None:
-    def command(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+def _stage_command(name: str, summary: str, example: str) -> None:
+    def command(recipe: RecipeArg, overrides: OverridesArg = None, force: ForceOption = False,
+                as_json: JsonOption = False) -> None:  # fmt: skip
         def action() -> None:
             from wpo.pipeline import run_stage
 
             with _stdout_for_results():
-                headline = run_stage(load_recipe(recipe, overrides), name)
+                headline = run_stage(load_recipe(recipe, overrides), name, force=force)
             if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, every process has it; the main one says it
-                _print_json(headline)
+                _print_json(headline) if as_json else _print_stage(name, headline)
 
         _guarded(action)
 
-    command.__doc__ = summary
+    command.__doc__ = f"{summary}\n\nSkipped when done under the same config (--force redoes it).\n\nExample: {example}"
     app.command(name=name)(command)
 
 
-_stage_command("sample", "Sample on-policy candidates and join off-policy answers.")
-_stage_command("score", "Score candidates with a reward model, a judge or a Python function.")
-_stage_command("pair", "Turn scored candidates into preference pairs.")
-_stage_command("train", "Train the policy with the WPO loss.")
-_stage_command("export", "Export the trained model to GGUF with a model card.")
+def _print_stage(name: str, headline: dict[str, Any]) -> None:
+    """A stage's result for a person: where its output is, how long it took, what it read, wrote and skipped."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"wpo {name}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    when = "done before under this config (skipped)" if headline.get("skipped") else f"{headline['wall_seconds']:.0f} s"
+    table.add_row("time", when)
+    if headline.get("output"):
+        table.add_row("output", str(headline["output"]))
+    for path in headline.get("files", []):
+        table.add_row("file", path)
+    for key, value in (headline.get("counts") or {}).items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) or "none"
+        table.add_row(key.replace("_", " "), _short(value))
+    Console().print(table)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+_stage_command("sample", "Sample on-policy candidates and join off-policy answers.", "wpo sample recipe.yaml sample.n=4")
+_stage_command("score", "Score candidates with a reward model, a judge or a Python function.",
+               "wpo score recipe.yaml score.function=wpo.tasks.reference:chrf")
+_stage_command("pair", "Turn scored candidates into preference pairs.", "wpo pair recipe.yaml pair.min_margin=0.1")
+_stage_command("train", "Train the policy with the WPO loss.", "wpo train recipe.yaml train.beta=0.05")
+_stage_command("export", "Export the trained model to GGUF with a model card.",
+               "wpo export recipe.yaml export.quantizations=[Q4_K_M,Q8_0]")
 
 
 @app.command(name="eval")
@@ -142,9 +178,15 @@ def evaluate(
     recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML file.")] = None,
     overrides: OverridesArg = None,
     annotations: Annotated[Path | None, typer.Option(help="Recompute metrics from this annotations.json.")] = None,
+    force: ForceOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
 ) -> None:
-    """Judge model outputs against references; or recompute metrics with --annotations."""
+    """Judge model outputs against references; or recompute metrics with --annotations.
+
+    Skipped when done under the same config (--force redoes it).
+
+    Example: wpo eval recipe.yaml eval.max_new_tokens=256
+    """
 
     def action() -> None:
         if annotations is not None:
@@ -157,7 +199,8 @@ def evaluate(
             from wpo.pipeline import run_stage
 
             with _stdout_for_results():
-                metrics = run_stage(load_recipe(recipe, overrides), "eval")["metrics"]
+                headline = run_stage(load_recipe(recipe, overrides), "eval", force=force)
+            metrics = headline.get("metrics") or json.loads(Path(headline["output"]).read_text(encoding="utf-8"))
         else:
             raise WpoError("wpo eval needs a recipe, or --annotations FILE")
         if as_json:
@@ -232,16 +275,59 @@ def show_config(
     overrides: OverridesArg = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
 ) -> None:
-    """Print the validated recipe with every default filled in: exactly what would run."""
+    """Print the validated recipe with every default filled in: exactly what would run. It fails where `wpo run`
+    would: what the recipe's stages need (settings, files, functions, upstream outputs) is checked too.
+
+    Example: wpo config recipes/quickstart.yaml train.beta=0.1 --json
+    """
 
     def action() -> None:
-        resolved = load_recipe(recipe, overrides).to_dict()
+        from wpo.checks import check_stages
+
+        loaded = load_recipe(recipe, overrides)
+        check_stages(loaded, loaded.stages)
+        resolved = loaded.to_dict()
         if as_json:
             _print_json(resolved)
         else:
             import yaml
 
             typer.echo(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), nl=False)
+
+    _guarded(action)
+
+
+@app.command()
+def keys(
+    section: Annotated[str | None, typer.Argument(help="A section (model, sample, score, pair, train, eval, export) "
+                                                       "or a dotted key prefix, e.g. sample.offpolicy_models.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every recipe key with its type, default and what it does.
+
+    Example: wpo keys train
+    """
+
+    def action() -> None:
+        from wpo.recipe_keys import recipe_keys
+
+        rows = [row for row in recipe_keys() if section is None or row.key == section
+                or row.key.startswith((f"{section}.", f"{section}[]."))]  # fmt: skip
+        if not rows:
+            sections = sorted({row.key.split(".")[0] for row in recipe_keys()})
+            raise WpoError(f"no recipe key {section!r}; sections and top-level keys: {', '.join(sections)}")
+        if as_json:
+            _print_json([vars(row) for row in rows])
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(show_header=True)
+        for column in ("key", "type", "default", "description"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(row.key, row.type, row.default, row.description)
+        Console().print(table)
 
     _guarded(action)
 
@@ -260,6 +346,25 @@ def chat(
         run_chat(model, prompt, max_new_tokens)
 
     _guarded(action)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from wpo import __version__
+
+        typer.echo(f"wpo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print wpo's version and exit.")] = False,
+) -> None:
+    """Weighted Preference Optimization: sample → score → pair → train → eval → export.
+
+    Start with: wpo run recipes/quickstart.yaml; wpo keys lists every recipe key.
+    """
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from wpo.errors import ConfigError
 
@@ -36,7 +36,7 @@ def unhashed(default: Any = None, **constraints: Any) -> Any:
 class Section(BaseModel):
     """Every config section: unknown keys fail, types are strict (an int is still accepted where a float is)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, use_attribute_docstrings=True)
 
     def explicitly_set(self, name: str) -> bool:
         return name in self.model_fields_set
@@ -57,16 +57,24 @@ class Section(BaseModel):
 
 class LoraConfig(Section):
     r: int = Field(16, gt=0)
+    """LoRA rank: the inner dimension of each adapter's two low-rank matrices."""
     alpha: int = Field(32, gt=0)
+    """LoRA scale numerator: adapter updates are multiplied by alpha / r."""
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout probability on the adapters' input during training, in [0, 1)."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Names of the modules that get adapters, or all-linear for every linear layer but the output head."""
 
 
 class ModelConfig(Section):
     name_or_path: str = EMBEDDED_DEFAULT_MODEL
+    """The policy (and default reference) model: an HF hub id, a local directory or embedded:NAME."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Dtype the weights load in; auto is bfloat16 on a GPU that supports it, float32 otherwise."""
     trust_remote_code: bool = False
+    """Let transformers run the model repository's own Python code (ArmoRM-style reward models need it)."""
     lora: LoraConfig | None = None
+    """LoRA adapter settings; null (the default) trains every weight (full fine-tuning)."""
 
 
 class EndpointConfig(Section):
@@ -75,12 +83,19 @@ class EndpointConfig(Section):
 
     # where and how to ask do not change the answers: only the model and what is sent (extra_body) key them
     base_url: str | list[str] = unhashed(...)
+    """The API's base URL, e.g. http://127.0.0.1:8000/v1, or a list of servers to spread requests over."""
     model: str
+    """Model name sent with every request."""
     api_key_env: str | None = unhashed()
+    """Name of the environment variable holding the API key (never stored); unset: no key is sent."""
     timeout: float = unhashed(60.0, gt=0.0)
+    """Seconds to wait for one request before it counts as failed and is retried."""
     max_retries: int = unhashed(5, ge=0)
-    extra_body: dict[str, Any] = Field(default_factory=dict)  # server extensions, e.g. {grammar: "root ::= [0-9]"}
+    """Retries of a request after a timeout, 408/409/429 or 5xx, with exponential backoff."""
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """Extra JSON fields sent with every request: server extensions, e.g. {grammar: "root ::= [0-9]"}."""
     max_concurrency: int = unhashed(8, gt=0)
+    """Most requests in flight at once."""
 
     @model_validator(mode="after")
     def _some_url(self) -> EndpointConfig:
@@ -93,33 +108,56 @@ class OffPolicyModelConfig(EndpointConfig):
     """A model that answers every prompt once, joining the pool as `offpolicy:<name>` (the seed's GPT-4-turbo)."""
 
     name: str = Field(pattern=r"^[\w.-]+$")
+    """Source name: answers join the candidates as offpolicy:<name> (letters, digits, '_', '.', '-')."""
     temperature: float = Field(0.7, ge=0.0)
+    """Sampling temperature of this model's answers (0: greedy)."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: sample from the smallest token set with this total probability, in (0, 1]."""
     max_tokens: int = Field(2048, gt=0)
+    """Most tokens in each answer."""
 
 
 class SampleConfig(Section):
     prompts: str | None = unhashed()
+    """Prompts to sample for: a JSONL/Parquet file, datasets directory, hub id or builtin:NAME; required."""
     n: int = Field(5, ge=0)
+    """Samples drawn from the policy per prompt (0: off-policy candidates only)."""
     temperature: float = Field(0.8, ge=0.0)
+    """Sampling temperature (0: greedy)."""
     top_p: float = Field(0.95, gt=0.0, le=1.0)
+    """Nucleus sampling: sample from the smallest token set with this total probability, in (0, 1]."""
     top_k: int = Field(0, ge=0)
+    """Sample from the k most likely tokens only (0: off); backend openai takes it in endpoint.extra_body."""
     max_new_tokens: int = Field(512, gt=0)
+    """Most tokens generated per sample."""
     stop: list[str] = Field(default_factory=list)
+    """Strings that end a sample; its text is cut just before the first one."""
     backend: Literal["transformers", "llamacpp", "vllm", "openai"] = "transformers"
-    endpoint: EndpointConfig | None = None  # the server(s) behind sample.backend: openai
+    """Generator: transformers, llamacpp (a GGUF, on CPU), vllm (GPU) or openai (servers: sample.endpoint)."""
+    endpoint: EndpointConfig | None = None
+    """The server(s) behind sample.backend: openai (required with it, refused otherwise)."""
     batch_size: int = unhashed(8, gt=0)
+    """Prompts generated for together, each with its n samples."""
     # llamacpp: samples decoded together, one llama.cpp sequence (and KV stream) each; unset, a whole stage batch
-    # (batch_size x n) at once, up to llama.cpp's 256. Text does not depend on it; KV memory grows with it.
+    # (batch_size x n) at once, up to llama.cpp's 256. KV memory grows with it. A sample's text is fixed by the seed,
+    # the GGUF, the CPU and this (on AVX2 it came out the same for any value; on AVX512 it does not).
     parallel_sequences: int | None = unhashed(None, gt=0, le=256)
+    """llamacpp: samples decoded together, 1–256 (unset: batch_size × n, up to 256); KV memory grows with it."""
     # llamacpp: CPU threads, all cores when unset. Its threads spin at each layer's barrier, so on a machine shared
-    # with other work fewer threads than cores can be many times faster. Text does not depend on it.
+    # with other work fewer threads than cores can be many times faster. Like parallel_sequences, it may change the
+    # text on some CPUs (docs/performance.md).
     threads: int | None = unhashed(None, gt=0)
+    """llamacpp: CPU threads (unset: all cores); on a shared machine fewer can be many times faster."""
     gguf: str | None = None
+    """llamacpp: the GGUF file to sample from; unset: an F16 conversion of model.name_or_path."""
     context_length: int = Field(4096, gt=0)
+    """llamacpp: most tokens per sequence (prompt plus max_new_tokens); a longer prompt fails."""
     tensor_parallel_size: int = Field(1, gt=0)
+    """vllm: GPUs the model is split over (above 1 needs backend vllm)."""
     offpolicy_fields: list[str] = Field(default_factory=list)
+    """Prompt-record fields whose text joins the candidates as offpolicy:<field>, e.g. [reference]."""
     offpolicy_models: list[OffPolicyModelConfig] = Field(default_factory=list)
+    """API models that answer every prompt once, each joining the candidates as offpolicy:<name>."""
 
     @model_validator(mode="after")
     def _backend_and_pool(self) -> SampleConfig:
@@ -152,12 +190,19 @@ class SampleConfig(Section):
 
 class ScoreConfig(Section):
     candidates: str | None = unhashed()
+    """Candidates to score; unset: this run's sample/candidates.jsonl."""
     scorer: Literal["reward_model", "judge", "python"] = "reward_model"
+    """How to score: reward_model (score.model), judge (score.judge, an API) or python (score.function)."""
     model: str | None = None
+    """scorer reward_model: the sequence-classification reward model (hub id or directory)."""
     function: str | None = None
+    """scorer python: module:function(messages, text[, record]) -> float, from the working dir or PYTHONPATH."""
     judge: EndpointConfig | None = None
+    """scorer judge: the OpenAI-compatible endpoint asked to rate each candidate with one digit 0–9."""
     batch_size: int = unhashed(8, gt=0)
+    """scorer reward_model: conversations scored per forward pass."""
     max_length: int = Field(4096, gt=1)
+    """scorer reward_model: most tokens per conversation; longer ones are cut from the left and counted."""
 
     @model_validator(mode="after")
     def _settings_match_scorer(self) -> ScoreConfig:
@@ -176,55 +221,94 @@ class ScoreConfig(Section):
 
 class PairConfig(Section):
     candidates: str | None = unhashed()
+    """Scored candidates to pair; unset: this run's score/candidates.jsonl."""
     min_margin: float = Field(0.0, ge=0.0)
+    """Smallest chosen-minus-rejected score gap that makes a pair; a prompt below it gives none."""
     length_unit: Literal["tokens", "characters"] = "tokens"
+    """Unit of response length for tie-breaks: tokens (the policy's tokenizer) or characters."""
 
 
 class TrainConfig(Section):
     pairs: str | None = unhashed()
+    """Preference pairs to train on (TRL conversational format); unset: this run's pair/pairs.jsonl."""
     reference_model: str | None = None
+    """Frozen reference model of the loss; unset: the untrained policy itself (no second copy)."""
     loss: LossType = "sigmoid"
+    """Preference loss: sigmoid (DPO), robust, ipo, hinge or length_normalized (SimPO, reference-free)."""
     weighting: Literal["wpo", "none"] = "wpo"
+    """wpo scales each pair's loss by its weight, the policy's likelihood of both answers; none: unweighted."""
     clamp: bool = True
+    """Cap the WPO weight at 1, as the released code does; only with weighting: wpo."""
     beta: float = Field(0.1, gt=0.0)
+    """DPO's β: how far the policy may move from the reference (the seed used 0.01)."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    """Assumed label-flip rate ε in [0, 0.5) for sigmoid-type losses; robust needs it above 0."""
     sft_weight: float = Field(0.0, ge=0.0)
+    """Weight α of the chosen answer's per-token NLL added to the loss (RPO; 0: off)."""
     simpo_gamma: float = Field(0.0, ge=0.0)
+    """SimPO's target margin γ, only for loss: length_normalized."""
     # bf16 compute (autocast) over fp32 master weights and optimizer state; the loss's statistics stay fp32, and the
     # reference pass runs in the same precision, so the first step still sees z = 0
     mixed_precision: Literal["bf16", "no"] = "no"
+    """bf16: bf16 autocast compute over fp32 master weights and optimizer state; no: compute in the weights' dtype."""
     report_to: list[Literal["tensorboard", "trackio"]] = unhashed(
         ["tensorboard"]
     )  # trackio: pip install 'wpo[trackio]'
-    learning_rate: float = Field(5e-7, ge=0.0)
+    """Trackers that get the training metrics: tensorboard and/or trackio."""
+    # 5e-6 moves a small model (135M-1B) in a short first run; at 5e-7 such a run left every answer as it was. The
+    # seed's 9B recipe, with 128 pairs per step, sets its card's 1e-6.
+    learning_rate: float = Field(5e-6, ge=0.0)
+    """Peak learning rate of AdamW (large models and batches usually want less, e.g. the seed's 1e-6)."""
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule: cosine, linear, constant (no warmup) or constant_with_warmup."""
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    """Fraction of the training steps over which the learning rate warms up from 0."""
     num_epochs: int = Field(1, gt=0)
+    """Passes over the pairs (max_steps, when set, overrides it)."""
     max_steps: int | None = Field(None, gt=0)
+    """Optimizer steps to train, cycling epochs, instead of num_epochs' steps; unset: off."""
     per_device_batch_size: int = Field(1, gt=0)
+    """Pairs per micro-batch on each process."""
     gradient_accumulation_steps: int = Field(1, gt=0)
+    """Micro-batches accumulated per optimizer step."""
     global_batch_size: int | None = Field(None, gt=0)
+    """Expected pairs per optimizer step (per-device batch × accumulation × processes); else it fails."""
     max_length: int = Field(1024, gt=1)
+    """Most tokens of prompt plus response per pair; the response is cut to fit."""
     max_prompt_length: int | None = Field(512, gt=0)
+    """Most prompt tokens (cut from the left); null: never cut, and a too-long prompt is a bad record."""
     logging_steps: int = unhashed(10, gt=0)
+    """Log metrics every this many optimizer steps (also at step 1 and the last step)."""
     save_steps: int = unhashed(500, ge=0)
+    """Save a checkpoint every this many optimizer steps (0: only at the end)."""
     save_total_limit: int | None = unhashed(2, gt=0)
+    """Checkpoints kept, the newest; null keeps them all."""
     # response tokens projected at a time; 0 = full logits (wpo.train.chunked_loss). Only memory (and float rounding)
     # changes with it: a run that ran out of memory can resume with a smaller one.
     loss_chunk_size: int = unhashed(256, ge=0)
+    """Response tokens projected to logits at a time (0: full logits); changes memory, not results."""
     # a pair's prompt computed once for both answers (wpo.train.tokenize.PairBatch) rather than once per answer:
     # auto where that costs fewer FLOPs (PromptSharing), always, or never; models whose attention cannot take the
     # custom mask get padded rows, with one logged line
     share_prompts: Literal["auto", "always", "never"] = unhashed("auto")
+    """Compute a pair's prompt once for both answers: auto (when cheaper), always or never."""
     resume: Literal["auto", "never"] = unhashed("auto")
+    """auto continues from the newest checkpoint; never removes old checkpoints and starts over."""
     # full fine-tuning of bf16/fp16 weights rounds small updates away: refused unless asked for (low_precision_problem)
     low_precision_weights: bool = False
+    """Allow full fine-tuning of bf16/fp16 weights, where small updates can round away."""
     gradient_checkpointing: bool = False
+    """Recompute activations during backward to save memory, at extra compute."""
     weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay (biases and norm weights get none)."""
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    """AdamW's β1: decay rate of the gradient's running mean."""
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    """AdamW's β2: decay rate of the squared gradient's running mean."""
     adam_epsilon: float = Field(1e-8, gt=0.0)
+    """AdamW's ε, added to the denominator for numerical stability."""
     max_grad_norm: float | None = Field(1.0, gt=0.0)
+    """Clip the gradients' global norm to this; null: no clipping."""
 
     @model_validator(mode="after")
     def _keys_combine(self) -> TrainConfig:
@@ -253,28 +337,51 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     model: str | None = None
+    """Model to evaluate; unset: this run's trained model, else model.name_or_path."""
     prompts: str | None = unhashed()
+    """Eval set: prompts with reference answers, or an alpaca_eval eval set / outputs file; required."""
     compare_to: Literal["reference", "base_model"] = "reference"
+    """Baseline the model is judged against: the prompts' reference answers, or the base model's answers."""
     reference_field: str = "reference"
+    """Prompt-record field that holds the reference answer."""
     reference_generator: str = "reference"
+    """Name of the reference answers' generator where a record names none (compare_to: reference)."""
     reward: str | None = None
+    """Held-out task reward of both models' answers: module:function(messages, text[, record]) -> float."""
     measures: dict[str, str] = Field(default_factory=dict)
+    """Extra held-out measures, {name: module:function}; each must improve for the verdict better."""
     content_margin: float = Field(2.0, ge=0.0)
+    """Most chrF points (0–100) the model may lose to the base (delta CI's low end) and still be better."""
     min_length_ratio: float = Field(0.5, ge=0.0)
+    """Least mean answer length, as a fraction of the base model's, for the verdict better."""
     repetition_margin: float = Field(0.05, ge=0.0)
+    """Most distinct-2 drop from the base (delta CI's low end) allowed for the verdict better."""
     generator_name: str | None = None
+    """The model's leaderboard name; unset: <base model>-wpo for a trained run, else the model's name."""
     backend: Literal["transformers", "llamacpp", "vllm"] = "transformers"
+    """Generator of the eval answers: transformers, llamacpp or vllm."""
     temperature: float = Field(0.0, ge=0.0)
+    """Sampling temperature of the eval answers (0: greedy, the default)."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: sample from the smallest token set with this total probability, in (0, 1]."""
     max_new_tokens: int = Field(512, gt=0)
+    """Most tokens generated per eval answer."""
     batch_size: int = unhashed(8, gt=0)
+    """Eval prompts generated for together."""
     judge: Literal["api", "reward_model", "python"] = "api"
+    """Judge of model vs baseline: api (eval.api), reward_model (eval.reward_model) or python (eval.function)."""
     api: EndpointConfig | None = None
+    """judge api: the OpenAI-compatible judge endpoint (AlpacaEval 2's weighted judging)."""
     reward_model: str | None = None
+    """judge reward_model: the reward model that scores both answers (hub id or directory)."""
     function: str | None = None
+    """judge python: module:function(messages, reference, output[, record]) -> P(model better)."""
     instruction_difficulty: str | None = None
+    """CSV of AlpacaEval's per-instruction difficulties for the length-controlled win rate."""
     gamed_baselines: str | None = None
+    """CSV of AlpacaEval's gamed-baseline rows for the length-controlled win rate; needs instruction_difficulty."""
     leaderboard: str | None = unhashed()
+    """Leaderboard CSV that gets this model's row, shared across runs; unset: eval/leaderboard.csv."""
 
     @model_validator(mode="after")
     def _settings_match_judge(self) -> EvalConfig:
@@ -298,11 +405,17 @@ class EvalConfig(Section):
 
 class ExportConfig(Section):
     model: str | None = None
+    """Model to export (a LoRA adapter is merged first); unset: this run's trained model."""
     quantizations: list[str] = Field(default_factory=lambda: ["Q4_K_M"])
+    """GGUF types to write, e.g. F16, BF16, Q8_0, Q4_K_M (IQ types are refused)."""
     name: str | None = None
+    """File name stem, <name>.<TYPE>.gguf; unset: the model's leaderboard name."""
     license: str | None = None
+    """License written into the model card's front matter; unset: none."""
     verify_text: str = "builtin:heldout.txt"
+    """Held-out text on which each GGUF's perplexity and KL from the HF model are measured."""
     verify_tokens: int = Field(256, gt=8)
+    """Tokens of verify_text used for that check (more than 8)."""
 
 
 ROUND_STAGES: tuple[str, ...] = ("sample", "score", "pair", "train")
@@ -310,19 +423,36 @@ ROUND_STAGES: tuple[str, ...] = ("sample", "score", "pair", "train")
 
 class Recipe(Section):
     output_dir: str = "runs/wpo"
+    """Run directory: each stage writes under <output_dir>/<stage>."""
     seed: int = 42
+    """Run seed: every sample's seed, the training order and the eval bootstrap derive from it."""
     rounds: int = Field(1, gt=0)
+    """Rounds of sample → score → pair → train (iterative on-policy WPO); 1: a single pass."""
     stages: list[Literal["sample", "score", "pair", "train", "eval", "export"]] = Field(
         default_factory=lambda: list(STAGES)
     )
+    """Stages to run, unique and in pipeline order: sample, score, pair, train, eval, export."""
     on_bad_record: Literal["error", "skip"] = "error"
+    """A malformed input record: error stops with file:line; skip drops it, counted by reason."""
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The policy model: where it comes from, its dtype and an optional LoRA adapter."""
     sample: SampleConfig = Field(default_factory=SampleConfig)
+    """Stage sample: candidate answers per prompt from the policy and off-policy sources."""
     score: ScoreConfig = Field(default_factory=ScoreConfig)
+    """Stage score: a score for every candidate."""
     pair: PairConfig = Field(default_factory=PairConfig)
+    """Stage pair: the best and worst candidate of each prompt as a preference pair."""
     train: TrainConfig = Field(default_factory=TrainConfig)
+    """Stage train: preference training (WPO, or DPO and its variants) on the pairs."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    """Stage eval: the trained model's answers judged against a baseline, with held-out measures."""
     export: ExportConfig = Field(default_factory=ExportConfig)
+    """Stage export: GGUF files, verified, with a model card."""
+    _source: str = PrivateAttr("(defaults)")  # the recipe's file, named by errors found after loading
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @model_validator(mode="after")
     def _stages_in_order(self) -> Recipe:
@@ -388,6 +518,25 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping: PyYAML would silently keep the second."""
+
+
+def _mapping_without_duplicates(loader: _Yaml12Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise DuplicateKeyError(None, None, f"key {key!r} is given twice (lines {seen[key]} and {line})",
+                                    key_node.start_mark)  # fmt: skip
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Yaml12Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
 
@@ -450,9 +599,11 @@ def load_recipe(path: str | Path | dict[str, Any] | None, overrides: list[str] |
     `key=value` overrides."""
     if isinstance(path, dict):
         try:
-            return Recipe.model_validate(apply_overrides(copy.deepcopy(path), overrides or []))
+            recipe = Recipe.model_validate(apply_overrides(copy.deepcopy(path), overrides or []))
         except ValidationError as exc:
             raise ConfigError(_format_validation_error(exc, "(mapping)")) from None
+        recipe._source = "(mapping)"
+        return recipe
     source = str(path) if path is not None else "(defaults)"
     data: Any = {}
     if path is not None:
@@ -460,10 +611,16 @@ def load_recipe(path: str | Path | dict[str, Any] | None, overrides: list[str] |
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"recipe {source} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"recipe {source} is a directory: give the recipe's YAML file") from None
+        except PermissionError:
+            raise ConfigError(f"recipe {source} cannot be read (permission denied)") from None
         except UnicodeDecodeError:
             raise ConfigError(f"recipe {source} is not valid UTF-8") from None
         try:
             data = parse_yaml(text) or {}
+        except DuplicateKeyError as exc:
+            raise ConfigError(f"{source}:{exc.problem_mark.line + 1}: {exc.problem}; keep one") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""
@@ -472,9 +629,11 @@ def load_recipe(path: str | Path | dict[str, Any] | None, overrides: list[str] |
             raise ConfigError(f"{source}: a recipe must be a mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
+    recipe._source = source
+    return recipe
 
 
 def config_hash(payload: Any) -> str:

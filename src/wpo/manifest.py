@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
+import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from wpo.config import config_hash
-from wpo.data.io import resolve_local, write_json
+from wpo.data.io import BUILTIN_PREFIX, resolve_builtin, write_json
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 TRACKED_PACKAGES = ("wpo", "torch", "transformers", "accelerate", "peft", "datasets", "safetensors")
@@ -42,8 +46,10 @@ def source_fingerprint(source: str) -> str:
     """What identifies a stage's input: a local file's sha256; for a directory (a model, a dataset: too big to hash
     on every check) its files' names, sizes and modification times, so retrained weights of equal size still differ;
     else the id itself."""
-    local = resolve_local(source) if source else None
-    if local is None:
+    if not source:
+        return source
+    local = resolve_builtin(source) if source.startswith(BUILTIN_PREFIX) else Path(source).expanduser()
+    if not local.exists():  # a hub id, or an input not written yet
         return source
     if local.is_dir():
         files = sorted(p for p in local.rglob("*") if p.is_file())
@@ -90,9 +96,43 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configs (what made a result stale)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = []
+        for key in sorted(set(old) | set(new)):
+            keys += changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")
+        return keys
+    return [] if old == new else [prefix.rstrip(".")]
+
+
 def completed_with(stage_dir: Path, config_hash: str) -> bool:
     """True when the stage finished under this exact config and all of its outputs are still there."""
     manifest = read_manifest(stage_dir)
     if not manifest or not manifest.get("completed") or manifest.get("config_hash") != config_hash:
         return False
     return all((stage_dir / output).exists() for output in manifest.get("outputs", []))
+
+
+# Answers and log-probs a stage keeps for reuse: each is keyed by what it answers, so a redone stage keeps them.
+REUSABLE = ("offpolicy_cache.jsonl", "policy_cache.jsonl", "judge_cache.jsonl", "reference_cache")
+
+
+def move_aside(stage_dir: Path, old_hash: str, why: str) -> Path:
+    """Move a stage's earlier result out of the way of a redo, to `<stage>.replaced-<hash>/` beside it (never
+    deleted: the user decides), keeping copies of its reusable caches in place. Returns where it went."""
+    target = stage_dir.with_name(f"{stage_dir.name}.replaced-{old_hash}")
+    number = 2
+    while target.exists():
+        target = stage_dir.with_name(f"{stage_dir.name}.replaced-{old_hash}-{number}")
+        number += 1
+    stage_dir.rename(target)
+    stage_dir.mkdir()
+    for name in REUSABLE:
+        kept = target / name
+        if kept.is_dir():
+            shutil.copytree(kept, stage_dir / name)
+        elif kept.is_file():
+            shutil.copy2(kept, stage_dir / name)
+    log.warning("%s: %s; the earlier result is kept in %s", stage_dir, why, target)
+    return target

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from wpo.config import EMBEDDED_DEFAULT_MODEL, ModelConfig
+from wpo.data.io import looks_like_local_path
 from wpo.errors import WpoError
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(path)
     if path.exists():
         raise WpoError(f"model {name_or_path}: expected an HF model directory or a .gguf file")
+    if looks_like_local_path(name_or_path):
+        raise WpoError(f"model {name_or_path}: no such file or directory")
     return name_or_path
 
 

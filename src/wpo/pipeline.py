@@ -16,7 +16,9 @@ from typing import Any
 from wpo.config import ROUND_STAGES, Recipe, config_hash
 from wpo.data.io import write_json
 from wpo.distributed import MULTI_PROCESS_STAGES, process_state, refuse_a_launcher
-from wpo.manifest import completed_with, read_manifest
+from wpo.layout import stage_output
+from wpo.checks import check_stages
+from wpo.manifest import changed_keys, completed_with, move_aside, read_manifest
 from wpo.report import write_run_report
 
 log = logging.getLogger(__name__)
@@ -24,13 +26,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage by the import paths of its `run_config(recipe)` and `run(recipe)` (imported only when used), and the
-    output the next stage reads, under `<output_dir>/<name>/`."""
+    """A stage by the import paths of its `run_config(recipe)` and `run(recipe)` (imported only when used); what it
+    writes is `wpo.layout`'s."""
 
     name: str
     module: str
     run_function: str
-    output: str
 
     def _function(self, name: str) -> Callable[[Recipe], dict[str, Any]]:
         return getattr(importlib.import_module(self.module), name)
@@ -43,32 +44,23 @@ class Stage:
 
 
 STAGE_REGISTRY = {
-    "sample": Stage("sample", "wpo.sampling.stage", "run_sample", "candidates.jsonl"),
-    "score": Stage("score", "wpo.scoring.stage", "run_score", "candidates.jsonl"),
-    "pair": Stage("pair", "wpo.pairing.stage", "run_pair", "pairs.jsonl"),
-    "train": Stage("train", "wpo.train.trainer", "run_train", "final"),
-    "eval": Stage("eval", "wpo.eval.stage", "run_eval", "metrics.json"),
-    "export": Stage("export", "wpo.export.stage", "run_export", "quantization_report.json"),
+    "sample": Stage("sample", "wpo.sampling.stage", "run_sample"),
+    "score": Stage("score", "wpo.scoring.stage", "run_score"),
+    "pair": Stage("pair", "wpo.pairing.stage", "run_pair"),
+    "train": Stage("train", "wpo.train.trainer", "run_train"),
+    "eval": Stage("eval", "wpo.eval.stage", "run_eval"),
+    "export": Stage("export", "wpo.export.stage", "run_export"),
 }
 
 
-def stage_output(recipe: Recipe, name: str, round_number: int = 1) -> Path:
-    """Where stage `name` of this recipe (of round `round_number`) writes what the next stage reads."""
-    return recipe.round_output_dir(round_number) / name / STAGE_REGISTRY[name].output
-
-
-def final_model(recipe: Recipe) -> str:
-    """The model a run ends with: the last round's trained weights or LoRA adapter when they exist, else the base
-    model. Eval and export use it unless `eval.model` / `export.model` say otherwise."""
-    final = stage_output(recipe, "train", recipe.rounds)
-    trained = any((final / name).is_file() for name in ("config.json", "adapter_config.json"))
-    return str(final) if trained else recipe.model.name_or_path
-
-
-def run_stage(recipe: Recipe, name: str) -> dict[str, Any]:
+def run_stage(recipe: Recipe, name: str, force: bool = False) -> dict[str, Any]:
+    """`wpo <stage>`: what `wpo run` does for this one stage — checked first, skipped when done under this config
+    (unless `force`), an earlier result of another config moved aside."""
     if name not in MULTI_PROCESS_STAGES:
         refuse_a_launcher(f"wpo {name}")
-    return _timed_run(recipe, name)
+    check_stages(recipe, [name])
+    launch = process_state()
+    return run_or_skip(recipe, name, launch if launch.num_processes > 1 else None, force=force)
 
 
 def _timed_run(recipe: Recipe, name: str) -> dict[str, Any]:
@@ -77,21 +69,33 @@ def _timed_run(recipe: Recipe, name: str) -> dict[str, Any]:
     return {"wall_seconds": time.perf_counter() - started, "skipped": False, **headline}
 
 
-def run_or_skip(recipe: Recipe, name: str, launch=None) -> dict[str, Any]:
-    """Run one stage, unless its manifest says it already finished under this exact config.
+def run_or_skip(recipe: Recipe, name: str, launch=None, force: bool = False) -> dict[str, Any]:
+    """Run one stage, unless its manifest says it already finished under this exact config (and not `force`). A
+    finished result of another config (an upstream change, another setting) or a forced redo's is moved aside first.
 
     With `launch` (every process of a launch calls this): each process looks at the manifest before any writes it;
     the stages that split run in every process, the others in the main process while the rest wait.
     """
     stage = STAGE_REGISTRY[name]
     stage_dir = recipe.stage_dir(name)
-    done = completed_with(stage_dir, config_hash(stage.run_config(recipe)))
+    run_hash = config_hash(stage.run_config(recipe))
+    done = completed_with(stage_dir, run_hash) and not force
+    earlier = read_manifest(stage_dir)
     if launch is not None:
         launch.wait_for_everyone()
     if done:
-        log.info("%s: already done under this config (%s); skipping", name, stage_dir)
-        manifest = read_manifest(stage_dir) or {}
-        return {"wall_seconds": 0.0, "skipped": True, "counts": manifest.get("counts")}
+        log.info("%s: already done under this config (%s); skipping (--force redoes it)", name, stage_dir)
+        return {"wall_seconds": 0.0, "skipped": True, "output": str(stage_output(recipe, name)),
+                "counts": (earlier or {}).get("counts")}  # fmt: skip
+    if earlier and (launch is None or launch.is_main_process):
+        if earlier.get("config_hash") == run_hash:
+            why = f"{name} is redone as asked (--force)"
+        else:
+            changed = changed_keys(earlier.get("config", {}), stage.run_config(recipe))
+            why = f"{name} is redone: its config changed (differs in: {', '.join(changed) or 'unknown'})"
+        move_aside(stage_dir, str(earlier.get("config_hash")), why)
+    if launch is not None:
+        launch.wait_for_everyone()
     if launch is None or name in MULTI_PROCESS_STAGES:
         log.info("%s: running (%s)", name, stage_dir)
         return _timed_run(recipe, name)
@@ -123,12 +127,13 @@ def round_recipe(recipe: Recipe, round_number: int, launch) -> Recipe:
     })  # fmt: skip
 
 
-HEADLINE_KEYS = ("win_rate", "standard_error", "length_controlled_winrate", "avg_length", "better", "verdict")
+HEADLINE_KEYS = ("win_rate", "standard_error", "length_controlled_winrate", "avg_length", "better", "verdict",
+                 "identical_to_base")
 MEASURE_SUFFIXES = ("_base", "_base_ci95", "_trained", "_trained_ci95", "_delta", "_delta_ci95")
 EXPORT_KEYS = ("type", "file", "size_bytes", "perplexity", "hf_perplexity", "kl_mean")
 
 
-def run_pipeline(recipe: Recipe) -> dict[str, Any] | None:
+def run_pipeline(recipe: Recipe, force: bool = False) -> dict[str, Any] | None:
     """Run `recipe.stages` in order — sample → train once per round, then eval and export on the last round's model —
     skipping stages whose manifest matches their config. Writes `summary.json`: wall seconds per stage and the
     headline figures; then `report.html`, the run's page (`wpo report`).
@@ -136,9 +141,10 @@ def run_pipeline(recipe: Recipe) -> dict[str, Any] | None:
     Under a launcher, sample, score and train split across the processes and pair runs on the main process between
     barriers; after the last round the other processes are done, and eval and export run on the main process alone
     (no process idles at a barrier through a long evaluation). The summary is the main process's: the others
-    return None.
+    return None. With `force`, every stage is redone (earlier results moved aside).
     """
     started = time.perf_counter()
+    check_stages(recipe, recipe.stages)
     launch = process_state()
     summary: dict[str, Any] = {"rounds": recipe.rounds, "stages": {}}
     round_stages = [name for name in recipe.stages if name in ROUND_STAGES]
@@ -146,13 +152,14 @@ def run_pipeline(recipe: Recipe) -> dict[str, Any] | None:
         current = round_recipe(recipe, round_number, launch)
         for name in round_stages:
             label = name if round_number == 1 else f"round-{round_number}/{name}"
-            summary["stages"][label] = run_or_skip(current, name, launch if launch.num_processes > 1 else None)
+            summary["stages"][label] = run_or_skip(current, name, launch if launch.num_processes > 1 else None,
+                                                   force=force)
     if not launch.is_main_process:
         log.info("run: process %d is done; the main process goes on with %s", launch.process_index,
                  [name for name in recipe.stages if name not in ROUND_STAGES] or "the summary")  # fmt: skip
         return None
     for name in (name for name in recipe.stages if name not in ROUND_STAGES):
-        summary["stages"][name] = run_or_skip(recipe, name)
+        summary["stages"][name] = run_or_skip(recipe, name, force=force)
     summary["wall_seconds"] = {label: entry["wall_seconds"] for label, entry in summary["stages"].items()}
     summary["total_wall_seconds"] = time.perf_counter() - started
     if "eval" in recipe.stages:

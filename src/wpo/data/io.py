@@ -61,11 +61,28 @@ def resolve_builtin(source: str) -> Path:
     return path
 
 
+# Suffixes that make a source a file, never a hub id.
+LOCAL_SUFFIXES = frozenset({".jsonl", ".json", ".parquet", ".arrow", ".csv", ".txt", ".gguf", ".safetensors", ".yaml"})
+
+
+def looks_like_local_path(source: str) -> bool:
+    """A source written as a path — `.`, `/` or `~` first, a file suffix, more than one `/` — is never a hub id
+    (`owner/name`, `owner/name:split`), so a missing one is "no such file", not a hub look-up."""
+    name = source.partition(":")[0] if not source.startswith(("/", ".", "~")) else source
+    return (source.startswith(("/", ".", "~")) or "\\" in source or name.count("/") > 1
+            or Path(name).suffix.lower() in LOCAL_SUFFIXES)  # fmt: skip
+
+
 def resolve_local(source: str) -> Path | None:
+    """The local file or directory `source` names; None for a hub id. A path that does not exist is an error."""
     if source.startswith(BUILTIN_PREFIX):
         return resolve_builtin(source)
     path = Path(source).expanduser()
-    return path if path.exists() else None
+    if path.exists():
+        return path
+    if looks_like_local_path(source):
+        raise DataError(f"no such file or directory: {source}")
+    return None
 
 
 def read_records(source: str, policy: BadRecordPolicy | None = None) -> Iterator[SourceRecord]:

@@ -48,8 +48,6 @@ class ProgressFile:
             for line in complete.decode("utf-8").splitlines():
                 record = json.loads(line)
                 done[record["id"]] = record
-        if done:
-            log.info("resuming: %d records already done in %s", len(done), self.directory)
         return done
 
     def append(self, records: list[dict[str, Any]]) -> None:

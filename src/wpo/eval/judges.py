@@ -5,7 +5,7 @@
   answer when no logprobs come back. Which output is (a) is decided per instruction by a hash of its text, so the
   order is random across instructions yet the same on every rerun; the answer is un-swapped afterwards.
 - `reward_model`: 1 + σ(r(model) − r(reference)), the Bradley–Terry probability under a sequence-classification RM.
-- `python`: `module:function(messages, reference_output, model_output) -> P(model better)` in [0, 1].
+- `python`: `module:function(messages, reference_output, model_output[, record]) -> P(model better)` in [0, 1].
 
 Identical outputs are a draw (1.5) without asking anyone.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class Comparison:
     messages: list[dict[str, str]]
     reference: str
     output: str
+    record: dict[str, Any] = field(default_factory=dict)  # the prompt's record, for a python judge's `record`
 
     @property
     def instruction(self) -> str:
@@ -107,16 +108,16 @@ class RewardModelPairwiseJudge:
 
 class PythonPairwiseJudge:
     def __init__(self, recipe: Recipe):
-        from wpo.scoring.python_callable import load_function
+        from wpo.user_functions import load_function
 
         if recipe.eval.function is None:
             raise WpoError("eval.function is required by eval.judge: python")
-        self.function = load_function(recipe.eval.function)
+        self.function = load_function(recipe.eval.function, "eval.function")
 
     def preferences(self, comparisons: list[Comparison]) -> list[float]:
         preferences = []
         for item in comparisons:
-            p_model = self.function(item.messages, item.reference, item.output)
+            p_model = self.function(item.messages, item.reference, item.output, record=item.record)
             if isinstance(p_model, bool) or not isinstance(p_model, int | float) or not 0.0 <= p_model <= 1.0:
                 raise WpoError(f"eval.function returned {p_model!r} for {item.instruction[:60]!r}; expected [0, 1]")
             preferences.append(1.0 + float(p_model))

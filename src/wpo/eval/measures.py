@@ -2,7 +2,7 @@
 
 A gain counts only when it shows on measures the training did not optimize, so beside the task reward
 (`eval.reward`) every comparison with the base model reports:
-- the recipe's own measures (`eval.measures`, `name: module:function(messages, text) -> float`), e.g. the format
+- the recipe's own measures (`eval.measures`, `name: module:function(messages, text[, record]) -> float`), e.g. the format
   constraint's strict accuracy;
 - `chrf`: content against the prompt's reference answer (`eval.reference_field`), sacrebleu's sentence chrF (0–100);
 - `length_chars`: answer length in characters;
@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from wpo.data.schemas import PromptRecord
 from wpo.errors import WpoError
 from wpo.eval.metrics import paired_comparison
+from wpo.user_functions import UserFunction, prompt_record
 
 BUILTIN_MEASURES = ("chrf", "length_chars", "distinct_2")
 
@@ -40,13 +42,16 @@ def chrf(text: str, reference: str) -> float:
 
 
 def per_prompt_values(
-    functions: dict[str, Any], messages: list[dict[str, str]], text: str, reference: str | None, where: str
+    functions: dict[str, UserFunction], prompt: PromptRecord, text: str, reference: str | None
 ) -> dict[str, float]:
-    """Every measure of one answer: the recipe's functions (`name -> callable(messages, text)`), then the built-ins."""
+    """Every measure of one answer: the recipe's functions (`name -> (messages, text[, record])`), then the
+    built-ins."""
     values = {}
+    where = prompt.id
+    record = prompt_record(prompt.id, prompt.messages, prompt.extra)
     for name, function in functions.items():
         try:
-            value = function(messages, text)
+            value = function(prompt.messages, text, record=record)
         except Exception as exc:  # the user's code: say which measure broke on which prompt, not a bare traceback
             raise WpoError(f"eval measure {name} failed on the prompt {where!r}: {type(exc).__name__}: {exc}") from None
         if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):

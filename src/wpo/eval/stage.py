@@ -24,16 +24,16 @@ from wpo.eval.judges import Comparison, judge_all
 from wpo.eval.measures import compare, per_prompt_values, side_by_side, verdict
 from wpo.eval.metrics import summarize
 from wpo.eval.report import update_leaderboard, write_report
+from wpo.layout import final_model
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import merged_model_dir
+from wpo.user_functions import prompt_record
 
 log = logging.getLogger(__name__)
 
 
 def eval_model(recipe: Recipe) -> str:
     """`eval.model`, else the trained model of this run (weights or LoRA adapter), else the recipe's base model."""
-    from wpo.pipeline import final_model
-
     return recipe.eval.model or final_model(recipe)
 
 
@@ -159,17 +159,17 @@ def heldout_measures(recipe: Recipe, prompts, base_outputs: list[str], outputs: 
                      generators: tuple[str, str]) -> dict[str, Any]:  # fmt: skip
     """Every measure of the base's and the evaluated model's answers per prompt (`measures.jsonl`,
     `side_by_side.md`), their paired bootstrap CIs, and the verdict on "better" (see `wpo.eval.measures`)."""
-    from wpo.scoring.python_callable import load_function
+    from wpo.user_functions import load_function
 
     cfg = recipe.eval
-    functions = {"reward": load_function(cfg.reward)} if cfg.reward else {}
-    functions |= {name: load_function(spec) for name, spec in cfg.measures.items()}
+    functions = {"reward": load_function(cfg.reward, "eval.reward")} if cfg.reward else {}
+    functions |= {name: load_function(spec, f"eval.measures.{name}") for name, spec in cfg.measures.items()}
     with_reference = all(isinstance(p.extra.get(cfg.reference_field), str) for p in prompts)
     rows = []
     for prompt, base, trained in tqdm(list(zip(prompts, base_outputs, outputs, strict=True)), desc="eval: measures",
                                       unit="prompt"):  # fmt: skip
         reference = prompt.extra[cfg.reference_field] if with_reference else None
-        values = [per_prompt_values(functions, prompt.messages, text, reference, prompt.id) for text in (base, trained)]
+        values = [per_prompt_values(functions, prompt, text, reference) for text in (base, trained)]
         rows.append({
             "id": prompt.id, **({"constraint": prompt.extra["constraint"]} if "constraint" in prompt.extra else {}),
             **{f"{name}_base": value for name, value in values[0].items()},
@@ -194,6 +194,12 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     policy = BadRecordPolicy(recipe.on_bad_record)
     prompts = load_comparisons_inputs(recipe, policy)
     model = eval_model(recipe)
+    if model == recipe.model.name_or_path:
+        if cfg.compare_to == "base_model":  # wpo.checks refuses this at load; a Python caller may come straight here
+            raise ConfigError("eval.compare_to: base_model, but the model to evaluate is the base model itself: "
+                              "train first, or set eval.model")  # fmt: skip
+        log.warning("eval: nothing trained under %s and eval.model is unset: evaluating the base model %s against "
+                    "the references", recipe.output_dir, model)  # fmt: skip
     generator = cfg.generator_name or generator_name(model)
     trust = recipe.model.trust_remote_code
     outputs = generate_outputs(recipe, str(merged_model_dir(Path(model), stage_dir, trust_remote_code=trust))
@@ -213,7 +219,8 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         references = [p.extra[cfg.reference_field] for p in prompts]
         reference_generators = [p.extra.get("reference_generator") or cfg.reference_generator for p in prompts]
 
-    comparisons = [Comparison(p.messages, r, o) for p, r, o in zip(prompts, references, outputs, strict=True)]
+    comparisons = [Comparison(p.messages, r, o, prompt_record(p.id, p.messages, p.extra))
+                   for p, r, o in zip(prompts, references, outputs, strict=True)]  # fmt: skip
     preferences, judge_usage = judge_all(recipe, comparisons, stage_dir)
     annotations = [
         {"instruction": c.instruction, "output_1": c.reference, "output_2": c.output, "generator_1": g,
@@ -230,6 +237,12 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         base_generator = generator_name(recipe.model.name_or_path)
         metrics.update(heldout_measures(recipe, prompts, base_outputs, outputs, stage_dir, (base_generator, generator)))
         outputs_written += ["measures.jsonl", "side_by_side.md"]
+        metrics["identical_to_base"] = sum(o == b for o, b in zip(outputs, base_outputs, strict=True))
+        if model != recipe.model.name_or_path and metrics["identical_to_base"] == len(prompts):
+            log.warning("eval: every one of the %d answers is identical to the base model's: the training changed "
+                        "nothing these prompts show (train.learning_rate %g over %s steps); train more, or with a "
+                        "larger learning rate", len(prompts), recipe.train.learning_rate,
+                        recipe.train.max_steps or "its")  # fmt: skip
     write_json(stage_dir / "metrics.json", metrics)
     board = update_leaderboard(Path(cfg.leaderboard) if cfg.leaderboard else stage_dir / "leaderboard.csv",
                                generator, metrics)  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from wpo.data.io import atomic_writer, resolve_local
+from wpo.data.io import atomic_writer, looks_like_local_path
 from wpo.models import EMBEDDED_HUB_IDS
 
 WPO_CITATION = """@article{zhou2024wpo,
@@ -37,8 +37,7 @@ def public_name(reference: str | None) -> str | None:
 
 
 def is_hub_dataset(source: str) -> bool:
-    local_looking = source.startswith(("/", ".", "~", "builtin:")) or source.endswith((".jsonl", ".json", ".parquet"))
-    return not local_looking and resolve_local(source) is None
+    return not source.startswith("builtin:") and not looks_like_local_path(source) and not Path(source).exists()
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from wpo.errors import ConfigError, WpoError
 from wpo.export.card import write_card
 from wpo.export.convert import check_architecture, check_quantizations, export_gguf
 from wpo.export.verify import hf_log_probs, perplexity, verify_gguf
+from wpo.layout import final_model
 from wpo.manifest import source_fingerprint, write_manifest
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,6 @@ FILE_NAME = re.compile(r"\w[\w.+-]{0,199}")
 
 
 def export_model(recipe: Recipe) -> str:
-    from wpo.pipeline import final_model
-
     return recipe.export.model or final_model(recipe)
 
 
@@ -84,7 +83,8 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
     write_manifest(stage_dir, stage="export", config=config, config_hash=config_hash(config), seed=recipe.seed,
                    counts={"files": len(files)}, wall_seconds=time.perf_counter() - started,
                    outputs=[p.name for p in files.values()] + [REPORT, CARD])  # fmt: skip
-    return {"files": [str(p) for p in files.values()], "report": report}
+    return {"output": str(stage_dir / REPORT), "counts": {"files": len(files)}, "files": [str(p) for p in files.values()],
+            "report": report}
 
 
 def evaluated_conversion(recipe: Recipe, model_dir: Path) -> Path | None:

@@ -15,7 +15,7 @@ from wpo.data.schemas import CandidatesRecord, Pair, RecordInvalid, parse_all, p
 from wpo.errors import DataError
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.pairing import choose_pair
-from wpo.pipeline import stage_output
+from wpo.layout import stage_output
 
 log = logging.getLogger(__name__)
 OUTPUT, STATS = "pairs.jsonl", "stats.json"
@@ -114,4 +114,4 @@ def run_pair(recipe: Recipe) -> dict[str, Any]:
                    counts=counts, wall_seconds=time.perf_counter() - started, outputs=[OUTPUT, STATS])  # fmt: skip
     log.info("pair: read %d prompts from %s, wrote %d pairs to %s; dropped %s", len(records), source, written,
              stage_dir / OUTPUT, dict(dropped) or "none")  # fmt: skip
-    return {"output": str(stage_dir / OUTPUT), "stats": stats}
+    return {"output": str(stage_dir / OUTPUT), "counts": counts, "stats": stats}

@@ -8,12 +8,14 @@ far less than 32 calls.
 The samples of a prompt share it: it is decoded once and its KV copied to each sample's sequence. A finished sample
 (end-of-turn token, stop string or `max_new_tokens`) frees its sequence for the next waiting request.
 
-The same seed gives the same text whatever the batch: each sample draws from its own seeded sampler chain, and its
-arithmetic never depends on its batch-mates. Each sequence has its own KV stream (`kv_unified` off); a prompt is
-decoded alone; the running samples stay in sequences 0..k-1, so a call is always one micro-batch; a lone sample gets
-a padding row (llama.cpp multiplies one row with another kernel than several, with other rounding, and splits a
-lone query's attention by thread). So the text depends on the seed, the GGUF and the CPU only, not on the number of
-sequences or threads (tests/test_llamacpp_batched.py checks 1, 4 and 16 sequences).
+Each sample draws from its own seeded sampler chain and its own KV stream (`kv_unified` off); a prompt is decoded
+alone; the running samples stay in sequences 0..k-1, so a call is always one micro-batch; a lone sample gets a
+padding row (llama.cpp multiplies one row with another kernel than several, and splits a lone query's attention by
+thread). What holds on every CPU: the text is fixed by the seed, the GGUF, the CPU, and what decodes together
+(`sample.batch_size`, `parallel_sequences`, `threads`), so the same recipe on the same machine — a rerun, a resumed
+stage — gives the same candidates. On AVX2 the text also came out the same for 1, 4 and 16 sequences; on AVX512
+llama.cpp's kernels change their rounding with the number of rows in more ways than the padding row pins, and it
+does not (docs/performance.md).
 
 The chain applies temperature, then top-k, then top-p on the tempered distribution, then draws (temperature 0:
 greedy), as the transformers backend does; llama.cpp's extras (min_p, repeat penalty) are left out.

@@ -123,6 +123,8 @@ def run_sample(recipe: Recipe) -> dict[str, Any]:
     done = progress.load()
     state.wait_for_everyone()  # every process has read (and repaired) the progress files before any appends
     already_done = sum(p.id in done for p in prompts)
+    if already_done:
+        log.info("sample: resuming, %d of %d prompts already sampled in %s", already_done, len(prompts), stage_dir)
     pending = [batch for batch in batch_plan(prompts, cfg.batch_size) if any(p.id not in done for p in batch)]
     # Whole batches of the one-process plan go to each process, so every sample is computed in the same batch, with
     # the same padding, as a one-process run computes it: the merged file is the same bytes.

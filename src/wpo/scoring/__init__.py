@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from wpo.config import Recipe
 
@@ -12,6 +12,7 @@ from wpo.config import Recipe
 class ScoreRequest:
     messages: list[dict[str, str]]
     response: str
+    record: dict[str, Any] = field(default_factory=dict)  # the prompt's record, for a python scorer's `record`
 
 
 class Scorer(Protocol):

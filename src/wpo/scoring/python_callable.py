@@ -1,32 +1,14 @@
-"""A user function `module:function(prompt_messages, response_text) -> float`: the path for verifiable rewards.
+"""A user function `module:function(messages, text[, record]) -> float`: the path for verifiable rewards.
 
-The module is imported from the working directory or PYTHONPATH (the working directory is put first on sys.path).
+`record` is the prompt's whole record (`id`, `messages` and its extra fields, e.g. `reference`); see
+`wpo.user_functions` for how the function is found and checked.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
-from wpo.errors import ConfigError, WpoError
+from wpo.errors import WpoError
 from wpo.scoring import ScoreRequest
-
-
-def load_function(spec: str):
-    module_name, sep, function_name = spec.partition(":")
-    if not sep or not module_name or not function_name:
-        raise ConfigError(f"score.function {spec!r} must be 'module:function'")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"score.function: cannot import {module_name!r} ({exc})") from None
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise ConfigError(f"score.function: {module_name} has no callable {function_name!r}")
-    return function
+from wpo.user_functions import load_function
 
 
 class PythonScorer:
@@ -37,12 +19,12 @@ class PythonScorer:
 
     def __init__(self, spec: str):
         self.spec = spec
-        self.function = load_function(spec)
+        self.function = load_function(spec, "score.function")
 
     def _one(self, request: ScoreRequest) -> float:
         prompt = request.messages[-1]["content"][:80] if request.messages else ""
         try:
-            value = self.function(request.messages, request.response)
+            value = self.function(request.messages, request.response, record=request.record)
         except Exception as exc:  # the user's code: report which prompt broke it, not a bare traceback
             raise WpoError(f"{self.spec} failed on the prompt {prompt!r}: {type(exc).__name__}: {exc}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):

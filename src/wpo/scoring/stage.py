@@ -25,7 +25,7 @@ from wpo.distributed import process_state
 from wpo.errors import DataError
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.scoring import ScoreRequest, make_scorer
-from wpo.pipeline import stage_output
+from wpo.layout import stage_output
 
 log = logging.getLogger(__name__)
 OUTPUT = "candidates.jsonl"
@@ -56,6 +56,8 @@ def run_score(recipe: Recipe) -> dict[str, Any]:
     done = progress.load()
     state.wait_for_everyone()  # every process has read (and repaired) the progress files before any appends
     already_done = sum(str(data["id"]) in done for _, data in records)
+    if already_done:
+        log.info("score: resuming, %d of %d records already scored in %s", already_done, len(records), stage_dir)
     # A plan fixed by the input: chunks are appended whole, so a chunk is done or not whatever the process count.
     chunks = [records[i : i + RECORDS_PER_APPEND] for i in range(0, len(records), RECORDS_PER_APPEND)]
     pending = [chunk for chunk in chunks if any(str(data["id"]) not in done for _, data in chunk)]
@@ -65,7 +67,7 @@ def run_score(recipe: Recipe) -> dict[str, Any]:
     my_candidates = sum(len(d["candidates"]) for chunk in mine for _, d in chunk)
     bar = tqdm(total=my_candidates, desc="score", unit="candidate", disable=not state.is_main_process)
     for chunk in mine:
-        requests = [ScoreRequest(d["messages"], c["text"]) for _, d in chunk for c in d["candidates"]]
+        requests = [ScoreRequest(d["messages"], c["text"], _prompt_record(d)) for _, d in chunk for c in d["candidates"]]
         scores = iter(scorer.score(requests))
         finished = []
         for where, data in chunk:
@@ -121,6 +123,11 @@ def _write_scored(
     log.info("score: read %d records from %s, wrote %d to %s; skipped %s", counts["records_read"], source, written,
              stage_dir / OUTPUT, dict(policy.skipped) or "none")  # fmt: skip
     return {"output": str(stage_dir / OUTPUT), "counts": counts}
+
+
+def _prompt_record(candidates_record: dict[str, Any]) -> dict[str, Any]:
+    """The prompt's record as the prompts file held it: a candidates record without its candidates."""
+    return {key: value for key, value in candidates_record.items() if key != "candidates"}
 
 
 def _checked(score: Any, where: str, record_id: Any, index: int) -> float:

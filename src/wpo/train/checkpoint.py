@@ -23,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimi
 
 from wpo.data.io import write_json
 from wpo.errors import WpoError
+from wpo.manifest import changed_keys
 
 log = logging.getLogger(__name__)
 
@@ -131,22 +132,28 @@ def prune_checkpoints(directory: Path, keep: int | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def latest_resume_point(directory: Path, config_hash: str, config: dict[str, Any],
-                        schedule: dict[str, int]) -> ResumePoint | None:  # fmt: skip
-    """The newest checkpoint, refusing one that another config wrote (and saying which keys differ), or one whose
-    schedule (pairs per optimizer step, total steps) this launch would not reproduce exactly, as another process count
-    would."""
+def stale_checkpoints(directory: Path, config_hash: str, config: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """When the newest checkpoint was written by another config (its pairs changed upstream, a setting changed):
+    that config's hash and the keys that differ; None when there is none or it is this config's."""
     checkpoints = find_checkpoints(directory)
+    if not checkpoints:
+        return None
+    state = json.loads((checkpoints[-1][1] / STATE_FILE).read_text(encoding="utf-8"))
+    if state.get("config_hash") == config_hash:
+        return None
+    return str(state.get("config_hash")), changed_keys(state.get("config", {}), config)
+
+
+def latest_resume_point(directory: Path, config_hash: str, schedule: dict[str, int]) -> ResumePoint | None:
+    """The newest checkpoint of this config (`stale_checkpoints` moves another config's aside first), refusing one
+    whose schedule (pairs per optimizer step, total steps) this launch would not reproduce exactly, as another
+    process count would."""
+    checkpoints = [(step, path) for step, path in find_checkpoints(directory)
+                   if json.loads((path / STATE_FILE).read_text(encoding="utf-8")).get("config_hash") == config_hash]
     if not checkpoints:
         return None
     step, path = checkpoints[-1]
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    if state.get("config_hash") != config_hash:
-        differing = sorted(_differing_keys(state.get("config", {}), config))
-        raise WpoError(
-            f"{path} was written by a different config (differs in: {', '.join(differing) or 'unknown'}); "
-            "refusing to resume: use another output_dir, or train.resume=never to start over"
-        )
     written = state.get("schedule") or {}
     if any(written.get(key) != schedule[key] for key in ("global_batch_pairs", "total_steps")):
         raise WpoError(
@@ -156,15 +163,6 @@ def latest_resume_point(directory: Path, config_hash: str, config: dict[str, Any
             "with per_device_batch_size x gradient_accumulation_steps x processes as before, or train.resume=never"
         )
     return ResumePoint(path=path, step=step, state=state)
-
-
-def _differing_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = []
-        for key in sorted(set(old) | set(new)):
-            keys += _differing_keys(old.get(key), new.get(key), f"{prefix}{key}.")
-        return keys
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def _state_dict_options(sharded: bool) -> StateDictOptions:

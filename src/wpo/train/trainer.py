@@ -34,9 +34,9 @@ from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import LoadedPairs, load_pairs
 from wpo.distributed import check_launch, state_options
 from wpo.errors import ConfigError, DataError, NonFiniteError
-from wpo.manifest import source_fingerprint, write_manifest
+from wpo.manifest import move_aside, source_fingerprint, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
-from wpo.pipeline import stage_output
+from wpo.layout import stage_output
 from wpo.train import checkpoint, reference, zero
 from wpo.train.forward import pair_statistics, prompt_sharing, require_finite
 from wpo.train.launchers import Launcher, make_launcher
@@ -97,32 +97,46 @@ class TrainResult:
     counts: dict[str, Any]
 
 
-def _mixed_precision(recipe: Recipe, on_cpu: bool) -> str | None:
-    """`train.mixed_precision` for accelerate (None leaves a launcher config's choice alone); bf16 on a CPU without
-    bf16 support falls back to fp32 with one line."""
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16; every CPU with AMX has it too): without it a bf16
+    matmul runs a slow reference kernel, with the same numerics."""
+    return torch.cpu._is_avx512_bf16_supported()
+
+
+def compute_precision(recipe: Recipe, on_cpu: bool) -> str:
+    """The autocast precision this training runs in: `train.mixed_precision: bf16` (fp32 on a CPU without bf16 units,
+    with one line), else the launcher's choice (`accelerate launch --mixed_precision`, which sets
+    ACCELERATE_MIXED_PRECISION), else none."""
     if recipe.train.mixed_precision == "no":
-        return None
-    if on_cpu and not getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if on_cpu and not cpu_has_bf16_units():
         log.warning(
             "train.mixed_precision: bf16, but this CPU has no bf16 instructions (AVX512-BF16): training in fp32"
         )
-        return None
+        return "no"
     return "bf16"
 
 
 def make_accelerator(recipe: Recipe) -> Accelerator:
-    """accelerate's Accelerator, on CPU (gloo) when the machine has no accelerator device (`wpo.distributed`)."""
+    """accelerate's Accelerator, on CPU (gloo) when the machine has no accelerator device (`wpo.distributed`), in the
+    precision this recipe asks for. accelerate keeps one process-wide state and refuses to change its precision, so
+    a second training in the process (a notebook, a sweep over train.mixed_precision) drops that state first; the
+    process group, kept in accelerate's PartialState, stays."""
+    from accelerate.state import AcceleratorState
+
     options = state_options()
-    mixed = _mixed_precision(recipe, options.get("cpu", False))
-    if mixed:
-        options["mixed_precision"] = mixed
+    precision = compute_precision(recipe, options.get("cpu", False))
+    earlier = AcceleratorState._shared_state.get("_mixed_precision")  # set once the state is initialized
+    if earlier is not None and earlier != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
     backend = options.pop("backend", None)
-    accelerator = Accelerator(**options, kwargs_handlers=[InitProcessGroupKwargs(backend=backend)] if backend else [])
+    accelerator = Accelerator(**options, mixed_precision=precision,
+                              kwargs_handlers=[InitProcessGroupKwargs(backend=backend)] if backend else [])  # fmt: skip
     check_launch(accelerator.num_processes)
     if zero.is_deepspeed(accelerator):
         zero.load_models_whole()
-    log.info("accelerate: %s, %d process(es) on %s", accelerator.distributed_type.value, accelerator.num_processes,
-             accelerator.device.type)  # fmt: skip
+    log.info("accelerate: %s, %d process(es) on %s, mixed precision: %s", accelerator.distributed_type.value,
+             accelerator.num_processes, accelerator.device.type, accelerator.mixed_precision)  # fmt: skip
     return accelerator
 
 
@@ -171,10 +185,15 @@ def setup(recipe: Recipe) -> TrainState:
         schedule.total_steps, schedule.pairs_per_step, cfg.per_device_batch_size, cfg.gradient_accumulation_steps,
         accelerator.num_processes, schedule.steps_per_epoch,
     )  # fmt: skip
-    if cfg.resume == "never" and accelerator.is_main_process:
-        checkpoint.prune_checkpoints(train_dir, keep=0)
+    stale = checkpoint.stale_checkpoints(train_dir, run_hash, config)
+    if accelerator.is_main_process:
+        if stale:
+            move_aside(train_dir, stale[0], f"train is redone: its checkpoints were written by another config "
+                                            f"(differs in: {', '.join(stale[1]) or 'unknown'})")  # fmt: skip
+        elif cfg.resume == "never":
+            checkpoint.prune_checkpoints(train_dir, keep=0)
     accelerator.wait_for_everyone()
-    resume_point = checkpoint.latest_resume_point(train_dir, run_hash, config, schedule.fingerprint())
+    resume_point = checkpoint.latest_resume_point(train_dir, run_hash, schedule.fingerprint())
 
     model = load_causal_lm(_policy_weights_path(model_path, resume_point, recipe), recipe.model)
     model.to(accelerator.device)
@@ -340,6 +359,8 @@ def run_train(recipe: Recipe) -> dict[str, Any]:
     """The stage entry point: train, and report the headline figures."""
     result = train(recipe)
     return {
+        "output": str(result.final_dir),
+        "counts": result.counts,
         "final_dir": str(result.final_dir),
         "steps": result.steps,
         "final_metrics": result.last_metrics,

@@ -1,0 +1,140 @@
+"""What the chosen stages need, checked before any of them runs: `wpo config` fails exactly where `wpo run` would.
+
+`load_recipe` checks each key alone and keys that combine. This checks what the stages to be run need from the
+recipe and the disk: the settings each scorer, judge and backend requires, that local files exist, that the user's
+functions import and take the documented parameters, that an upstream output exists (or which stage to run first),
+and that eval compares something trained with its base. Each failure is one line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+
+from wpo.config import Recipe
+from wpo.data.io import BUILTIN_PREFIX, looks_like_local_path, resolve_builtin
+from wpo.errors import ConfigError, DataError
+from wpo.layout import final_model, stage_output
+
+# The stage whose output each stage reads by default, and the key that overrides it.
+UPSTREAM = {"score": ("sample", "score.candidates"), "pair": ("score", "pair.candidates"),
+            "train": ("pair", "train.pairs")}  # fmt: skip
+
+
+def check_stages(recipe: Recipe, stages: Sequence[str]) -> None:
+    """Raise a ConfigError naming the recipe, the key and the fix for the first thing `stages` would fail on."""
+    try:
+        _check(recipe, list(stages))
+    except (ConfigError, DataError) as exc:
+        raise ConfigError(f"{recipe.source}: {exc}") from None
+
+
+def _check(recipe: Recipe, stages: list[str]) -> None:
+    _exists("model.name_or_path", recipe.model.name_or_path)
+    for stage in stages:
+        if stage in UPSTREAM:
+            _upstream(recipe, stage, stages)
+    if "sample" in stages:
+        _sample(recipe)
+    if "score" in stages:
+        _score(recipe)
+    if "train" in stages:
+        _exists("train.reference_model", recipe.train.reference_model)
+    if "eval" in stages:
+        _eval(recipe, trains="train" in stages)
+    if "export" in stages:
+        from wpo.export.convert import check_quantizations
+
+        check_quantizations(recipe.export.quantizations)
+        _exists("export.model", recipe.export.model)
+        _exists("export.verify_text", recipe.export.verify_text)
+
+
+def _exists(key: str, source: str | None) -> None:
+    """A local path (or `builtin:` name) in `key` that does not exist; hub ids are left to the hub."""
+    if not source:
+        return
+    if source.startswith(BUILTIN_PREFIX):
+        resolve_builtin(source)
+    elif looks_like_local_path(source) and not Path(source).expanduser().exists():
+        raise ConfigError(f"{key}: no such file or directory: {source}")
+
+
+def _required(key: str, value: object, why: str, fix: str) -> None:
+    if value is None or value == "":
+        raise ConfigError(f"{key} is required by {why}: {fix}")
+
+
+def _upstream(recipe: Recipe, stage: str, stages: list[str]) -> None:
+    producer, key = UPSTREAM[stage]
+    section, name = key.split(".")
+    given = getattr(getattr(recipe, section), name)
+    if given is not None:
+        _exists(key, given)
+    elif producer not in stages and not stage_output(recipe, producer).exists():
+        raise ConfigError(f"{stage} reads {stage_output(recipe, producer)}, which does not exist: run `wpo "
+                          f"{producer}` first (or include {producer} in stages), or set {key}")  # fmt: skip
+
+
+def _sample(recipe: Recipe) -> None:
+    cfg = recipe.sample
+    _required("sample.prompts", cfg.prompts, "the sample stage",
+              "a JSONL/Parquet file of {id, messages} records, a datasets directory, a hub id or builtin:NAME")
+    _exists("sample.prompts", cfg.prompts)
+    _exists("sample.gguf", cfg.gguf)
+    if cfg.backend == "vllm" and cfg.n > 0 and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("sample.backend: vllm, but vllm is not installed: pip install vllm (on a GPU machine), "
+                          "or choose sample.backend: transformers | llamacpp")  # fmt: skip
+
+
+def _score(recipe: Recipe) -> None:
+    cfg = recipe.score
+    why = f"score.scorer: {cfg.scorer}"
+    if cfg.scorer == "reward_model":
+        _required("score.model", cfg.model, why,
+                  "set it to a sequence-classification reward model (an HF directory or hub id), or choose "
+                  "score.scorer: python (with score.function) or judge (with score.judge)")
+        _exists("score.model", cfg.model)
+    elif cfg.scorer == "judge":
+        _required("score.judge", cfg.judge, why, "an endpoint {base_url, model, api_key_env}")
+    else:
+        _required("score.function", cfg.function, why,
+                  "module:function(messages, text[, record]) -> float, e.g. wpo.tasks.reference:chrf")
+        _function(cfg.function, "score.function")
+
+
+def _eval(recipe: Recipe, trains: bool) -> None:
+    cfg = recipe.eval
+    _required("eval.prompts", cfg.prompts, "the eval stage",
+              "an eval set with a reference answer per prompt (or eval.compare_to: base_model), e.g. "
+              "builtin:ifeval-heldout.jsonl")
+    _exists("eval.prompts", cfg.prompts)
+    for key in ("model", "instruction_difficulty", "gamed_baselines", "reward_model"):
+        _exists(f"eval.{key}", getattr(cfg, key))
+    why = f"eval.judge: {cfg.judge}"
+    if cfg.judge == "api":
+        _required("eval.api", cfg.api, why, "an endpoint {base_url, model, api_key_env} that judges pairs")
+    elif cfg.judge == "reward_model":
+        _required("eval.reward_model", cfg.reward_model, why, "a sequence-classification reward model")
+    else:
+        _required("eval.function", cfg.function, why,
+                  "module:function(messages, reference_output, model_output[, record]) -> P(model better)")
+        _function(cfg.function, "eval.function")
+    if cfg.reward:
+        _function(cfg.reward, "eval.reward")
+    for name, spec in cfg.measures.items():
+        _function(spec, f"eval.measures.{name}")
+    evaluated = cfg.model or (None if trains else final_model(recipe))
+    if cfg.compare_to == "base_model" and evaluated == recipe.model.name_or_path:
+        nothing = "eval.model is the base model" if cfg.model else (
+            f"nothing is trained under {recipe.output_dir} and stages do not include train")
+        raise ConfigError(f"eval.compare_to: base_model, but {nothing}: the base would be compared with itself; "
+                          "train first, or set eval.model to the model to evaluate")  # fmt: skip
+
+
+def _function(spec: str, key: str) -> None:
+    from wpo.user_functions import load_function
+
+    load_function(spec, key)
+

@@ -1,0 +1,106 @@
+"""Reruns that agree: every command skips a stage finished under the same config (`--force` redoes it), and an
+upstream change redoes every stage it makes stale — training included — moving what it replaces aside. Also a
+user's own reward that reads the prompt's record, and the reference rewards shipped for any prompt with a reference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import assert_ok, cli, write_lines
+
+from wpo.tasks import reference
+
+
+@pytest.fixture
+def user_run(tmp_path, tiny_llama, monkeypatch) -> Path:
+    """A user's own model, prompts with a `reference` field, and a reward in their working directory that reads it."""
+    monkeypatch.chdir(tmp_path)
+    write_lines(tmp_path / "prompts.jsonl", [
+        {"id": f"q{i}", "messages": [{"role": "user", "content": f"Say {i} words."}], "reference": "one two " * i}
+        for i in range(1, 5)
+    ])  # fmt: skip
+    (tmp_path / "my_reward.py").write_text(
+        "def reward(messages, text, record):\n"
+        "    return -abs(len(text) - len(record['reference']))\n"
+    )
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'run'}\nseed: 3\nstages: [sample, score, pair, train]\n"
+        f"model: {{name_or_path: {tiny_llama}}}\n"
+        "sample: {prompts: ./prompts.jsonl, n: 2, max_new_tokens: 6, offpolicy_fields: [reference]}\n"
+        "score: {scorer: python, function: my_reward:reward}\n"
+        "pair: {length_unit: characters}\n"
+        "train: {max_steps: 2, learning_rate: 1.0e-3, per_device_batch_size: 2, max_length: 96, "
+        "max_prompt_length: 48, save_steps: 1}\n"
+    )
+    return recipe
+
+
+def manifest(run: Path, stage: str) -> dict:
+    return json.loads((run / stage / "manifest.json").read_text())
+
+
+def test_a_user_reward_reads_the_prompts_record(user_run):
+    assert_ok(cli("run", user_run))
+    scored = [json.loads(line) for line in (user_run.parent / "run" / "score" / "candidates.jsonl").open()]
+    for record in scored:
+        for candidate in record["candidates"]:
+            assert candidate["score"] == -abs(len(candidate["text"]) - len(record["reference"]))
+    references = [c for r in scored for c in r["candidates"] if c["source"] == "offpolicy:reference"]
+    assert references and all(c["score"] == 0 for c in references)
+
+
+def test_every_command_skips_a_finished_stage_and_force_redoes_it(user_run, caplog):
+    run = user_run.parent / "run"
+    assert_ok(cli("run", user_run))
+    first = manifest(run, "sample")
+    skipped = json.loads(assert_ok(cli("sample", user_run, "--json")).stdout)
+    assert skipped["skipped"] and skipped["output"] == str(run / "sample" / "candidates.jsonl")
+    assert manifest(run, "sample") == first  # nothing ran, nothing was rewritten
+    table = assert_ok(cli("sample", user_run)).stdout
+    assert "done before under this config (skipped)" in table and "prompts written" in table
+
+    redone = json.loads(assert_ok(cli("sample", user_run, "--force", "--json")).stdout)
+    assert not redone["skipped"] and redone["counts"]["prompts_written"] == 4
+    replaced = run / f"sample.replaced-{first['config_hash']}"
+    assert json.loads((replaced / "manifest.json").read_text()) == first
+    assert (run / "sample" / "candidates.jsonl").read_bytes() == (replaced / "candidates.jsonl").read_bytes()
+
+
+def test_an_upstream_change_redoes_every_stale_stage_training_included(user_run):
+    run = user_run.parent / "run"
+    assert_ok(cli("run", user_run))
+    before = {stage: manifest(run, stage)["config_hash"] for stage in ("sample", "score", "pair", "train")}
+
+    result = assert_ok(cli("run", user_run, "sample.max_new_tokens=8", "--json"))
+    summary = json.loads(result.stdout)
+    assert not any(entry["skipped"] for entry in summary["stages"].values())
+    for stage, old_hash in before.items():
+        assert manifest(run, stage)["config_hash"] != old_hash, stage
+        assert (run / f"{stage}.replaced-{old_hash}" / "manifest.json").is_file(), stage
+    assert (run / f"train.replaced-{before['train']}" / "checkpoint-2").is_dir()  # kept, not destroyed
+    assert manifest(run, "train")["counts"]["resumed_from_step"] == 0
+
+    again = json.loads(assert_ok(cli("run", user_run, "sample.max_new_tokens=8", "--json")).stdout)
+    assert all(entry["skipped"] for entry in again["stages"].values())
+
+
+def test_the_reference_rewards_are_sacrebleus_scores_over_100():
+    from sacrebleu.metrics import BLEU, CHRF
+
+    record = {"id": "a", "reference": "The cat sat on the mat."}
+    assert reference.chrf([], "The cat sat on the mat.", record) == 1.0
+    answer = "A cat was sitting on the mat."
+    assert reference.chrf([], answer, record) == pytest.approx(
+        CHRF().sentence_score(answer, [record["reference"]]).score / 100
+    )
+    assert 0.0 < reference.chrf([], answer, record) < 1.0
+    assert reference.bleu([], answer, record) == pytest.approx(
+        BLEU(effective_order=True).sentence_score(answer, [record["reference"]]).score / 100
+    )
+    assert reference.bleu([], "zebra", record) == 0.0
+    with pytest.raises(ValueError, match="the prompt 'b' has no 'reference' field"):
+        reference.chrf([], answer, {"id": "b"})
