@@ -35,7 +35,7 @@ import torch
 from wpo.config import Recipe, load_recipe
 from wpo.data.io import BadRecordPolicy
 from wpo.models import embedded_gguf, load_tokenizer, resolve_model_path
-from wpo.sampling import SampleRequest, Sampler, cut_at_stop, make_sampler, render_prompt, sample_seed
+from wpo.sampling import Sample, SampleRequest, Sampler, cut_at_stop, make_sampler, render_prompt, sample_seed
 from wpo.sampling.stage import batch_plan, load_prompts
 from wpo.train.trainer import cpu_has_bf16_units
 
@@ -54,9 +54,9 @@ class OneSequenceAtATime:
         self.llm = Llama(model_path=str(embedded_gguf(recipe.model.name_or_path)), n_ctx=recipe.sample.context_length,
                          n_threads=threads, n_threads_batch=threads, seed=recipe.seed, verbose=False)  # fmt: skip
 
-    def generate(self, requests: list[SampleRequest]) -> list[str]:
+    def generate(self, requests: list[SampleRequest]) -> list[Sample]:
         cfg = self.config
-        texts = []
+        samples = []
         for request in requests:
             prompt = render_prompt(self.tokenizer, request.messages)
             tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
@@ -65,8 +65,9 @@ class OneSequenceAtATime:
                 tokens, max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                 min_p=0.0, repeat_penalty=1.0, stop=cfg.stop or None, seed=request.seed,
             )  # fmt: skip
-            texts.append(cut_at_stop(completion["choices"][0]["text"], cfg.stop))
-        return texts
+            choice = completion["choices"][0]
+            samples.append(Sample(cut_at_stop(choice["text"], cfg.stop), choice["finish_reason"]))
+        return samples
 
 
 def cpu_name() -> str:
@@ -114,7 +115,7 @@ def main() -> None:
     for name, build in configurations.items():
         sampler = build()
         started = time.perf_counter()
-        texts = [text for batch in batches for text in sampler.generate(batch)]
+        texts = [sample.text for batch in batches for sample in sampler.generate(batch)]
         seconds = time.perf_counter() - started
         tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
         results[name] = (tokens, seconds)

@@ -137,7 +137,7 @@ def test_prompt_candidates_and_eval_contracts(tmp_path):
     }  # fmt: skip
     parsed = parse_candidates(record, "f:1")
     assert parsed.to_record()["candidates"][1] == {"text": "y", "source": "offpolicy:reference", "seed": None,
-                                                   "score": 1.5, "scores": {"h": 1.0}}  # fmt: skip
+                                                   "score": 1.5, "scores": {"h": 1.0}, "finish_reason": None}  # fmt: skip
     bad = dict(record, candidates=[{"text": "x", "source": "gpt4"}])
     path = write_lines(tmp_path / "c.jsonl", [record, bad])
     with pytest.raises(DataError, match=r"c.jsonl:2: candidates\[0\].source must be 'policy' or 'offpolicy:<name>'"):

@@ -69,7 +69,7 @@ def test_llamacpp_sampler_is_seeded_per_sample(tmp_path):
     first = sampler.generate(requests)
     assert first[0] == first[2] and first == sampler.generate(requests)
     assert first[0] != first[1]
-    assert all("." not in text for text in first)  # cut at the stop string
+    assert all("." not in sample.text for sample in first)  # cut at the stop string
 
 
 @pytest.mark.slow

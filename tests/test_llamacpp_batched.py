@@ -54,8 +54,9 @@ def test_the_same_settings_give_the_same_texts_on_a_rerun(model_path):
         settings = ("sample.max_new_tokens=24", "sample.temperature=1.0", f"sample.parallel_sequences={parallel}")
         first = sampler(model_path, *settings).generate(MIXED)
         assert sampler(model_path, *settings).generate(MIXED) == first, parallel
-        assert len(set(first[0::3])) == 3  # one prompt, three seeds, three texts
-        assert all(first), parallel
+        assert len({sample.text for sample in first[0::3]}) == 3  # one prompt, three seeds, three texts
+        assert all(sample.text for sample in first), parallel
+        assert {sample.finish_reason for sample in first} <= {"stop", "length"}
 
 
 @pytest.mark.slow
@@ -72,8 +73,9 @@ def test_greedy_decoding_matches_llama_cpps_own_completion(model_path):
     prompts = [EARLY_EOS, user("What is the capital of France?"), user("Name a color.")]
     batched = sampler(model_path, "sample.temperature=0.0", "sample.max_new_tokens=24")
     assert batched.parallel == 8 * 5  # unset: a whole stage batch, sample.batch_size x sample.n
-    texts = batched.generate([SampleRequest(messages, seed) for seed, messages in enumerate(prompts)])
-    assert texts == batched.generate([SampleRequest(messages, 99) for messages in prompts])
+    samples = batched.generate([SampleRequest(messages, seed) for seed, messages in enumerate(prompts)])
+    assert samples == batched.generate([SampleRequest(messages, 99) for messages in prompts])
+    texts = [sample.text for sample in samples]
 
     gguf = str(policy_gguf(load_recipe(None, ["sample.backend=llamacpp"])))
     llm = Llama(model_path=gguf, n_ctx=512, n_threads=1, n_threads_batch=1, flash_attn=True, verbose=False)
@@ -83,20 +85,24 @@ def test_greedy_decoding_matches_llama_cpps_own_completion(model_path):
         llm.reset()
         assert llm.create_completion(tokens, max_tokens=24, temperature=0.0)["choices"][0]["text"] == text
     assert len(batched.tokenize(texts[0])) < 24 and "<|im_end|>" not in texts[0]  # ended by its end-of-turn token
+    assert samples[0].finish_reason == "stop"
 
 
 @pytest.mark.slow
 def test_stop_strings_and_max_new_tokens_end_each_sample_alone(model_path):
     requests = [*MIXED, SampleRequest(EARLY_EOS, 5)]
-    free = sampler(model_path, "sample.max_new_tokens=16", "sample.parallel_sequences=3").generate(requests)
+    free = [s.text for s in sampler(model_path, "sample.max_new_tokens=16",
+                                    "sample.parallel_sequences=3").generate(requests)]  # fmt: skip
     stopped = sampler(model_path, "sample.max_new_tokens=16", "sample.parallel_sequences=3",
                       "sample.stop=['.', ',']").generate(requests)  # fmt: skip
-    assert stopped == [cut_at_stop(text, [".", ","]) for text in free]
-    assert any(len(s) < len(f) for s, f in zip(stopped, free, strict=True))  # some stopped early
+    assert [s.text for s in stopped] == [cut_at_stop(text, [".", ","]) for text in free]
+    early = [s.finish_reason for s, f in zip(stopped, free, strict=True) if len(s.text) < len(f)]
+    assert early and set(early) == {"stop"}  # some stopped early, at a stop string
 
     short = sampler(model_path, "sample.max_new_tokens=4", "sample.parallel_sequences=3")
     capped = short.generate(requests)
-    assert all(f.startswith(c) and len(short.tokenize(c)) <= 4 for c, f in zip(capped, free, strict=True))
+    assert all(f.startswith(c.text) and len(short.tokenize(c.text)) <= 4 for c, f in zip(capped, free, strict=True))
+    assert [c.finish_reason for c in capped[:-1]] == ["length"] * len(MIXED)  # cut off at 4 tokens
     assert short.generate([]) == []
 
 
@@ -110,7 +116,7 @@ def test_eval_generates_greedily_with_llamacpp_from_the_evaluated_models_gguf(mo
     recipe = load_recipe(None, ["sample.backend=llamacpp", "sample.gguf=/nonexistent/policy.gguf", "sample.threads=1",
                                 "eval.backend=llamacpp", "eval.max_new_tokens=8"])  # fmt: skip
     greedy = sampler(model_path, "sample.temperature=0.0", "sample.max_new_tokens=8")
-    expected = greedy.generate([SampleRequest(p.messages, 0) for p in prompts])
+    expected = [s.text for s in greedy.generate([SampleRequest(p.messages, 0) for p in prompts])]
     assert generate_outputs(recipe, "embedded:smollm2-135m-instruct", prompts) == expected
 
 
@@ -147,8 +153,8 @@ def test_an_hf_policy_is_converted_to_f16_once_per_weights(tmp_path, model_path)
     assert policy_gguf(recipe_for(policy), policy) == gguf and gguf.stat().st_mtime_ns == written
 
     requests = [SampleRequest([{"role": "user", "content": "hello"}], seed) for seed in (1, 2, 1)]
-    texts = LlamaCppSampler(str(policy), recipe_for(policy)).generate(requests)
-    assert len(texts) == 3 and texts[0] == texts[2]
+    samples = LlamaCppSampler(str(policy), recipe_for(policy)).generate(requests)
+    assert len(samples) == 3 and samples[0] == samples[2]
 
     from safetensors.torch import load_file, save_file
 

@@ -77,3 +77,34 @@ def test_unscored_candidates_are_refused(tmp_path):
 
     with pytest.raises(DataError, match=r"c.jsonl:1: candidates\[0\] has no score \(run wpo score first\)"):
         run_pair(recipe)
+
+
+# scores, cut off (finish_reason length) -> chosen, rejected, drop reason under never_chosen
+CUT_OFF_CASES = [
+    ("a cut-off best is never chosen", [0.5, 0.9, 0.1], [False, True, False], 0, 2, None),
+    ("a cut-off answer may still be rejected", [0.9, 0.1], [False, True], 0, 1, None),
+    ("only cut-off answers are best", [0.1, 0.9, 0.9], [False, True, True], None, None, "best_answers_cut_off"),
+    ("every answer cut off", [0.1, 0.9], [True, True], None, None, "best_answers_cut_off"),
+]
+
+
+@pytest.mark.parametrize(("name", "scores", "cut", "chosen", "rejected", "reason"), CUT_OFF_CASES,
+                         ids=[c[0] for c in CUT_OFF_CASES])  # fmt: skip
+def test_a_cut_off_answer_is_never_chosen(name, scores, cut, chosen, rejected, reason):
+    choice = choose_pair(scores, [5] * len(scores), [f"t{i}" for i in range(len(scores))], 0.0, [not c for c in cut])
+    assert (choice.chosen, choice.rejected, choice.drop_reason) == (chosen, rejected, reason)
+
+
+@pytest.mark.parametrize(("rule", "chosen", "rejected"), [("allow", "cut", "worst"), ("never_chosen", "complete",
+                                                          "worst"), ("drop", "complete", "worst")])  # fmt: skip
+def test_the_pair_stage_applies_the_cut_off_rule(tmp_path, rule, chosen, rejected):
+    record = scored("a", ("complete", "policy", 0.5), ("cut", "policy", 0.9), ("worst", "policy", 0.1))
+    record["candidates"][1]["finish_reason"] = "length"
+    record["candidates"][0]["finish_reason"] = "stop"
+    source = write_lines(tmp_path / "scored.jsonl", [record])
+    recipe = load_recipe(None, [f"output_dir={tmp_path / 'run'}", f"pair.candidates={source}",
+                                "pair.length_unit=characters", f"pair.cut_off={rule}"])  # fmt: skip
+    result = run_pair(recipe)
+    (pair,) = [json.loads(line) for line in (tmp_path / "run" / "pair" / "pairs.jsonl").open()]
+    assert (pair["chosen"][0]["content"], pair["rejected"][0]["content"]) == (chosen, rejected)
+    assert result["counts"]["cut_off_candidates"] == 1 and result["stats"]["cut_off_rule"] == rule

@@ -79,6 +79,13 @@ def test_a_sample_does_not_depend_on_its_batch(tmp_path, tiny_llama):
     together = sampler.generate(requests)
     alone = [sampler.generate([request])[0] for request in requests]
     assert together == alone
+    assert {s.finish_reason for s in together} <= {"stop", "length"}
+    stop = next(character for character in together[0].text if character.strip())  # a string the sample holds
+    stopped = TransformersSampler(str(tiny_llama), sample_recipe(tmp_path, tiny_llama, prompts_file(tmp_path),
+                                  "sample.max_new_tokens=12", f"sample.stop=[{stop!r}]")).generate(requests)  # fmt: skip
+    for cut, free in zip(stopped, together, strict=True):
+        if stop in free.text:  # ended at the stop string: the text before it, and why
+            assert (cut.text, cut.finish_reason) == (free.text[: free.text.index(stop)], "stop")
     assert sampler.generate(requests[:1]) != sampler.generate([SampleRequest(requests[0].messages, 99)])
 
 

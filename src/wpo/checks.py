@@ -44,9 +44,11 @@ def _check(recipe: Recipe, stages: list[str]) -> None:
     if "eval" in stages:
         _eval(recipe, trains="train" in stages)
     if "export" in stages:
-        from wpo.export.convert import check_quantizations
+        from wpo.export.convert import check_export_name, check_quantizations
 
         check_quantizations(recipe.export.quantizations)
+        if recipe.export.name:
+            check_export_name(recipe.export.name, recipe.stage_dir("export"))
         _exists("export.model", recipe.export.model)
         _exists("export.verify_text", recipe.export.verify_text)
 

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from wpo.config import load_recipe
-from wpo.errors import WpoError
+from wpo.errors import Stopped, WpoError
 from wpo.report import MAX_ITEMS
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="Overrides: dotted.key=value ...")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Redo finished stages (their results are moved aside).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON, for machines.")]
+WaitOption = Annotated[bool, typer.Option("--wait", help="If another launch uses output_dir, wait for it to end.")]
 
 
 def _guarded(action: Callable[[], Any]) -> None:
@@ -38,16 +40,31 @@ def _guarded(action: Callable[[], Any]) -> None:
     except WpoError as exc:
         typer.echo(f"wpo: error: {' '.join(str(exc).splitlines())}", err=True)  # one line, even if a value had several
         raise typer.Exit(2) from None
+    except Stopped as stop:
+        typer.echo(f"wpo: stopped: {stop}", err=True)
+        raise typer.Exit(stop.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("wpo: interrupted", err=True)
         raise typer.Exit(130) from None
+    except OSError as exc:  # a write the machine refused (no space, read-only, permissions) where no writer named it
+        from wpo.data.io import write_failure
+
+        failure = write_failure(None, exc)
+        if failure is None:
+            _internal_error(exc)
+        typer.echo(f"wpo: error: {failure}", err=True)
+        raise typer.Exit(2) from None
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, not a traceback
-        if os.environ.get("WPO_DEBUG"):
-            traceback.print_exc()
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        hint = "(WPO_DEBUG=1 shows the traceback)"
-        typer.echo(f"wpo: internal error: {type(exc).__name__}: {first_line} {hint}", err=True)
-        raise typer.Exit(1) from None
+        _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> None:
+    if os.environ.get("WPO_DEBUG"):
+        traceback.print_exception(exc)
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    hint = "(WPO_DEBUG=1 shows the traceback)"
+    typer.echo(f"wpo: internal error: {type(exc).__name__}: {first_line} {hint}", err=True)
+    raise typer.Exit(1) from None
 
 
 def _stdout_for_results():
@@ -65,6 +82,7 @@ def run(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
     force: ForceOption = False,
+    wait: WaitOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json instead of the table.")] = False,
 ) -> None:
     """Run the recipe's stages in order (x rounds), skipping those already done under the same config; a stage whose
@@ -78,7 +96,7 @@ def run(
 
         loaded = load_recipe(recipe, overrides)
         with _stdout_for_results():
-            summary = run_pipeline(loaded, force=force)
+            summary = run_pipeline(loaded, force=force, wait=wait)
         if summary is None:  # a process of a launch other than the main one: the main one reports
             return
         if as_json:
@@ -124,12 +142,12 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
 
 def _stage_command(name: str, summary: str, example: str) -> None:
     def command(recipe: RecipeArg, overrides: OverridesArg = None, force: ForceOption = False,
-                as_json: JsonOption = False) -> None:  # fmt: skip
+                wait: WaitOption = False, as_json: JsonOption = False) -> None:  # fmt: skip
         def action() -> None:
             from wpo.pipeline import run_stage
 
             with _stdout_for_results():
-                headline = run_stage(load_recipe(recipe, overrides), name, force=force)
+                headline = run_stage(load_recipe(recipe, overrides), name, force=force, wait=wait)
             if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, every process has it; the main one says it
                 _print_json(headline) if as_json else _print_stage(name, headline)
 
@@ -179,6 +197,7 @@ def evaluate(
     overrides: OverridesArg = None,
     annotations: Annotated[Path | None, typer.Option(help="Recompute metrics from this annotations.json.")] = None,
     force: ForceOption = False,
+    wait: WaitOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON object.")] = False,
 ) -> None:
     """Judge model outputs against references; or recompute metrics with --annotations.
@@ -199,7 +218,7 @@ def evaluate(
             from wpo.pipeline import run_stage
 
             with _stdout_for_results():
-                headline = run_stage(load_recipe(recipe, overrides), "eval", force=force)
+                headline = run_stage(load_recipe(recipe, overrides), "eval", force=force, wait=wait)
             metrics = headline.get("metrics") or json.loads(Path(headline["output"]).read_text(encoding="utf-8"))
         else:
             raise WpoError("wpo eval needs a recipe, or --annotations FILE")
@@ -367,7 +386,14 @@ def _options(
     """
 
 
+def _stop_on_sigterm(_number: int, _frame) -> None:
+    """Outside training (which checkpoints first), SIGTERM stops the command as Ctrl-C does: writes in flight
+    finish or are cleaned up, what finished is saved, and the rerun resumes."""
+    raise Stopped("SIGTERM received; what finished is saved, and the rerun resumes", 143)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     logging.basicConfig(
         level=os.environ.get("WPO_LOG_LEVEL", "INFO"),
         format="%(asctime)s wpo %(levelname)s %(name)s: %(message)s",

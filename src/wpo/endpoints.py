@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -29,14 +30,19 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from wpo.config import EndpointConfig
+from wpo.data.io import writing
 from wpo.errors import WpoError
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "judge_cache.jsonl"  # the judges' answers, in the stage directory (score/ or eval/)
+# Waits between attempts at a broken answer, as the client waits between attempts at an error status.
+BACKOFF_SECONDS, MAX_BACKOFF_SECONDS = 0.5, 8.0
 
 
 class AnswerCache:
-    """Append-only JSONL of `{key, value}`: every answer is fsynced as soon as it arrives (thread-safe).
+    """Append-only JSONL of `{key, value, usage}`: every answer is fsynced as soon as it arrives (thread-safe), with
+    what it cost (requests, tokens), so a stage reports what its answers cost in all, each paid once, across killed
+    and resumed runs.
 
     A line torn by a kill is cut off on load (that one answer is asked again), so the next append starts a clean line.
     """
@@ -44,6 +50,7 @@ class AnswerCache:
     def __init__(self, path: Path):
         self.path = path
         self.values: dict[str, Any] = {}
+        self.costs: dict[str, dict[str, int]] = {}
         self._lock = threading.Lock()
         if not path.is_file():
             return
@@ -56,6 +63,8 @@ class AnswerCache:
             try:
                 entry = json.loads(line)
                 self.values[entry["key"]] = entry["value"]
+                if isinstance(entry.get("usage"), dict):
+                    self.costs[entry["key"]] = entry["usage"]
             except (ValueError, TypeError, KeyError):
                 log.warning("answer cache %s: ignoring an unreadable line", path)
 
@@ -63,6 +72,15 @@ class AnswerCache:
     def key(*parts: Any) -> str:
         payload = json.dumps(parts, ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def cost_of(self, keys) -> dict[str, int]:
+        """How many of these answers the cache holds, and what they cost in all (each paid once, whichever run asked;
+        answers cached before costs were kept count in `answers` only)."""
+        held = [key for key in keys if key in self.values]
+        costs = [self.costs[key] for key in held if key in self.costs]
+        totals = {f"all_answers_{name}": sum(cost.get(name, 0) for cost in costs)
+                  for name in ("requests", "prompt_tokens", "completion_tokens")}  # fmt: skip
+        return {"answers": len(held), **totals}
 
     def __contains__(self, key: str) -> bool:
         return key in self.values
@@ -73,12 +91,14 @@ class AnswerCache:
     def __len__(self) -> int:
         return len(self.values)
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: Any, cost: dict[str, int] | None = None) -> None:
         with self._lock:
             self.values[key] = value
+            if cost is not None:
+                self.costs[key] = cost
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"key": key, "value": value}) + "\n")
+            with writing(self.path), self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"key": key, "value": value, "usage": cost}) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
 
@@ -146,6 +166,12 @@ class Endpoint:
         ]  # fmt: skip
         self._next = 0
         self._turn = threading.Lock()
+        self.keys_asked: set[str] = set()  # every answer this invocation needed, cached or asked
+
+    def usage_report(self) -> dict[str, int]:
+        """This invocation's requests and tokens, beside what the answers it needed cost in all (each paid once,
+        whichever run asked; answers cached before costs were kept count in `answers` only)."""
+        return {**self.usage.as_dict(), **self.cache.cost_of(self.keys_asked)}
 
     def _client(self):
         with self._turn:
@@ -162,16 +188,46 @@ class Endpoint:
             f"{len(self.cache)} answers are saved in {self.cache.path} and will not be asked again"
         ))  # fmt: skip
 
-    def ask(self, request: ChatRequest) -> dict[str, Any]:
-        """One chat completion's first choice as JSON (`message`, `logprobs`), retried by the client."""
+    def ask(self, request: ChatRequest) -> tuple[dict[str, Any], dict[str, int]]:
+        """One chat completion's first choice as JSON (`message`, `logprobs`, `finish_reason`). The client retries
+        timeouts and error statuses; an answer whose body is not a chat completion (a proxy's HTML page, JSON cut
+        mid-way, no choices) is retried here with the same backoff, then fails naming what came back. Also returns
+        what the answer cost: HTTP requests (retries included) and tokens."""
+        attempts = self.config.max_retries + 1
+        sent = 0
+        for attempt in range(attempts):
+            completion, body = self._ask_once(request)
+            sent += self._sent.count
+            if completion is not None:
+                break
+            if attempt + 1 < attempts:
+                self.usage.add(retries=1)
+                time.sleep(min(BACKOFF_SECONDS * 2**attempt, MAX_BACKOFF_SECONDS))
+        else:
+            shown = " ".join(body.split())[:80]
+            raise self._failure(request, f"answered HTTP 200 with a body that is not a chat completion after "
+                                         f"{attempts} attempts ({shown!r})")  # fmt: skip
+        usage = completion.usage
+        cost = {"requests": sent, "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+                "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}  # fmt: skip
+        self.usage.add(completions=1, prompt_tokens=cost["prompt_tokens"], completion_tokens=cost["completion_tokens"])
+        return completion.choices[0].model_dump(mode="json", exclude_none=True), cost
+
+    def _ask_once(self, request: ChatRequest):
+        """One request (with the client's own retries): the completion, or None and the body that was not one."""
         import openai
+        from openai.types.chat import ChatCompletion
 
         self._sent.count = 0
         try:
-            completion = self._client().chat.completions.create(
+            raw = self._client().chat.completions.with_raw_response.create(
                 model=self.config.model, messages=request.messages, extra_body=self.config.extra_body or None,
                 **request.params,
             )  # fmt: skip
+            try:
+                completion = raw.parse()
+            except ValueError:  # JSON cut mid-way, or not JSON at all
+                completion = None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise KeyRefused(self._redacted(f"{self.name} at {self.config.base_url} refused the API key (HTTP "
                                           f"{exc.status_code}): check {self.config.api_key_env or 'api_key_env'}"))  # fmt: skip
@@ -183,12 +239,9 @@ class Endpoint:
                                          f"({type(exc).__name__})") from None  # fmt: skip
         finally:
             self.usage.add(retries=max(0, self._sent.count - 1))
-        if not completion.choices:
-            raise self._failure(request, "answered with no choices")
-        usage = completion.usage
-        self.usage.add(completions=1, prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                       completion_tokens=getattr(usage, "completion_tokens", 0) or 0)  # fmt: skip
-        return completion.choices[0].model_dump(mode="json", exclude_none=True)
+        if isinstance(completion, ChatCompletion) and completion.choices:
+            return completion, ""
+        return None, raw.http_response.text
 
     def ask_all(self, requests: list[ChatRequest], parse: Callable[[dict[str, Any]], Any], *,
                 on_failure: Callable[[ChatRequest, WpoError], None] | None = None, desc: str = "api") -> list[Any]:  # fmt: skip
@@ -197,6 +250,7 @@ class Endpoint:
         `on_bad_record: skip`) counts a failed request and leaves None in its place instead of stopping."""
         missing = list({r.key: r for r in requests if r.key not in self.cache}.values())
         self.usage.add(cache_hits=len(requests) - len(missing))
+        self.keys_asked.update(r.key for r in requests)
 
         stop = threading.Event()  # set by the first failure: no request starts after it
 
@@ -204,7 +258,12 @@ class Endpoint:
             if stop.is_set():
                 return
             try:
-                self.cache.put(request.key, parse(self.ask(request)))
+                choice, cost = self.ask(request)
+                try:
+                    value = parse(choice)
+                except EmptyAnswer as exc:  # named like any failure: the endpoint, the prompt, what is saved
+                    raise EmptyAnswer(str(self._failure(request, str(exc)))) from None
+                self.cache.put(request.key, value, cost)
             except WpoError as exc:
                 if on_failure is None or isinstance(exc, KeyRefused):
                     stop.set()
@@ -240,5 +299,26 @@ def first_token_distribution(choice: dict[str, Any]) -> dict[str, float]:
     return probs
 
 
+class EmptyAnswer(WpoError):
+    """An answer with no text (`content: null` from a content filter or a refusal, or only whitespace)."""
+
+
 def message_text(choice: dict[str, Any]) -> str:
     return (choice.get("message") or {}).get("content") or ""
+
+
+def answer_with_reason(choice: dict[str, Any]) -> dict[str, Any]:
+    """The answer's text and why it ended (`finish_reason`: `stop`, `length` when cut off at max_tokens), as cached."""
+    return {"text": message_text(choice), "finish_reason": choice.get("finish_reason")}
+
+
+def nonempty_answer(choice: dict[str, Any]) -> dict[str, Any]:
+    """`answer_with_reason`, never empty: an empty answer must not join the candidates as if it were one."""
+    if not message_text(choice).strip():
+        raise EmptyAnswer(f"answered with no content (finish_reason: {choice.get('finish_reason', 'unknown')})")
+    return answer_with_reason(choice)
+
+
+def cached_answer(value: str | dict[str, Any]) -> tuple[str, str | None]:
+    """(text, finish_reason) of a cached answer; caches written before finish reasons were kept hold the text."""
+    return (value, None) if isinstance(value, str) else (value["text"], value.get("finish_reason"))

@@ -15,3 +15,12 @@ class DataError(WpoError):
 
 class NonFiniteError(WpoError):
     """A logit, log-prob, loss or gradient is NaN or infinite; the message says which, where, and for which pairs."""
+
+
+class Stopped(BaseException):  # noqa: N818 - like KeyboardInterrupt: no `except Exception` may swallow it
+    """SIGTERM or SIGINT stopped the command after saving what it had: the rerun resumes. `exit_code` is the shell's
+    (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

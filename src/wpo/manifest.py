@@ -68,13 +68,14 @@ def write_manifest(
     wall_seconds: float,
     outputs: list[str],
     extra: dict[str, Any] | None = None,
+    completed: bool = True,
 ) -> Path:
     path = stage_dir / MANIFEST_NAME
     write_json(
         path,
         {
             "stage": stage,
-            "completed": True,
+            "completed": completed,
             "config_hash": config_hash,
             "seed": seed,
             "config": config,

@@ -20,6 +20,7 @@ from wpo.layout import stage_output
 from wpo.checks import check_stages
 from wpo.manifest import changed_keys, completed_with, move_aside, read_manifest
 from wpo.report import write_run_report
+from wpo.run_lock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,16 @@ STAGE_REGISTRY = {
 }
 
 
-def run_stage(recipe: Recipe, name: str, force: bool = False) -> dict[str, Any]:
-    """`wpo <stage>`: what `wpo run` does for this one stage — checked first, skipped when done under this config
-    (unless `force`), an earlier result of another config moved aside."""
+def run_stage(recipe: Recipe, name: str, force: bool = False, wait: bool = False) -> dict[str, Any]:
+    """`wpo <stage>`: what `wpo run` does for this one stage — checked first, run under the run directory's lock
+    (`wait` for another launch to end instead of stopping), skipped when done under this config (unless `force`), an
+    earlier result of another config moved aside."""
     if name not in MULTI_PROCESS_STAGES:
         refuse_a_launcher(f"wpo {name}")
     check_stages(recipe, [name])
-    launch = process_state()
-    return run_or_skip(recipe, name, launch if launch.num_processes > 1 else None, force=force)
+    with run_lock(recipe.output_dir, wait):
+        launch = process_state()
+        return run_or_skip(recipe, name, launch if launch.num_processes > 1 else None, force=force)
 
 
 def _timed_run(recipe: Recipe, name: str) -> dict[str, Any]:
@@ -87,7 +90,7 @@ def run_or_skip(recipe: Recipe, name: str, launch=None, force: bool = False) -> 
         log.info("%s: already done under this config (%s); skipping (--force redoes it)", name, stage_dir)
         return {"wall_seconds": 0.0, "skipped": True, "output": str(stage_output(recipe, name)),
                 "counts": (earlier or {}).get("counts")}  # fmt: skip
-    if earlier and (launch is None or launch.is_main_process):
+    if earlier and earlier.get("completed") and (launch is None or launch.is_main_process):
         if earlier.get("config_hash") == run_hash:
             why = f"{name} is redone as asked (--force)"
         else:
@@ -133,7 +136,7 @@ MEASURE_SUFFIXES = ("_base", "_base_ci95", "_trained", "_trained_ci95", "_delta"
 EXPORT_KEYS = ("type", "file", "size_bytes", "perplexity", "hf_perplexity", "kl_mean")
 
 
-def run_pipeline(recipe: Recipe, force: bool = False) -> dict[str, Any] | None:
+def run_pipeline(recipe: Recipe, force: bool = False, wait: bool = False) -> dict[str, Any] | None:
     """Run `recipe.stages` in order — sample → train once per round, then eval and export on the last round's model —
     skipping stages whose manifest matches their config. Writes `summary.json`: wall seconds per stage and the
     headline figures; then `report.html`, the run's page (`wpo report`).
@@ -141,10 +144,16 @@ def run_pipeline(recipe: Recipe, force: bool = False) -> dict[str, Any] | None:
     Under a launcher, sample, score and train split across the processes and pair runs on the main process between
     barriers; after the last round the other processes are done, and eval and export run on the main process alone
     (no process idles at a barrier through a long evaluation). The summary is the main process's: the others
-    return None. With `force`, every stage is redone (earlier results moved aside).
+    return None. With `force`, every stage is redone (earlier results moved aside). The whole run holds the run
+    directory's lock (`wpo.run_lock`; `wait` for another launch to end instead of stopping).
     """
-    started = time.perf_counter()
     check_stages(recipe, recipe.stages)
+    with run_lock(recipe.output_dir, wait):
+        return _run_pipeline(recipe, force)
+
+
+def _run_pipeline(recipe: Recipe, force: bool) -> dict[str, Any] | None:
+    started = time.perf_counter()
     launch = process_state()
     summary: dict[str, Any] = {"rounds": recipe.rounds, "stages": {}}
     round_stages = [name for name in recipe.stages if name in ROUND_STAGES]

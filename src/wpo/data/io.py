@@ -7,6 +7,7 @@ temporary file in the same directory, fsync it, and rename it over the target.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from wpo.errors import DataError
+from wpo.errors import DataError, WpoError
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,34 @@ def _read_hub_dataset(source: str) -> Iterator[SourceRecord]:
         yield SourceRecord(f"{source}:row {index}", dict(data))
 
 
+# Why a write can fail that the user can fix, by errno.
+WRITE_FAILURES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                  errno.EPERM: "the operation is not permitted"}  # fmt: skip
+
+
+def write_failure(path: str | Path | None, exc: OSError) -> WpoError | None:
+    """One line for a write the machine refused, naming the path and what is kept; None for other errors."""
+    reason = WRITE_FAILURES.get(exc.errno or 0)
+    if reason is None:
+        return None
+    return WpoError(f"cannot write {path or exc.filename or 'a file'}: {reason}; everything finished before it is "
+                    "saved (outputs, progress and caches are fsynced as they finish): fix that and rerun, and the "
+                    "run resumes")  # fmt: skip
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn a refused write inside the block into `write_failure`'s one line."""
+    try:
+        yield
+    except OSError as exc:
+        failure = write_failure(path, exc)
+        if failure is None:
+            raise
+        raise failure from None
+
+
 def fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -247,19 +276,21 @@ def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     The temporary file is named by this process, and those of writers that were killed are removed first.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphaned_temporaries(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_orphaned_temporaries(target)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-        fsync_directory(target.parent)
+        with writing(target):
+            with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, target)
+            fsync_directory(target.parent)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from wpo.data.io import writing
+
 log = logging.getLogger(__name__)
 
 
@@ -54,7 +56,7 @@ class ProgressFile:
         if not records:
             return
         payload = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in records)
-        with self.path.open("a", encoding="utf-8") as handle:
+        with writing(self.path), self.path.open("a", encoding="utf-8") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())

@@ -175,6 +175,7 @@ class Candidate:
     seed: int | None = None
     score: float | None = None
     scores: dict[str, float] | None = None
+    finish_reason: str | None = None  # stop, length (cut off at the token limit), ...; None for a prompt's field
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,9 @@ def parse_candidates(record: dict[str, Any], where: str) -> CandidatesRecord:
         seed = item.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise RecordInvalid("wrong_type", f"{name}.seed must be an integer or null")
+        finish_reason = item.get("finish_reason")
+        if finish_reason is not None and not isinstance(finish_reason, str):
+            raise RecordInvalid("wrong_type", f"{name}.finish_reason must be a string or null")
         try:
             score = _finite_or_none(item, "score")
             scores = item.get("scores")
@@ -216,7 +220,8 @@ def parse_candidates(record: dict[str, Any], where: str) -> CandidatesRecord:
                 scores = {str(k): _finite_or_none(scores, k) for k in scores}
         except RecordInvalid as exc:
             raise RecordInvalid(exc.reason, f"{name}.{exc.message}") from None
-        candidates.append(Candidate(text=item["text"], source=source, seed=seed, score=score, scores=scores))
+        candidates.append(Candidate(text=item["text"], source=source, seed=seed, score=score, scores=scores,
+                                    finish_reason=finish_reason))
     return CandidatesRecord(id=prompt.id, messages=prompt.messages, candidates=candidates)
 
 

@@ -138,6 +138,6 @@ def judge_all(recipe: Recipe, comparisons: list[Comparison], cache_dir: Path) ->
             else PythonPairwiseJudge(recipe)
         )  # fmt: skip
         judged = judge.preferences(open_items)
-        usage = judge.endpoint.usage.as_dict() if isinstance(judge, ApiPairwiseJudge) else {}
+        usage = judge.endpoint.usage_report() if isinstance(judge, ApiPairwiseJudge) else {}
     answers = iter(judged)
     return [1.5 if c.output == c.reference else next(answers) for c in comparisons], usage

@@ -118,7 +118,8 @@ def generate_outputs(recipe: Recipe, model: str, prompts) -> list[str]:
     outputs = []
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc=f"eval: {generator_name(model)}", unit="batch"):
         batch = prompts[start : start + cfg.batch_size]
-        outputs += sampler.generate([SampleRequest(p.messages, sample_seed(recipe.seed, p.id, 0)) for p in batch])
+        samples = sampler.generate([SampleRequest(p.messages, sample_seed(recipe.seed, p.id, 0)) for p in batch])
+        outputs += [sample.text for sample in samples]
     log.info("eval: generated %d outputs with %s", len(outputs), model)
     return outputs
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,16 @@ IMATRIX_TYPES = (
     "IQ4_XS",
 )
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Gemma2ForCausalLM")
+
+
+FILE_NAME = re.compile(r"\w[\w.+-]{0,199}")
+
+
+def check_export_name(name: str, stage_dir: Path) -> None:
+    """The GGUF files' base name: a plain file name, so nothing is written outside the run's export directory."""
+    if not FILE_NAME.fullmatch(name):
+        raise ConfigError(f"export.name {name!r} must be a plain file name (letters, digits, '.', '_', '+', '-'; "
+                          f"not starting with '.'): the GGUF files are written inside {stage_dir}")  # fmt: skip
 
 
 def check_quantizations(types: list[str]) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from wpo.config import Recipe, config_hash
 from wpo.data.io import atomic_writer, resolve_local, write_json
 from wpo.errors import ConfigError, WpoError
 from wpo.export.card import write_card
-from wpo.export.convert import check_architecture, check_quantizations, export_gguf
+from wpo.export.convert import check_architecture, check_export_name, check_quantizations, export_gguf
 from wpo.export.verify import hf_log_probs, perplexity, verify_gguf
 from wpo.layout import final_model
 from wpo.manifest import source_fingerprint, write_manifest
@@ -21,9 +20,6 @@ log = logging.getLogger(__name__)
 REPORT, CARD = "quantization_report.json", "README.md"
 GGUF_CONFIG = ".gguf-config"  # the config hash the GGUF files in the stage directory were made under
 # One path component, so `<name>.<TYPE>.gguf` stays inside the stage directory.
-FILE_NAME = re.compile(r"\w[\w.+-]{0,199}")
-
-
 def export_model(recipe: Recipe) -> str:
     return recipe.export.model or final_model(recipe)
 
@@ -49,9 +45,7 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
     types = check_quantizations(cfg.quantizations)
     model = export_model(recipe)
     name = cfg.name or generator_name(model)
-    if not FILE_NAME.fullmatch(name):
-        raise ConfigError(f"export.name {name!r} must be a plain file name (letters, digits, '.', '_', '+', '-'; "
-                          f"not starting with '.'): the GGUF files are written inside {stage_dir}")  # fmt: skip
+    check_export_name(name, stage_dir)
     trust = recipe.model.trust_remote_code
     model_dir = merged_model_dir(Path(resolve_model_path(model)), stage_dir, trust_remote_code=trust)
     if not (model_dir / "config.json").is_file():

@@ -67,15 +67,20 @@ def run_pair(recipe: Recipe) -> dict[str, Any]:
         length = len
 
     pairs, dropped, sources = [], Counter(), {"chosen": Counter(), "rejected": Counter()}
-    empty_candidates = 0
+    empty_candidates = cut_off_candidates = 0
     all_scores, chosen_scores, rejected_scores = [], [], []
+    cut_off = recipe.pair.cut_off
     for record in records:
         candidates = [c for c in record.candidates if c.text.strip()]
         empty_candidates += len(record.candidates) - len(candidates)
+        cut_off_candidates += sum(c.finish_reason == "length" for c in candidates)
+        if cut_off == "drop":
+            candidates = [c for c in candidates if c.finish_reason != "length"]
         scores = [c.score for c in candidates]
         all_scores += scores
+        eligible = [c.finish_reason != "length" for c in candidates] if cut_off == "never_chosen" else None
         choice = choose_pair(scores, [length(c.text) for c in candidates], [c.text for c in candidates],
-                             recipe.pair.min_margin)  # fmt: skip
+                             recipe.pair.min_margin, eligible)  # fmt: skip
         if choice.drop_reason:
             dropped[choice.drop_reason] += 1
             continue
@@ -98,6 +103,8 @@ def run_pair(recipe: Recipe) -> dict[str, Any]:
         "dropped": dict(dropped),
         "skipped": dict(policy.skipped),
         "empty_candidates_ignored": empty_candidates,
+        "cut_off_candidates": cut_off_candidates,
+        "cut_off_rule": cut_off,
         "length_unit": recipe.pair.length_unit,
         "sources": {side: dict(counter) for side, counter in sources.items()},
         "mean_margin": float(np.mean(np.subtract(chosen_scores, rejected_scores))) if pairs else None,
@@ -109,7 +116,8 @@ def run_pair(recipe: Recipe) -> dict[str, Any]:
     }
     write_json(stage_dir / STATS, stats)
     config = run_config(recipe)
-    counts = {key: stats[key] for key in ("pairs", "prompts", "dropped", "skipped", "empty_candidates_ignored")}
+    counts = {key: stats[key] for key in ("pairs", "prompts", "dropped", "skipped", "empty_candidates_ignored",
+                                          "cut_off_candidates")}  # fmt: skip
     write_manifest(stage_dir, stage="pair", config=config, config_hash=config_hash(config), seed=recipe.seed,
                    counts=counts, wall_seconds=time.perf_counter() - started, outputs=[OUTPUT, STATS])  # fmt: skip
     log.info("pair: read %d prompts from %s, wrote %d pairs to %s; dropped %s", len(records), source, written,

@@ -22,8 +22,17 @@ class SampleRequest:
     seed: int
 
 
+@dataclass(frozen=True)
+class Sample:
+    """A completion and why it ended, as every backend and server reports it: `stop` (the end-of-turn token or a
+    stop string) or `length` (cut off at `max_new_tokens`); a server may report others (`content_filter`)."""
+
+    text: str
+    finish_reason: str | None
+
+
 class Sampler(Protocol):
-    def generate(self, requests: list[SampleRequest]) -> list[str]:
+    def generate(self, requests: list[SampleRequest]) -> list[Sample]:
         """One completion per request, in request order."""
         ...
 

@@ -39,7 +39,7 @@ import llama_cpp
 from wpo.config import Recipe
 from wpo.errors import ConfigError, WpoError
 from wpo.models import cache_root, load_tokenizer, resolve_model_path
-from wpo.sampling import SampleRequest, cut_at_stop, render_prompt
+from wpo.sampling import Sample, SampleRequest, cut_at_stop, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class _Sample:
     token: int = -1
     n_generated: int = 0
     text: bytearray = field(default_factory=bytearray)
+    finish_reason: str = "stop"  # "length" once max_new_tokens ends it
 
 
 @dataclass
@@ -198,7 +199,7 @@ class LlamaCppSampler:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
         return chain
 
-    def generate(self, requests: list[SampleRequest]) -> list[str]:
+    def generate(self, requests: list[SampleRequest]) -> list[Sample]:
         if not requests:
             return []
         groups: dict[tuple[int, ...], _PromptGroup] = {}
@@ -207,7 +208,7 @@ class LlamaCppSampler:
             groups.setdefault(tuple(tokens), _PromptGroup(tokens, deque())).requests.append(index)
         self._ensure_context(max(len(tokens) for tokens in groups))
         llama_cpp.llama_memory_clear(self.memory, False)
-        texts: list[str] = [""] * len(requests)
+        texts: list[Sample] = [Sample("", "stop")] * len(requests)
         waiting = deque(groups.values())
         active: list[_Sample] = []  # active[i] decodes in llama.cpp sequence i
         try:
@@ -222,7 +223,7 @@ class LlamaCppSampler:
         return texts
 
     def _admit(self, waiting: deque[_PromptGroup], requests: list[SampleRequest], active: list[_Sample],
-               texts: list[str]) -> None:  # fmt: skip
+               texts: list[Sample]) -> None:  # fmt: skip
         """Start the next waiting requests of one prompt, as many as there are free sequences: decode the prompt
         alone (its arithmetic then never depends on what else is decoding), draw each sample's first token from its
         logits, and copy the prompt's KV to the sequence of every sample that goes on."""
@@ -247,7 +248,7 @@ class LlamaCppSampler:
         if len(active) == first:  # every sample ended at its first token
             llama_cpp.llama_memory_seq_rm(self.memory, first, -1, -1)
 
-    def _decode_step(self, active: list[_Sample], texts: list[str]) -> None:
+    def _decode_step(self, active: list[_Sample], texts: list[Sample]) -> None:
         """One token for every running sample in one call, then the finished ones leave. The running samples stay
         in sequences 0..k-1: llama.cpp splits a call over separate KV streams into one micro-batch only for
         consecutive sequence ids, and one micro-batch is both the fast path and a fixed shape. A lone sample gets a
@@ -287,10 +288,14 @@ class LlamaCppSampler:
         sample.position += 1
         if self.stop and any(s in sample.text.decode("utf-8", errors="ignore") for s in self.stop):
             return True
-        return sample.n_generated >= self.config.max_new_tokens
+        if sample.n_generated >= self.config.max_new_tokens:
+            sample.finish_reason = "length"
+            return True
+        return False
 
-    def _finish(self, sample: _Sample, texts: list[str]) -> None:
-        texts[sample.request] = cut_at_stop(sample.text.decode("utf-8", errors="ignore"), self.config.stop)
+    def _finish(self, sample: _Sample, texts: list[Sample]) -> None:
+        text = cut_at_stop(sample.text.decode("utf-8", errors="ignore"), self.config.stop)
+        texts[sample.request] = Sample(text, sample.finish_reason)
         llama_cpp.llama_sampler_free(sample.chain)
 
     def _batch_clear(self) -> None:

@@ -9,8 +9,8 @@ again at most what was in flight. Whether a server honours `seed` is the server'
 from __future__ import annotations
 
 from wpo.config import Recipe
-from wpo.endpoints import AnswerCache, ChatRequest, Endpoint, message_text
-from wpo.sampling import SampleRequest, cut_at_stop
+from wpo.endpoints import AnswerCache, ChatRequest, Endpoint, answer_with_reason, cached_answer
+from wpo.sampling import Sample, SampleRequest, cut_at_stop
 
 CACHE_FILE = "policy_cache.jsonl"
 
@@ -29,6 +29,7 @@ class OpenAISampler:
         key = AnswerCache.key(cfg.endpoint.model, cfg.endpoint.extra_body, params, request.messages)
         return ChatRequest(key, request.messages, params, f"a sample with seed {request.seed}")
 
-    def generate(self, requests: list[SampleRequest]) -> list[str]:
-        texts = self.endpoint.ask_all([self._request(r) for r in requests], message_text, desc="sample: server")
-        return [cut_at_stop(text, self.cfg.stop) for text in texts]
+    def generate(self, requests: list[SampleRequest]) -> list[Sample]:
+        answers = self.endpoint.ask_all([self._request(r) for r in requests], answer_with_reason,
+                                        desc="sample: server")  # fmt: skip
+        return [Sample(cut_at_stop(text, self.cfg.stop), reason) for text, reason in map(cached_answer, answers)]

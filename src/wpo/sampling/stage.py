@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -24,6 +24,7 @@ from wpo.distributed import process_state
 from wpo.errors import ConfigError, DataError
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import ChatTemplateError
+from wpo.endpoints import cached_answer
 from wpo.sampling import SampleRequest, make_sampler, render_prompt, sample_seed
 
 log = logging.getLogger(__name__)
@@ -137,17 +138,19 @@ def run_sample(recipe: Recipe) -> dict[str, Any]:
                 SampleRequest(p.messages, sample_seed(recipe.seed, p.id, k)) for p in batch for k in range(cfg.n)
             ]
             batch_started = time.perf_counter()
-            texts = sampler.generate(requests)
+            samples = sampler.generate(requests)
             generation_seconds += time.perf_counter() - batch_started
             records = [
                 {
                     "id": p.id,
                     "samples": [
-                        {"text": texts[i * cfg.n + k], "seed": requests[i * cfg.n + k].seed} for k in range(cfg.n)
+                        {"text": samples[i * cfg.n + k].text, "seed": requests[i * cfg.n + k].seed,
+                         "finish_reason": samples[i * cfg.n + k].finish_reason}
+                        for k in range(cfg.n)
                     ],
                 }
                 for i, p in enumerate(batch)
-            ]
+            ]  # fmt: skip
             progress.append(records)
 
     state.wait_for_everyone()
@@ -175,22 +178,28 @@ def _write_candidates(
     done = progress.load()
     prompts_read = len(prompts) + sum(policy.skipped.values())
     generated, usage = offpolicy_answers(recipe, prompts, policy)
+    if cfg.backend == "openai":  # the policy's server: what its answers (in its cache, with their costs) cost in all
+        from wpo.endpoints import AnswerCache
+        from wpo.sampling.openai_backend import CACHE_FILE
+
+        cache = AnswerCache(recipe.stage_dir("sample") / CACHE_FILE)
+        usage["sample.endpoint"] = cache.cost_of(cache.values)
     dropped: Counter[str] = Counter()
+    empty_samples = 0
+    finish_reasons: defaultdict[str, Counter[str]] = defaultdict(Counter)  # by source: stop, length, None (a field)
     output = []
     for prompt in prompts:
-        candidates = [
-            {"text": s["text"], "source": "policy", "seed": s["seed"], "score": None, "scores": None}
-            for s in (done[prompt.id]["samples"] if cfg.n > 0 else [])
-        ]
-        candidates += [
-            {"text": prompt.extra[field], "source": f"offpolicy:{field}", "seed": None, "score": None, "scores": None}
-            for field in cfg.offpolicy_fields
-        ]
-        candidates += [
-            {"text": answers[prompt.id], "source": f"offpolicy:{name}", "seed": None, "score": None, "scores": None}
-            for name, answers in generated.items()
-            if prompt.id in answers
-        ]
+        samples = done[prompt.id]["samples"] if cfg.n > 0 else []
+        kept = [s for s in samples if s["text"].strip()]  # an empty answer (end of turn first) is no candidate
+        empty_samples += len(samples) - len(kept)
+        candidates = [_candidate(s["text"], "policy", s["seed"], s.get("finish_reason")) for s in kept]
+        candidates += [_candidate(prompt.extra[field], f"offpolicy:{field}") for field in cfg.offpolicy_fields]
+        for name, answers in generated.items():
+            if prompt.id in answers:
+                text, reason = cached_answer(answers[prompt.id])
+                candidates.append(_candidate(text, f"offpolicy:{name}", finish_reason=reason))
+        for candidate in candidates:
+            finish_reasons[candidate["source"]][str(candidate["finish_reason"])] += 1
         if len({c["text"] for c in candidates}) < 2:
             dropped["all_candidates_identical"] += 1
             log.warning("dropped prompt %s: all %d candidates are identical", prompt.id, len(candidates))
@@ -204,6 +213,8 @@ def _write_candidates(
         "skipped": dict(policy.skipped),
         "dropped": dict(dropped),
         "samples_per_prompt": cfg.n,
+        "empty_samples_left_out": empty_samples,
+        "finish_reasons": {source: dict(reasons) for source, reasons in finish_reasons.items()},
         "offpolicy_fields": cfg.offpolicy_fields,
         "offpolicy_models": {name: len(answers) for name, answers in generated.items()},
         "api_usage": usage,
@@ -219,11 +230,15 @@ def _write_candidates(
     return {"output": str(stage_dir / OUTPUT), "counts": counts}
 
 
+def _candidate(text: str, source: str, seed: int | None = None, finish_reason: str | None = None) -> dict[str, Any]:
+    return {"text": text, "source": source, "seed": seed, "score": None, "scores": None, "finish_reason": finish_reason}
+
+
 def offpolicy_answers(recipe: Recipe, prompts: list[PromptRecord], policy: BadRecordPolicy):
     """`{model name: {prompt id: answer}}` from every `sample.offpolicy_models` endpoint, and each one's usage. A
     prompt whose request still fails stops the stage, naming it, or with `on_bad_record: skip` is counted as
     `offpolicy_failed:<name>` and keeps its other candidates."""
-    from wpo.endpoints import AnswerCache, ChatRequest, Endpoint, message_text
+    from wpo.endpoints import AnswerCache, ChatRequest, EmptyAnswer, Endpoint, nonempty_answer
 
     cache = AnswerCache(recipe.stage_dir("sample") / OFFPOLICY_CACHE)
     generated: dict[str, dict[str, str]] = {}
@@ -235,13 +250,13 @@ def offpolicy_answers(recipe: Recipe, prompts: list[PromptRecord], policy: BadRe
                                 p.messages, params, f"the prompt {p.id!r}") for p in prompts]  # fmt: skip
 
         def count_failure(request: ChatRequest, error: Exception, name: str = model.name) -> None:
-            policy.skipped[f"offpolicy_failed:{name}"] += 1
+            policy.skipped[f"offpolicy_{'empty' if isinstance(error, EmptyAnswer) else 'failed'}:{name}"] += 1
             log.warning("sample: skipped the %s answer for %s: %s", name, request.label, error)
 
         failure = count_failure if recipe.on_bad_record == "skip" else None
-        answers = endpoint.ask_all(requests, message_text, on_failure=failure, desc=f"sample: {model.name}")
+        answers = endpoint.ask_all(requests, nonempty_answer, on_failure=failure, desc=f"sample: {model.name}")
         generated[model.name] = {p.id: text for p, text in zip(prompts, answers, strict=True) if text is not None}
-        usage[model.name] = endpoint.usage.as_dict()
+        usage[model.name] = endpoint.usage_report()
         log.info("sample: %d answers from %s (%s); %s", len(generated[model.name]), model.name, model.model,
                  usage[model.name])  # fmt: skip
     return generated, usage

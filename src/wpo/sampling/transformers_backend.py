@@ -13,7 +13,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from wpo.config import Recipe
 from wpo.distributed import process_device
 from wpo.models import load_causal_lm, load_tokenizer
-from wpo.sampling import SampleRequest, cut_at_stop, render_prompt
+from wpo.sampling import Sample, SampleRequest, cut_at_stop, render_prompt
 
 NUCLEUS_CANDIDATES = 64
 
@@ -78,7 +78,7 @@ class TransformersSampler:
         self.model.to(self.device).eval()
 
     @torch.no_grad()
-    def generate(self, requests: list[SampleRequest]) -> list[str]:
+    def generate(self, requests: list[SampleRequest]) -> list[Sample]:
         cfg = self.config
         texts = [render_prompt(self.tokenizer, request.messages) for request in requests]
         batch = self.tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True).to(self.device)
@@ -100,4 +100,10 @@ class TransformersSampler:
         )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         decoded = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [cut_at_stop(text, cfg.stop) for text in decoded]
+        eos = generation.eos_token_id
+        ended = torch.isin(new_tokens, torch.tensor(eos if isinstance(eos, list) else [eos], device=new_tokens.device))
+        return [
+            Sample(cut_at_stop(text, cfg.stop),
+                   "stop" if bool(ended[row].any()) or cut_at_stop(text, cfg.stop) != text else "length")
+            for row, text in enumerate(decoded)
+        ]  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from wpo.config import Recipe
 from wpo.models import load_tokenizer, resolve_dtype
-from wpo.sampling import SampleRequest, cut_at_stop, render_prompt
+from wpo.sampling import Sample, SampleRequest, cut_at_stop, render_prompt
 
 
 class VllmSampler:
@@ -28,7 +28,7 @@ class VllmSampler:
             enable_prefix_caching=True,
         )
 
-    def generate(self, requests: list[SampleRequest]) -> list[str]:
+    def generate(self, requests: list[SampleRequest]) -> list[Sample]:
         from vllm import SamplingParams, TokensPrompt
 
         cfg = self.config
@@ -43,4 +43,5 @@ class VllmSampler:
             for r in requests
         ]  # fmt: skip
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [cut_at_stop(output.outputs[0].text, cfg.stop) for output in outputs]
+        return [Sample(cut_at_stop(output.outputs[0].text, cfg.stop), output.outputs[0].finish_reason)
+                for output in outputs]  # fmt: skip

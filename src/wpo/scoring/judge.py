@@ -56,7 +56,7 @@ class JudgeScorer:
     @property
     def usage(self) -> dict[str, int]:
         """Requests sent (retries included), retries, completions, tokens and cache hits, for the manifest."""
-        return self.endpoint.usage.as_dict()
+        return self.endpoint.usage_report()
 
     def score(self, requests: list[ScoreRequest]) -> list[float]:
         asks = [

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from wpo.config import Recipe, config_hash, low_precision_problem
 from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import LoadedPairs, load_pairs
 from wpo.distributed import check_launch, state_options
-from wpo.errors import ConfigError, DataError, NonFiniteError
+from wpo.errors import ConfigError, DataError, NonFiniteError, Stopped
 from wpo.manifest import move_aside, source_fingerprint, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from wpo.layout import stage_output
@@ -44,6 +45,7 @@ from wpo.train.loss import REFERENCE_FREE_LOSSES, preference_loss
 from wpo.train.metrics import MetricsLog
 from wpo.train.reference import ReferenceLogps
 from wpo.train.schedule import Schedule, build_schedule, micro_batches
+from wpo.train.stopping import EXIT_CODES, StopSignals
 from wpo.train.tokenize import PromptSharing, TokenizedPairs, collate_pairs, tokenize_pairs
 
 log = logging.getLogger(__name__)
@@ -314,32 +316,26 @@ def train(recipe: Recipe) -> TrainResult:
     progress = tqdm(total=schedule.total_steps, initial=state.start_step, desc="train", unit="step",
                     disable=not accelerator.is_main_process)  # fmt: skip
     try:
-        for step in range(state.start_step, schedule.total_steps):
-            row = train_step(state, step)
-            number = step + 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{row['loss']:.4f}", weight=f"{row['weight_mean']:.3f}")
-            if number == 1 or number % cfg.logging_steps == 0 or number == schedule.total_steps:
-                metrics.write(row)
-                last_row = row
-            if (cfg.save_steps and number % cfg.save_steps == 0) or number == schedule.total_steps:
-                save_checkpoint(state, number)
+        with StopSignals() as stop:
+            for step in range(state.start_step, schedule.total_steps):
+                row = train_step(state, step)
+                number = step + 1
+                progress.update(1)
+                progress.set_postfix(loss=f"{row['loss']:.4f}", weight=f"{row['weight_mean']:.3f}")
+                if number == 1 or number % cfg.logging_steps == 0 or number == schedule.total_steps:
+                    metrics.write(row)
+                    last_row = row
+                signalled = stop.requested(accelerator)
+                if (cfg.save_steps and number % cfg.save_steps == 0) or number == schedule.total_steps or signalled:
+                    save_checkpoint(state, number)
+                if signalled and number < schedule.total_steps:
+                    _stop(state, number, signalled, started)
     finally:
         progress.close()
         metrics.close()
 
     final_dir = save_final(state)
-    counts = {
-        "pairs_read": state.loaded.records_read,
-        "pairs_trained": len(state.tokens.pairs),
-        "skipped": state.skipped,
-        "truncated_prompts": state.tokens.truncated_prompts,
-        "truncated_responses": state.tokens.truncated_responses,
-        "steps": schedule.total_steps,
-        "resumed_from_step": state.start_step,
-        "num_processes": accelerator.num_processes,
-        "global_batch_pairs": schedule.pairs_per_step,
-    }
+    counts = _counts(state)
     if accelerator.is_main_process:
         write_manifest(
             train_dir, stage="train", config=state.config, config_hash=state.run_hash, seed=recipe.seed,
@@ -353,6 +349,33 @@ def train(recipe: Recipe) -> TrainResult:
         reference_from_cache=state.references.from_cache if state.references else None,
         counts=counts,
     )
+
+
+def _stop(state: TrainState, step: int, signal_number: int, started: float) -> None:
+    """After a signal: the manifest says the stage is incomplete and where it stopped; then the command stops."""
+    name = signal.Signals(signal_number).name
+    if state.accelerator.is_main_process:
+        write_manifest(state.recipe.stage_dir("train"), stage="train", config=state.config,
+                       config_hash=state.run_hash, seed=state.recipe.seed,
+                       counts={**_counts(state), "stopped_at_step": step, "stopped_by": name},
+                       wall_seconds=time.perf_counter() - started, outputs=[f"checkpoint-{step}"],
+                       completed=False)  # fmt: skip
+    raise Stopped(f"training stopped by {name} after step {step} of {state.schedule.total_steps}: checkpoint-{step} "
+                  "is saved, and the rerun resumes from it", EXIT_CODES[signal_number])  # fmt: skip
+
+
+def _counts(state: TrainState) -> dict[str, Any]:
+    return {
+        "pairs_read": state.loaded.records_read,
+        "pairs_trained": len(state.tokens.pairs),
+        "skipped": state.skipped,
+        "truncated_prompts": state.tokens.truncated_prompts,
+        "truncated_responses": state.tokens.truncated_responses,
+        "steps": state.schedule.total_steps,
+        "resumed_from_step": state.start_step,
+        "num_processes": state.accelerator.num_processes,
+        "global_batch_pairs": state.schedule.pairs_per_step,
+    }
 
 
 def run_train(recipe: Recipe) -> dict[str, Any]:
