@@ -35,7 +35,7 @@ import torch
 from wpo.config import Recipe, load_recipe
 from wpo.data.io import BadRecordPolicy
 from wpo.models import embedded_gguf, load_tokenizer, resolve_model_path
-from wpo.sampling import Sample, SampleRequest, Sampler, cut_at_stop, make_sampler, render_prompt, sample_seed
+from wpo.sampling import Sample, Sampler, SampleRequest, cut_at_stop, make_sampler, render_prompt, sample_seed
 from wpo.sampling.stage import batch_plan, load_prompts
 from wpo.train.trainer import cpu_has_bf16_units
 

@@ -100,8 +100,8 @@ def wpo_child(
     from wpo.train import trainer
     from wpo.train.forward import prompt_sharing
     from wpo.train.launchers import make_launcher
-    from wpo.train.schedule import build_schedule
     from wpo.train.reference import ReferenceLogps, compute_reference_logps
+    from wpo.train.schedule import build_schedule
     from wpo.train.tokenize import TokenizedPair, TokenizedPairs
 
     torch.manual_seed(0)

@@ -8,8 +8,8 @@ import pytest
 from helpers import write_lines
 
 from wpo.config import load_recipe
-from wpo.pairing.stage import run_pair
 from wpo.pairing import choose_pair
+from wpo.pairing.stage import run_pair
 
 CASES = [
     # scores, lengths, texts, min_margin -> chosen, rejected, drop reason

@@ -132,7 +132,8 @@ def test_chat_refuses_zero_new_tokens_at_once(tiny_llama):
 def test_version_and_help_examples():
     result = assert_ok(cli("--version"))
     assert result.stdout == f"wpo {wpo.__version__}\n"
-    for command in ("run", "sample", "score", "pair", "train", "eval", "export", "config", "keys"):
+    for command in ("run", "sample", "score", "pair", "train", "eval", "export", "config", "keys", "sweep", "report",
+                    "chat"):  # fmt: skip
         assert "Example: wpo " in assert_ok(cli(command, "--help")).stdout, command
 
 

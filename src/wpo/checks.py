@@ -38,7 +38,7 @@ def _check(recipe: Recipe, stages: list[str]) -> None:
     if "sample" in stages:
         _sample(recipe)
     if "score" in stages:
-        _score(recipe)
+        _kind_needs(recipe, "score", "scorer")
     if "train" in stages:
         _exists("train.reference_model", recipe.train.reference_model)
     if "eval" in stages:
@@ -90,20 +90,32 @@ def _sample(recipe: Recipe) -> None:
                           "or choose sample.backend: transformers | llamacpp")  # fmt: skip
 
 
-def _score(recipe: Recipe) -> None:
-    cfg = recipe.score
-    why = f"score.scorer: {cfg.scorer}"
-    if cfg.scorer == "reward_model":
-        _required("score.model", cfg.model, why,
-                  "set it to a sequence-classification reward model (an HF directory or hub id), or choose "
-                  "score.scorer: python (with score.function) or judge (with score.judge)")
-        _exists("score.model", cfg.model)
-    elif cfg.scorer == "judge":
-        _required("score.judge", cfg.judge, why, "an endpoint {base_url, model, api_key_env}")
-    else:
-        _required("score.function", cfg.function, why,
-                  "module:function(messages, text[, record]) -> float, e.g. wpo.tasks.reference:chrf")
-        _function(cfg.function, "score.function")
+# What each scorer and judge cannot run without: (section, kind) → (its setting, what to set it to).
+NEEDS = {
+    ("score", "reward_model"): ("model", "set it to a sequence-classification reward model (an HF directory or hub "
+                                         "id), or choose score.scorer: python (with score.function) or judge (with "
+                                         "score.judge)"),
+    ("score", "judge"): ("judge", "an endpoint {base_url, model, api_key_env}"),
+    ("score", "python"): ("function", "module:function(messages, text[, record]) -> float, e.g. "
+                                      "wpo.tasks.reference:chrf"),
+    ("eval", "api"): ("api", "an endpoint {base_url, model, api_key_env} that judges pairs"),
+    ("eval", "reward_model"): ("reward_model", "a sequence-classification reward model"),
+    ("eval", "python"): ("function", "module:function(messages, reference_output, model_output[, record]) -> "
+                                     "P(model better)"),
+}  # fmt: skip
+
+
+def _kind_needs(recipe: Recipe, section: str, kind_key: str) -> None:
+    """The setting the section's scorer or judge needs is there, names a file that exists, or imports."""
+    config = getattr(recipe, section)
+    kind = getattr(config, kind_key)
+    setting, fix = NEEDS[(section, kind)]
+    key, value = f"{section}.{setting}", getattr(config, setting)
+    _required(key, value, f"{section}.{kind_key}: {kind}", fix)
+    if setting == "function":
+        _function(value, key)
+    elif isinstance(value, str):
+        _exists(key, value)
 
 
 def _eval(recipe: Recipe, trains: bool) -> None:
@@ -112,17 +124,9 @@ def _eval(recipe: Recipe, trains: bool) -> None:
               "an eval set with a reference answer per prompt (or eval.compare_to: base_model), e.g. "
               "builtin:ifeval-heldout.jsonl")
     _exists("eval.prompts", cfg.prompts)
-    for key in ("model", "instruction_difficulty", "gamed_baselines", "reward_model"):
+    for key in ("model", "instruction_difficulty", "gamed_baselines"):
         _exists(f"eval.{key}", getattr(cfg, key))
-    why = f"eval.judge: {cfg.judge}"
-    if cfg.judge == "api":
-        _required("eval.api", cfg.api, why, "an endpoint {base_url, model, api_key_env} that judges pairs")
-    elif cfg.judge == "reward_model":
-        _required("eval.reward_model", cfg.reward_model, why, "a sequence-classification reward model")
-    else:
-        _required("eval.function", cfg.function, why,
-                  "module:function(messages, reference_output, model_output[, record]) -> P(model better)")
-        _function(cfg.function, "eval.function")
+    _kind_needs(recipe, "eval", "judge")
     if cfg.reward:
         _function(cfg.reward, "eval.reward")
     for name, spec in cfg.measures.items():

@@ -24,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: rich's panels label every flag `<bool>`
 )
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.")]
@@ -252,7 +253,10 @@ def sweep(
     baseline: Annotated[list[str] | None, typer.Option(help="KEY=V: the variant others are compared with.")] = None,
 ) -> None:
     """Run every variant of a grid x every seed under output_dir/sweep/, sharing upstream stages; write runs.csv,
-    comparison.csv (paired by seed and prompt, with CIs) and comparison.png."""
+    comparison.csv (paired by seed and prompt, with CIs) and comparison.png.
+
+    Example: wpo sweep recipes/quickstart.yaml --grid train.weighting=wpo,none --seeds 1,2,3
+    """
 
     def action() -> None:
         from wpo.sweep import parse_grid, run_sweep
@@ -277,7 +281,10 @@ def report(
     ),
 ) -> None:
     """Write DIRECTORY/report.html: one offline page with the pipeline, the pairs, the training curves and the base's
-    and the trained model's answers side by side; for a sweep, the comparison linking to every run's page."""
+    and the trained model's answers side by side; for a sweep, the comparison linking to every run's page.
+
+    Example: wpo report runs/quickstart
+    """
 
     def action() -> None:
         from wpo.report import write_report
@@ -357,7 +364,10 @@ def chat(
     prompt: Annotated[str | None, typer.Option(help="Answer this one prompt and exit.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 512,
 ) -> None:
-    """Chat with a model in the terminal (tokens streamed; /reset, /exit)."""
+    """Chat with a model in the terminal (tokens streamed; /reset, /exit).
+
+    Example: wpo chat runs/quickstart/train/final --prompt "Describe owls briefly."
+    """
 
     def action() -> None:
         from wpo.chat import run_chat

@@ -13,11 +13,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from wpo.checks import check_stages
 from wpo.config import ROUND_STAGES, Recipe, config_hash
 from wpo.data.io import write_json
 from wpo.distributed import MULTI_PROCESS_STAGES, process_state, refuse_a_launcher
 from wpo.layout import stage_output
-from wpo.checks import check_stages
 from wpo.manifest import changed_keys, completed_with, move_aside, read_manifest
 from wpo.report import write_run_report
 from wpo.run_lock import run_lock
@@ -81,7 +81,8 @@ def run_or_skip(recipe: Recipe, name: str, launch=None, force: bool = False) -> 
     """
     stage = STAGE_REGISTRY[name]
     stage_dir = recipe.stage_dir(name)
-    run_hash = config_hash(stage.run_config(recipe))
+    config = stage.run_config(recipe)  # fingerprints its inputs: computed once
+    run_hash = config_hash(config)
     done = completed_with(stage_dir, run_hash) and not force
     earlier = read_manifest(stage_dir)
     if launch is not None:
@@ -94,7 +95,7 @@ def run_or_skip(recipe: Recipe, name: str, launch=None, force: bool = False) -> 
         if earlier.get("config_hash") == run_hash:
             why = f"{name} is redone as asked (--force)"
         else:
-            changed = changed_keys(earlier.get("config", {}), stage.run_config(recipe))
+            changed = changed_keys(earlier.get("config", {}), config)
             why = f"{name} is redone: its config changed (differs in: {', '.join(changed) or 'unknown'})"
         move_aside(stage_dir, str(earlier.get("config_hash")), why)
     if launch is not None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from wpo.config import Recipe, config_hash
 from wpo.data.io import atomic_writer, resolve_local, write_json
-from wpo.errors import ConfigError, WpoError
+from wpo.errors import WpoError
 from wpo.export.card import write_card
 from wpo.export.convert import check_architecture, check_export_name, check_quantizations, export_gguf
 from wpo.export.verify import hf_log_probs, perplexity, verify_gguf

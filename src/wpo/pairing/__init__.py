@@ -5,8 +5,8 @@ guard against a length bias in the pair); ties on the lowest go to the response 
 chosen one's (so the pair differs in quality, not length). Remaining ties: the earlier candidate. Lengths are token
 counts with the policy's tokenizer, or characters with `pair.length_unit: characters`. No pair when every score is
 equal, when the margin is below `min_margin`, or when the two texts are identical. Only candidates in
-`can_be_chosen` may be chosen (`pair.cut_off: never_chosen` leaves out answers cut off at the token limit): a cut-off
-answer chosen over a complete one would teach the model to stop mid-sentence.
+`can_be_chosen` may be chosen (`pair.cut_off: never_chosen` leaves out answers cut off at the token limit, so a
+cut-off answer is never preferred over a complete one).
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
 from wpo.data.schemas import CandidatesRecord, Pair, RecordInvalid, parse_all, parse_candidates
 from wpo.errors import DataError
+from wpo.layout import stage_output
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.pairing import choose_pair
-from wpo.layout import stage_output
 
 log = logging.getLogger(__name__)
 OUTPUT, STATS = "pairs.jsonl", "stats.json"

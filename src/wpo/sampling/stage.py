@@ -21,10 +21,10 @@ from wpo.data.io import BadRecordPolicy, write_jsonl
 from wpo.data.progress import ProgressFile
 from wpo.data.schemas import PromptRecord, RecordInvalid, parse_all, parse_prompt
 from wpo.distributed import process_state
+from wpo.endpoints import cached_answer
 from wpo.errors import ConfigError, DataError
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import ChatTemplateError
-from wpo.endpoints import cached_answer
 from wpo.sampling import SampleRequest, make_sampler, render_prompt, sample_seed
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ from wpo.data.progress import ProgressFile
 from wpo.data.schemas import parse_all, parse_candidates
 from wpo.distributed import process_state
 from wpo.errors import DataError
+from wpo.layout import stage_output
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.scoring import ScoreRequest, make_scorer
-from wpo.layout import stage_output
 
 log = logging.getLogger(__name__)
 OUTPUT = "candidates.jsonl"

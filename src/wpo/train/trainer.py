@@ -35,9 +35,9 @@ from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import LoadedPairs, load_pairs
 from wpo.distributed import check_launch, state_options
 from wpo.errors import ConfigError, DataError, NonFiniteError, Stopped
+from wpo.layout import stage_output
 from wpo.manifest import move_aside, source_fingerprint, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
-from wpo.layout import stage_output
 from wpo.train import checkpoint, reference, zero
 from wpo.train.forward import pair_statistics, prompt_sharing, require_finite
 from wpo.train.launchers import Launcher, make_launcher
