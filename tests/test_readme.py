@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,8 @@ def test_your_own_model_prompts_and_reward_as_written(tmp_path, tiny_llama, monk
     (recipe,), (reward,), (commands,) = blocks(own, "yaml"), blocks(own, "python"), blocks(own, "bash")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "my_reward", None)  # imported afresh from this directory, forgotten after
+    del sys.modules["my_reward"]
     (tmp_path / "my-recipe.yaml").write_text(recipe)
     (tmp_path / "my_reward.py").write_text(reward)
     shutil.copytree(tiny_llama, tmp_path / "my-model")

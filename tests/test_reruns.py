@@ -22,7 +22,7 @@ def user_run(tmp_path, tiny_llama, monkeypatch) -> Path:
         {"id": f"q{i}", "messages": [{"role": "user", "content": f"Say {i} words."}], "reference": "one two " * i}
         for i in range(1, 5)
     ])  # fmt: skip
-    (tmp_path / "my_reward.py").write_text(
+    (tmp_path / "length_closeness.py").write_text(
         "def reward(messages, text, record):\n"
         "    return -abs(len(text) - len(record['reference']))\n"
     )
@@ -31,7 +31,7 @@ def user_run(tmp_path, tiny_llama, monkeypatch) -> Path:
         f"output_dir: {tmp_path / 'run'}\nseed: 3\nstages: [sample, score, pair, train]\n"
         f"model: {{name_or_path: {tiny_llama}}}\n"
         "sample: {prompts: ./prompts.jsonl, n: 2, max_new_tokens: 6, offpolicy_fields: [reference]}\n"
-        "score: {scorer: python, function: my_reward:reward}\n"
+        "score: {scorer: python, function: length_closeness:reward}\n"
         "pair: {length_unit: characters}\n"
         "train: {max_steps: 2, learning_rate: 1.0e-3, per_device_batch_size: 2, max_length: 96, "
         "max_prompt_length: 48, save_steps: 1}\n"
