@@ -6,6 +6,7 @@ user's own reward that reads the prompt's record, and the reference rewards ship
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,17 @@ def test_the_reference_rewards_are_sacrebleus_scores_over_100():
     assert reference.bleu([], "zebra", record) == 0.0
     with pytest.raises(ValueError, match="the prompt 'b' has no 'reference' field"):
         reference.chrf([], answer, {"id": "b"})
+
+
+def test_an_unfinished_stage_resumes_and_force_starts_it_over(user_run):
+    run = user_run.parent / "run"
+    assert_ok(cli("run", user_run))
+    for name in ("final", "manifest.json"):  # as if killed after its last checkpoint
+        path = run / "train" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    resumed = json.loads(assert_ok(cli("train", user_run, "--json")).stdout)
+    assert resumed["counts"]["resumed_from_step"] == 2
+    (run / "train" / "manifest.json").unlink()
+    again = json.loads(assert_ok(cli("train", user_run, "--force", "--json")).stdout)
+    assert again["counts"]["resumed_from_step"] == 0
+    assert (run / "train.replaced-unfinished" / "checkpoint-2").is_dir()

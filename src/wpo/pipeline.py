@@ -91,13 +91,14 @@ def run_or_skip(recipe: Recipe, name: str, launch=None, force: bool = False) -> 
         log.info("%s: already done under this config (%s); skipping (--force redoes it)", name, stage_dir)
         return {"wall_seconds": 0.0, "skipped": True, "output": str(stage_output(recipe, name)),
                 "counts": (earlier or {}).get("counts")}  # fmt: skip
-    if earlier and earlier.get("completed") and (launch is None or launch.is_main_process):
-        if earlier.get("config_hash") == run_hash:
-            why = f"{name} is redone as asked (--force)"
-        else:
+    if launch is None or launch.is_main_process:
+        earlier_hash = str((earlier or {}).get("config_hash", "unfinished"))
+        if force and stage_dir.is_dir() and any(stage_dir.iterdir()):  # finished or not: start over
+            move_aside(stage_dir, earlier_hash, f"{name} is redone as asked (--force)")
+        elif earlier and earlier.get("completed"):  # a finished result of another config; an unfinished one resumes
             changed = changed_keys(earlier.get("config", {}), config)
-            why = f"{name} is redone: its config changed (differs in: {', '.join(changed) or 'unknown'})"
-        move_aside(stage_dir, str(earlier.get("config_hash")), why)
+            move_aside(stage_dir, earlier_hash, f"{name} is redone: its config changed (differs in: "
+                                                f"{', '.join(changed) or 'unknown'})")  # fmt: skip
     if launch is not None:
         launch.wait_for_everyone()
     if launch is None or name in MULTI_PROCESS_STAGES:

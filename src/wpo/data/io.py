@@ -69,9 +69,10 @@ LOCAL_SUFFIXES = frozenset({".jsonl", ".json", ".parquet", ".arrow", ".csv", ".t
 def looks_like_local_path(source: str) -> bool:
     """A source written as a path — `.`, `/` or `~` first, a file suffix, more than one `/` — is never a hub id
     (`owner/name`, `owner/name:split`), so a missing one is "no such file", not a hub look-up."""
-    name = source.partition(":")[0] if not source.startswith(("/", ".", "~")) else source
-    return (source.startswith(("/", ".", "~")) or "\\" in source or name.count("/") > 1
-            or Path(name).suffix.lower() in LOCAL_SUFFIXES)  # fmt: skip
+    if source.startswith(("/", ".", "~")) or "\\" in source:
+        return True
+    name = source.partition(":")[0]  # a hub id may name a split after a colon
+    return name.count("/") > 1 or Path(name).suffix.lower() in LOCAL_SUFFIXES
 
 
 def resolve_local(source: str) -> Path | None:
