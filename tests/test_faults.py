@@ -193,7 +193,7 @@ def test_a_server_that_never_answers_times_out_and_is_named(tmp_path, tiny_llama
     assert time.monotonic() - started < 30
 
 
-def test_two_launches_share_nothing_but_the_lock(tmp_path):
+def test_the_lock_names_its_holder_is_reentrant_and_held_by_the_main_process(tmp_path):
     """The lock holder's details, and what a process of a launch other than the main one does (nothing)."""
     from wpo.run_lock import LOCK_NAME, RunLocked, run_lock
 
