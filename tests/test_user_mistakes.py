@@ -90,7 +90,8 @@ def test_a_stage_command_checks_what_it_needs(tmp_path, prompts):
         (["config", "/tmp"], ["recipe /tmp is a directory: give the recipe's YAML file"]),
         (["config", "/nonexistent.yaml"], ["recipe /nonexistent.yaml does not exist"]),
         (["keys", "trian"], ["no recipe key 'trian'", "train"]),
-        (["chat", "./no-model"], ["model ./no-model: no such file or directory"]),
+        (["chat", "./no-model"], ["no such file or directory: ./no-model (wpo chat takes an HF model directory"]),
+        (["chat", "runs/never-written"], ["no such file or directory: runs/never-written"]),  # not a hub id here
         (["chat", "/nonexistent/model.gguf"], ["GGUF file /nonexistent/model.gguf does not exist"]),
     ],
 )

@@ -73,6 +73,9 @@ def open_chat(model: str, max_new_tokens: int):
         if not path.is_file():
             raise WpoError(f"GGUF file {model} does not exist")
         return GgufChat(path, max_new_tokens)
+    if not model.startswith("embedded:") and not path.exists():  # chat takes local models only: never a hub look-up
+        raise WpoError(f"no such file or directory: {model} (wpo chat takes an HF model directory, a .gguf file or "
+                       "embedded:NAME)")  # fmt: skip
     if path.is_dir() and not (path / "config.json").is_file():
         raise WpoError(_not_a_model(path))
     try:
