@@ -13,8 +13,13 @@ activations not), and the process's peak over its whole life. Variants:
                   costs fewer FLOPs than two padded rows)
 - `padded`:       `chunked` with `train.share_prompts: never`: two padded rows per pair, the prompt computed twice
 - `shared`:       `chunked` with `train.share_prompts: always`
-- `chunked-bf16`: the same under `train.mixed_precision: bf16` (bf16 compute over fp32 master weights); run only on
-                  a CPU with bf16 instructions — elsewhere the trainer falls back to fp32 and there is nothing to time
+- `chunked-bf16`: the same under `train.mixed_precision: bf16` (bf16 compute over fp32 master weights, started on
+                  the bf16 grid); run only on a CPU with bf16 instructions (or with `--bf16-anywhere`, slowly)
+- `chunked-bf16-loaded`: `chunked-bf16` with `train.bf16_masters: as_loaded` (masters as loaded: the embedded
+                  model's weights on bf16 ties move the forward further than the update, benchmarks/bf16_update.py)
+- `in-backward`:  `chunked` with `train.optimizer_in_backward: true` (and no clipping): each gradient freed once used
+- `adamw-8bit`:   `chunked` with `train.optimizer: adamw_8bit` (bitsandbytes' AdamW8bit: moments in 8 bits)
+- `lean`:         both memory options; `lean-bf16` the same under bf16
 - `full-logits`:  `train.loss_chunk_size: 0`, logits from the shortest prompt on (`logits_to_keep`)
 - `trl`:          TRL 1.16 `DPOTrainer(use_weighting=True)` set up like ours: reference log-probs precomputed
                   (`precompute_ref_log_probs=True`), gradient checkpointing as `--gradient-checkpointing`, and
@@ -28,8 +33,8 @@ activations not), and the process's peak over its whole life. Variants:
 `peft_config` with the same settings): gradients and Adam state shrink to the adapter's, so the step's peak is what
 the forward and backward hold, the loss's logits included.
 
-Our trainer's first-step losses (policy = reference, weight unclamped as TRL's) must equal TRL's logged ones, and
-bf16's losses at every step stay within 2% of fp32's. Each step's achieved GFLOP/s (the model's matmul FLOPs: 6 per
+Our trainer's first-step losses (policy = reference, weight unclamped as TRL's) must equal TRL's logged ones; each
+bf16 variant's losses are printed step by step against its fp32 twin's (and `adamw-8bit`'s against `chunked`'s). Each step's achieved GFLOP/s (the model's matmul FLOPs: 6 per
 weight per token for forward and backward, 2 more with checkpointing, plus attention's, over the step's CPU time;
 the tokens the model computed, so a shared prompt counts once) is printed beside the per-core matmul peak measured
 in the same run at SmolLM2's layer shapes, fp32 and bf16.
@@ -39,7 +44,7 @@ units, `--variants chunked chunked-bf16 trl trl-bf16 --profile DIR` shows which 
 Profiling slows the steps; time without it.
 
 Run: python benchmarks/train_step.py [--tokens 512 1024 2048] [--variants chunked full-logits trl] [--pairs 1]
-     [--steps 2] [--gradient-checkpointing] [--lora] [--profile DIR]   (the defaults: ~25 min on a 2-core CPU; ~40 min on one core)
+     [--steps 2] [--gradient-checkpointing] [--lora] [--profile DIR] [--bf16-anywhere]   (the defaults: ~25 min on a 2-core CPU; ~40 min on one core)
 """
 
 from __future__ import annotations
@@ -58,8 +63,21 @@ from peak_memory import ratio
 from transformers import TrainerCallback
 
 MODEL = "embedded:smollm2-135m-instruct"
-VARIANTS = ("chunked", "padded", "shared", "chunked-bf16", "full-logits", "trl", "trl-bf16", "trl-defaults")
-BF16_VARIANTS = ("chunked-bf16", "trl-bf16")
+VARIANTS = ("chunked", "padded", "shared", "chunked-bf16", "chunked-bf16-loaded", "full-logits", "in-backward",
+            "adamw-8bit", "lean", "lean-bf16", "trl", "trl-bf16", "trl-defaults")
+BF16_VARIANTS = ("chunked-bf16", "chunked-bf16-loaded", "lean-bf16", "trl-bf16")
+IN_BACKWARD = ("train.optimizer_in_backward=true", "train.max_grad_norm=null")
+EXTRA_SETTINGS = {  # the recipe keys each variant adds to the trainer's defaults
+    "padded": ["train.share_prompts=never"],
+    "shared": ["train.share_prompts=always"],
+    "full-logits": ["train.loss_chunk_size=0"],
+    "chunked-bf16": ["train.mixed_precision=bf16"],
+    "chunked-bf16-loaded": ["train.mixed_precision=bf16", "train.bf16_masters=as_loaded"],
+    "in-backward": [*IN_BACKWARD],
+    "adamw-8bit": ["train.optimizer=adamw_8bit"],
+    "lean": [*IN_BACKWARD, "train.optimizer=adamw_8bit"],
+    "lean-bf16": [*IN_BACKWARD, "train.optimizer=adamw_8bit", "train.mixed_precision=bf16"],
+}
 LEARNING_RATE, BETA = 1e-6, 0.1
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 
@@ -109,9 +127,7 @@ def wpo_child(
         f"model.name_or_path={MODEL}", f"train.per_device_batch_size={pairs}", "train.warmup_ratio=0",
         f"train.learning_rate={LEARNING_RATE}", f"train.beta={BETA}", "train.clamp=false",
         f"train.gradient_checkpointing={str(checkpointing).lower()}", f"train.max_length={tokens + 1}",
-        f"train.max_prompt_length={tokens // 2}", *(["train.loss_chunk_size=0"] if variant == "full-logits" else []),
-        *(["train.mixed_precision=bf16"] if variant == "chunked-bf16" else []),
-        *({"padded": ["train.share_prompts=never"], "shared": ["train.share_prompts=always"]}.get(variant, [])),
+        f"train.max_prompt_length={tokens // 2}", *EXTRA_SETTINGS.get(variant, []),
         *([f"model.lora={json.dumps(LORA)}"] if lora else []),
     ])  # fmt: skip
     path = resolve_model_path(MODEL)
@@ -129,7 +145,7 @@ def wpo_child(
         chosen, rejected = compute_reference_logps(model, tokenized, pairs, tokenizer.pad_token_id, accelerator.device,
                                                    loss_chunk_size=chunk, sharing=sharing)  # fmt: skip
     references = ReferenceLogps(chosen, rejected, None, False)  # policy = reference: step-1 loss is ln 2 x weight
-    optimizer = trainer._build_optimizer(model, recipe)
+    optimizer = trainer.masters_and_optimizer(model, recipe.train, accelerator, resuming=False)
     schedule = build_schedule(pairs, recipe, 1)
     scheduler = get_scheduler("constant", optimizer)
     launcher = make_launcher(accelerator)
@@ -152,7 +168,7 @@ def wpo_child(
     profiler.stop()
     computed = round(row["tokens_per_second"] * row["step_seconds"])
     settings = (f"loss_chunk_size={chunk}, share_prompts={share}, mixed_precision={accelerator.mixed_precision}, "
-                f"lora={lora}")  # fmt: skip
+                f"lora={lora}, {' '.join(EXTRA_SETTINGS.get(variant, []))}")  # fmt: skip
     return result(variant, wall, cpu, setup_peak, start, losses, settings, computed)
 
 
@@ -317,9 +333,15 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="train a LoRA adapter (ours and TRL's alike)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="write each variant's op profile of its steps to DIR/<variant>-T<tokens>.txt")  # fmt: skip
+    parser.add_argument("--bf16-anywhere", action="store_true",
+                        help="run the bf16 variants on a CPU without bf16 units too (same numerics, ~10-100x slower)")
     parser.add_argument("--child", choices=VARIANTS)
     args = parser.parse_args()
     if args.child:
+        if args.bf16_anywhere:
+            from wpo.train import trainer
+
+            trainer.cpu_has_bf16_units = lambda: True  # the trainer's bf16 path, run by the reference kernels
         run = trl_child if args.child.startswith("trl") else wpo_child
         profile = args.profile / f"{args.child}-T{args.tokens[0]}.txt" if args.profile else None
         measured = run(args.child, args.pairs, args.tokens[0], args.steps, args.gradient_checkpointing, args.lora,
@@ -335,7 +357,7 @@ def main() -> None:
     from wpo.train import trainer
 
     variants = list(args.variants)
-    if not trainer.cpu_has_bf16_units():
+    if not trainer.cpu_has_bf16_units() and not args.bf16_anywhere:
         for variant in [v for v in variants if v in BF16_VARIANTS]:
             variants.remove(variant)
             print(f"{variant}: not run, this CPU has no bf16 instructions (AVX512-BF16): bf16 matmuls run a "
@@ -358,7 +380,8 @@ def main() -> None:
         for variant in variants:
             arguments = ["--child", variant, "--pairs", str(args.pairs), "--tokens", str(tokens), "--steps",
                          str(args.steps), *(["--gradient-checkpointing"] * args.gradient_checkpointing),
-                         *(["--lora"] * args.lora), *(["--profile", str(args.profile)] if args.profile else [])]  # fmt: skip
+                         *(["--lora"] * args.lora), *(["--profile", str(args.profile)] if args.profile else []),
+                         *(["--bf16-anywhere"] * args.bf16_anywhere)]  # fmt: skip
             started = time.perf_counter()
             results[variant] = peak_memory.run_child(__file__, arguments)
             results[variant]["process_seconds"] = time.perf_counter() - started  # cold start to end
@@ -380,10 +403,16 @@ def main() -> None:
         losses = [r["first_loss"] for variant, r in results.items() if variant not in BF16_VARIANTS]
         agree = all(math.isclose(loss, losses[0], rel_tol=1e-3) for loss in losses)
         print(f"{tokens:>5} fp32 first-step losses agree to 1e-3: {agree}", flush=True)
-        if "chunked-bf16" in results and "chunked" in results:
-            pairs = zip(results["chunked-bf16"]["losses"], results["chunked"]["losses"], strict=True)
-            within = all(math.isclose(bf16, fp32, rel_tol=0.02) for bf16, fp32 in pairs)
-            print(f"{tokens:>5} bf16 losses within 2% of fp32's at every step: {within}", flush=True)
+        for bf16, fp32 in (("chunked-bf16", "chunked"), ("chunked-bf16-loaded", "chunked"), ("lean-bf16", "lean"),
+                           ("trl-bf16", "trl")):  # fmt: skip
+            if bf16 in results and fp32 in results:
+                offs = [abs(a / b - 1) for a, b in zip(results[bf16]["losses"], results[fp32]["losses"], strict=True)]
+                print(f"{tokens:>5} {bf16} loss vs {fp32}'s, step by step: "
+                      f"{' '.join(f'{off:.2%}' for off in offs)}", flush=True)  # fmt: skip
+        if "adamw-8bit" in results and "chunked" in results:
+            offs = [abs(a / b - 1) for a, b in zip(results["adamw-8bit"]["losses"], results["chunked"]["losses"])]
+            print(f"{tokens:>5} adamw-8bit loss vs chunked's, step by step: "
+                  f"{' '.join(f'{off:.2%}' for off in offs)}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -41,6 +41,9 @@ def _check(recipe: Recipe, stages: list[str]) -> None:
         _kind_needs(recipe, "score", "scorer")
     if "train" in stages:
         _exists("train.reference_model", recipe.train.reference_model)
+        if recipe.train.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError("train.optimizer: adamw_8bit needs bitsandbytes, which is not installed: "
+                              "pip install 'wpo[lowbit]', or set train.optimizer: adamw")  # fmt: skip
     if "eval" in stages:
         _eval(recipe, trains="train" in stages)
     if "export" in stages:

@@ -256,6 +256,11 @@ class TrainConfig(Section):
     # reference pass runs in the same precision, so the first step still sees z = 0
     mixed_precision: Literal["bf16", "no"] = "no"
     """bf16: bf16 autocast compute over fp32 master weights and optimizer state; no: compute in the weights' dtype."""
+    # weights converted from a finer format (fp16, a dequantized GGUF) can sit halfway between two bf16 values, where
+    # any update flips the forward's rounding: at lr 1e-6 the embedded SmolLM2 moved ~11x further along the gradient
+    # than the update (benchmarks/bf16_update.py, wpo.train.precision)
+    bf16_masters: Literal["grid", "as_loaded"] = "grid"
+    """Under bf16 compute, start the fp32 masters on the bf16 values the forward uses (grid) or as loaded."""
     report_to: list[Literal["tensorboard", "trackio"]] = unhashed(
         ["tensorboard"]
     )  # trackio: pip install 'wpo[trackio]'
@@ -314,6 +319,11 @@ class TrainConfig(Section):
     """AdamW's ε, added to the denominator for numerical stability."""
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     """Clip the gradients' global norm to this; null: no clipping."""
+    # full fine-tuning holds 16 bytes a parameter (weights, gradients, two moments): wpo.train.optimizers
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
+    """adamw (torch), or adamw_8bit: moments in 8 bits (bitsandbytes, pip install 'wpo[lowbit]'), 4x less state."""
+    optimizer_in_backward: bool = False
+    """Step each parameter as soon as backward has its gradient and free it; needs max_grad_norm: null."""
 
     @model_validator(mode="after")
     def _keys_combine(self) -> TrainConfig:
@@ -332,6 +342,16 @@ class TrainConfig(Section):
             )
         if self.reference_model is not None and self.loss in REFERENCE_FREE_LOSSES:
             raise ValueError(f"train.reference_model is unused by the reference-free train.loss: {self.loss}")
+        if self.optimizer_in_backward and self.max_grad_norm is not None:
+            raise ValueError(
+                "train.optimizer_in_backward steps each parameter before the others have gradients, so there is no "
+                f"global norm to clip: set train.max_grad_norm: null (it is {self.max_grad_norm})"
+            )
+        if self.optimizer_in_backward and self.gradient_accumulation_steps > 1:
+            raise ValueError(
+                "train.optimizer_in_backward steps at every backward: it needs train.gradient_accumulation_steps: 1 "
+                f"(it is {self.gradient_accumulation_steps}); raise train.per_device_batch_size instead"
+            )
         if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
             raise ValueError(
                 f"train.max_prompt_length ({self.max_prompt_length}) must be below train.max_length "

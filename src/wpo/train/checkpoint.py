@@ -32,25 +32,41 @@ STATE_FILE = "trainer_state.json"
 
 
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """`{"state": {parameter name: {key: value}}, "param_groups": [...]}` → tensors named `parameter.key`, and JSON."""
+    """`{"state": {parameter name: {key: value}}, "param_groups": [...]}` → tensors named `parameter.key`, and JSON.
+    A nested state (bitsandbytes keeps its 8-bit codes and scales under one key) is named `parameter.key/inner`."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
-    for name, param_state in state_dict["state"].items():
-        for key, value in param_state.items():
+
+    def flatten(name: str, prefix: str, values: dict[str, Any]) -> None:
+        for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"{name}.{prefix}{key}"] = value.detach().cpu().contiguous()
+            elif isinstance(value, dict):
+                flatten(name, f"{prefix}{key}/", value)
             else:
-                scalars.setdefault(name, {})[key] = value
+                scalars.setdefault(name, {})[f"{prefix}{key}"] = value
+
+    for name, param_state in state_dict["state"].items():
+        flatten(name, "", param_state)
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[str, dict[str, Any]] = {}
+
+    def put(name: str, path: str, value: Any) -> None:
+        *outer, key = path.split("/")
+        target = state.setdefault(name, {})
+        for part in outer:
+            target = target.setdefault(part, {})
+        target[key] = value
+
     for tensor_name, tensor in tensors.items():
-        name, key = tensor_name.rsplit(".", 1)  # parameter names have dots; optimizer state keys do not
-        state.setdefault(name, {})[key] = tensor
+        name, path = tensor_name.rsplit(".", 1)  # parameter names have dots; optimizer state keys do not
+        put(name, path, tensor)
     for name, values in meta["scalars"].items():
-        state.setdefault(name, {}).update(values)
+        for path, value in values.items():
+            put(name, path, value)
     return {"state": state, "param_groups": meta["param_groups"]}
 
 

@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from wpo.config import Recipe, config_hash, low_precision_problem
+from wpo.config import Recipe, TrainConfig, config_hash, low_precision_problem
 from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import LoadedPairs, load_pairs
 from wpo.distributed import check_launch, state_options
@@ -43,6 +43,8 @@ from wpo.train.forward import pair_statistics, prompt_sharing, require_finite
 from wpo.train.launchers import Launcher, make_launcher
 from wpo.train.loss import REFERENCE_FREE_LOSSES, preference_loss
 from wpo.train.metrics import MetricsLog
+from wpo.train.optimizers import build_optimizer, step_in_backward
+from wpo.train.precision import start_masters_on_bf16_grid
 from wpo.train.reference import ReferenceLogps
 from wpo.train.schedule import Schedule, build_schedule, micro_batches
 from wpo.train.stopping import EXIT_CODES, StopSignals
@@ -152,6 +154,25 @@ def _shared_run_config(recipe: Recipe, accelerator: Accelerator) -> dict[str, An
     return broadcast_object_list([run_config(recipe) if accelerator.is_main_process else None])[0]
 
 
+def masters_and_optimizer(model, cfg: TrainConfig, accelerator: Accelerator, resuming: bool) -> torch.optim.Optimizer:
+    """The trainable weights' starting point under bf16 (`train.bf16_masters`) and the optimizer that steps them:
+    after backward, or inside it (`train.optimizer_in_backward`, one plain process only)."""
+    if accelerator.mixed_precision == "bf16" and cfg.bf16_masters == "grid" and not resuming:
+        weights, moved = start_masters_on_bf16_grid(model)  # a resumed run's masters are on their own course already
+        log.info("bf16: the fp32 masters start on the bf16 grid (%d of %d weights of linear layers rounded; the "
+                 "forward computed with those values already)", moved, weights)  # fmt: skip
+    optimizer = build_optimizer(model, cfg)
+    if cfg.optimizer_in_backward:
+        if accelerator.distributed_type != DistributedType.NO:
+            raise ConfigError(
+                f"train.optimizer_in_backward runs in one plain process (this launch is "
+                f"{accelerator.distributed_type.value}, {accelerator.num_processes} process(es)): it steps each "
+                "gradient before it could be reduced or sharded"
+            )
+        step_in_backward(optimizer)
+    return optimizer
+
+
 def setup(recipe: Recipe) -> TrainState:
     cfg = recipe.train
     train_dir = recipe.stage_dir("train")
@@ -202,7 +223,7 @@ def setup(recipe: Recipe) -> TrainState:
     sharing = prompt_sharing(model, cfg.share_prompts, cfg.max_length)
     references = _reference_logps(recipe, model_path, model, tokens, tokenizer, resume_point, accelerator, sharing)
     model = _make_trainable(model, recipe, resume_point)
-    optimizer = _build_optimizer(model, recipe)
+    optimizer = masters_and_optimizer(model, cfg, accelerator, resuming=resume_point is not None)
     scheduler = get_scheduler(
         cfg.lr_scheduler,
         optimizer,
@@ -499,22 +520,6 @@ def _make_trainable(model, recipe: Recipe, resume_point):
     model.config.use_cache = False
     model.train()
     return model
-
-
-def _build_optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW; like HF Trainer, biases and norm weights (1-D parameters) get no weight decay."""
-    cfg = recipe.train
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]],
-        lr=cfg.learning_rate,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        eps=cfg.adam_epsilon,
-    )
 
 
 def _lineage(model_path: str) -> dict[str, Any]:

@@ -1,0 +1,192 @@
+"""Memory options of full fine-tuning (optimizer in backward, 8-bit AdamW moments) and bf16 masters on the grid."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from helpers import assert_one_line_error, cli, save_tiny_model
+from safetensors.torch import load_file
+from test_trainer import recipe_for
+from torch.testing import assert_close
+
+from wpo.errors import ConfigError
+from wpo.train import trainer
+from wpo.train.metrics import read_metrics
+from wpo.train.precision import bf16_grid_counts, start_masters_on_bf16_grid
+
+NO_CLIPPING = ("train.max_grad_norm=null", "train.max_steps=4", "train.save_steps=2", "train.save_total_limit=null")
+
+
+def final_weights(result) -> dict[str, torch.Tensor]:
+    return load_file(str(result.final_dir / "model.safetensors"))
+
+
+def losses(tmp_path, run: str) -> list[float]:
+    return [row["loss"] for row in read_metrics(tmp_path / run / "train" / "metrics.jsonl")]
+
+
+def test_bf16_ties_are_counted_and_rounded_away():
+    """bf16 keeps 8 significant bits: next to 1.0 its values are 2^-7 apart, so 1 + 2^-8 is a tie (rounded to even,
+    1.0). On a tie an update of 1e-6 flips what the bf16 forward sees by a whole 2^-7; from the grid it changes
+    nothing until it adds up to half that."""
+    weights = torch.tensor([1.0, 1.0 + 2**-8, 1.0 + 2**-10, 0.5 + 2**-9])
+    assert bf16_grid_counts([weights]) == (4, 2, 1)  # 1 + 2^-8 and 0.5 + 2^-9 are ties; 1.0 is on the grid
+    nudged = (weights + 1e-6).to(torch.bfloat16).float()
+    assert nudged[1].item() == 1.0 + 2**-7  # the tie flipped up a whole ulp
+    layer = torch.nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(weights)
+    assert start_masters_on_bf16_grid(layer) == (4, 3)
+    assert layer.weight.dtype == torch.float32
+    assert layer.weight.tolist()[0] == [1.0, 1.0, 1.0, 0.5]  # what .to(bfloat16) gave the forward already
+    assert bf16_grid_counts([layer.weight]) == (4, 0, 4)
+    moved = (layer.weight + 1e-6).to(torch.bfloat16)
+    assert torch.equal(moved, layer.weight.to(torch.bfloat16))
+    frozen = torch.nn.Linear(4, 1, bias=False).requires_grad_(False)
+    assert start_masters_on_bf16_grid(frozen) == (0, 0)  # frozen (a LoRA base) weights are not the masters
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_with_ties(tmp_path_factory):
+    """The tiny llama with every weight rounded to fp16, as weights converted from fp16 or a GGUF are: some sit
+    exactly halfway between two bf16 values."""
+    from transformers import AutoModelForCausalLM
+
+    directory = save_tiny_model(tmp_path_factory.mktemp("tiny-llama-fp16"), "llama", seed=0)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(param.half().float())
+    model.save_pretrained(directory, safe_serialization=True)
+    total, ties, _ = bf16_grid_counts(model.parameters())
+    assert ties > total // 20
+    return directory
+
+
+def test_bf16_training_starts_its_masters_on_the_grid(tmp_path, tiny_llama_with_ties, pairs_file, caplog,
+                                                      monkeypatch):  # fmt: skip
+    """Under bf16 (the units assumed, so the path runs on any CPU) the masters start on the bf16 grid: the first step
+    computes exactly what `as_loaded` computes (the forward rounded to those values anyway), and a learning rate far
+    below half a bf16 ulp leaves every weight on the grid where it was; `as_loaded` keeps the ties, which the same
+    tiny update flips. fp32 training is untouched by the setting."""
+    monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: True)
+    common = ("train.mixed_precision=bf16", "train.learning_rate=1e-7", "train.warmup_ratio=0", "train.max_steps=2")
+    with caplog.at_level(logging.INFO, logger="wpo.train.trainer"):
+        grid = trainer.train(recipe_for(tmp_path, tiny_llama_with_ties, pairs_file, *common, run="grid"))
+    assert "bf16: the fp32 masters start on the bf16 grid" in caplog.text
+    loaded = trainer.train(recipe_for(tmp_path, tiny_llama_with_ties, pairs_file, *common,
+                                      "train.bf16_masters=as_loaded", run="loaded"))  # fmt: skip
+    first = [read_metrics(tmp_path / run / "train" / "metrics.jsonl")[0] for run in ("grid", "loaded")]
+    assert first[0]["loss"] == first[1]["loss"] and first[0]["logps_chosen"] == first[1]["logps_chosen"]
+    original = load_file(str(tiny_llama_with_ties / "model.safetensors"))
+    linear = [name for name in original if name.endswith("proj.weight")]
+    assert len(linear) == 14  # 2 layers x q k v o gate up down
+    flipped = 0
+    for name in linear:
+        start, grid_end, loaded_end = original[name], final_weights(grid)[name], final_weights(loaded)[name]
+        rounded = start.to(torch.bfloat16)
+        assert (grid_end - rounded.float()).abs().max() < 2.1e-7, name  # from the grid, two steps of at most lr
+        assert (loaded_end - start).abs().max() < 2.1e-7, name  # from the loaded values
+        big = start.abs() > 1e-3  # half an ulp > 2e-6: two steps of 1e-7 cannot cross it from the grid
+        assert torch.equal(grid_end[big].to(torch.bfloat16), rounded[big]), name
+        flipped += int((loaded_end[big].to(torch.bfloat16) != rounded[big]).sum())
+    for name in set(original) - set(linear):  # embeddings and norms: the forward uses them in fp32
+        assert (final_weights(grid)[name] - original[name]).abs().max() < 2.1e-7, name
+    ties = bf16_grid_counts(original[name] for name in linear)[1]
+    assert flipped > ties // 4, (flipped, ties)  # as loaded, the same tiny steps flip what the forward sees
+    fp32 = trainer.train(recipe_for(tmp_path, tiny_llama_with_ties, pairs_file, "train.max_steps=1", run="fp32"))
+    assert bf16_grid_counts(final_weights(fp32).values())[1] > 0  # no rounding without bf16 compute
+
+
+def interrupted_then_resumed(tmp_path, tiny_llama, pairs_file, monkeypatch, *overrides):
+    """The run killed during step 3 (after the step-2 checkpoint), then resumed to its end."""
+    real_step = trainer.train_step
+
+    def dies_at_step_three(state, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real_step(state, step)
+
+    monkeypatch.setattr(trainer, "train_step", dies_at_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING, *overrides, run="resumed"))
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    resumed = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING, *overrides, run="resumed"))
+    assert resumed.counts["resumed_from_step"] == 2 and resumed.steps == 4
+    return resumed
+
+
+def test_optimizer_in_backward_trains_as_a_step_after_backward(tmp_path, tiny_llama, pairs_file, monkeypatch):
+    """Stepping each parameter inside backward gives the weights, losses and AdamW state of the usual step after
+    backward (same arithmetic, one parameter at a time), and its checkpoints resume like any other."""
+    plain = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING, run="plain"))
+    hooked = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING,
+                                      "train.optimizer_in_backward=true", run="hooked"))  # fmt: skip
+    assert losses(tmp_path, "hooked") == pytest.approx(losses(tmp_path, "plain"), rel=1e-6)
+    start = load_file(str(tiny_llama / "model.safetensors"))
+    for name, weight in final_weights(plain).items():
+        assert not torch.equal(weight, start[name]) or name.endswith("norm.weight")
+        assert_close(final_weights(hooked)[name], weight, rtol=0, atol=1e-7)
+    optimizer = [load_file(str(tmp_path / run / "train" / "checkpoint-2" / "optimizer.safetensors"))
+                 for run in ("plain", "hooked")]  # fmt: skip
+    assert optimizer[0].keys() == optimizer[1].keys()
+    for key, value in optimizer[0].items():
+        assert_close(optimizer[1][key], value, rtol=0, atol=1e-7)
+
+    resumed = interrupted_then_resumed(
+        tmp_path, tiny_llama, pairs_file, monkeypatch, "train.optimizer_in_backward=true"
+    )
+    for name, weight in final_weights(hooked).items():
+        assert torch.equal(final_weights(resumed)[name], weight), name
+
+
+def test_adamw_8bit_keeps_moments_in_8_bits_and_resumes_exactly(tmp_path, tiny_llama, pairs_file, monkeypatch):
+    """bitsandbytes' AdamW8bit on the CPU: the embedding's moments are saved as uint8 codes with their block scales,
+    a resume from the step-2 checkpoint ends on the uninterrupted run's weights bit for bit, and the losses follow
+    plain AdamW's closely (4 steps at lr 1e-3 on a tiny model)."""
+    eight = ("train.optimizer=adamw_8bit", *NO_CLIPPING)
+    whole = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *eight, run="whole"))
+    saved = load_file(str(tmp_path / "whole" / "train" / "checkpoint-2" / "optimizer.safetensors"))
+    codes = [key for key, value in saved.items() if value.dtype == torch.uint8]
+    assert codes and any("embed_tokens" in key for key in codes), sorted(saved)
+    resumed = interrupted_then_resumed(tmp_path, tiny_llama, pairs_file, monkeypatch, "train.optimizer=adamw_8bit")
+    for name, weight in final_weights(whole).items():
+        assert torch.equal(final_weights(resumed)[name], weight), name
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING, run="adamw"))
+    assert losses(tmp_path, "whole") == pytest.approx(losses(tmp_path, "adamw"), rel=0.02)
+    assert losses(tmp_path, "whole")[-1] != losses(tmp_path, "adamw")[-1]  # really another optimizer
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.optimizer_in_backward=true"],
+         "train.optimizer_in_backward steps each parameter before the others have gradients, so there is no global "
+         "norm to clip: set train.max_grad_norm: null (it is 1.0)"),
+        (["train.optimizer_in_backward=true", "train.max_grad_norm=null", "train.gradient_accumulation_steps=2"],
+         "train.optimizer_in_backward steps at every backward: it needs train.gradient_accumulation_steps: 1 (it is "
+         "2); raise train.per_device_batch_size instead"),
+    ],
+)  # fmt: skip
+def test_optimizer_in_backward_refuses_what_it_cannot_do(tmp_path, tiny_llama, pairs_file, overrides, message):
+    with pytest.raises(ConfigError, match="train.optimizer_in_backward") as caught:
+        recipe_for(tmp_path, tiny_llama, pairs_file, *overrides)
+    assert message in str(caught.value)
+
+
+def test_adamw_8bit_without_bitsandbytes_is_one_line_at_load(tmp_path, tiny_llama, pairs_file, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"output_dir: {tmp_path / 'run'}\nmodel: {{name_or_path: {tiny_llama}}}\nstages: [train]\n"
+                      f"train: {{pairs: {pairs_file}, optimizer: adamw_8bit}}\n")  # fmt: skip
+    assert_one_line_error(cli("config", recipe), exact=(
+        f"{recipe}: train.optimizer: adamw_8bit needs bitsandbytes, which is not installed: pip install "
+        "'wpo[lowbit]', or set train.optimizer: adamw"))  # fmt: skip
+    assert not (tmp_path / "run").exists()
