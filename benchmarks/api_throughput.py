@@ -26,10 +26,17 @@ from wpo.endpoints import AnswerCache, ChatRequest, Endpoint, message_text  # no
 
 def measure(url: str, concurrency: int, count: int) -> float:
     with tempfile.TemporaryDirectory() as directory:
-        endpoint = Endpoint(EndpointConfig(base_url=url, model="m", max_concurrency=concurrency), "bench",
-                            AnswerCache(Path(directory) / "cache.jsonl"))  # fmt: skip
-        requests = [ChatRequest(f"{concurrency}-{i}", [{"role": "user", "content": f"question {i}"}],
-                                {"max_tokens": 1}, f"q{i}") for i in range(count)]  # fmt: skip
+        endpoint = Endpoint(
+            EndpointConfig(base_url=url, model="m", max_concurrency=concurrency),
+            "bench",
+            AnswerCache(Path(directory) / "cache.jsonl"),
+        )
+        requests = [
+            ChatRequest(
+                f"{concurrency}-{i}", [{"role": "user", "content": f"question {i}"}], {"max_tokens": 1}, f"q{i}"
+            )
+            for i in range(count)
+        ]
         started = time.perf_counter()
         endpoint.ask_all(requests, message_text, desc=f"concurrency {concurrency}")
         return count / (time.perf_counter() - started)

@@ -54,7 +54,7 @@ def main() -> None:
 
     from wpo.config import ModelConfig
     from wpo.models import load_causal_lm, load_tokenizer, resolve_model_path
-    from wpo.train.precision import bf16_grid_counts, start_masters_on_bf16_grid
+    from wpo.training.precision import bf16_grid_counts, start_masters_on_bf16_grid
 
     torch.manual_seed(0)
     path = resolve_model_path(MODEL)
@@ -68,8 +68,10 @@ def main() -> None:
 
     answer_logp(model, ids, prompt_length, bf16=False).backward()
     gradient_sign = {name: p.grad.sign() for name, p in params.items()}
-    random_sign = {name: torch.randint(0, 2, p.shape, generator=torch.Generator().manual_seed(1)).float() * 2 - 1
-                   for name, p in params.items()}  # fmt: skip
+    random_sign = {
+        name: torch.randint(0, 2, p.shape, generator=torch.Generator().manual_seed(1)).float() * 2 - 1
+        for name, p in params.items()
+    }
     first_order = {group: 0.0 for group in GROUPS}
     for name, p in params.items():
         first_order[group_of(name)] += p.grad.abs().sum().item() * args.lr
@@ -87,16 +89,21 @@ def main() -> None:
             return answer_logp(model, ids, prompt_length, bf16).item() - before
 
     started = time.perf_counter()
-    print(f"SmolLM2-135M, one pair ({prompt_length} prompt + {ids.shape[1] - prompt_length} answer tokens), "
-          f"step lr={args.lr:g}; change of the answer's log-prob (nats)\n")  # fmt: skip
+    print(
+        f"SmolLM2-135M, one pair ({prompt_length} prompt + {ids.shape[1] - prompt_length} answer tokens), "
+        f"step lr={args.lr:g}; change of the answer's log-prob (nats)\n"
+    )
     start_masters_on_bf16_grid(model)  # what the trainer does under bf16, from the loaded weights
     gridded = {name: p.detach().clone() for name, p in params.items()}
     print("| masters | precision | along the gradient | random signs |")
     print("|---|---|---:|---:|")
     for label, start in (("as loaded", loaded), ("on the bf16 grid", gridded)):
         for bf16 in (False, True):
-            print(f"| {label} | {'bf16 autocast' if bf16 else 'fp32'} | {moved(gradient_sign, bf16, start):+.3f} | "
-                  f"{moved(random_sign, bf16, start):+.3f} |", flush=True)  # fmt: skip
+            print(
+                f"| {label} | {'bf16 autocast' if bf16 else 'fp32'} | {moved(gradient_sign, bf16, start):+.3f} | "
+                f"{moved(random_sign, bf16, start):+.3f} |",
+                flush=True,
+            )
 
     counts = {group: bf16_grid_counts([p for name, p in loaded.items() if group_of(name) == group]) for group in GROUPS}
     print("\nAlong the gradient, one group of weights moved at a time (masters as loaded):\n")
@@ -105,8 +112,11 @@ def main() -> None:
     for group in GROUPS:
         total, ties, on_grid = counts[group]
         change = moved(gradient_sign, True, loaded, only=group)
-        print(f"| {group} | {total / 1e6:.1f}M | {ties / total:.1%} | {on_grid / total:.1%} | "
-              f"{first_order[group]:+.3f} | {change:+.3f} | {change / first_order[group]:.1f}x |", flush=True)  # fmt: skip
+        print(
+            f"| {group} | {total / 1e6:.1f}M | {ties / total:.1%} | {on_grid / total:.1%} | "
+            f"{first_order[group]:+.3f} | {change:+.3f} | {change / first_order[group]:.1f}x |",
+            flush=True,
+        )
     print(f"\n{time.perf_counter() - started:.0f} s")
 
 

@@ -43,11 +43,36 @@ def free_port() -> int:
 def launcher_command(launcher: str) -> list[str]:
     port = str(free_port())
     if launcher == "ddp":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", port, "-m", "wpo", "train"]  # fmt: skip
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(ROOT / "recipes" / "accelerate" / "zero3.yaml"), "--num_processes", "2", "--main_process_port", port,
-            "--mixed_precision", "no", "-m", "wpo", "train"]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            port,
+            "-m",
+            "wpo",
+            "train",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "recipes" / "accelerate" / "zero3.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        port,
+        "--mixed_precision",
+        "no",
+        "-m",
+        "wpo",
+        "train",
+    ]
 
 
 def training_processes(launcher: psutil.Process) -> list[psutil.Process]:
@@ -76,8 +101,13 @@ def peak_mib(process: psutil.Process) -> float | None:
 def measure(launcher: str, recipe: Path, output_dir: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     started = time.perf_counter()
-    process = subprocess.Popen([*launcher_command(launcher), str(recipe), f"output_dir={output_dir}"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [*launcher_command(launcher), str(recipe), f"output_dir={output_dir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     watched = psutil.Process(process.pid)
     peaks: dict[int, float] = {}
     while process.poll() is None:
@@ -117,11 +147,15 @@ def main() -> None:
         with pairs.open("w", encoding="utf-8") as handle:
             for index, pair in enumerate(synthetic_pairs(tokenizer, 2 * args.steps, args.tokens)):
                 record = {
-                    "id": f"pair-{index}", "prompt": [{"role": "user", "content": pair["prompt"]}],
+                    "id": f"pair-{index}",
+                    "prompt": [{"role": "user", "content": pair["prompt"]}],
                     "chosen": [{"role": "assistant", "content": pair["chosen"]}],
                     "rejected": [{"role": "assistant", "content": pair["rejected"]}],
-                    "score_chosen": 1.0, "score_rejected": 0.0, "source_chosen": "policy", "source_rejected": "policy",
-                }  # fmt: skip
+                    "score_chosen": 1.0,
+                    "score_rejected": 0.0,
+                    "source_chosen": "policy",
+                    "source_rejected": "policy",
+                }
                 handle.write(json.dumps(record) + "\n")
         recipe = work / "train.yaml"
         recipe.write_text(
@@ -132,13 +166,17 @@ def main() -> None:
         results = {launcher: measure(launcher, recipe, work / launcher) for launcher in args.launchers}
 
     base = results.get("ddp")
-    print(f"\nwpo train, SmolLM2-135M full fine-tuning, 2 processes x 1 pair, {args.tokens} tokens per sequence, "
-          f"{args.steps} steps")  # fmt: skip
+    print(
+        f"\nwpo train, SmolLM2-135M full fine-tuning, 2 processes x 1 pair, {args.tokens} tokens per sequence, "
+        f"{args.steps} steps"
+    )
     print(f"{'launcher':<8} {'peak MiB (max)':>15} {'peak MiB (mean)':>16} {'vs DDP':>7} {'step s':>8} {'vs DDP':>7}")
     for name, result in results.items():
-        print(f"{name:<8} {result['peak_mib_max']:>15.0f} {result['peak_mib_mean']:>16.0f} "
-              f"{ratio(result, base, 'peak_mib_max'):>7} {result['step_seconds']:>8.2f} "
-              f"{ratio(result, base, 'step_seconds'):>7}")  # fmt: skip
+        print(
+            f"{name:<8} {result['peak_mib_max']:>15.0f} {result['peak_mib_mean']:>16.0f} "
+            f"{ratio(result, base, 'peak_mib_max'):>7} {result['step_seconds']:>8.2f} "
+            f"{ratio(result, base, 'step_seconds'):>7}"
+        )
     print(json.dumps(results))
 
 

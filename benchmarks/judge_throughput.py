@@ -17,22 +17,37 @@ import requests
 import torch
 
 from wpo.config import load_recipe
-from wpo.eval.judges import ApiPairwiseJudge, Comparison, RewardModelPairwiseJudge
+from wpo.evaluation.judges import ApiPairwiseJudge, Comparison, RewardModelPairwiseJudge
 from wpo.models import embedded_gguf, load_tokenizer, resolve_model_path
 
 
 def main() -> None:
     items = [
-        Comparison([{"role": "user", "content": f"Explain idea number {i} in one paragraph."}],
-                   f"Idea {i} is simple: " + "it works. " * (5 + i % 7), f"Here is idea {i}: " + "fine. " * (3 + i))
+        Comparison(
+            [{"role": "user", "content": f"Explain idea number {i} in one paragraph."}],
+            f"Idea {i} is simple: " + "it works. " * (5 + i % 7),
+            f"Here is idea {i}: " + "fine. " * (3 + i),
+        )
         for i in range(24)
-    ]  # fmt: skip
+    ]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model",
-                               str(embedded_gguf("embedded:smollm2-135m-instruct")), "--port", str(port),
-                               "--n_ctx", "2048"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(embedded_gguf("embedded:smollm2-135m-instruct")),
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         for _ in range(300):

@@ -6,9 +6,9 @@ starts from the final hidden states). Each variant runs hidden states → statis
 the hidden states and the output weight) in a fresh subprocess; memory is the peak resident set over what was
 resident before the loss (inputs and weight included in the baseline, their gradients not). Variants:
 
-- `chunked`:      `wpo.train.chunked_loss` (train.loss_chunk_size > 0, the default): response tokens only, `--chunk` at a time
+- `chunked`:      `wpo.training.chunked_loss` (train.loss_chunk_size > 0, the default): response tokens only, `--chunk` at a time
 - `full-logits`:  train.loss_chunk_size = 0: logits `[B, T/2 + 1, V]` from the shortest prompt on, softcap, then
-                  `wpo.train.loss.sequence_statistics`
+                  `wpo.training.loss.sequence_statistics`
 - `trl`:          TRL 1.16's `DPOTrainer(use_weighting=True)` loss as it runs on this machine: its fused LM head
                   (`trl.kernels.chunked_logprob.ChunkedLogProbFunction`, with the outputs DPOTrainer requests) over
                   every position, as its forward does on a device without Triton, then its weight `exp(mean(log p -
@@ -47,7 +47,7 @@ def make_inputs(tokens: int, hidden_size: int, dtype):
     """
     import torch
 
-    from wpo.train.tokenize import TokenizedPair, collate_pairs
+    from wpo.training.tokenize import TokenizedPair, collate_pairs
 
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, VOCAB, (tokens // 2,), generator=generator).tolist()
@@ -62,9 +62,9 @@ def make_inputs(tokens: int, hidden_size: int, dtype):
 def wpo_loss(hidden, weight, batch, variant: str, chunk: int):
     import torch
 
-    from wpo.train.chunked_loss import chunked_sequence_statistics
-    from wpo.train.loss import preference_loss, sequence_statistics, soft_cap
-    from wpo.train.forward import split_statistics
+    from wpo.training.chunked_loss import chunked_sequence_statistics
+    from wpo.training.forward import split_statistics
+    from wpo.training.loss import preference_loss, sequence_statistics, soft_cap
 
     kept = hidden[:, -batch.logits_to_keep :]
     if variant == "chunked":
@@ -165,13 +165,27 @@ def main() -> None:
         f"({torch.get_num_threads()} threads), trl {trl.__version__}; times: median of {args.repeats} "
         "repeat(s) after the first run, ratios of CPU time"
     )
-    print(f"{'T':>5} {'variant':<12} {'peak MiB':>9} {'x full':>7} {'x trl':>6} {'wall s':>7} {'CPU s':>7} "
-          f"{'x full':>7} {'x trl':>6}  loss")  # fmt: skip
+    print(
+        f"{'T':>5} {'variant':<12} {'peak MiB':>9} {'x full':>7} {'x trl':>6} {'wall s':>7} {'CPU s':>7} "
+        f"{'x full':>7} {'x trl':>6}  loss"
+    )
     for tokens in args.tokens:
         results = {}
         for variant in args.variants:
-            arguments = ["--child", variant, "--tokens", str(tokens), "--hidden", str(args.hidden), "--chunk",
-                         str(args.chunk), "--repeats", str(args.repeats), "--dtype", args.dtype]  # fmt: skip
+            arguments = [
+                "--child",
+                variant,
+                "--tokens",
+                str(tokens),
+                "--hidden",
+                str(args.hidden),
+                "--chunk",
+                str(args.chunk),
+                "--repeats",
+                str(args.repeats),
+                "--dtype",
+                args.dtype,
+            ]
             results[variant] = peak_memory.run_child(__file__, arguments)
         full, trl_result = results.get("full-logits"), results.get("trl")
         for variant, r in results.items():

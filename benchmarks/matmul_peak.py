@@ -30,8 +30,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     supported = torch.cpu._is_avx512_bf16_supported()
-    print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, AVX512-BF16: {supported}, "
-          f"threads {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, AVX512-BF16: {supported}, "
+        f"threads {torch.get_num_threads()}"
+    )
     fp32 = gflops(args.size, args.repeats, torch.float32)
     bf16 = gflops(args.size, max(1, args.repeats // 10) if not supported else args.repeats, torch.bfloat16)
     print(

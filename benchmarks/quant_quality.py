@@ -12,8 +12,8 @@ import argparse
 import tempfile
 
 from wpo.config import load_recipe
-from wpo.export.convert import CONVERTER_TYPES, QUANTIZER_TYPES
-from wpo.export.stage import run_export
+from wpo.exporting.convert import CONVERTER_TYPES, QUANTIZER_TYPES
+from wpo.exporting.stage import run_export
 from wpo.models import resolve_model_path
 
 
@@ -24,9 +24,16 @@ def main() -> None:
     args = parser.parse_args()
     types = [*CONVERTER_TYPES, *QUANTIZER_TYPES]
     with tempfile.TemporaryDirectory() as directory:
-        recipe = load_recipe(None, [f"output_dir={directory}", f"export.model={resolve_model_path(args.model)}",
-                                    f"export.quantizations=[{', '.join(types)}]", f"export.verify_tokens={args.tokens}",
-                                    "export.name=model"])  # fmt: skip
+        recipe = load_recipe(
+            None,
+            [
+                f"output_dir={directory}",
+                f"export.model={resolve_model_path(args.model)}",
+                f"export.quantizations=[{', '.join(types)}]",
+                f"export.verify_tokens={args.tokens}",
+                "export.name=model",
+            ],
+        )
         report = run_export(recipe)["report"]
     print(f"{args.model}: {args.tokens} held-out tokens; HF fp32 perplexity {report[0]['hf_perplexity']:.3f}")
     print(f"{'type':<8} {'size MB':>8} {'perplexity':>11} {'x HF':>6} {'mean KL':>9} {'max KL':>8}")

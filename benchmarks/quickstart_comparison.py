@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wpo.sweep import stratified_ci
+from wpo.sweeps import stratified_ci
 
 ARMS = ("wpo", "dpo", "wpo-2-rounds")
 
@@ -41,13 +41,23 @@ def run_arm(arm: str, seed: int, root: Path) -> Path:
     if arm == "wpo":
         wpo("run", "recipes/quickstart.yaml", *first, "stages=[sample, score, pair, train, eval]")
     elif arm == "dpo":
-        wpo("run", "recipes/quickstart-dpo.yaml", f"seed={seed}", f"output_dir={run}",
-            f"train.pairs={root / f'wpo-seed{seed}' / 'pair' / 'pairs.jsonl'}")  # fmt: skip
+        wpo(
+            "run",
+            "recipes/quickstart-dpo.yaml",
+            f"seed={seed}",
+            f"output_dir={run}",
+            f"train.pairs={root / f'wpo-seed{seed}' / 'pair' / 'pairs.jsonl'}",
+        )
     else:
         wpo("run", "recipes/quickstart.yaml", *first, "rounds=2", "stages=[sample, score, pair, train]")
-        wpo("eval", "recipes/quickstart.yaml", f"seed={seed}", f"output_dir={run}",
+        wpo(
+            "eval",
+            "recipes/quickstart.yaml",
+            f"seed={seed}",
+            f"output_dir={run}",
             f"eval.model={root / f'wpo-seed{seed}' / 'round-2' / 'train' / 'final'}",
-            "eval.generator_name=smollm2-135m-instruct-wpo-r2")  # fmt: skip
+            "eval.generator_name=smollm2-135m-instruct-wpo-r2",
+        )
     return run
 
 
@@ -66,8 +76,11 @@ def compare(runs_by_seed: dict[int, dict[str, Path]]) -> dict:
         values = {arm: [np.array([r[f"{name}_trained"] for r in rows[s][arm]]) for s in rows] for arm in arms}
         for arm in arms:
             per_seed = [float(v.mean()) for v in values[arm]]
-            entry[arm] = {"mean": float(np.mean(per_seed)), "sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1
-                          else 0.0, "per_seed": per_seed}  # fmt: skip
+            entry[arm] = {
+                "mean": float(np.mean(per_seed)),
+                "sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
+                "per_seed": per_seed,
+            }
             if arm != "wpo":
                 differences = [a - w for a, w in zip(values[arm], values["wpo"], strict=True)]
                 entry[arm]["minus_wpo"] = float(np.mean([d.mean() for d in differences]))
@@ -86,9 +99,14 @@ def markdown(table: dict) -> str:
     header = ["measure", "base", "WPO", "WPO − base"]
     for arm in others:
         header += [LABELS[arm], f"{LABELS[arm]} − WPO"]
-    lines = [f"{len(table['seeds'])} seeds ({', '.join(map(str, table['seeds']))}), {table['prompts']} held-out "
-             "prompts; mean over seeds ± spread (SD of the per-seed means); differences paired by seed and prompt, "
-             "95% bootstrap CI", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]  # fmt: skip
+    lines = [
+        f"{len(table['seeds'])} seeds ({', '.join(map(str, table['seeds']))}), {table['prompts']} held-out "
+        "prompts; mean over seeds ± spread (SD of the per-seed means); differences paired by seed and prompt, "
+        "95% bootstrap CI",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+    ]
     for name, entry in table["measures"].items():
         digits = 1 if name in ("chrf", "length_chars") else 3
 
@@ -98,8 +116,12 @@ def markdown(table: dict) -> str:
         def diff(value: float, bounds: list[float]) -> str:
             return f"{value:+.{digits}f} [{bounds[0]:+.{digits}f}, {bounds[1]:+.{digits}f}]"
 
-        cells = [name, f"{entry['base']:.{digits}f}", cell("wpo"),
-                 diff(entry["wpo"]["mean"] - entry["base"], entry["wpo"]["minus_base_ci95"])]  # fmt: skip
+        cells = [
+            name,
+            f"{entry['base']:.{digits}f}",
+            cell("wpo"),
+            diff(entry["wpo"]["mean"] - entry["base"], entry["wpo"]["minus_base_ci95"]),
+        ]
         for arm in others:
             cells += [cell(arm), diff(entry[arm]["minus_wpo"], entry[arm]["minus_wpo_ci95"])]
         lines.append("| " + " | ".join(cells) + " |")

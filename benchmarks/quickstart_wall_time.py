@@ -48,8 +48,16 @@ ARMS = {  # output directory under --root: its overrides of the recipe
 def run(arm: str, overrides: list[str], root: Path, seed: int) -> tuple[float, dict]:
     output_dir = root / arm
     shutil.rmtree(output_dir, ignore_errors=True)
-    command = [sys.executable, "-m", "wpo", "run", str(QUICKSTART), f"output_dir={output_dir}", f"seed={seed}",
-               *overrides]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "wpo",
+        "run",
+        str(QUICKSTART),
+        f"output_dir={output_dir}",
+        f"seed={seed}",
+        *overrides,
+    ]
     print(f"[{arm}] +", " ".join(command), flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True)
@@ -65,8 +73,10 @@ def main() -> None:
     recipe = load_recipe(str(QUICKSTART), [])
     started = time.perf_counter()
     policy_gguf(recipe)  # the dequantized HF copy of the embedded GGUF and its F16 GGUF
-    print(f"first use (shared, once per machine): dequantize + F16 copy of the base in "
-          f"{time.perf_counter() - started:.1f} s; {resolve_model_path(recipe.model.name_or_path)}")  # fmt: skip
+    print(
+        f"first use (shared, once per machine): dequantize + F16 copy of the base in "
+        f"{time.perf_counter() - started:.1f} s; {resolve_model_path(recipe.model.name_or_path)}"
+    )
     results = {arm: run(arm, overrides, args.root, args.seed) for arm, overrides in ARMS.items()}
     (previous_time, previous), (default_time, default) = results.values()
 
@@ -75,8 +85,10 @@ def main() -> None:
     for stage, seconds in previous["wall_seconds"].items():
         new = default["wall_seconds"][stage]
         print(f"{stage:<8} {seconds:>11.1f} {new:>11.1f} {new / seconds if seconds else float('nan'):>6.2f}")
-    print(f"{'total':<8} {previous_time:>11.1f} {default_time:>11.1f} {default_time / previous_time:>6.2f}"
-          "   (process wall time, startup included)")  # fmt: skip
+    print(
+        f"{'total':<8} {previous_time:>11.1f} {default_time:>11.1f} {default_time / previous_time:>6.2f}"
+        "   (process wall time, startup included)"
+    )
 
     print(f"\n{'held-out measure':<20} {'previous [95% CI]':>26} {'defaults [95% CI]':>26}  each inside the other's CI")
     for name in ("reward", "constraint_accuracy", "chrf", "length_chars", "distinct_2"):

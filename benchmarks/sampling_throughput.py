@@ -37,7 +37,7 @@ from wpo.data.io import BadRecordPolicy
 from wpo.models import embedded_gguf, load_tokenizer, resolve_model_path
 from wpo.sampling import Sample, Sampler, SampleRequest, cut_at_stop, make_sampler, render_prompt, sample_seed
 from wpo.sampling.stage import batch_plan, load_prompts
-from wpo.train.trainer import cpu_has_bf16_units
+from wpo.training.precision import cpu_has_bf16_units
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
 SIMD_LEVELS = [("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2")]  # /proc/cpuinfo flag, name
@@ -51,8 +51,14 @@ class OneSequenceAtATime:
 
         self.config = recipe.sample
         self.tokenizer = load_tokenizer(model_path)
-        self.llm = Llama(model_path=str(embedded_gguf(recipe.model.name_or_path)), n_ctx=recipe.sample.context_length,
-                         n_threads=threads, n_threads_batch=threads, seed=recipe.seed, verbose=False)  # fmt: skip
+        self.llm = Llama(
+            model_path=str(embedded_gguf(recipe.model.name_or_path)),
+            n_ctx=recipe.sample.context_length,
+            n_threads=threads,
+            n_threads_batch=threads,
+            seed=recipe.seed,
+            verbose=False,
+        )
 
     def generate(self, requests: list[SampleRequest]) -> list[Sample]:
         cfg = self.config
@@ -62,9 +68,16 @@ class OneSequenceAtATime:
             tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
             self.llm.reset()
             completion = self.llm.create_completion(
-                tokens, max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                min_p=0.0, repeat_penalty=1.0, stop=cfg.stop or None, seed=request.seed,
-            )  # fmt: skip
+                tokens,
+                max_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k,
+                min_p=0.0,
+                repeat_penalty=1.0,
+                stop=cfg.stop or None,
+                seed=request.seed,
+            )
             choice = completion["choices"][0]
             samples.append(Sample(cut_at_stop(choice["text"], cfg.stop), choice["finish_reason"]))
         return samples
@@ -90,8 +103,10 @@ def main() -> None:
     model_path = resolve_model_path(recipe.model.name_or_path)
     tokenizer = load_tokenizer(model_path)
     prompts = load_prompts(recipe, BadRecordPolicy())[: args.prompts]
-    batches = [[SampleRequest(p.messages, sample_seed(recipe.seed, p.id, k)) for p in batch for k in range(cfg.n)]
-               for batch in batch_plan(prompts, cfg.batch_size)]  # fmt: skip
+    batches = [
+        [SampleRequest(p.messages, sample_seed(recipe.seed, p.id, k)) for p in batch for k in range(cfg.n)]
+        for batch in batch_plan(prompts, cfg.batch_size)
+    ]
     parallel = args.parallel_sequences or cfg.batch_size * cfg.n
     llamacpp = ["sample.backend=llamacpp", f"sample.threads={args.threads}", f"sample.parallel_sequences={parallel}"]
     load_before = os.getloadavg()[0]
@@ -123,9 +138,11 @@ def main() -> None:
         gc.collect()
         print(f"{name}: {tokens} tokens in {seconds:.1f} s", flush=True)
     base_tokens, base_seconds = results["transformers fp32"]
-    print(f"\nSmolLM2-135M-Instruct, {len(prompts)} quickstart prompts x {cfg.n} samples, T {cfg.temperature}, "
-          f"top_p {cfg.top_p}, max_new_tokens {cfg.max_new_tokens}, {cfg.batch_size} prompts per call; "
-          f"{args.threads} threads, llama.cpp parallel_sequences {parallel}")  # fmt: skip
+    print(
+        f"\nSmolLM2-135M-Instruct, {len(prompts)} quickstart prompts x {cfg.n} samples, T {cfg.temperature}, "
+        f"top_p {cfg.top_p}, max_new_tokens {cfg.max_new_tokens}, {cfg.batch_size} prompts per call; "
+        f"{args.threads} threads, llama.cpp parallel_sequences {parallel}"
+    )
     print(f"{cpu_name()}; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     print(f"{'configuration':<30} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'x transformers fp32':>20}")
     for name, (tokens, seconds) in results.items():

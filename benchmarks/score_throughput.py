@@ -37,10 +37,12 @@ def main() -> None:
         rng = random.Random(0)
         words = "the a sea sky cat answer river blue quick model reward score pair long short".split()
         requests = [
-            ScoreRequest([{"role": "user", "content": f"Question {i}: " + " ".join(rng.choices(words, k=12))}],
-                         " ".join(rng.choices(words, k=rng.randint(10, 200))))
+            ScoreRequest(
+                [{"role": "user", "content": f"Question {i}: " + " ".join(rng.choices(words, k=12))}],
+                " ".join(rng.choices(words, k=rng.randint(10, 200))),
+            )
             for i in range(args.candidates)
-        ]  # fmt: skip
+        ]
         timings, scores = {}, {}
         for batch_size in (1, args.batch_size):
             recipe = load_recipe(None, [f"score.model={directory}", f"score.batch_size={batch_size}"])

@@ -8,7 +8,7 @@ step); memory is the peak resident set of the training steps over what was resid
 precomputed reference log-probs and optimizer object included in that baseline; gradients, Adam state and
 activations not), and the process's peak over its whole life. Variants:
 
-- `chunked`:      the trainer's default, `train.loss_chunk_size: 256` (`wpo.train.chunked_loss`) and
+- `chunked`:      the trainer's default, `train.loss_chunk_size: 256` (`wpo.training.chunked_loss`) and
                   `train.share_prompts: auto` (a row per pair, its prompt computed once for both answers, where that
                   costs fewer FLOPs than two padded rows)
 - `padded`:       `chunked` with `train.share_prompts: never`: two padded rows per pair, the prompt computed twice
@@ -63,8 +63,21 @@ from peak_memory import ratio
 from transformers import TrainerCallback
 
 MODEL = "embedded:smollm2-135m-instruct"
-VARIANTS = ("chunked", "padded", "shared", "chunked-bf16", "chunked-bf16-loaded", "full-logits", "in-backward",
-            "adamw-8bit", "lean", "lean-bf16", "trl", "trl-bf16", "trl-defaults")
+VARIANTS = (
+    "chunked",
+    "padded",
+    "shared",
+    "chunked-bf16",
+    "chunked-bf16-loaded",
+    "full-logits",
+    "in-backward",
+    "adamw-8bit",
+    "lean",
+    "lean-bf16",
+    "trl",
+    "trl-bf16",
+    "trl-defaults",
+)
 BF16_VARIANTS = ("chunked-bf16", "chunked-bf16-loaded", "lean-bf16", "trl-bf16")
 IN_BACKWARD = ("train.optimizer_in_backward=true", "train.max_grad_norm=null")
 EXTRA_SETTINGS = {  # the recipe keys each variant adds to the trainer's defaults
@@ -102,8 +115,16 @@ def synthetic_pairs(tokenizer, pairs: int, tokens: int) -> list[dict]:
         prompt, prompt_ids = text_and_ids(tokens // 2)
         (chosen, chosen_ids), (rejected, rejected_ids) = (text_and_ids(tokens - tokens // 2 - 1, 8) for _ in "cr")
         eos = [tokenizer.eos_token_id]
-        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "prompt_ids": prompt_ids,
-                     "chosen_ids": chosen_ids + eos, "rejected_ids": rejected_ids + eos})  # fmt: skip
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "prompt_ids": prompt_ids,
+                "chosen_ids": chosen_ids + eos,
+                "rejected_ids": rejected_ids + eos,
+            }
+        )
     return rows
 
 
@@ -115,45 +136,65 @@ def wpo_child(
 
     from wpo.config import load_recipe
     from wpo.models import load_causal_lm, load_tokenizer, resolve_model_path
-    from wpo.train import trainer
-    from wpo.train.forward import prompt_sharing
-    from wpo.train.launchers import make_launcher
-    from wpo.train.reference import ReferenceLogps, compute_reference_logps
-    from wpo.train.schedule import build_schedule
-    from wpo.train.tokenize import TokenizedPair, TokenizedPairs
+    from wpo.training import precision, trainer
+    from wpo.training.forward import prompt_sharing
+    from wpo.training.launchers import make_launcher
+    from wpo.training.reference import ReferenceLogps, compute_reference_logps
+    from wpo.training.schedule import build_schedule
+    from wpo.training.tokenize import TokenizedPair, TokenizedPairs
 
     torch.manual_seed(0)
-    recipe = load_recipe(None, [
-        f"model.name_or_path={MODEL}", f"train.per_device_batch_size={pairs}", "train.warmup_ratio=0",
-        f"train.learning_rate={LEARNING_RATE}", f"train.beta={BETA}", "train.clamp=false",
-        f"train.gradient_checkpointing={str(checkpointing).lower()}", f"train.max_length={tokens + 1}",
-        f"train.max_prompt_length={tokens // 2}", *EXTRA_SETTINGS.get(variant, []),
-        *([f"model.lora={json.dumps(LORA)}"] if lora else []),
-    ])  # fmt: skip
+    recipe = load_recipe(
+        None,
+        [
+            f"model.name_or_path={MODEL}",
+            f"train.per_device_batch_size={pairs}",
+            "train.warmup_ratio=0",
+            f"train.learning_rate={LEARNING_RATE}",
+            f"train.beta={BETA}",
+            "train.clamp=false",
+            f"train.gradient_checkpointing={str(checkpointing).lower()}",
+            f"train.max_length={tokens + 1}",
+            f"train.max_prompt_length={tokens // 2}",
+            *EXTRA_SETTINGS.get(variant, []),
+            *([f"model.lora={json.dumps(LORA)}"] if lora else []),
+        ],
+    )
     path = resolve_model_path(MODEL)
     tokenizer = load_tokenizer(path)
     rows = synthetic_pairs(tokenizer, pairs, tokens)
     tokenized = TokenizedPairs(
         [TokenizedPair(str(i), r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for i, r in enumerate(rows)], 0, 0
     )
-    model = trainer._make_trainable(load_causal_lm(path, recipe.model), recipe, None)
-    accelerator = trainer.make_accelerator(recipe)  # the precision the recipe gets, as in the trainer
+    model = trainer._make_trainable(load_causal_lm(path, recipe.model), recipe.train, recipe.model.lora, None)
+    accelerator = precision.make_accelerator(recipe)  # the precision the recipe gets, as in the trainer
     chunk = recipe.train.loss_chunk_size
     sharing = prompt_sharing(model, recipe.train.share_prompts, recipe.train.max_length)
     share = sharing.applies_to(tokenized.pairs)  # the pairs all have the same lengths
     with accelerator.autocast():  # the reference in the policy's compute precision, as the trainer does
-        chosen, rejected = compute_reference_logps(model, tokenized, pairs, tokenizer.pad_token_id, accelerator.device,
-                                                   loss_chunk_size=chunk, sharing=sharing)  # fmt: skip
+        chosen, rejected = compute_reference_logps(
+            model, tokenized, pairs, tokenizer.pad_token_id, accelerator.device, loss_chunk_size=chunk, sharing=sharing
+        )
     references = ReferenceLogps(chosen, rejected, None, False)  # policy = reference: step-1 loss is ln 2 x weight
     optimizer = trainer.masters_and_optimizer(model, recipe.train, accelerator, resuming=False)
     schedule = build_schedule(pairs, recipe, 1)
     scheduler = get_scheduler("constant", optimizer)
     launcher = make_launcher(accelerator)
     model, optimizer = launcher.prepare(model, optimizer, recipe, schedule.pairs_per_step)
-    state = trainer.TrainState(recipe=recipe, accelerator=accelerator, launcher=launcher, model=model,
-                               optimizer=optimizer, scheduler=scheduler, tokens=tokenized, references=references,
-                               schedule=schedule, pad_token_id=tokenizer.pad_token_id,
-                               sharing=sharing)  # fmt: skip
+    state = trainer.TrainState(
+        cfg=recipe.train,
+        accelerator=accelerator,
+        launcher=launcher,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=trainer.bind_loss(recipe.train),
+        tokens=tokenized,
+        references=references,
+        schedule=schedule,
+        pad_token_id=tokenizer.pad_token_id,
+        sharing=sharing,
+    )
     setup_peak = peak_memory.peak_mib()
     start = peak_memory.reset_peak()
     wall, cpu, losses = [], [], []
@@ -167,8 +208,10 @@ def wpo_child(
         losses.append(row["loss"])
     profiler.stop()
     computed = round(row["tokens_per_second"] * row["step_seconds"])
-    settings = (f"loss_chunk_size={chunk}, share_prompts={share}, mixed_precision={accelerator.mixed_precision}, "
-                f"lora={lora}, {' '.join(EXTRA_SETTINGS.get(variant, []))}")  # fmt: skip
+    settings = (
+        f"loss_chunk_size={chunk}, share_prompts={share}, mixed_precision={accelerator.mixed_precision}, "
+        f"lora={lora}, {' '.join(EXTRA_SETTINGS.get(variant, []))}"
+    )
     return result(variant, wall, cpu, setup_peak, start, losses, settings, computed)
 
 
@@ -191,16 +234,42 @@ def trl_child(
     settings = {"precompute_ref_log_probs": True, "gradient_checkpointing": checkpointing} if matched else {}
     with tempfile.TemporaryDirectory() as output_dir:
         config = DPOConfig(
-            output_dir=output_dir, use_weighting=True, bf16=variant == "trl-bf16", max_length=None, beta=BETA,
-            learning_rate=LEARNING_RATE, lr_scheduler_type="constant", per_device_train_batch_size=pairs,
-            max_steps=steps + 1, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-            disable_tqdm=True, seed=0, **settings,
-        )  # fmt: skip
+            output_dir=output_dir,
+            use_weighting=True,
+            bf16=variant == "trl-bf16",
+            max_length=None,
+            beta=BETA,
+            learning_rate=LEARNING_RATE,
+            lr_scheduler_type="constant",
+            per_device_train_batch_size=pairs,
+            max_steps=steps + 1,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=0,
+            **settings,
+        )
         dataset = Dataset.from_list([{key: r[key] for key in ("prompt", "chosen", "rejected")} for r in rows])
-        peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                                 target_modules="all-linear", task_type="CAUSAL_LM") if lora else None  # fmt: skip
-        dpo = DPOTrainer(model=load_causal_lm(path, ModelConfig()), args=config, processing_class=tokenizer,
-                         train_dataset=dataset, peft_config=peft_config)  # fmt: skip
+        peft_config = (
+            LoraConfig(
+                r=LORA["r"],
+                lora_alpha=LORA["alpha"],
+                lora_dropout=LORA["dropout"],
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            )
+            if lora
+            else None
+        )
+        dpo = DPOTrainer(
+            model=load_causal_lm(path, ModelConfig()),
+            args=config,
+            processing_class=tokenizer,
+            train_dataset=dataset,
+            peft_config=peft_config,
+        )
         for row, prepared in zip(rows, dpo.train_dataset, strict=True):
             for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
                 assert prepared[key] == row[key], f"TRL tokenized {key} differently"
@@ -208,8 +277,9 @@ def trl_child(
         dpo.add_callback(timer)
         dpo.train()
         losses = [entry["loss"] for entry in dpo.state.log_history if "loss" in entry]
-        settings_text = ", ".join(f"{k}={getattr(config, k)}" for k in ("precompute_ref_log_probs",
-                                                                         "gradient_checkpointing", "bf16"))  # fmt: skip
+        settings_text = ", ".join(
+            f"{k}={getattr(config, k)}" for k in ("precompute_ref_log_probs", "gradient_checkpointing", "bf16")
+        )
         settings_text += f", lora={lora}"
     # TRL computes chosen and rejected as two sequences, each with the prompt (equal lengths here: no padding)
     computed = 2 * pairs * tokens
@@ -309,14 +379,18 @@ def matmul_peaks() -> dict[str, float]:
     import torch
     from matmul_peak import gflops
 
-    from wpo.train import trainer
+    from wpo.training import precision
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    supported = trainer.cpu_has_bf16_units()  # without the units a bf16 product takes ~0.5 s: time fewer
-    peaks = {name: gflops(0, repeats, dtype, (512, 576, 1536))
-             for name, dtype, repeats in (("float32", torch.float32, 100),
-                                          ("bfloat16", torch.bfloat16, 100 if supported else 3))}  # fmt: skip
+    supported = precision.cpu_has_bf16_units()  # without the units a bf16 product takes ~0.5 s: time fewer
+    peaks = {
+        name: gflops(0, repeats, dtype, (512, 576, 1536))
+        for name, dtype, repeats in (
+            ("float32", torch.float32, 100),
+            ("bfloat16", torch.bfloat16, 100 if supported else 3),
+        )
+    }
     torch.set_num_threads(threads)
     return peaks
 
@@ -331,21 +405,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed steps, after one untimed first step")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="for ours and `trl` alike")
     parser.add_argument("--lora", action="store_true", help="train a LoRA adapter (ours and TRL's alike)")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="write each variant's op profile of its steps to DIR/<variant>-T<tokens>.txt")  # fmt: skip
-    parser.add_argument("--bf16-anywhere", action="store_true",
-                        help="run the bf16 variants on a CPU without bf16 units too (same numerics, ~10-100x slower)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="write each variant's op profile of its steps to DIR/<variant>-T<tokens>.txt",
+    )
+    parser.add_argument(
+        "--bf16-anywhere",
+        action="store_true",
+        help="run the bf16 variants on a CPU without bf16 units too (same numerics, ~10-100x slower)",
+    )
     parser.add_argument("--child", choices=VARIANTS)
     args = parser.parse_args()
     if args.child:
         if args.bf16_anywhere:
-            from wpo.train import trainer
+            from wpo.training import precision
 
-            trainer.cpu_has_bf16_units = lambda: True  # the trainer's bf16 path, run by the reference kernels
+            precision.cpu_has_bf16_units = lambda: True  # the trainer's bf16 path, run by the reference kernels
         run = trl_child if args.child.startswith("trl") else wpo_child
         profile = args.profile / f"{args.child}-T{args.tokens[0]}.txt" if args.profile else None
-        measured = run(args.child, args.pairs, args.tokens[0], args.steps, args.gradient_checkpointing, args.lora,
-                       profile)  # fmt: skip
+        measured = run(
+            args.child, args.pairs, args.tokens[0], args.steps, args.gradient_checkpointing, args.lora, profile
+        )
         print(json.dumps(measured))
         return
     if args.profile:
@@ -354,34 +436,50 @@ def main() -> None:
     import torch
     import trl
 
-    from wpo.train import trainer
+    from wpo.training import precision
 
     variants = list(args.variants)
-    if not trainer.cpu_has_bf16_units() and not args.bf16_anywhere:
+    if not precision.cpu_has_bf16_units() and not args.bf16_anywhere:
         for variant in [v for v in variants if v in BF16_VARIANTS]:
             variants.remove(variant)
-            print(f"{variant}: not run, this CPU has no bf16 instructions (AVX512-BF16): bf16 matmuls run a "
-                  "reference kernel ~100x slower than fp32 here (benchmarks/matmul_peak.py)")  # fmt: skip
+            print(
+                f"{variant}: not run, this CPU has no bf16 instructions (AVX512-BF16): bf16 matmuls run a "
+                "reference kernel ~100x slower than fp32 here (benchmarks/matmul_peak.py)"
+            )
     peaks = matmul_peaks()
-    print(f"one core's matmul peak at 512x576 @ 576x1536: fp32 {peaks['float32']:.1f} GFLOP/s, "
-          f"bf16 {peaks['bfloat16']:.1f} GFLOP/s")  # fmt: skip
+    print(
+        f"one core's matmul peak at 512x576 @ 576x1536: fp32 {peaks['float32']:.1f} GFLOP/s, "
+        f"bf16 {peaks['bfloat16']:.1f} GFLOP/s"
+    )
     print(
         f"SmolLM2-135M fp32, {'LoRA' if args.lora else 'full fine-tuning'}, {args.pairs} pair(s) x T tokens per "
         f"sequence (half prompt), median of {args.steps} steps "
         f"after the first, ratios of CPU time; gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} "
         f"(trl-defaults: on); torch {torch.__version__} ({torch.get_num_threads()} threads), trl {trl.__version__}"
     )
-    print(f"{'T':>5} {'variant':<13} {'process s':>9} {'x trl':>6} {'wall s':>7} {'CPU s':>7} {'x trl':>6} "
-          f"{'x full':>7} {'GFLOP/s':>8} {'x peak':>7} {'peak RSS MiB':>13} {'x trl':>6} {'step peak MiB':>14} "
-          f"{'x trl':>6} {'x full':>7}  {'first loss':<12}  settings")  # fmt: skip
+    print(
+        f"{'T':>5} {'variant':<13} {'process s':>9} {'x trl':>6} {'wall s':>7} {'CPU s':>7} {'x trl':>6} "
+        f"{'x full':>7} {'GFLOP/s':>8} {'x peak':>7} {'peak RSS MiB':>13} {'x trl':>6} {'step peak MiB':>14} "
+        f"{'x trl':>6} {'x full':>7}  {'first loss':<12}  settings"
+    )
     for tokens in args.tokens:
         flops_per_token = model_flops_per_token(args.gradient_checkpointing, args.lora, tokens)
         results = {}
         for variant in variants:
-            arguments = ["--child", variant, "--pairs", str(args.pairs), "--tokens", str(tokens), "--steps",
-                         str(args.steps), *(["--gradient-checkpointing"] * args.gradient_checkpointing),
-                         *(["--lora"] * args.lora), *(["--profile", str(args.profile)] if args.profile else []),
-                         *(["--bf16-anywhere"] * args.bf16_anywhere)]  # fmt: skip
+            arguments = [
+                "--child",
+                variant,
+                "--pairs",
+                str(args.pairs),
+                "--tokens",
+                str(tokens),
+                "--steps",
+                str(args.steps),
+                *(["--gradient-checkpointing"] * args.gradient_checkpointing),
+                *(["--lora"] * args.lora),
+                *(["--profile", str(args.profile)] if args.profile else []),
+                *(["--bf16-anywhere"] * args.bf16_anywhere),
+            ]
             started = time.perf_counter()
             results[variant] = peak_memory.run_child(__file__, arguments)
             results[variant]["process_seconds"] = time.perf_counter() - started  # cold start to end
@@ -403,16 +501,24 @@ def main() -> None:
         losses = [r["first_loss"] for variant, r in results.items() if variant not in BF16_VARIANTS]
         agree = all(math.isclose(loss, losses[0], rel_tol=1e-3) for loss in losses)
         print(f"{tokens:>5} fp32 first-step losses agree to 1e-3: {agree}", flush=True)
-        for bf16, fp32 in (("chunked-bf16", "chunked"), ("chunked-bf16-loaded", "chunked"), ("lean-bf16", "lean"),
-                           ("trl-bf16", "trl")):  # fmt: skip
+        for bf16, fp32 in (
+            ("chunked-bf16", "chunked"),
+            ("chunked-bf16-loaded", "chunked"),
+            ("lean-bf16", "lean"),
+            ("trl-bf16", "trl"),
+        ):
             if bf16 in results and fp32 in results:
                 offs = [abs(a / b - 1) for a, b in zip(results[bf16]["losses"], results[fp32]["losses"], strict=True)]
-                print(f"{tokens:>5} {bf16} loss vs {fp32}'s, step by step: "
-                      f"{' '.join(f'{off:.2%}' for off in offs)}", flush=True)  # fmt: skip
+                print(
+                    f"{tokens:>5} {bf16} loss vs {fp32}'s, step by step: {' '.join(f'{off:.2%}' for off in offs)}",
+                    flush=True,
+                )
         if "adamw-8bit" in results and "chunked" in results:
             offs = [abs(a / b - 1) for a, b in zip(results["adamw-8bit"]["losses"], results["chunked"]["losses"])]
-            print(f"{tokens:>5} adamw-8bit loss vs chunked's, step by step: "
-                  f"{' '.join(f'{off:.2%}' for off in offs)}", flush=True)  # fmt: skip
+            print(
+                f"{tokens:>5} adamw-8bit loss vs chunked's, step by step: {' '.join(f'{off:.2%}' for off in offs)}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

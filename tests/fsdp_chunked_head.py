@@ -20,9 +20,9 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from wpo.train import checkpoint
-from wpo.train.forward import pair_statistics
-from wpo.train.tokenize import TokenizedPair, collate_pairs
+from wpo.training import checkpoint
+from wpo.training.forward import pair_statistics
+from wpo.training.tokenize import TokenizedPair, collate_pairs
 
 
 def statistics(model, batch, loss_chunk_size: int) -> torch.Tensor:
@@ -56,13 +56,22 @@ def check_checkpoint_roundtrip(model_dir: str, work_dir: str, model, reference, 
             for key in ("exp_avg", "exp_avg_sq"):
                 torch.testing.assert_close(state["state"][name][key], whole_adam.state[parameter][key], msg=name)
         scheduler = torch.optim.lr_scheduler.LambdaLR(sharded_adam, lambda step: 1.0)
-        checkpoint.save_checkpoint(directory, step=1, model=model, model_state=model_state,
-                                   tokenizer=AutoTokenizer.from_pretrained(model_dir), optimizer_state=state,
-                                   scheduler=scheduler, config_hash="h", config={},
-                                   schedule={"global_batch_pairs": 2, "total_steps": 1})  # fmt: skip
+        checkpoint.save_checkpoint(
+            directory,
+            step=1,
+            model=model,
+            model_state=model_state,
+            tokenizer=AutoTokenizer.from_pretrained(model_dir),
+            optimizer_state=state,
+            scheduler=scheduler,
+            config_hash="h",
+            config={},
+            schedule={"global_batch_pairs": 2, "total_steps": 1},
+        )
     dist.barrier()
-    point = checkpoint.latest_resume_point(directory, "h", {"global_batch_pairs": 2, "total_steps": 1,
-                                                             "num_processes": 2})  # fmt: skip
+    point = checkpoint.latest_resume_point(
+        directory, "h", {"global_batch_pairs": 2, "total_steps": 1, "num_processes": 2}
+    )
     shard(untrained, layout)
     restored = torch.optim.AdamW(untrained.parameters(), lr=1e-3)
     checkpoint.load_optimizer_state(untrained, restored, point, sharded=True)
@@ -83,10 +92,14 @@ def main(model_dir: str, layout: str, work_dir: str) -> None:
     model.train()
     vocab = model.config.vocab_size
     pairs = [
-        TokenizedPair(str(i), torch.randint(3, vocab, (5 + i,)).tolist(), torch.randint(3, vocab, (9,)).tolist(),
-                      torch.randint(3, vocab, (6 + 2 * i,)).tolist())
+        TokenizedPair(
+            str(i),
+            torch.randint(3, vocab, (5 + i,)).tolist(),
+            torch.randint(3, vocab, (9,)).tolist(),
+            torch.randint(3, vocab, (6 + 2 * i,)).tolist(),
+        )
         for i in range(2)
-    ]  # fmt: skip
+    ]
     batch = collate_pairs(pairs, model.config.pad_token_id)
 
     reference = copy.deepcopy(model)

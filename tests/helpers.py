@@ -85,10 +85,13 @@ def pair_record(pair_id: str, prompt: str, chosen: str, rejected: str) -> dict:
 
 def prompts_file(tmp_path, count=5, reference=True):
     records = [
-        {"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i} plus {i}?" + " Explain." * (i % 3)}],
-         **({"reference": f"{i} plus {i} is {2 * i}."} if reference else {})}
+        {
+            "id": f"q{i}",
+            "messages": [{"role": "user", "content": f"What is {i} plus {i}?" + " Explain." * (i % 3)}],
+            **({"reference": f"{i} plus {i} is {2 * i}."} if reference else {}),
+        }
         for i in range(count)
-    ]  # fmt: skip
+    ]
     return write_lines(tmp_path / "prompts.jsonl", records)
 
 
@@ -140,20 +143,37 @@ def save_tiny_model(directory: Path, kind: str, seed: int) -> Path:
     if kind == "llama":
         tokenizer = build_tokenizer(CHATML_TEMPLATE, ["<|im_start|>", "<|im_end|>"], None, "<|im_end|>")
         config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
-        )  # fmt: skip
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=True,
+        )
     else:
         specials = ["<bos>", "<start_of_turn>", "<end_of_turn>"]
         tokenizer = build_tokenizer(GEMMA_TEMPLATE, specials, "<bos>", "<end_of_turn>")
         config = Gemma2Config(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
-            final_logit_softcapping=2.0, attn_logit_softcapping=50.0, sliding_window=16, query_pre_attn_scalar=8,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=512,
+            final_logit_softcapping=2.0,
+            attn_logit_softcapping=50.0,
+            sliding_window=16,
+            query_pre_attn_scalar=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.bos_token_id,
-        )  # fmt: skip
+        )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     if kind == "gemma2":
@@ -199,8 +219,9 @@ def tiny_model(directory: Path, kind: str, tokenizer_source) -> Path:
 # --- the wpo command -------------------------------------------------------------------------------------------------
 
 
-def assert_trained_alike(actual: dict, expected: dict, initial: dict | None, what: str = "weights",
-                         rel: float = 1e-4) -> None:  # fmt: skip
+def assert_trained_alike(
+    actual: dict, expected: dict, initial: dict | None, what: str = "weights", rel: float = 1e-4
+) -> None:
     """Weights trained two equivalent ways (with SMOOTH_ADAM) agree to `rel` of how far training moved them from
     `initial` — a tolerance scaled by the update, not by one CPU's last bits. Without `initial` (a LoRA adapter,
     initialized at random) the scale is SMOOTH_ADAM's learning rate, about the most one step moves a weight."""
@@ -238,8 +259,18 @@ def run_wpo(
     -m wpo ARGS`); output captured as text. Checks nothing: see `assert_ok`."""
     launcher = [sys.executable, "-m"]
     if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                    "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m"]  # fmt: skip
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "-m",
+        ]
     command = [*launcher, "wpo", *(str(arg) for arg in args)]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
 

@@ -33,15 +33,39 @@ def completion_for(prompt: str) -> dict:
         text = "b" if p_b >= 0.5 else "a"
     else:
         digit = digit_for(prompt)
-        top = [{"token": str(digit), "logprob": math.log(0.75)}, {"token": str((digit + 1) % 10),
-                                                                   "logprob": math.log(0.25)}]  # fmt: skip
+        top = [
+            {"token": str(digit), "logprob": math.log(0.75)},
+            {"token": str((digit + 1) % 10), "logprob": math.log(0.25)},
+        ]
         text = str(digit)
-    return {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text},
-                         "logprobs": {"content": [{"token": text, "logprob": top[0]["logprob"], "bytes": None,
-                                                   "top_logprobs": [{**t, "bytes": None} for t in top]}]}}],
-            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 1,
-                      "total_tokens": len(prompt.split()) + 1}}  # fmt: skip
+    return {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": text},
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": text,
+                            "logprob": top[0]["logprob"],
+                            "bytes": None,
+                            "top_logprobs": [{**t, "bytes": None} for t in top],
+                        }
+                    ]
+                },
+            }
+        ],
+        "usage": {
+            "prompt_tokens": len(prompt.split()),
+            "completion_tokens": 1,
+            "total_tokens": len(prompt.split()) + 1,
+        },
+    }
 
 
 class FakeJudge:
@@ -57,9 +81,18 @@ class FakeJudge:
     Every request's JSON body is kept in `bodies`.
     """
 
-    def __init__(self, *, hang_at: int | None = None, fail_status: int | None = None, fail_from: int = 1,
-                 fail_until: int | None = None, fail_body: str = "", retry_after: str | None = "0.001",
-                 stall_seconds: float = 0.0, body: bytes | None = None):  # fmt: skip
+    def __init__(
+        self,
+        *,
+        hang_at: int | None = None,
+        fail_status: int | None = None,
+        fail_from: int = 1,
+        fail_until: int | None = None,
+        fail_body: str = "",
+        retry_after: str | None = "0.001",
+        stall_seconds: float = 0.0,
+        body: bytes | None = None,
+    ):
         self.hang_at, self.fail_status, self.fail_from, self.fail_body = hang_at, fail_status, fail_from, fail_body
         self.fail_until, self.retry_after = fail_until, retry_after
         self.stall_seconds, self.body = stall_seconds, body

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from wpo.train import chunked_loss
-from wpo.train.chunked_loss import chunked_sequence_statistics, token_statistics
-from wpo.train.loss import IGNORE_INDEX, SequenceStatistics, preference_loss, sequence_statistics, soft_cap
+from wpo.training import chunked_loss
+from wpo.training.chunked_loss import chunked_sequence_statistics, token_statistics
+from wpo.training.loss import IGNORE_INDEX, SequenceStatistics, preference_loss, sequence_statistics, soft_cap
 
 VOCAB, HIDDEN = 50, 8
 
@@ -93,8 +93,11 @@ def test_trainer_loss_gradient_equals_the_full_logits_path():
     references = torch.tensor([-40.0, -35.0])
 
     def loss(stats: SequenceStatistics) -> torch.Tensor:
-        halves = [SequenceStatistics(s.logps[rows], s.aligned_logps[rows], s.token_counts[rows])
-                  for s in [stats] for rows in (slice(0, 2), slice(2, 4))]  # fmt: skip
+        halves = [
+            SequenceStatistics(s.logps[rows], s.aligned_logps[rows], s.token_counts[rows])
+            for s in [stats]
+            for rows in (slice(0, 2), slice(2, 4))
+        ]
         return preference_loss(halves[0], halves[1], references, references, beta=0.5, clamp=False).loss
 
     chunked = loss(chunked_sequence_statistics(hidden, weight, None, labels, 4.0, chunk_size=3))

@@ -93,8 +93,9 @@ def test_help_lists_every_verb():
 
 
 def test_config_prints_the_validated_recipe_with_every_default(tmp_path):
-    result = run_wpo("config", "recipes/quickstart.yaml", "train.beta=0.3", "--json", env=ENV,
-                     cwd=Path(__file__).parent.parent)  # fmt: skip
+    result = run_wpo(
+        "config", "recipes/quickstart.yaml", "train.beta=0.3", "--json", env=ENV, cwd=Path(__file__).parent.parent
+    )
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)
     assert resolved["train"]["beta"] == 0.3  # the override

@@ -35,8 +35,9 @@ def test_the_seed_system_recipe_names_every_stage_and_trains_as_the_card():
     """The hybrid pool (5 vLLM samples at T 0.8 / top-p 0.95 + a GPT-4-turbo answer), ArmoRM, AlpacaEval 2 with a
     GPT-4-turbo judge, GGUF export; the training section is the published-pairs recipe's, pairs aside."""
     recipes = Path(__file__).parent.parent / "recipes"
-    system, published = (load_recipe(recipes / name) for name in ("gemma-2-9b-it-wpo-hb.yaml",
-                                                                  "gemma-2-9b-it-wpo-hb-train.yaml"))  # fmt: skip
+    system, published = (
+        load_recipe(recipes / name) for name in ("gemma-2-9b-it-wpo-hb.yaml", "gemma-2-9b-it-wpo-hb-train.yaml")
+    )
     assert system.stages == ["sample", "score", "pair", "train", "eval", "export"]
     sample = system.sample
     assert (sample.n, sample.temperature, sample.top_p, sample.backend) == (5, 0.8, 0.95, "vllm")

@@ -30,7 +30,7 @@ from helpers import PAIRS, assert_ok, cli, pair_record, tiny_model, write_lines
 from judge_server import FakeJudge
 from safetensors.torch import load_file
 
-from wpo.train.metrics import read_metrics
+from wpo.training.metrics import read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WPO_LOG_LEVEL": "WARNING"}
 TIMING_KEYS = {"tokens_per_second", "step_seconds"}
@@ -60,13 +60,20 @@ def kill_when(stage: str, recipe: Path, run_dir: Path, ready: Callable[[], bool]
     """Start the stage in a session of its own, SIGKILL it (the `wpo` process only, as `kill -9 PID` does) as soon as
     `ready()` holds, and check it really was killed mid-work. Returns the session's id, to end what it left behind."""
     log = (run_dir.parent / f"{run_dir.name}.stderr").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "wpo", *command(stage, recipe, run_dir)], env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wpo", *command(stage, recipe, run_dir)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     try:
         while not ready():
-            assert process.poll() is None, f"{stage} exited ({process.returncode}) before the kill point: " + (
-                run_dir.parent / f"{run_dir.name}.stderr").read_text()[-2000:]  # fmt: skip
+            assert process.poll() is None, (
+                f"{stage} exited ({process.returncode}) before the kill point: "
+                + (run_dir.parent / f"{run_dir.name}.stderr").read_text()[-2000:]
+            )
             assert time.monotonic() < deadline, f"{stage} never reached the kill point"
             time.sleep(0.005)
         process.kill()
@@ -116,13 +123,18 @@ def assert_no_partial_outputs(stage_dir: Path) -> list[str]:
 
 @pytest.mark.slow  # launches processes
 def test_sample(tmp_path, tiny_llama):
-    prompts = write_lines(tmp_path / "prompts.jsonl", [
-        {"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i} plus {i}?" + " Explain." * (i % 3)}]}
-        for i in range(12)
-    ])  # fmt: skip
+    prompts = write_lines(
+        tmp_path / "prompts.jsonl",
+        [
+            {"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i} plus {i}?" + " Explain." * (i % 3)}]}
+            for i in range(12)
+        ],
+    )
     recipe = tmp_path / "sample.yaml"
-    recipe.write_text(f"seed: 5\nmodel: {{name_or_path: {tiny_llama}}}\n"
-                      f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 8, batch_size: 1}}\n")  # fmt: skip
+    recipe.write_text(
+        f"seed: 5\nmodel: {{name_or_path: {tiny_llama}}}\n"
+        f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 8, batch_size: 1}}\n"
+    )
     run_to_completion("sample", recipe, tmp_path / "straight")
 
     killed = tmp_path / "killed"
@@ -146,11 +158,17 @@ def test_sample(tmp_path, tiny_llama):
 
 def candidates_to_score(tmp_path: Path) -> Path:
     """12 prompts × 2 candidates, every judge question distinct."""
-    return write_lines(tmp_path / "candidates.jsonl", [
-        {"id": f"c{i}", "messages": [{"role": "user", "content": f"Describe the number {i}."}],
-         "candidates": [{"text": f"{i} is {adjective}.", "source": "policy"} for adjective in ("odd", "small")]}
-        for i in range(12)
-    ])  # fmt: skip
+    return write_lines(
+        tmp_path / "candidates.jsonl",
+        [
+            {
+                "id": f"c{i}",
+                "messages": [{"role": "user", "content": f"Describe the number {i}."}],
+                "candidates": [{"text": f"{i} is {adjective}.", "source": "policy"} for adjective in ("odd", "small")],
+            }
+            for i in range(12)
+        ],
+    )
 
 
 def judge_recipe(recipe: Path, stage: str, url: str, inputs: str) -> Path:
@@ -188,12 +206,20 @@ def test_score(tmp_path):
 @pytest.mark.slow  # launches processes
 def test_pair(tmp_path):
     """Kill while `pairs.jsonl` is being written (its temporary file exists): nothing half-written at the final path."""
-    candidates = write_lines(tmp_path / "candidates.jsonl", [
-        {"id": f"q{i}", "messages": [{"role": "user", "content": f"Question number {i}?"}],
-         "candidates": [{"text": f"Answer {k} to question {i}. " * 3, "source": "policy", "score": (i + 3 * k) % 5}
-                        for k in range(3)]}
-        for i in range(20000)
-    ])  # fmt: skip
+    candidates = write_lines(
+        tmp_path / "candidates.jsonl",
+        [
+            {
+                "id": f"q{i}",
+                "messages": [{"role": "user", "content": f"Question number {i}?"}],
+                "candidates": [
+                    {"text": f"Answer {k} to question {i}. " * 3, "source": "policy", "score": (i + 3 * k) % 5}
+                    for k in range(3)
+                ],
+            }
+            for i in range(20000)
+        ],
+    )
     recipe = tmp_path / "pair.yaml"
     recipe.write_text(f"pair: {{candidates: {candidates}, length_unit: characters}}\n")
     run_to_completion("pair", recipe, tmp_path / "straight")
@@ -213,10 +239,12 @@ def train_recipe(run_dir: Path, model: Path) -> Path:
     run_dir.mkdir()
     pairs = write_lines(run_dir / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
     recipe = run_dir / "train.yaml"
-    recipe.write_text(f"seed: 3\nmodel: {{name_or_path: {model}}}\n"
-                      f"train: {{pairs: {pairs}, max_steps: 40, save_steps: 5, logging_steps: 1, "
-                      "per_device_batch_size: 2, max_length: 96, max_prompt_length: 48, "
-                      "learning_rate: 1.0e-3}\n")  # fmt: skip
+    recipe.write_text(
+        f"seed: 3\nmodel: {{name_or_path: {model}}}\n"
+        f"train: {{pairs: {pairs}, max_steps: 40, save_steps: 5, logging_steps: 1, "
+        "per_device_batch_size: 2, max_length: 96, max_prompt_length: 48, "
+        "learning_rate: 1.0e-3}\n"
+    )
     return recipe
 
 
@@ -254,11 +282,17 @@ def test_train(tmp_path, tiny_llama):
 def test_eval(tmp_path, tiny_llama):
     """Kill while the judge holds the 4th of 6 comparisons: the rerun regenerates the same outputs and asks only the
     3 comparisons never answered."""
-    prompts = write_lines(tmp_path / "eval.jsonl", [
-        {"id": f"e{i}", "messages": [{"role": "user", "content": f"Name something {word}."}],
-         "reference": f"Something {word} is the {word} thing."}
-        for i, word in enumerate(["blue", "small", "loud", "old", "new", "warm"])
-    ])  # fmt: skip
+    prompts = write_lines(
+        tmp_path / "eval.jsonl",
+        [
+            {
+                "id": f"e{i}",
+                "messages": [{"role": "user", "content": f"Name something {word}."}],
+                "reference": f"Something {word} is the {word} thing.",
+            }
+            for i, word in enumerate(["blue", "small", "loud", "old", "new", "warm"])
+        ],
+    )
     inputs = f"model: {tiny_llama}, prompts: {prompts}"
     with FakeJudge() as straight_judge:
         straight = judge_recipe(tmp_path / "straight.yaml", "eval", straight_judge.url, inputs)
@@ -289,8 +323,9 @@ def test_export(tmp_path, exportable_model):
     """`kill -9` of `wpo export` while its converter writes the F16 file. The converter, orphaned, may keep writing its
     own temporary file while the rerun converts again; the rerun's files equal an uninterrupted run's."""
     recipe = tmp_path / "export.yaml"
-    recipe.write_text(f"export: {{model: {exportable_model}, name: tiny, quantizations: [F16, Q4_K_M], "
-                      "verify_tokens: 32}\n")  # fmt: skip
+    recipe.write_text(
+        f"export: {{model: {exportable_model}, name: tiny, quantizations: [F16, Q4_K_M], verify_tokens: 32}}\n"
+    )
     run_to_completion("export", recipe, tmp_path / "straight")
 
     killed = tmp_path / "killed"
@@ -311,9 +346,10 @@ def test_export(tmp_path, exportable_model):
 def test_sample_offpolicy_answers_from_a_model(tmp_path, tiny_llama):
     """Kill while the off-policy model holds the 6th of 10 questions (one in flight): 5 answers are in the cache, and
     the rerun asks only the other 5 and writes the same bytes as an uninterrupted run."""
-    prompts = write_lines(tmp_path / "prompts.jsonl", [
-        {"id": f"q{i}", "messages": [{"role": "user", "content": f"Name the colour number {i}."}]} for i in range(10)
-    ])  # fmt: skip
+    prompts = write_lines(
+        tmp_path / "prompts.jsonl",
+        [{"id": f"q{i}", "messages": [{"role": "user", "content": f"Name the colour number {i}."}]} for i in range(10)],
+    )
 
     def recipe_for(name: str, url: str) -> Path:
         model = f"{{name: strong, base_url: '{url}', model: big, max_concurrency: 1}}"

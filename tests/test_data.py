@@ -30,19 +30,29 @@ def test_pairs_roundtrip_in_trl_conversational_format(pairs_file, tmp_path):
     write_jsonl(out, [p.to_record() for p in loaded.pairs])
     first = json.loads(out.read_text().splitlines()[0])
     assert first == pair_record(*PAIRS[0])
-    assert set(first) == {"id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected",
-                          "source_chosen", "source_rejected"}  # fmt: skip
+    assert set(first) == {
+        "id",
+        "prompt",
+        "chosen",
+        "rejected",
+        "score_chosen",
+        "score_rejected",
+        "source_chosen",
+        "source_rejected",
+    }
 
 
 def test_implicit_prompt_format_is_normalized(tmp_path):
     """ultrafeedback-style: prompt is a string, chosen/rejected repeat the user turn before the answer."""
     user = {"role": "user", "content": "Hi?"}
     record = {
-        "prompt_id": "abc", "prompt": "Hi?",
+        "prompt_id": "abc",
+        "prompt": "Hi?",
         "chosen": [user, {"role": "assistant", "content": "Hello!"}],
         "rejected": [user, {"role": "assistant", "content": "Go away."}],
-        "score_chosen": 9.5, "score_rejected": 2,
-    }  # fmt: skip
+        "score_chosen": 9.5,
+        "score_rejected": 2,
+    }
     pair = load_pairs(str(write_lines(tmp_path / "p.jsonl", [record])), BadRecordPolicy()).pairs[0]
     assert (pair.id, pair.prompt, pair.chosen, pair.rejected) == ("abc", [user], "Hello!", "Go away.")
     assert (pair.score_chosen, pair.score_rejected) == (9.5, 2.0)
@@ -53,17 +63,29 @@ BAD_PAIRS = [
     (b'{"id": "a", "prompt": "\xff"}', "invalid_utf8", r":1: invalid UTF-8"),
     ("[1, 2]", "not_an_object", r":1: expected a JSON object, got list"),
     ({"id": "a", "prompt": "x", "chosen": "y"}, "missing_field", r":1: missing field 'rejected'"),
-    ({"id": "a", "prompt": "x", "chosen": [{"role": "user", "content": "y"}], "rejected": "z"},
-     "wrong_role", r":1: chosen must be an assistant message, got role 'user'"),
-    ({"id": "a", "prompt": "x", "chosen": "y", "rejected": [{"role": "robot", "content": "z"}]},
-     "wrong_role", r":1: rejected\[0\] has role 'robot'"),
+    (
+        {"id": "a", "prompt": "x", "chosen": [{"role": "user", "content": "y"}], "rejected": "z"},
+        "wrong_role",
+        r":1: chosen must be an assistant message, got role 'user'",
+    ),
+    (
+        {"id": "a", "prompt": "x", "chosen": "y", "rejected": [{"role": "robot", "content": "z"}]},
+        "wrong_role",
+        r":1: rejected\[0\] has role 'robot'",
+    ),
     ({"id": "a", "prompt": "x", "chosen": "  ", "rejected": "z"}, "empty_text", r":1: chosen is empty"),
-    ({"id": "a", "prompt": [{"role": "assistant", "content": "x"}], "chosen": "y", "rejected": "z"},
-     "wrong_role", r"the prompt's last message must be the user's"),
-    ({"id": "a", "prompt": "x", "chosen": "y", "rejected": "z", "score_chosen": float("nan")},
-     "non_finite_score", r"score_chosen is nan; scores must be finite"),
+    (
+        {"id": "a", "prompt": [{"role": "assistant", "content": "x"}], "chosen": "y", "rejected": "z"},
+        "wrong_role",
+        r"the prompt's last message must be the user's",
+    ),
+    (
+        {"id": "a", "prompt": "x", "chosen": "y", "rejected": "z", "score_chosen": float("nan")},
+        "non_finite_score",
+        r"score_chosen is nan; scores must be finite",
+    ),
     ({"id": "a", "prompt": 3, "chosen": "y", "rejected": "z"}, "wrong_type", r"prompt must be a non-empty list"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("line", "reason", "message"), BAD_PAIRS, ids=[b[1] + str(i) for i, b in enumerate(BAD_PAIRS)])
@@ -131,13 +153,22 @@ def test_prompt_candidates_and_eval_contracts(tmp_path):
     prompt = parse_prompt({"id": 7, "messages": [{"role": "user", "content": "q"}], "reference": "r"}, "f:1")
     assert (prompt.id, prompt.extra) == ("7", {"reference": "r"})
     record = {
-        "id": "a", "messages": [{"role": "user", "content": "q"}],
-        "candidates": [{"text": "x", "source": "policy", "seed": 3, "score": None, "scores": None},
-                       {"text": "y", "source": "offpolicy:reference", "seed": None, "score": 1.5, "scores": {"h": 1}}],
-    }  # fmt: skip
+        "id": "a",
+        "messages": [{"role": "user", "content": "q"}],
+        "candidates": [
+            {"text": "x", "source": "policy", "seed": 3, "score": None, "scores": None},
+            {"text": "y", "source": "offpolicy:reference", "seed": None, "score": 1.5, "scores": {"h": 1}},
+        ],
+    }
     parsed = parse_candidates(record, "f:1")
-    assert parsed.to_record()["candidates"][1] == {"text": "y", "source": "offpolicy:reference", "seed": None,
-                                                   "score": 1.5, "scores": {"h": 1.0}, "finish_reason": None}  # fmt: skip
+    assert parsed.to_record()["candidates"][1] == {
+        "text": "y",
+        "source": "offpolicy:reference",
+        "seed": None,
+        "score": 1.5,
+        "scores": {"h": 1.0},
+        "finish_reason": None,
+    }
     bad = dict(record, candidates=[{"text": "x", "source": "gpt4"}])
     path = write_lines(tmp_path / "c.jsonl", [record, bad])
     with pytest.raises(DataError, match=r"c.jsonl:2: candidates\[0\].source must be 'policy' or 'offpolicy:<name>'"):
@@ -163,6 +194,7 @@ def test_ultrafeedback_style_prompts_are_read_as_one_user_message():
     prompt = parse_prompt(record, "uf.jsonl:1")
     assert (prompt.id, prompt.messages) == ("abc", [{"role": "user", "content": "Write a haiku."}])
     assert prompt.extra == {"all_rm_scores": [0.1, 0.2]}
-    with_messages = parse_prompt({"id": "x", "prompt": "ignored", "prompt_id": "y",
-                                  "messages": [{"role": "user", "content": "Hi"}]}, "w:1")  # fmt: skip
+    with_messages = parse_prompt(
+        {"id": "x", "prompt": "ignored", "prompt_id": "y", "messages": [{"role": "user", "content": "Hi"}]}, "w:1"
+    )
     assert with_messages.id == "x" and with_messages.messages == [{"role": "user", "content": "Hi"}]

@@ -28,8 +28,8 @@ from helpers import (
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from wpo.train.metrics import read_metrics
-from wpo.train.reference import gather_strided
+from wpo.training.metrics import read_metrics
+from wpo.training.reference import gather_strided
 
 LOGGED = ("loss", "weight_mean", "reward_margin", "logps_chosen", "logps_rejected", "grad_norm", "learning_rate")
 
@@ -48,11 +48,29 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
     for run in (one, two):  # each run computes its own reference cache, in its own train directory
         run.mkdir()
         write_lines(run / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
-    assert_ok(run_wpo("train", recipe, f"output_dir={one}", f"train.pairs={one / 'pairs.jsonl'}",
-                      "train.per_device_batch_size=2", *SMOOTH_ADAM, env=DISTRIBUTED_ENV))  # fmt: skip
-    launched = assert_ok(run_wpo("train", recipe, f"output_dir={two}", f"train.pairs={two / 'pairs.jsonl'}",
-                                 "train.per_device_batch_size=1", *SMOOTH_ADAM, processes=2,
-                                 env=DISTRIBUTED_ENV))  # fmt: skip
+    assert_ok(
+        run_wpo(
+            "train",
+            recipe,
+            f"output_dir={one}",
+            f"train.pairs={one / 'pairs.jsonl'}",
+            "train.per_device_batch_size=2",
+            *SMOOTH_ADAM,
+            env=DISTRIBUTED_ENV,
+        )
+    )
+    launched = assert_ok(
+        run_wpo(
+            "train",
+            recipe,
+            f"output_dir={two}",
+            f"train.pairs={two / 'pairs.jsonl'}",
+            "train.per_device_batch_size=1",
+            *SMOOTH_ADAM,
+            processes=2,
+            env=DISTRIBUTED_ENV,
+        )
+    )
 
     assert "schedule: 3 steps of 2 pairs (1 per device x 1 accumulation x 2 processes)" in launched.stderr
     assert "reference log-probs: computed 6 pairs on 2 process(es)" in launched.stderr
@@ -86,10 +104,22 @@ def test_a_killed_multi_process_training_resumes_to_the_same_weights(tmp_path, t
         "loss_chunk_size: 8}\n"
     )
     one, two = tmp_path / "one", tmp_path / "two"
-    assert_ok(run_wpo("train", recipe, f"output_dir={one}", "train.per_device_batch_size=2", *SMOOTH_ADAM,
-                      env=DISTRIBUTED_ENV))  # fmt: skip
-    launched = assert_ok(run_wpo("train", recipe, f"output_dir={two}", "train.per_device_batch_size=1", *SMOOTH_ADAM,
-                                 processes=2, env=DISTRIBUTED_ENV))  # fmt: skip
+    assert_ok(
+        run_wpo(
+            "train", recipe, f"output_dir={one}", "train.per_device_batch_size=2", *SMOOTH_ADAM, env=DISTRIBUTED_ENV
+        )
+    )
+    launched = assert_ok(
+        run_wpo(
+            "train",
+            recipe,
+            f"output_dir={two}",
+            "train.per_device_batch_size=1",
+            *SMOOTH_ADAM,
+            processes=2,
+            env=DISTRIBUTED_ENV,
+        )
+    )
     assert "accelerate: MULTI_CPU, 2 process(es) on cpu" in launched.stderr
 
     def weights(run: Path, directory: str) -> dict[str, torch.Tensor]:
@@ -108,8 +138,17 @@ def test_a_killed_multi_process_training_resumes_to_the_same_weights(tmp_path, t
     for stale in ("checkpoint-3", "final", "manifest.json"):  # as if killed after the step-2 checkpoint
         path = two / "train" / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    resumed = assert_ok(run_wpo("train", recipe, f"output_dir={two}", "train.per_device_batch_size=1", *SMOOTH_ADAM,
-                                processes=2, env=DISTRIBUTED_ENV))  # fmt: skip
+    resumed = assert_ok(
+        run_wpo(
+            "train",
+            recipe,
+            f"output_dir={two}",
+            "train.per_device_batch_size=1",
+            *SMOOTH_ADAM,
+            processes=2,
+            env=DISTRIBUTED_ENV,
+        )
+    )
     assert "(step 2)" in resumed.stderr
     assert json.loads((two / "train" / "manifest.json").read_text())["counts"]["resumed_from_step"] == 2
     for name, tensor in uninterrupted.items():
@@ -125,10 +164,26 @@ def test_chunked_loss_with_an_fsdp_sharded_output_layer(tmp_path, tiny_llama, la
     (`tests/fsdp_chunked_head.py`: accelerate runs FSDP only on GPUs, so this drives `fully_shard` directly)."""
     script = Path(__file__).with_name("fsdp_chunked_head.py")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(free_port()), str(script), str(tiny_llama), layout, str(tmp_path)],
-        capture_output=True, text=True, env=DISTRIBUTED_ENV, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            str(script),
+            str(tiny_llama),
+            layout,
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=DISTRIBUTED_ENV,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"fsdp2 {layout}: values and gradients equal" in result.stdout
     assert f"fsdp2 {layout}: optimizer state saved whole and restored into the shards" in result.stdout
@@ -160,9 +215,11 @@ def test_two_processes_sample_the_same_candidates_as_one(tmp_path, tiny_llama):
     progress file, and the main process merges them in input order."""
     prompts = prompts_file(tmp_path, count=9)
     recipe = tmp_path / "sample.yaml"
-    recipe.write_text(f"seed: 5\nmodel: {{name_or_path: {tiny_llama}}}\n"
-                      f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 12, batch_size: 2, "
-                      "offpolicy_fields: [reference]}\n")  # fmt: skip
+    recipe.write_text(
+        f"seed: 5\nmodel: {{name_or_path: {tiny_llama}}}\n"
+        f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 12, batch_size: 2, "
+        "offpolicy_fields: [reference]}\n"
+    )
     assert_ok(run_wpo("sample", recipe, f"output_dir={tmp_path / 'one'}", env=DISTRIBUTED_ENV))
     launched = assert_ok(run_wpo("sample", recipe, f"output_dir={tmp_path / 'two'}", processes=2, env=DISTRIBUTED_ENV))
 
@@ -179,15 +236,21 @@ def test_two_processes_score_what_one_process_scores(tmp_path, tiny_reward_model
     """The reward model runs in each process on its share of the chunks (20 records in chunks of 8: two and one);
     the merged file is the same bytes, and the manifest counts every process's work."""
     records = [
-        {"id": f"q{i}", "messages": [{"role": "user", "content": f"Tell me about topic number {i}."}],
-         "candidates": [{"text": text, "source": "policy", "seed": None, "score": None, "scores": None}
-                        for text in (f"Topic {i} is {'long ' * (i % 5)}fine.", f"No idea about {i}.")]}
+        {
+            "id": f"q{i}",
+            "messages": [{"role": "user", "content": f"Tell me about topic number {i}."}],
+            "candidates": [
+                {"text": text, "source": "policy", "seed": None, "score": None, "scores": None}
+                for text in (f"Topic {i} is {'long ' * (i % 5)}fine.", f"No idea about {i}.")
+            ],
+        }
         for i in range(20)
-    ]  # fmt: skip
+    ]
     candidates = write_lines(tmp_path / "candidates.jsonl", records)
     recipe = tmp_path / "score.yaml"
-    recipe.write_text(f"score: {{candidates: {candidates}, model: {tiny_reward_model}, batch_size: 3, "
-                      "max_length: 60}\n")  # fmt: skip
+    recipe.write_text(
+        f"score: {{candidates: {candidates}, model: {tiny_reward_model}, batch_size: 3, max_length: 60}}\n"
+    )
     assert_ok(run_wpo("score", recipe, f"output_dir={tmp_path / 'one'}", env=DISTRIBUTED_ENV))
     launched = assert_ok(run_wpo("score", recipe, f"output_dir={tmp_path / 'two'}", processes=2, env=DISTRIBUTED_ENV))
 
@@ -214,10 +277,20 @@ def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llam
     ran where."""
     recipe = two_rounds_of_lora_and_eval(tmp_path, tiny_llama)
     one, two = tmp_path / "one", tmp_path / "two"
-    assert_ok(run_wpo("run", recipe, f"output_dir={one}", "train.per_device_batch_size=2", *SMOOTH_ADAM,
-                      env=DISTRIBUTED_ENV))  # fmt: skip
-    launched = assert_ok(run_wpo("run", recipe, f"output_dir={two}", "train.per_device_batch_size=1", *SMOOTH_ADAM,
-                                 processes=2, env=DISTRIBUTED_ENV))  # fmt: skip
+    assert_ok(
+        run_wpo("run", recipe, f"output_dir={one}", "train.per_device_batch_size=2", *SMOOTH_ADAM, env=DISTRIBUTED_ENV)
+    )
+    launched = assert_ok(
+        run_wpo(
+            "run",
+            recipe,
+            f"output_dir={two}",
+            "train.per_device_batch_size=1",
+            *SMOOTH_ADAM,
+            processes=2,
+            env=DISTRIBUTED_ENV,
+        )
+    )
 
     assert "pair: running on the main process" in launched.stderr
     assert "run: process 1 is done; the main process goes on with ['eval']" in launched.stderr
@@ -233,7 +306,8 @@ def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llam
     two_summary = json.loads((two / "summary.json").read_text())
     assert list(two_summary["stages"]) == list(json.loads((one / "summary.json").read_text())["stages"])
     assert json.loads((two / "eval" / "manifest.json").read_text())["config"]["model"] == str(
-        two / "round-2" / "train" / "final")  # fmt: skip
+        two / "round-2" / "train" / "final"
+    )
     assert 0.0 <= two_summary["reward_trained"] <= 1.0 and "win_rate" in two_summary
 
 
@@ -265,8 +339,15 @@ def test_vllm_sampling_refuses_a_launcher(tmp_path, tiny_llama, monkeypatch):
     from wpo.errors import ConfigError
     from wpo.sampling import stage
 
-    recipe = load_recipe(None, [f"model.name_or_path={tiny_llama}", f"sample.prompts={prompts_file(tmp_path)}",
-                                f"output_dir={tmp_path / 'run'}", "sample.max_new_tokens=8"])  # fmt: skip
+    recipe = load_recipe(
+        None,
+        [
+            f"model.name_or_path={tiny_llama}",
+            f"sample.prompts={prompts_file(tmp_path)}",
+            f"output_dir={tmp_path / 'run'}",
+            "sample.max_new_tokens=8",
+        ],
+    )
     recipe.sample.backend = "vllm"  # past the load-time check that vLLM is installed, which it is not here
     monkeypatch.setattr(stage, "process_state", lambda: SimpleNamespace(num_processes=2, process_index=0))
     with pytest.raises(ConfigError, match="sample.backend vllm runs in one process .* not as 2 processes"):
@@ -282,6 +363,9 @@ def test_stages_that_do_not_split_refuse_a_launcher(command, monkeypatch):
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     recipe = load_recipe(None, [])
-    with pytest.raises(ConfigError, match=rf"^wpo {command} runs in one process, not as 2: launch it without "
-                                          r"torchrun or accelerate \(only sample, score and train split"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=rf"^wpo {command} runs in one process, not as 2: launch it without "
+        r"torchrun or accelerate \(only sample, score and train split",
+    ):
         run_stage(recipe, command)

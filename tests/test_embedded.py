@@ -9,8 +9,8 @@ import pytest
 from helpers import write_lines
 
 from wpo.config import load_recipe
-from wpo.train.metrics import read_metrics
-from wpo.train.trainer import train
+from wpo.training.metrics import read_metrics
+from wpo.training.trainer import train
 
 
 @pytest.mark.slow
@@ -18,10 +18,16 @@ def test_embedded_smollm2_trains_two_steps(tmp_path):
     """Step 1 has lr 0 and the policy is its own reference, so z = 0 and every pair's loss is ln 2 x its weight."""
     recipe = load_recipe(
         "recipes/quickstart.yaml",
-        [f"output_dir={tmp_path}", "train.pairs=builtin:toy-pairs.jsonl", "train.max_steps=2",
-         "train.per_device_batch_size=2", "train.gradient_accumulation_steps=1", "train.save_steps=0",
-         "train.sft_weight=0"],  # the plain WPO loss: the quickstart adds RPO's term, checked in test_loss
-    )  # fmt: skip
+        [
+            f"output_dir={tmp_path}",
+            "train.pairs=builtin:toy-pairs.jsonl",
+            "train.max_steps=2",
+            "train.per_device_batch_size=2",
+            "train.gradient_accumulation_steps=1",
+            "train.save_steps=0",
+            "train.sft_weight=0",
+        ],  # the plain WPO loss: the quickstart adds RPO's term, checked in test_loss
+    )
     result = train(recipe)
     rows = read_metrics(tmp_path / "train" / "metrics.jsonl")
     first, second = rows
@@ -50,8 +56,10 @@ QUESTIONS = [
 
 def write_prompts(path, count):
     """The first `count` questions as prompts records, each with its off-policy `reference` answer."""
-    records = [{"id": f"q{i}", "messages": [{"role": "user", "content": question}], "reference": reference}
-               for i, (question, reference) in enumerate(QUESTIONS[:count])]  # fmt: skip
+    records = [
+        {"id": f"q{i}", "messages": [{"role": "user", "content": question}], "reference": reference}
+        for i, (question, reference) in enumerate(QUESTIONS[:count])
+    ]
     return write_lines(path, records)
 
 
@@ -61,8 +69,16 @@ def test_llamacpp_sampler_is_seeded_per_sample(tmp_path):
     from wpo.sampling import SampleRequest
     from wpo.sampling.llamacpp_backend import LlamaCppSampler
 
-    recipe = load_recipe(None, ["sample.backend=llamacpp", "sample.max_new_tokens=24", "sample.temperature=1.0",
-                                "sample.stop=['.']", "sample.threads=1"])  # fmt: skip
+    recipe = load_recipe(
+        None,
+        [
+            "sample.backend=llamacpp",
+            "sample.max_new_tokens=24",
+            "sample.temperature=1.0",
+            "sample.stop=['.']",
+            "sample.threads=1",
+        ],
+    )
     sampler = LlamaCppSampler(resolve_model_path(recipe.model.name_or_path), recipe)
     question = [{"role": "user", "content": "Tell me a fact about the moon."}]
     requests = [SampleRequest(question, 1), SampleRequest(question, 2), SampleRequest(question, 1)]
@@ -86,8 +102,9 @@ def test_sample_score_pair_from_the_cli_on_the_embedded_model(tmp_path):
         f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 24, offpolicy_fields: [reference]}}\n"
         "score: {scorer: python, function: 'near40:reward'}\n"
     )
-    result = subprocess.run([sys.executable, "-m", "wpo", "run", str(recipe)], cwd=tmp_path, capture_output=True,
-                            text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "wpo", "run", str(recipe)], cwd=tmp_path, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     scored = [json.loads(line) for line in (tmp_path / "run" / "score" / "candidates.jsonl").read_text().splitlines()]
     for record in scored:
@@ -122,14 +139,20 @@ def test_whole_pipeline_chains_and_a_rerun_skips_every_stage(tmp_path):
     )
 
     def wpo_run():
-        result = subprocess.run([sys.executable, "-m", "wpo", "run", "recipe.yaml"], cwd=tmp_path, capture_output=True,
-                                text=True)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "wpo", "run", "recipe.yaml"], cwd=tmp_path, capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stderr
         return json.loads((tmp_path / "run" / "summary.json").read_text())
 
     first = wpo_run()
     assert [name for name, stage in first["stages"].items() if not stage["skipped"]] == [
-        "sample", "score", "pair", "train", "eval"]  # fmt: skip
+        "sample",
+        "score",
+        "pair",
+        "train",
+        "eval",
+    ]
     pairs = (tmp_path / "run" / "pair" / "pairs.jsonl").read_text().splitlines()
     assert first["stages"]["train"]["final_metrics"]["step"] == 2 and pairs
     annotations = json.loads((tmp_path / "run" / "eval" / "annotations.json").read_text())

@@ -12,7 +12,7 @@ from judge_server import FakeJudge, digit_for
 from wpo.config import EndpointConfig, load_recipe
 from wpo.endpoints import AnswerCache, ChatRequest, Endpoint, first_token_distribution, message_text
 from wpo.errors import WpoError
-from wpo.eval.judges import ApiPairwiseJudge, Comparison
+from wpo.evaluation.judges import ApiPairwiseJudge, Comparison
 from wpo.scoring import ScoreRequest
 from wpo.scoring.judge import JudgeScorer, judge_messages, score_from_answer
 
@@ -22,8 +22,10 @@ def requests_for(*responses: str) -> list[ScoreRequest]:
 
 
 def asks(count: int) -> list[ChatRequest]:
-    return [ChatRequest(f"k{i}", [{"role": "user", "content": f"question {i}"}], {"max_tokens": 1}, f"q{i}")
-            for i in range(count)]  # fmt: skip
+    return [
+        ChatRequest(f"k{i}", [{"role": "user", "content": f"question {i}"}], {"max_tokens": 1}, f"q{i}")
+        for i in range(count)
+    ]
 
 
 def endpoint(url: str, tmp_path, **settings) -> Endpoint:
@@ -37,8 +39,14 @@ def test_requests_run_concurrently_up_to_the_bound_and_come_back_in_order(tmp_pa
     assert judge.most_in_flight == 4  # never more than the bound, and the bound is reached
     assert answers == [str(digit_for(f"question {i}")) for i in range(12)]  # input order, whatever finished first
     usage = client.usage.as_dict()
-    assert usage == {"requests": 12, "completions": 12, "retries": 0, "prompt_tokens": 2 * 12,
-                     "completion_tokens": 12, "cache_hits": 0}  # fmt: skip
+    assert usage == {
+        "requests": 12,
+        "completions": 12,
+        "retries": 0,
+        "prompt_tokens": 2 * 12,
+        "completion_tokens": 12,
+        "cache_hits": 0,
+    }
     again = endpoint(judge.url, tmp_path)  # a rerun reads every answer from the cache and asks nothing
     assert again.ask_all(asks(12), message_text) == answers and again.usage.cache_hits == 12
     assert again.usage.requests == 0
@@ -114,19 +122,36 @@ def test_extra_body_and_several_servers(tmp_path):
 
 def test_the_pairwise_judge_reports_saved_judgements_too(tmp_path):
     with FakeJudge(fail_status=503, fail_from=2) as judge:
-        recipe = load_recipe(None, [f"eval.api={{base_url: '{judge.url}', model: m, max_retries: 1, "
-                                    "max_concurrency: 1}"])  # fmt: skip
+        recipe = load_recipe(
+            None, [f"eval.api={{base_url: '{judge.url}', model: m, max_retries: 1, max_concurrency: 1}}"]
+        )
         items = [Comparison([{"role": "user", "content": f"task {i}"}], "reference", f"output {i}") for i in range(3)]
-        with pytest.raises(WpoError, match=r"eval.api \(m at .*\) answered HTTP 503 after 2 attempts for the "
-                                           r"instruction 'task \d'; 1 answers are saved in .*judge_cache.jsonl"):  # fmt: skip
+        with pytest.raises(
+            WpoError,
+            match=r"eval.api \(m at .*\) answered HTTP 503 after 2 attempts for the "
+            r"instruction 'task \d'; 1 answers are saved in .*judge_cache.jsonl",
+        ):
             ApiPairwiseJudge(recipe, tmp_path).preferences(items)
     assert judge.received == 1 + 2
 
 
 def test_malformed_logprobs_are_ignored():
-    choice = {"message": {"content": "Score: 7"}, "logprobs": {"content": [{"top_logprobs": [
-        {"token": "7", "logprob": -0.5}, {"token": 3, "logprob": -1.0}, {"token": "2", "logprob": "high"},
-        {"token": "4", "logprob": float("nan")}, "junk"]}]}}  # fmt: skip
+    choice = {
+        "message": {"content": "Score: 7"},
+        "logprobs": {
+            "content": [
+                {
+                    "top_logprobs": [
+                        {"token": "7", "logprob": -0.5},
+                        {"token": 3, "logprob": -1.0},
+                        {"token": "2", "logprob": "high"},
+                        {"token": "4", "logprob": float("nan")},
+                        "junk",
+                    ]
+                }
+            ]
+        },
+    }
     assert first_token_distribution(choice) == pytest.approx({"7": 0.6065306597})
     assert score_from_answer(choice) == 7.0
     assert first_token_distribution({"logprobs": {"content": [{"top_logprobs": 5}]}}) == {}

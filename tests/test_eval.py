@@ -17,8 +17,8 @@ from helpers import write_lines
 from wpo.config import load_recipe
 from wpo.data.io import resolve_builtin
 from wpo.errors import DataError, WpoError
-from wpo.eval.judges import ApiPairwiseJudge, Comparison, judge_all, model_shown_first
-from wpo.eval.stage import run_eval
+from wpo.evaluation.judges import ApiPairwiseJudge, Comparison, judge_all, model_shown_first
+from wpo.evaluation.stage import run_eval
 
 
 def test_order_is_deterministic_and_balanced():
@@ -34,8 +34,9 @@ class PrefersB(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))
         top = [{"token": "b", "logprob": math.log(0.8)}, {"token": " a", "logprob": math.log(0.2)}]
-        body = json.dumps({"choices": [{"message": {"content": "b"}, "logprobs": {"content": [
-            {"token": "b", "top_logprobs": top}]}}]}).encode()  # fmt: skip
+        body = json.dumps(
+            {"choices": [{"message": {"content": "b"}, "logprobs": {"content": [{"token": "b", "top_logprobs": top}]}}]}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -72,11 +73,13 @@ def test_reward_model_judge_is_bradley_terry(tiny_reward_model):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from wpo.eval.judges import RewardModelPairwiseJudge
+    from wpo.evaluation.judges import RewardModelPairwiseJudge
 
     recipe = load_recipe(None, ["eval.judge=reward_model", f"eval.reward_model={tiny_reward_model}"])
-    items = [Comparison([{"role": "user", "content": f"Say something about {w}."}], f"{w}.", f"I like {w} a lot.")
-             for w in ("the sea", "foxes")]  # fmt: skip
+    items = [
+        Comparison([{"role": "user", "content": f"Say something about {w}."}], f"{w}.", f"I like {w} a lot.")
+        for w in ("the sea", "foxes")
+    ]
     preferences = RewardModelPairwiseJudge(recipe).preferences(items)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model)
@@ -94,21 +97,34 @@ def test_reward_model_judge_is_bradley_terry(tiny_reward_model):
 
 def eval_prompts(tmp_path, count=4):
     records = [
-        {"id": f"e{i}", "messages": [{"role": "user", "content": f"Name something {word}."}],
-         "reference": f"Something {word} is the {word} thing."}
+        {
+            "id": f"e{i}",
+            "messages": [{"role": "user", "content": f"Name something {word}."}],
+            "reference": f"Something {word} is the {word} thing.",
+        }
         for i, word in enumerate(["blue", "small", "loud", "old", "new", "warm"][:count])
-    ]  # fmt: skip
+    ]
     return write_lines(tmp_path / "eval.jsonl", records)
 
 
 def test_eval_stage_writes_alpaca_eval_files(tmp_path, tiny_llama, monkeypatch):
     """A Python judge that prefers the shorter output: preferences are known, so every metric is."""
-    (tmp_path / "shorter.py").write_text("def judge(messages, reference, output):\n"
-                                         "    return 1.0 if len(output) < len(reference) else 0.0\n")  # fmt: skip
+    (tmp_path / "shorter.py").write_text(
+        "def judge(messages, reference, output):\n    return 1.0 if len(output) < len(reference) else 0.0\n"
+    )
     monkeypatch.chdir(tmp_path)
-    recipe = load_recipe(None, [f"output_dir={tmp_path / 'run'}", f"eval.model={tiny_llama}", "eval.judge=python",
-                                "eval.function=shorter:judge", f"eval.prompts={eval_prompts(tmp_path)}",
-                                "eval.max_new_tokens=8", "eval.generator_name=tiny"])  # fmt: skip
+    recipe = load_recipe(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"eval.model={tiny_llama}",
+            "eval.judge=python",
+            "eval.function=shorter:judge",
+            f"eval.prompts={eval_prompts(tmp_path)}",
+            "eval.max_new_tokens=8",
+            "eval.generator_name=tiny",
+        ],
+    )
     result = run_eval(recipe)
     eval_dir = tmp_path / "run" / "eval"
     outputs = json.loads((eval_dir / "model_outputs.json").read_text())
@@ -124,8 +140,10 @@ def test_eval_stage_writes_alpaca_eval_files(tmp_path, tiny_llama, monkeypatch):
     assert metrics["avg_length"] == pytest.approx(sum(len(o["output"]) for o in outputs) / 4)
     assert metrics["lc_formula"] == "tanh(std_delta_len) + not_gamed_baseline"
     board = (eval_dir / "leaderboard.csv").read_text().splitlines()
-    assert board[0] == (",win_rate,standard_error,n_wins,n_wins_base,n_draws,n_total,discrete_win_rate,mode,"
-                        "avg_length,length_controlled_winrate,lc_standard_error")  # fmt: skip
+    assert board[0] == (
+        ",win_rate,standard_error,n_wins,n_wins_base,n_draws,n_total,discrete_win_rate,mode,"
+        "avg_length,length_controlled_winrate,lc_standard_error"
+    )
     assert board[1].startswith("tiny,")
     assert (eval_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tiny vs the reference" in (eval_dir / "report.html").read_text()
@@ -137,15 +155,35 @@ def test_eval_reads_an_alpaca_eval_reference_outputs_file(tmp_path, tiny_llama, 
     (tmp_path / "always.py").write_text("def judge(messages, reference, output):\n    return 0.25\n")
     monkeypatch.chdir(tmp_path)
     references = tmp_path / "gpt4_turbo_outputs.json"
-    references.write_text(json.dumps([
-        {"instruction": "Name something blue.", "output": "The sky is blue.", "generator": "gpt4_turbo",
-         "dataset": "helpful_base"},
-        {"instruction": "Name something old.", "output": "The pyramids are old.", "generator": "gpt4_turbo",
-         "dataset": "koala"},
-    ]))  # fmt: skip
-    recipe = load_recipe(None, [f"output_dir={tmp_path / 'run'}", f"eval.model={tiny_llama}", "eval.judge=python",
-                                "eval.function=always:judge", f"eval.prompts={references}",
-                                "eval.max_new_tokens=4"])  # fmt: skip
+    references.write_text(
+        json.dumps(
+            [
+                {
+                    "instruction": "Name something blue.",
+                    "output": "The sky is blue.",
+                    "generator": "gpt4_turbo",
+                    "dataset": "helpful_base",
+                },
+                {
+                    "instruction": "Name something old.",
+                    "output": "The pyramids are old.",
+                    "generator": "gpt4_turbo",
+                    "dataset": "koala",
+                },
+            ]
+        )
+    )
+    recipe = load_recipe(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"eval.model={tiny_llama}",
+            "eval.judge=python",
+            "eval.function=always:judge",
+            f"eval.prompts={references}",
+            "eval.max_new_tokens=4",
+        ],
+    )
     result = run_eval(recipe)
     annotations = json.loads((tmp_path / "run" / "eval" / "annotations.json").read_text())
     assert [a["output_1"] for a in annotations] == ["The sky is blue.", "The pyramids are old."]
@@ -157,15 +195,25 @@ def test_eval_reads_an_alpaca_eval_reference_outputs_file(tmp_path, tiny_llama, 
 def test_eval_annotations_json_on_the_cli(tmp_path):
     """Preferences 2, 1, 1.5, 1.75 (see test_eval_metrics): WR 56.25, discrete 62.5, 2 wins, 1 draw, 4 total."""
     annotations = [
-        {"instruction": f"i{k}", "output_1": "r" * 10, "output_2": "m" * length, "generator_1": "ref",
-         "generator_2": "mine", "preference": pref}
+        {
+            "instruction": f"i{k}",
+            "output_1": "r" * 10,
+            "output_2": "m" * length,
+            "generator_1": "ref",
+            "generator_2": "mine",
+            "preference": pref,
+        }
         for k, (pref, length) in enumerate([(2.0, 12), (1.0, 8), (1.5, 10), (1.75, 14)])
-    ]  # fmt: skip
+    ]
     path = tmp_path / "annotations.json"
     path.write_text(json.dumps(annotations))
     env = {**os.environ, "WPO_LOG_LEVEL": "WARNING"}
-    result = subprocess.run([sys.executable, "-m", "wpo", "eval", "--annotations", str(path), "--json"],
-                            capture_output=True, text=True, env=env)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "wpo", "eval", "--annotations", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["win_rate"] == pytest.approx(56.25) and out["discrete_win_rate"] == pytest.approx(62.5)
@@ -177,8 +225,9 @@ def test_eval_annotations_json_on_the_cli(tmp_path):
 
     annotations[1]["preference"] = 2.5
     path.write_text(json.dumps(annotations))
-    bad = subprocess.run([sys.executable, "-m", "wpo", "eval", "--annotations", str(path)], capture_output=True,
-                         text=True, env=env)  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, "-m", "wpo", "eval", "--annotations", str(path)], capture_output=True, text=True, env=env
+    )
     assert bad.returncode == 2
     assert "annotations.json:item 1: preference must lie in [1, 2], got 2.5" in bad.stderr
 
@@ -197,8 +246,7 @@ def test_eval_offline_on_the_embedded_model_with_a_local_judge(tmp_path, llama_s
         'extra_body: {grammar: \'root ::= "a" | "b"\'}}\n'
     )
     env = {**os.environ, "WPO_LOG_LEVEL": "WARNING"}
-    result = subprocess.run([sys.executable, "-m", "wpo", "eval", str(recipe)], capture_output=True, text=True,
-                            env=env)  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "wpo", "eval", str(recipe)], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     for label in ("LC win rate", "win rate", "avg length"):
         assert label in result.stdout
@@ -212,19 +260,29 @@ def test_eval_against_the_base_model_with_a_programmatic_reward(tmp_path, tiny_l
     and reports means with bootstrap intervals — every figure recomputed here from the files."""
     from sacrebleu.metrics import CHRF
 
-    from wpo.eval.measures import distinct_2
-    from wpo.eval.metrics import bootstrap_mean_ci
+    from wpo.evaluation.measures import distinct_2
+    from wpo.evaluation.metrics import bootstrap_mean_ci
     from wpo.tasks import ifeval
 
     heldout = [json.loads(line) for line in resolve_builtin("builtin:ifeval-heldout.jsonl").read_text().splitlines()]
     prompts = write_lines(tmp_path / "heldout.jsonl", heldout[:5])
-    recipe = load_recipe(None, [
-        f"output_dir={tmp_path / 'run'}", "seed=3", f"model.name_or_path={tiny_llama}",
-        f"eval.model={tiny_llama_reference}", f"eval.prompts={prompts}", "eval.compare_to=base_model",
-        "eval.reward=wpo.tasks.ifeval:reward", "eval.measures={constraint_accuracy: "
-        "wpo.tasks.ifeval:constraint_accuracy}", "eval.judge=python",
-        "eval.function=wpo.tasks.ifeval:content_preference", "eval.max_new_tokens=12", "eval.temperature=1.0",
-    ])  # fmt: skip
+    recipe = load_recipe(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "seed=3",
+            f"model.name_or_path={tiny_llama}",
+            f"eval.model={tiny_llama_reference}",
+            f"eval.prompts={prompts}",
+            "eval.compare_to=base_model",
+            "eval.reward=wpo.tasks.ifeval:reward",
+            "eval.measures={constraint_accuracy: wpo.tasks.ifeval:constraint_accuracy}",
+            "eval.judge=python",
+            "eval.function=wpo.tasks.ifeval:content_preference",
+            "eval.max_new_tokens=12",
+            "eval.temperature=1.0",
+        ],
+    )
     metrics = run_eval(recipe)["metrics"]
     eval_dir = tmp_path / "run" / "eval"
     base = json.loads((eval_dir / "base_outputs.json").read_text())
@@ -237,30 +295,49 @@ def test_eval_against_the_base_model_with_a_programmatic_reward(tmp_path, tiny_l
     rows = [json.loads(line) for line in (eval_dir / "measures.jsonl").read_text().splitlines()]
     for record, b, t, a, r in zip(heldout[:5], base, trained, annotations, rows, strict=True):
         assert (a["output_1"], a["output_2"], a["generator_1"]) == (b["output"], t["output"], tiny_llama.name)
-        expected = 1.5 if b["output"] == t["output"] else 1 + ifeval.content_preference(
-            record["messages"], b["output"], t["output"])  # fmt: skip
+        expected = (
+            1.5
+            if b["output"] == t["output"]
+            else 1 + ifeval.content_preference(record["messages"], b["output"], t["output"])
+        )
         assert a["preference"] == expected
         measured = {}
         for side, text in (("base", b["output"]), ("trained", t["output"])):
-            measured |= {f"reward_{side}": ifeval.reward(record["messages"], text),
-                         f"constraint_accuracy_{side}": ifeval.constraint_accuracy(record["messages"], text),
-                         f"chrf_{side}": CHRF().sentence_score(text, [record["reference"]]).score,
-                         f"length_chars_{side}": len(text), f"distinct_2_{side}": distinct_2(text)}  # fmt: skip
-        assert r == {"id": record["id"], "constraint": record["constraint"], **measured,
-                     "prompt": record["messages"][-1]["content"], "reference": record["reference"],
-                     "base_output": b["output"], "output": t["output"]}  # fmt: skip
+            measured |= {
+                f"reward_{side}": ifeval.reward(record["messages"], text),
+                f"constraint_accuracy_{side}": ifeval.constraint_accuracy(record["messages"], text),
+                f"chrf_{side}": CHRF().sentence_score(text, [record["reference"]]).score,
+                f"length_chars_{side}": len(text),
+                f"distinct_2_{side}": distinct_2(text),
+            }
+        assert r == {
+            "id": record["id"],
+            "constraint": record["constraint"],
+            **measured,
+            "prompt": record["messages"][-1]["content"],
+            "reference": record["reference"],
+            "base_output": b["output"],
+            "output": t["output"],
+        }
     assert metrics["measures"] == ["reward", "constraint_accuracy", "chrf", "length_chars", "distinct_2"]
     for name in metrics["measures"]:
         deltas = [r[f"{name}_trained"] - r[f"{name}_base"] for r in rows]
         assert metrics[f"{name}_base"] == pytest.approx(sum(r[f"{name}_base"] for r in rows) / 5)
         assert metrics[f"{name}_delta"] == pytest.approx(sum(deltas) / 5)
         assert metrics[f"{name}_delta_ci95"] == bootstrap_mean_ci(deltas, seed=3)
-    assert set(metrics["verdict"]) == {"reward_up", "constraint_accuracy_up", "content_not_worse",
-                                       "length_not_collapsed", "repetition_not_worse"}  # fmt: skip
+    assert set(metrics["verdict"]) == {
+        "reward_up",
+        "constraint_accuracy_up",
+        "content_not_worse",
+        "length_not_collapsed",
+        "repetition_not_worse",
+    }
     assert metrics["better"] == all(check["passed"] for check in metrics["verdict"].values())
     side_by_side = (eval_dir / "side_by_side.md").read_text()
-    assert all(record["id"] in side_by_side and b["output"] in side_by_side
-               for record, b in zip(heldout[:5], base, strict=True))  # fmt: skip
+    assert all(
+        record["id"] in side_by_side and b["output"] in side_by_side
+        for record, b in zip(heldout[:5], base, strict=True)
+    )
     assert metrics["reference_generator"] == tiny_llama.name
     assert json.loads((eval_dir / "metrics.json").read_text())["reward_trained_ci95"] == metrics["reward_trained_ci95"]
 
@@ -268,13 +345,23 @@ def test_eval_against_the_base_model_with_a_programmatic_reward(tmp_path, tiny_l
 def test_a_non_finite_eval_reward_names_the_prompt(tmp_path, tiny_llama, tiny_llama_reference, monkeypatch):
     (tmp_path / "nan_reward.py").write_text("def reward(messages, text):\n    return float('inf')\n")
     monkeypatch.chdir(tmp_path)
-    prompts = write_lines(tmp_path / "prompts.jsonl", [{"id": f"p{i}", "messages": [{"role": "user", "content": "Hi"}]}
-                                                        for i in (1, 2)])  # fmt: skip
-    recipe = load_recipe(None, [
-        f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_llama}", f"eval.model={tiny_llama_reference}",
-        f"eval.prompts={prompts}", "eval.compare_to=base_model", "eval.reward=nan_reward:reward",
-        "eval.judge=python", "eval.function=wpo.tasks.ifeval:content_preference", "eval.max_new_tokens=4",
-    ])  # fmt: skip
+    prompts = write_lines(
+        tmp_path / "prompts.jsonl", [{"id": f"p{i}", "messages": [{"role": "user", "content": "Hi"}]} for i in (1, 2)]
+    )
+    recipe = load_recipe(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"model.name_or_path={tiny_llama}",
+            f"eval.model={tiny_llama_reference}",
+            f"eval.prompts={prompts}",
+            "eval.compare_to=base_model",
+            "eval.reward=nan_reward:reward",
+            "eval.judge=python",
+            "eval.function=wpo.tasks.ifeval:content_preference",
+            "eval.max_new_tokens=4",
+        ],
+    )
     with pytest.raises(WpoError, match=r"eval measure reward gave inf for the prompt 'p1'; expected a finite number"):
         run_eval(recipe)
     assert not (tmp_path / "run" / "eval" / "measures.jsonl").exists()
@@ -282,19 +369,28 @@ def test_a_non_finite_eval_reward_names_the_prompt(tmp_path, tiny_llama, tiny_ll
 
 def test_instruction_difficulties_are_matched_by_instruction_not_by_row(tmp_path, tiny_llama, monkeypatch):
     """AlpacaEval's difficulty file in another order than the eval set: each instruction still gets its own value."""
-    from wpo.eval.stage import metrics_from_annotations
+    from wpo.evaluation.stage import metrics_from_annotations
 
-    (tmp_path / "shorter.py").write_text("def judge(messages, reference, output):\n"
-                                         "    return 1.0 if len(output) < len(reference) else 0.0\n")  # fmt: skip
+    (tmp_path / "shorter.py").write_text(
+        "def judge(messages, reference, output):\n    return 1.0 if len(output) < len(reference) else 0.0\n"
+    )
     monkeypatch.chdir(tmp_path)
     prompts = eval_prompts(tmp_path)
     instructions = [json.loads(line)["messages"][-1]["content"] for line in prompts.read_text().splitlines()]
     difficulty = {text: float(i) - 1.5 for i, text in enumerate(instructions)}
     shuffled = tmp_path / "difficulty.csv"
-    shuffled.write_text("instruction,instruction_difficulty\n" + "".join(
-        f'"{text}",{difficulty[text]}\n' for text in reversed(instructions)))  # fmt: skip
-    settings = [f"output_dir={tmp_path / 'run'}", f"eval.model={tiny_llama}", "eval.judge=python",
-                "eval.function=shorter:judge", f"eval.prompts={prompts}", "eval.max_new_tokens=8"]  # fmt: skip
+    shuffled.write_text(
+        "instruction,instruction_difficulty\n"
+        + "".join(f'"{text}",{difficulty[text]}\n' for text in reversed(instructions))
+    )
+    settings = [
+        f"output_dir={tmp_path / 'run'}",
+        f"eval.model={tiny_llama}",
+        "eval.judge=python",
+        "eval.function=shorter:judge",
+        f"eval.prompts={prompts}",
+        "eval.max_new_tokens=8",
+    ]
     metrics = run_eval(load_recipe(None, [*settings, f"eval.instruction_difficulty={shuffled}"]))["metrics"]
     annotations = json.loads((tmp_path / "run" / "eval" / "annotations.json").read_text())
     expected = metrics_from_annotations(annotations, np.array([difficulty[text] for text in instructions]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wpo.eval.measures import compare, distinct_2, highlights, side_by_side, verdict
+from wpo.evaluation.measures import compare, distinct_2, highlights, side_by_side, verdict
 
 
 def test_distinct_2_by_hand():
@@ -15,16 +15,27 @@ def test_distinct_2_by_hand():
 
 def rows_with(deltas: dict[str, list[float]], base: dict[str, list[float]]) -> list[dict[str, float]]:
     count = len(next(iter(deltas.values())))
-    return [{"id": f"p{i}", **{f"{n}_base": base[n][i] for n in deltas},
-             **{f"{n}_trained": base[n][i] + deltas[n][i] for n in deltas}} for i in range(count)]  # fmt: skip
+    return [
+        {
+            "id": f"p{i}",
+            **{f"{n}_base": base[n][i] for n in deltas},
+            **{f"{n}_trained": base[n][i] + deltas[n][i] for n in deltas},
+        }
+        for i in range(count)
+    ]
 
 
 def test_verdict_needs_every_rule():
     names = ["reward", "chrf", "length_chars", "distinct_2"]
-    good = rows_with({"reward": [0.1, 0.2, 0.1, 0.3], "chrf": [-1.0, 0.0, 1.0, -1.5],
-                      "length_chars": [-10.0, 0.0, 5.0, -20.0], "distinct_2": [0.0, 0.01, -0.02, 0.0]},
-                     {"reward": [0.2] * 4, "chrf": [30.0] * 4, "length_chars": [200.0] * 4,
-                      "distinct_2": [0.9] * 4})  # fmt: skip
+    good = rows_with(
+        {
+            "reward": [0.1, 0.2, 0.1, 0.3],
+            "chrf": [-1.0, 0.0, 1.0, -1.5],
+            "length_chars": [-10.0, 0.0, 5.0, -20.0],
+            "distinct_2": [0.0, 0.01, -0.02, 0.0],
+        },
+        {"reward": [0.2] * 4, "chrf": [30.0] * 4, "length_chars": [200.0] * 4, "distinct_2": [0.9] * 4},
+    )
     metrics = compare(good, names, seed=0)
     result = verdict(metrics, ["reward"], content_margin=2.0, min_length_ratio=0.75, repetition_margin=0.05)
     assert result["better"] is True
@@ -32,17 +43,19 @@ def test_verdict_needs_every_rule():
     assert result["verdict"]["content_not_worse"]["value"] == metrics["chrf_delta_ci95"][0]
 
     # the quickstart's old failure: reward up, but answers a quarter as long and content down by 15 chrF points
-    gamed = rows_with({"reward": [0.1, 0.2, 0.1, 0.3], "chrf": [-15.0] * 4, "length_chars": [-150.0] * 4,
-                       "distinct_2": [-0.2] * 4}, {"reward": [0.2] * 4, "chrf": [30.0] * 4,
-                                                   "length_chars": [200.0] * 4, "distinct_2": [0.9] * 4})  # fmt: skip
+    gamed = rows_with(
+        {"reward": [0.1, 0.2, 0.1, 0.3], "chrf": [-15.0] * 4, "length_chars": [-150.0] * 4, "distinct_2": [-0.2] * 4},
+        {"reward": [0.2] * 4, "chrf": [30.0] * 4, "length_chars": [200.0] * 4, "distinct_2": [0.9] * 4},
+    )
     result = verdict(compare(gamed, names, seed=0), ["reward"], 2.0, 0.75, 0.05)
     assert result["better"] is False
     failed = {name for name, check in result["verdict"].items() if not check["passed"]}
     assert failed == {"content_not_worse", "length_not_collapsed", "repetition_not_worse"}
 
-    no_gain = rows_with({"reward": [0.1, -0.1, 0.0, 0.0], "chrf": [0.0] * 4, "length_chars": [0.0] * 4,
-                         "distinct_2": [0.0] * 4}, {"reward": [0.2] * 4, "chrf": [30.0] * 4,
-                                                    "length_chars": [200.0] * 4, "distinct_2": [0.9] * 4})  # fmt: skip
+    no_gain = rows_with(
+        {"reward": [0.1, -0.1, 0.0, 0.0], "chrf": [0.0] * 4, "length_chars": [0.0] * 4, "distinct_2": [0.0] * 4},
+        {"reward": [0.2] * 4, "chrf": [30.0] * 4, "length_chars": [200.0] * 4, "distinct_2": [0.9] * 4},
+    )
     result = verdict(compare(no_gain, names, seed=0), ["reward"], 2.0, 0.75, 0.05)
     assert not result["verdict"]["reward_up"]["passed"] and result["better"] is False
 
@@ -55,8 +68,15 @@ def test_highlights_follow_the_fixed_rule():
 
 
 def test_side_by_side_keeps_hostile_text_inside_its_fence():
-    row = {"id": "p0", "prompt": "Q?", "reference": "R", "base_output": "~~~\n# not a heading",
-           "output": "~~~~~ still text", "reward_base": 0.25, "reward_trained": 12.5}  # fmt: skip
+    row = {
+        "id": "p0",
+        "prompt": "Q?",
+        "reference": "R",
+        "base_output": "~~~\n# not a heading",
+        "output": "~~~~~ still text",
+        "reward_base": 0.25,
+        "reward_trained": 12.5,
+    }
     text = side_by_side([row], ["reward"], "base-model", "trained-model", "reward")
     assert "~~~~text\n~~~\n# not a heading\n~~~~\n" in text  # a fence longer than the answer's own run of tildes
     assert "~~~~~~text\n~~~~~ still text\n~~~~~~" in text

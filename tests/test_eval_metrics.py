@@ -11,7 +11,13 @@ from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 
 from wpo.errors import DataError
-from wpo.eval.metrics import bootstrap_mean_ci, head_to_head, length_controlled_winrate, paired_comparison, summarize
+from wpo.evaluation.metrics import (
+    bootstrap_mean_ci,
+    head_to_head,
+    length_controlled_winrate,
+    paired_comparison,
+    summarize,
+)
 
 
 def test_head_to_head_hand_worked():
@@ -44,8 +50,14 @@ def independent_lc(prefs, ref_len, model_len):
             grad_w = features.T @ (1 / (1 + np.exp(-z)) - targets)
             return uv.sum() + c * loss.sum(), np.concatenate([1 + c * grad_w, 1 - c * grad_w])
 
-        result = minimize(objective, np.zeros(4), jac=True, method="L-BFGS-B", bounds=[(0, None)] * 4,
-                          options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 10000})  # fmt: skip
+        result = minimize(
+            objective,
+            np.zeros(4),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[(0, None)] * 4,
+            options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 10000},
+        )
         return result.x[:2] - result.x[2:]
 
     def logloss(w, features, targets):
@@ -83,8 +95,12 @@ def test_lc_with_instruction_difficulty_and_gamed_baselines():
     out = length_controlled_winrate(prefs, ref_len, model_len, instruction_difficulty=difficulty)
     assert set(out["glm_weights"]) == {"tanh(std_delta_len)", "instruction_difficulty", "not_gamed_baseline"}
     assert out["glm_weights"]["instruction_difficulty"] < 0 and out["lc_formula"].startswith("tanh(std_delta_len) + i")
-    gamed = {"preference": rng.uniform(0, 1, 40), "std_delta_len": rng.normal(0, 1, 40),
-             "instruction_difficulty": rng.normal(0, 1, 40), "not_gamed_baseline": np.zeros(40)}  # fmt: skip
+    gamed = {
+        "preference": rng.uniform(0, 1, 40),
+        "std_delta_len": rng.normal(0, 1, 40),
+        "instruction_difficulty": rng.normal(0, 1, 40),
+        "not_gamed_baseline": np.zeros(40),
+    }
     regularized = length_controlled_winrate(prefs, ref_len, model_len, difficulty, gamed)
     assert 0 < regularized["length_controlled_winrate"] < 100
     with pytest.raises(ValueError, match="needs instruction difficulties"):
@@ -94,8 +110,16 @@ def test_lc_with_instruction_difficulty_and_gamed_baselines():
 def test_summarize_reports_every_public_key():
     out = summarize(np.array([2.0, 1.0, 1.5]), ["aa", "bbbb", "c"], ["xxxx", "y", "zz"])
     assert out["avg_length"] == pytest.approx(7 / 3)
-    for key in ("win_rate", "standard_error", "discrete_win_rate", "n_wins", "n_draws", "n_total", "avg_length",
-                "length_controlled_winrate"):  # fmt: skip
+    for key in (
+        "win_rate",
+        "standard_error",
+        "discrete_win_rate",
+        "n_wins",
+        "n_draws",
+        "n_total",
+        "avg_length",
+        "length_controlled_winrate",
+    ):
         assert key in out
 
 
@@ -124,6 +148,7 @@ def test_paired_comparison_pairs_prompts():
 
 
 def test_lc_of_a_single_comparison_is_refused_with_a_message():
-    with pytest.raises(DataError, match="the length-controlled win rate needs at least 2 comparisons to "
-                                        "cross-validate, got 1"):  # fmt: skip
+    with pytest.raises(
+        DataError, match="the length-controlled win rate needs at least 2 comparisons to cross-validate, got 1"
+    ):
         length_controlled_winrate(np.array([1.5]), np.array([10.0]), np.array([12.0]))

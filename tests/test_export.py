@@ -9,14 +9,14 @@ import sys
 
 import pytest
 import torch
+import yaml
 from helpers import tiny_model
 from safetensors.torch import load_file
-import yaml
 
 from wpo.config import load_recipe
 from wpo.errors import ConfigError, WpoError
-from wpo.export.convert import check_architecture, check_quantizations
-from wpo.export.stage import run_export
+from wpo.exporting.convert import check_architecture, check_quantizations
+from wpo.exporting.stage import run_export
 from wpo.models import load_tokenizer, resolve_model_path
 
 
@@ -170,12 +170,20 @@ def test_chat_answers_one_prompt_from_a_gguf(tmp_path, smollm_tokenizer):
 def test_export_links_the_f16_conversion_eval_made_of_the_same_weights(tmp_path, smollm_tokenizer, monkeypatch):
     """The llama.cpp eval converted the trained weights already: export links that file (same inode, no second
     conversion), verifies it like any other, and quantizes from it."""
-    from wpo.export import convert
+    from wpo.exporting import convert
     from wpo.sampling.llamacpp_backend import converted_policy
 
     model = tiny_model(tmp_path / "model", "llama", smollm_tokenizer)
-    recipe = load_recipe(None, [f"output_dir={tmp_path / 'run'}", f"export.model={model}", "export.name=tiny",
-                                "export.quantizations=[F16, Q4_K_M]", "export.verify_tokens=64"])  # fmt: skip
+    recipe = load_recipe(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"export.model={model}",
+            "export.name=tiny",
+            "export.quantizations=[F16, Q4_K_M]",
+            "export.verify_tokens=64",
+        ],
+    )
     evaluated = converted_policy(recipe, model)
     conversions = []
     real_convert = convert.convert

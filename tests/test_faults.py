@@ -19,7 +19,7 @@ from judge_server import FakeJudge
 from wpo.config import load_recipe
 from wpo.errors import WpoError
 from wpo.sampling.stage import run_sample
-from wpo.train.metrics import read_metrics
+from wpo.training.metrics import read_metrics
 
 
 def train_recipe(tmp_path: Path, model: Path, steps: int) -> Path:
@@ -35,8 +35,13 @@ def train_recipe(tmp_path: Path, model: Path, steps: int) -> Path:
 
 
 def start_training(recipe: Path, *overrides: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "wpo", "train", str(recipe), *overrides], env=DISTRIBUTED_ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "wpo", "train", str(recipe), *overrides],
+        env=DISTRIBUTED_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition, process: subprocess.Popen, seconds: float = 120) -> None:
@@ -59,8 +64,9 @@ def test_a_second_launch_is_refused_and_sigterm_checkpoints_then_resumes(tmp_pat
     wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, first)
 
     second = cli("train", recipe)
-    assert_one_line_error(second, f"{run} is in use by another wpo launch (pid {first.pid} on ", "`",
-                          "wait for it to end, or pass --wait")  # fmt: skip
+    assert_one_line_error(
+        second, f"{run} is in use by another wpo launch (pid {first.pid} on ", "`", "wait for it to end, or pass --wait"
+    )
 
     first.send_signal(signal.SIGTERM)
     _, stderr = first.communicate(timeout=120)
@@ -73,9 +79,20 @@ def test_a_second_launch_is_refused_and_sigterm_checkpoints_then_resumes(tmp_pat
     assert not manifest["completed"] and manifest["counts"]["stopped_at_step"] == stopped_at
 
     # constant learning rate: the first steps of a shorter run are those of the 400-step one
-    straight = subprocess.run([sys.executable, "-m", "wpo", "train", str(recipe), f"output_dir={tmp_path / 'straight'}",
-                               f"train.max_steps={stopped_at + 3}"], env=DISTRIBUTED_ENV, capture_output=True,
-                              text=True)  # fmt: skip
+    straight = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wpo",
+            "train",
+            str(recipe),
+            f"output_dir={tmp_path / 'straight'}",
+            f"train.max_steps={stopped_at + 3}",
+        ],
+        env=DISTRIBUTED_ENV,
+        capture_output=True,
+        text=True,
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
     resumed = start_training(recipe)  # the rerun: resumes the 400-step run; 3 steps past the signal are enough
     wait_for(lambda: len(read_metrics(metrics)) >= stopped_at + 3, resumed)
@@ -85,20 +102,28 @@ def test_a_second_launch_is_refused_and_sigterm_checkpoints_then_resumes(tmp_pat
     assert [r["step"] for r in rows[: stopped_at + 3]] == list(range(1, stopped_at + 4))
     for key in ("loss", "weight_mean", "reward_margin", "logps_chosen"):
         assert [r[key] for r in rows[: stopped_at + 3]] == pytest.approx(
-            [r[key] for r in uninterrupted], rel=1e-6, abs=1e-9), key  # fmt: skip
+            [r[key] for r in uninterrupted], rel=1e-6, abs=1e-9
+        ), key
 
     after_kill = cli("train", recipe, "train.max_steps=2", "--json")  # the killed process's lock blocks nothing
     assert after_kill.exit_code == 0, after_kill.stderr
 
 
 def offpolicy_settings(tmp_path, tiny_llama, url, *extra: str) -> list[str]:
-    write_lines(tmp_path / "prompts.jsonl", [
-        {"id": f"q{i}", "messages": [{"role": "user", "content": f"Name a colour, number {i}."}]} for i in range(3)
-    ])  # fmt: skip
+    write_lines(
+        tmp_path / "prompts.jsonl",
+        [{"id": f"q{i}", "messages": [{"role": "user", "content": f"Name a colour, number {i}."}]} for i in range(3)],
+    )
     model = f"{{name: strong, base_url: '{url}', model: m, max_retries: 2, max_concurrency: 1}}"
-    return [f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_llama}", "sample.n=2",
-            "sample.max_new_tokens=2", f"sample.prompts={tmp_path / 'prompts.jsonl'}",
-            f"sample.offpolicy_models=[{model}]", *extra]  # fmt: skip
+    return [
+        f"output_dir={tmp_path / 'run'}",
+        f"model.name_or_path={tiny_llama}",
+        "sample.n=2",
+        "sample.max_new_tokens=2",
+        f"sample.prompts={tmp_path / 'prompts.jsonl'}",
+        f"sample.offpolicy_models=[{model}]",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -120,13 +145,20 @@ def test_a_broken_body_is_retried_then_named(tmp_path, tiny_llama, body, shown):
 
 
 def test_an_answer_without_content_is_never_a_candidate(tmp_path, tiny_llama):
-    empty = {"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-             "choices": [{"index": 0, "finish_reason": "content_filter",
-                          "message": {"role": "assistant", "content": None}}]}  # fmt: skip
+    empty = {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "finish_reason": "content_filter", "message": {"role": "assistant", "content": None}}],
+    }
     with FakeJudge(body=json.dumps(empty).encode()) as server:
         settings = offpolicy_settings(tmp_path, tiny_llama, server.url)
-        with pytest.raises(WpoError, match=r"answered with no content \(finish_reason: content_filter\) for the "
-                                           r"prompt 'q0'"):  # fmt: skip
+        with pytest.raises(
+            WpoError,
+            match=r"answered with no content \(finish_reason: content_filter\) for the "
+            r"prompt 'q0'",
+        ):
             run_sample(load_recipe(None, settings))
         skipped = run_sample(load_recipe(None, [*settings, "on_bad_record=skip"]))
     assert skipped["counts"]["skipped"] == {"offpolicy_empty:strong": 3}
@@ -149,13 +181,22 @@ def small_disk(tmp_path):
 def test_a_full_disk_is_one_line_and_the_rerun_resumes_to_the_same_file(tmp_path, tiny_llama, small_disk, caplog):
     """The samples fit, the final file (with 3.6 MB of references) does not: one line naming the file, no
     half-written file; with space freed, the rerun resumes from the saved samples to an uninterrupted run's bytes."""
-    prompts = write_lines(tmp_path / "prompts.jsonl", [
-        {"id": f"q{i}", "messages": [{"role": "user", "content": f"Say {i}."}], "reference": "x" * 300_000}
-        for i in range(12)
-    ])  # fmt: skip
-    settings = [f"model.name_or_path={tiny_llama}", f"sample.prompts={prompts}", "sample.n=1",
-                "sample.max_new_tokens=2", "sample.batch_size=2", "sample.offpolicy_fields=[reference]",
-                "stages=[sample]"]  # fmt: skip
+    prompts = write_lines(
+        tmp_path / "prompts.jsonl",
+        [
+            {"id": f"q{i}", "messages": [{"role": "user", "content": f"Say {i}."}], "reference": "x" * 300_000}
+            for i in range(12)
+        ],
+    )
+    settings = [
+        f"model.name_or_path={tiny_llama}",
+        f"sample.prompts={prompts}",
+        "sample.n=1",
+        "sample.max_new_tokens=2",
+        "sample.batch_size=2",
+        "sample.offpolicy_fields=[reference]",
+        "stages=[sample]",
+    ]
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("seed: 1\n")
     filler = small_disk / "filler"
@@ -165,7 +206,8 @@ def test_a_full_disk_is_one_line_and_the_rerun_resumes_to_the_same_file(tmp_path
     assert full.stderr.splitlines()[-1] == (
         f"wpo: error: cannot write {small_disk / 'run' / 'sample' / 'candidates.jsonl'}: no space left on the device; "
         "everything finished before it is saved (outputs, progress and caches are fsynced as they finish): fix that "
-        "and rerun, and the run resumes")  # fmt: skip
+        "and rerun, and the run resumes"
+    )
     sample_dir = small_disk / "run" / "sample"
     assert not list(sample_dir.glob(".candidates.jsonl.*.tmp")) and not (sample_dir / "candidates.jsonl").exists()
     assert list(sample_dir.glob(".candidates.*.progress.jsonl"))  # every sample is saved
@@ -187,8 +229,11 @@ def test_a_server_that_never_answers_times_out_and_is_named(tmp_path, tiny_llama
         settings = offpolicy_settings(tmp_path, tiny_llama, server.url)
         settings[-1] = f"sample.offpolicy_models=[{model}]"
         started = time.monotonic()
-        with pytest.raises(WpoError, match=r"strong \(m at .*\) failed after 2 attempts \(APITimeoutError\) for the "
-                                           r"prompt 'q\d'"):  # fmt: skip
+        with pytest.raises(
+            WpoError,
+            match=r"strong \(m at .*\) failed after 2 attempts \(APITimeoutError\) for the "
+            r"prompt 'q\d'",
+        ):
             run_sample(load_recipe(None, settings))
     assert time.monotonic() - started < 30
 
@@ -202,12 +247,24 @@ def test_the_lock_names_its_holder_is_reentrant_and_held_by_the_main_process(tmp
         assert holder["pid"] == os.getpid() and holder["command"] and holder["since"]
         with run_lock(tmp_path):  # re-entrant in one process (a sweep, a notebook)
             pass
-        probe = subprocess.run([sys.executable, "-c", f"from wpo.run_lock import run_lock\n"
-                                f"with run_lock({str(tmp_path)!r}): pass"], capture_output=True, text=True)  # fmt: skip
-        assert probe.returncode != 0 and f"{tmp_path} is in use by another wpo launch (pid {os.getpid()}" in probe.stderr
-        worker = subprocess.run([sys.executable, "-c", f"from wpo.run_lock import run_lock\n"
-                                 f"with run_lock({str(tmp_path)!r}): print('ran')"], capture_output=True, text=True,
-                                env={**os.environ, "RANK": "1"})  # fmt: skip
+        probe = subprocess.run(
+            [sys.executable, "-c", f"from wpo.run_lock import run_lock\nwith run_lock({str(tmp_path)!r}): pass"],
+            capture_output=True,
+            text=True,
+        )
+        assert (
+            probe.returncode != 0 and f"{tmp_path} is in use by another wpo launch (pid {os.getpid()}" in probe.stderr
+        )
+        worker = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from wpo.run_lock import run_lock\nwith run_lock({str(tmp_path)!r}): print('ran')",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "RANK": "1"},
+        )
         assert worker.stdout == "ran\n"  # the launch's main process holds it for all
     with run_lock(tmp_path):  # released on leaving
         pass
@@ -232,10 +289,18 @@ def test_usage_is_kept_with_each_answer_and_reported_in_all(tmp_path, tiny_llama
         assert usage["all_answers_prompt_tokens"] > 3
 
     with FakeJudge() as server:
-        policy_server = load_recipe(None, [
-            f"output_dir={tmp_path / 'served'}", f"model.name_or_path={tiny_llama}", "sample.n=2",
-            f"sample.prompts={tmp_path / 'prompts.jsonl'}", "sample.backend=openai", "sample.max_new_tokens=4",
-            f"sample.endpoint={{base_url: '{server.url}', model: policy}}"])  # fmt: skip
+        policy_server = load_recipe(
+            None,
+            [
+                f"output_dir={tmp_path / 'served'}",
+                f"model.name_or_path={tiny_llama}",
+                "sample.n=2",
+                f"sample.prompts={tmp_path / 'prompts.jsonl'}",
+                "sample.backend=openai",
+                "sample.max_new_tokens=4",
+                f"sample.endpoint={{base_url: '{server.url}', model: policy}}",
+            ],
+        )
         counts = run_sample(policy_server)["counts"]
     assert counts["api_usage"]["sample.endpoint"]["answers"] == 6
     assert counts["api_usage"]["sample.endpoint"]["all_answers_completion_tokens"] == 6

@@ -28,8 +28,10 @@ def manifest_counts(run_dir: Path, stage: str) -> dict:
 
 def pair_recipe(tmp_path: Path, candidates: Path, on_bad_record: str = "error") -> Path:
     recipe = tmp_path / "pair.yaml"
-    recipe.write_text(f"output_dir: {tmp_path / 'run'}\nstages: [pair]\non_bad_record: {on_bad_record}\n"
-                      f"pair: {{candidates: {candidates}, length_unit: characters}}\n")  # fmt: skip
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'run'}\nstages: [pair]\non_bad_record: {on_bad_record}\n"
+        f"pair: {{candidates: {candidates}, length_unit: characters}}\n"
+    )
     return recipe
 
 
@@ -42,14 +44,16 @@ BAD_RECORDS = {
     "wrong-type-score.jsonl": ("2: candidates[1].score must be a number, got str", "wrong_type"),
     "wrong-role-last.jsonl": ("2: the prompt's last message must be the user's, got 'assistant'", "wrong_role"),
     "wrong-role-robot.jsonl": (
-        "2: messages[0] has role 'robot'; expected ('system', 'user', 'assistant')", "wrong_role"),
+        "2: messages[0] has role 'robot'; expected ('system', 'user', 'assistant')",
+        "wrong_role",
+    ),
     "empty-prompt.jsonl": ("2: messages[0] (the user's message) is empty", "empty_text"),
     "invalid-utf8.jsonl": ("2: invalid UTF-8 at byte 60", "invalid_utf8"),
     "lone-surrogate.jsonl": ("2: invalid Unicode: an unpaired surrogate escape (\\uD800-\\uDFFF)", "invalid_utf8"),
     "duplicate-ids.jsonl": (f"2: duplicate id 'q1' (first at {HOSTILE / 'duplicate-ids.jsonl'}:1)", "duplicate_id"),
     "nan-score.jsonl": ("2: candidates[0].score is nan; scores must be finite", "non_finite_score"),
     "inf-score.jsonl": ("2: candidates[1].score is -inf; scores must be finite", "non_finite_score"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", list(BAD_RECORDS))
@@ -66,8 +70,9 @@ def test_a_bad_record_names_its_line_or_is_counted(tmp_path, name):
 def test_an_empty_file_is_an_error_even_when_skipping(tmp_path):
     empty = HOSTILE / "empty.jsonl"
     for mode in ("error", "skip"):
-        assert_one_line_error(cli("pair", pair_recipe(tmp_path, empty, mode)), exact=f"{empty}: the file is empty "
-                                                                                     "(no records)")  # fmt: skip
+        assert_one_line_error(
+            cli("pair", pair_recipe(tmp_path, empty, mode)), exact=f"{empty}: the file is empty (no records)"
+        )
 
 
 def test_tied_and_empty_candidates_are_dropped_and_counted(tmp_path):
@@ -86,9 +91,11 @@ def test_tied_and_empty_candidates_are_dropped_and_counted(tmp_path):
 def test_only_tied_candidates_fail_the_pair_stage(tmp_path):
     tied = tmp_path / "tied.jsonl"
     tied.write_text((HOSTILE / "all-tied.jsonl").read_text().splitlines()[1] + "\n")
-    assert_one_line_error(cli("pair", pair_recipe(tmp_path, tied)),
-                          exact=f"{tied}: no preference pair could be formed from 1 prompts (dropped "
-                          "{'all_scores_equal': 1}, skipped {})")  # fmt: skip
+    assert_one_line_error(
+        cli("pair", pair_recipe(tmp_path, tied)),
+        exact=f"{tied}: no preference pair could be formed from 1 prompts (dropped "
+        "{'all_scores_equal': 1}, skipped {})",
+    )
 
 
 def test_a_one_megabyte_candidate_is_just_a_long_candidate(tmp_path):
@@ -101,9 +108,11 @@ def test_a_one_megabyte_candidate_is_just_a_long_candidate(tmp_path):
 
 def train_recipe(tmp_path: Path, model: Path, pairs: Path, *settings: str) -> Path:
     recipe = tmp_path / "train.yaml"
-    recipe.write_text(f"output_dir: {tmp_path / 'run'}\nstages: [train]\nmodel: {{name_or_path: {model}}}\n"
-                      f"train: {{pairs: {pairs}, max_steps: 1, per_device_batch_size: 2, max_length: 64, "
-                      f"learning_rate: 1.0e-3, {', '.join(settings)}}}\n")  # fmt: skip
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'run'}\nstages: [train]\nmodel: {{name_or_path: {model}}}\n"
+        f"train: {{pairs: {pairs}, max_steps: 1, per_device_batch_size: 2, max_length: 64, "
+        f"learning_rate: 1.0e-3, {', '.join(settings)}}}\n"
+    )
     return recipe
 
 
@@ -112,8 +121,9 @@ def test_a_prompt_longer_than_max_length_fails_is_skipped_or_truncated(tmp_path,
     refused = cli("train", train_recipe(tmp_path, tiny_llama, pairs, "max_prompt_length: null"))
     assert isinstance(refused.exception, SystemExit) and refused.exit_code == 2
     assert refused.stderr.startswith(f"wpo: error: {pairs}:2 (pair long): prompt has ")
-    assert refused.stderr.endswith(" tokens, leaving no room for a response within max_length 64 (set "
-                                   "train.max_prompt_length to truncate it)\n")  # fmt: skip
+    assert refused.stderr.endswith(
+        " tokens, leaving no room for a response within max_length 64 (set train.max_prompt_length to truncate it)\n"
+    )
     assert refused.stderr.count("\n") == 1
 
     skipped = cli("train", train_recipe(tmp_path, tiny_llama, pairs, "max_prompt_length: null"), "on_bad_record=skip")
@@ -139,18 +149,24 @@ def test_a_one_megabyte_response_is_truncated_and_counted(tmp_path, tiny_llama):
 
 def test_a_prompt_beyond_the_models_context_is_refused_before_sampling(tmp_path, tiny_llama):
     """A 1 MB prompt cannot fit tiny_llama's 512 positions: a bad record named by line, not an out-of-memory."""
-    prompts = write_lines(tmp_path / "prompts.jsonl", [
-        {"id": "short", "messages": [{"role": "user", "content": "What is the capital of France?"}]},
-        {"id": "huge", "messages": [{"role": "user", "content": "The sea and the sky. " * (ONE_MB // 21)}]},
-    ])  # fmt: skip
+    prompts = write_lines(
+        tmp_path / "prompts.jsonl",
+        [
+            {"id": "short", "messages": [{"role": "user", "content": "What is the capital of France?"}]},
+            {"id": "huge", "messages": [{"role": "user", "content": "The sea and the sky. " * (ONE_MB // 21)}]},
+        ],
+    )
     recipe = tmp_path / "sample.yaml"
-    recipe.write_text(f"output_dir: {tmp_path / 'run'}\nstages: [sample]\nmodel: {{name_or_path: {tiny_llama}}}\n"
-                      f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 4}}\n")  # fmt: skip
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'run'}\nstages: [sample]\nmodel: {{name_or_path: {tiny_llama}}}\n"
+        f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 4}}\n"
+    )
     refused = cli("sample", recipe)
     assert isinstance(refused.exception, SystemExit) and refused.exit_code == 2
     assert refused.stderr.startswith(f"wpo: error: {prompts}:2: prompt has ")
-    assert refused.stderr.endswith(" tokens; with sample.max_new_tokens 4 it exceeds the model's context of 512 "
-                                   "tokens\n")  # fmt: skip
+    assert refused.stderr.endswith(
+        " tokens; with sample.max_new_tokens 4 it exceeds the model's context of 512 tokens\n"
+    )
     skipped = cli("sample", recipe, "on_bad_record=skip")
     assert skipped.exit_code == 0, skipped.stderr
     counts = manifest_counts(tmp_path / "run", "sample")

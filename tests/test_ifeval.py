@@ -18,8 +18,10 @@ def user(text: str) -> list[dict[str, str]]:
 
 KEYWORDS = "Tell me about salt. Include the keywords 'mineral' and 'sodium' in the response."
 WORDS = "Describe snow briefly. Answer with less than 10 words."
-BULLETS = ("Tell me about kites. Your answer must contain exactly 3 bullet points. Use the markdown bullet points such "
-           "as:\n* This is point 1.\n* This is point 2")  # fmt: skip
+BULLETS = (
+    "Tell me about kites. Your answer must contain exactly 3 bullet points. Use the markdown bullet points such "
+    "as:\n* This is point 1.\n* This is point 2"
+)
 
 
 @pytest.mark.parametrize(
@@ -98,18 +100,31 @@ GOOD = {
     "Its gravity causes the ocean tides.",
 }
 FIRST_SENTENCE = {kind: text.split(". ")[0].split(">>")[-1].lstrip("* \n") + "." for kind, text in GOOD.items()}
-TITLE_ALONE = {"keywords": "<<Volcanoes>>", "max_words": "<<Deserts>>", "bullets": "<<The human heart>>",
-               "title": "<<Volcanoes>>", "no_commas": "<<The moon>>"}  # fmt: skip
-CONTENT_FREE_BULLETS = {"keywords": "* Magma\n* Eruptions", "max_words": "* Deserts\n* Sand",
-                        "bullets": "* Heart\n* Blood", "title": "<<Volcanoes>>\n* Lava\n* Rock",
-                        "no_commas": "* Moon\n* Night"}  # fmt: skip
-KEYWORD_LISTS = {"keywords": "magma eruptions lava crust rock mountains ash volcano heat land",
-                 "max_words": "desert rain sand hot cold dry plants animals water cactus",
-                 "bullets": "* heart muscle blood chambers rhythm\n* oxygen nutrients cells pump body",
-                 "title": "<<Volcanoes>> magma lava crust molten rock eruptions mountains land",
-                 "no_commas": "moon satellite earth sunlight phases orbit gravity oceans tides"}  # fmt: skip
-OFF_TOPIC = ("My favourite hobby is cooking pasta with friends on a quiet Sunday evening in the kitchen because it is "
-             "relaxing and fun for everyone.")  # fmt: skip
+TITLE_ALONE = {
+    "keywords": "<<Volcanoes>>",
+    "max_words": "<<Deserts>>",
+    "bullets": "<<The human heart>>",
+    "title": "<<Volcanoes>>",
+    "no_commas": "<<The moon>>",
+}
+CONTENT_FREE_BULLETS = {
+    "keywords": "* Magma\n* Eruptions",
+    "max_words": "* Deserts\n* Sand",
+    "bullets": "* Heart\n* Blood",
+    "title": "<<Volcanoes>>\n* Lava\n* Rock",
+    "no_commas": "* Moon\n* Night",
+}
+KEYWORD_LISTS = {
+    "keywords": "magma eruptions lava crust rock mountains ash volcano heat land",
+    "max_words": "desert rain sand hot cold dry plants animals water cactus",
+    "bullets": "* heart muscle blood chambers rhythm\n* oxygen nutrients cells pump body",
+    "title": "<<Volcanoes>> magma lava crust molten rock eruptions mountains land",
+    "no_commas": "moon satellite earth sunlight phases orbit gravity oceans tides",
+}
+OFF_TOPIC = (
+    "My favourite hobby is cooking pasta with friends on a quiet Sunday evening in the kitchen because it is "
+    "relaxing and fun for everyone."
+)
 
 
 def adversarial_answers(kind: str) -> dict[str, str]:

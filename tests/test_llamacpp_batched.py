@@ -91,10 +91,13 @@ def test_greedy_decoding_matches_llama_cpps_own_completion(model_path):
 @pytest.mark.slow
 def test_stop_strings_and_max_new_tokens_end_each_sample_alone(model_path):
     requests = [*MIXED, SampleRequest(EARLY_EOS, 5)]
-    free = [s.text for s in sampler(model_path, "sample.max_new_tokens=16",
-                                    "sample.parallel_sequences=3").generate(requests)]  # fmt: skip
-    stopped = sampler(model_path, "sample.max_new_tokens=16", "sample.parallel_sequences=3",
-                      "sample.stop=['.', ',']").generate(requests)  # fmt: skip
+    free = [
+        s.text
+        for s in sampler(model_path, "sample.max_new_tokens=16", "sample.parallel_sequences=3").generate(requests)
+    ]
+    stopped = sampler(
+        model_path, "sample.max_new_tokens=16", "sample.parallel_sequences=3", "sample.stop=['.', ',']"
+    ).generate(requests)
     assert [s.text for s in stopped] == [cut_at_stop(text, [".", ","]) for text in free]
     early = [s.finish_reason for s, f in zip(stopped, free, strict=True) if len(s.text) < len(f)]
     assert early and set(early) == {"stop"}  # some stopped early, at a stop string
@@ -110,11 +113,19 @@ def test_stop_strings_and_max_new_tokens_end_each_sample_alone(model_path):
 def test_eval_generates_greedily_with_llamacpp_from_the_evaluated_models_gguf(model_path):
     """eval.backend: llamacpp answers greedily from the GGUF of the model under evaluation, not from sample.gguf."""
     from wpo.data.schemas import PromptRecord
-    from wpo.eval.stage import generate_outputs
+    from wpo.evaluation.stage import generate_outputs
 
     prompts = [PromptRecord("a", EARLY_EOS), PromptRecord("b", user("Name a color."))]
-    recipe = load_recipe(None, ["sample.backend=llamacpp", "sample.gguf=/nonexistent/policy.gguf", "sample.threads=1",
-                                "eval.backend=llamacpp", "eval.max_new_tokens=8"])  # fmt: skip
+    recipe = load_recipe(
+        None,
+        [
+            "sample.backend=llamacpp",
+            "sample.gguf=/nonexistent/policy.gguf",
+            "sample.threads=1",
+            "eval.backend=llamacpp",
+            "eval.max_new_tokens=8",
+        ],
+    )
     greedy = sampler(model_path, "sample.temperature=0.0", "sample.max_new_tokens=8")
     expected = [s.text for s in greedy.generate([SampleRequest(p.messages, 0) for p in prompts])]
     assert generate_outputs(recipe, "embedded:smollm2-135m-instruct", prompts) == expected
@@ -143,8 +154,16 @@ def test_an_hf_policy_is_converted_to_f16_once_per_weights(tmp_path, model_path)
     policy = tiny_model(tmp_path / "policy", "llama", tokenizer)
 
     def recipe_for(model):
-        return load_recipe(None, [f"model.name_or_path={model}", f"output_dir={tmp_path / 'run'}",
-                                  "sample.backend=llamacpp", "sample.threads=1", "sample.max_new_tokens=6"])  # fmt: skip
+        return load_recipe(
+            None,
+            [
+                f"model.name_or_path={model}",
+                f"output_dir={tmp_path / 'run'}",
+                "sample.backend=llamacpp",
+                "sample.threads=1",
+                "sample.max_new_tokens=6",
+            ],
+        )
 
     gguf = policy_gguf(recipe_for(policy), policy)
     assert gguf.parent.parent == tmp_path / "run" / "gguf" and gguf.name == "policy.F16.gguf"
@@ -159,8 +178,11 @@ def test_an_hf_policy_is_converted_to_f16_once_per_weights(tmp_path, model_path)
     from safetensors.torch import load_file, save_file
 
     weights = load_file(policy / "model.safetensors")  # retrained weights: another digest, another file
-    save_file({name: tensor + 0.01 if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
-              policy / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+    save_file(
+        {name: tensor + 0.01 if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
+        policy / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     retrained = policy_gguf(recipe_for(policy), policy)
     assert retrained != gguf and retrained.is_file()
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from wpo.train.loss import (
+from wpo.training.loss import (
     IGNORE_INDEX,
     SequenceStatistics,
     preference_loss,
@@ -226,3 +226,21 @@ def test_soft_cap_is_applied_before_softmax():
     assert_close(capped.logps, manual.logps)
     assert_close(capped.aligned_logps, manual.aligned_logps)
     assert soft_cap(logits, None) is logits
+
+
+def test_the_loss_module_stands_alone_and_names_what_the_config_accepts():
+    """`wpo.training.loss` imports nothing of the project's (tensors in, tensors out), and the losses it implements
+    are exactly the ones `train.loss` accepts; the reference-free ones agree too."""
+    import ast
+    import typing
+    from pathlib import Path
+
+    import wpo.training.loss as loss_module
+    from wpo import config
+
+    tree = ast.parse(Path(loss_module.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if name and name.split(".")[0] == "wpo"}, imported
+    assert tuple(loss_module.LOSSES) == typing.get_args(config.LossType)
+    assert loss_module.REFERENCE_FREE_LOSSES == config.REFERENCE_FREE_LOSSES

@@ -12,9 +12,9 @@ from test_trainer import recipe_for
 from torch.testing import assert_close
 
 from wpo.errors import ConfigError
-from wpo.train import trainer
-from wpo.train.metrics import read_metrics
-from wpo.train.precision import bf16_grid_counts, start_masters_on_bf16_grid
+from wpo.training import precision, trainer
+from wpo.training.metrics import read_metrics
+from wpo.training.precision import bf16_grid_counts, start_masters_on_bf16_grid
 
 NO_CLIPPING = ("train.max_grad_norm=null", "train.max_steps=4", "train.save_steps=2", "train.save_total_limit=null")
 
@@ -65,19 +65,19 @@ def tiny_llama_with_ties(tmp_path_factory):
     return directory
 
 
-def test_bf16_training_starts_its_masters_on_the_grid(tmp_path, tiny_llama_with_ties, pairs_file, caplog,
-                                                      monkeypatch):  # fmt: skip
+def test_bf16_training_starts_its_masters_on_the_grid(tmp_path, tiny_llama_with_ties, pairs_file, caplog, monkeypatch):
     """Under bf16 (the units assumed, so the path runs on any CPU) the masters start on the bf16 grid: the first step
     computes exactly what `as_loaded` computes (the forward rounded to those values anyway), and a learning rate far
     below half a bf16 ulp leaves every weight on the grid where it was; `as_loaded` keeps the ties, which the same
     tiny update flips. fp32 training is untouched by the setting."""
-    monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)
     common = ("train.mixed_precision=bf16", "train.learning_rate=1e-7", "train.warmup_ratio=0", "train.max_steps=2")
-    with caplog.at_level(logging.INFO, logger="wpo.train.trainer"):
+    with caplog.at_level(logging.INFO, logger="wpo.training"):
         grid = trainer.train(recipe_for(tmp_path, tiny_llama_with_ties, pairs_file, *common, run="grid"))
     assert "bf16: the fp32 masters start on the bf16 grid" in caplog.text
-    loaded = trainer.train(recipe_for(tmp_path, tiny_llama_with_ties, pairs_file, *common,
-                                      "train.bf16_masters=as_loaded", run="loaded"))  # fmt: skip
+    loaded = trainer.train(
+        recipe_for(tmp_path, tiny_llama_with_ties, pairs_file, *common, "train.bf16_masters=as_loaded", run="loaded")
+    )
     first = [read_metrics(tmp_path / run / "train" / "metrics.jsonl")[0] for run in ("grid", "loaded")]
     assert first[0]["loss"] == first[1]["loss"] and first[0]["logps_chosen"] == first[1]["logps_chosen"]
     original = load_file(str(tiny_llama_with_ties / "model.safetensors"))
@@ -122,15 +122,18 @@ def test_optimizer_in_backward_trains_as_a_step_after_backward(tmp_path, tiny_ll
     """Stepping each parameter inside backward gives the weights, losses and AdamW state of the usual step after
     backward (same arithmetic, one parameter at a time), and its checkpoints resume like any other."""
     plain = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING, run="plain"))
-    hooked = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING,
-                                      "train.optimizer_in_backward=true", run="hooked"))  # fmt: skip
+    hooked = trainer.train(
+        recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING, "train.optimizer_in_backward=true", run="hooked")
+    )
     assert losses(tmp_path, "hooked") == pytest.approx(losses(tmp_path, "plain"), rel=1e-6)
     start = load_file(str(tiny_llama / "model.safetensors"))
     for name, weight in final_weights(plain).items():
         assert not torch.equal(weight, start[name]) or name.endswith("norm.weight")
         assert_close(final_weights(hooked)[name], weight, rtol=0, atol=1e-7)
-    optimizer = [load_file(str(tmp_path / run / "train" / "checkpoint-2" / "optimizer.safetensors"))
-                 for run in ("plain", "hooked")]  # fmt: skip
+    optimizer = [
+        load_file(str(tmp_path / run / "train" / "checkpoint-2" / "optimizer.safetensors"))
+        for run in ("plain", "hooked")
+    ]
     assert optimizer[0].keys() == optimizer[1].keys()
     for key, value in optimizer[0].items():
         assert_close(optimizer[1][key], value, rtol=0, atol=1e-7)
@@ -162,14 +165,18 @@ def test_adamw_8bit_keeps_moments_in_8_bits_and_resumes_exactly(tmp_path, tiny_l
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["train.optimizer_in_backward=true"],
-         "train.optimizer_in_backward steps each parameter before the others have gradients, so there is no global "
-         "norm to clip: set train.max_grad_norm: null (it is 1.0)"),
-        (["train.optimizer_in_backward=true", "train.max_grad_norm=null", "train.gradient_accumulation_steps=2"],
-         "train.optimizer_in_backward steps at every backward: it needs train.gradient_accumulation_steps: 1 (it is "
-         "2); raise train.per_device_batch_size instead"),
+        (
+            ["train.optimizer_in_backward=true"],
+            "train.optimizer_in_backward steps each parameter before the others have gradients, so there is no global "
+            "norm to clip: set train.max_grad_norm: null (it is 1.0)",
+        ),
+        (
+            ["train.optimizer_in_backward=true", "train.max_grad_norm=null", "train.gradient_accumulation_steps=2"],
+            "train.optimizer_in_backward steps at every backward: it needs train.gradient_accumulation_steps: 1 (it is "
+            "2); raise train.per_device_batch_size instead",
+        ),
     ],
-)  # fmt: skip
+)
 def test_optimizer_in_backward_refuses_what_it_cannot_do(tmp_path, tiny_llama, pairs_file, overrides, message):
     with pytest.raises(ConfigError, match="train.optimizer_in_backward") as caught:
         recipe_for(tmp_path, tiny_llama, pairs_file, *overrides)
@@ -184,9 +191,15 @@ def test_adamw_8bit_without_bitsandbytes_is_one_line_at_load(tmp_path, tiny_llam
         importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
     )
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"output_dir: {tmp_path / 'run'}\nmodel: {{name_or_path: {tiny_llama}}}\nstages: [train]\n"
-                      f"train: {{pairs: {pairs_file}, optimizer: adamw_8bit}}\n")  # fmt: skip
-    assert_one_line_error(cli("config", recipe), exact=(
-        f"{recipe}: train.optimizer: adamw_8bit needs bitsandbytes, which is not installed: pip install "
-        "'wpo[lowbit]', or set train.optimizer: adamw"))  # fmt: skip
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'run'}\nmodel: {{name_or_path: {tiny_llama}}}\nstages: [train]\n"
+        f"train: {{pairs: {pairs_file}, optimizer: adamw_8bit}}\n"
+    )
+    assert_one_line_error(
+        cli("config", recipe),
+        exact=(
+            f"{recipe}: train.optimizer: adamw_8bit needs bitsandbytes, which is not installed: pip install "
+            "'wpo[lowbit]', or set train.optimizer: adamw"
+        ),
+    )
     assert not (tmp_path / "run").exists()

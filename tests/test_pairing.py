@@ -26,8 +26,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "scores", "lengths", "texts", "margin", "chosen", "rejected", "reason"), CASES,
-                         ids=[c[0] for c in CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "scores", "lengths", "texts", "margin", "chosen", "rejected", "reason"), CASES, ids=[c[0] for c in CASES]
+)
 def test_choose_pair(name, scores, lengths, texts, margin, chosen, rejected, reason):
     choice = choose_pair(scores, lengths, list(texts), margin)
     assert (choice.chosen, choice.rejected, choice.drop_reason) == (chosen, rejected, reason)
@@ -48,21 +49,29 @@ def test_pair_stage_writes_pairs_and_stats(tmp_path):
         scored("c", ("", "policy", 9.0), ("good", "offpolicy:gpt4", 3.0), ("worse", "policy", -1.0)),
     ]
     source = write_lines(tmp_path / "scored.jsonl", records)
-    recipe = load_recipe(None, [f"output_dir={tmp_path / 'run'}", f"pair.candidates={source}",
-                                "pair.length_unit=characters"])  # fmt: skip
+    recipe = load_recipe(
+        None, [f"output_dir={tmp_path / 'run'}", f"pair.candidates={source}", "pair.length_unit=characters"]
+    )
     result = run_pair(recipe)
     pairs = [json.loads(line) for line in (tmp_path / "run" / "pair" / "pairs.jsonl").read_text().splitlines()]
     assert pairs[0] == {
-        "id": "a", "prompt": [{"role": "user", "content": "question a"}],
-        "chosen": [{"role": "assistant", "content": "ok"}], "rejected": [{"role": "assistant", "content": "bad"}],
-        "score_chosen": 2.0, "score_rejected": 0.0, "source_chosen": "policy", "source_rejected": "offpolicy:gpt4",
-    }  # fmt: skip
+        "id": "a",
+        "prompt": [{"role": "user", "content": "question a"}],
+        "chosen": [{"role": "assistant", "content": "ok"}],
+        "rejected": [{"role": "assistant", "content": "bad"}],
+        "score_chosen": 2.0,
+        "score_rejected": 0.0,
+        "source_chosen": "policy",
+        "source_rejected": "offpolicy:gpt4",
+    }
     assert [p["id"] for p in pairs] == ["a", "c"] and pairs[1]["chosen"][0]["content"] == "good"
     stats = json.loads((tmp_path / "run" / "pair" / "stats.json").read_text())
     assert stats["pairs"] == 2 and stats["dropped"] == {"all_scores_equal": 1}
     assert stats["empty_candidates_ignored"] == 1
-    assert stats["sources"] == {"chosen": {"policy": 1, "offpolicy:gpt4": 1}, "rejected": {"offpolicy:gpt4": 1,
-                                                                                          "policy": 1}}  # fmt: skip
+    assert stats["sources"] == {
+        "chosen": {"policy": 1, "offpolicy:gpt4": 1},
+        "rejected": {"offpolicy:gpt4": 1, "policy": 1},
+    }
     assert stats["mean_margin"] == pytest.approx((2.0 + 4.0) / 2)
     assert sum(stats["histograms"]["all"]["counts"]) == 7 and sum(stats["histograms"]["chosen"]["counts"]) == 2
     assert result["stats"]["pairs"] == 2
@@ -88,22 +97,32 @@ CUT_OFF_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "scores", "cut", "chosen", "rejected", "reason"), CUT_OFF_CASES,
-                         ids=[c[0] for c in CUT_OFF_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "scores", "cut", "chosen", "rejected", "reason"), CUT_OFF_CASES, ids=[c[0] for c in CUT_OFF_CASES]
+)
 def test_a_cut_off_answer_is_never_chosen(name, scores, cut, chosen, rejected, reason):
     choice = choose_pair(scores, [5] * len(scores), [f"t{i}" for i in range(len(scores))], 0.0, [not c for c in cut])
     assert (choice.chosen, choice.rejected, choice.drop_reason) == (chosen, rejected, reason)
 
 
-@pytest.mark.parametrize(("rule", "chosen", "rejected"), [("allow", "cut", "worst"), ("never_chosen", "complete",
-                                                          "worst"), ("drop", "complete", "worst")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("rule", "chosen", "rejected"),
+    [("allow", "cut", "worst"), ("never_chosen", "complete", "worst"), ("drop", "complete", "worst")],
+)
 def test_the_pair_stage_applies_the_cut_off_rule(tmp_path, rule, chosen, rejected):
     record = scored("a", ("complete", "policy", 0.5), ("cut", "policy", 0.9), ("worst", "policy", 0.1))
     record["candidates"][1]["finish_reason"] = "length"
     record["candidates"][0]["finish_reason"] = "stop"
     source = write_lines(tmp_path / "scored.jsonl", [record])
-    recipe = load_recipe(None, [f"output_dir={tmp_path / 'run'}", f"pair.candidates={source}",
-                                "pair.length_unit=characters", f"pair.cut_off={rule}"])  # fmt: skip
+    recipe = load_recipe(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"pair.candidates={source}",
+            "pair.length_unit=characters",
+            f"pair.cut_off={rule}",
+        ],
+    )
     result = run_pair(recipe)
     (pair,) = [json.loads(line) for line in (tmp_path / "run" / "pair" / "pairs.jsonl").open()]
     assert (pair["chosen"][0]["content"], pair["rejected"][0]["content"]) == (chosen, rejected)

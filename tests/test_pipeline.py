@@ -24,17 +24,35 @@ def test_two_rounds_sample_from_the_updated_policy_then_eval_the_last(tmp_path, 
     train = [json.loads(line) for line in resolve_builtin("builtin:ifeval-train.jsonl").read_text().splitlines()]
     heldout = [json.loads(line) for line in resolve_builtin("builtin:ifeval-heldout.jsonl").read_text().splitlines()]
     run = tmp_path / "run"
-    recipe = load_recipe(None, [
-        f"output_dir={run}", "seed=5", "rounds=2", "stages=[sample, score, pair, train, eval]",
-        f"model.name_or_path={tiny_llama}", f"sample.prompts={write_lines(tmp_path / 'train.jsonl', train[:6])}",
-        "sample.n=2", "sample.max_new_tokens=6", "sample.temperature=1.0", "sample.offpolicy_fields=[reference]",
-        "score.scorer=python", "score.function=wpo.tasks.ifeval:reward",
-        "train.learning_rate=1e-3", "train.per_device_batch_size=2", "train.max_length=160",
-        "train.max_prompt_length=128", "train.logging_steps=1",
-        f"eval.prompts={write_lines(tmp_path / 'heldout.jsonl', heldout[:4])}", "eval.compare_to=base_model",
-        "eval.reward=wpo.tasks.ifeval:reward", "eval.judge=python",
-        "eval.function=wpo.tasks.ifeval:content_preference", "eval.max_new_tokens=6", "eval.temperature=1.0",
-    ])  # fmt: skip
+    recipe = load_recipe(
+        None,
+        [
+            f"output_dir={run}",
+            "seed=5",
+            "rounds=2",
+            "stages=[sample, score, pair, train, eval]",
+            f"model.name_or_path={tiny_llama}",
+            f"sample.prompts={write_lines(tmp_path / 'train.jsonl', train[:6])}",
+            "sample.n=2",
+            "sample.max_new_tokens=6",
+            "sample.temperature=1.0",
+            "sample.offpolicy_fields=[reference]",
+            "score.scorer=python",
+            "score.function=wpo.tasks.ifeval:reward",
+            "train.learning_rate=1e-3",
+            "train.per_device_batch_size=2",
+            "train.max_length=160",
+            "train.max_prompt_length=128",
+            "train.logging_steps=1",
+            f"eval.prompts={write_lines(tmp_path / 'heldout.jsonl', heldout[:4])}",
+            "eval.compare_to=base_model",
+            "eval.reward=wpo.tasks.ifeval:reward",
+            "eval.judge=python",
+            "eval.function=wpo.tasks.ifeval:content_preference",
+            "eval.max_new_tokens=6",
+            "eval.temperature=1.0",
+        ],
+    )
     summary = run_pipeline(recipe)
 
     rounds = ["sample", "score", "pair", "train"]
@@ -46,7 +64,10 @@ def test_two_rounds_sample_from_the_updated_policy_then_eval_the_last(tmp_path, 
     assert policy_texts(round_two / "sample" / "candidates.jsonl") != policy_texts(run / "sample" / "candidates.jsonl")
     lineage = read_json(round_two / "train" / "final" / "wpo_training.json")
     assert (lineage["base_model"], lineage["round"], lineage["trained_from"]) == (
-        str(tiny_llama), 2, str(run / "train" / "final"))  # fmt: skip
+        str(tiny_llama),
+        2,
+        str(run / "train" / "final"),
+    )
     assert read_json(run / "train" / "final" / "wpo_training.json")["round"] == 1
 
     eval_manifest = read_json(run / "eval" / "manifest.json")

@@ -21,26 +21,49 @@ def test_import_is_light_and_the_api_is_declared():
     code = "import sys, wpo; print('torch' in sys.modules, sorted(wpo.__all__))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("False")
-    for name in ("load_recipe", "Recipe", "run", "sample", "score", "pair", "train", "evaluate", "export", "WpoError",
-                 "loss"):  # fmt: skip
+    for name in (
+        "load_recipe",
+        "Recipe",
+        "run",
+        "sample",
+        "score",
+        "pair",
+        "train",
+        "evaluate",
+        "export",
+        "WpoError",
+        "loss",
+    ):
         assert name in wpo.__all__ and hasattr(wpo, name)
 
 
 def test_stages_from_python_with_a_mapping_and_overrides(tmp_path, tiny_llama):
-    prompts = write_lines(tmp_path / "prompts.jsonl", [
-        {"id": f"p{i}", "messages": [{"role": "user", "content": f"Count to {i}."}], "reference": f"1 to {i}, done."}
-        for i in range(4)
-    ])  # fmt: skip
+    prompts = write_lines(
+        tmp_path / "prompts.jsonl",
+        [
+            {
+                "id": f"p{i}",
+                "messages": [{"role": "user", "content": f"Count to {i}."}],
+                "reference": f"1 to {i}, done.",
+            }
+            for i in range(4)
+        ],
+    )
     (tmp_path / "longer.py").write_text("def reward(messages, text):\n    return float(len(text))\n")
     sys.path.insert(0, str(tmp_path))
     try:
         recipe = wpo.load_recipe(
-            {"output_dir": str(tmp_path / "run"), "seed": 3, "model": {"name_or_path": str(tiny_llama)},
-             "sample": {"prompts": str(prompts), "n": 2, "max_new_tokens": 6, "offpolicy_fields": ["reference"]},
-             "score": {"scorer": "python", "function": "longer:reward"}, "pair": {"length_unit": "characters"},
-             "train": {"per_device_batch_size": 2, "max_length": 96, "max_prompt_length": 48}},
+            {
+                "output_dir": str(tmp_path / "run"),
+                "seed": 3,
+                "model": {"name_or_path": str(tiny_llama)},
+                "sample": {"prompts": str(prompts), "n": 2, "max_new_tokens": 6, "offpolicy_fields": ["reference"]},
+                "score": {"scorer": "python", "function": "longer:reward"},
+                "pair": {"length_unit": "characters"},
+                "train": {"per_device_batch_size": 2, "max_length": 96, "max_prompt_length": 48},
+            },
             ["train.max_steps=2", "train.learning_rate=1e-3"],
-        )  # fmt: skip
+        )
         assert isinstance(recipe, wpo.Recipe) and recipe.train.max_steps == 2
         assert wpo.sample(recipe)["counts"]["prompts_written"] == 4
         assert wpo.score(recipe)["counts"]["records_written"] == 4

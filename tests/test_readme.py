@@ -37,10 +37,24 @@ def test_your_own_model_prompts_and_reward_as_written(tmp_path, tiny_llama, monk
     (tmp_path / "my-recipe.yaml").write_text(recipe)
     (tmp_path / "my_reward.py").write_text(reward)
     shutil.copytree(tiny_llama, tmp_path / "my-model")
-    facts = ["the sun is a star", "water boils at one hundred degrees", "cats are mammals", "rivers flow to seas",
-             "bees make honey", "the moon orbits the earth", "ice is frozen water", "owls hunt at night"]  # fmt: skip
-    records = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"State a fact about {fact.split()[1]}."}],
-                "reference": fact.capitalize() + "."} for i, fact in enumerate(facts)]  # fmt: skip
+    facts = [
+        "the sun is a star",
+        "water boils at one hundred degrees",
+        "cats are mammals",
+        "rivers flow to seas",
+        "bees make honey",
+        "the moon orbits the earth",
+        "ice is frozen water",
+        "owls hunt at night",
+    ]
+    records = [
+        {
+            "id": f"q{i}",
+            "messages": [{"role": "user", "content": f"State a fact about {fact.split()[1]}."}],
+            "reference": fact.capitalize() + ".",
+        }
+        for i, fact in enumerate(facts)
+    ]
     write_lines(tmp_path / "my_prompts.jsonl", records[:6])
     write_lines(tmp_path / "my_heldout.jsonl", records[6:])
 

@@ -28,11 +28,11 @@ from helpers import assert_ok, assert_one_line_error, cli
 import wpo
 from wpo.data.io import write_json, write_jsonl
 from wpo.data.schemas import Candidate, CandidatesRecord, PromptRecord
-from wpo.eval.measures import compare, per_prompt_values, verdict
-from wpo.eval.metrics import summarize
+from wpo.evaluation.measures import compare, per_prompt_values, verdict
+from wpo.evaluation.metrics import summarize
 from wpo.manifest import file_sha256, write_manifest
-from wpo.report import REPORT_NAME, build_run_report
-from wpo.report.render import PAIRS_PER_PAGE, PROMPTS_PER_PAGE
+from wpo.reporting import REPORT_NAME, build_run_report
+from wpo.reporting.render import PAIRS_PER_PAGE, PROMPTS_PER_PAGE
 from wpo.user_functions import UserFunction
 
 HOSTILE = '</script><script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"><!-- &amp;'
@@ -75,11 +75,27 @@ def candidates_records() -> list[dict]:
 def write_sample_stage(run: Path) -> None:
     records = candidates_records()
     write_jsonl(run / "sample" / "candidates.jsonl", records)
-    counts = {"prompts_read": PROMPTS, "prompts_written": PROMPTS, "skipped": {}, "dropped": {},
-              "samples_per_prompt": 2, "offpolicy_fields": ["reference"], "offpolicy_models": {},
-              "api_usage": {}, "prompts_done_before_this_run": 0}  # fmt: skip
-    write_manifest(run / "sample", stage="sample", config={"seed": 1}, config_hash="5a3b1e0000000001", seed=1,
-                   counts=counts, wall_seconds=12.5, outputs=["candidates.jsonl"])  # fmt: skip
+    counts = {
+        "prompts_read": PROMPTS,
+        "prompts_written": PROMPTS,
+        "skipped": {},
+        "dropped": {},
+        "samples_per_prompt": 2,
+        "offpolicy_fields": ["reference"],
+        "offpolicy_models": {},
+        "api_usage": {},
+        "prompts_done_before_this_run": 0,
+    }
+    write_manifest(
+        run / "sample",
+        stage="sample",
+        config={"seed": 1},
+        config_hash="5a3b1e0000000001",
+        seed=1,
+        counts=counts,
+        wall_seconds=12.5,
+        outputs=["candidates.jsonl"],
+    )
 
 
 def run_score_and_pair(tmp_path: Path, run: Path) -> dict:
@@ -92,28 +108,64 @@ def run_score_and_pair(tmp_path: Path, run: Path) -> dict:
         return wpo.run(recipe)
 
 
-TRAIN_KEYS = ("loss", "weight_mean", "weight_min", "weight_max", "rewards_chosen", "rewards_rejected", "reward_margin",
-              "reward_accuracy", "logps_chosen", "logps_rejected", "learning_rate", "grad_norm", "pairs",
-              "tokens_per_second", "step_seconds")  # fmt: skip
+TRAIN_KEYS = (
+    "loss",
+    "weight_mean",
+    "weight_min",
+    "weight_max",
+    "rewards_chosen",
+    "rewards_rejected",
+    "reward_margin",
+    "reward_accuracy",
+    "logps_chosen",
+    "logps_rejected",
+    "learning_rate",
+    "grad_norm",
+    "pairs",
+    "tokens_per_second",
+    "step_seconds",
+)
 
 
 def write_train_stage(run: Path, steps: int = 6, pairs: Path | None = None) -> list[dict]:
-    rows = [{"step": step, "epoch": step / steps, **{key: round(0.1 * step + 0.01 * i, 4)
-                                                     for i, key in enumerate(TRAIN_KEYS)}}
-            for step in range(1, steps + 1)]  # fmt: skip
+    rows = [
+        {
+            "step": step,
+            "epoch": step / steps,
+            **{key: round(0.1 * step + 0.01 * i, 4) for i, key in enumerate(TRAIN_KEYS)},
+        }
+        for step in range(1, steps + 1)
+    ]
     (run / "train").mkdir(parents=True, exist_ok=True)
     (run / "train" / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    counts = {"pairs_read": PROMPTS - 1, "pairs_trained": PROMPTS - 1, "skipped": {"too_long": 2},
-              "truncated_prompts": 0, "truncated_responses": 1, "steps": steps, "resumed_from_step": 0,
-              "num_processes": 1, "global_batch_pairs": 8}  # fmt: skip
+    counts = {
+        "pairs_read": PROMPTS - 1,
+        "pairs_trained": PROMPTS - 1,
+        "skipped": {"too_long": 2},
+        "truncated_prompts": 0,
+        "truncated_responses": 1,
+        "steps": steps,
+        "resumed_from_step": 0,
+        "num_processes": 1,
+        "global_batch_pairs": 8,
+    }
     config = {"seed": 1, "pairs_sha256": file_sha256(pairs or run / "pair" / "pairs.jsonl")}
-    write_manifest(run / "train", stage="train", config=config, config_hash="7ra1n00000000001", seed=1, counts=counts,
-                   wall_seconds=330.0, outputs=["metrics.jsonl"])  # fmt: skip
+    write_manifest(
+        run / "train",
+        stage="train",
+        config=config,
+        config_hash="7ra1n00000000001",
+        seed=1,
+        counts=counts,
+        wall_seconds=330.0,
+        outputs=["metrics.jsonl"],
+    )
     return rows
 
 
-EVAL_PROMPTS = [(f"e{i}", f"Describe thing {i} in one sentence.", f"Thing {i} is a thing with {i} parts.")
-                for i in range(8)]  # fmt: skip
+EVAL_PROMPTS = [
+    (f"e{i}", f"Describe thing {i} in one sentence.", f"Thing {i} is a thing with {i} parts.") for i in range(8)
+]
 HOSTILE_EVAL = 3
 
 
@@ -135,32 +187,65 @@ def write_eval_stage(run: Path, with_measures: bool = True) -> dict:
     for (pid, prompt, reference), before, after in zip(EVAL_PROMPTS, base, trained, strict=True):
         record = PromptRecord(pid, [{"role": "user", "content": prompt}], {"reference": reference})
         values = [per_prompt_values(reward, record, text, reference) for text in (before, after)]
-        rows.append({"id": pid, **{f"{k}_base": v for k, v in values[0].items()},
-                     **{f"{k}_trained": v for k, v in values[1].items()}, "prompt": prompt, "reference": reference,
-                     "base_output": before, "output": after})  # fmt: skip
+        rows.append(
+            {
+                "id": pid,
+                **{f"{k}_base": v for k, v in values[0].items()},
+                **{f"{k}_trained": v for k, v in values[1].items()},
+                "prompt": prompt,
+                "reference": reference,
+                "base_output": before,
+                "output": after,
+            }
+        )
         preference = 1.0 + min(1.0, len(after) / (len(after) + len(before)))
-        annotations.append({"instruction": prompt, "output_1": before if with_measures else reference,
-                            "output_2": after, "generator_1": "tiny-base" if with_measures else "reference",
-                            "generator_2": "tiny-base-wpo", "preference": preference,
-                            "annotator": "python"})  # fmt: skip
+        annotations.append(
+            {
+                "instruction": prompt,
+                "output_1": before if with_measures else reference,
+                "output_2": after,
+                "generator_1": "tiny-base" if with_measures else "reference",
+                "generator_2": "tiny-base-wpo",
+                "preference": preference,
+                "annotator": "python",
+            }
+        )
     metrics = summarize(np.array([a["preference"] for a in annotations]), [a["output_1"] for a in annotations], trained)
     metrics |= {"judge": "python", "reference_generator": annotations[0]["generator_1"]}
     write_json(stage / "annotations.json", annotations)
-    write_json(stage / "model_outputs.json", [{"instruction": p, "output": o, "generator": "tiny-base-wpo"}
-                                              for (_, p, _), o in zip(EVAL_PROMPTS, trained, strict=True)])  # fmt: skip
+    write_json(
+        stage / "model_outputs.json",
+        [
+            {"instruction": p, "output": o, "generator": "tiny-base-wpo"}
+            for (_, p, _), o in zip(EVAL_PROMPTS, trained, strict=True)
+        ],
+    )
     outputs = ["model_outputs.json", "annotations.json", "metrics.json"]
     if with_measures:
         names = [key.removesuffix("_base") for key in rows[0] if key.endswith("_base")]
         metrics |= compare(rows, names, seed=1)
         metrics |= verdict(metrics, ["reward"], 2.0, 0.5, 0.05)
         write_jsonl(stage / "measures.jsonl", rows)
-        write_json(stage / "base_outputs.json", [{"instruction": p, "output": o, "generator": "tiny-base"}
-                                                 for (_, p, _), o in zip(EVAL_PROMPTS, base, strict=True)])  # fmt: skip
+        write_json(
+            stage / "base_outputs.json",
+            [
+                {"instruction": p, "output": o, "generator": "tiny-base"}
+                for (_, p, _), o in zip(EVAL_PROMPTS, base, strict=True)
+            ],
+        )
         outputs += ["measures.jsonl", "base_outputs.json"]
     write_json(stage / "metrics.json", metrics)
     counts = {"prompts": len(EVAL_PROMPTS), "skipped": {}, "draws_identical_outputs": 0, "judge_usage": {}}
-    write_manifest(stage, stage="eval", config={"seed": 1}, config_hash="e7a1000000000001", seed=1, counts=counts,
-                   wall_seconds=48.6, outputs=outputs)  # fmt: skip
+    write_manifest(
+        stage,
+        stage="eval",
+        config={"seed": 1},
+        config_hash="e7a1000000000001",
+        seed=1,
+        counts=counts,
+        wall_seconds=48.6,
+        outputs=outputs,
+    )
     return metrics
 
 
@@ -169,14 +254,33 @@ GGUF_FILES = [("F16", 270_900_000, 42.27, 0.0), ("Q4_K_M", 105_500_000, 45.74, 0
 
 def write_export_stage(run: Path) -> None:
     stage = run / "export"
-    files = [{"type": kind, "file": f"tiny-base-wpo.{kind}.gguf", "size_bytes": size, "file_type": 1,
-              "perplexity": ppl, "kl_mean": kl, "kl_max": 2 * kl, "sample_prompt": "What is the water cycle?",
-              "sample_answer": "Water goes round. " + HOSTILE, "hf_perplexity": 42.27}
-             for kind, size, ppl, kl in GGUF_FILES]  # fmt: skip
+    files = [
+        {
+            "type": kind,
+            "file": f"tiny-base-wpo.{kind}.gguf",
+            "size_bytes": size,
+            "file_type": 1,
+            "perplexity": ppl,
+            "kl_mean": kl,
+            "kl_max": 2 * kl,
+            "sample_prompt": "What is the water cycle?",
+            "sample_answer": "Water goes round. " + HOSTILE,
+            "hf_perplexity": 42.27,
+        }
+        for kind, size, ppl, kl in GGUF_FILES
+    ]
     write_json(stage / "quantization_report.json", {"model": "tiny-base-wpo", "verify_tokens": 256, "files": files})
     (stage / "README.md").write_text(f"---\ntags: [wpo]\n---\n# tiny-base-wpo\n\nA card. {HOSTILE}\n")
-    write_manifest(stage, stage="export", config={}, config_hash="ex9047000000001a", seed=1, counts={"files": 2},
-                   wall_seconds=30.0, outputs=[entry["file"] for entry in files] + ["README.md"])  # fmt: skip
+    write_manifest(
+        stage,
+        stage="export",
+        config={},
+        config_hash="ex9047000000001a",
+        seed=1,
+        counts={"files": 2},
+        wall_seconds=30.0,
+        outputs=[entry["file"] for entry in files] + ["README.md"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -288,8 +392,9 @@ def test_a_full_run_shows_every_stage_with_its_counts(full_run):
     assert f"{metrics['win_rate']:.4g}" in page.visible
     prompts = page.data("prompts-1")
     assert len(prompts["items"]) == len(EVAL_PROMPTS) and prompts["baseline"] == "tiny-base"
-    assert [item["label"] for item in prompts["items"][:3]] == [f"{label} in reward" for label in (
-        "largest gain", "median", "largest loss")]  # fmt: skip
+    assert [item["label"] for item in prompts["items"][:3]] == [
+        f"{label} in reward" for label in ("largest gain", "median", "largest loss")
+    ]
     assert "7 distinct answers to 8 held-out prompts" in page.visible
     for kind, size, ppl, _ in GGUF_FILES:
         assert f"tiny-base-wpo.{kind}.gguf {kind} {size / 1e6:.1f} MB {ppl:.4g}" in page.visible
@@ -305,7 +410,7 @@ def test_hostile_text_stays_text(full_run):
     data_ids = [attrs["id"] for attrs, _ in page.scripts if attrs.get("type") == "application/json"]
     assert data_ids == ["pairs-1", "prompts-1"]
     executable = [text for attrs, text in page.scripts if attrs.get("type") != "application/json"]
-    assert executable == [resources.files("wpo.report").joinpath("report.js").read_text()]
+    assert executable == [resources.files("wpo.reporting").joinpath("report.js").read_text()]
     # what the browsers receive is the exact text, hostile id, prompt and answers included
     (hostile_pair,) = [item for item in page.data("pairs-1")["items"] if item["id"] == prompt_id(HOSTILE_PROMPT)]
     assert hostile_pair["chosen"] == "Look: " + HOSTILE * 3 and HOSTILE in hostile_pair["prompt"][0]["content"]
@@ -377,8 +482,11 @@ def test_the_command_writes_the_page_and_names_a_directory_that_is_not_a_run(ful
     (tmp_path / "empty").mkdir()
     (tmp_path / "out" / "sweep").mkdir(parents=True)
     (tmp_path / "out" / "sweep" / "runs.csv").write_text("seed\n")
-    assert_one_line_error(cli("report", tmp_path / "empty"), exact=f"{tmp_path / 'empty'}: not a run directory (no "
-                          "summary.json, no <stage>/manifest.json) nor a sweep directory (no runs.csv)")  # fmt: skip
+    assert_one_line_error(
+        cli("report", tmp_path / "empty"),
+        exact=f"{tmp_path / 'empty'}: not a run directory (no "
+        "summary.json, no <stage>/manifest.json) nor a sweep directory (no runs.csv)",
+    )
     assert_one_line_error(cli("report", tmp_path / "out"), f"did you mean {tmp_path / 'out' / 'sweep'}?")
     assert_one_line_error(cli("report", tmp_path / "missing"), exact=f"{tmp_path / 'missing'}: no such directory")
     assert_one_line_error(cli("report", run, "--max-items", "-1"), exact="--max-items must be 0 or more, got -1")
@@ -388,8 +496,8 @@ def test_the_command_writes_the_page_and_names_a_directory_that_is_not_a_run(ful
 def test_a_sweep_links_to_every_run_and_its_data(full_run, tmp_path):
     """A sweep directory as `wpo sweep` writes it (its own CSV and plot writers), two variants × one seed, the runs
     training on one shared data directory."""
-    from wpo.sweep import compare as compare_runs
-    from wpo.sweep import write_comparison, write_runs_csv
+    from wpo.sweeps import compare as compare_runs
+    from wpo.sweeps import write_comparison, write_runs_csv
 
     sweep = tmp_path / "out" / "sweep"
     data = sweep / "data-0123456789abcdef"
@@ -400,15 +508,22 @@ def test_a_sweep_links_to_every_run_and_its_data(full_run, tmp_path):
         run = sweep / "runs" / f"weighting-{weighting}-seed1"
         write_train_stage(run, pairs=data / "pair" / "pairs.jsonl")  # trained on the shared pairs
         write_eval_stage(run)
-        runs.append({"variant": {"train.weighting": weighting}, "seed": 1, "summary": {"win_rate": 60.0},
-                     "run": SimpleNamespace(output_dir=str(run))})  # fmt: skip
+        runs.append(
+            {
+                "variant": {"train.weighting": weighting},
+                "seed": 1,
+                "summary": {"win_rate": 60.0},
+                "run": SimpleNamespace(output_dir=str(run)),
+            }
+        )
     write_runs_csv(sweep / "runs.csv", runs, ["train.weighting"])
     write_comparison(sweep, compare_runs(runs, {"train.weighting": "wpo"}), ["train.weighting"])
 
     written = wpo.report(sweep)
     assert written[0] == sweep / REPORT_NAME
     assert set(written[1:]) == {sweep / "runs" / f"weighting-{w}-seed1" / REPORT_NAME for w in ("wpo", "none")} | {
-        data / REPORT_NAME}  # fmt: skip
+        data / REPORT_NAME
+    }
     markup = (sweep / REPORT_NAME).read_text()
     page = Page(markup)
     links = [attrs["href"] for tag, attrs in page.elements if tag == "a"]

@@ -19,13 +19,15 @@ from wpo.tasks import reference
 def user_run(tmp_path, tiny_llama, monkeypatch) -> Path:
     """A user's own model, prompts with a `reference` field, and a reward in their working directory that reads it."""
     monkeypatch.chdir(tmp_path)
-    write_lines(tmp_path / "prompts.jsonl", [
-        {"id": f"q{i}", "messages": [{"role": "user", "content": f"Say {i} words."}], "reference": "one two " * i}
-        for i in range(1, 5)
-    ])  # fmt: skip
+    write_lines(
+        tmp_path / "prompts.jsonl",
+        [
+            {"id": f"q{i}", "messages": [{"role": "user", "content": f"Say {i} words."}], "reference": "one two " * i}
+            for i in range(1, 5)
+        ],
+    )
     (tmp_path / "length_closeness.py").write_text(
-        "def reward(messages, text, record):\n"
-        "    return -abs(len(text) - len(record['reference']))\n"
+        "def reward(messages, text, record):\n    return -abs(len(text) - len(record['reference']))\n"
     )
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(

@@ -34,9 +34,11 @@ def test_seeds_are_stable_and_distinct():
 def test_per_row_sampling_filters():
     """top_k=1 and a tiny top_p leave only the argmax; temperature 0 is greedy; sampling follows the row's seed."""
     scores = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]])
-    for processor in (PerRowSampling([1, 2], 1.0, 1.0, 1, torch.device("cpu")),
-                      PerRowSampling([1, 2], 1.0, 0.01, 0, torch.device("cpu")),
-                      PerRowSampling([1, 2], 0.0, 1.0, 0, torch.device("cpu"))):  # fmt: skip
+    for processor in (
+        PerRowSampling([1, 2], 1.0, 1.0, 1, torch.device("cpu")),
+        PerRowSampling([1, 2], 1.0, 0.01, 0, torch.device("cpu")),
+        PerRowSampling([1, 2], 0.0, 1.0, 0, torch.device("cpu")),
+    ):
         assert processor(None, scores).argmax(-1).tolist() == [1, 0]
 
     def draws(seed):
@@ -81,8 +83,12 @@ def test_a_sample_does_not_depend_on_its_batch(tmp_path, tiny_llama):
     assert together == alone
     assert {s.finish_reason for s in together} <= {"stop", "length"}
     stop = next(character for character in together[0].text if character.strip())  # a string the sample holds
-    stopped = TransformersSampler(str(tiny_llama), sample_recipe(tmp_path, tiny_llama, prompts_file(tmp_path),
-                                  "sample.max_new_tokens=12", f"sample.stop=[{stop!r}]")).generate(requests)  # fmt: skip
+    stopped = TransformersSampler(
+        str(tiny_llama),
+        sample_recipe(
+            tmp_path, tiny_llama, prompts_file(tmp_path), "sample.max_new_tokens=12", f"sample.stop=[{stop!r}]"
+        ),
+    ).generate(requests)
     for cut, free in zip(stopped, together, strict=True):
         if stop in free.text:  # ended at the stop string: the text before it, and why
             assert (cut.text, cut.finish_reason) == (free.text[: free.text.index(stop)], "stop")
@@ -91,8 +97,9 @@ def test_a_sample_does_not_depend_on_its_batch(tmp_path, tiny_llama):
 
 def test_sample_stage_writes_the_hybrid_pool(tmp_path, tiny_llama):
     prompts = prompts_file(tmp_path)
-    result = run_sample(sample_recipe(tmp_path, tiny_llama, prompts, "sample.offpolicy_fields=[reference]",
-                                      "sample.batch_size=2"))  # fmt: skip
+    result = run_sample(
+        sample_recipe(tmp_path, tiny_llama, prompts, "sample.offpolicy_fields=[reference]", "sample.batch_size=2")
+    )
     lines = (tmp_path / "run" / "sample" / "candidates.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["id"] for r in records] == [f"q{i}" for i in range(5)]  # input order, whatever the batching
@@ -108,24 +115,31 @@ def test_sample_stage_writes_the_hybrid_pool(tmp_path, tiny_llama):
     assert manifest["completed"] and manifest["counts"]["samples_per_prompt"] == 3
     assert not list((tmp_path / "run" / "sample").glob(".*progress*"))
 
-    again = run_sample(sample_recipe(tmp_path, tiny_llama, prompts, "sample.offpolicy_fields=[reference]",
-                                     "sample.batch_size=5", run="again"))  # fmt: skip
+    again = run_sample(
+        sample_recipe(
+            tmp_path, tiny_llama, prompts, "sample.offpolicy_fields=[reference]", "sample.batch_size=5", run="again"
+        )
+    )
     assert (tmp_path / "again" / "sample" / "candidates.jsonl").read_text() == "\n".join(lines) + "\n"
     assert again["counts"]["prompts_written"] == 5
 
 
 def test_identical_candidates_drop_the_prompt(tmp_path, tiny_llama):
-    result = run_sample(sample_recipe(tmp_path, tiny_llama, prompts_file(tmp_path, 2), "sample.temperature=0",
-                                      "sample.n=2"))  # fmt: skip
+    result = run_sample(
+        sample_recipe(tmp_path, tiny_llama, prompts_file(tmp_path, 2), "sample.temperature=0", "sample.n=2")
+    )
     assert result["counts"]["dropped"] == {"all_candidates_identical": 2}
     assert (tmp_path / "run" / "sample" / "candidates.jsonl").read_text() == ""
 
 
 def test_bad_prompts_and_settings(tmp_path, tiny_llama):
-    prompts = write_lines(tmp_path / "p.jsonl", [
-        {"id": "a", "messages": [{"role": "user", "content": "x"}]},
-        {"id": "a", "messages": [{"role": "user", "content": "y"}], "reference": "r"},
-    ])  # fmt: skip
+    prompts = write_lines(
+        tmp_path / "p.jsonl",
+        [
+            {"id": "a", "messages": [{"role": "user", "content": "x"}]},
+            {"id": "a", "messages": [{"role": "user", "content": "y"}], "reference": "r"},
+        ],
+    )
     with pytest.raises(DataError, match=r"p.jsonl:1: off-policy field 'reference' is missing or empty"):
         run_sample(sample_recipe(tmp_path, tiny_llama, prompts, "sample.offpolicy_fields=[reference]"))
     with pytest.raises(DataError, match=r"p.jsonl:2: duplicate id 'a'"):
@@ -157,15 +171,18 @@ def test_killed_sampling_resumes_to_the_same_file(tmp_path, tiny_llama):
     """SIGKILL `wpo sample` once it has written some batches; the rerun's file equals an uninterrupted run's."""
     prompts = prompts_file(tmp_path, count=24)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"seed: 5\nmodel: {{name_or_path: {tiny_llama}}}\n"
-                      f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 24, batch_size: 1}}\n")  # fmt: skip
+    recipe.write_text(
+        f"seed: 5\nmodel: {{name_or_path: {tiny_llama}}}\n"
+        f"sample: {{prompts: {prompts}, n: 2, max_new_tokens: 24, batch_size: 1}}\n"
+    )
     env = {**os.environ, "WPO_LOG_LEVEL": "WARNING"}
     command = [sys.executable, "-m", "wpo", "sample", str(recipe)]
     subprocess.run([*command, f"output_dir={tmp_path / 'straight'}"], check=True, capture_output=True, env=env)
 
     killed_dir = tmp_path / "killed" / "sample"
-    process = subprocess.Popen([*command, f"output_dir={tmp_path / 'killed'}"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [*command, f"output_dir={tmp_path / 'killed'}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         progress = list(killed_dir.glob(".candidates.*.progress.jsonl"))

@@ -17,9 +17,13 @@ from wpo.scoring.stage import run_score
 
 
 def prompts(tmp_path, count=4):
-    return write_lines(tmp_path / "prompts.jsonl", [
-        {"id": f"q{i}", "messages": [{"role": "user", "content": f"Name a colour, number {i}."}]} for i in range(count)
-    ])  # fmt: skip
+    return write_lines(
+        tmp_path / "prompts.jsonl",
+        [
+            {"id": f"q{i}", "messages": [{"role": "user", "content": f"Name a colour, number {i}."}]}
+            for i in range(count)
+        ],
+    )
 
 
 def read(path):
@@ -35,14 +39,25 @@ def test_sample_score_pair_with_offpolicy_answers_from_a_local_llama_cpp_server(
     monkeypatch.setenv("WPO_TEST_KEY", PLANTED_KEY)
     (tmp_path / "longer.py").write_text("def reward(messages, text):\n    return float(len(text))\n")
     monkeypatch.chdir(tmp_path)
-    strong = (f"{{name: strong, base_url: '{llama_server}', model: smollm2, api_key_env: WPO_TEST_KEY, "
-              "max_tokens: 12, temperature: 0.0, max_concurrency: 2}")  # fmt: skip
-    recipe = load_recipe(None, [
-        f"output_dir={tmp_path / 'run'}", "seed=2", f"model.name_or_path={tiny_llama}",
-        f"sample.prompts={prompts(tmp_path)}", "sample.n=2", "sample.max_new_tokens=4",
-        f"sample.offpolicy_models=[{strong}]", "score.scorer=python", "score.function=longer:reward",
-        "pair.length_unit=characters",
-    ])  # fmt: skip
+    strong = (
+        f"{{name: strong, base_url: '{llama_server}', model: smollm2, api_key_env: WPO_TEST_KEY, "
+        "max_tokens: 12, temperature: 0.0, max_concurrency: 2}"
+    )
+    recipe = load_recipe(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "seed=2",
+            f"model.name_or_path={tiny_llama}",
+            f"sample.prompts={prompts(tmp_path)}",
+            "sample.n=2",
+            "sample.max_new_tokens=4",
+            f"sample.offpolicy_models=[{strong}]",
+            "score.scorer=python",
+            "score.function=longer:reward",
+            "pair.length_unit=characters",
+        ],
+    )
     result = run_sample(recipe)
     records = read(tmp_path / "run" / "sample" / "candidates.jsonl")
     assert [r["id"] for r in records] == ["q0", "q1", "q2", "q3"]
@@ -64,7 +79,9 @@ def test_sample_score_pair_with_offpolicy_answers_from_a_local_llama_cpp_server(
     run_pair(recipe)
     pairs = read(tmp_path / "run" / "pair" / "pairs.jsonl")
     assert pairs and {p["source_chosen"] for p in pairs} | {p["source_rejected"] for p in pairs} <= {
-        "policy", "offpolicy:strong"}  # fmt: skip
+        "policy",
+        "offpolicy:strong",
+    }
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert PLANTED_KEY not in path.read_text(errors="replace"), path
@@ -74,12 +91,21 @@ def test_on_policy_samples_from_servers_carry_their_seeds(tmp_path, tiny_llama):
     """`sample.backend: openai` over two servers: every sample is one request with its own seed and the recipe's
     settings, spread over both servers; the candidate records the seed it was sent with."""
     with FakeJudge() as first, FakeJudge() as second:
-        recipe = load_recipe(None, [
-            f"output_dir={tmp_path / 'run'}", "seed=4", f"model.name_or_path={tiny_llama}",
-            f"sample.prompts={prompts(tmp_path, 3)}", "sample.n=2", "sample.backend=openai",
-            "sample.temperature=0.7", "sample.top_p=0.9", "sample.max_new_tokens=16",
-            f"sample.endpoint={{base_url: ['{first.url}', '{second.url}'], model: policy, max_concurrency: 4}}",
-        ])  # fmt: skip
+        recipe = load_recipe(
+            None,
+            [
+                f"output_dir={tmp_path / 'run'}",
+                "seed=4",
+                f"model.name_or_path={tiny_llama}",
+                f"sample.prompts={prompts(tmp_path, 3)}",
+                "sample.n=2",
+                "sample.backend=openai",
+                "sample.temperature=0.7",
+                "sample.top_p=0.9",
+                "sample.max_new_tokens=16",
+                f"sample.endpoint={{base_url: ['{first.url}', '{second.url}'], model: policy, max_concurrency: 4}}",
+            ],
+        )
         run_sample(recipe)
     bodies = first.bodies + second.bodies
     assert (first.received, second.received) == (3, 3)
@@ -91,17 +117,26 @@ def test_on_policy_samples_from_servers_carry_their_seeds(tmp_path, tiny_llama):
         seeds = [c["seed"] for c in record["candidates"]]
         assert len(set(seeds)) == 2 and all((prompt, seed) in sent for seed in seeds)
         assert [c["text"] for c in record["candidates"]] == [str(digit_for(prompt))] * 2 or len(
-            {c["text"] for c in record["candidates"]}) < 2  # fmt: skip
+            {c["text"] for c in record["candidates"]}
+        ) < 2
 
 
 def test_a_failing_offpolicy_model_names_the_prompt_or_is_counted(tmp_path, tiny_llama):
     with FakeJudge(fail_status=500, fail_from=3) as judge:
         model = f"{{name: strong, base_url: '{judge.url}', model: m, max_retries: 0, max_concurrency: 1}}"
-        settings = [f"output_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_llama}", "sample.n=2",
-                    "sample.max_new_tokens=2", f"sample.prompts={prompts(tmp_path)}",
-                    f"sample.offpolicy_models=[{model}]"]  # fmt: skip
-        with pytest.raises(WpoError, match=r"sample.offpolicy_models strong \(m at .*\) answered HTTP 500 after 1 "
-                                           r"attempts for the prompt 'q2'; 2 answers are saved"):  # fmt: skip
+        settings = [
+            f"output_dir={tmp_path / 'run'}",
+            f"model.name_or_path={tiny_llama}",
+            "sample.n=2",
+            "sample.max_new_tokens=2",
+            f"sample.prompts={prompts(tmp_path)}",
+            f"sample.offpolicy_models=[{model}]",
+        ]
+        with pytest.raises(
+            WpoError,
+            match=r"sample.offpolicy_models strong \(m at .*\) answered HTTP 500 after 1 "
+            r"attempts for the prompt 'q2'; 2 answers are saved",
+        ):
             run_sample(load_recipe(None, settings))
         skipped = run_sample(load_recipe(None, [*settings, "on_bad_record=skip"]))
     assert skipped["counts"]["skipped"] == {"offpolicy_failed:strong": 2}
@@ -114,5 +149,6 @@ def test_endpoint_settings_are_checked_when_the_recipe_loads():
     with pytest.raises(ConfigError, match=r"sample.top_k is not part of the OpenAI API"):
         load_recipe(None, ["sample.backend=openai", "sample.top_k=5", "sample.endpoint={base_url: u, model: m}"])
     with pytest.raises(ConfigError, match=r"names must be unique"):
-        load_recipe(None, ["sample.offpolicy_fields=[gpt]", "sample.offpolicy_models=[{name: gpt, base_url: u, "
-                           "model: m}]"])  # fmt: skip
+        load_recipe(
+            None, ["sample.offpolicy_fields=[gpt]", "sample.offpolicy_models=[{name: gpt, base_url: u, model: m}]"]
+        )

@@ -20,12 +20,21 @@ from wpo.scoring.stage import run_score
 
 def candidates_file(tmp_path: Path) -> Path:
     records = [
-        {"id": f"q{i}", "messages": [{"role": "user", "content": f"Say something about {topic}."}], "extra": i,
-         "candidates": [{"text": text, "source": source, "seed": None, "score": None, "scores": None}
-                        for text, source in ((f"{topic} is fine.", "policy"), (f"I like {topic} a lot.", "policy"),
-                                             ("No.", "offpolicy:reference"))]}
+        {
+            "id": f"q{i}",
+            "messages": [{"role": "user", "content": f"Say something about {topic}."}],
+            "extra": i,
+            "candidates": [
+                {"text": text, "source": source, "seed": None, "score": None, "scores": None}
+                for text, source in (
+                    (f"{topic} is fine.", "policy"),
+                    (f"I like {topic} a lot.", "policy"),
+                    ("No.", "offpolicy:reference"),
+                )
+            ],
+        }
         for i, topic in enumerate(["the sea", "Paris", "foxes"])
-    ]  # fmt: skip
+    ]
     return write_lines(tmp_path / "candidates.jsonl", records)
 
 
@@ -40,24 +49,30 @@ def read_scored(tmp_path):
 def test_python_scorer_fills_every_candidate(tmp_path, monkeypatch):
     (tmp_path / "length_reward.py").write_text("def reward(messages, text):\n    return len(text) / 10\n")
     monkeypatch.chdir(tmp_path)
-    result = run_score(score_recipe(tmp_path, candidates_file(tmp_path), "score.scorer=python",
-                                    "score.function=length_reward:reward"))  # fmt: skip
+    result = run_score(
+        score_recipe(tmp_path, candidates_file(tmp_path), "score.scorer=python", "score.function=length_reward:reward")
+    )
     records = read_scored(tmp_path)
-    assert [c["score"] for c in records[1]["candidates"]] == [len("Paris is fine.") / 10,
-                                                              len("I like Paris a lot.") / 10, 0.3]  # fmt: skip
+    assert [c["score"] for c in records[1]["candidates"]] == [
+        len("Paris is fine.") / 10,
+        len("I like Paris a lot.") / 10,
+        0.3,
+    ]
     assert records[1]["extra"] == 1  # extra fields ride along
     assert result["counts"]["candidates_scored"] == 9 and result["counts"]["records_written"] == 3
 
 
 def test_non_finite_scores_name_the_candidate(tmp_path, monkeypatch):
-    (tmp_path / "bad_reward.py").write_text("def reward(messages, text):\n    return float('nan') if 'lot' in text "
-                                            "else 1.0\n")  # fmt: skip
+    (tmp_path / "bad_reward.py").write_text(
+        "def reward(messages, text):\n    return float('nan') if 'lot' in text else 1.0\n"
+    )
     monkeypatch.chdir(tmp_path)
     with pytest.raises(
         DataError, match=r"candidates.jsonl:1: candidate 1 of 'q0' got score nan; scores must be finite"
     ):
-        run_score(score_recipe(tmp_path, candidates_file(tmp_path), "score.scorer=python",
-                               "score.function=bad_reward:reward"))  # fmt: skip
+        run_score(
+            score_recipe(tmp_path, candidates_file(tmp_path), "score.scorer=python", "score.function=bad_reward:reward")
+        )
     with pytest.raises(ConfigError, match=r"score.function: cannot import 'nowhere'"):
         run_score(score_recipe(tmp_path, candidates_file(tmp_path), "score.scorer=python", "score.function=nowhere:f"))
     with pytest.raises(ConfigError, match=r"score.function is required by score.scorer: python"):
@@ -67,29 +82,35 @@ def test_non_finite_scores_name_the_candidate(tmp_path, monkeypatch):
 def test_reward_model_scores_match_one_at_a_time(tmp_path, tiny_reward_model):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    run_score(score_recipe(tmp_path, candidates_file(tmp_path), f"score.model={tiny_reward_model}",
-                           "score.batch_size=4"))  # fmt: skip
+    run_score(
+        score_recipe(tmp_path, candidates_file(tmp_path), f"score.model={tiny_reward_model}", "score.batch_size=4")
+    )
     records = read_scored(tmp_path)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model)
     for record in records:
         for candidate in record["candidates"]:
             conversation = record["messages"] + [{"role": "assistant", "content": candidate["text"]}]
-            ids = tokenizer(tokenizer.apply_chat_template(conversation, tokenize=False), add_special_tokens=False,
-                            return_tensors="pt")["input_ids"]  # fmt: skip
+            ids = tokenizer(
+                tokenizer.apply_chat_template(conversation, tokenize=False),
+                add_special_tokens=False,
+                return_tensors="pt",
+            )["input_ids"]
             with torch.no_grad():
                 expected = model(input_ids=ids).logits[0, 0].item()
             assert candidate["score"] == pytest.approx(expected, abs=1e-5)
 
-    truncating = run_score(score_recipe(tmp_path, candidates_file(tmp_path), f"score.model={tiny_reward_model}",
-                                        "score.max_length=12"))  # fmt: skip
+    truncating = run_score(
+        score_recipe(tmp_path, candidates_file(tmp_path), f"score.model={tiny_reward_model}", "score.max_length=12")
+    )
     assert truncating["counts"]["truncated"] == 9
 
 
 def test_remote_code_reward_model_needs_consent(tmp_path):
     (tmp_path / "rm").mkdir()
-    (tmp_path / "rm" / "config.json").write_text(json.dumps(
-        {"model_type": "armo-rm", "auto_map": {"AutoConfig": "configuration_armo.ArmoConfig"}}))  # fmt: skip
+    (tmp_path / "rm" / "config.json").write_text(
+        json.dumps({"model_type": "armo-rm", "auto_map": {"AutoConfig": "configuration_armo.ArmoConfig"}})
+    )
     (tmp_path / "rm" / "model.safetensors").write_bytes(b"")
     with pytest.raises(
         WpoError, match=r"needs its own code \(e.g. ArmoRM's gating head\); set model.trust_remote_code"
@@ -143,9 +164,25 @@ class FlakyJudge(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        body = {"choices": [{"message": {"content": "7"}, "logprobs": {"content": [{"token": "7", "top_logprobs": [
-            {"token": "7", "logprob": -0.2876820724517809}, {"token": "3", "logprob": -1.3862943611198906},
-            {"token": "x", "logprob": -9.0}]}]}}]}  # fmt: skip
+        body = {
+            "choices": [
+                {
+                    "message": {"content": "7"},
+                    "logprobs": {
+                        "content": [
+                            {
+                                "token": "7",
+                                "top_logprobs": [
+                                    {"token": "7", "logprob": -0.2876820724517809},
+                                    {"token": "3", "logprob": -1.3862943611198906},
+                                    {"token": "x", "logprob": -9.0},
+                                ],
+                            }
+                        ]
+                    },
+                }
+            ]
+        }
         payload = json.dumps(body).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(payload)))

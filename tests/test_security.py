@@ -22,15 +22,17 @@ from wpo.config import ModelConfig
 from wpo.data import BadRecordPolicy, Pair
 from wpo.errors import DataError, WpoError
 from wpo.models import apply_chat_template, load_pretrained, load_tokenizer
-from wpo.train.tokenize import tokenize_pairs
+from wpo.training.tokenize import tokenize_pairs
 
 SOURCE = Path(__file__).parent.parent / "src" / "wpo"
 
 
 def train_recipe(tmp_path: Path, model: Path, pairs: Path) -> Path:
     recipe = tmp_path / "train.yaml"
-    recipe.write_text(f"output_dir: {tmp_path / 'run'}\nstages: [train]\nmodel: {{name_or_path: {model}}}\n"
-                      f"train: {{pairs: {pairs}, max_steps: 1, max_length: 64, max_prompt_length: 32}}\n")  # fmt: skip
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'run'}\nstages: [train]\nmodel: {{name_or_path: {model}}}\n"
+        f"train: {{pairs: {pairs}, max_steps: 1, max_length: 64, max_prompt_length: 32}}\n"
+    )
     return recipe
 
 
@@ -42,8 +44,10 @@ def remote_code_model(tmp_path, tiny_llama) -> tuple[Path, Path]:
     shutil.copytree(tiny_llama, model)
     config = json.loads((model / "config.json").read_text())
     config["model_type"] = "wpo-remote"
-    config["auto_map"] = {name: f"remote_module.{name}" for name in
-                          ("AutoConfig", "AutoModelForCausalLM", "AutoModelForSequenceClassification")}  # fmt: skip
+    config["auto_map"] = {
+        name: f"remote_module.{name}"
+        for name in ("AutoConfig", "AutoModelForCausalLM", "AutoModelForSequenceClassification")
+    }
     (model / "config.json").write_text(json.dumps(config))
     tokenizer_config = json.loads((model / "tokenizer_config.json").read_text())
     tokenizer_config.update(tokenizer_class="RemoteTokenizer", auto_map={"AutoTokenizer": ["remote_module.Tok", None]})
@@ -62,8 +66,10 @@ def test_remote_code_is_never_imported_without_the_recipes_consent(remote_code_m
         load_pretrained(str(model), ModelConfig(), AutoModelForSequenceClassification, custom_code="its own code")
     with pytest.raises(WpoError, match=r"the tokenizer of .* needs custom code; set model.trust_remote_code: true"):
         load_tokenizer(str(model))
-    assert_one_line_error(cli("train", train_recipe(tmp_path, model, pairs_file)),
-                          f"the tokenizer of {model} needs custom code; set model.trust_remote_code: true")  # fmt: skip
+    assert_one_line_error(
+        cli("train", train_recipe(tmp_path, model, pairs_file)),
+        f"the tokenizer of {model} needs custom code; set model.trust_remote_code: true",
+    )
     assert not marker.exists()
 
 
@@ -80,7 +86,7 @@ def from_pretrained_calls() -> list[tuple[str, str, set[str]]]:
 
 
 # Loading a LoRA adapter onto a model already loaded under the recipe's settings: no model code, safetensors adapter.
-ADAPTER_ONTO_LOADED_MODEL = {("train/trainer.py", "PeftModel")}
+ADAPTER_ONTO_LOADED_MODEL = {("training/trainer.py", "PeftModel")}
 
 
 def test_every_from_pretrained_sets_trust_remote_code_and_safetensors():
@@ -101,10 +107,12 @@ def test_a_pickle_only_checkpoint_is_refused_on_the_command_line(tmp_path, pairs
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (model / "pytorch_model.bin").write_bytes(b"never unpickled")
-    assert_one_line_error(cli("train", train_recipe(tmp_path, model, pairs_file)),
-                          f"{model} holds only pickle weights (pytorch_model.bin); wpo loads safetensors only. "
-                          "Convert once with: python -c",
-                          f"save_pretrained('{model}-safetensors')")  # fmt: skip
+    assert_one_line_error(
+        cli("train", train_recipe(tmp_path, model, pairs_file)),
+        f"{model} holds only pickle weights (pytorch_model.bin); wpo loads safetensors only. "
+        "Convert once with: python -c",
+        f"save_pretrained('{model}-safetensors')",
+    )
 
 
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
@@ -113,8 +121,9 @@ PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib
 def unpickling_code(source: str) -> list[str]:
     """Code (not comments or strings) that unpickles: a pickle-family module, `torch.load`, `weights_only=False`,
     `allow_pickle=True`, `read_pickle`."""
-    tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
-              if t.type in (tokenize.NAME, tokenize.OP)]  # fmt: skip
+    tokens = [
+        t for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type in (tokenize.NAME, tokenize.OP)
+    ]
     found = []
     for i, token in enumerate(tokens):
         following = "".join(t.string for t in tokens[i : i + 3])
@@ -135,15 +144,24 @@ def test_no_pickle_is_loaded_anywhere():
 def test_the_api_key_is_used_but_written_nowhere(tmp_path, tiny_llama):
     """`wpo run` scores with a judge and evaluates with an API judge, the key in an environment variable, logging at
     DEBUG: the server sees the key on every request; no file of the run, and no line of output, contains it."""
-    candidates = write_lines(tmp_path / "candidates.jsonl", [
-        {"id": f"c{i}", "messages": [{"role": "user", "content": f"Say {word}."}],
-         "candidates": [{"text": text, "source": "policy"} for text in (f"{word}!", f"No {word}.")]}
-        for i, word in enumerate(("hello", "goodbye"))
-    ])  # fmt: skip
-    prompts = write_lines(tmp_path / "eval.jsonl", [
-        {"id": f"e{i}", "messages": [{"role": "user", "content": f"Name a {thing}."}], "reference": f"A {thing}."}
-        for i, thing in enumerate(("colour", "city"))
-    ])  # fmt: skip
+    candidates = write_lines(
+        tmp_path / "candidates.jsonl",
+        [
+            {
+                "id": f"c{i}",
+                "messages": [{"role": "user", "content": f"Say {word}."}],
+                "candidates": [{"text": text, "source": "policy"} for text in (f"{word}!", f"No {word}.")],
+            }
+            for i, word in enumerate(("hello", "goodbye"))
+        ],
+    )
+    prompts = write_lines(
+        tmp_path / "eval.jsonl",
+        [
+            {"id": f"e{i}", "messages": [{"role": "user", "content": f"Name a {thing}."}], "reference": f"A {thing}."}
+            for i, thing in enumerate(("colour", "city"))
+        ],
+    )
     with FakeJudge() as judge:
         endpoint = f"{{base_url: '{judge.url}', model: judge, api_key_env: WPO_TEST_JUDGE_KEY}}"
         recipe = tmp_path / "run.yaml"
@@ -176,8 +194,11 @@ HOSTILE_TEMPLATES = [
 def test_a_template_reaching_for_python_internals_is_refused(template, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     tokenizer = build_tokenizer(template, [], None, "<pad>")
-    with pytest.raises(WpoError, match=r"tried an unsafe operation \(access to attribute '__\w+__' of '\w+' object "
-                                       r"is unsafe\.\); refusing to render it"):  # fmt: skip
+    with pytest.raises(
+        WpoError,
+        match=r"tried an unsafe operation \(access to attribute '__\w+__' of '\w+' object "
+        r"is unsafe\.\); refusing to render it",
+    ):
         apply_chat_template(tokenizer, [{"role": "user", "content": "hi"}], tokenize=False)
     assert not (tmp_path / "MARKER").exists()
 
@@ -187,22 +208,34 @@ def test_a_hostile_template_stops_training_with_one_line(tmp_path, tiny_llama, p
     model = tmp_path / "hostile-template"
     shutil.copytree(tiny_llama, model)
     (model / "chat_template.jinja").write_text(HOSTILE_TEMPLATES[1])
-    assert_one_line_error(cli("train", train_recipe(tmp_path, model, pairs_file)),
-                          f"the chat template of {model} tried an unsafe operation (access to attribute '__init__' "
-                          "of 'type' object is unsafe.); refusing to render it")  # fmt: skip
+    assert_one_line_error(
+        cli("train", train_recipe(tmp_path, model, pairs_file)),
+        f"the chat template of {model} tried an unsafe operation (access to attribute '__init__' "
+        "of 'type' object is unsafe.); refusing to render it",
+    )
     assert not (tmp_path / "MARKER").exists()
 
 
 def test_a_template_refusing_a_conversation_is_a_bad_record(tmp_path):
     """Gemma-style `raise_exception` for a system message: that record fails (file:line) or is counted, not the run."""
-    template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-                "{% endif %}" + CHATML_TEMPLATE)  # fmt: skip
+    template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}" + CHATML_TEMPLATE
+    )
     tokenizer = build_tokenizer(template, ["<|im_start|>", "<|im_end|>"], None, "<|im_end|>")
-    system = Pair("sys", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], "Hello.",
-                  "Go.", where="pairs.jsonl:4")  # fmt: skip
+    system = Pair(
+        "sys",
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        "Hello.",
+        "Go.",
+        where="pairs.jsonl:4",
+    )
     plain = Pair("p1", [{"role": "user", "content": "What is seven plus five?"}], "Twelve.", "Eleven.")
-    with pytest.raises(DataError, match=r"^pairs.jsonl:4 \(pair sys\): the chat template refused the conversation: "
-                                        r"System role not supported$"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"^pairs.jsonl:4 \(pair sys\): the chat template refused the conversation: "
+        r"System role not supported$",
+    ):
         tokenize_pairs([system, plain], tokenizer, max_length=64, max_prompt_length=32, policy=BadRecordPolicy())
     policy = BadRecordPolicy("skip")
     kept = tokenize_pairs([system, plain], tokenizer, max_length=64, max_prompt_length=32, policy=policy)
@@ -212,7 +245,9 @@ def test_a_template_refusing_a_conversation_is_a_bad_record(tmp_path):
 @pytest.mark.parametrize("name", ["../../evil", "nested/name", "/tmp/evil", ".hidden"])
 def test_an_export_name_cannot_leave_the_run_directory(tmp_path, tiny_llama, name):
     recipe = tmp_path / "export.yaml"
-    recipe.write_text(f"output_dir: {tmp_path / 'runs' / 'run'}\nstages: [export]\n"
-                      f"export: {{model: {tiny_llama}, name: '{name}', quantizations: [F16]}}\n")  # fmt: skip
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'runs' / 'run'}\nstages: [export]\n"
+        f"export: {{model: {tiny_llama}, name: '{name}', quantizations: [F16]}}\n"
+    )
     assert_one_line_error(cli("export", recipe), f"export.name {name!r} must be a plain file name")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export.yaml"]  # nothing written, inside or out

@@ -10,7 +10,7 @@ from helpers import run_wpo, write_lines
 
 import wpo
 from wpo.data.io import resolve_builtin
-from wpo.sweep import parse_grid, variant_name
+from wpo.sweeps import parse_grid, variant_name
 
 
 def builtin(name: str) -> list[dict]:
@@ -19,24 +19,42 @@ def builtin(name: str) -> list[dict]:
 
 def tiny_recipe(tmp_path, tiny_llama) -> dict:
     return {
-        "output_dir": str(tmp_path / "out"), "stages": ["sample", "score", "pair", "train", "eval"],
+        "output_dir": str(tmp_path / "out"),
+        "stages": ["sample", "score", "pair", "train", "eval"],
         "model": {"name_or_path": str(tiny_llama)},
-        "sample": {"prompts": str(write_lines(tmp_path / "train.jsonl", builtin("ifeval-train.jsonl")[:4])), "n": 2,
-                   "max_new_tokens": 6, "temperature": 1.0, "offpolicy_fields": ["reference"]},
+        "sample": {
+            "prompts": str(write_lines(tmp_path / "train.jsonl", builtin("ifeval-train.jsonl")[:4])),
+            "n": 2,
+            "max_new_tokens": 6,
+            "temperature": 1.0,
+            "offpolicy_fields": ["reference"],
+        },
         "score": {"scorer": "python", "function": "wpo.tasks.ifeval:reward"},
         "pair": {"length_unit": "characters"},
-        "train": {"per_device_batch_size": 2, "max_length": 160, "max_prompt_length": 128, "max_steps": 2,
-                  "learning_rate": 1e-3},
-        "eval": {"prompts": str(write_lines(tmp_path / "heldout.jsonl", builtin("ifeval-heldout.jsonl")[:3])),
-                 "compare_to": "base_model", "reward": "wpo.tasks.ifeval:reward", "judge": "python",
-                 "function": "wpo.tasks.ifeval:content_preference", "max_new_tokens": 6, "temperature": 1.0},
-    }  # fmt: skip
+        "train": {
+            "per_device_batch_size": 2,
+            "max_length": 160,
+            "max_prompt_length": 128,
+            "max_steps": 2,
+            "learning_rate": 1e-3,
+        },
+        "eval": {
+            "prompts": str(write_lines(tmp_path / "heldout.jsonl", builtin("ifeval-heldout.jsonl")[:3])),
+            "compare_to": "base_model",
+            "reward": "wpo.tasks.ifeval:reward",
+            "judge": "python",
+            "function": "wpo.tasks.ifeval:content_preference",
+            "max_new_tokens": 6,
+            "temperature": 1.0,
+        },
+    }
 
 
 def test_a_sweep_shares_sampling_and_pairs_its_comparisons(tmp_path, tiny_llama):
     recipe = tiny_recipe(tmp_path, tiny_llama)
-    result = wpo.sweep(recipe, grid={"train.weighting": ["wpo", "none"]}, seeds=[1, 2],
-                       baseline={"train.weighting": "wpo"})  # fmt: skip
+    result = wpo.sweep(
+        recipe, grid={"train.weighting": ["wpo", "none"]}, seeds=[1, 2], baseline={"train.weighting": "wpo"}
+    )
     sweep_dir = tmp_path / "out" / "sweep"
     assert result["runs"] == 4 and result["data_directories"] == 2  # changing train.* keys never samples again
     assert len(list(sweep_dir.glob("data-*/sample/candidates.jsonl"))) == 2
@@ -62,11 +80,17 @@ def test_a_sweep_shares_sampling_and_pairs_its_comparisons(tmp_path, tiny_llama)
         for seed in (1, 2):
             path = sweep_dir / "runs" / f"{variant_name({'train.weighting': weighting})}-seed{seed}" / "eval"
             by_run[weighting, seed] = [json.loads(line) for line in (path / "measures.jsonl").read_text().splitlines()]
-    expected = sum(
-        sum(n["length_chars_trained"] - w["length_chars_trained"] for n, w in zip(by_run["none", s], by_run["wpo", s],
-                                                                                  strict=True)) / 3
-        for s in (1, 2)
-    ) / 2  # fmt: skip
+    expected = (
+        sum(
+            sum(
+                n["length_chars_trained"] - w["length_chars_trained"]
+                for n, w in zip(by_run["none", s], by_run["wpo", s], strict=True)
+            )
+            / 3
+            for s in (1, 2)
+        )
+        / 2
+    )
     (dpo_length,) = [r for r in table if r["train.weighting"] == "none" and r["measure"] == "length_chars"]
     assert float(dpo_length["minus_baseline"]) == pytest.approx(expected)
     assert (sweep_dir / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,8 +8,8 @@ from helpers import GEMMA_TEMPLATE, build_tokenizer
 
 from wpo.data import BadRecordPolicy, Pair
 from wpo.errors import DataError
-from wpo.train.loss import IGNORE_INDEX
-from wpo.train.tokenize import TokenizedPair, collate_pairs, render_response, tokenize_pairs
+from wpo.training.loss import IGNORE_INDEX
+from wpo.training.tokenize import TokenizedPair, collate_pairs, render_response, tokenize_pairs
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +33,16 @@ def test_response_is_everything_after_the_generation_prompt(gemma_tokenizer):
 
 def test_truncation_keeps_the_prompt_end_and_the_response_start(gemma_tokenizer):
     long_prompt = "seven " * 40
-    full = tokenize_pairs([pair(prompt=long_prompt)], gemma_tokenizer, max_length=1000, max_prompt_length=None,
-                          policy=BadRecordPolicy()).pairs[0]  # fmt: skip
-    cut = tokenize_pairs([pair(prompt=long_prompt, chosen="x " * 50)], gemma_tokenizer, max_length=30,
-                         max_prompt_length=20, policy=BadRecordPolicy())  # fmt: skip
+    full = tokenize_pairs(
+        [pair(prompt=long_prompt)], gemma_tokenizer, max_length=1000, max_prompt_length=None, policy=BadRecordPolicy()
+    ).pairs[0]
+    cut = tokenize_pairs(
+        [pair(prompt=long_prompt, chosen="x " * 50)],
+        gemma_tokenizer,
+        max_length=30,
+        max_prompt_length=20,
+        policy=BadRecordPolicy(),
+    )
     assert cut.truncated_prompts == 1 and cut.truncated_responses == 1
     tokenized = cut.pairs[0]
     assert tokenized.prompt_ids == full.prompt_ids[-20:]
@@ -54,17 +60,25 @@ def test_prompt_longer_than_max_length_is_rejected_or_skipped(gemma_tokenizer):
 
 
 def test_template_without_prompt_prefix_is_rejected(gemma_tokenizer):
-    tokenizer = build_tokenizer("{% for m in messages %}{{ m['content'] }}{% endfor %}"
-                                "{% if add_generation_prompt %}>>>{% endif %}", [], None, "<pad>")  # fmt: skip
+    tokenizer = build_tokenizer(
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}>>>{% endif %}",
+        [],
+        None,
+        "<pad>",
+    )
     with pytest.raises(DataError, match="does not start with its rendering of the prompt"):
         tokenize_pairs([pair()], tokenizer, max_length=100, max_prompt_length=None, policy=BadRecordPolicy())
 
 
 def test_collated_labels_line_up_with_kept_logits(gemma_tokenizer):
     """Labels at column t are the token at position start + t + 1; only response tokens are labelled."""
-    tokens = tokenize_pairs([pair(), pair(prompt="Hi", chosen="Hello there, friend.", pair_id="b")],
-                            gemma_tokenizer, max_length=100, max_prompt_length=None,
-                            policy=BadRecordPolicy()).pairs  # fmt: skip
+    tokens = tokenize_pairs(
+        [pair(), pair(prompt="Hi", chosen="Hello there, friend.", pair_id="b")],
+        gemma_tokenizer,
+        max_length=100,
+        max_prompt_length=None,
+        policy=BadRecordPolicy(),
+    ).pairs
     batch = collate_pairs(tokens, pad_token_id=0)
     assert batch.input_ids.shape[0] == 4 and batch.pair_count == 2
     start = batch.input_ids.shape[1] - batch.logits_to_keep
@@ -93,21 +107,40 @@ def test_a_shared_prompt_batch_holds_each_prompt_once_and_hides_each_answer_from
     assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 2, 2, 3, 4], [0, 1, 2, 2, 0, 0]]
     assert batch.attention_mask.shape == (3, 1, 6, 6) and batch.attention_mask.dtype == torch.bool
     assert batch.attention_mask[:, 0].int().tolist() == [
-        [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],  # prompt
-         [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0],  # chosen
-         [1, 1, 1, 0, 0, 1]],  # rejected: not the chosen answer
-        [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0],
-         [1, 1, 1, 0, 0, 0],
-         [1, 1, 0, 1, 0, 0], [1, 1, 0, 1, 1, 0], [1, 1, 0, 1, 1, 1]],
-        [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0],
-         [1, 1, 1, 0, 0, 0],
-         [1, 1, 0, 1, 0, 0],
-         [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]],  # padding
-    ]  # fmt: skip
+        [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],  # prompt
+            [1, 1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1, 0],  # chosen
+            [1, 1, 1, 0, 0, 1],
+        ],  # rejected: not the chosen answer
+        [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 0, 1, 0, 0],
+            [1, 1, 0, 1, 1, 0],
+            [1, 1, 0, 1, 1, 1],
+        ],
+        [
+            [1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 0, 1, 0, 0],
+            [0, 0, 0, 0, 1, 0],
+            [0, 0, 0, 0, 0, 1],
+        ],  # padding
+    ]
     # chosen rows, then rejected rows; the shortest prompt (2 tokens) puts the first kept position at 1, so a row
     # keeps its last 5 positions and slot = row * 5 + position - 1
     assert batch.logits_to_keep == 5
-    assert batch.labels.tolist() == [[21, 22, IGNORE_INDEX], [23, IGNORE_INDEX, IGNORE_INDEX],
-                                     [24, IGNORE_INDEX, IGNORE_INDEX], [31, IGNORE_INDEX, IGNORE_INDEX],
-                                     [32, 33, 34], [35, IGNORE_INDEX, IGNORE_INDEX]]  # fmt: skip
+    assert batch.labels.tolist() == [
+        [21, 22, IGNORE_INDEX],
+        [23, IGNORE_INDEX, IGNORE_INDEX],
+        [24, IGNORE_INDEX, IGNORE_INDEX],
+        [31, IGNORE_INDEX, IGNORE_INDEX],
+        [32, 33, 34],
+        [35, IGNORE_INDEX, IGNORE_INDEX],
+    ]
     assert batch.response_positions.tolist() == [[1, 2, 0], [5, 0, 0], [10, 0, 0], [1, 0, 0], [5, 7, 8], [10, 0, 0]]

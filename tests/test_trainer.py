@@ -15,20 +15,27 @@ from torch.testing import assert_close
 
 from wpo.config import load_recipe
 from wpo.errors import ConfigError, DataError, WpoError
-from wpo.train import trainer
-from wpo.train.metrics import read_metrics
-from wpo.train.tokenize import PromptSharing, TokenizedPair
+from wpo.training import precision, trainer
+from wpo.training.metrics import read_metrics
+from wpo.training.tokenize import PromptSharing, TokenizedPair
 
 
 def recipe_for(tmp_path: Path, model: Path, pairs: Path, *overrides: str, run: str = "run"):
     return load_recipe(
         None,
         [
-            f"model.name_or_path={model}", f"train.pairs={pairs}", f"output_dir={tmp_path / run}", "seed=3",
-            "train.per_device_batch_size=2", "train.learning_rate=1e-3", "train.logging_steps=1", "train.max_length=96",
-            "train.max_prompt_length=48", *overrides,
+            f"model.name_or_path={model}",
+            f"train.pairs={pairs}",
+            f"output_dir={tmp_path / run}",
+            "seed=3",
+            "train.per_device_batch_size=2",
+            "train.learning_rate=1e-3",
+            "train.logging_steps=1",
+            "train.max_length=96",
+            "train.max_prompt_length=48",
+            *overrides,
         ],
-    )  # fmt: skip
+    )
 
 
 def response_statistics(model, tokenizer, prompt, response, softcap):
@@ -61,8 +68,15 @@ def test_step_one_loss_equals_the_wpo_formula(tmp_path, pairs_file, kind, reques
 
     model_dir = request.getfixturevalue(f"tiny_{kind}")
     extra = [f"train.reference_model={tiny_llama_reference}"] if kind == "llama" else []
-    recipe = recipe_for(tmp_path, model_dir, pairs_file, "train.gradient_accumulation_steps=3", "train.beta=0.5",
-                        "train.max_steps=2", *extra)  # fmt: skip
+    recipe = recipe_for(
+        tmp_path,
+        model_dir,
+        pairs_file,
+        "train.gradient_accumulation_steps=3",
+        "train.beta=0.5",
+        "train.max_steps=2",
+        *extra,
+    )
     trainer.train(recipe)
     first = read_metrics(tmp_path / "run" / "train" / "metrics.jsonl")[0]
     assert first["step"] == 1 and first["learning_rate"] == 0.0 and first["pairs"] == 6
@@ -127,9 +141,21 @@ def test_outputs_metrics_manifest_and_reference_cache(tmp_path, tiny_llama, pair
     assert result.reference_from_cache is False
     rows = read_metrics(train_dir / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
-    required = {"step", "loss", "weight_mean", "weight_min", "weight_max", "rewards_chosen", "rewards_rejected",
-                "reward_margin", "reward_accuracy", "logps_chosen", "logps_rejected", "learning_rate",
-                "tokens_per_second"}  # fmt: skip
+    required = {
+        "step",
+        "loss",
+        "weight_mean",
+        "weight_min",
+        "weight_max",
+        "rewards_chosen",
+        "rewards_rejected",
+        "reward_margin",
+        "reward_accuracy",
+        "logps_chosen",
+        "logps_rejected",
+        "learning_rate",
+        "tokens_per_second",
+    }
     assert required <= set(rows[0])
     assert all(0.0 < r["weight_min"] <= r["weight_mean"] <= r["weight_max"] <= 1.0 for r in rows)
     assert list((train_dir / "tensorboard").glob("events.out.tfevents.*"))
@@ -140,7 +166,11 @@ def test_outputs_metrics_manifest_and_reference_cache(tmp_path, tiny_llama, pair
     assert trained["train"]["beta"] == 0.1 and trained["global_batch_pairs"] == 2 and trained["total_steps"] == 3
     assert sorted(p.name for p in train_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert {p.name for p in (train_dir / "checkpoint-2").iterdir()} == {
-        "model", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"}  # fmt: skip
+        "model",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "trainer_state.json",
+    }
     run_dir = tmp_path / "run"
     assert not [p for p in run_dir.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".tmp")]
 
@@ -172,8 +202,7 @@ def test_a_datasets_directory_of_pairs_is_never_written_to(tmp_path, tiny_llama)
     assert after == before
 
 
-def test_another_configs_checkpoints_are_moved_aside_and_training_starts_over(tmp_path, tiny_llama, pairs_file,
-                                                                              caplog):  # fmt: skip
+def test_another_configs_checkpoints_are_moved_aside_and_training_starts_over(tmp_path, tiny_llama, pairs_file, caplog):
     """A training killed (or finished) under another config — its pairs changed upstream, a setting changed — is
     never resumed from, never refused and never deleted: it moves to train.replaced-<hash>/ with one line."""
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2"))
@@ -183,11 +212,14 @@ def test_another_configs_checkpoints_are_moved_aside_and_training_starts_over(tm
     assert again.counts["resumed_from_step"] == 0
     replaced = tmp_path / "run" / f"train.replaced-{first}"
     assert (replaced / "checkpoint-2").is_dir() and (replaced / "final" / "model.safetensors").is_file()
-    assert f"train is redone: its checkpoints were written by another config (differs in: train.beta); the " \
-           f"earlier result is kept in {replaced}" in caplog.text
+    assert (
+        f"train is redone: its checkpoints were written by another config (differs in: train.beta); the "
+        f"earlier result is kept in {replaced}" in caplog.text
+    )
     assert (tmp_path / "run" / "train" / "reference_cache").is_dir()  # the reference pass is kept for reuse
-    fresh = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", "train.beta=0.2",
-                                     "train.resume=never"))  # fmt: skip
+    fresh = trainer.train(
+        recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", "train.beta=0.2", "train.resume=never")
+    )
     assert fresh.counts["resumed_from_step"] == 0
 
 
@@ -202,8 +234,17 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_llama, pair
     """2 pairs x 1 micro-batch and 1 pair x 2 micro-batches give the same update (the loss is a mean over pairs)."""
     common = ("train.max_steps=2", "train.warmup_ratio=0.0", "train.max_grad_norm=null", *SMOOTH_ADAM)
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="big"))
-    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.per_device_batch_size=1",
-                             "train.gradient_accumulation_steps=2", run="accumulated"))  # fmt: skip
+    trainer.train(
+        recipe_for(
+            tmp_path,
+            tiny_llama,
+            pairs_file,
+            *common,
+            "train.per_device_batch_size=1",
+            "train.gradient_accumulation_steps=2",
+            run="accumulated",
+        )
+    )
     big = read_metrics(tmp_path / "big" / "train" / "metrics.jsonl")
     accumulated = read_metrics(tmp_path / "accumulated" / "train" / "metrics.jsonl")
     assert [r["loss"] for r in accumulated] == pytest.approx([r["loss"] for r in big], rel=1e-5)
@@ -219,9 +260,9 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tmp_path, tiny_llama,
     checkpointed_layers: dict[str, int] = {}
     real_make_trainable = trainer._make_trainable
 
-    def counting(model, recipe, resume_point):
-        model = real_make_trainable(model, recipe, resume_point)
-        name = "checkpointed" if recipe.train.gradient_checkpointing else "plain"
+    def counting(model, cfg, lora, resume_point):
+        model = real_make_trainable(model, cfg, lora, resume_point)
+        name = "checkpointed" if cfg.gradient_checkpointing else "plain"
         checkpointed_layers[name] = 0
         for layer in (m for m in model.modules() if getattr(m, "gradient_checkpointing", False)):
             real = layer._gradient_checkpointing_func
@@ -235,8 +276,16 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tmp_path, tiny_llama,
 
     monkeypatch.setattr(trainer, "_make_trainable", counting)
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", run="plain"))
-    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2",
-                             "train.gradient_checkpointing=true", run="checkpointed"))  # fmt: skip
+    trainer.train(
+        recipe_for(
+            tmp_path,
+            tiny_llama,
+            pairs_file,
+            "train.max_steps=2",
+            "train.gradient_checkpointing=true",
+            run="checkpointed",
+        )
+    )
     assert checkpointed_layers == {"plain": 0, "checkpointed": 2 * 2}  # 2 steps x the tiny model's 2 layers
     plain = read_metrics(tmp_path / "plain" / "train" / "metrics.jsonl")
     checkpointed = read_metrics(tmp_path / "checkpointed" / "train" / "metrics.jsonl")
@@ -245,8 +294,9 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tmp_path, tiny_llama,
 
 def test_lora_trains_an_adapter(tmp_path, tiny_llama, pairs_file):
     lora = "model.lora={r: 4, alpha: 8, dropout: 0.0}"
-    result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3", lora,
-                                      "train.learning_rate=1e-2"))  # fmt: skip
+    result = trainer.train(
+        recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3", lora, "train.learning_rate=1e-2")
+    )
     adapter = load_file(str(result.final_dir / "adapter_model.safetensors"))
     lora_b = [t for name, t in adapter.items() if "lora_B" in name]
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: non-zero means it trained
@@ -265,8 +315,11 @@ def test_bad_pairs_fail_or_are_counted(tmp_path, tiny_llama):
     with pytest.raises(DataError, match=r"pairs.jsonl:7 \(pair long\): prompt has \d+ tokens, leaving no room"):
         trainer.train(recipe_for(tmp_path, tiny_llama, pairs, "train.max_steps=1", "train.max_prompt_length=null"))
     write_lines(pairs, records + ['{"id": "broken"'])
-    result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs, "train.max_steps=1",
-                                      "train.max_prompt_length=null", "on_bad_record=skip"))  # fmt: skip
+    result = trainer.train(
+        recipe_for(
+            tmp_path, tiny_llama, pairs, "train.max_steps=1", "train.max_prompt_length=null", "on_bad_record=skip"
+        )
+    )
     assert result.counts["skipped"] == {"invalid_json": 1, "prompt_too_long": 1}
     assert result.counts["pairs_trained"] == 6
 
@@ -280,7 +333,7 @@ def tokenized_pairs(model_dir: Path, pairs_file: Path):
     from wpo.data.io import BadRecordPolicy
     from wpo.data.schemas import load_pairs
     from wpo.models import load_tokenizer
-    from wpo.train.tokenize import tokenize_pairs
+    from wpo.training.tokenize import tokenize_pairs
 
     tokenizer = load_tokenizer(str(model_dir))
     pairs = load_pairs(str(pairs_file), BadRecordPolicy()).pairs
@@ -311,8 +364,8 @@ def tiny_model(model_dir: Path, lora_targets: list[str] | None = None):
 def test_chunked_pair_statistics_equal_the_full_logits_path(kind, request, pairs_file):
     """Values and the gradient of every trainable weight, through a real model: the hidden state the chunked path
     projects is the final-norm output, Gemma-2's soft-cap (2.0, bending hard here) is applied, LoRA trains alike."""
-    from wpo.train.forward import pair_statistics
-    from wpo.train.tokenize import collate_pairs
+    from wpo.training.forward import pair_statistics
+    from wpo.training.tokenize import collate_pairs
 
     model_dir = request.getfixturevalue(f"tiny_{kind.removesuffix('-lora')}")
     model = tiny_model(model_dir, ["q_proj", "v_proj", "down_proj"] if kind.endswith("lora") else None)
@@ -337,8 +390,8 @@ def test_chunked_path_refuses_heads_it_cannot_reproduce(tiny_llama, pairs_file):
     """An adapter on the output layer, or logits the model scales after its output layer: a clear error, not a
     silently different loss."""
     from wpo.errors import WpoError
-    from wpo.train.forward import pair_statistics
-    from wpo.train.tokenize import collate_pairs
+    from wpo.training.forward import pair_statistics
+    from wpo.training.tokenize import collate_pairs
 
     tokens, tokenizer = tokenized_pairs(tiny_llama, pairs_file)
     batch = collate_pairs(tokens.pairs[:1], tokenizer.pad_token_id)
@@ -357,8 +410,8 @@ def test_chunked_path_refuses_heads_it_cannot_reproduce(tiny_llama, pairs_file):
 def test_chunked_loss_runs_as_the_output_layers_forward(tiny_llama, pairs_file):
     """Inside the layer's own hooks — where ZeRO-3 and FSDP gather a sharded weight (`test_distributed.py` runs it
     under FSDP) — with the layer's own forward back in place afterwards."""
-    from wpo.train.forward import pair_statistics
-    from wpo.train.tokenize import collate_pairs
+    from wpo.training.forward import pair_statistics
+    from wpo.training.tokenize import collate_pairs
 
     tokens, tokenizer = tokenized_pairs(tiny_llama, pairs_file)
     batch = collate_pairs(tokens.pairs[:2], tokenizer.pad_token_id)
@@ -367,8 +420,10 @@ def test_chunked_loss_runs_as_the_output_layers_forward(tiny_llama, pairs_file):
     model.lm_head.register_forward_pre_hook(lambda module, args: calls.append([tuple(a.shape) for a in args]))
     chunked = pair_statistics(model, batch, loss_chunk_size=4)
     hidden_size = model.config.hidden_size
-    assert calls == [[(4, 1, hidden_size)],  # the model's own call, for the one position it checks
-                     [(4, batch.logits_to_keep, hidden_size), (4, hidden_size), (4, batch.logits_to_keep)]]  # fmt: skip
+    assert calls == [
+        [(4, 1, hidden_size)],  # the model's own call, for the one position it checks
+        [(4, batch.logits_to_keep, hidden_size), (4, hidden_size), (4, batch.logits_to_keep)],
+    ]
     assert "forward" not in vars(model.lm_head)
     for actual, expected in zip(chunked, pair_statistics(model, batch, loss_chunk_size=0), strict=True):
         assert_close(actual.logps, expected.logps, rtol=1e-5, atol=1e-5)
@@ -376,14 +431,15 @@ def test_chunked_loss_runs_as_the_output_layers_forward(tiny_llama, pairs_file):
 
 
 def test_reference_logps_come_back_in_the_pairs_order_though_batched_by_length(tiny_llama, pairs_file):
-    from wpo.train.reference import compute_reference_logps
+    from wpo.training.reference import compute_reference_logps
 
     model = tiny_model(tiny_llama)
     tokens, tokenizer = tokenized_pairs(tiny_llama, pairs_file)
     lengths = [p.token_count for p in tokens.pairs]
     assert lengths != sorted(lengths)  # batching by length reorders these pairs
-    batched = compute_reference_logps(model, tokens, 4, tokenizer.pad_token_id, "cpu", loss_chunk_size=7,
-                                      sharing=PromptSharing("always"))  # fmt: skip
+    batched = compute_reference_logps(
+        model, tokens, 4, tokenizer.pad_token_id, "cpu", loss_chunk_size=7, sharing=PromptSharing("always")
+    )
     one_by_one = compute_reference_logps(model, tokens, 1, tokenizer.pad_token_id, "cpu", loss_chunk_size=7)
     for actual, expected in zip(batched, one_by_one, strict=True):
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
@@ -392,7 +448,7 @@ def test_reference_logps_come_back_in_the_pairs_order_though_batched_by_length(t
 
 
 def test_reference_logps_by_the_chunked_path_equal_the_full_path(tiny_gemma2, pairs_file):
-    from wpo.train.reference import compute_reference_logps
+    from wpo.training.reference import compute_reference_logps
 
     model = tiny_model(tiny_gemma2)
     tokens, tokenizer = tokenized_pairs(tiny_gemma2, pairs_file)
@@ -405,8 +461,14 @@ def test_reference_logps_by_the_chunked_path_equal_the_full_path(tiny_gemma2, pa
 
 def test_training_with_and_without_chunking_gives_the_same_weights(tmp_path, tiny_gemma2, pairs_file):
     """Two optimizer steps of two accumulated micro-batches each, soft-capped model: same losses, same weights."""
-    common = ("train.max_steps=2", "train.warmup_ratio=0.0", "train.per_device_batch_size=1",
-              "train.gradient_accumulation_steps=2", "train.max_grad_norm=null", *SMOOTH_ADAM)  # fmt: skip
+    common = (
+        "train.max_steps=2",
+        "train.warmup_ratio=0.0",
+        "train.per_device_batch_size=1",
+        "train.gradient_accumulation_steps=2",
+        "train.max_grad_norm=null",
+        *SMOOTH_ADAM,
+    )
     trainer.train(recipe_for(tmp_path, tiny_gemma2, pairs_file, *common, "train.loss_chunk_size=0", run="full"))
     trainer.train(recipe_for(tmp_path, tiny_gemma2, pairs_file, *common, "train.loss_chunk_size=3", run="chunked"))
     full = read_metrics(tmp_path / "full" / "train" / "metrics.jsonl")
@@ -421,10 +483,15 @@ def test_training_with_and_without_chunking_gives_the_same_weights(tmp_path, tin
 def test_training_with_and_without_shared_prompts_gives_the_same_weights(tmp_path, tiny_llama, pairs_file, caplog):
     """Two steps of two pairs per micro-batch, accumulated twice: each prompt computed once for both answers trains
     the weights that padded rows train, and the run logs what it computed."""
-    common = ("train.max_steps=2", "train.warmup_ratio=0.0", "train.per_device_batch_size=2",
-              "train.gradient_accumulation_steps=2", *SMOOTH_ADAM)  # fmt: skip
+    common = (
+        "train.max_steps=2",
+        "train.warmup_ratio=0.0",
+        "train.per_device_batch_size=2",
+        "train.gradient_accumulation_steps=2",
+        *SMOOTH_ADAM,
+    )
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.share_prompts=never", run="padded"))
-    with caplog.at_level(logging.INFO, logger="wpo.train.forward"):
+    with caplog.at_level(logging.INFO, logger="wpo.training.forward"):
         trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.share_prompts=always", run="shared"))
     assert (
         "prompts: computed once for both of their answers in every batch (train.share_prompts: always)" in caplog.text
@@ -445,8 +512,16 @@ def test_a_steps_micro_batches_group_its_pairs_by_length(tmp_path, tiny_llama, p
     monkeypatch.setattr(
         trainer, "collate_pairs", lambda pairs, *a, **k: collated.append(pairs) or real_collate(pairs, *a, **k)
     )
-    state = trainer.setup(recipe_for(tmp_path, tiny_llama, pairs_file, "train.per_device_batch_size=2",
-                                     "train.gradient_accumulation_steps=2", "train.max_steps=1"))  # fmt: skip
+    state = trainer.setup(
+        recipe_for(
+            tmp_path,
+            tiny_llama,
+            pairs_file,
+            "train.per_device_batch_size=2",
+            "train.gradient_accumulation_steps=2",
+            "train.max_steps=1",
+        )
+    )
     collated.clear()  # the reference pass's
     trainer.train_step(state, 0)
     scheduled = [state.tokens.pairs[i] for i in state.schedule.step_indices(0)]
@@ -468,7 +543,7 @@ def test_auto_shares_a_prompt_where_that_costs_fewer_flops():
 
 
 def test_the_models_costs_are_its_body_weights_and_attention_width(tiny_llama):
-    from wpo.train.forward import prompt_sharing
+    from wpo.training.forward import prompt_sharing
 
     model = tiny_model(tiny_llama)
     sharing = prompt_sharing(model, "auto", 64)
@@ -480,7 +555,7 @@ def test_the_models_costs_are_its_body_weights_and_attention_width(tiny_llama):
 
 
 def test_a_model_that_cannot_share_prompts_trains_on_padded_rows(tmp_path, tiny_gemma2, pairs_file, caplog):
-    with caplog.at_level(logging.INFO, logger="wpo.train.forward"):
+    with caplog.at_level(logging.INFO, logger="wpo.training.forward"):
         trainer.train(recipe_for(tmp_path, tiny_gemma2, pairs_file, "train.max_steps=1"))
     assert (
         "train.share_prompts: the model cannot share a prompt between its answers (it has 16-token sliding-window "
@@ -508,8 +583,11 @@ def test_reference_model_is_gone_before_training(tmp_path, tiny_llama, tiny_llam
 
     monkeypatch.setattr(trainer, "load_causal_lm", recording_load)
     monkeypatch.setattr(trainer, "train_step", checking_step)
-    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=1",
-                             f"train.reference_model={tiny_llama_reference}"))  # fmt: skip
+    trainer.train(
+        recipe_for(
+            tmp_path, tiny_llama, pairs_file, "train.max_steps=1", f"train.reference_model={tiny_llama_reference}"
+        )
+    )
 
 
 def model_with_an_infinite_weight(tmp_path: Path, model: Path) -> Path:
@@ -531,8 +609,11 @@ def test_a_non_finite_model_is_named_in_the_reference_pass(tmp_path, tiny_llama,
     """One inf weight once failed as 'the model's logits are not softcap(...)', pointing at the chunked loss."""
     broken = model_with_an_infinite_weight(tmp_path, tiny_llama)
     recipe = recipe_for(tmp_path, broken, pairs_file, "train.max_steps=1", f"train.loss_chunk_size={loss_chunk_size}")
-    with pytest.raises(WpoError, match=r"^non-finite (logits|log-probs \(the model's logits are not finite\)) in the "
-                                       r"reference pass, pairs \['p\d', 'p\d'\]$"):  # fmt: skip
+    with pytest.raises(
+        WpoError,
+        match=r"^non-finite (logits|log-probs \(the model's logits are not finite\)) in the "
+        r"reference pass, pairs \['p\d', 'p\d'\]$",
+    ):
         trainer.train(recipe)
 
 
@@ -553,14 +634,17 @@ def test_a_checkpoint_from_another_global_batch_is_refused_naming_both(tmp_path,
     assert state["schedule"] == {"global_batch_pairs": 2, "total_steps": 3, "num_processes": 1}
     state["schedule"] = {"global_batch_pairs": 4, "total_steps": 3, "num_processes": 2}  # as a 2-process launch wrote
     state_file.write_text(json.dumps(state))
-    with pytest.raises(WpoError, match=r"checkpoint-3 was written with 4 pairs per step and 3 steps, but this launch "
-                                       r"makes 2 pairs per step and 3 steps \(1 process\(es\)\); refusing to resume"):  # fmt: skip
+    with pytest.raises(
+        WpoError,
+        match=r"checkpoint-3 was written with 4 pairs per step and 3 steps, but this launch "
+        r"makes 2 pairs per step and 3 steps \(1 process\(es\)\); refusing to resume",
+    ):
         trainer.train(recipe)
 
 
 def test_micro_batches_deal_a_step_out_by_process_and_accumulation():
     """8 pairs, 2 per device, 2 accumulation, 2 processes: micro-batch k of process r starts at (k·2 + r)·2."""
-    from wpo.train.schedule import micro_batches
+    from wpo.training.schedule import micro_batches
 
     pairs = [10, 11, 12, 13, 14, 15, 16, 17]
     assert micro_batches(pairs, 2, 2, 2, 0) == [[10, 11], [14, 15]]
@@ -579,28 +663,33 @@ def test_final_is_the_last_checkpoint_hard_linked_not_written_twice(tmp_path, ti
 
 
 @pytest.mark.parametrize("units", ["this CPU's", "bf16 units assumed"])
-def test_each_training_in_a_process_gets_its_own_precision(tmp_path, tiny_llama, pairs_file, caplog, monkeypatch,
-                                                          units):  # fmt: skip
+def test_each_training_in_a_process_gets_its_own_precision(
+    tmp_path, tiny_llama, pairs_file, caplog, monkeypatch, units
+):
     """fp32, then bf16, then fp32 again in one process (a notebook, a sweep over train.mixed_precision): each run
     computes in the precision its recipe asks for. bf16 autocasts the forward (the reference pass too, so step 1 sees
     z ≈ 0), keeps the weights and Adam state fp32, and follows the fp32 run's losses closely. On a CPU without bf16
     units it falls back to fp32 with one line; "assumed" runs the bf16 path on any CPU (slowly without the units,
     with the same numerics), so both paths are tested on every machine."""
     if units == "bf16 units assumed":
-        monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: True)
-    has_units = trainer.cpu_has_bf16_units()
+        monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)
+    has_units = precision.cpu_has_bf16_units()
     common = ("train.max_steps=3", "train.learning_rate=1e-4")
-    with caplog.at_level(logging.INFO, logger="wpo.train.trainer"):
+    with caplog.at_level(logging.INFO, logger="wpo.training"):
         trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="fp32"))
-        result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.mixed_precision=bf16",
-                                          run="bf16"))  # fmt: skip
+        result = trainer.train(
+            recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.mixed_precision=bf16", run="bf16")
+        )
         trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="fp32-again"))
     precisions = [line.rsplit("mixed precision: ", 1)[1] for line in caplog.messages if "mixed precision: " in line]
     assert precisions == ["no", "bf16" if has_units else "no", "no"]
-    fp32, bf16, fp32_again = (read_metrics(tmp_path / run / "train" / "metrics.jsonl")
-                              for run in ("fp32", "bf16", "fp32-again"))  # fmt: skip
-    assert fp32_again == [dict(row, tokens_per_second=a["tokens_per_second"], step_seconds=a["step_seconds"])
-                          for row, a in zip(fp32, fp32_again, strict=True)]  # fmt: skip
+    fp32, bf16, fp32_again = (
+        read_metrics(tmp_path / run / "train" / "metrics.jsonl") for run in ("fp32", "bf16", "fp32-again")
+    )
+    assert fp32_again == [
+        dict(row, tokens_per_second=a["tokens_per_second"], step_seconds=a["step_seconds"])
+        for row, a in zip(fp32, fp32_again, strict=True)
+    ]
     if has_units:
         assert bf16[0]["logps_chosen"] != fp32[0]["logps_chosen"]  # bf16 really computed: the last bits differ
         assert abs(bf16[0]["reward_margin"]) < 1e-2  # z ≈ 0 at step 1: reference and policy in the same precision
@@ -623,17 +712,23 @@ def test_metrics_go_to_trackio_offline(tmp_path, tiny_llama, pairs_file):
     import sys
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"output_dir: {tmp_path / 'run'}\nseed: 3\nmodel: {{name_or_path: {tiny_llama}}}\n"
-                      f"train: {{pairs: {pairs_file}, max_steps: 2, per_device_batch_size: 2, max_length: 96, "
-                      "max_prompt_length: 48, logging_steps: 1, report_to: [tensorboard, trackio]}\n")  # fmt: skip
+    recipe.write_text(
+        f"output_dir: {tmp_path / 'run'}\nseed: 3\nmodel: {{name_or_path: {tiny_llama}}}\n"
+        f"train: {{pairs: {pairs_file}, max_steps: 2, per_device_batch_size: 2, max_length: 96, "
+        "max_prompt_length: 48, logging_steps: 1, report_to: [tensorboard, trackio]}\n"
+    )
     env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "WPO_LOG_LEVEL": "WARNING"}
-    trained = subprocess.run([sys.executable, "-m", "wpo", "train", str(recipe)], capture_output=True, text=True,
-                             env=env)  # fmt: skip
+    trained = subprocess.run(
+        [sys.executable, "-m", "wpo", "train", str(recipe)], capture_output=True, text=True, env=env
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
-    read = ("import json; from trackio.sqlite_storage import SQLiteStorage; "
-            "print(json.dumps(SQLiteStorage.get_logs('wpo', 'run-seed3'), default=str))")  # fmt: skip
-    logs = json.loads(subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, env=env,
-                                     check=True).stdout)  # fmt: skip
+    read = (
+        "import json; from trackio.sqlite_storage import SQLiteStorage; "
+        "print(json.dumps(SQLiteStorage.get_logs('wpo', 'run-seed3'), default=str))"
+    )
+    logs = json.loads(
+        subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, env=env, check=True).stdout
+    )
     rows = read_metrics(tmp_path / "run" / "train" / "metrics.jsonl")
     assert [log["step"] for log in logs] == [1, 2]
     assert [log["train/loss"] for log in logs] == pytest.approx([row["loss"] for row in rows])
@@ -646,8 +741,8 @@ def test_sharing_each_prompt_gives_the_padded_layouts_statistics_and_gradients(k
     """One row per micro-batch, each prompt computed once for both answers (SDPA on Llama, eager attention and the
     soft-caps on Gemma-2, LoRA): the same log-probs, WPO alignments and gradients as two padded rows per pair.
     Gemma-2's sliding window, shorter than the sequences, is refused, then widened so both layouts see everything."""
-    from wpo.train.forward import pair_statistics, prompt_sharing_problem
-    from wpo.train.tokenize import collate_pairs
+    from wpo.training.forward import pair_statistics, prompt_sharing_problem
+    from wpo.training.tokenize import collate_pairs
 
     model_dir = request.getfixturevalue(f"tiny_{kind.removesuffix('-lora')}")
     model = tiny_model(model_dir, ["q_proj", "v_proj", "down_proj"] if kind.endswith("lora") else None)

@@ -17,10 +17,13 @@ import wpo
 
 @pytest.fixture
 def prompts(tmp_path) -> Path:
-    return write_lines(tmp_path / "prompts.jsonl", [
-        {"id": f"q{i}", "messages": [{"role": "user", "content": f"Name {i} colors."}], "reference": f"{i} colors."}
-        for i in range(4)
-    ])  # fmt: skip
+    return write_lines(
+        tmp_path / "prompts.jsonl",
+        [
+            {"id": f"q{i}", "messages": [{"role": "user", "content": f"Name {i} colors."}], "reference": f"{i} colors."}
+            for i in range(4)
+        ],
+    )
 
 
 def recipe_file(tmp_path: Path, text: str) -> Path:
@@ -36,10 +39,12 @@ AT_LOAD = {
         ["score.model is required by score.scorer: reward_model", "or choose score.scorer: python"],
     ),
     "a prompts file that is not there": (
-        "stages: [sample]\nsample: {prompts: ./nope.jsonl}\n", ["sample.prompts: no such file or directory: ./nope.jsonl"]
+        "stages: [sample]\nsample: {prompts: ./nope.jsonl}\n",
+        ["sample.prompts: no such file or directory: ./nope.jsonl"],
     ),
     "a quantization llama.cpp does not know": (
-        "stages: [export]\nexport: {quantizations: [Q4_K_X]}\n", ["export.quantizations: unknown type 'Q4_K_X'"]
+        "stages: [export]\nexport: {quantizations: [Q4_K_X]}\n",
+        ["export.quantizations: unknown type 'Q4_K_X'"],
     ),
     "a reward module that does not import": (
         "stages: [sample, score]\nsample: {prompts: PROMPTS}\nscore: {scorer: python, function: nonexistent_mod:f}\n",
@@ -60,7 +65,8 @@ AT_LOAD = {
         ["eval.compare_to: base_model, but nothing is trained", "compared with itself", "train first"],
     ),
     "training a new directory without pairs": (
-        "stages: [train]\n", ["train reads", "pair/pairs.jsonl, which does not exist: run `wpo pair` first", "train.pairs"]
+        "stages: [train]\n",
+        ["train reads", "pair/pairs.jsonl, which does not exist: run `wpo pair` first", "train.pairs"],
     ),
     "a model path that is not there": (
         "stages: [train]\nmodel: {name_or_path: ./my-model}\ntrain: {pairs: PROMPTS}\n",
@@ -102,7 +108,9 @@ def test_commands_say_what_is_wrong(arguments, fragments):
 def test_a_key_given_twice_names_it_and_both_lines(tmp_path):
     recipe = tmp_path / "twice.yaml"
     recipe.write_text("train:\n  beta: 0.1\nseed: 3\ntrain:\n  beta: 0.2\n")
-    assert_one_line_error(cli("config", recipe), exact=f"{recipe}:4: key 'train' is given twice (lines 1 and 4); keep one")
+    assert_one_line_error(
+        cli("config", recipe), exact=f"{recipe}:4: key 'train' is given twice (lines 1 and 4); keep one"
+    )
 
 
 def test_a_data_path_is_never_a_hub_id(tmp_path):
@@ -126,15 +134,29 @@ def test_chat_points_a_run_directory_to_its_models(tmp_path):
 
 
 def test_chat_refuses_zero_new_tokens_at_once(tiny_llama):
-    assert_one_line_error(cli("chat", tiny_llama, "--prompt", "hi", "--max-new-tokens", "0"),
-                          "--max-new-tokens must be at least 1 (got 0)")  # fmt: skip
+    assert_one_line_error(
+        cli("chat", tiny_llama, "--prompt", "hi", "--max-new-tokens", "0"),
+        "--max-new-tokens must be at least 1 (got 0)",
+    )
 
 
 def test_version_and_help_examples():
     result = assert_ok(cli("--version"))
     assert result.stdout == f"wpo {wpo.__version__}\n"
-    for command in ("run", "sample", "score", "pair", "train", "eval", "export", "config", "keys", "sweep", "report",
-                    "chat"):  # fmt: skip
+    for command in (
+        "run",
+        "sample",
+        "score",
+        "pair",
+        "train",
+        "eval",
+        "export",
+        "config",
+        "keys",
+        "sweep",
+        "report",
+        "chat",
+    ):
         assert "Example: wpo " in assert_ok(cli(command, "--help")).stdout, command
 
 

@@ -29,8 +29,8 @@ from torch.testing import assert_close
 
 from wpo.config import load_recipe
 from wpo.errors import ConfigError
-from wpo.train import zero
-from wpo.train.metrics import read_metrics
+from wpo.training import zero
+from wpo.training.metrics import read_metrics
 
 ZERO3 = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "zero3.yaml"
 LORA = "model.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}"
@@ -40,9 +40,24 @@ def zero3(
     recipe: Path, *overrides: str, mixed_precision: str = "no", stage: str = "train"
 ) -> subprocess.CompletedProcess:
     """`accelerate launch` with the shipped ZeRO-3 config, on 2 processes (fp32 unless told: exact comparisons)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO3), "--num_processes",
-               "2", "--main_process_port", str(free_port()), "--mixed_precision", mixed_precision,
-               "-m", "wpo", stage, str(recipe), *overrides]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ZERO3),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        "--mixed_precision",
+        mixed_precision,
+        "-m",
+        "wpo",
+        stage,
+        str(recipe),
+        *overrides,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=DISTRIBUTED_ENV, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -91,18 +106,27 @@ def test_zero3_trains_and_checkpoints_what_one_process_does_and_resumes_without_
     whole fp32 weights and Adam state by parameter name — which plain data parallel resumes from."""
     recipe = train_recipe(tmp_path, tiny_llama)
     one, two = tmp_path / "one", tmp_path / "two"
-    assert_ok(run_wpo("train", recipe, f"output_dir={one}", pairs_in(tmp_path / "pairs-one"),
-                      "train.per_device_batch_size=2", env=DISTRIBUTED_ENV))  # fmt: skip
+    assert_ok(
+        run_wpo(
+            "train",
+            recipe,
+            f"output_dir={one}",
+            pairs_in(tmp_path / "pairs-one"),
+            "train.per_device_batch_size=2",
+            env=DISTRIBUTED_ENV,
+        )
+    )
     launched = zero3(recipe, f"output_dir={two}", pairs_in(tmp_path / "pairs-two"), "train.per_device_batch_size=1")
 
     assert "accelerate: DEEPSPEED, 2 process(es)" in launched.stderr
     assert launched.stdout.count("wpo train") == 1  # the summary, from the main process only
     assert "deepspeed: ZeRO-3, fp32, micro-batch 1, accumulation 1, clipping 1.0 (from the recipe)" in launched.stderr
     assert "reference log-probs: computed 6 pairs on 2 process(es)" in launched.stderr
-    (one_cache,), (two_cache,) = ((run / "train" / "reference_cache").glob("*") for run in (one, two))  # fmt: skip
+    (one_cache,), (two_cache,) = ((run / "train" / "reference_cache").glob("*") for run in (one, two))
     assert_same_tensors(load_file(two_cache), load_file(one_cache), 1e-6, "reference log-probs")
-    for a, b in zip(read_metrics(one / "train" / "metrics.jsonl"), read_metrics(two / "train" / "metrics.jsonl"),
-                    strict=True):  # fmt: skip
+    for a, b in zip(
+        read_metrics(one / "train" / "metrics.jsonl"), read_metrics(two / "train" / "metrics.jsonl"), strict=True
+    ):
         for key in ("loss", "weight_mean", "reward_margin", "grad_norm", "learning_rate"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
     initial = load_file(tiny_llama / "model.safetensors")
@@ -112,15 +136,24 @@ def test_zero3_trains_and_checkpoints_what_one_process_does_and_resumes_without_
     one_adam, two_adam = (weights(run, "checkpoint-2", "optimizer.safetensors") for run in (one, two))
     assert "model.layers.0.mlp.up_proj.weight.exp_avg_sq" in two_adam
     assert_same_tensors(two_adam, one_adam, 1e-6, "Adam state")
-    one_state, two_state = (json.loads((run / "train" / "checkpoint-2" / "trainer_state.json").read_text())
-                            for run in (one, two))  # fmt: skip
+    one_state, two_state = (
+        json.loads((run / "train" / "checkpoint-2" / "trainer_state.json").read_text()) for run in (one, two)
+    )
     assert two_state["optimizer"] == one_state["optimizer"]  # groups: names, weight decay, lr, betas, ...
 
     uninterrupted = weights(two, "final")
     stop_after_step_2(two)
-    resumed = assert_ok(run_wpo("train", recipe, f"output_dir={two}",
-                                f"train.pairs={tmp_path / 'pairs-two' / 'pairs.jsonl'}",
-                                "train.per_device_batch_size=1", processes=2, env=DISTRIBUTED_ENV))  # fmt: skip
+    resumed = assert_ok(
+        run_wpo(
+            "train",
+            recipe,
+            f"output_dir={two}",
+            f"train.pairs={tmp_path / 'pairs-two' / 'pairs.jsonl'}",
+            "train.per_device_batch_size=1",
+            processes=2,
+            env=DISTRIBUTED_ENV,
+        )
+    )
     assert "accelerate: MULTI_CPU" in resumed.stderr and "(step 2)" in resumed.stderr
     assert_trained_alike(weights(two, "final"), uninterrupted, initial, "resumed without DeepSpeed")
 
@@ -133,8 +166,12 @@ def test_zero3_in_bf16_keeps_fp32_masters_and_resumes_to_the_same_weights(tmp_pa
     the masters and Adam state exactly. Also: accumulation (2 micro-batches per process) under the engine."""
     recipe = train_recipe(tmp_path, tiny_llama, learning_rate="1.0e-6", adam_epsilon="1.0e-8")
     run = tmp_path / "run"
-    overrides = (f"output_dir={run}", pairs_in(tmp_path / "pairs"), "train.per_device_batch_size=1",
-                 "train.gradient_accumulation_steps=2")  # fmt: skip
+    overrides = (
+        f"output_dir={run}",
+        pairs_in(tmp_path / "pairs"),
+        "train.per_device_batch_size=1",
+        "train.gradient_accumulation_steps=2",
+    )
     launched = zero3(recipe, *overrides, mixed_precision="bf16")
     assert "deepspeed: ZeRO-3, bf16 compute over fp32 masters, micro-batch 1, accumulation 2" in launched.stderr
     assert "schedule: 3 steps of 4 pairs (1 per device x 2 accumulation x 2 processes)" in launched.stderr
@@ -153,8 +190,17 @@ def test_zero3_in_bf16_keeps_fp32_masters_and_resumes_to_the_same_weights(tmp_pa
 def test_lora_under_zero3_trains_the_adapter_one_process_trains(tmp_path, tiny_llama):
     recipe = train_recipe(tmp_path, tiny_llama)
     one, two = tmp_path / "one", tmp_path / "two"
-    assert_ok(run_wpo("train", recipe, f"output_dir={one}", pairs_in(tmp_path / "pairs-one"),
-                      "train.per_device_batch_size=2", LORA, env=DISTRIBUTED_ENV))  # fmt: skip
+    assert_ok(
+        run_wpo(
+            "train",
+            recipe,
+            f"output_dir={one}",
+            pairs_in(tmp_path / "pairs-one"),
+            "train.per_device_batch_size=2",
+            LORA,
+            env=DISTRIBUTED_ENV,
+        )
+    )
     zero3(recipe, f"output_dir={two}", pairs_in(tmp_path / "pairs-two"), "train.per_device_batch_size=1", LORA)
     for directory in ("checkpoint-2/model", "final"):
         adapter = weights(two, directory, "adapter_model.safetensors")
@@ -169,8 +215,12 @@ def test_wpo_run_under_zero3_goes_through_two_rounds_and_eval(tmp_path, tiny_lla
     """Once the trainer has made its Accelerator, the processes still load models whole: round 2's LoRA merge (the
     main process alone) and sampling would otherwise partition the weights while loading and wait for each other."""
     run = tmp_path / "run"
-    launched = zero3(two_rounds_of_lora_and_eval(tmp_path, tiny_llama), f"output_dir={run}",
-                     "train.per_device_batch_size=1", stage="run")  # fmt: skip
+    launched = zero3(
+        two_rounds_of_lora_and_eval(tmp_path, tiny_llama),
+        f"output_dir={run}",
+        "train.per_device_batch_size=1",
+        stage="run",
+    )
     assert launched.stderr.count("accelerate: DEEPSPEED, 2 process(es)") == 4  # both processes, both rounds
     assert "run: process 1 is done; the main process goes on with ['eval']" in launched.stderr
     for trained in (run / "train", run / "round-2" / "train"):
@@ -182,18 +232,24 @@ def plugin_accelerator(**plugin_options):
     """The part of an Accelerator `zero.configure` reads and writes, holding a real DeepSpeedPlugin."""
     from accelerate.utils import DeepSpeedPlugin
 
-    return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=DeepSpeedPlugin(**plugin_options)),
-                           gradient_accumulation_steps=1)  # fmt: skip
+    return SimpleNamespace(
+        state=SimpleNamespace(deepspeed_plugin=DeepSpeedPlugin(**plugin_options)), gradient_accumulation_steps=1
+    )
 
 
 def test_configure_writes_the_recipe_into_the_engine_config(tmp_path):
-    recipe = load_recipe(None, ["train.per_device_batch_size=2", "train.gradient_accumulation_steps=4",
-                                "train.max_grad_norm=0.5"])  # fmt: skip
+    recipe = load_recipe(
+        None, ["train.per_device_batch_size=2", "train.gradient_accumulation_steps=4", "train.max_grad_norm=0.5"]
+    )
     accelerator = plugin_accelerator(zero_stage=3, zero3_init_flag=False)
     zero.configure(accelerator, recipe, pairs_per_step=16)
     config = accelerator.state.deepspeed_plugin.deepspeed_config
-    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"],
-            config["train_batch_size"], config["gradient_clipping"]) == (2, 4, 16, 0.5)  # fmt: skip
+    assert (
+        config["train_micro_batch_size_per_gpu"],
+        config["gradient_accumulation_steps"],
+        config["train_batch_size"],
+        config["gradient_clipping"],
+    ) == (2, 4, 16, 0.5)
     assert accelerator.gradient_accumulation_steps == 4
 
 

@@ -16,8 +16,6 @@ messages. Importing `wpo` is light (no torch): the stages import what they need 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +24,24 @@ from wpo.errors import ConfigError, DataError, NonFiniteError, WpoError
 
 __version__ = "0.1.0"
 __all__ = [
-    "ConfigError", "DataError", "NonFiniteError", "Recipe", "WpoError", "chunked_loss", "evaluate", "export",
-    "load_recipe", "loss", "pair", "report", "run", "sample", "score", "sweep", "train",
-]  # fmt: skip
+    "ConfigError",
+    "DataError",
+    "NonFiniteError",
+    "Recipe",
+    "WpoError",
+    "chunked_loss",
+    "evaluate",
+    "export",
+    "load_recipe",
+    "loss",
+    "pair",
+    "report",
+    "run",
+    "sample",
+    "score",
+    "sweep",
+    "train",
+]
 
 RecipeLike = Recipe | str | Path | dict[str, Any]
 
@@ -85,36 +98,28 @@ def export(recipe: RecipeLike, force: bool = False) -> dict[str, Any]:
     return _stage("export", recipe, force)
 
 
-class _Api(types.ModuleType):
-    """`wpo.train`, `wpo.export`, `wpo.sweep` and `wpo.report` are functions and also modules (`wpo.train.loss`,
-    `wpo.sweep`, `wpo.report.render`): importing a subpackage would overwrite the function with the module, so the
-    function stays (the subpackages are still imported the usual way, through `sys.modules`)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("train", "export", "sweep", "report") and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Api
-
-
-def sweep(recipe: RecipeLike, grid: dict[str, list[str]], seeds: list[int],
-          baseline: dict[str, str] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def sweep(
+    recipe: RecipeLike,
+    grid: dict[str, list[str]],
+    seeds: list[int],
+    baseline: dict[str, str] | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
     """`wpo sweep`: every grid variant x seed with shared upstream stages; runs.csv, comparison.csv (paired by seed
     and prompt), comparison.png under output_dir/sweep/. `grid` maps dotted keys to lists of values (YAML text)."""
-    from wpo.sweep import run_sweep
+    from wpo.sweeps import run_sweep
 
     if isinstance(recipe, Recipe):
         recipe = recipe.to_dict()
-    return run_sweep(recipe, overrides or [], {k: [str(v) for v in values] for k, values in grid.items()}, seeds,
-                     baseline)  # fmt: skip
+    return run_sweep(
+        recipe, overrides or [], {k: [str(v) for v in values] for k, values in grid.items()}, seeds, baseline
+    )
 
 
 def report(directory: str | Path, max_items: int | None = None) -> list[Path]:
     """`wpo report`: `directory/report.html`, one offline page of a run (of a sweep: the comparison, and every run's
     page too); returns the paths written. `max_items` caps the pairs and held-out prompts inlined per browser."""
-    from wpo.report import MAX_ITEMS, write_report
+    from wpo.reporting import MAX_ITEMS, write_report
 
     return write_report(directory, MAX_ITEMS if max_items is None else max_items)
 
@@ -127,5 +132,5 @@ def __dir__() -> list[str]:
 def __getattr__(name: str) -> Any:
     """`wpo.loss` and `wpo.chunked_loss`, imported (with torch) on first use."""
     if name in ("loss", "chunked_loss"):
-        return importlib.import_module(f"wpo.train.{name}")
+        return importlib.import_module(f"wpo.training.{name}")
     raise AttributeError(f"module 'wpo' has no attribute {name!r}")

@@ -22,8 +22,9 @@ class GgufChat:
         self.max_new_tokens = max_new_tokens
 
     def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
-        for chunk in self.llm.create_chat_completion(messages=messages, max_tokens=self.max_new_tokens,
-                                                     temperature=0.7, stream=True):  # fmt: skip
+        for chunk in self.llm.create_chat_completion(
+            messages=messages, max_tokens=self.max_new_tokens, temperature=0.7, stream=True
+        ):
             text = chunk["choices"][0]["delta"].get("content")
             if text:
                 yield text
@@ -44,15 +45,17 @@ class HfChat:
 
         from wpo.models import apply_chat_template
 
-        inputs = apply_chat_template(self.tokenizer, messages, add_generation_prompt=True, return_tensors="pt",
-                                     return_dict=True)  # fmt: skip
+        inputs = apply_chat_template(
+            self.tokenizer, messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failures: list[Exception] = []
 
         def generate() -> None:  # in a thread, so tokens stream; a failure ends the stream instead of hanging it
             try:
-                self.model.generate(**inputs, streamer=streamer, max_new_tokens=self.max_new_tokens, do_sample=True,
-                                    temperature=0.7)  # fmt: skip
+                self.model.generate(
+                    **inputs, streamer=streamer, max_new_tokens=self.max_new_tokens, do_sample=True, temperature=0.7
+                )
             except Exception as exc:  # noqa: BLE001 - handed to the caller's thread below
                 failures.append(exc)
                 streamer.end()
@@ -74,8 +77,9 @@ def open_chat(model: str, max_new_tokens: int):
             raise WpoError(f"GGUF file {model} does not exist")
         return GgufChat(path, max_new_tokens)
     if not model.startswith("embedded:") and not path.exists():  # chat takes local models only: never a hub look-up
-        raise WpoError(f"no such file or directory: {model} (wpo chat takes an HF model directory, a .gguf file or "
-                       "embedded:NAME)")  # fmt: skip
+        raise WpoError(
+            f"no such file or directory: {model} (wpo chat takes an HF model directory, a .gguf file or embedded:NAME)"
+        )
     if path.is_dir() and not (path / "config.json").is_file():
         raise WpoError(_not_a_model(path))
     try:

@@ -18,8 +18,11 @@ from wpo.errors import ConfigError, DataError
 from wpo.layout import final_model, stage_output
 
 # The stage whose output each stage reads by default, and the key that overrides it.
-UPSTREAM = {"score": ("sample", "score.candidates"), "pair": ("score", "pair.candidates"),
-            "train": ("pair", "train.pairs")}  # fmt: skip
+UPSTREAM = {
+    "score": ("sample", "score.candidates"),
+    "pair": ("score", "pair.candidates"),
+    "train": ("pair", "train.pairs"),
+}
 
 
 def check_stages(recipe: Recipe, stages: Sequence[str]) -> None:
@@ -42,12 +45,14 @@ def _check(recipe: Recipe, stages: list[str]) -> None:
     if "train" in stages:
         _exists("train.reference_model", recipe.train.reference_model)
         if recipe.train.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
-            raise ConfigError("train.optimizer: adamw_8bit needs bitsandbytes, which is not installed: "
-                              "pip install 'wpo[lowbit]', or set train.optimizer: adamw")  # fmt: skip
+            raise ConfigError(
+                "train.optimizer: adamw_8bit needs bitsandbytes, which is not installed: "
+                "pip install 'wpo[lowbit]', or set train.optimizer: adamw"
+            )
     if "eval" in stages:
         _eval(recipe, trains="train" in stages)
     if "export" in stages:
-        from wpo.export.convert import check_export_name, check_quantizations
+        from wpo.exporting.convert import check_export_name, check_quantizations
 
         check_quantizations(recipe.export.quantizations)
         if recipe.export.name:
@@ -78,34 +83,49 @@ def _upstream(recipe: Recipe, stage: str, stages: list[str]) -> None:
     if given is not None:
         _exists(key, given)
     elif producer not in stages and not stage_output(recipe, producer).exists():
-        raise ConfigError(f"{stage} reads {stage_output(recipe, producer)}, which does not exist: run `wpo "
-                          f"{producer}` first (or include {producer} in stages), or set {key}")  # fmt: skip
+        raise ConfigError(
+            f"{stage} reads {stage_output(recipe, producer)}, which does not exist: run `wpo "
+            f"{producer}` first (or include {producer} in stages), or set {key}"
+        )
 
 
 def _sample(recipe: Recipe) -> None:
     cfg = recipe.sample
-    _required("sample.prompts", cfg.prompts, "the sample stage",
-              "a JSONL/Parquet file of {id, messages} records, a datasets directory, a hub id or builtin:NAME")
+    _required(
+        "sample.prompts",
+        cfg.prompts,
+        "the sample stage",
+        "a JSONL/Parquet file of {id, messages} records, a datasets directory, a hub id or builtin:NAME",
+    )
     _exists("sample.prompts", cfg.prompts)
     _exists("sample.gguf", cfg.gguf)
     if cfg.backend == "vllm" and cfg.n > 0 and importlib.util.find_spec("vllm") is None:
-        raise ConfigError("sample.backend: vllm, but vllm is not installed: pip install vllm (on a GPU machine), "
-                          "or choose sample.backend: transformers | llamacpp")  # fmt: skip
+        raise ConfigError(
+            "sample.backend: vllm, but vllm is not installed: pip install vllm (on a GPU machine), "
+            "or choose sample.backend: transformers | llamacpp"
+        )
 
 
 # What each scorer and judge cannot run without: (section, kind) → (its setting, what to set it to).
 NEEDS = {
-    ("score", "reward_model"): ("model", "set it to a sequence-classification reward model (an HF directory or hub "
-                                         "id), or choose score.scorer: python (with score.function) or judge (with "
-                                         "score.judge)"),
+    ("score", "reward_model"): (
+        "model",
+        "set it to a sequence-classification reward model (an HF directory or hub "
+        "id), or choose score.scorer: python (with score.function) or judge (with "
+        "score.judge)",
+    ),
     ("score", "judge"): ("judge", "an endpoint {base_url, model, api_key_env}"),
-    ("score", "python"): ("function", "module:function(messages, text[, record]) -> float, e.g. "
-                                      "wpo.tasks.reference:chrf"),
+    ("score", "python"): (
+        "function",
+        "module:function(messages, text[, record]) -> float, e.g. wpo.tasks.reference:chrf",
+    ),
     ("eval", "api"): ("api", "an endpoint {base_url, model, api_key_env} that judges pairs"),
     ("eval", "reward_model"): ("reward_model", "a sequence-classification reward model"),
-    ("eval", "python"): ("function", "module:function(messages, reference_output, model_output[, record]) -> "
-                                     "P(model better)"),
-}  # fmt: skip
+    ("eval", "python"): (
+        "function",
+        "module:function(messages, reference_output, model_output[, record]) -> P(model better)",
+    ),
+}
 
 
 def _kind_needs(recipe: Recipe, section: str, kind_key: str) -> None:
@@ -123,9 +143,13 @@ def _kind_needs(recipe: Recipe, section: str, kind_key: str) -> None:
 
 def _eval(recipe: Recipe, trains: bool) -> None:
     cfg = recipe.eval
-    _required("eval.prompts", cfg.prompts, "the eval stage",
-              "an eval set with a reference answer per prompt (or eval.compare_to: base_model), e.g. "
-              "builtin:ifeval-heldout.jsonl")
+    _required(
+        "eval.prompts",
+        cfg.prompts,
+        "the eval stage",
+        "an eval set with a reference answer per prompt (or eval.compare_to: base_model), e.g. "
+        "builtin:ifeval-heldout.jsonl",
+    )
     _exists("eval.prompts", cfg.prompts)
     for key in ("model", "instruction_difficulty", "gamed_baselines"):
         _exists(f"eval.{key}", getattr(cfg, key))
@@ -136,14 +160,18 @@ def _eval(recipe: Recipe, trains: bool) -> None:
         _function(spec, f"eval.measures.{name}")
     evaluated = cfg.model or (None if trains else final_model(recipe))
     if cfg.compare_to == "base_model" and evaluated == recipe.model.name_or_path:
-        nothing = "eval.model is the base model" if cfg.model else (
-            f"nothing is trained under {recipe.output_dir} and stages do not include train")
-        raise ConfigError(f"eval.compare_to: base_model, but {nothing}: the base would be compared with itself; "
-                          "train first, or set eval.model to the model to evaluate")  # fmt: skip
+        nothing = (
+            "eval.model is the base model"
+            if cfg.model
+            else (f"nothing is trained under {recipe.output_dir} and stages do not include train")
+        )
+        raise ConfigError(
+            f"eval.compare_to: base_model, but {nothing}: the base would be compared with itself; "
+            "train first, or set eval.model to the model to evaluate"
+        )
 
 
 def _function(spec: str, key: str) -> None:
     from wpo.user_functions import load_function
 
     load_function(spec, key)
-

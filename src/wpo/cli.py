@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +18,7 @@ import typer
 
 from wpo.config import load_recipe
 from wpo.errors import Stopped, WpoError
-from wpo.report import MAX_ITEMS
+from wpo.reporting import MAX_ITEMS
 
 app = typer.Typer(
     add_completion=False,
@@ -34,10 +34,12 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JS
 WaitOption = Annotated[bool, typer.Option("--wait", help="If another launch uses output_dir, wait for it to end.")]
 
 
-def _guarded(action: Callable[[], Any]) -> None:
-    """Run `action`; a known error prints one line (exit 2), an unexpected one too (exit 1, traceback on WPO_DEBUG)."""
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Every command's body runs inside: a known error prints one line (exit 2), an unexpected one too (exit 1,
+    traceback on WPO_DEBUG)."""
     try:
-        action()
+        yield
     except WpoError as exc:
         typer.echo(f"wpo: error: {' '.join(str(exc).splitlines())}", err=True)  # one line, even if a value had several
         raise typer.Exit(2) from None
@@ -92,7 +94,7 @@ def run(
     Example: wpo run recipes/quickstart.yaml train.beta=0.1 output_dir=runs/beta01
     """
 
-    def action() -> None:
+    with _one_line_errors():
         from wpo.pipeline import run_pipeline
 
         loaded = load_recipe(recipe, overrides)
@@ -104,8 +106,6 @@ def run(
             _print_json(summary)
         else:
             _print_summary(summary, Path(loaded.output_dir) / "summary.json")
-
-    _guarded(action)
 
 
 def _print_summary(summary: dict[str, Any], path: Path) -> None:
@@ -136,23 +136,29 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
         table.add_row("win rate vs baseline", f"{summary['win_rate']:.1f} ± {summary['standard_error']:.1f}")
         table.add_row("LC win rate", f"{summary['length_controlled_winrate']:.1f}")
     for export in summary.get("exports", []):
-        table.add_row(export["file"], f"{export['size_bytes'] / 1e6:.0f} MB, ppl {export['perplexity']:.2f}, "
-                                      f"KL {export['kl_mean']:.4f}")  # fmt: skip
+        table.add_row(
+            export["file"],
+            f"{export['size_bytes'] / 1e6:.0f} MB, ppl {export['perplexity']:.2f}, KL {export['kl_mean']:.4f}",
+        )
     Console().print(table)
 
 
 def _stage_command(name: str, summary: str, example: str) -> None:
-    def command(recipe: RecipeArg, overrides: OverridesArg = None, force: ForceOption = False,
-                wait: WaitOption = False, as_json: JsonOption = False) -> None:  # fmt: skip
-        def action() -> None:
+    def command(
+        recipe: RecipeArg,
+        overrides: OverridesArg = None,
+        force: ForceOption = False,
+        wait: WaitOption = False,
+        as_json: JsonOption = False,
+    ) -> None:
+        with _one_line_errors():
+            from wpo.distributed import process_state
             from wpo.pipeline import run_stage
 
             with _stdout_for_results():
                 headline = run_stage(load_recipe(recipe, overrides), name, force=force, wait=wait)
-            if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, every process has it; the main one says it
+            if process_state().is_main_process:  # under a launcher, every process has it; the main one says it
                 _print_json(headline) if as_json else _print_stage(name, headline)
-
-        _guarded(action)
 
     command.__doc__ = f"{summary}\n\nSkipped when done under the same config (--force redoes it).\n\nExample: {example}"
     app.command(name=name)(command)
@@ -183,13 +189,21 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-_stage_command("sample", "Sample on-policy candidates and join off-policy answers.", "wpo sample recipe.yaml sample.n=4")
-_stage_command("score", "Score candidates with a reward model, a judge or a Python function.",
-               "wpo score recipe.yaml score.function=wpo.tasks.reference:chrf")
+_stage_command(
+    "sample", "Sample on-policy candidates and join off-policy answers.", "wpo sample recipe.yaml sample.n=4"
+)
+_stage_command(
+    "score",
+    "Score candidates with a reward model, a judge or a Python function.",
+    "wpo score recipe.yaml score.function=wpo.tasks.reference:chrf",
+)
 _stage_command("pair", "Turn scored candidates into preference pairs.", "wpo pair recipe.yaml pair.min_margin=0.1")
 _stage_command("train", "Train the policy with the WPO loss.", "wpo train recipe.yaml train.beta=0.05")
-_stage_command("export", "Export the trained model to GGUF with a model card.",
-               "wpo export recipe.yaml export.quantizations=[Q4_K_M,Q8_0]")
+_stage_command(
+    "export",
+    "Export the trained model to GGUF with a model card.",
+    "wpo export recipe.yaml export.quantizations=[Q4_K_M,Q8_0]",
+)
 
 
 @app.command(name="eval")
@@ -208,11 +222,11 @@ def evaluate(
     Example: wpo eval recipe.yaml eval.max_new_tokens=256
     """
 
-    def action() -> None:
+    with _one_line_errors():
         if annotations is not None:
             if recipe is not None:
                 raise WpoError("give either a recipe or --annotations, not both")
-            from wpo.eval.stage import metrics_from_file
+            from wpo.evaluation.stage import metrics_from_file
 
             metrics = metrics_from_file(str(annotations))
         elif recipe is not None:
@@ -228,8 +242,6 @@ def evaluate(
             typer.echo(json.dumps({k: v for k, v in finite.items() if k != "glm_weights"}))
         else:
             _print_metrics(metrics)
-
-    _guarded(action)
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
@@ -248,7 +260,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 def sweep(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
-    grid: Annotated[list[str], typer.Option(help="KEY=V1,V2: one axis of the grid (repeat for more).")] = None,
+    grid: Annotated[list[str] | None, typer.Option(help="KEY=V1,V2: one axis of the grid (repeat for more).")] = None,
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated: every variant runs with each.")] = "1",
     baseline: Annotated[list[str] | None, typer.Option(help="KEY=V: the variant others are compared with.")] = None,
 ) -> None:
@@ -258,8 +270,8 @@ def sweep(
     Example: wpo sweep recipes/quickstart.yaml --grid train.weighting=wpo,none --seeds 1,2,3
     """
 
-    def action() -> None:
-        from wpo.sweep import parse_grid, run_sweep
+    with _one_line_errors():
+        from wpo.sweeps import parse_grid, run_sweep
 
         chosen = dict(item.split("=", 1) for item in baseline or [] if "=" in item) or None
         try:
@@ -269,8 +281,6 @@ def sweep(
         with _stdout_for_results():
             result = run_sweep(recipe, overrides or [], parse_grid(grid or []), seed_list, chosen)
         _print_json({key: result[key] for key in ("runs", "data_directories", "runs_csv", "comparison_csv")})
-
-    _guarded(action)
 
 
 @app.command()
@@ -286,13 +296,11 @@ def report(
     Example: wpo report runs/quickstart
     """
 
-    def action() -> None:
-        from wpo.report import write_report
+    with _one_line_errors():
+        from wpo.reporting import write_report
 
         written = write_report(directory, max_items)
         _print_json({"report": str(written[0]), "also_written": [str(path) for path in written[1:]]})
-
-    _guarded(action)
 
 
 @app.command(name="config")
@@ -307,7 +315,7 @@ def show_config(
     Example: wpo config recipes/quickstart.yaml train.beta=0.1 --json
     """
 
-    def action() -> None:
+    with _one_line_errors():
         from wpo.checks import check_stages
 
         loaded = load_recipe(recipe, overrides)
@@ -320,13 +328,16 @@ def show_config(
 
             typer.echo(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), nl=False)
 
-    _guarded(action)
-
 
 @app.command()
 def keys(
-    section: Annotated[str | None, typer.Argument(help="A section (model, sample, score, pair, train, eval, export) "
-                                                       "or a dotted key prefix, e.g. sample.offpolicy_models.")] = None,
+    section: Annotated[
+        str | None,
+        typer.Argument(
+            help="A section (model, sample, score, pair, train, eval, export) "
+            "or a dotted key prefix, e.g. sample.offpolicy_models."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Every recipe key with its type, default and what it does.
@@ -334,11 +345,14 @@ def keys(
     Example: wpo keys train
     """
 
-    def action() -> None:
+    with _one_line_errors():
         from wpo.recipe_keys import recipe_keys
 
-        rows = [row for row in recipe_keys() if section is None or row.key == section
-                or row.key.startswith((f"{section}.", f"{section}[]."))]  # fmt: skip
+        rows = [
+            row
+            for row in recipe_keys()
+            if section is None or row.key == section or row.key.startswith((f"{section}.", f"{section}[]."))
+        ]
         if not rows:
             sections = sorted({row.key.split(".")[0] for row in recipe_keys()})
             raise WpoError(f"no recipe key {section!r}; sections and top-level keys: {', '.join(sections)}")
@@ -355,8 +369,6 @@ def keys(
             table.add_row(row.key, row.type, row.default, row.description)
         Console().print(table)
 
-    _guarded(action)
-
 
 @app.command()
 def chat(
@@ -369,12 +381,10 @@ def chat(
     Example: wpo chat runs/quickstart/train/final --prompt "Describe owls briefly."
     """
 
-    def action() -> None:
+    with _one_line_errors():
         from wpo.chat import run_chat
 
         run_chat(model, prompt, max_new_tokens)
-
-    _guarded(action)
 
 
 def _show_version(value: bool) -> None:
@@ -387,8 +397,9 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def _options(
-    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
-                                          help="Print wpo's version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print wpo's version and exit.")
+    ] = False,
 ) -> None:
     """Weighted Preference Optimization: sample → score → pair → train → eval → export.
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from wpo.errors import ConfigError
 
 STAGES: tuple[str, ...] = ("sample", "score", "pair", "train", "eval", "export")
-LossType = Literal["sigmoid", "robust", "ipo", "hinge", "length_normalized"]  # `wpo.train.loss` implements each
+LossType = Literal["sigmoid", "robust", "ipo", "hinge", "length_normalized"]  # `wpo.training.loss` implements each
 REFERENCE_FREE_LOSSES: frozenset[str] = frozenset({"length_normalized"})
 EMBEDDED_DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -169,20 +169,25 @@ class SampleConfig(Section):
             )
         sources = [*self.offpolicy_fields, *(model.name for model in self.offpolicy_models)]
         if len(set(sources)) != len(sources):
-            raise ValueError(f"sample.offpolicy_fields and sample.offpolicy_models names must be unique (each is a "
-                             f"source offpolicy:<name>), got {sources}")  # fmt: skip
+            raise ValueError(
+                f"sample.offpolicy_fields and sample.offpolicy_models names must be unique (each is a "
+                f"source offpolicy:<name>), got {sources}"
+            )
         if self.backend == "openai" and self.top_k:
             raise ValueError(
                 "sample.top_k is not part of the OpenAI API (sample.backend is 'openai'): pass it through "
                 "sample.endpoint.extra_body (vLLM and llama.cpp read top_k there)"
             )
         if (self.backend == "openai") != (self.endpoint is not None):
-            raise ValueError(f"sample.endpoint is the server of sample.backend: openai, and only of it (backend is "
-                             f"{self.backend!r}, endpoint is {'set' if self.endpoint else 'not set'})")  # fmt: skip
+            raise ValueError(
+                f"sample.endpoint is the server of sample.backend: openai, and only of it (backend is "
+                f"{self.backend!r}, endpoint is {'set' if self.endpoint else 'not set'})"
+            )
         misplaced = [key for key in ("gguf", "parallel_sequences", "threads") if getattr(self, key) is not None]
         if misplaced and self.backend != "llamacpp":
-            raise ValueError(f"sample.{misplaced[0]} is only used by sample.backend: llamacpp (backend is "
-                             f"{self.backend!r})")  # fmt: skip
+            raise ValueError(
+                f"sample.{misplaced[0]} is only used by sample.backend: llamacpp (backend is {self.backend!r})"
+            )
         if self.tensor_parallel_size > 1 and self.backend != "vllm":
             raise ValueError("sample.tensor_parallel_size > 1 needs sample.backend: vllm")
         return self
@@ -258,7 +263,7 @@ class TrainConfig(Section):
     """bf16: bf16 autocast compute over fp32 master weights and optimizer state; no: compute in the weights' dtype."""
     # weights converted from a finer format (fp16, a dequantized GGUF) can sit halfway between two bf16 values, where
     # any update flips the forward's rounding: at lr 1e-6 the embedded SmolLM2 moved ~11x further along the gradient
-    # than the update (benchmarks/bf16_update.py, wpo.train.precision)
+    # than the update (benchmarks/bf16_update.py, wpo.training.precision)
     bf16_masters: Literal["grid", "as_loaded"] = "grid"
     """Under bf16 compute, start the fp32 masters on the bf16 values the forward uses (grid) or as loaded."""
     report_to: list[Literal["tensorboard", "trackio"]] = unhashed(
@@ -293,11 +298,11 @@ class TrainConfig(Section):
     """Save a checkpoint every this many optimizer steps (0: only at the end)."""
     save_total_limit: int | None = unhashed(2, gt=0)
     """Checkpoints kept, the newest; null keeps them all."""
-    # response tokens projected at a time; 0 = full logits (wpo.train.chunked_loss). Only memory (and float rounding)
+    # response tokens projected at a time; 0 = full logits (wpo.training.chunked_loss). Only memory (and float rounding)
     # changes with it: a run that ran out of memory can resume with a smaller one.
     loss_chunk_size: int = unhashed(256, ge=0)
     """Response tokens projected to logits at a time (0: full logits); changes memory, not results."""
-    # a pair's prompt computed once for both answers (wpo.train.tokenize.PairBatch) rather than once per answer:
+    # a pair's prompt computed once for both answers (wpo.training.tokenize.PairBatch) rather than once per answer:
     # auto where that costs fewer FLOPs (PromptSharing), always, or never; models whose attention cannot take the
     # custom mask get padded rows, with one logged line
     share_prompts: Literal["auto", "always", "never"] = unhashed("auto")
@@ -319,7 +324,7 @@ class TrainConfig(Section):
     """AdamW's ε, added to the denominator for numerical stability."""
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     """Clip the gradients' global norm to this; null: no clipping."""
-    # full fine-tuning holds 16 bytes a parameter (weights, gradients, two moments): wpo.train.optimizers
+    # full fine-tuning holds 16 bytes a parameter (weights, gradients, two moments): wpo.training.optimizers
     optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
     """adamw (torch), or adamw_8bit: moments in 8 bits (bitsandbytes, pip install 'wpo[lowbit]'), 4x less state."""
     optimizer_in_backward: bool = False
@@ -489,8 +494,10 @@ class Recipe(Section):
         if self.rounds > 1:
             missing = [stage for stage in ROUND_STAGES if stage not in self.stages]
             if missing:
-                raise ValueError(f"rounds: {self.rounds} re-samples and retrains each round, so stages must include "
-                                 f"{list(ROUND_STAGES)} (missing {missing})")  # fmt: skip
+                raise ValueError(
+                    f"rounds: {self.rounds} re-samples and retrains each round, so stages must include "
+                    f"{list(ROUND_STAGES)} (missing {missing})"
+                )
             if self.sample.n == 0:
                 raise ValueError(f"rounds: {self.rounds} needs on-policy samples each round (sample.n is 0)")
             for key in ("score.candidates", "pair.candidates", "train.pairs"):
@@ -519,10 +526,12 @@ def low_precision_problem(dtype: str, recipe: Recipe) -> str | None:
     it with train.low_precision_weights: true."""
     if dtype not in ("bfloat16", "float16") or recipe.model.lora is not None or recipe.train.low_precision_weights:
         return None
-    return (f"model.dtype {dtype} with full fine-tuning (model.lora is null) keeps the trained weights in {dtype}, "
-            f"where a step of train.learning_rate {recipe.train.learning_rate:g} rounds away against the weights' "
-            "resolution; load float32 weights (bf16 compute comes from the launcher's mixed_precision), train LoRA, "
-            "or set train.low_precision_weights: true to train so anyway")  # fmt: skip
+    return (
+        f"model.dtype {dtype} with full fine-tuning (model.lora is null) keeps the trained weights in {dtype}, "
+        f"where a step of train.learning_rate {recipe.train.learning_rate:g} rounds away against the weights' "
+        "resolution; load float32 weights (bf16 compute comes from the launcher's mixed_precision), train LoRA, "
+        "or set train.low_precision_weights: true to train so anyway"
+    )
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -553,8 +562,9 @@ def _mapping_without_duplicates(loader: _Yaml12Loader, node: yaml.MappingNode, d
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if key in seen:
-            raise DuplicateKeyError(None, None, f"key {key!r} is given twice (lines {seen[key]} and {line})",
-                                    key_node.start_mark)  # fmt: skip
+            raise DuplicateKeyError(
+                None, None, f"key {key!r} is given twice (lines {seen[key]} and {line})", key_node.start_mark
+            )
         seen[key] = line
     return loader.construct_mapping(node, deep=deep)
 

@@ -32,8 +32,9 @@ def state_options() -> dict[str, Any]:
     run ZeRO-3 on two processes)."""
     if deepspeed_launch():
         if importlib.util.find_spec("deepspeed") is None:
-            raise ConfigError("this is a DeepSpeed launch, but deepspeed is not installed: "
-                              "pip install 'wpo[deepspeed]'")  # fmt: skip
+            raise ConfigError(
+                "this is a DeepSpeed launch, but deepspeed is not installed: pip install 'wpo[deepspeed]'"
+            )
         return {"cpu": False, "backend": "gloo"} if on_cpu() else {"cpu": False}
     return {"cpu": on_cpu()}
 
@@ -51,8 +52,10 @@ def launched_processes() -> int:
 def check_launch(num_processes: int) -> None:
     launched = launched_processes()
     if launched != num_processes:
-        raise WpoError(f"launched as {launched} processes (WORLD_SIZE), but accelerate runs {num_processes}: "
-                       "check the launcher and the accelerate config")  # fmt: skip
+        raise WpoError(
+            f"launched as {launched} processes (WORLD_SIZE), but accelerate runs {num_processes}: "
+            "check the launcher and the accelerate config"
+        )
 
 
 def process_state() -> PartialState:
@@ -70,6 +73,8 @@ def process_device() -> torch.device:
 def refuse_a_launcher(what: str) -> None:
     processes = launched_processes()
     if processes > 1:
-        raise ConfigError(f"{what} runs in one process, not as {processes}: launch it without torchrun or accelerate "
-                          f"(only {', '.join(MULTI_PROCESS_STAGES[:-1])} and {MULTI_PROCESS_STAGES[-1]} split across "
-                          "processes; under a launcher, wpo run runs the others on the main process)")  # fmt: skip
+        raise ConfigError(
+            f"{what} runs in one process, not as {processes}: launch it without torchrun or accelerate "
+            f"(only {', '.join(MULTI_PROCESS_STAGES[:-1])} and {MULTI_PROCESS_STAGES[-1]} split across "
+            "processes; under a launcher, wpo run runs the others on the main process)"
+        )

@@ -78,8 +78,10 @@ class AnswerCache:
         answers cached before costs were kept count in `answers` only)."""
         held = [key for key in keys if key in self.values]
         costs = [self.costs[key] for key in held if key in self.costs]
-        totals = {f"all_answers_{name}": sum(cost.get(name, 0) for cost in costs)
-                  for name in ("requests", "prompt_tokens", "completion_tokens")}  # fmt: skip
+        totals = {
+            f"all_answers_{name}": sum(cost.get(name, 0) for cost in costs)
+            for name in ("requests", "prompt_tokens", "completion_tokens")
+        }
         return {"answers": len(held), **totals}
 
     def __contains__(self, key: str) -> bool:
@@ -121,8 +123,10 @@ class Usage:
                 setattr(self, name, getattr(self, name) + value)
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in ("requests", "completions", "retries", "prompt_tokens",
-                                                        "completion_tokens", "cache_hits")}  # fmt: skip
+        return {
+            name: getattr(self, name)
+            for name in ("requests", "completions", "retries", "prompt_tokens", "completion_tokens", "cache_hits")
+        }
 
 
 class KeyRefused(WpoError):
@@ -159,11 +163,15 @@ class Endpoint:
             self._sent.count = getattr(self._sent, "count", 0) + 1
 
         self._clients = [
-            openai.OpenAI(base_url=url, api_key=self._key or "not-needed", timeout=config.timeout,
-                          max_retries=config.max_retries,
-                          http_client=openai.DefaultHttpxClient(event_hooks={"request": [counted]}))
+            openai.OpenAI(
+                base_url=url,
+                api_key=self._key or "not-needed",
+                timeout=config.timeout,
+                max_retries=config.max_retries,
+                http_client=openai.DefaultHttpxClient(event_hooks={"request": [counted]}),
+            )
             for url in urls
-        ]  # fmt: skip
+        ]
         self._next = 0
         self._turn = threading.Lock()
         self.keys_asked: set[str] = set()  # every answer this invocation needed, cached or asked
@@ -183,10 +191,12 @@ class Endpoint:
         return text.replace(self._key, "***") if self._key else text
 
     def _failure(self, request: ChatRequest, problem: str) -> WpoError:
-        return WpoError(self._redacted(
-            f"{self.name} ({self.config.model} at {self.config.base_url}) {problem} for {request.label}; "
-            f"{len(self.cache)} answers are saved in {self.cache.path} and will not be asked again"
-        ))  # fmt: skip
+        return WpoError(
+            self._redacted(
+                f"{self.name} ({self.config.model} at {self.config.base_url}) {problem} for {request.label}; "
+                f"{len(self.cache)} answers are saved in {self.cache.path} and will not be asked again"
+            )
+        )
 
     def ask(self, request: ChatRequest) -> tuple[dict[str, Any], dict[str, int]]:
         """One chat completion's first choice as JSON (`message`, `logprobs`, `finish_reason`). The client retries
@@ -205,11 +215,16 @@ class Endpoint:
                 time.sleep(min(BACKOFF_SECONDS * 2**attempt, MAX_BACKOFF_SECONDS))
         else:
             shown = " ".join(body.split())[:80]
-            raise self._failure(request, f"answered HTTP 200 with a body that is not a chat completion after "
-                                         f"{attempts} attempts ({shown!r})")  # fmt: skip
+            raise self._failure(
+                request,
+                f"answered HTTP 200 with a body that is not a chat completion after {attempts} attempts ({shown!r})",
+            )
         usage = completion.usage
-        cost = {"requests": sent, "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
-                "completion_tokens": getattr(usage, "completion_tokens", 0) or 0}  # fmt: skip
+        cost = {
+            "requests": sent,
+            "prompt_tokens": getattr(usage, "prompt_tokens", 0) or 0,
+            "completion_tokens": getattr(usage, "completion_tokens", 0) or 0,
+        }
         self.usage.add(completions=1, prompt_tokens=cost["prompt_tokens"], completion_tokens=cost["completion_tokens"])
         return completion.choices[0].model_dump(mode="json", exclude_none=True), cost
 
@@ -221,30 +236,44 @@ class Endpoint:
         self._sent.count = 0
         try:
             raw = self._client().chat.completions.with_raw_response.create(
-                model=self.config.model, messages=request.messages, extra_body=self.config.extra_body or None,
+                model=self.config.model,
+                messages=request.messages,
+                extra_body=self.config.extra_body or None,
                 **request.params,
-            )  # fmt: skip
+            )
             try:
                 completion = raw.parse()
             except ValueError:  # JSON cut mid-way, or not JSON at all
                 completion = None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            raise KeyRefused(self._redacted(f"{self.name} at {self.config.base_url} refused the API key (HTTP "
-                                          f"{exc.status_code}): check {self.config.api_key_env or 'api_key_env'}"))  # fmt: skip
+            raise KeyRefused(
+                self._redacted(
+                    f"{self.name} at {self.config.base_url} refused the API key (HTTP "
+                    f"{exc.status_code}): check {self.config.api_key_env or 'api_key_env'}"
+                )
+            )
         except openai.APIStatusError as exc:
-            raise self._failure(request, f"answered HTTP {exc.status_code} after {self.config.max_retries + 1} "
-                                         "attempts") from None  # fmt: skip
+            raise self._failure(
+                request, f"answered HTTP {exc.status_code} after {self.config.max_retries + 1} attempts"
+            ) from None
         except openai.APIError as exc:  # timeouts, refused connections: the client retried them
-            raise self._failure(request, f"failed after {self.config.max_retries + 1} attempts "
-                                         f"({type(exc).__name__})") from None  # fmt: skip
+            raise self._failure(
+                request, f"failed after {self.config.max_retries + 1} attempts ({type(exc).__name__})"
+            ) from None
         finally:
             self.usage.add(retries=max(0, self._sent.count - 1))
         if isinstance(completion, ChatCompletion) and completion.choices:
             return completion, ""
         return None, raw.http_response.text
 
-    def ask_all(self, requests: list[ChatRequest], parse: Callable[[dict[str, Any]], Any], *,
-                on_failure: Callable[[ChatRequest, WpoError], None] | None = None, desc: str = "api") -> list[Any]:  # fmt: skip
+    def ask_all(
+        self,
+        requests: list[ChatRequest],
+        parse: Callable[[dict[str, Any]], Any],
+        *,
+        on_failure: Callable[[ChatRequest, WpoError], None] | None = None,
+        desc: str = "api",
+    ) -> list[Any]:
         """`parse(choice)` of every request, in input order: cached ones without asking, the rest concurrently (at
         most `max_concurrency` in flight), each parsed value cached as it arrives. `on_failure` (given, with
         `on_bad_record: skip`) counts a failed request and leaves None in its place instead of stopping."""

@@ -22,7 +22,29 @@ STAGE_OUTPUTS = {
 
 def stage_output(recipe: Recipe, name: str, round_number: int = 1) -> Path:
     """Where stage `name` of this recipe (of round `round_number`) writes what the next stage reads."""
-    return recipe.round_output_dir(round_number) / name / STAGE_OUTPUTS[name]
+    return output_in(recipe.round_output_dir(round_number), name)
+
+
+def output_in(round_dir: Path, name: str) -> Path:
+    """Stage `name`'s output under a run's (or a round's) directory, for readers that have a directory, not a recipe
+    (the report, the card)."""
+    return Path(round_dir) / name / STAGE_OUTPUTS[name]
+
+
+def gguf_cache(recipe: Recipe) -> Path:
+    """Where a run keeps the F16 GGUFs of its policies that llama.cpp samples and evaluates with."""
+    return Path(recipe.output_dir) / "gguf"
+
+
+def policy_gguf(whole_model_dir: Path, cache: Path) -> Path:
+    """The F16 GGUF of these weights (a model without an adapter) under `cache`, named by the sha256 of its weights
+    and config, so a rerun or the eval of the same weights finds it."""
+    from wpo.config import config_hash
+    from wpo.manifest import file_sha256
+
+    weights = sorted(whole_model_dir.glob("*.safetensors")) + [whole_model_dir / "config.json"]
+    digest = config_hash([(path.name, file_sha256(path)) for path in weights])[:16]
+    return cache / digest / "policy.F16.gguf"
 
 
 def final_model(recipe: Recipe) -> str:

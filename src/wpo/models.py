@@ -63,8 +63,9 @@ def gguf_to_hf_dir(gguf_path: Path) -> Path:
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     directory, filename = str(gguf_path.parent), gguf_path.name
-    loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32,
-                                                  trust_remote_code=False)  # fmt: skip
+    loaded = AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=filename, dtype=torch.float32, trust_remote_code=False
+    )
     config = AutoConfig.from_pretrained(directory, gguf_file=filename, trust_remote_code=False)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
@@ -121,8 +122,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
-            raise WpoError(f"the tokenizer of {path} needs custom code; set model.trust_remote_code: true if you "
-                           "trust it") from None  # fmt: skip
+            raise WpoError(
+                f"the tokenizer of {path} needs custom code; set model.trust_remote_code: true if you trust it"
+            ) from None
         raise
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -144,8 +146,9 @@ def apply_chat_template(tokenizer, messages: list[dict[str, str]], **kwargs):
     try:
         return tokenizer.apply_chat_template(messages, **kwargs)
     except SecurityError as exc:
-        raise WpoError(f"the chat template of {tokenizer.name_or_path} tried an unsafe operation ({exc}); "
-                       "refusing to render it") from None  # fmt: skip
+        raise WpoError(
+            f"the chat template of {tokenizer.name_or_path} tried an unsafe operation ({exc}); refusing to render it"
+        ) from None
     except TemplateError as exc:
         raise ChatTemplateError(f"the chat template refused the conversation: {exc}") from None
 

@@ -19,7 +19,7 @@ from wpo.data.io import write_json
 from wpo.distributed import MULTI_PROCESS_STAGES, process_state, refuse_a_launcher
 from wpo.layout import stage_output
 from wpo.manifest import changed_keys, completed_with, move_aside, read_manifest
-from wpo.report import write_run_report
+from wpo.reporting import write_run_report
 from wpo.run_lock import run_lock
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,9 @@ STAGE_REGISTRY = {
     "sample": Stage("sample", "wpo.sampling.stage", "run_sample"),
     "score": Stage("score", "wpo.scoring.stage", "run_score"),
     "pair": Stage("pair", "wpo.pairing.stage", "run_pair"),
-    "train": Stage("train", "wpo.train.trainer", "run_train"),
-    "eval": Stage("eval", "wpo.eval.stage", "run_eval"),
-    "export": Stage("export", "wpo.export.stage", "run_export"),
+    "train": Stage("train", "wpo.training.trainer", "run_train"),
+    "eval": Stage("eval", "wpo.evaluation.stage", "run_eval"),
+    "export": Stage("export", "wpo.exporting.stage", "run_export"),
 }
 
 
@@ -89,16 +89,23 @@ def run_or_skip(recipe: Recipe, name: str, launch=None, force: bool = False) -> 
         launch.wait_for_everyone()
     if done:
         log.info("%s: already done under this config (%s); skipping (--force redoes it)", name, stage_dir)
-        return {"wall_seconds": 0.0, "skipped": True, "output": str(stage_output(recipe, name)),
-                "counts": (earlier or {}).get("counts")}  # fmt: skip
+        return {
+            "wall_seconds": 0.0,
+            "skipped": True,
+            "output": str(stage_output(recipe, name)),
+            "counts": (earlier or {}).get("counts"),
+        }
     if launch is None or launch.is_main_process:
         earlier_hash = str((earlier or {}).get("config_hash", "unfinished"))
         if force and stage_dir.is_dir() and any(stage_dir.iterdir()):  # finished or not: start over
             move_aside(stage_dir, earlier_hash, f"{name} is redone as asked (--force)")
         elif earlier and earlier.get("completed"):  # a finished result of another config; an unfinished one resumes
             changed = changed_keys(earlier.get("config", {}), config)
-            move_aside(stage_dir, earlier_hash, f"{name} is redone: its config changed (differs in: "
-                                                f"{', '.join(changed) or 'unknown'})")  # fmt: skip
+            move_aside(
+                stage_dir,
+                earlier_hash,
+                f"{name} is redone: its config changed (differs in: {', '.join(changed) or 'unknown'})",
+            )
     if launch is not None:
         launch.wait_for_everyone()
     if launch is None or name in MULTI_PROCESS_STAGES:
@@ -125,15 +132,24 @@ def round_recipe(recipe: Recipe, round_number: int, launch) -> Recipe:
     policy = merge() if launch.is_main_process else None
     launch.wait_for_everyone()
     policy = policy or merge()  # the other processes find the main process's merge
-    return recipe.model_copy(update={
-        "rounds": 1,
-        "output_dir": str(recipe.round_output_dir(round_number)),
-        "model": recipe.model.model_copy(update={"name_or_path": str(policy)}),
-    })  # fmt: skip
+    return recipe.model_copy(
+        update={
+            "rounds": 1,
+            "output_dir": str(recipe.round_output_dir(round_number)),
+            "model": recipe.model.model_copy(update={"name_or_path": str(policy)}),
+        }
+    )
 
 
-HEADLINE_KEYS = ("win_rate", "standard_error", "length_controlled_winrate", "avg_length", "better", "verdict",
-                 "identical_to_base")
+HEADLINE_KEYS = (
+    "win_rate",
+    "standard_error",
+    "length_controlled_winrate",
+    "avg_length",
+    "better",
+    "verdict",
+    "identical_to_base",
+)
 MEASURE_SUFFIXES = ("_base", "_base_ci95", "_trained", "_trained_ci95", "_delta", "_delta_ci95")
 EXPORT_KEYS = ("type", "file", "size_bytes", "perplexity", "hf_perplexity", "kl_mean")
 
@@ -163,11 +179,15 @@ def _run_pipeline(recipe: Recipe, force: bool) -> dict[str, Any] | None:
         current = round_recipe(recipe, round_number, launch)
         for name in round_stages:
             label = name if round_number == 1 else f"round-{round_number}/{name}"
-            summary["stages"][label] = run_or_skip(current, name, launch if launch.num_processes > 1 else None,
-                                                   force=force)
+            summary["stages"][label] = run_or_skip(
+                current, name, launch if launch.num_processes > 1 else None, force=force
+            )
     if not launch.is_main_process:
-        log.info("run: process %d is done; the main process goes on with %s", launch.process_index,
-                 [name for name in recipe.stages if name not in ROUND_STAGES] or "the summary")  # fmt: skip
+        log.info(
+            "run: process %d is done; the main process goes on with %s",
+            launch.process_index,
+            [name for name in recipe.stages if name not in ROUND_STAGES] or "the summary",
+        )
         return None
     for name in (name for name in recipe.stages if name not in ROUND_STAGES):
         summary["stages"][name] = run_or_skip(recipe, name, force=force)
@@ -176,8 +196,13 @@ def _run_pipeline(recipe: Recipe, force: bool) -> dict[str, Any] | None:
     if "eval" in recipe.stages:
         metrics = _read_json(stage_output(recipe, "eval"))
         summary.update({key: metrics[key] for key in HEADLINE_KEYS if key in metrics})
-        summary.update({name + suffix: metrics[name + suffix] for name in metrics.get("measures", [])
-                        for suffix in MEASURE_SUFFIXES})  # fmt: skip
+        summary.update(
+            {
+                name + suffix: metrics[name + suffix]
+                for name in metrics.get("measures", [])
+                for suffix in MEASURE_SUFFIXES
+            }
+        )
     if "export" in recipe.stages:
         report = _read_json(stage_output(recipe, "export"))
         summary["exports"] = [{key: entry[key] for key in EXPORT_KEYS if key in entry} for entry in report["files"]]

@@ -53,8 +53,17 @@ def run_lock(output_dir: str | Path, wait: bool = False) -> Iterator[None]:
         _acquire(handle, path, wait)
         handle.seek(0)
         handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
-                                 "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}) + "\n")  # fmt: skip
+        handle.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "command": " ".join(sys.argv),
+                    "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                }
+            )
+            + "\n"
+        )
         handle.flush()
         _held[directory] = 1
         try:
@@ -72,8 +81,10 @@ def _acquire(handle, path: Path, wait: bool) -> None:
     except BlockingIOError:
         holder = _holder(path)
     if not wait:
-        raise RunLocked(f"{path.parent} is in use by another wpo launch ({holder}): wait for it to end, or pass "
-                        "--wait to start when it does")  # fmt: skip
+        raise RunLocked(
+            f"{path.parent} is in use by another wpo launch ({holder}): wait for it to end, or pass "
+            "--wait to start when it does"
+        )
     log.info("waiting for %s, in use by another wpo launch (%s)", path.parent, holder)
     fcntl.flock(handle, fcntl.LOCK_EX)
 

@@ -51,8 +51,10 @@ def load_function(spec: str, key: str) -> UserFunction:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or the user's module failing as it imports
-        raise ConfigError(f"{key}: cannot import {module_name!r} ({type(exc).__name__}: {exc}); it must be "
-                          "importable from the working directory or PYTHONPATH") from None  # fmt: skip
+        raise ConfigError(
+            f"{key}: cannot import {module_name!r} ({type(exc).__name__}: {exc}); it must be "
+            "importable from the working directory or PYTHONPATH"
+        ) from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ConfigError(f"{key}: module {module_name} has no function {function_name!r}")
@@ -70,8 +72,9 @@ def _record_as(function: Callable[..., Any], expected: tuple[str, ...], key: str
     required = [p for p in positional if p.default is p.empty]
     varargs = any(p.kind is p.VAR_POSITIONAL for p in parameters)
     if len(required) > len(expected) + 1 or (len(positional) < len(expected) and not varargs):
-        raise ConfigError(f"{key}: {spec}{signature} must take ({', '.join(expected)}) or "
-                          f"({', '.join(expected)}, record)")  # fmt: skip
+        raise ConfigError(
+            f"{key}: {spec}{signature} must take ({', '.join(expected)}) or ({', '.join(expected)}, record)"
+        )
     if len(positional) > len(expected):
         return "positional"
     record = signature.parameters.get("record")

@@ -217,9 +217,13 @@ def _read_hub_dataset(source: str) -> Iterator[SourceRecord]:
 
 
 # Why a write can fail that the user can fix, by errno.
-WRITE_FAILURES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
-                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                  errno.EPERM: "the operation is not permitted"}  # fmt: skip
+WRITE_FAILURES = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "the operation is not permitted",
+}
 
 
 def write_failure(path: str | Path | None, exc: OSError) -> WpoError | None:
@@ -227,9 +231,11 @@ def write_failure(path: str | Path | None, exc: OSError) -> WpoError | None:
     reason = WRITE_FAILURES.get(exc.errno or 0)
     if reason is None:
         return None
-    return WpoError(f"cannot write {path or exc.filename or 'a file'}: {reason}; everything finished before it is "
-                    "saved (outputs, progress and caches are fsynced as they finish): fix that and rerun, and the "
-                    "run resumes")  # fmt: skip
+    return WpoError(
+        f"cannot write {path or exc.filename or 'a file'}: {reason}; everything finished before it is "
+        "saved (outputs, progress and caches are fsynced as they finish): fix that and rerun, and the "
+        "run resumes"
+    )
 
 
 @contextmanager

@@ -158,8 +158,11 @@ def parse_prompt(record: dict[str, Any], where: str) -> PromptRecord:
     """The prompts contract; the form UltraFeedback-derived sets publish (`prompt_id` and a string `prompt`, no
     `messages`) is read as one user message."""
     if "messages" not in record and isinstance(record.get("prompt"), str) and "prompt_id" in record:
-        record = {**{k: v for k, v in record.items() if k not in ("prompt", "prompt_id")}, "id": record["prompt_id"],
-                  "messages": [{"role": "user", "content": record["prompt"]}]}  # fmt: skip
+        record = {
+            **{k: v for k, v in record.items() if k not in ("prompt", "prompt_id")},
+            "id": record["prompt_id"],
+            "messages": [{"role": "user", "content": record["prompt"]}],
+        }
     raw_id = _require(record, "id")
     if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
         raise RecordInvalid("wrong_type", f"id must be a string, got {type(raw_id).__name__}")
@@ -220,8 +223,11 @@ def parse_candidates(record: dict[str, Any], where: str) -> CandidatesRecord:
                 scores = {str(k): _finite_or_none(scores, k) for k in scores}
         except RecordInvalid as exc:
             raise RecordInvalid(exc.reason, f"{name}.{exc.message}") from None
-        candidates.append(Candidate(text=item["text"], source=source, seed=seed, score=score, scores=scores,
-                                    finish_reason=finish_reason))
+        candidates.append(
+            Candidate(
+                text=item["text"], source=source, seed=seed, score=score, scores=scores, finish_reason=finish_reason
+            )
+        )
     return CandidatesRecord(id=prompt.id, messages=prompt.messages, candidates=candidates)
 
 

@@ -21,8 +21,13 @@ class PairChoice:
     drop_reason: str | None = None
 
 
-def choose_pair(scores: list[float], lengths: list[int], texts: list[str], min_margin: float = 0.0,
-                can_be_chosen: list[bool] | None = None) -> PairChoice:  # fmt: skip
+def choose_pair(
+    scores: list[float],
+    lengths: list[int],
+    texts: list[str],
+    min_margin: float = 0.0,
+    can_be_chosen: list[bool] | None = None,
+) -> PairChoice:
     if len(scores) < 2:
         return PairChoice(None, None, "fewer_than_two_candidates")
     eligible = [i for i in range(len(scores)) if can_be_chosen is None or can_be_chosen[i]]

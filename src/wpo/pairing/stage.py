@@ -13,12 +13,12 @@ from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
 from wpo.data.schemas import CandidatesRecord, Pair, RecordInvalid, parse_all, parse_candidates
 from wpo.errors import DataError
-from wpo.layout import stage_output
+from wpo.layout import STAGE_OUTPUTS, stage_output
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.pairing import choose_pair
 
 log = logging.getLogger(__name__)
-OUTPUT, STATS = "pairs.jsonl", "stats.json"
+OUTPUT, STATS = STAGE_OUTPUTS["pair"], "stats.json"
 
 
 def candidates_source(recipe: Recipe) -> str:
@@ -79,22 +79,35 @@ def run_pair(recipe: Recipe) -> dict[str, Any]:
         scores = [c.score for c in candidates]
         all_scores += scores
         eligible = [c.finish_reason != "length" for c in candidates] if cut_off == "never_chosen" else None
-        choice = choose_pair(scores, [length(c.text) for c in candidates], [c.text for c in candidates],
-                             recipe.pair.min_margin, eligible)  # fmt: skip
+        choice = choose_pair(
+            scores, [length(c.text) for c in candidates], [c.text for c in candidates], recipe.pair.min_margin, eligible
+        )
         if choice.drop_reason:
             dropped[choice.drop_reason] += 1
             continue
         chosen, rejected = candidates[choice.chosen], candidates[choice.rejected]
-        pairs.append(Pair(record.id, record.messages, chosen.text, rejected.text, chosen.score, rejected.score,
-                          chosen.source, rejected.source))  # fmt: skip
+        pairs.append(
+            Pair(
+                record.id,
+                record.messages,
+                chosen.text,
+                rejected.text,
+                chosen.score,
+                rejected.score,
+                chosen.source,
+                rejected.source,
+            )
+        )
         chosen_scores.append(chosen.score)
         rejected_scores.append(rejected.score)
         sources["chosen"][chosen.source] += 1
         sources["rejected"][rejected.source] += 1
 
     if not pairs:
-        raise DataError(f"{source}: no preference pair could be formed from {len(records)} prompts "
-                        f"(dropped {dict(dropped)}, skipped {dict(policy.skipped)})")  # fmt: skip
+        raise DataError(
+            f"{source}: no preference pair could be formed from {len(records)} prompts "
+            f"(dropped {dict(dropped)}, skipped {dict(policy.skipped)})"
+        )
     written = write_jsonl(stage_dir / OUTPUT, [p.to_record() for p in pairs])
     edges = np.histogram_bin_edges(all_scores or [0.0], bins=10)
     stats = {
@@ -116,10 +129,26 @@ def run_pair(recipe: Recipe) -> dict[str, Any]:
     }
     write_json(stage_dir / STATS, stats)
     config = run_config(recipe)
-    counts = {key: stats[key] for key in ("pairs", "prompts", "dropped", "skipped", "empty_candidates_ignored",
-                                          "cut_off_candidates")}  # fmt: skip
-    write_manifest(stage_dir, stage="pair", config=config, config_hash=config_hash(config), seed=recipe.seed,
-                   counts=counts, wall_seconds=time.perf_counter() - started, outputs=[OUTPUT, STATS])  # fmt: skip
-    log.info("pair: read %d prompts from %s, wrote %d pairs to %s; dropped %s", len(records), source, written,
-             stage_dir / OUTPUT, dict(dropped) or "none")  # fmt: skip
+    counts = {
+        key: stats[key]
+        for key in ("pairs", "prompts", "dropped", "skipped", "empty_candidates_ignored", "cut_off_candidates")
+    }
+    write_manifest(
+        stage_dir,
+        stage="pair",
+        config=config,
+        config_hash=config_hash(config),
+        seed=recipe.seed,
+        counts=counts,
+        wall_seconds=time.perf_counter() - started,
+        outputs=[OUTPUT, STATS],
+    )
+    log.info(
+        "pair: read %d prompts from %s, wrote %d pairs to %s; dropped %s",
+        len(records),
+        source,
+        written,
+        stage_dir / OUTPUT,
+        dict(dropped) or "none",
+    )
     return {"output": str(stage_dir / OUTPUT), "counts": counts, "stats": stats}

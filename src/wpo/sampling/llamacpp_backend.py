@@ -38,6 +38,7 @@ import llama_cpp
 
 from wpo.config import Recipe
 from wpo.errors import ConfigError, WpoError
+from wpo.layout import gguf_cache, policy_gguf
 from wpo.models import cache_root, load_tokenizer, resolve_model_path
 from wpo.sampling import Sample, SampleRequest, cut_at_stop, render_prompt
 
@@ -73,26 +74,16 @@ def converted_policy(recipe: Recipe, model_dir: Path, cache: Path | None = None)
     (by default `output_dir/gguf/`) by the sha256 of its weights and config: round k's policy is converted when its
     sampling starts, and a rerun, or the eval of the same weights, finds it. F16 keeps the weights as trained (a
     quantized policy would sample another distribution) and is the type llama.cpp batches fastest on AVX2."""
-    from wpo.export.convert import export_gguf
+    from wpo.exporting.convert import export_gguf
     from wpo.models import merged_model_dir
 
-    cache = cache or Path(recipe.output_dir) / "gguf"
+    cache = cache or gguf_cache(recipe)
     whole = merged_model_dir(model_dir, cache, recipe.model.trust_remote_code)
-    target = f16_conversion_path(whole, cache)
+    target = policy_gguf(whole, cache)
     if not target.is_file():
         log.info("llama.cpp: converting %s to an F16 GGUF (%s)", model_dir, target)
         export_gguf(whole, target.parent, "policy", ["F16"])
     return target
-
-
-def f16_conversion_path(whole_model_dir: Path, cache: Path) -> Path:
-    """Where `converted_policy` keeps the F16 GGUF of these weights (a model without an adapter) under `cache`."""
-    from wpo.config import config_hash
-    from wpo.manifest import file_sha256
-
-    weights = sorted(whole_model_dir.glob("*.safetensors")) + [whole_model_dir / "config.json"]
-    digest = config_hash([(path.name, file_sha256(path)) for path in weights])[:16]
-    return cache / digest / "policy.F16.gguf"
 
 
 @dataclass
@@ -157,8 +148,10 @@ class LlamaCppSampler:
         cfg = self.config
         needed = longest_prompt + cfg.max_new_tokens
         if needed > cfg.context_length:
-            raise ConfigError(f"a prompt of {longest_prompt} tokens plus sample.max_new_tokens {cfg.max_new_tokens} "
-                              f"exceeds sample.context_length {cfg.context_length}")  # fmt: skip
+            raise ConfigError(
+                f"a prompt of {longest_prompt} tokens plus sample.max_new_tokens {cfg.max_new_tokens} "
+                f"exceeds sample.context_length {cfg.context_length}"
+            )
         if needed <= self.sequence_capacity:
             return
         if self.release_context:
@@ -222,8 +215,9 @@ class LlamaCppSampler:
                 llama_cpp.llama_sampler_free(sample.chain)
         return texts
 
-    def _admit(self, waiting: deque[_PromptGroup], requests: list[SampleRequest], active: list[_Sample],
-               texts: list[Sample]) -> None:  # fmt: skip
+    def _admit(
+        self, waiting: deque[_PromptGroup], requests: list[SampleRequest], active: list[_Sample], texts: list[Sample]
+    ) -> None:
         """Start the next waiting requests of one prompt, as many as there are free sequences: decode the prompt
         alone (its arithmetic then never depends on what else is decoding), draw each sample's first token from its
         logits, and copy the prompt's KV to the sequence of every sample that goes on."""

@@ -24,12 +24,16 @@ class OpenAISampler:
 
     def _request(self, request: SampleRequest) -> ChatRequest:
         cfg = self.cfg
-        params = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_new_tokens,
-                  "seed": request.seed, **({"stop": cfg.stop} if cfg.stop else {})}  # fmt: skip
+        params = {
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "max_tokens": cfg.max_new_tokens,
+            "seed": request.seed,
+            **({"stop": cfg.stop} if cfg.stop else {}),
+        }
         key = AnswerCache.key(cfg.endpoint.model, cfg.endpoint.extra_body, params, request.messages)
         return ChatRequest(key, request.messages, params, f"a sample with seed {request.seed}")
 
     def generate(self, requests: list[SampleRequest]) -> list[Sample]:
-        answers = self.endpoint.ask_all([self._request(r) for r in requests], answer_with_reason,
-                                        desc="sample: server")  # fmt: skip
+        answers = self.endpoint.ask_all([self._request(r) for r in requests], answer_with_reason, desc="sample: server")
         return [Sample(cut_at_stop(text, self.cfg.stop), reason) for text, reason in map(cached_answer, answers)]

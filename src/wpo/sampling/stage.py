@@ -23,12 +23,13 @@ from wpo.data.schemas import PromptRecord, RecordInvalid, parse_all, parse_promp
 from wpo.distributed import process_state
 from wpo.endpoints import cached_answer
 from wpo.errors import ConfigError, DataError
+from wpo.layout import STAGE_OUTPUTS
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import ChatTemplateError
 from wpo.sampling import SampleRequest, make_sampler, render_prompt, sample_seed
 
 log = logging.getLogger(__name__)
-OUTPUT = "candidates.jsonl"
+OUTPUT = STAGE_OUTPUTS["sample"]
 OFFPOLICY_CACHE = "offpolicy_cache.jsonl"
 
 
@@ -69,8 +70,10 @@ class ContextCheck:
         length = len(self.tokenizer(render_prompt(self.tokenizer, messages), add_special_tokens=False)["input_ids"])
         if length + cfg.max_new_tokens <= self.limit:
             return None
-        return (f"prompt has {length} tokens; with sample.max_new_tokens {cfg.max_new_tokens} it exceeds the "
-                f"model's context of {self.limit} tokens")  # fmt: skip
+        return (
+            f"prompt has {length} tokens; with sample.max_new_tokens {cfg.max_new_tokens} it exceeds the "
+            f"model's context of {self.limit} tokens"
+        )
 
 
 def load_prompts(recipe: Recipe, policy: BadRecordPolicy, context: ContextCheck | None = None) -> list[PromptRecord]:
@@ -118,8 +121,10 @@ def run_sample(recipe: Recipe) -> dict[str, Any]:
     run_hash = config_hash(config)
     state = process_state()
     if state.num_processes > 1 and cfg.backend == "vllm":
-        raise ConfigError("sample.backend vllm runs in one process (it spreads over GPUs by tensor_parallel_size); "
-                          f"launch wpo sample without a launcher, not as {state.num_processes} processes")  # fmt: skip
+        raise ConfigError(
+            "sample.backend vllm runs in one process (it spreads over GPUs by tensor_parallel_size); "
+            f"launch wpo sample without a launcher, not as {state.num_processes} processes"
+        )
     progress = ProgressFile(stage_dir, "candidates", run_hash, state.process_index, state.num_processes)
     done = progress.load()
     state.wait_for_everyone()  # every process has read (and repaired) the progress files before any appends
@@ -144,13 +149,16 @@ def run_sample(recipe: Recipe) -> dict[str, Any]:
                 {
                     "id": p.id,
                     "samples": [
-                        {"text": samples[i * cfg.n + k].text, "seed": requests[i * cfg.n + k].seed,
-                         "finish_reason": samples[i * cfg.n + k].finish_reason}
+                        {
+                            "text": samples[i * cfg.n + k].text,
+                            "seed": requests[i * cfg.n + k].seed,
+                            "finish_reason": samples[i * cfg.n + k].finish_reason,
+                        }
                         for k in range(cfg.n)
                     ],
                 }
                 for i, p in enumerate(batch)
-            ]  # fmt: skip
+            ]
             progress.append(records)
 
     state.wait_for_everyone()
@@ -221,12 +229,25 @@ def _write_candidates(
         "prompts_done_before_this_run": already_done,
     }
     wall = time.perf_counter() - started
-    write_manifest(stage_dir, stage="sample", config=config, config_hash=config_hash(config), seed=recipe.seed,
-                   counts=counts, wall_seconds=wall, outputs=[OUTPUT])  # fmt: skip
+    write_manifest(
+        stage_dir,
+        stage="sample",
+        config=config,
+        config_hash=config_hash(config),
+        seed=recipe.seed,
+        counts=counts,
+        wall_seconds=wall,
+        outputs=[OUTPUT],
+    )
     log.info(
-        "sample: read %d prompts from %s, wrote %d to %s; skipped %s, dropped %s", counts["prompts_read"],
-        cfg.prompts, written, stage_dir / OUTPUT, dict(policy.skipped) or "none", dict(dropped) or "none",
-    )  # fmt: skip
+        "sample: read %d prompts from %s, wrote %d to %s; skipped %s, dropped %s",
+        counts["prompts_read"],
+        cfg.prompts,
+        written,
+        stage_dir / OUTPUT,
+        dict(policy.skipped) or "none",
+        dict(dropped) or "none",
+    )
     return {"output": str(stage_dir / OUTPUT), "counts": counts}
 
 
@@ -246,8 +267,15 @@ def offpolicy_answers(recipe: Recipe, prompts: list[PromptRecord], policy: BadRe
     for model in recipe.sample.offpolicy_models:
         endpoint = Endpoint(model, f"sample.offpolicy_models {model.name}", cache)
         params = {"temperature": model.temperature, "top_p": model.top_p, "max_tokens": model.max_tokens}
-        requests = [ChatRequest(AnswerCache.key(model.name, model.model, model.extra_body, params, p.messages),
-                                p.messages, params, f"the prompt {p.id!r}") for p in prompts]  # fmt: skip
+        requests = [
+            ChatRequest(
+                AnswerCache.key(model.name, model.model, model.extra_body, params, p.messages),
+                p.messages,
+                params,
+                f"the prompt {p.id!r}",
+            )
+            for p in prompts
+        ]
 
         def count_failure(request: ChatRequest, error: Exception, name: str = model.name) -> None:
             policy.skipped[f"offpolicy_{'empty' if isinstance(error, EmptyAnswer) else 'failed'}:{name}"] += 1
@@ -257,6 +285,11 @@ def offpolicy_answers(recipe: Recipe, prompts: list[PromptRecord], policy: BadRe
         answers = endpoint.ask_all(requests, nonempty_answer, on_failure=failure, desc=f"sample: {model.name}")
         generated[model.name] = {p.id: text for p, text in zip(prompts, answers, strict=True) if text is not None}
         usage[model.name] = endpoint.usage_report()
-        log.info("sample: %d answers from %s (%s); %s", len(generated[model.name]), model.name, model.model,
-                 usage[model.name])  # fmt: skip
+        log.info(
+            "sample: %d answers from %s (%s); %s",
+            len(generated[model.name]),
+            model.name,
+            model.model,
+            usage[model.name],
+        )
     return generated, usage

@@ -103,7 +103,9 @@ class TransformersSampler:
         eos = generation.eos_token_id
         ended = torch.isin(new_tokens, torch.tensor(eos if isinstance(eos, list) else [eos], device=new_tokens.device))
         return [
-            Sample(cut_at_stop(text, cfg.stop),
-                   "stop" if bool(ended[row].any()) or cut_at_stop(text, cfg.stop) != text else "length")
+            Sample(
+                cut_at_stop(text, cfg.stop),
+                "stop" if bool(ended[row].any()) or cut_at_stop(text, cfg.stop) != text else "length",
+            )
             for row, text in enumerate(decoded)
-        ]  # fmt: skip
+        ]

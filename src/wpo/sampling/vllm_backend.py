@@ -33,15 +33,26 @@ class VllmSampler:
 
         cfg = self.config
         prompts = [
-            TokensPrompt(prompt_token_ids=self.tokenizer(render_prompt(self.tokenizer, r.messages),
-                                                         add_special_tokens=False)["input_ids"])
+            TokensPrompt(
+                prompt_token_ids=self.tokenizer(render_prompt(self.tokenizer, r.messages), add_special_tokens=False)[
+                    "input_ids"
+                ]
+            )
             for r in requests
-        ]  # fmt: skip
+        ]
         params = [
-            SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k if cfg.top_k > 0 else -1,
-                           max_tokens=cfg.max_new_tokens, stop=cfg.stop or None, seed=r.seed)
+            SamplingParams(
+                n=1,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k if cfg.top_k > 0 else -1,
+                max_tokens=cfg.max_new_tokens,
+                stop=cfg.stop or None,
+                seed=r.seed,
+            )
             for r in requests
-        ]  # fmt: skip
+        ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [Sample(cut_at_stop(output.outputs[0].text, cfg.stop), output.outputs[0].finish_reason)
-                for output in outputs]  # fmt: skip
+        return [
+            Sample(cut_at_stop(output.outputs[0].text, cfg.stop), output.outputs[0].finish_reason) for output in outputs
+        ]

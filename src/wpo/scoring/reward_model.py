@@ -44,10 +44,11 @@ class RewardModelScorer:
     @torch.no_grad()
     def score(self, requests: list[ScoreRequest]) -> list[float]:
         texts = [
-            apply_chat_template(self.tokenizer, r.messages + [{"role": "assistant", "content": r.response}],
-                                tokenize=False)
+            apply_chat_template(
+                self.tokenizer, r.messages + [{"role": "assistant", "content": r.response}], tokenize=False
+            )
             for r in requests
-        ]  # fmt: skip
+        ]
         encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         limit = self.config.max_length
         self.truncated += sum(len(ids) > limit for ids in encoded)

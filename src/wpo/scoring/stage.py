@@ -23,12 +23,12 @@ from wpo.data.progress import ProgressFile
 from wpo.data.schemas import parse_all, parse_candidates
 from wpo.distributed import process_state
 from wpo.errors import DataError
-from wpo.layout import stage_output
+from wpo.layout import STAGE_OUTPUTS, stage_output
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.scoring import ScoreRequest, make_scorer
 
 log = logging.getLogger(__name__)
-OUTPUT = "candidates.jsonl"
+OUTPUT = STAGE_OUTPUTS["score"]
 RECORDS_PER_APPEND = 8
 
 
@@ -67,7 +67,9 @@ def run_score(recipe: Recipe) -> dict[str, Any]:
     my_candidates = sum(len(d["candidates"]) for chunk in mine for _, d in chunk)
     bar = tqdm(total=my_candidates, desc="score", unit="candidate", disable=not state.is_main_process)
     for chunk in mine:
-        requests = [ScoreRequest(d["messages"], c["text"], _prompt_record(d)) for _, d in chunk for c in d["candidates"]]
+        requests = [
+            ScoreRequest(d["messages"], c["text"], _prompt_record(d)) for _, d in chunk for c in d["candidates"]
+        ]
         scores = iter(scorer.score(requests))
         finished = []
         for where, data in chunk:
@@ -118,10 +120,24 @@ def _write_scored(
         **work,
     }
     config = run_config(recipe)
-    write_manifest(stage_dir, stage="score", config=config, config_hash=config_hash(config), seed=recipe.seed,
-                   counts=counts, wall_seconds=time.perf_counter() - started, outputs=[OUTPUT])  # fmt: skip
-    log.info("score: read %d records from %s, wrote %d to %s; skipped %s", counts["records_read"], source, written,
-             stage_dir / OUTPUT, dict(policy.skipped) or "none")  # fmt: skip
+    write_manifest(
+        stage_dir,
+        stage="score",
+        config=config,
+        config_hash=config_hash(config),
+        seed=recipe.seed,
+        counts=counts,
+        wall_seconds=time.perf_counter() - started,
+        outputs=[OUTPUT],
+    )
+    log.info(
+        "score: read %d records from %s, wrote %d to %s; skipped %s",
+        counts["records_read"],
+        source,
+        written,
+        stage_dir / OUTPUT,
+        dict(policy.skipped) or "none",
+    )
     return {"output": str(stage_dir / OUTPUT), "counts": counts}
 
 

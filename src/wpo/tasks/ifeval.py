@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from wpo.data.io import resolve_builtin, write_jsonl
-from wpo.eval.measures import chrf, distinct_2
+from wpo.evaluation.measures import chrf, distinct_2
 
 TOPICS_FILE = "ifeval-topics.tsv"
 TRAIN_FILE = "ifeval-train.jsonl"
@@ -103,16 +103,24 @@ def _score_no_commas(response: str, _: re.Match[str]) -> float:
 CONSTRAINTS: dict[str, Constraint] = {
     c.kind: c
     for c in (
-        Constraint("keywords", re.compile(r"Include the keywords '(?P<first>[^']+)' and '(?P<second>[^']+)' in the "
-                                          r"response\."), _score_keywords),
+        Constraint(
+            "keywords",
+            re.compile(
+                r"Include the keywords '(?P<first>[^']+)' and '(?P<second>[^']+)' in the "
+                r"response\."
+            ),
+            _score_keywords,
+        ),
         Constraint("max_words", re.compile(r"Answer with less than (?P<limit>\d+) words\."), _score_max_words),
-        Constraint("bullets", re.compile(r"Your answer must contain exactly (?P<count>\d+) bullet points\."),
-                   _score_bullets),
-        Constraint("title", re.compile(r"Your answer must contain a title, wrapped in double angular brackets"),
-                   _score_title),
+        Constraint(
+            "bullets", re.compile(r"Your answer must contain exactly (?P<count>\d+) bullet points\."), _score_bullets
+        ),
+        Constraint(
+            "title", re.compile(r"Your answer must contain a title, wrapped in double angular brackets"), _score_title
+        ),
         Constraint("no_commas", re.compile(r"refrain from the use of any commas\."), _score_no_commas),
     )
-}  # fmt: skip
+}
 
 
 def instruction_text(kind: str, topic: Topic, rng: random.Random) -> str:
@@ -178,9 +186,11 @@ def format_score(messages: list[dict[str, str]], response: str) -> float:
 STRICT_CHECKS: dict[str, Callable[[str, re.Match[str]], bool]] = {
     "keywords": lambda text, m: all(re.search(k, text, flags=re.IGNORECASE) for k in (m["first"], m["second"])),
     "max_words": lambda text, m: len(re.findall(r"\w+", text)) < int(m["limit"]),
-    "bullets": lambda text, m: len(re.findall(r"^\s*\*[^\*].*$", text, flags=re.MULTILINE))
-    + len(re.findall(r"^\s*-.*$", text, flags=re.MULTILINE))
-    == int(m["count"]),
+    "bullets": lambda text, m: (
+        len(re.findall(r"^\s*\*[^\*].*$", text, flags=re.MULTILINE))
+        + len(re.findall(r"^\s*-.*$", text, flags=re.MULTILINE))
+        == int(m["count"])
+    ),
     "title": lambda text, _: any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", text)),
     "no_commas": lambda text, _: not re.search(r"\,", text),
 }
@@ -232,8 +242,11 @@ def topic_of(prompt: str) -> Topic:
     start there). First, because the question comes before its constraint, whose keywords may name another topic
     ("Explain pizza ... Include the keywords 'cheese' and 'Naples'")."""
     text = prompt.lower()
-    found = [(match.start(), -len(name), name) for name in _topics_by_name()
-             if (match := re.search(rf"\b{re.escape(name)}\b", text))]  # fmt: skip
+    found = [
+        (match.start(), -len(name), name)
+        for name in _topics_by_name()
+        if (match := re.search(rf"\b{re.escape(name)}\b", text))
+    ]
     if not found:
         raise ValueError(f"no topic of {TOPICS_FILE} found in the prompt {prompt[:80]!r}")
     return _topics_by_name()[min(found)[2]]

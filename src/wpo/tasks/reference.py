@@ -22,8 +22,10 @@ _BLEU = BLEU(effective_order=True)  # sentence-level BLEU: orders with no matche
 def reference_of(record: dict[str, Any]) -> str:
     value = record.get(REFERENCE_FIELD)
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"the prompt {record.get('id')!r} has no {REFERENCE_FIELD!r} field (a non-empty string); "
-                         "these rewards need one in every prompt record")  # fmt: skip
+        raise ValueError(
+            f"the prompt {record.get('id')!r} has no {REFERENCE_FIELD!r} field (a non-empty string); "
+            "these rewards need one in every prompt record"
+        )
     return value
 
 
@@ -37,8 +39,9 @@ def bleu(messages: list[dict[str, str]], text: str, record: dict[str, Any]) -> f
     return _BLEU.sentence_score(text, [reference_of(record)]).score / 100.0
 
 
-def chrf_preference(messages: list[dict[str, str]], baseline_output: str, model_output: str,
-                    record: dict[str, Any]) -> float:  # fmt: skip
+def chrf_preference(
+    messages: list[dict[str, str]], baseline_output: str, model_output: str, record: dict[str, Any]
+) -> float:
     """An eval judge (`eval.judge: python`): P(model output better) = 0.5 + (chrF(model) − chrF(baseline)) / 2, each
     against the prompt's reference; 0.5 when both are as close to it."""
     return 0.5 + (chrf(messages, model_output, record) - chrf(messages, baseline_output, record)) / 2.0

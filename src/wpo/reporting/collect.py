@@ -20,6 +20,7 @@ from wpo.config import ROUND_STAGES, STAGES
 from wpo.data.io import BadRecordPolicy, read_records
 from wpo.data.schemas import Annotation, RecordInvalid, parse_annotation, parse_candidates, parse_pair
 from wpo.errors import DataError, WpoError
+from wpo.layout import output_in
 from wpo.manifest import MANIFEST_NAME, file_sha256, read_manifest
 
 # What each stage's manifest counts as read and written (the stages name them differently); the rest of the counts
@@ -193,8 +194,10 @@ def check_report_dir(directory: Path) -> None:
     if is_run_dir(directory) or is_sweep_dir(directory):
         return
     hint = f"; did you mean {directory / 'sweep'}?" if is_sweep_dir(directory / "sweep") else ""
-    raise WpoError(f"{directory}: not a run directory (no summary.json, no <stage>/{MANIFEST_NAME}) nor a sweep "
-                   f"directory (no runs.csv){hint}")  # fmt: skip
+    raise WpoError(
+        f"{directory}: not a run directory (no summary.json, no <stage>/{MANIFEST_NAME}) nor a sweep "
+        f"directory (no runs.csv){hint}"
+    )
 
 
 def round_directories(run_dir: Path) -> list[tuple[int, Path]]:
@@ -218,13 +221,17 @@ def collect_round(number: int, directory: Path, summary: dict[str, Any] | None, 
     names = STAGES if number == 1 else [s for s in STAGES if s in ROUND_STAGES or (directory / s).is_dir()]
     last_run = (summary or {}).get("stages", {})
     stages = [
-        StageStatus(name, directory / name, read_manifest(directory / name),
-                    last_run.get(name if number == 1 else f"round-{number}/{name}"))
+        StageStatus(
+            name,
+            directory / name,
+            read_manifest(directory / name),
+            last_run.get(name if number == 1 else f"round-{number}/{name}"),
+        )
         for name in names
-    ]  # fmt: skip
-    scored = directory / "score" / "candidates.jsonl"
-    candidates_path = scored if scored.is_file() else directory / "sample" / "candidates.jsonl"
-    pairs_path = directory / "pair" / "pairs.jsonl"
+    ]
+    scored = output_in(directory, "score")
+    candidates_path = scored if scored.is_file() else output_in(directory, "sample")
+    pairs_path = output_in(directory, "pair")
     return RoundData(
         number=number,
         directory=directory,
@@ -232,7 +239,7 @@ def collect_round(number: int, directory: Path, summary: dict[str, Any] | None, 
         candidates=candidate_stats(candidates_path) if candidates_path.is_file() else None,
         pairs=pair_stats(pairs_path, cap) if pairs_path.is_file() else None,
         training=training_rows(directory / "train" / "metrics.jsonl"),
-        evaluation=eval_data(directory / "eval", cap) if (directory / "eval" / "metrics.json").is_file() else None,
+        evaluation=eval_data(directory / "eval", cap) if output_in(directory, "eval").is_file() else None,
         export=export_data(directory / "export"),
     )
 
@@ -265,17 +272,26 @@ def pair_stats(path: Path, cap: int) -> PairStats:
         stats.chosen_lengths.append(len(pair.chosen))
         stats.rejected_lengths.append(len(pair.rejected))
         if len(stats.items) < cap:
-            stats.items.append({
-                "id": pair.id, "prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected,
-                "score_chosen": pair.score_chosen, "score_rejected": pair.score_rejected, "margin": margin,
-                "source_chosen": chosen_source, "source_rejected": rejected_source,
-                "length_chosen": len(pair.chosen), "length_rejected": len(pair.rejected),
-            })  # fmt: skip
+            stats.items.append(
+                {
+                    "id": pair.id,
+                    "prompt": pair.prompt,
+                    "chosen": pair.chosen,
+                    "rejected": pair.rejected,
+                    "score_chosen": pair.score_chosen,
+                    "score_rejected": pair.score_rejected,
+                    "margin": margin,
+                    "source_chosen": chosen_source,
+                    "source_rejected": rejected_source,
+                    "length_chosen": len(pair.chosen),
+                    "length_rejected": len(pair.rejected),
+                }
+            )
     return stats
 
 
 def training_rows(path: Path) -> list[dict[str, Any]]:
-    from wpo.train.metrics import read_metrics  # tolerates the line a kill cut short, as the trainer's resume does
+    from wpo.training.metrics import read_metrics  # tolerates the line a kill cut short, as the trainer's resume does
 
     return read_metrics(path)
 
@@ -308,16 +324,36 @@ def eval_data(directory: Path, cap: int) -> EvalData:
     else:
         names, highlight = [], None
         baseline = annotations[0].generator_1 if annotations else metrics.get("reference_generator")
-        items = [{"id": str(number), "prompt": a.instruction, "reference": None, "constraint": None,
-                  "baseline": a.output_1, "model": a.output_2, "baseline_measures": {}, "model_measures": {},
-                  "preference": a.preference, "label": None} for number, a in enumerate(annotations, 1)]  # fmt: skip
+        items = [
+            {
+                "id": str(number),
+                "prompt": a.instruction,
+                "reference": None,
+                "constraint": None,
+                "baseline": a.output_1,
+                "model": a.output_2,
+                "baseline_measures": {},
+                "model_measures": {},
+                "preference": a.preference,
+                "label": None,
+            }
+            for number, a in enumerate(annotations, 1)
+        ]
         outputs = [a.output_2 for a in annotations]
         source = annotations_path.name if annotations else None
     repeated = [(text, n) for text, n in Counter(outputs).most_common() if n > 1]
-    return EvalData(metrics=metrics, generator=generator, baseline_generator=baseline,
-                    judged_against=annotations[0].generator_1 if annotations else None, measures=names,
-                    items_from=source, items=items[:cap], total_prompts=len(items), highlight_measure=highlight,
-                    repeated_outputs=repeated)  # fmt: skip
+    return EvalData(
+        metrics=metrics,
+        generator=generator,
+        baseline_generator=baseline,
+        judged_against=annotations[0].generator_1 if annotations else None,
+        measures=names,
+        items_from=source,
+        items=items[:cap],
+        total_prompts=len(items),
+        highlight_measure=highlight,
+        repeated_outputs=repeated,
+    )
 
 
 def _preferences_by_row(rows: list[dict[str, Any]], annotations: list[Annotation]) -> list[float | None]:
@@ -331,17 +367,22 @@ def _preferences_by_row(rows: list[dict[str, Any]], annotations: list[Annotation
 
 def _measured_item(row: dict[str, Any], names: list[str], preference: float | None) -> dict[str, Any]:
     return {
-        "id": str(row["id"]), "prompt": row["prompt"], "reference": row.get("reference"),
-        "constraint": row.get("constraint"), "baseline": row["base_output"], "model": row["output"],
+        "id": str(row["id"]),
+        "prompt": row["prompt"],
+        "reference": row.get("reference"),
+        "constraint": row.get("constraint"),
+        "baseline": row["base_output"],
+        "model": row["output"],
         "baseline_measures": {n: row[f"{n}_base"] for n in names},
         "model_measures": {n: row[f"{n}_trained"] for n in names},
-        "preference": preference, "label": None,
-    }  # fmt: skip
+        "preference": preference,
+        "label": None,
+    }
 
 
 def _highlights_first(items: list[dict[str, Any]], rows: list[dict[str, Any]], measure: str) -> list[dict[str, Any]]:
     """The three prompts `side_by_side.md` leads with (the same fixed rule), labelled, then the rest in file order."""
-    from wpo.eval.measures import highlights
+    from wpo.evaluation.measures import highlights
 
     position = {id(row): index for index, row in enumerate(rows)}  # by identity: ids need not be unique here
     first: list[dict[str, Any]] = []
@@ -371,9 +412,7 @@ def collect_sweep(sweep_dir: Path) -> SweepData:
     comparison = _csv_rows(comparison_path) if comparison_path.is_file() else []
     data_dirs = sorted(path for path in sweep_dir.glob("data-*") if path.is_dir())
     pairs_by_sha = {
-        file_sha256(path / "pair" / "pairs.jsonl"): path
-        for path in data_dirs
-        if (path / "pair" / "pairs.jsonl").is_file()
+        file_sha256(output_in(path, "pair")): path for path in data_dirs if output_in(path, "pair").is_file()
     }
     columns = list(run_rows[0]) if run_rows else []
     grid_keys = columns[: columns.index("seed")] if "seed" in columns else []
@@ -386,9 +425,15 @@ def collect_sweep(sweep_dir: Path) -> SweepData:
         data_dir = pairs_by_sha.get((manifest or {}).get("config", {}).get("pairs_sha256", ""))
         runs.append(SweepRun(name=name, row=row, directory=directory, data_directory=data_dir))
     plot = sweep_dir / "comparison.png"
-    return SweepData(directory=sweep_dir, grid_keys=grid_keys, runs=runs,
-                     comparison_columns=list(comparison[0]) if comparison else [], comparison=comparison,
-                     plot_png=plot.read_bytes() if plot.is_file() else None, data_directories=data_dirs)  # fmt: skip
+    return SweepData(
+        directory=sweep_dir,
+        grid_keys=grid_keys,
+        runs=runs,
+        comparison_columns=list(comparison[0]) if comparison else [],
+        comparison=comparison,
+        plot_png=plot.read_bytes() if plot.is_file() else None,
+        data_directories=data_dirs,
+    )
 
 
 def _csv_rows(path: Path) -> list[dict[str, str]]:

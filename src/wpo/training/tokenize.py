@@ -17,8 +17,8 @@ import torch
 from wpo.data.io import BadRecordPolicy
 from wpo.data.schemas import Pair, RecordInvalid
 from wpo.errors import DataError
-from wpo.train.loss import IGNORE_INDEX
 from wpo.models import ChatTemplateError, apply_chat_template
+from wpo.training.loss import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,9 @@ def render_response(tokenizer, prompt: list[dict[str, str]], response: str) -> t
     """Token ids of the prompt (with the generation prompt) and of the assistant turn that follows it."""
     try:
         prompt_text = apply_chat_template(tokenizer, prompt, add_generation_prompt=True, tokenize=False)
-        full_text = apply_chat_template(tokenizer, prompt + [{"role": "assistant", "content": response}],
-                                        tokenize=False)  # fmt: skip
+        full_text = apply_chat_template(
+            tokenizer, prompt + [{"role": "assistant", "content": response}], tokenize=False
+        )
     except ChatTemplateError as exc:
         raise RecordInvalid("chat_template_error", str(exc)) from None
     if not full_text.startswith(prompt_text):
@@ -136,9 +137,15 @@ class PairBatch:
             return None if tensor is None else tensor.to(device)
 
         return PairBatch(
-            move(self.input_ids), move(self.attention_mask), move(self.labels), self.logits_to_keep, self.pair_count,
-            self.token_count, move(self.position_ids), move(self.response_positions),
-        )  # fmt: skip
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.labels),
+            self.logits_to_keep,
+            self.pair_count,
+            self.token_count,
+            move(self.position_ids),
+            move(self.response_positions),
+        )
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from statistics import fmean
 from typing import Any
 from urllib.parse import quote
 
-from wpo.report import charts
-from wpo.report.collect import (
+from wpo.reporting import charts
+from wpo.reporting.collect import (
     READ_WRITTEN_KEYS,
     CandidateStats,
     EvalData,
@@ -35,12 +35,36 @@ from wpo.report.collect import (
 
 PAIRS_PER_PAGE = 25
 PROMPTS_PER_PAGE = 20
-TRAINING_HEADLINE = ("loss", "weight_mean", "weight_min", "weight_max", "reward_margin", "reward_accuracy",
-                     "learning_rate", "grad_norm")  # fmt: skip
-EVAL_HEADLINE = ("win_rate", "standard_error", "length_controlled_winrate", "discrete_win_rate", "n_wins", "n_draws",
-                 "n_total", "avg_length", "judge", "lc_formula")  # fmt: skip
-SECTIONS = (("glance", "At a glance"), ("pipeline", "Pipeline"), ("data", "Data"), ("training", "Training"),
-            ("evaluation", "Evaluation"), ("export", "Export"))  # fmt: skip
+TRAINING_HEADLINE = (
+    "loss",
+    "weight_mean",
+    "weight_min",
+    "weight_max",
+    "reward_margin",
+    "reward_accuracy",
+    "learning_rate",
+    "grad_norm",
+)
+EVAL_HEADLINE = (
+    "win_rate",
+    "standard_error",
+    "length_controlled_winrate",
+    "discrete_win_rate",
+    "n_wins",
+    "n_draws",
+    "n_total",
+    "avg_length",
+    "judge",
+    "lc_formula",
+)
+SECTIONS = (
+    ("glance", "At a glance"),
+    ("pipeline", "Pipeline"),
+    ("data", "Data"),
+    ("training", "Training"),
+    ("evaluation", "Evaluation"),
+    ("export", "Export"),
+)
 
 
 def esc(value: Any) -> str:
@@ -51,8 +75,13 @@ def script_json(payload: Any) -> str:
     """JSON to sit inside a `<script type="application/json">`: `<`, `>` and `&` as `\\u` escapes (still the same
     JSON), so no text in the data — `</script>`, `<!--` — can end the element early."""
     text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
-                         ("\u2029", "\\u2029")):  # fmt: skip
+    for raw, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(raw, escaped)
     return text
 
@@ -96,15 +125,17 @@ def figure(svg: str | None, caption: str) -> str:
 
 
 def _asset(name: str) -> str:
-    return resources.files("wpo.report").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("wpo.reporting").joinpath(name).read_text(encoding="utf-8")
 
 
 def page(title: str, body: str, generated_at: datetime) -> str:
     """The shell: inline style and script, a policy that forbids every request, and no favicon fetch."""
     script = _asset("report.js")
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
-    policy = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
-              "base-uri 'none'; form-action 'none'")  # fmt: skip
+    policy = (
+        f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
+        "base-uri 'none'; form-action 'none'"
+    )
     return (
         "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta http-equiv='Content-Security-Policy' content=\"{policy}\">"
@@ -157,8 +188,10 @@ def per_round(run: RunData, part: Callable[[RoundData], str], nothing: str) -> s
         return absent(esc(nothing))
     if len(run.rounds) == 1:
         return pieces[0][1]
-    return "".join(f"<h3>Round {round_.number} <span class='muted'>({esc(round_.directory)})</span></h3>{html_}"
-                   for round_, html_ in pieces)  # fmt: skip
+    return "".join(
+        f"<h3>Round {round_.number} <span class='muted'>({esc(round_.directory)})</span></h3>{html_}"
+        for round_, html_ in pieces
+    )
 
 
 # --- at a glance --------------------------------------------------------------------------------------------------
@@ -188,8 +221,9 @@ def verdict_card(evaluation: EvalData) -> str:
     if "better" not in metrics:
         return ""
     failed = [(name, check) for name, check in metrics.get("verdict", {}).items() if not check["passed"]]
-    lines = "".join(f"<li>{esc(name)}: {esc(check['rule'])} — got {number(check['value'])}</li>"
-                    for name, check in failed)  # fmt: skip
+    lines = "".join(
+        f"<li>{esc(name)}: {esc(check['rule'])} — got {number(check['value'])}</li>" for name, check in failed
+    )
     if metrics["better"]:
         return card("Better than the base?", "<p class='verdict good'>Yes: every rule holds.</p>", "good")
     return card("Better than the base?", f"<p class='verdict bad'>No. Failed:</p><ul>{lines}</ul>", "bad")
@@ -239,8 +273,9 @@ def outputs_card(evaluation: EvalData) -> str:
     distinct = evaluation.total_prompts - sum(n - 1 for _, n in evaluation.repeated_outputs)
     content = f"<p>{number(distinct)} distinct answers to {number(evaluation.total_prompts)} held-out prompts.</p>"
     if evaluation.repeated_outputs:
-        repeats = "".join(f"<li>{n}×: <q>{esc(shorten(text, 160))}</q></li>"
-                          for text, n in evaluation.repeated_outputs[:3])  # fmt: skip
+        repeats = "".join(
+            f"<li>{n}×: <q>{esc(shorten(text, 160))}</q></li>" for text, n in evaluation.repeated_outputs[:3]
+        )
         content += f"<p>Given more than once:</p><ul>{repeats}</ul>"
     return card("The model's answers", content, "bad" if evaluation.repeated_outputs else "")
 
@@ -276,8 +311,12 @@ def data_card(pairs: PairStats, round_number: int | None) -> str:
 def training_card(round_: RoundData) -> str:
     first, last = round_.training[0], round_.training[-1]
     lines = [f"{number(last['step'])} steps" + (f", round {round_.number}" if round_.number > 1 else "")]
-    for key, label in (("loss", "loss"), ("reward_accuracy", "reward accuracy"), ("reward_margin", "reward margin"),
-                       ("weight_mean", "mean WPO weight")):  # fmt: skip
+    for key, label in (
+        ("loss", "loss"),
+        ("reward_accuracy", "reward accuracy"),
+        ("reward_margin", "reward margin"),
+        ("weight_mean", "mean WPO weight"),
+    ):
         if key in first and key in last:
             lines.append(f"{label} {number(first[key])} → {number(last[key])}")
     listed = "".join(f"<li>{line}</li>" for line in lines)
@@ -293,16 +332,28 @@ def pipeline(run: RunData) -> str:
         for stage in round_.stages:
             label = stage.name if round_.number == 1 else f"round-{round_.number}/{stage.name}"
             rows.append(stage_row(label, stage))
-    headers = ["stage", "state", "wall time", "last <code>wpo run</code>", "config hash", "read", "written",
-               "skipped / dropped by reason", "other counts"]  # fmt: skip
+    headers = [
+        "stage",
+        "state",
+        "wall time",
+        "last <code>wpo run</code>",
+        "config hash",
+        "read",
+        "written",
+        "skipped / dropped by reason",
+        "other counts",
+    ]
     total = (run.summary or {}).get("total_wall_seconds")
     note = f"<p>Last <code>wpo run</code>: {seconds(total)} in all (summary.json).</p>" if total is not None else ""
     return note + table(headers, rows, "pipeline")
 
 
 def stage_row(label: str, stage: StageStatus) -> list[str]:
-    state = {"done": "done", "incomplete": "incomplete: no finished manifest (running, or stopped)",
-             "absent": "did not run"}[stage.state]  # fmt: skip
+    state = {
+        "done": "done",
+        "incomplete": "incomplete: no finished manifest (running, or stopped)",
+        "absent": "did not run",
+    }[stage.state]
     if stage.state != "done":
         return [esc(label), f"<span class='absent'>{state}</span>", *[""] * 7]
     manifest = stage.manifest or {}
@@ -312,9 +363,17 @@ def stage_row(label: str, stage: StageStatus) -> list[str]:
         for kind, counts in stage.by_reason.items()
     )
     other = "<br>".join(f"{esc(key)}: {compact(value)}" for key, value in stage.other_counts.items())
-    return [esc(label), state, seconds(manifest.get("wall_seconds")), last_run(stage.last_run),
-            f"<code>{esc(manifest.get('config_hash', '—'))}</code>", number(stage.count(read_key)),
-            number(stage.count(written_key)), reasons, other]  # fmt: skip
+    return [
+        esc(label),
+        state,
+        seconds(manifest.get("wall_seconds")),
+        last_run(stage.last_run),
+        f"<code>{esc(manifest.get('config_hash', '—'))}</code>",
+        number(stage.count(read_key)),
+        number(stage.count(written_key)),
+        reasons,
+        other,
+    ]
 
 
 def last_run(entry: dict[str, Any] | None) -> str:
@@ -335,9 +394,13 @@ def compact(value: Any) -> str:
 def data_part(round_: RoundData) -> str:
     if not (round_.candidates or round_.pairs):
         return ""
-    parts = [figure(charts.data_chart(round_.candidates, round_.pairs),
-                    "Histograms over every candidate and every pair (not only those in the browser below). "
-                    "Lengths in characters.")]  # fmt: skip
+    parts = [
+        figure(
+            charts.data_chart(round_.candidates, round_.pairs),
+            "Histograms over every candidate and every pair (not only those in the browser below). "
+            "Lengths in characters.",
+        )
+    ]
     if round_.candidates:
         parts.append(candidates_table(round_.candidates, round_.pairs, round_.directory))
     if round_.pairs:
@@ -357,11 +420,20 @@ def candidates_table(stats: CandidateStats, pairs: PairStats | None, directory: 
     rows = []
     for source, count in sorted(stats.count_by_source.items()):
         scores = stats.scores_by_source.get(source, [])
-        rows.append([esc(source), number(count), number(len(scores)),
-                     number(sum(scores) / len(scores)) if scores else "—", number(chosen[source]),
-                     number(rejected[source])])  # fmt: skip
-    caption = (f"<p>{number(stats.prompts)} prompts in <code>{esc(stats.path.relative_to(directory))}</code>"
-               f"{f'; {number(stats.unscored)} candidates have no score' if stats.unscored else ''}.</p>")  # fmt: skip
+        rows.append(
+            [
+                esc(source),
+                number(count),
+                number(len(scores)),
+                number(sum(scores) / len(scores)) if scores else "—",
+                number(chosen[source]),
+                number(rejected[source]),
+            ]
+        )
+    caption = (
+        f"<p>{number(stats.prompts)} prompts in <code>{esc(stats.path.relative_to(directory))}</code>"
+        f"{f'; {number(stats.unscored)} candidates have no score' if stats.unscored else ''}.</p>"
+    )
     return caption + table(["source", "candidates", "scored", "mean score", "chosen", "rejected"], rows)
 
 
@@ -402,10 +474,12 @@ def pair_browser(pairs: PairStats, round_number: int) -> str:
 
 
 def pager(position: str) -> str:
-    return (f"<div class='pager' data-position='{position}'>"
-            "<button type='button' data-page='prev'>‹ previous</button>"
-            "<span class='status' aria-live='polite'></span>"
-            "<button type='button' data-page='next'>next ›</button></div>")  # fmt: skip
+    return (
+        f"<div class='pager' data-position='{position}'>"
+        "<button type='button' data-page='prev'>‹ previous</button>"
+        "<span class='status' aria-live='polite'></span>"
+        "<button type='button' data-page='next'>next ›</button></div>"
+    )
 
 
 # --- training -----------------------------------------------------------------------------------------------------
@@ -438,27 +512,50 @@ def evaluation_part(round_: RoundData) -> str:
     if evaluation is None:
         return ""
     metrics = evaluation.metrics
-    headline = [[esc(key), number(metrics[key]) if key != "lc_formula" else f"<code>{esc(metrics[key])}</code>"]
-                for key in EVAL_HEADLINE if key in metrics]  # fmt: skip
+    headline = [
+        [esc(key), number(metrics[key]) if key != "lc_formula" else f"<code>{esc(metrics[key])}</code>"]
+        for key in EVAL_HEADLINE
+        if key in metrics
+    ]
     if "standard_error" in metrics and "win_rate" in metrics:
         spread = 1.96 * metrics["standard_error"]
-        headline.insert(1, ["win rate 95% CI (± 1.96 SE)", interval([metrics["win_rate"] - spread,
-                                                                    metrics["win_rate"] + spread])])  # fmt: skip
-    parts = [f"<p>The model ({esc(evaluation.generator or '—')}) judged against "
-             f"{esc(evaluation.judged_against or '—')}.</p>", table(["figure", "value"], headline)]  # fmt: skip
+        headline.insert(
+            1, ["win rate 95% CI (± 1.96 SE)", interval([metrics["win_rate"] - spread, metrics["win_rate"] + spread])]
+        )
+    parts = [
+        f"<p>The model ({esc(evaluation.generator or '—')}) judged against "
+        f"{esc(evaluation.judged_against or '—')}.</p>",
+        table(["figure", "value"], headline),
+    ]
     names = [name for name in metrics.get("measures", []) if f"{name}_delta" in metrics]
     if names:
-        rows = [[esc(name), number(metrics[f"{name}_base"]), interval(metrics.get(f"{name}_base_ci95")),
-                 number(metrics[f"{name}_trained"]), interval(metrics.get(f"{name}_trained_ci95")),
-                 number(metrics[f"{name}_delta"], True), interval(metrics.get(f"{name}_delta_ci95"), True),
-                 number(metrics.get(f"{name}_n"))] for name in names]  # fmt: skip
+        rows = [
+            [
+                esc(name),
+                number(metrics[f"{name}_base"]),
+                interval(metrics.get(f"{name}_base_ci95")),
+                number(metrics[f"{name}_trained"]),
+                interval(metrics.get(f"{name}_trained_ci95")),
+                number(metrics[f"{name}_delta"], True),
+                interval(metrics.get(f"{name}_delta_ci95"), True),
+                number(metrics.get(f"{name}_n")),
+            ]
+            for name in names
+        ]
         parts.append("<h4>Held-out measures: base vs trained</h4>")
-        parts.append(table(["measure", "base", "95% CI", "trained", "95% CI", "delta", "95% CI (paired)", "prompts"],
-                           rows, "numbers"))  # fmt: skip
+        parts.append(
+            table(
+                ["measure", "base", "95% CI", "trained", "95% CI", "delta", "95% CI (paired)", "prompts"],
+                rows,
+                "numbers",
+            )
+        )
         parts.append(figure(charts.eval_chart(metrics, names), "Means with percentile-bootstrap 95% CIs."))
     if "verdict" in metrics:
-        rows = [[esc(name), esc(check["rule"]), number(check["value"]), "passed" if check["passed"] else
-                 "<b>failed</b>"] for name, check in metrics["verdict"].items()]  # fmt: skip
+        rows = [
+            [esc(name), esc(check["rule"]), number(check["value"]), "passed" if check["passed"] else "<b>failed</b>"]
+            for name, check in metrics["verdict"].items()
+        ]
         parts.append(f"<h4>Verdict: {'better' if metrics.get('better') else 'not better'} than the base</h4>")
         parts.append(table(["rule", "what", "value", ""], rows))
     parts.append(prompt_browser(evaluation, round_.number))
@@ -477,16 +574,32 @@ def prompt_browser(evaluation: EvalData, round_number: int) -> str:
     if any(item["preference"] is not None for item in evaluation.items):
         sorts += "<option value='preference::desc'>judge prefers the model most</option>"
         sorts += "<option value='preference::asc'>judge prefers the model least</option>"
-    order = (f"The three by <code>side_by_side.md</code>'s fixed rule (the largest {esc(evaluation.highlight_measure)}"
-             " gain, the median, the largest loss) come first, then file order."
-             if evaluation.highlight_measure else "In file order.")  # fmt: skip
-    fallback = "" if evaluation.measures else (" This evaluation has no per-prompt measures (no base-model answers): "
-                                               "the baseline beside the model is the judge's.")  # fmt: skip
-    notice = (f"<p class='cap-notice'>The browser holds {number(len(evaluation.items))} of the "
-              f"{number(evaluation.total_prompts)} prompts (the cap).</p>"
-              if len(evaluation.items) < evaluation.total_prompts else "")  # fmt: skip
-    payload = {"baseline": evaluation.baseline_generator or "baseline", "model": evaluation.generator or "model",
-               "measures": evaluation.measures, "items": evaluation.items}  # fmt: skip
+    order = (
+        f"The three by <code>side_by_side.md</code>'s fixed rule (the largest {esc(evaluation.highlight_measure)}"
+        " gain, the median, the largest loss) come first, then file order."
+        if evaluation.highlight_measure
+        else "In file order."
+    )
+    fallback = (
+        ""
+        if evaluation.measures
+        else (
+            " This evaluation has no per-prompt measures (no base-model answers): "
+            "the baseline beside the model is the judge's."
+        )
+    )
+    notice = (
+        f"<p class='cap-notice'>The browser holds {number(len(evaluation.items))} of the "
+        f"{number(evaluation.total_prompts)} prompts (the cap).</p>"
+        if len(evaluation.items) < evaluation.total_prompts
+        else ""
+    )
+    payload = {
+        "baseline": evaluation.baseline_generator or "baseline",
+        "model": evaluation.generator or "model",
+        "measures": evaluation.measures,
+        "items": evaluation.items,
+    }
     return (
         f"<h4>Every held-out prompt, side by side</h4><p>From <code>eval/{esc(evaluation.items_from)}</code>. "
         f"{order}{fallback}</p>{notice}"
@@ -508,16 +621,29 @@ def export_part(round_: RoundData) -> str:
     export = round_.export
     if export is None:
         return ""
-    rows = [[f"<code>{esc(entry.get('file', '—'))}</code>", esc(entry.get("type", "—")),
-             f"{entry['size_bytes'] / 1e6:.1f} MB" if "size_bytes" in entry else "—", number(entry.get("perplexity")),
-             number(entry.get("hf_perplexity")), number(entry.get("kl_mean")), number(entry.get("kl_max")),
-             esc(shorten(entry.get("sample_answer", ""), 200))] for entry in export.files]  # fmt: skip
-    parts = [f"<p>Model <b>{esc(export.model or '—')}</b>, from <code>export/quantization_report.json</code>.</p>",
-             table(["file", "type", "size", "perplexity", "HF perplexity", "mean KL", "max KL", "sample answer"],
-                   rows) if rows else absent("No GGUF file was recorded (no quantization_report.json).")]  # fmt: skip
+    rows = [
+        [
+            f"<code>{esc(entry.get('file', '—'))}</code>",
+            esc(entry.get("type", "—")),
+            f"{entry['size_bytes'] / 1e6:.1f} MB" if "size_bytes" in entry else "—",
+            number(entry.get("perplexity")),
+            number(entry.get("hf_perplexity")),
+            number(entry.get("kl_mean")),
+            number(entry.get("kl_max")),
+            esc(shorten(entry.get("sample_answer", ""), 200)),
+        ]
+        for entry in export.files
+    ]
+    parts = [
+        f"<p>Model <b>{esc(export.model or '—')}</b>, from <code>export/quantization_report.json</code>.</p>",
+        table(["file", "type", "size", "perplexity", "HF perplexity", "mean KL", "max KL", "sample answer"], rows)
+        if rows
+        else absent("No GGUF file was recorded (no quantization_report.json)."),
+    ]
     if export.card is not None:
-        parts.append("<h4>Model card (<code>export/README.md</code>)</h4>"
-                     f"<pre class='card-text'>{esc(export.card)}</pre>")  # fmt: skip
+        parts.append(
+            f"<h4>Model card (<code>export/README.md</code>)</h4><pre class='card-text'>{esc(export.card)}</pre>"
+        )
     else:
         parts.append(absent("No model card (export/README.md)."))
     return "".join(parts)
@@ -546,17 +672,29 @@ def render_sweep(sweep: SweepData, report_name: str, generated_at: datetime) -> 
     rows = []
     for run in sweep.runs:
         report = link(run.directory / report_name, sweep.directory, run.name) if run.directory else esc(run.name)
-        data = (link(run.data_directory / report_name, sweep.directory, run.data_directory.name)
-                if run.data_directory else "—")  # fmt: skip
+        data = (
+            link(run.data_directory / report_name, sweep.directory, run.data_directory.name)
+            if run.data_directory
+            else "—"
+        )
         rows.append([report, data, *(csv_cell(value) for value in run.row.values())])
-    comparison = (table([esc(c) for c in sweep.comparison_columns],
-                        [[csv_cell(row[c]) for c in sweep.comparison_columns] for row in sweep.comparison], "numbers")
-                  if sweep.comparison else absent("No comparison.csv."))  # fmt: skip
-    plot = (f"<figure><img alt='each measure minus the baseline, per variant, with its 95% CI' "
-            f"src='data:image/png;base64,{base64.b64encode(sweep.plot_png).decode()}'>"
-            "<figcaption>comparison.png: each measure's difference from the baseline variant, paired by seed and "
-            "prompt, with its stratified-bootstrap 95% CI.</figcaption></figure>"
-            if sweep.plot_png else absent("No comparison.png."))  # fmt: skip
+    comparison = (
+        table(
+            [esc(c) for c in sweep.comparison_columns],
+            [[csv_cell(row[c]) for c in sweep.comparison_columns] for row in sweep.comparison],
+            "numbers",
+        )
+        if sweep.comparison
+        else absent("No comparison.csv.")
+    )
+    plot = (
+        f"<figure><img alt='each measure minus the baseline, per variant, with its 95% CI' "
+        f"src='data:image/png;base64,{base64.b64encode(sweep.plot_png).decode()}'>"
+        "<figcaption>comparison.png: each measure's difference from the baseline variant, paired by seed and "
+        "prompt, with its stratified-bootstrap 95% CI.</figcaption></figure>"
+        if sweep.plot_png
+        else absent("No comparison.png.")
+    )
     data_links = ", ".join(link(d / report_name, sweep.directory, d.name) for d in sweep.data_directories)
     body = (
         f"<header><h1>wpo sweep: {esc(name)}</h1><p class='muted'>{esc(sweep.directory)} · "

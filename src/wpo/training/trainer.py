@@ -4,13 +4,14 @@
 setup: launch → run config → pairs → tokens → schedule → resume point → policy → reference log-probs (cache or one
 pass) → trainable (full or LoRA) → optimizer → learning-rate schedule → launcher.prepare → resumed optimizer and RNG.
 What differs between one process/DDP, FSDP and DeepSpeed ZeRO-3 (backward, step, gathering, restoring) lives behind
-`wpo.train.launchers`; the loss is `wpo.train.loss`, pure. The schedule is a pure function of (seed, epoch), so a
+`wpo.training.launchers`; the loss is `wpo.training.loss`, pure. The schedule is a pure function of (seed, epoch), so a
 resumed run sees exactly the pairs the uninterrupted run would have; a checkpoint records the global batch and the
 step count, and one from another schedule is refused.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib.util
 import json
@@ -20,35 +21,36 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import PreTrainedTokenizerBase, get_scheduler
 
-from wpo.config import Recipe, TrainConfig, config_hash, low_precision_problem
+from wpo.config import LoraConfig as LoraSettings  # peft's LoraConfig is another class
+from wpo.config import ModelConfig, Recipe, TrainConfig, config_hash, low_precision_problem
 from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import LoadedPairs, load_pairs
-from wpo.distributed import check_launch, state_options
 from wpo.errors import ConfigError, DataError, NonFiniteError, Stopped
 from wpo.layout import stage_output
 from wpo.manifest import move_aside, source_fingerprint, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
-from wpo.train import checkpoint, reference, zero
-from wpo.train.forward import pair_statistics, prompt_sharing, require_finite
-from wpo.train.launchers import Launcher, make_launcher
-from wpo.train.loss import REFERENCE_FREE_LOSSES, preference_loss
-from wpo.train.metrics import MetricsLog
-from wpo.train.optimizers import build_optimizer, step_in_backward
-from wpo.train.precision import start_masters_on_bf16_grid
-from wpo.train.reference import ReferenceLogps
-from wpo.train.schedule import Schedule, build_schedule, micro_batches
-from wpo.train.stopping import EXIT_CODES, StopSignals
-from wpo.train.tokenize import PromptSharing, TokenizedPairs, collate_pairs, tokenize_pairs
+from wpo.training import checkpoint, reference
+from wpo.training.forward import pair_statistics, prompt_sharing, require_finite
+from wpo.training.launchers import Launcher, make_launcher
+from wpo.training.loss import REFERENCE_FREE_LOSSES, PreferenceLoss, preference_loss
+from wpo.training.metrics import MetricsLog
+from wpo.training.optimizers import build_optimizer, step_in_backward
+from wpo.training.precision import make_accelerator, start_masters_on_bf16_grid
+from wpo.training.reference import ReferenceLogps
+from wpo.training.schedule import Schedule, build_schedule, micro_batches
+from wpo.training.stopping import EXIT_CODES, StopSignals
+from wpo.training.tokenize import PromptSharing, TokenizedPairs, collate_pairs, tokenize_pairs
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +70,54 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """What `setup` works out once from the recipe; every helper after it reads this, none works it out again."""
+
+    train_dir: Path
+    final_dir: Path
+    pairs: str  # the pairs file trained on
+    model_path: str  # the base model as a local directory or hub id
+    reference_path: str | None  # the loss's frozen reference; None for reference-free losses
+    dtype: torch.dtype  # the weights' dtype as loaded
+    config: dict[str, Any]  # everything that determines the trained weights (`run_config`)
+    run_hash: str  # its hash: keys checkpoints, the reference cache's directory and the manifest
+    resume_point: checkpoint.ResumePoint | None = None
+    lora: bool = False
+
+    @property
+    def policy_weights(self) -> str:
+        """Full fine-tuning resumes from the checkpoint's weights; LoRA always starts from the base."""
+        if self.resume_point is not None and not self.lora:
+            return str(self.resume_point.path / "model")
+        return self.model_path
+
+    @property
+    def policy_is_reference(self) -> bool:
+        """The untrained policy is the reference: its log-probs come from the loaded policy, no second copy."""
+        return self.reference_path == self.model_path and self.policy_weights == self.model_path
+
+
 @dataclass
 class TrainState:
     """Everything a step reads or changes. `setup()` builds it; `train_step()` advances it by one optimizer step."""
 
-    recipe: Recipe
+    cfg: TrainConfig
     accelerator: Accelerator
     launcher: Launcher
-    model: Any
-    optimizer: Any
-    scheduler: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: Callable[..., PreferenceLoss]  # `preference_loss` with the recipe's loss settings bound once
     tokens: TokenizedPairs
     references: ReferenceLogps | None
     schedule: Schedule
     pad_token_id: int
     sharing: PromptSharing
-    # what the run saves and reports
-    tokenizer: Any = None
-    config: dict[str, Any] | None = None
-    run_hash: str = ""
+    # what the run saves and reports (a bare step, as benchmarks/train_step.py builds one, needs none of it)
+    recipe: Recipe | None = None  # what `final/` records as trained
+    plan: TrainPlan | None = None
+    tokenizer: PreTrainedTokenizerBase | None = None
     start_step: int = 0
     loaded: LoadedPairs | None = None
     skipped: dict[str, int] | None = None
@@ -99,49 +130,6 @@ class TrainResult:
     last_metrics: dict[str, Any] | None
     reference_from_cache: bool | None
     counts: dict[str, Any]
-
-
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16; every CPU with AMX has it too): without it a bf16
-    matmul runs a slow reference kernel, with the same numerics."""
-    return torch.cpu._is_avx512_bf16_supported()
-
-
-def compute_precision(recipe: Recipe, on_cpu: bool) -> str:
-    """The autocast precision this training runs in: `train.mixed_precision: bf16` (fp32 on a CPU without bf16 units,
-    with one line), else the launcher's choice (`accelerate launch --mixed_precision`, which sets
-    ACCELERATE_MIXED_PRECISION), else none."""
-    if recipe.train.mixed_precision == "no":
-        return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
-    if on_cpu and not cpu_has_bf16_units():
-        log.warning(
-            "train.mixed_precision: bf16, but this CPU has no bf16 instructions (AVX512-BF16): training in fp32"
-        )
-        return "no"
-    return "bf16"
-
-
-def make_accelerator(recipe: Recipe) -> Accelerator:
-    """accelerate's Accelerator, on CPU (gloo) when the machine has no accelerator device (`wpo.distributed`), in the
-    precision this recipe asks for. accelerate keeps one process-wide state and refuses to change its precision, so
-    a second training in the process (a notebook, a sweep over train.mixed_precision) drops that state first; the
-    process group, kept in accelerate's PartialState, stays."""
-    from accelerate.state import AcceleratorState
-
-    options = state_options()
-    precision = compute_precision(recipe, options.get("cpu", False))
-    earlier = AcceleratorState._shared_state.get("_mixed_precision")  # set once the state is initialized
-    if earlier is not None and earlier != precision:
-        AcceleratorState._reset_state(reset_partial_state=False)
-    backend = options.pop("backend", None)
-    accelerator = Accelerator(**options, mixed_precision=precision,
-                              kwargs_handlers=[InitProcessGroupKwargs(backend=backend)] if backend else [])  # fmt: skip
-    check_launch(accelerator.num_processes)
-    if zero.is_deepspeed(accelerator):
-        zero.load_models_whole()
-    log.info("accelerate: %s, %d process(es) on %s, mixed precision: %s", accelerator.distributed_type.value,
-             accelerator.num_processes, accelerator.device.type, accelerator.mixed_precision)  # fmt: skip
-    return accelerator
 
 
 def _shared_run_config(recipe: Recipe, accelerator: Accelerator) -> dict[str, Any]:
@@ -159,8 +147,12 @@ def masters_and_optimizer(model, cfg: TrainConfig, accelerator: Accelerator, res
     after backward, or inside it (`train.optimizer_in_backward`, one plain process only)."""
     if accelerator.mixed_precision == "bf16" and cfg.bf16_masters == "grid" and not resuming:
         weights, moved = start_masters_on_bf16_grid(model)  # a resumed run's masters are on their own course already
-        log.info("bf16: the fp32 masters start on the bf16 grid (%d of %d weights of linear layers rounded; the "
-                 "forward computed with those values already)", moved, weights)  # fmt: skip
+        log.info(
+            "bf16: the fp32 masters start on the bf16 grid (%d of %d weights of linear layers rounded; the "
+            "forward computed with those values already)",
+            moved,
+            weights,
+        )
     optimizer = build_optimizer(model, cfg)
     if cfg.optimizer_in_backward:
         if accelerator.distributed_type != DistributedType.NO:
@@ -173,57 +165,90 @@ def masters_and_optimizer(model, cfg: TrainConfig, accelerator: Accelerator, res
     return optimizer
 
 
-def setup(recipe: Recipe) -> TrainState:
+def bind_loss(cfg: TrainConfig) -> Callable[..., PreferenceLoss]:
+    """`preference_loss` with the recipe's loss settings, bound once for every micro-batch."""
+    return functools.partial(
+        preference_loss,
+        loss_type=cfg.loss,
+        beta=cfg.beta,
+        label_smoothing=cfg.label_smoothing,
+        weighting=cfg.weighting,
+        clamp=cfg.clamp,
+        sft_weight=cfg.sft_weight,
+        simpo_gamma=cfg.simpo_gamma,
+    )
+
+
+def plan_training(recipe: Recipe, accelerator: Accelerator) -> TrainPlan:
+    """Paths, the models' sources, the dtype and the run config, resolved once (the resume point comes later, once
+    the schedule it must match is known)."""
     cfg = recipe.train
-    train_dir = recipe.stage_dir("train")
     if "trackio" in cfg.report_to and importlib.util.find_spec("trackio") is None:
         raise ConfigError("train.report_to names trackio, which is not installed: pip install 'wpo[trackio]'")
-    problem = low_precision_problem(str(resolve_dtype(recipe.model.dtype)).removeprefix("torch."), recipe)
+    dtype = resolve_dtype(recipe.model.dtype)
+    problem = low_precision_problem(str(dtype).removeprefix("torch."), recipe)
     if problem:  # model.dtype: auto resolved to bf16 on this machine, or the recipe's stages did not name train
         raise ConfigError(problem)
+    config = _shared_run_config(recipe, accelerator)
+    model_path = resolve_model_path(recipe.model.name_or_path)
+    reference_path = None
+    if cfg.loss not in REFERENCE_FREE_LOSSES:
+        reference_path = resolve_model_path(cfg.reference_model) if cfg.reference_model else model_path
+    return TrainPlan(
+        train_dir=recipe.stage_dir("train"),
+        final_dir=stage_output(recipe, "train"),
+        pairs=pairs_source(recipe),
+        model_path=model_path,
+        reference_path=reference_path,
+        dtype=dtype,
+        config=config,
+        run_hash=config_hash(config),
+        lora=recipe.model.lora is not None,
+    )
+
+
+def setup(recipe: Recipe) -> TrainState:
+    cfg = recipe.train
     accelerator = make_accelerator(recipe)
     set_seed(recipe.seed)
-    config = _shared_run_config(recipe, accelerator)
-    run_hash = config_hash(config)
+    plan = plan_training(recipe, accelerator)
 
-    source = pairs_source(recipe)
     policy = BadRecordPolicy(recipe.on_bad_record)
-    loaded = load_pairs(source, policy)
-    model_path = resolve_model_path(recipe.model.name_or_path)
-    tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
+    loaded = load_pairs(plan.pairs, policy)
+    tokenizer = load_tokenizer(plan.model_path, recipe.model.trust_remote_code)
     tokens = tokenize_pairs(
         loaded.pairs, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, policy=policy
     )
     if not tokens.pairs:
-        raise DataError(f"{source}: no usable pairs (read {loaded.records_read}, skipped {dict(policy.skipped)})")
+        raise DataError(f"{plan.pairs}: no usable pairs (read {loaded.records_read}, skipped {dict(policy.skipped)})")
     log.info(
         "pairs: read %d from %s, training on %d; skipped %s; truncated %d prompts, %d responses",
-        loaded.records_read, source, len(tokens.pairs), dict(policy.skipped) or "none",
-        tokens.truncated_prompts, tokens.truncated_responses,
-    )  # fmt: skip
+        loaded.records_read,
+        plan.pairs,
+        len(tokens.pairs),
+        dict(policy.skipped) or "none",
+        tokens.truncated_prompts,
+        tokens.truncated_responses,
+    )
 
     schedule = build_schedule(len(tokens.pairs), recipe, accelerator.num_processes)
     log.info(
         "schedule: %d steps of %d pairs (%d per device x %d accumulation x %d processes), %d steps per epoch",
-        schedule.total_steps, schedule.pairs_per_step, cfg.per_device_batch_size, cfg.gradient_accumulation_steps,
-        accelerator.num_processes, schedule.steps_per_epoch,
-    )  # fmt: skip
-    stale = checkpoint.stale_checkpoints(train_dir, run_hash, config)
-    if accelerator.is_main_process:
-        if stale:
-            move_aside(train_dir, stale[0], f"train is redone: its checkpoints were written by another config "
-                                            f"(differs in: {', '.join(stale[1]) or 'unknown'})")  # fmt: skip
-        elif cfg.resume == "never":
-            checkpoint.prune_checkpoints(train_dir, keep=0)
-    accelerator.wait_for_everyone()
-    resume_point = checkpoint.latest_resume_point(train_dir, run_hash, schedule.fingerprint())
+        schedule.total_steps,
+        schedule.pairs_per_step,
+        cfg.per_device_batch_size,
+        cfg.gradient_accumulation_steps,
+        accelerator.num_processes,
+        schedule.steps_per_epoch,
+    )
+    plan = replace(plan, resume_point=_resume_point(plan, cfg, schedule, accelerator))
 
-    model = load_causal_lm(_policy_weights_path(model_path, resume_point, recipe), recipe.model)
+    model = load_causal_lm(plan.policy_weights, recipe.model)
     model.to(accelerator.device)
     sharing = prompt_sharing(model, cfg.share_prompts, cfg.max_length)
-    references = _reference_logps(recipe, model_path, model, tokens, tokenizer, resume_point, accelerator, sharing)
-    model = _make_trainable(model, recipe, resume_point)
-    optimizer = masters_and_optimizer(model, cfg, accelerator, resuming=resume_point is not None)
+    references = _reference_logps(plan, cfg, recipe.model, model, tokens, tokenizer, accelerator, sharing)
+    model = _make_trainable(model, cfg, recipe.model.lora, plan.resume_point)
+    optimizer = masters_and_optimizer(model, cfg, accelerator, resuming=plan.resume_point is not None)
     scheduler = get_scheduler(
         cfg.lr_scheduler,
         optimizer,
@@ -233,26 +258,65 @@ def setup(recipe: Recipe) -> TrainState:
     launcher = make_launcher(accelerator)
     model, optimizer = launcher.prepare(model, optimizer, recipe, schedule.pairs_per_step)
     start_step = 0
-    if resume_point is not None:
-        launcher.restore_optimizer(model, optimizer, resume_point)
-        checkpoint.restore_training_state(resume_point, scheduler)
-        start_step = resume_point.step
+    if plan.resume_point is not None:
+        launcher.restore_optimizer(model, optimizer, plan.resume_point)
+        checkpoint.restore_training_state(plan.resume_point, scheduler)
+        start_step = plan.resume_point.step
     return TrainState(
-        recipe=recipe, accelerator=accelerator, launcher=launcher, model=model, optimizer=optimizer,
-        scheduler=scheduler, tokens=tokens, references=references, schedule=schedule,
-        pad_token_id=tokenizer.pad_token_id, sharing=sharing, tokenizer=tokenizer, config=config, run_hash=run_hash,
-        start_step=start_step, loaded=loaded, skipped=dict(policy.skipped),
-    )  # fmt: skip
+        recipe=recipe,
+        cfg=cfg,
+        plan=plan,
+        accelerator=accelerator,
+        launcher=launcher,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=bind_loss(cfg),
+        tokens=tokens,
+        references=references,
+        schedule=schedule,
+        pad_token_id=tokenizer.pad_token_id,
+        sharing=sharing,
+        tokenizer=tokenizer,
+        start_step=start_step,
+        loaded=loaded,
+        skipped=dict(policy.skipped),
+    )
+
+
+def _resume_point(
+    plan: TrainPlan, cfg: TrainConfig, schedule: Schedule, accelerator: Accelerator
+) -> checkpoint.ResumePoint | None:
+    """The newest checkpoint of this config and schedule; checkpoints of another config are moved aside, and
+    `train.resume: never` removes them."""
+    stale = checkpoint.stale_checkpoints(plan.train_dir, plan.run_hash, plan.config)
+    if accelerator.is_main_process:
+        if stale:
+            move_aside(
+                plan.train_dir,
+                stale[0],
+                f"train is redone: its checkpoints were written by another config "
+                f"(differs in: {', '.join(stale[1]) or 'unknown'})",
+            )
+        elif cfg.resume == "never":
+            checkpoint.prune_checkpoints(plan.train_dir, keep=0)
+    accelerator.wait_for_everyone()
+    return checkpoint.latest_resume_point(plan.train_dir, plan.run_hash, schedule.fingerprint())
 
 
 def train_step(state: TrainState, step: int) -> dict[str, Any]:
     """One optimizer step over the schedule's pairs for `step`; returns the logged row (means over all its pairs)."""
-    cfg, accelerator, launcher = state.recipe.train, state.accelerator, state.launcher
+    cfg, accelerator, launcher = state.cfg, state.accelerator, state.launcher
     started = time.perf_counter()
     # the step's gradient is a sum over its pairs, whichever micro-batch each is in: grouping them by length pads less
     step_pairs = sorted(state.schedule.step_indices(step), key=lambda i: state.tokens.pairs[i].token_count)
-    batches = micro_batches(step_pairs, cfg.per_device_batch_size, cfg.gradient_accumulation_steps,
-                            accelerator.num_processes, accelerator.process_index)  # fmt: skip
+    batches = micro_batches(
+        step_pairs,
+        cfg.per_device_batch_size,
+        cfg.gradient_accumulation_steps,
+        accelerator.num_processes,
+        accelerator.process_index,
+    )
     local_pairs = sum(len(batch) for batch in batches)
     collected: dict[str, list[torch.Tensor]] = {}
     token_count = 0
@@ -270,27 +334,23 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
                 raise NonFiniteError(f"{exc}{where}") from None
             index = torch.tensor(indices)
             references = state.references
-            result = preference_loss(
+            result = state.loss_fn(
                 chosen,
                 rejected,
                 references.chosen[index].to(accelerator.device) if references else None,
                 references.rejected[index].to(accelerator.device) if references else None,
-                loss_type=cfg.loss,
-                beta=cfg.beta,
-                label_smoothing=cfg.label_smoothing,
-                weighting=cfg.weighting,
-                clamp=cfg.clamp,
-                sft_weight=cfg.sft_weight,
-                simpo_gamma=cfg.simpo_gamma,
             )
             loss = result.pair_losses.sum() / local_pairs
             require_finite("loss", loss.detach(), where)
             launcher.backward(state.model, loss)
         for name, value in (
-            ("loss", result.pair_losses), ("weight", result.weights),
-            ("rewards_chosen", result.chosen_rewards), ("rewards_rejected", result.rejected_rewards),
-            ("logps_chosen", chosen.logps), ("logps_rejected", rejected.logps),
-        ):  # fmt: skip
+            ("loss", result.pair_losses),
+            ("weight", result.weights),
+            ("rewards_chosen", result.chosen_rewards),
+            ("rewards_rejected", result.rejected_rewards),
+            ("logps_chosen", chosen.logps),
+            ("logps_rejected", rejected.logps),
+        ):
             collected.setdefault(name, []).append(value.detach().float())
 
     learning_rate = state.scheduler.get_last_lr()[0]
@@ -328,14 +388,23 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
 def train(recipe: Recipe) -> TrainResult:
     started = time.perf_counter()
     state = setup(recipe)
-    cfg, accelerator, schedule = recipe.train, state.accelerator, state.schedule
-    train_dir = recipe.stage_dir("train")
-    metrics = MetricsLog(train_dir, state.start_step, enabled=accelerator.is_main_process,
-                         report_to=tuple(cfg.report_to), run_name=f"{Path(recipe.output_dir).name}-seed{recipe.seed}",
-                         config=state.config)  # fmt: skip
+    cfg, plan, accelerator, schedule = state.cfg, state.plan, state.accelerator, state.schedule
+    metrics = MetricsLog(
+        plan.train_dir,
+        state.start_step,
+        enabled=accelerator.is_main_process,
+        report_to=tuple(cfg.report_to),
+        run_name=f"{Path(recipe.output_dir).name}-seed{recipe.seed}",
+        config=plan.config,
+    )
     last_row = None
-    progress = tqdm(total=schedule.total_steps, initial=state.start_step, desc="train", unit="step",
-                    disable=not accelerator.is_main_process)  # fmt: skip
+    progress = tqdm(
+        total=schedule.total_steps,
+        initial=state.start_step,
+        desc="train",
+        unit="step",
+        disable=not accelerator.is_main_process,
+    )
     try:
         with StopSignals() as stop:
             for step in range(state.start_step, schedule.total_steps):
@@ -359,10 +428,16 @@ def train(recipe: Recipe) -> TrainResult:
     counts = _counts(state)
     if accelerator.is_main_process:
         write_manifest(
-            train_dir, stage="train", config=state.config, config_hash=state.run_hash, seed=recipe.seed,
-            counts=counts, wall_seconds=time.perf_counter() - started, outputs=["final", "metrics.jsonl"],
+            plan.train_dir,
+            stage="train",
+            config=plan.config,
+            config_hash=plan.run_hash,
+            seed=recipe.seed,
+            counts=counts,
+            wall_seconds=time.perf_counter() - started,
+            outputs=["final", "metrics.jsonl"],
             extra={"reference_cache": str(state.references.cache_path) if state.references else None},
-        )  # fmt: skip
+        )
     return TrainResult(
         final_dir=final_dir,
         steps=schedule.total_steps,
@@ -376,13 +451,22 @@ def _stop(state: TrainState, step: int, signal_number: int, started: float) -> N
     """After a signal: the manifest says the stage is incomplete and where it stopped; then the command stops."""
     name = signal.Signals(signal_number).name
     if state.accelerator.is_main_process:
-        write_manifest(state.recipe.stage_dir("train"), stage="train", config=state.config,
-                       config_hash=state.run_hash, seed=state.recipe.seed,
-                       counts={**_counts(state), "stopped_at_step": step, "stopped_by": name},
-                       wall_seconds=time.perf_counter() - started, outputs=[f"checkpoint-{step}"],
-                       completed=False)  # fmt: skip
-    raise Stopped(f"training stopped by {name} after step {step} of {state.schedule.total_steps}: checkpoint-{step} "
-                  "is saved, and the rerun resumes from it", EXIT_CODES[signal_number])  # fmt: skip
+        write_manifest(
+            state.plan.train_dir,
+            stage="train",
+            config=state.plan.config,
+            config_hash=state.plan.run_hash,
+            seed=state.recipe.seed,
+            counts={**_counts(state), "stopped_at_step": step, "stopped_by": name},
+            wall_seconds=time.perf_counter() - started,
+            outputs=[f"checkpoint-{step}"],
+            completed=False,
+        )
+    raise Stopped(
+        f"training stopped by {name} after step {step} of {state.schedule.total_steps}: checkpoint-{step} "
+        "is saved, and the rerun resumes from it",
+        EXIT_CODES[signal_number],
+    )
 
 
 def _counts(state: TrainState) -> dict[str, Any]:
@@ -415,17 +499,24 @@ def run_train(recipe: Recipe) -> dict[str, Any]:
 def save_checkpoint(state: TrainState, step: int) -> None:
     """Every process takes part in gathering sharded weights and optimizer state; the main process writes them. The
     last step is always checkpointed: `final/` is made from it."""
-    accelerator, train_dir = state.accelerator, state.recipe.stage_dir("train")
+    accelerator, plan = state.accelerator, state.plan
     accelerator.wait_for_everyone()
     model_state = state.launcher.whole_weights(state.model)
     optimizer_state = state.launcher.whole_optimizer_state(state.model, state.optimizer)
     if accelerator.is_main_process:
         checkpoint.save_checkpoint(
-            train_dir, step=step, model=accelerator.unwrap_model(state.model), model_state=model_state,
-            tokenizer=state.tokenizer, optimizer_state=optimizer_state, scheduler=state.scheduler,
-            config_hash=state.run_hash, config=state.config, schedule=state.schedule.fingerprint(),
-        )  # fmt: skip
-        checkpoint.prune_checkpoints(train_dir, keep=state.recipe.train.save_total_limit)
+            plan.train_dir,
+            step=step,
+            model=accelerator.unwrap_model(state.model),
+            model_state=model_state,
+            tokenizer=state.tokenizer,
+            optimizer_state=optimizer_state,
+            scheduler=state.scheduler,
+            config_hash=plan.run_hash,
+            config=plan.config,
+            schedule=state.schedule.fingerprint(),
+        )
+        checkpoint.prune_checkpoints(plan.train_dir, keep=state.cfg.save_total_limit)
     accelerator.wait_for_everyone()
 
 
@@ -434,7 +525,7 @@ def save_final(state: TrainState) -> Path:
     again (at 9B a second copy is 36 GB of writes; checkpoints are only ever renamed or removed whole, never changed
     in place), and the hyperparameters exactly as trained, for the model card."""
     recipe, accelerator, schedule = state.recipe, state.accelerator, state.schedule
-    train_dir, final_dir = recipe.stage_dir("train"), stage_output(recipe, "train")
+    train_dir, final_dir = state.plan.train_dir, state.plan.final_dir
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         staging = train_dir / ".final.tmp"
@@ -448,7 +539,7 @@ def save_final(state: TrainState) -> Path:
                 "num_processes": accelerator.num_processes,
                 "global_batch_pairs": schedule.pairs_per_step,
                 "total_steps": schedule.total_steps,
-                "pairs": pairs_source(recipe),
+                "pairs": state.plan.pairs,
                 "lora": recipe.model.lora.model_dump() if recipe.model.lora else None,
                 "train": recipe.train.model_dump(mode="json"),
             },
@@ -459,33 +550,32 @@ def save_final(state: TrainState) -> Path:
     return final_dir
 
 
-def _policy_weights_path(model_path: str, resume_point, recipe: Recipe) -> str:
-    """Full fine-tuning resumes from the checkpoint's weights; LoRA always starts from the base."""
-    if resume_point is not None and recipe.model.lora is None:
-        return str(resume_point.path / "model")
-    return model_path
-
-
-def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, resume_point, accelerator, sharing):
-    cfg = recipe.train
-    if cfg.loss in REFERENCE_FREE_LOSSES:
+def _reference_logps(
+    plan: TrainPlan,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    policy_model: torch.nn.Module,
+    tokens: TokenizedPairs,
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
+    sharing: PromptSharing,
+) -> ReferenceLogps | None:
+    """The reference's log-probs of every pair: from the cache when this model, precision and tokenization computed
+    them before, else one pass (with the policy itself when it is the reference)."""
+    if plan.reference_path is None:
         return None
-    reference_path = resolve_model_path(cfg.reference_model) if cfg.reference_model else model_path
-    policy_is_reference = (
-        reference_path == model_path and _policy_weights_path(model_path, resume_point, recipe) == model_path
-    )
 
     def load_reference():
-        if policy_is_reference:
+        if plan.policy_is_reference:
             return policy_model  # the untrained policy is the reference: no second copy in memory
-        return load_causal_lm(reference_path, recipe.model).to(accelerator.device)
+        return load_causal_lm(plan.reference_path, model_cfg).to(accelerator.device)
 
     # the layout too: log-probs computed with a shared prompt differ from padded rows' in the float rounding
-    precision = f"{resolve_dtype(recipe.model.dtype)}|autocast={accelerator.mixed_precision}|shared={sharing.mode}"
-    key = reference.cache_key(reference.model_fingerprint(reference_path), precision, tokens)
+    precision = f"{plan.dtype}|autocast={accelerator.mixed_precision}|shared={sharing.mode}"
+    key = reference.cache_key(reference.model_fingerprint(plan.reference_path), precision, tokens)
     with accelerator.autocast():  # the policy's compute precision, so step 1 sees z = 0
         result = reference.load_or_compute(
-            cache_dir=reference.cache_directory(recipe.stage_dir("train")),
+            cache_dir=reference.cache_directory(plan.train_dir),
             key=key,
             tokens=tokens,
             load_model=load_reference,
@@ -499,22 +589,25 @@ def _reference_logps(recipe, model_path, policy_model, tokens, tokenizer, resume
     return result
 
 
-def _make_trainable(model, recipe: Recipe, resume_point):
-    cfg = recipe.train
-    if recipe.model.lora is not None:
+def _make_trainable(model, cfg: TrainConfig, lora: LoraSettings | None, resume_point: checkpoint.ResumePoint | None):
+    """LoRA adapters (fresh, or the checkpoint's when resuming) or the whole model, with gradient checkpointing when
+    asked, in training mode."""
+    if lora is not None:
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        lora = recipe.model.lora
         if resume_point is not None:
             model = PeftModel.from_pretrained(model, resume_point.path / "model", is_trainable=True)
         else:
             model = get_peft_model(
                 model,
                 LoraConfig(
-                    r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                    target_modules=lora.target_modules, task_type="CAUSAL_LM",
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=lora.target_modules,
+                    task_type="CAUSAL_LM",
                 ),
-            )  # fmt: skip
+            )
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

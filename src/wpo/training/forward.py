@@ -7,10 +7,10 @@ import logging
 import torch
 from accelerate.utils import extract_model_from_parallel
 
-from wpo.train.chunked_loss import chunked_sequence_statistics
 from wpo.errors import NonFiniteError, WpoError
-from wpo.train.loss import IGNORE_INDEX, SequenceStatistics, sequence_statistics, soft_cap
-from wpo.train.tokenize import NO_SHARING, PairBatch, PromptSharing
+from wpo.training.chunked_loss import chunked_sequence_statistics
+from wpo.training.loss import IGNORE_INDEX, SequenceStatistics, sequence_statistics, soft_cap
+from wpo.training.tokenize import NO_SHARING, PairBatch, PromptSharing
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def pair_statistics(model, batch: PairBatch, *, loss_chunk_size: int) -> tuple[S
     """Chosen and rejected statistics from one concatenated forward pass.
 
     `loss_chunk_size > 0` (the default recipe) projects only the response tokens' final hidden states, that many at a
-    time, so no `[B, T, V]` logits ever exist (`wpo.train.chunked_loss`). `0` is the plain path, kept as the reference:
+    time, so no `[B, T, V]` logits ever exist (`wpo.training.chunked_loss`). `0` is the plain path, kept as the reference:
     the model computes logits from the shortest prompt's last token on (`logits_to_keep`) and applies Gemma-2's
     final-logit soft-capping itself, so the logits reaching the loss are already capped.
     """
@@ -109,8 +109,11 @@ def prompt_sharing(model, mode: str, max_length: int) -> PromptSharing:
     `PromptSharing` weighs the two layouts by."""
     problem = None if mode == "never" else prompt_sharing_problem(model, max_length)
     if problem:
-        log.warning("train.share_prompts: the model cannot share a prompt between its answers (%s); each answer "
-                    "gets its own padded row", problem)  # fmt: skip
+        log.warning(
+            "train.share_prompts: the model cannot share a prompt between its answers (%s); each answer "
+            "gets its own padded row",
+            problem,
+        )
     if mode == "never" or problem:
         return NO_SHARING
     unwrapped = extract_model_from_parallel(model)
@@ -119,8 +122,11 @@ def prompt_sharing(model, mode: str, max_length: int) -> PromptSharing:
     config = text_config(model)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     attention = 2 * config.num_hidden_layers * config.num_attention_heads * head_dim  # scores, then the mix
-    log.info("prompts: computed once for both of their answers %s (train.share_prompts: %s)",
-             "in every batch" if mode == "always" else "where that costs fewer FLOPs", mode)  # fmt: skip
+    log.info(
+        "prompts: computed once for both of their answers %s (train.share_prompts: %s)",
+        "in every batch" if mode == "always" else "where that costs fewer FLOPs",
+        mode,
+    )
     return PromptSharing(mode, weights_per_position=body, attention_per_pair=attention)
 
 

@@ -20,10 +20,10 @@ from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, atomic_writer, write_json, write_jsonl
 from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_annotation, parse_prompt
 from wpo.errors import ConfigError, DataError
-from wpo.eval.judges import Comparison, judge_all
-from wpo.eval.measures import compare, per_prompt_values, side_by_side, verdict
-from wpo.eval.metrics import summarize
-from wpo.eval.report import update_leaderboard, write_report
+from wpo.evaluation.judges import Comparison, judge_all
+from wpo.evaluation.measures import compare, per_prompt_values, side_by_side, verdict
+from wpo.evaluation.metrics import summarize
+from wpo.evaluation.report import update_leaderboard, write_report
 from wpo.layout import final_model
 from wpo.manifest import source_fingerprint, write_manifest
 from wpo.models import merged_model_dir
@@ -82,8 +82,9 @@ def load_comparisons_inputs(recipe: Recipe, policy: BadRecordPolicy):
     alpaca_eval's reference outputs file."""
     cfg = recipe.eval
     if not cfg.prompts:
-        raise ConfigError("eval.prompts is required: an eval set (with a reference output per prompt, or "
-                          "eval.compare_to: base_model)")  # fmt: skip
+        raise ConfigError(
+            "eval.prompts is required: an eval set (with a reference output per prompt, or eval.compare_to: base_model)"
+        )
     needs_reference = cfg.compare_to == "reference"
 
     def parse(raw: dict[str, Any], where: str) -> PromptRecord:
@@ -105,12 +106,20 @@ def generate_outputs(recipe: Recipe, model: str, prompts) -> list[str]:
     from wpo.sampling import SampleRequest, make_sampler, sample_seed
 
     cfg = recipe.eval
-    sampling = recipe.sample.model_copy(update={
-        "backend": cfg.backend, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0,
-        "max_new_tokens": cfg.max_new_tokens, "stop": [],
-        "n": 1, "batch_size": cfg.batch_size, "parallel_sequences": None,  # llamacpp: an eval batch at once
-        "gguf": None,  # llamacpp: the GGUF of the model evaluated (a .gguf or embedded one), never the policy's
-    })  # fmt: skip
+    sampling = recipe.sample.model_copy(
+        update={
+            "backend": cfg.backend,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "top_k": 0,
+            "max_new_tokens": cfg.max_new_tokens,
+            "stop": [],
+            "n": 1,
+            "batch_size": cfg.batch_size,
+            "parallel_sequences": None,  # llamacpp: an eval batch at once
+            "gguf": None,  # llamacpp: the GGUF of the model evaluated (a .gguf or embedded one), never the policy's
+        }
+    )
     generation_recipe = recipe.model_copy(
         update={"sample": sampling, "model": recipe.model.model_copy(update={"name_or_path": model})}
     )
@@ -134,32 +143,41 @@ def _difficulty_inputs(recipe: Recipe, instructions: list[str]):
     frame = pd.read_csv(cfg.instruction_difficulty)
     missing_columns = {"instruction", "instruction_difficulty"} - set(frame.columns)
     if missing_columns:
-        raise DataError(f"{cfg.instruction_difficulty}: no column {', '.join(sorted(missing_columns))} (expected "
-                        "instruction and instruction_difficulty)")  # fmt: skip
+        raise DataError(
+            f"{cfg.instruction_difficulty}: no column {', '.join(sorted(missing_columns))} (expected "
+            "instruction and instruction_difficulty)"
+        )
     by_instruction = dict(zip(frame["instruction"], frame["instruction_difficulty"].astype(float), strict=True))
     unknown = [text for text in instructions if text not in by_instruction]
     if unknown:
-        raise DataError(f"{cfg.instruction_difficulty}: no difficulty for {len(unknown)} of {len(instructions)} eval "
-                        f"instructions, e.g. {unknown[0][:80]!r}")  # fmt: skip
+        raise DataError(
+            f"{cfg.instruction_difficulty}: no difficulty for {len(unknown)} of {len(instructions)} eval "
+            f"instructions, e.g. {unknown[0][:80]!r}"
+        )
     difficulty = np.array([by_instruction[text] for text in instructions])
     gamed = None
     if cfg.gamed_baselines is not None:
         frame = pd.read_csv(cfg.gamed_baselines)
-        gamed = {k: frame[k].to_numpy() for k in ("preference", "std_delta_len", "instruction_difficulty",
-                                                    "not_gamed_baseline")}  # fmt: skip
+        gamed = {
+            k: frame[k].to_numpy()
+            for k in ("preference", "std_delta_len", "instruction_difficulty", "not_gamed_baseline")
+        }
     return difficulty, gamed
 
 
 def outputs_file(prompts, outputs: list[str], generator: str) -> list[dict[str, str]]:
     """alpaca_eval's `model_outputs.json` records."""
-    return [{"instruction": p.messages[-1]["content"], "output": o, "generator": generator}
-            for p, o in zip(prompts, outputs, strict=True)]  # fmt: skip
+    return [
+        {"instruction": p.messages[-1]["content"], "output": o, "generator": generator}
+        for p, o in zip(prompts, outputs, strict=True)
+    ]
 
 
-def heldout_measures(recipe: Recipe, prompts, base_outputs: list[str], outputs: list[str], stage_dir: Path,
-                     generators: tuple[str, str]) -> dict[str, Any]:  # fmt: skip
+def heldout_measures(
+    recipe: Recipe, prompts, base_outputs: list[str], outputs: list[str], stage_dir: Path, generators: tuple[str, str]
+) -> dict[str, Any]:
     """Every measure of the base's and the evaluated model's answers per prompt (`measures.jsonl`,
-    `side_by_side.md`), their paired bootstrap CIs, and the verdict on "better" (see `wpo.eval.measures`)."""
+    `side_by_side.md`), their paired bootstrap CIs, and the verdict on "better" (see `wpo.evaluation.measures`)."""
     from wpo.user_functions import load_function
 
     cfg = recipe.eval
@@ -167,16 +185,23 @@ def heldout_measures(recipe: Recipe, prompts, base_outputs: list[str], outputs: 
     functions |= {name: load_function(spec, f"eval.measures.{name}") for name, spec in cfg.measures.items()}
     with_reference = all(isinstance(p.extra.get(cfg.reference_field), str) for p in prompts)
     rows = []
-    for prompt, base, trained in tqdm(list(zip(prompts, base_outputs, outputs, strict=True)), desc="eval: measures",
-                                      unit="prompt"):  # fmt: skip
+    for prompt, base, trained in tqdm(
+        list(zip(prompts, base_outputs, outputs, strict=True)), desc="eval: measures", unit="prompt"
+    ):
         reference = prompt.extra[cfg.reference_field] if with_reference else None
         values = [per_prompt_values(functions, prompt, text, reference) for text in (base, trained)]
-        rows.append({
-            "id": prompt.id, **({"constraint": prompt.extra["constraint"]} if "constraint" in prompt.extra else {}),
-            **{f"{name}_base": value for name, value in values[0].items()},
-            **{f"{name}_trained": value for name, value in values[1].items()},
-            "prompt": prompt.messages[-1]["content"], "reference": reference, "base_output": base, "output": trained,
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": prompt.id,
+                **({"constraint": prompt.extra["constraint"]} if "constraint" in prompt.extra else {}),
+                **{f"{name}_base": value for name, value in values[0].items()},
+                **{f"{name}_trained": value for name, value in values[1].items()},
+                "prompt": prompt.messages[-1]["content"],
+                "reference": reference,
+                "base_output": base,
+                "output": trained,
+            }
+        )
     names = list(values[0])
     write_jsonl(stage_dir / "measures.jsonl", rows)
     highlight = "reward" if "reward" in names else names[0]
@@ -197,14 +222,23 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     model = eval_model(recipe)
     if model == recipe.model.name_or_path:
         if cfg.compare_to == "base_model":  # wpo.checks refuses this at load; a Python caller may come straight here
-            raise ConfigError("eval.compare_to: base_model, but the model to evaluate is the base model itself: "
-                              "train first, or set eval.model")  # fmt: skip
-        log.warning("eval: nothing trained under %s and eval.model is unset: evaluating the base model %s against "
-                    "the references", recipe.output_dir, model)  # fmt: skip
+            raise ConfigError(
+                "eval.compare_to: base_model, but the model to evaluate is the base model itself: "
+                "train first, or set eval.model"
+            )
+        log.warning(
+            "eval: nothing trained under %s and eval.model is unset: evaluating the base model %s against "
+            "the references",
+            recipe.output_dir,
+            model,
+        )
     generator = cfg.generator_name or generator_name(model)
     trust = recipe.model.trust_remote_code
-    outputs = generate_outputs(recipe, str(merged_model_dir(Path(model), stage_dir, trust_remote_code=trust))
-                               if Path(model).is_dir() else model, prompts)  # fmt: skip
+    outputs = generate_outputs(
+        recipe,
+        str(merged_model_dir(Path(model), stage_dir, trust_remote_code=trust)) if Path(model).is_dir() else model,
+        prompts,
+    )
     write_json(stage_dir / "model_outputs.json", outputs_file(prompts, outputs, generator))
     outputs_written = ["model_outputs.json"]
 
@@ -220,14 +254,23 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         references = [p.extra[cfg.reference_field] for p in prompts]
         reference_generators = [p.extra.get("reference_generator") or cfg.reference_generator for p in prompts]
 
-    comparisons = [Comparison(p.messages, r, o, prompt_record(p.id, p.messages, p.extra))
-                   for p, r, o in zip(prompts, references, outputs, strict=True)]  # fmt: skip
+    comparisons = [
+        Comparison(p.messages, r, o, prompt_record(p.id, p.messages, p.extra))
+        for p, r, o in zip(prompts, references, outputs, strict=True)
+    ]
     preferences, judge_usage = judge_all(recipe, comparisons, stage_dir)
     annotations = [
-        {"instruction": c.instruction, "output_1": c.reference, "output_2": c.output, "generator_1": g,
-         "generator_2": generator, "preference": pref, "annotator": cfg.judge}
+        {
+            "instruction": c.instruction,
+            "output_1": c.reference,
+            "output_2": c.output,
+            "generator_1": g,
+            "generator_2": generator,
+            "preference": pref,
+            "annotator": cfg.judge,
+        }
         for c, g, pref in zip(comparisons, reference_generators, preferences, strict=True)
-    ]  # fmt: skip
+    ]
     write_json(stage_dir / "annotations.json", annotations)
     metrics = metrics_from_annotations(
         annotations, *_difficulty_inputs(recipe, [a["instruction"] for a in annotations])
@@ -240,27 +283,56 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         outputs_written += ["measures.jsonl", "side_by_side.md"]
         metrics["identical_to_base"] = sum(o == b for o, b in zip(outputs, base_outputs, strict=True))
         if model != recipe.model.name_or_path and metrics["identical_to_base"] == len(prompts):
-            log.warning("eval: every one of the %d answers is identical to the base model's: the training changed "
-                        "nothing these prompts show (train.learning_rate %g over %s steps); train more, or with a "
-                        "larger learning rate", len(prompts), recipe.train.learning_rate,
-                        recipe.train.max_steps or "its")  # fmt: skip
+            log.warning(
+                "eval: every one of the %d answers is identical to the base model's: the training changed "
+                "nothing these prompts show (train.learning_rate %g over %s steps); train more, or with a "
+                "larger learning rate",
+                len(prompts),
+                recipe.train.learning_rate,
+                recipe.train.max_steps or "its",
+            )
     write_json(stage_dir / "metrics.json", metrics)
-    board = update_leaderboard(Path(cfg.leaderboard) if cfg.leaderboard else stage_dir / "leaderboard.csv",
-                               generator, metrics)  # fmt: skip
+    board = update_leaderboard(
+        Path(cfg.leaderboard) if cfg.leaderboard else stage_dir / "leaderboard.csv", generator, metrics
+    )
     write_report(stage_dir, board, metrics, annotations, generator)
     config = run_config(recipe)
-    counts = {"prompts": len(prompts), "skipped": dict(policy.skipped), "draws_identical_outputs":
-              sum(c.output == c.reference for c in comparisons), "judge_usage": judge_usage}  # fmt: skip
+    counts = {
+        "prompts": len(prompts),
+        "skipped": dict(policy.skipped),
+        "draws_identical_outputs": sum(c.output == c.reference for c in comparisons),
+        "judge_usage": judge_usage,
+    }
     outputs_written += ["annotations.json", "metrics.json", "report.png", "report.html"]
-    write_manifest(stage_dir, stage="eval", config=config, config_hash=config_hash(config), seed=recipe.seed,
-                   counts=counts, wall_seconds=time.perf_counter() - started, outputs=outputs_written)  # fmt: skip
-    log.info("eval: %s vs %s on %d instructions: LC %.2f, WR %.2f, avg length %.0f", generator,
-             reference_generators[0], len(prompts), metrics["length_controlled_winrate"], metrics["win_rate"],
-             metrics["avg_length"])  # fmt: skip
+    write_manifest(
+        stage_dir,
+        stage="eval",
+        config=config,
+        config_hash=config_hash(config),
+        seed=recipe.seed,
+        counts=counts,
+        wall_seconds=time.perf_counter() - started,
+        outputs=outputs_written,
+    )
+    log.info(
+        "eval: %s vs %s on %d instructions: LC %.2f, WR %.2f, avg length %.0f",
+        generator,
+        reference_generators[0],
+        len(prompts),
+        metrics["length_controlled_winrate"],
+        metrics["win_rate"],
+        metrics["avg_length"],
+    )
     for name in metrics.get("measures", []):
-        log.info("eval: %s %.3f (base) → %.3f (%s); delta %+.3f, 95%% CI [%.3f, %.3f]", name, metrics[f"{name}_base"],
-                 metrics[f"{name}_trained"], generator, metrics[f"{name}_delta"],
-                 *metrics[f"{name}_delta_ci95"])  # fmt: skip
+        log.info(
+            "eval: %s %.3f (base) → %.3f (%s); delta %+.3f, 95%% CI [%.3f, %.3f]",
+            name,
+            metrics[f"{name}_base"],
+            metrics[f"{name}_trained"],
+            generator,
+            metrics[f"{name}_delta"],
+            *metrics[f"{name}_delta_ci95"],
+        )
     if "better" in metrics:
         failed = [name for name, check in metrics["verdict"].items() if not check["passed"]]
         log.info(

@@ -10,15 +10,17 @@ from typing import Any
 from wpo.config import Recipe, config_hash
 from wpo.data.io import atomic_writer, resolve_local, write_json
 from wpo.errors import WpoError
-from wpo.export.card import write_card
-from wpo.export.convert import check_architecture, check_export_name, check_quantizations, export_gguf
-from wpo.export.verify import hf_log_probs, perplexity, verify_gguf
-from wpo.layout import final_model
+from wpo.exporting.card import write_card
+from wpo.exporting.convert import check_architecture, check_export_name, check_quantizations, export_gguf
+from wpo.exporting.verify import hf_log_probs, perplexity, verify_gguf
+from wpo.layout import final_model, gguf_cache, policy_gguf
 from wpo.manifest import source_fingerprint, write_manifest
 
 log = logging.getLogger(__name__)
 REPORT, CARD = "quantization_report.json", "README.md"
 GGUF_CONFIG = ".gguf-config"  # the config hash the GGUF files in the stage directory were made under
+
+
 # One path component, so `<name>.<TYPE>.gguf` stays inside the stage directory.
 def export_model(recipe: Recipe) -> str:
     return recipe.export.model or final_model(recipe)
@@ -36,7 +38,7 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
 def run_export(recipe: Recipe) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from wpo.eval.stage import generator_name
+    from wpo.evaluation.stage import generator_name
     from wpo.models import merged_model_dir, resolve_model_path
 
     started = time.perf_counter()
@@ -60,33 +62,55 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
         raise WpoError(f"export.verify_text {cfg.verify_text}: no such file")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust)
     ids = tokenizer(text_path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"][: cfg.verify_tokens]
-    hf_model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32", trust_remote_code=trust,
-                                                    use_safetensors=True).eval()  # fmt: skip
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype="float32", trust_remote_code=trust, use_safetensors=True
+    ).eval()
     reference = hf_log_probs(hf_model, ids)
     hf_ppl = perplexity(reference, ids)
     del hf_model
     report = []
     for type_name, path in files.items():
         entry = {"type": type_name, **verify_gguf(path, ids, reference), "hf_perplexity": hf_ppl}
-        log.info("export: %s %.1f MB, perplexity %.3f (HF %.3f), mean KL %.5f", path.name, entry["size_bytes"] / 1e6,
-                 entry["perplexity"], hf_ppl, entry["kl_mean"])  # fmt: skip
+        log.info(
+            "export: %s %.1f MB, perplexity %.3f (HF %.3f), mean KL %.5f",
+            path.name,
+            entry["size_bytes"] / 1e6,
+            entry["perplexity"],
+            hf_ppl,
+            entry["kl_mean"],
+        )
         report.append(entry)
     write_json(stage_dir / REPORT, {"model": name, "verify_tokens": len(ids), "files": report})
-    write_card(stage_dir / CARD, name=name, run_dir=Path(recipe.output_dir), model_dir=model_dir, report=report,
-               license_name=cfg.license)  # fmt: skip
-    write_manifest(stage_dir, stage="export", config=config, config_hash=config_hash(config), seed=recipe.seed,
-                   counts={"files": len(files)}, wall_seconds=time.perf_counter() - started,
-                   outputs=[p.name for p in files.values()] + [REPORT, CARD])  # fmt: skip
-    return {"output": str(stage_dir / REPORT), "counts": {"files": len(files)}, "files": [str(p) for p in files.values()],
-            "report": report}
+    write_card(
+        stage_dir / CARD,
+        name=name,
+        run_dir=Path(recipe.output_dir),
+        model_dir=model_dir,
+        report=report,
+        license_name=cfg.license,
+    )
+    write_manifest(
+        stage_dir,
+        stage="export",
+        config=config,
+        config_hash=config_hash(config),
+        seed=recipe.seed,
+        counts={"files": len(files)},
+        wall_seconds=time.perf_counter() - started,
+        outputs=[p.name for p in files.values()] + [REPORT, CARD],
+    )
+    return {
+        "output": str(stage_dir / REPORT),
+        "counts": {"files": len(files)},
+        "files": [str(p) for p in files.values()],
+        "report": report,
+    }
 
 
 def evaluated_conversion(recipe: Recipe, model_dir: Path) -> Path | None:
     """The F16 GGUF the llama.cpp eval (or sampling) converted these very weights to, if there is one."""
-    from wpo.sampling.llamacpp_backend import f16_conversion_path
-
-    cache = Path(recipe.output_dir) / "gguf"
-    converted = f16_conversion_path(model_dir, cache) if cache.is_dir() else None
+    cache = gguf_cache(recipe)
+    converted = policy_gguf(model_dir, cache) if cache.is_dir() else None
     return converted if converted is not None and converted.is_file() else None
 
 

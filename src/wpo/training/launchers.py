@@ -4,7 +4,7 @@
   every process.
 - `FsdpLauncher`: FSDP2 full sharding. The same steps; weights and Adam state are gathered whole (on the CPU) to be
   saved and scattered back on resume.
-- `ZeroLauncher`: DeepSpeed ZeRO-3 (`wpo.train.zero`). The engine owns backward, clipping and the step; checkpoints
+- `ZeroLauncher`: DeepSpeed ZeRO-3 (`wpo.training.zero`). The engine owns backward, clipping and the step; checkpoints
   hold its fp32 masters and Adam state whole, by name — the same files the others write, so any launch resumes any
   checkpoint.
 
@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from wpo.config import Recipe
-from wpo.train import checkpoint, zero
+from wpo.training import checkpoint, zero
 
 
 class PlainLauncher:
@@ -76,8 +76,11 @@ class ZeroLauncher:
         zero.configure(self.accelerator, recipe, pairs_per_step)
         masters = None
         if zero.computes_in_bf16(self.accelerator):
-            masters = {name: param.detach().to("cpu", copy=True) for name, param in model.named_parameters()
-                       if param.requires_grad}  # fmt: skip
+            masters = {
+                name: param.detach().to("cpu", copy=True)
+                for name, param in model.named_parameters()
+                if param.requires_grad
+            }
         model, optimizer = self.accelerator.prepare(model, optimizer)
         if masters is not None:
             zero.set_masters(model, masters)

@@ -39,22 +39,29 @@ def configure(accelerator: Accelerator, recipe: Recipe, pairs_per_step: int) -> 
     config = plugin.deepspeed_config
     zero = config.get("zero_optimization", {})
     if zero.get("stage") != 3:
-        raise ConfigError(f"DeepSpeed ZeRO stage {zero.get('stage')} is not supported: use ZeRO-3 "
-                          "(recipes/accelerate/zero3.yaml), or plain data parallel (ddp.yaml)")  # fmt: skip
+        raise ConfigError(
+            f"DeepSpeed ZeRO stage {zero.get('stage')} is not supported: use ZeRO-3 "
+            "(recipes/accelerate/zero3.yaml), or plain data parallel (ddp.yaml)"
+        )
     if plugin.zero3_init_flag:
-        raise ConfigError("the accelerate config sets zero3_init_flag: true, which partitions the weights while "
-                          "loading; wpo computes the reference log-probs with the whole model before partitioning: "
-                          "set zero3_init_flag: false")  # fmt: skip
+        raise ConfigError(
+            "the accelerate config sets zero3_init_flag: true, which partitions the weights while "
+            "loading; wpo computes the reference log-probs with the whole model before partitioning: "
+            "set zero3_init_flag: false"
+        )
     for offload in ("offload_optimizer", "offload_param"):
         if zero.get(offload, {}).get("device", "none") not in ("none", None):
-            raise ConfigError(f"DeepSpeed {offload} is not supported (wpo steps its own torch AdamW on the "
-                              "accelerator): set offload_optimizer_device and offload_param_device to "
-                              "none")  # fmt: skip
+            raise ConfigError(
+                f"DeepSpeed {offload} is not supported (wpo steps its own torch AdamW on the "
+                "accelerator): set offload_optimizer_device and offload_param_device to "
+                "none"
+            )
     if config.get("fp16", {}).get("enabled") is True:
         raise ConfigError("DeepSpeed fp16 (loss scaling, skipped steps) is not supported: use mixed_precision bf16")
     if "optimizer" in config or "scheduler" in config:
-        raise ConfigError("the DeepSpeed config names an optimizer or scheduler: remove them; the recipe's train "
-                          "section decides both")  # fmt: skip
+        raise ConfigError(
+            "the DeepSpeed config names an optimizer or scheduler: remove them; the recipe's train section decides both"
+        )
     cfg = recipe.train
     wanted = {
         "train_micro_batch_size_per_gpu": cfg.per_device_batch_size,
@@ -65,15 +72,19 @@ def configure(accelerator: Accelerator, recipe: Recipe, pairs_per_step: int) -> 
     for key, value in wanted.items():
         current = config.get(key, "auto")
         if current != "auto" and current != value:
-            raise ConfigError(f"the DeepSpeed config sets {key}: {current}, but the recipe gives {value}: leave it "
-                              "'auto' (the recipe's train section decides it)")  # fmt: skip
+            raise ConfigError(
+                f"the DeepSpeed config sets {key}: {current}, but the recipe gives {value}: leave it "
+                "'auto' (the recipe's train section decides it)"
+            )
         config[key] = value
     accelerator.gradient_accumulation_steps = cfg.gradient_accumulation_steps
     log.info(
         "deepspeed: ZeRO-3, %s, micro-batch %d, accumulation %d, clipping %s (from the recipe)",
         "bf16 compute over fp32 masters" if computes_in_bf16(accelerator) else "fp32",
-        cfg.per_device_batch_size, cfg.gradient_accumulation_steps, cfg.max_grad_norm,
-    )  # fmt: skip
+        cfg.per_device_batch_size,
+        cfg.gradient_accumulation_steps,
+        cfg.max_grad_norm,
+    )
 
 
 def load_models_whole() -> None:
@@ -144,8 +155,9 @@ def restore_optimizer(engine, optimizer_state: dict[str, Any], source: str) -> N
     adam = engine.optimizer.optimizer
     saved_groups = optimizer_state["param_groups"]
     if len(saved_groups) != len(adam.param_groups):
-        raise WpoError(f"{source}: {len(saved_groups)} optimizer parameter groups, this run has "
-                       f"{len(adam.param_groups)}")  # fmt: skip
+        raise WpoError(
+            f"{source}: {len(saved_groups)} optimizer parameter groups, this run has {len(adam.param_groups)}"
+        )
     saved = optimizer_state["state"]
     steps = {float(values["step"]) for values in saved.values()}
     if len(steps) != 1:

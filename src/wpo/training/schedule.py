@@ -35,8 +35,11 @@ class Schedule:
     def fingerprint(self) -> dict[str, int]:
         """What a checkpoint must match to resume exactly (the global batch and the step count), and the process
         count it came from, for the message when it does not."""
-        return {"global_batch_pairs": self.pairs_per_step, "total_steps": self.total_steps,
-                "num_processes": self.num_processes}  # fmt: skip
+        return {
+            "global_batch_pairs": self.pairs_per_step,
+            "total_steps": self.total_steps,
+            "num_processes": self.num_processes,
+        }
 
 
 def build_schedule(pair_count: int, recipe: Recipe, num_processes: int) -> Schedule:

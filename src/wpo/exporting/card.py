@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from wpo.data.io import atomic_writer, looks_like_local_path
+from wpo.layout import output_in
 from wpo.models import EMBEDDED_HUB_IDS
 
 WPO_CITATION = """@article{zhou2024wpo,
@@ -125,7 +126,7 @@ def write_card(
         "",
         data_section(run_dir),
     ]
-    metrics = _read_json(run_dir / "eval" / "metrics.json")
+    metrics = _read_json(output_in(run_dir, "eval"))
     if metrics:
         lines += [
             "### Evaluation (AlpacaEval-style, vs the reference outputs)",

@@ -39,8 +39,7 @@ class StopSignals:
         if self.received is not None and number == signal.SIGINT:
             raise KeyboardInterrupt  # asked twice: stop now
         self.received = number
-        log.warning("training: %s received; stopping after this step, with a checkpoint",
-                    signal.Signals(number).name)  # fmt: skip
+        log.warning("training: %s received; stopping after this step, with a checkpoint", signal.Signals(number).name)
 
     def requested(self, accelerator) -> int | None:
         """The signal any process of the launch received, or None."""

@@ -71,7 +71,7 @@ class ApiPairwiseJudge:
         return ChatRequest(
             key=AnswerCache.key(
                 self.config.model, self.config.extra_body, PAIRWISE_TEMPLATE, instruction, first, second
-            ),  # fmt: skip
+            ),
             messages=[{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": prompt}],
             params={"max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": 20},
             label=f"the instruction {instruction[:60]!r}",
@@ -81,10 +81,11 @@ class ApiPairwiseJudge:
         """Every comparison asked concurrently, the model's output shown first or second by `model_shown_first`."""
         firsts = [model_shown_first(item.instruction) for item in comparisons]
         requests = [
-            self._request(item.output, item.reference, item.instruction) if first
+            self._request(item.output, item.reference, item.instruction)
+            if first
             else self._request(item.reference, item.output, item.instruction)
             for item, first in zip(comparisons, firsts, strict=True)
-        ]  # fmt: skip
+        ]
         answers = self.endpoint.ask_all(requests, second_better, desc="eval: judge")
         return [1.0 + (1.0 - p if first else p) for p, first in zip(answers, firsts, strict=True)]
 
@@ -133,10 +134,12 @@ def judge_all(recipe: Recipe, comparisons: list[Comparison], cache_dir: Path) ->
     if open_items:
         kind = recipe.eval.judge
         judge = (
-            ApiPairwiseJudge(recipe, cache_dir) if kind == "api"
-            else RewardModelPairwiseJudge(recipe) if kind == "reward_model"
+            ApiPairwiseJudge(recipe, cache_dir)
+            if kind == "api"
+            else RewardModelPairwiseJudge(recipe)
+            if kind == "reward_model"
             else PythonPairwiseJudge(recipe)
-        )  # fmt: skip
+        )
         judged = judge.preferences(open_items)
         usage = judge.endpoint.usage_report() if isinstance(judge, ApiPairwiseJudge) else {}
     answers = iter(judged)

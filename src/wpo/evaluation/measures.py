@@ -22,7 +22,7 @@ import numpy as np
 
 from wpo.data.schemas import PromptRecord
 from wpo.errors import WpoError
-from wpo.eval.metrics import paired_comparison
+from wpo.evaluation.metrics import paired_comparison
 from wpo.user_functions import UserFunction, prompt_record
 
 BUILTIN_MEASURES = ("chrf", "length_chars", "distinct_2")
@@ -74,8 +74,13 @@ def compare(rows: list[dict[str, Any]], names: list[str], seed: int) -> dict[str
     return metrics
 
 
-def verdict(metrics: dict[str, Any], gain_measures: list[str], content_margin: float, min_length_ratio: float,
-            repetition_margin: float) -> dict[str, Any]:  # fmt: skip
+def verdict(
+    metrics: dict[str, Any],
+    gain_measures: list[str],
+    content_margin: float,
+    min_length_ratio: float,
+    repetition_margin: float,
+) -> dict[str, Any]:
     """Each rule of "better" with its figure and whether it held; `better` only when every rule holds."""
     checks: dict[str, dict[str, Any]] = {}
     for name in gain_measures:
@@ -83,14 +88,23 @@ def verdict(metrics: dict[str, Any], gain_measures: list[str], content_margin: f
         checks[f"{name}_up"] = {"rule": f"{name} delta CI above 0", "value": low, "passed": low > 0}
     if "chrf_delta_ci95" in metrics:
         low = metrics["chrf_delta_ci95"][0]
-        checks["content_not_worse"] = {"rule": f"chrF delta CI low end above -{content_margin:g}", "value": low,
-                                       "passed": low > -content_margin}  # fmt: skip
+        checks["content_not_worse"] = {
+            "rule": f"chrF delta CI low end above -{content_margin:g}",
+            "value": low,
+            "passed": low > -content_margin,
+        }
     ratio = metrics["length_chars_trained"] / max(metrics["length_chars_base"], 1.0)
-    checks["length_not_collapsed"] = {"rule": f"length ratio trained/base at least {min_length_ratio:g}",
-                                      "value": ratio, "passed": ratio >= min_length_ratio}  # fmt: skip
+    checks["length_not_collapsed"] = {
+        "rule": f"length ratio trained/base at least {min_length_ratio:g}",
+        "value": ratio,
+        "passed": ratio >= min_length_ratio,
+    }
     low = metrics["distinct_2_delta_ci95"][0]
-    checks["repetition_not_worse"] = {"rule": f"distinct-2 delta CI low end above -{repetition_margin:g}",
-                                      "value": low, "passed": low > -repetition_margin}  # fmt: skip
+    checks["repetition_not_worse"] = {
+        "rule": f"distinct-2 delta CI low end above -{repetition_margin:g}",
+        "value": low,
+        "passed": low > -repetition_margin,
+    }
     return {"better": all(check["passed"] for check in checks.values()), "verdict": checks}
 
 
@@ -112,8 +126,9 @@ def _cell(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 10 else f"{value:.3f}"
 
 
-def side_by_side(rows: list[dict[str, Any]], names: list[str], base_generator: str, generator: str,
-                 highlight_measure: str) -> str:  # fmt: skip
+def side_by_side(
+    rows: list[dict[str, Any]], names: list[str], base_generator: str, generator: str, highlight_measure: str
+) -> str:
     """Markdown: every held-out prompt with the reference, the base's and the model's answers and their measures."""
 
     def section(row: dict[str, Any], label: str = "") -> list[str]:
@@ -122,13 +137,28 @@ def side_by_side(rows: list[dict[str, Any]], names: list[str], base_generator: s
         parts = [f"### {row['id']}{f' ({label})' if label else ''}", "", "Prompt:", "", _fenced(row["prompt"]), ""]
         if row.get("reference") is not None:
             parts += ["Reference:", "", _fenced(row["reference"]), ""]
-        parts += [f"Base ({base_generator}):", "", _fenced(row["base_output"]), "",
-                  f"Trained ({generator}):", "", _fenced(row["output"]), "", *table, ""]  # fmt: skip
+        parts += [
+            f"Base ({base_generator}):",
+            "",
+            _fenced(row["base_output"]),
+            "",
+            f"Trained ({generator}):",
+            "",
+            _fenced(row["output"]),
+            "",
+            *table,
+            "",
+        ]
         return parts
 
-    lines = [f"# Held-out answers: {generator} vs {base_generator}", "",
-             f"{len(rows)} prompts. Measures per answer: {', '.join(names)}.", "",
-             f"## Three by a fixed rule: the largest {highlight_measure} gain, the median, the largest loss", ""]  # fmt: skip
+    lines = [
+        f"# Held-out answers: {generator} vs {base_generator}",
+        "",
+        f"{len(rows)} prompts. Measures per answer: {', '.join(names)}.",
+        "",
+        f"## Three by a fixed rule: the largest {highlight_measure} gain, the median, the largest loss",
+        "",
+    ]
     for label, row in highlights(rows, highlight_measure):
         lines += section(row, label)
     lines += ["## Every prompt, in file order", ""]

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from wpo.config import Recipe, config_hash, load_recipe
-from wpo.errors import ConfigError
 from wpo.data.io import atomic_writer
+from wpo.errors import ConfigError
 
 log = logging.getLogger(__name__)
 DATA_STAGES = ("sample", "score", "pair")
@@ -64,12 +64,14 @@ def _data_key(recipe: Recipe) -> str:
     from wpo.pipeline import STAGE_REGISTRY
 
     sample = STAGE_REGISTRY["sample"].run_config(recipe)
-    return config_hash({"sample": sample, "score": recipe.score.hashed_settings(),
-                        "pair": recipe.pair.hashed_settings()})[:16]  # fmt: skip
+    return config_hash(
+        {"sample": sample, "score": recipe.score.hashed_settings(), "pair": recipe.pair.hashed_settings()}
+    )[:16]
 
 
-def plan(recipe_source: str | Path | dict[str, Any], overrides: list[str], grid: dict[str, list[str]],
-         seeds: list[int]) -> list[dict[str, Any]]:  # fmt: skip
+def plan(
+    recipe_source: str | Path | dict[str, Any], overrides: list[str], grid: dict[str, list[str]], seeds: list[int]
+) -> list[dict[str, Any]]:
     """Every run: its variant, seed, recipe for the data stages (or None when it shares nothing) and for its own."""
     base = load_recipe(recipe_source, overrides)
     sweep_dir = Path(base.output_dir) / "sweep"
@@ -81,21 +83,40 @@ def plan(recipe_source: str | Path | dict[str, Any], overrides: list[str], grid:
             run_dir = sweep_dir / "runs" / f"{variant_name(variant)}-seed{seed}"
             own_stages = [stage for stage in recipe.stages if stage not in ("export",)]
             if recipe.rounds > 1 or not set(DATA_STAGES) <= set(recipe.stages):
-                runs.append({"variant": variant, "seed": seed, "data": None,
-                             "run": load_recipe(recipe_source, [*settings, f"output_dir={run_dir}",
-                                                                f"stages=[{', '.join(own_stages)}]"])})  # fmt: skip
+                runs.append(
+                    {
+                        "variant": variant,
+                        "seed": seed,
+                        "data": None,
+                        "run": load_recipe(
+                            recipe_source, [*settings, f"output_dir={run_dir}", f"stages=[{', '.join(own_stages)}]"]
+                        ),
+                    }
+                )
                 continue
             data_dir = sweep_dir / f"data-{_data_key(recipe)}"
             data = load_recipe(recipe_source, [*settings, f"output_dir={data_dir}", "stages=[sample, score, pair]"])
             later = [stage for stage in own_stages if stage not in DATA_STAGES]
-            run = load_recipe(recipe_source, [*settings, f"output_dir={run_dir}", f"stages=[{', '.join(later)}]",
-                                              f"train.pairs={data_dir / 'pair' / 'pairs.jsonl'}"])  # fmt: skip
+            run = load_recipe(
+                recipe_source,
+                [
+                    *settings,
+                    f"output_dir={run_dir}",
+                    f"stages=[{', '.join(later)}]",
+                    f"train.pairs={data_dir / 'pair' / 'pairs.jsonl'}",
+                ],
+            )
             runs.append({"variant": variant, "seed": seed, "data": data, "run": run})
     return runs
 
 
-def run_sweep(recipe_source: str | Path | dict[str, Any], overrides: list[str], grid: dict[str, list[str]],
-              seeds: list[int], baseline: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_sweep(
+    recipe_source: str | Path | dict[str, Any],
+    overrides: list[str],
+    grid: dict[str, list[str]],
+    seeds: list[int],
+    baseline: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run (or resume) every run of the plan, then write runs.csv, comparison.csv, comparison.png and the sweep's
     report.html (linking each run's own page, which `wpo run` wrote)."""
     from wpo.pipeline import run_pipeline
@@ -105,8 +126,9 @@ def run_sweep(recipe_source: str | Path | dict[str, Any], overrides: list[str], 
     baseline = baseline or {key: values[0] for key, values in grid.items()}
     unknown = {k: v for k, v in baseline.items() if k not in grid or v not in grid[k]}
     if unknown or set(baseline) != set(grid):
-        raise ConfigError(f"--baseline must give one value of the grid for every grid key ({', '.join(grid)}), got "
-                          f"{baseline}")  # fmt: skip
+        raise ConfigError(
+            f"--baseline must give one value of the grid for every grid key ({', '.join(grid)}), got {baseline}"
+        )
     runs = plan(recipe_source, overrides, grid, seeds)
     done_data: set[str] = set()
     for index, entry in enumerate(runs, 1):
@@ -119,12 +141,18 @@ def run_sweep(recipe_source: str | Path | dict[str, Any], overrides: list[str], 
     rows = write_runs_csv(sweep_dir / "runs.csv", runs, list(grid))
     table = compare(runs, baseline)
     write_comparison(sweep_dir, table, list(grid))
-    from wpo.report import write_sweep_page
+    from wpo.reporting import write_sweep_page
 
     write_sweep_page(sweep_dir)
     shared = len({e["data"].output_dir for e in runs if e["data"] is not None})
-    return {"runs": len(runs), "data_directories": shared, "runs_csv": str(sweep_dir / "runs.csv"),
-            "comparison_csv": str(sweep_dir / "comparison.csv"), "rows": rows, "comparison": table}  # fmt: skip
+    return {
+        "runs": len(runs),
+        "data_directories": shared,
+        "runs_csv": str(sweep_dir / "runs.csv"),
+        "comparison_csv": str(sweep_dir / "comparison.csv"),
+        "rows": rows,
+        "comparison": table,
+    }
 
 
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
@@ -135,8 +163,15 @@ def _headline(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_runs_csv(path: Path, runs: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
-    rows = [{**entry["variant"], "seed": entry["seed"], "run_dir": entry["run"].output_dir,
-             **_headline(entry["summary"] or {})} for entry in runs]  # fmt: skip
+    rows = [
+        {
+            **entry["variant"],
+            "seed": entry["seed"],
+            "run_dir": entry["run"].output_dir,
+            **_headline(entry["summary"] or {}),
+        }
+        for entry in runs
+    ]
     columns = [*keys, "seed", "run_dir", *sorted({c for row in rows for c in row} - {*keys, "seed", "run_dir"})]
     with atomic_writer(path) as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
@@ -179,28 +214,52 @@ def compare(runs: list[dict[str, Any]], baseline: dict[str, str]) -> list[dict[s
             for s in seeds:
                 base_by_id = {row["id"]: row[f"{name}_trained"] for row in base_rows[s]}
                 differences.append(np.array([row[f"{name}_trained"] - base_by_id[row["id"]] for row in per_seed[s]]))
-            table.append({
-                **json.loads(key), "measure": name, "seeds": len(seeds),
-                "mean": float(np.mean([v.mean() for v in values])), "ci95": stratified_ci(values),
-                "sd_over_seeds": float(np.std([v.mean() for v in values], ddof=1)) if len(values) > 1 else 0.0,
-                "minus_baseline": float(np.mean([d.mean() for d in differences])),
-                "minus_baseline_ci95": stratified_ci(differences),
-            })  # fmt: skip
+            table.append(
+                {
+                    **json.loads(key),
+                    "measure": name,
+                    "seeds": len(seeds),
+                    "mean": float(np.mean([v.mean() for v in values])),
+                    "ci95": stratified_ci(values),
+                    "sd_over_seeds": float(np.std([v.mean() for v in values], ddof=1)) if len(values) > 1 else 0.0,
+                    "minus_baseline": float(np.mean([d.mean() for d in differences])),
+                    "minus_baseline_ci95": stratified_ci(differences),
+                }
+            )
     return table
 
 
 def write_comparison(sweep_dir: Path, table: list[dict[str, Any]], keys: list[str]) -> None:
-    columns = [*keys, "measure", "seeds", "mean", "ci95_low", "ci95_high", "sd_over_seeds", "minus_baseline",
-               "minus_baseline_ci95_low", "minus_baseline_ci95_high"]  # fmt: skip
+    columns = [
+        *keys,
+        "measure",
+        "seeds",
+        "mean",
+        "ci95_low",
+        "ci95_high",
+        "sd_over_seeds",
+        "minus_baseline",
+        "minus_baseline_ci95_low",
+        "minus_baseline_ci95_high",
+    ]
     with atomic_writer(sweep_dir / "comparison.csv") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in table:
-            writer.writerow({**{k: row[k] for k in keys}, "measure": row["measure"], "seeds": row["seeds"],
-                             "mean": row["mean"], "ci95_low": row["ci95"][0], "ci95_high": row["ci95"][1],
-                             "sd_over_seeds": row["sd_over_seeds"], "minus_baseline": row["minus_baseline"],
-                             "minus_baseline_ci95_low": row["minus_baseline_ci95"][0],
-                             "minus_baseline_ci95_high": row["minus_baseline_ci95"][1]})  # fmt: skip
+            writer.writerow(
+                {
+                    **{k: row[k] for k in keys},
+                    "measure": row["measure"],
+                    "seeds": row["seeds"],
+                    "mean": row["mean"],
+                    "ci95_low": row["ci95"][0],
+                    "ci95_high": row["ci95"][1],
+                    "sd_over_seeds": row["sd_over_seeds"],
+                    "minus_baseline": row["minus_baseline"],
+                    "minus_baseline_ci95_low": row["minus_baseline_ci95"][0],
+                    "minus_baseline_ci95_high": row["minus_baseline_ci95"][1],
+                }
+            )
     _plot(sweep_dir / "comparison.png", table, keys)
 
 
@@ -216,8 +275,10 @@ def _plot(path: Path, table: list[dict[str, Any]], keys: list[str]) -> None:
         rows = [row for row in table if row["measure"] == measure]
         labels = [variant_name({k: row[k] for k in keys}) for row in rows]
         centers = [row["minus_baseline"] for row in rows]
-        errors = [[c - row["minus_baseline_ci95"][0] for c, row in zip(centers, rows, strict=True)],
-                  [row["minus_baseline_ci95"][1] - c for c, row in zip(centers, rows, strict=True)]]  # fmt: skip
+        errors = [
+            [c - row["minus_baseline_ci95"][0] for c, row in zip(centers, rows, strict=True)],
+            [row["minus_baseline_ci95"][1] - c for c, row in zip(centers, rows, strict=True)],
+        ]
         axis.errorbar(range(len(rows)), centers, yerr=errors, fmt="o", capsize=4)
         axis.axhline(0.0, color="grey", linewidth=0.8)
         axis.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=7)

@@ -39,8 +39,9 @@ def gguf_file_type(path: Path) -> int:
 def verify_gguf(path: Path, ids: list[int], reference_log_probs: np.ndarray) -> dict[str, Any]:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=max(512, len(ids) + 64), logits_all=True, n_threads=os.cpu_count(),
-                verbose=False)  # fmt: skip
+    llm = Llama(
+        model_path=str(path), n_ctx=max(512, len(ids) + 64), logits_all=True, n_threads=os.cpu_count(), verbose=False
+    )
     llm.reset()
     llm.eval(ids)
     log_probs = _log_softmax(np.asarray(llm.scores[: len(ids)], dtype=np.float64)[:-1])

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from wpo.data.io import atomic_writer
 from wpo.errors import NonFiniteError
-from wpo.train.forward import pair_statistics
-from wpo.train.tokenize import NO_SHARING, PromptSharing, TokenizedPairs, collate_pairs
+from wpo.training.forward import pair_statistics
+from wpo.training.tokenize import NO_SHARING, PromptSharing, TokenizedPairs, collate_pairs
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +121,18 @@ def load_or_compute(
     shard = list(range(accelerator.process_index, count, world))
     chosen, rejected = (
         gather_strided(values, count, accelerator)
-        for values in compute_reference_logps(model, tokens, batch_size, pad_token_id, accelerator.device,
-                                              loss_chunk_size=loss_chunk_size, sharing=sharing,
-                                              indices=shard,
-                                              show_progress=accelerator.is_main_process)
-    )  # fmt: skip
+        for values in compute_reference_logps(
+            model,
+            tokens,
+            batch_size,
+            pad_token_id,
+            accelerator.device,
+            loss_chunk_size=loss_chunk_size,
+            sharing=sharing,
+            indices=shard,
+            show_progress=accelerator.is_main_process,
+        )
+    )
     if accelerator.is_main_process:
         with atomic_writer(path, "wb") as handle:
             handle.write(save({"chosen": chosen, "rejected": rejected}))

@@ -13,9 +13,18 @@ import pandas as pd
 from wpo.data.io import atomic_writer
 
 LEADERBOARD_COLUMNS = [
-    "win_rate", "standard_error", "n_wins", "n_wins_base", "n_draws", "n_total", "discrete_win_rate", "mode",
-    "avg_length", "length_controlled_winrate", "lc_standard_error",
-]  # fmt: skip
+    "win_rate",
+    "standard_error",
+    "n_wins",
+    "n_wins_base",
+    "n_draws",
+    "n_total",
+    "discrete_win_rate",
+    "mode",
+    "avg_length",
+    "length_controlled_winrate",
+    "lc_standard_error",
+]
 
 
 def update_leaderboard(path: Path, generator: str, metrics: dict[str, Any]) -> pd.DataFrame:
@@ -39,11 +48,13 @@ def _figure_png(board: pd.DataFrame, preferences: list[float], generator: str) -
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     left.scatter(board["avg_length"], board["win_rate"], color="tab:blue", label="win rate")
-    left.scatter(board["avg_length"], board["length_controlled_winrate"], color="tab:orange", marker="x",
-                 label="LC win rate")  # fmt: skip
+    left.scatter(
+        board["avg_length"], board["length_controlled_winrate"], color="tab:orange", marker="x", label="LC win rate"
+    )
     for name, item in board.iterrows():
-        left.annotate(str(name), (item["avg_length"], item["win_rate"]), fontsize=8, xytext=(4, 4),
-                      textcoords="offset points")  # fmt: skip
+        left.annotate(
+            str(name), (item["avg_length"], item["win_rate"]), fontsize=8, xytext=(4, 4), textcoords="offset points"
+        )
     left.set_xlabel("average output length (characters)")
     left.set_ylabel("% preferred over the reference")
     left.set_title("Leaderboard: win rate vs length")
@@ -59,17 +70,28 @@ def _figure_png(board: pd.DataFrame, preferences: list[float], generator: str) -
     return buffer.getvalue()
 
 
-def write_report(directory: Path, board: pd.DataFrame, metrics: dict[str, Any], annotations: list[dict[str, Any]],
-                 generator: str) -> None:  # fmt: skip
+def write_report(
+    directory: Path, board: pd.DataFrame, metrics: dict[str, Any], annotations: list[dict[str, Any]], generator: str
+) -> None:
     png = _figure_png(board, [a["preference"] for a in annotations], generator)
     with atomic_writer(directory / "report.png", "wb") as handle:
         handle.write(png)
     headline = "".join(
         f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(metrics[key]))}</td></tr>"
-        for key in ("length_controlled_winrate", "win_rate", "standard_error", "discrete_win_rate", "n_wins",
-                    "n_draws", "n_total", "avg_length", "lc_formula", "judge")
+        for key in (
+            "length_controlled_winrate",
+            "win_rate",
+            "standard_error",
+            "discrete_win_rate",
+            "n_wins",
+            "n_draws",
+            "n_total",
+            "avg_length",
+            "lc_formula",
+            "judge",
+        )
         if key in metrics
-    )  # fmt: skip
+    )
     rows = "".join(
         f"<tr><td>{html.escape(a['instruction'][:200])}</td><td>{a['preference']:.3f}</td>"
         f"<td>{len(a['output_2'])}</td><td>{len(a['output_1'])}</td></tr>"

@@ -63,8 +63,9 @@ def _fit(features: np.ndarray, targets: np.ndarray, weights: np.ndarray, c: floa
 def fit_glm(features: np.ndarray, targets: np.ndarray, weights: np.ndarray, n_splits: int = 5) -> np.ndarray:
     """Coefficients of the GLM, with C chosen by grouped K-fold CV on the weighted soft log loss."""
     if len(targets) < 2:
-        raise DataError(f"the length-controlled win rate needs at least 2 comparisons to cross-validate, got "
-                        f"{len(targets)}")  # fmt: skip
+        raise DataError(
+            f"the length-controlled win rate needs at least 2 comparisons to cross-validate, got {len(targets)}"
+        )
     from sklearn.model_selection import GroupKFold
 
     folds = list(GroupKFold(n_splits=min(n_splits, len(targets))).split(features, groups=np.arange(len(targets))))
@@ -106,8 +107,14 @@ def length_controlled_winrate(
     if gamed_rows is not None:
         if instruction_difficulty is None:
             raise ValueError("the gamed-baseline regularization needs instruction difficulties")
-        gamed = np.stack([np.tanh(gamed_rows["std_delta_len"]), gamed_rows["instruction_difficulty"],
-                          gamed_rows["not_gamed_baseline"].astype(float)], axis=1)  # fmt: skip
+        gamed = np.stack(
+            [
+                np.tanh(gamed_rows["std_delta_len"]),
+                gamed_rows["instruction_difficulty"],
+                gamed_rows["not_gamed_baseline"].astype(float),
+            ],
+            axis=1,
+        )
         not_gamed = gamed_rows["not_gamed_baseline"].astype(bool)
         features = np.concatenate([gamed, features])
         targets = np.concatenate([np.asarray(gamed_rows["preference"], dtype=float), targets])
@@ -136,8 +143,9 @@ def summarize(
     model_lengths = np.array([len(text) for text in model_outputs])
     metrics: dict[str, object] = head_to_head(preferences)
     metrics["avg_length"] = float(model_lengths.mean())
-    metrics.update(length_controlled_winrate(preferences, reference_lengths, model_lengths, instruction_difficulty,
-                                             gamed_rows))  # fmt: skip
+    metrics.update(
+        length_controlled_winrate(preferences, reference_lengths, model_lengths, instruction_difficulty, gamed_rows)
+    )
     return metrics
 
 

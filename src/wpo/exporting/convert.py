@@ -59,8 +59,10 @@ FILE_NAME = re.compile(r"\w[\w.+-]{0,199}")
 def check_export_name(name: str, stage_dir: Path) -> None:
     """The GGUF files' base name: a plain file name, so nothing is written outside the run's export directory."""
     if not FILE_NAME.fullmatch(name):
-        raise ConfigError(f"export.name {name!r} must be a plain file name (letters, digits, '.', '_', '+', '-'; "
-                          f"not starting with '.'): the GGUF files are written inside {stage_dir}")  # fmt: skip
+        raise ConfigError(
+            f"export.name {name!r} must be a plain file name (letters, digits, '.', '_', '+', '-'; "
+            f"not starting with '.'): the GGUF files are written inside {stage_dir}"
+        )
 
 
 def check_quantizations(types: list[str]) -> list[str]:

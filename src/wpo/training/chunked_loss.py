@@ -1,4 +1,4 @@
-"""The statistics of `wpo.train.loss.sequence_statistics` from hidden states, without ever holding `[B, T, V]` logits.
+"""The statistics of `wpo.training.loss.sequence_statistics` from hidden states, without ever holding `[B, T, V]` logits.
 
 The WPO weight needs `log sum_v p_v^2` over the whole vocabulary at every response token, so a naive forward keeps
 full-size logits (and several tensors like them) alive for backward: gigabytes per sequence at a 256k vocabulary.
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from wpo.train.loss import IGNORE_INDEX, SequenceStatistics
+from wpo.training.loss import IGNORE_INDEX, SequenceStatistics
 
 # Rows of a low-precision output projection upcast at a time: bounds the fp32 copy of the weight (the whole of it
 # is 3.7 GB for gemma-2-9b's 256000 x 3584 head).

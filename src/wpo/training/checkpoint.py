@@ -164,8 +164,11 @@ def latest_resume_point(directory: Path, config_hash: str, schedule: dict[str, i
     """The newest checkpoint of this config (`stale_checkpoints` moves another config's aside first), refusing one
     whose schedule (pairs per optimizer step, total steps) this launch would not reproduce exactly, as another
     process count would."""
-    checkpoints = [(step, path) for step, path in find_checkpoints(directory)
-                   if json.loads((path / STATE_FILE).read_text(encoding="utf-8")).get("config_hash") == config_hash]
+    checkpoints = [
+        (step, path)
+        for step, path in find_checkpoints(directory)
+        if json.loads((path / STATE_FILE).read_text(encoding="utf-8")).get("config_hash") == config_hash
+    ]
     if not checkpoints:
         return None
     step, path = checkpoints[-1]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from wpo.report.collect import CandidateStats, PairStats
+from wpo.reporting.collect import CandidateStats, PairStats
 
 PANEL_INCHES = (3.6, 2.6)
 TRAINING_PANELS = (
@@ -55,8 +55,14 @@ def _histogram(axis: Any, series: dict[str, Sequence[float]], title: str, xlabel
     values = [v for part in series.values() for v in part]
     edges = np.histogram_bin_edges(values, bins=20) if values else np.linspace(0, 1, 21)
     labels = [plain(name) for name in series]
-    axis.hist(list(series.values()), bins=edges, stacked=stacked, label=labels, alpha=1.0 if stacked else 0.55,
-              histtype="barstacked" if stacked else "stepfilled")  # fmt: skip
+    axis.hist(
+        list(series.values()),
+        bins=edges,
+        stacked=stacked,
+        label=labels,
+        alpha=1.0 if stacked else 0.55,
+        histtype="barstacked" if stacked else "stepfilled",
+    )
     axis.set_title(title, fontsize=10)
     axis.set_xlabel(xlabel, fontsize=9)
     axis.set_ylabel("count", fontsize=9)
@@ -67,15 +73,23 @@ def data_chart(candidates: CandidateStats | None, pairs: PairStats | None) -> st
     """Candidate scores by source; chosen vs rejected scores; margins; chosen vs rejected lengths."""
     panels: list[tuple[dict[str, Sequence[float]], str, str, bool]] = []
     if candidates and candidates.scores_by_source:
-        panels.append((dict(sorted(candidates.scores_by_source.items())), "every candidate's score, by source",
-                       "score", True))  # fmt: skip
+        panels.append(
+            (dict(sorted(candidates.scores_by_source.items())), "every candidate's score, by source", "score", True)
+        )
     if pairs and pairs.margins:
-        panels.append(({"chosen": pairs.chosen_scores, "rejected": pairs.rejected_scores}, "pair scores", "score",
-                       False))  # fmt: skip
+        panels.append(
+            ({"chosen": pairs.chosen_scores, "rejected": pairs.rejected_scores}, "pair scores", "score", False)
+        )
         panels.append(({"chosen − rejected": pairs.margins}, "pair margins", "score margin", False))
     if pairs and pairs.total:
-        panels.append(({"chosen": pairs.chosen_lengths, "rejected": pairs.rejected_lengths}, "answer lengths",
-                       "characters", False))  # fmt: skip
+        panels.append(
+            (
+                {"chosen": pairs.chosen_lengths, "rejected": pairs.rejected_lengths},
+                "answer lengths",
+                "characters",
+                False,
+            )
+        )
     if not panels:
         return None
     figure, axes = _figure(len(panels), min(len(panels), 4))
@@ -119,8 +133,10 @@ def eval_chart(metrics: dict[str, Any], measures: list[str]) -> str | None:
     for axis, name in zip(axes, shown, strict=True):
         centers = [metrics[f"{name}_base"], metrics[f"{name}_trained"]]
         intervals = [metrics[f"{name}_base_ci95"], metrics[f"{name}_trained_ci95"]]
-        errors = [[c - low for c, (low, _) in zip(centers, intervals, strict=True)],
-                  [high - c for c, (_, high) in zip(centers, intervals, strict=True)]]  # fmt: skip
+        errors = [
+            [c - low for c, (low, _) in zip(centers, intervals, strict=True)],
+            [high - c for c, (_, high) in zip(centers, intervals, strict=True)],
+        ]
         axis.errorbar([0, 1], centers, yerr=errors, fmt="o", capsize=5)
         axis.set_xticks([0, 1], ["base", "trained"])
         axis.set_xlim(-0.5, 1.5)

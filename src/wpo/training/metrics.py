@@ -17,8 +17,15 @@ class MetricsLog:
     On resume, rows past the resumed step are dropped first, so the file always reads as one uninterrupted run.
     """
 
-    def __init__(self, train_dir: Path, resumed_step: int, enabled: bool = True, report_to: tuple[str, ...] = (
-            "tensorboard",), run_name: str = "wpo", config: dict[str, Any] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        train_dir: Path,
+        resumed_step: int,
+        enabled: bool = True,
+        report_to: tuple[str, ...] = ("tensorboard",),
+        run_name: str = "wpo",
+        config: dict[str, Any] | None = None,
+    ):
         self.path = train_dir / "metrics.jsonl"
         self.enabled = enabled
         self._writer = self._trackio = None

@@ -17,7 +17,7 @@ from wpo.data.io import atomic_writer
 from wpo.errors import ConfigError
 
 if TYPE_CHECKING:
-    from wpo.report.collect import SweepData
+    from wpo.reporting.collect import SweepData
 
 REPORT_NAME = "report.html"
 MAX_ITEMS = 2000  # pairs, and held-out prompts, inlined in each browser: enough to read, light enough to open
@@ -25,8 +25,8 @@ MAX_ITEMS = 2000  # pairs, and held-out prompts, inlined in each browser: enough
 
 def build_run_report(run_dir: Path, max_items: int = MAX_ITEMS, generated_at: datetime | None = None) -> str:
     """The HTML page of one run directory (written or not by `wpo run`: any stage's outputs that are there)."""
-    from wpo.report.collect import collect_run
-    from wpo.report.render import render_run
+    from wpo.reporting.collect import collect_run
+    from wpo.reporting.render import render_run
 
     return render_run(collect_run(run_dir, max_items), generated_at or datetime.now(UTC))
 
@@ -42,8 +42,8 @@ def write_run_report(run_dir: Path, max_items: int = MAX_ITEMS) -> Path:
 def write_sweep_page(sweep_dir: Path, sweep: SweepData | None = None) -> Path:
     """The sweep's own page: its comparison, linking each run's page (`wpo sweep` writes it after the runs);
     `sweep` is the collected sweep when the caller has it already."""
-    from wpo.report.collect import collect_sweep
-    from wpo.report.render import render_sweep
+    from wpo.reporting.collect import collect_sweep
+    from wpo.reporting.render import render_sweep
 
     path = sweep_dir / REPORT_NAME
     page = render_sweep(sweep or collect_sweep(sweep_dir), REPORT_NAME, datetime.now(UTC))
@@ -54,7 +54,7 @@ def write_sweep_page(sweep_dir: Path, sweep: SweepData | None = None) -> Path:
 
 def write_sweep_report(sweep_dir: Path, max_items: int = MAX_ITEMS) -> list[Path]:
     """The sweep's page, and the page of every run and shared data directory it links to."""
-    from wpo.report.collect import collect_sweep, is_run_dir
+    from wpo.reporting.collect import collect_sweep, is_run_dir
 
     sweep = collect_sweep(sweep_dir)
     linked = [run.directory for run in sweep.runs if run.directory] + sweep.data_directories
@@ -65,7 +65,7 @@ def write_sweep_report(sweep_dir: Path, max_items: int = MAX_ITEMS) -> list[Path
 def write_report(directory: str | Path, max_items: int = MAX_ITEMS) -> list[Path]:
     """`wpo report DIR`: DIR/report.html for a run directory or a sweep directory (then every run's too); returns the
     paths written, DIR's own first. A directory that is neither fails with one line naming it."""
-    from wpo.report.collect import check_report_dir, is_sweep_dir
+    from wpo.reporting.collect import check_report_dir, is_sweep_dir
 
     directory = Path(directory)
     check_report_dir(directory)

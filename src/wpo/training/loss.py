@@ -7,16 +7,14 @@ loss. Every formula is the one written in DESIGN.md ("The method, exactly").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from wpo.config import REFERENCE_FREE_LOSSES, LossType
-
 IGNORE_INDEX = -100
-LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 
 
 def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -89,6 +87,23 @@ def hinge_loss(logits: torch.Tensor, beta: float) -> torch.Tensor:
     return torch.relu(1.0 - beta * logits)
 
 
+def length_normalized_loss(logits: torch.Tensor, beta: float, label_smoothing: float, gamma: float) -> torch.Tensor:
+    """SimPO on length-normalized log-probs with target margin γ: `-log σ(βz - γ)` (with label smoothing ε)."""
+    return sigmoid_loss(logits - gamma / beta, beta, label_smoothing)
+
+
+# Each loss on the margin z as (z, β, label smoothing ε, SimPO's γ) → per-pair loss; `train.loss` names one.
+LOSSES: dict[str, Callable[[torch.Tensor, float, float, float], torch.Tensor]] = {
+    "sigmoid": lambda z, beta, eps, gamma: sigmoid_loss(z, beta, eps),
+    "robust": lambda z, beta, eps, gamma: robust_loss(z, beta, eps),
+    "ipo": lambda z, beta, eps, gamma: ipo_loss(z, beta),
+    "hinge": lambda z, beta, eps, gamma: hinge_loss(z, beta),
+    "length_normalized": length_normalized_loss,
+}
+# Losses on the policy's own length-normalized log-probs: no reference model.
+REFERENCE_FREE_LOSSES = frozenset({"length_normalized"})
+
+
 @dataclass(frozen=True)
 class PreferenceLoss:
     """Per-pair outputs of `preference_loss`; `loss` is their weighted mean, the number the optimizer sees."""
@@ -133,18 +148,9 @@ def preference_loss(
         rejected_scores = rejected.logps - reference_rejected_logps
     logits = chosen_scores - rejected_scores
 
-    if loss_type == "sigmoid":
-        unweighted = sigmoid_loss(logits, beta, label_smoothing)
-    elif loss_type == "length_normalized":
-        unweighted = sigmoid_loss(logits - simpo_gamma / beta, beta, label_smoothing)
-    elif loss_type == "robust":
-        unweighted = robust_loss(logits, beta, label_smoothing)
-    elif loss_type == "ipo":
-        unweighted = ipo_loss(logits, beta)
-    elif loss_type == "hinge":
-        unweighted = hinge_loss(logits, beta)
-    else:
-        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
+    if loss_type not in LOSSES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSSES)}")
+    unweighted = LOSSES[loss_type](logits, beta, label_smoothing, simpo_gamma)
     if sft_weight:
         unweighted = unweighted - sft_weight * chosen.logps / chosen.token_counts.clamp(min=1)
 

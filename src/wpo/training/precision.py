@@ -1,0 +1,109 @@
+"""The precision a training computes in, and bf16 master weights that move the forward as far as the update, not further (`benchmarks/bf16_update.py`).
+
+Under bf16 autocast the forward computes with each fp32 master weight rounded to bf16. Weights converted from a
+finer format (fp16, a dequantized GGUF such as the embedded SmolLM2: 8.1% of its weights) can sit exactly halfway
+between two bf16 values, where any update, however small, flips the rounding: AdamW's first step at lr 1e-6 then
+moves the forward ~12x further along the gradient than the update itself. Starting the masters on the bf16 grid (the
+values the bf16 forward already uses, so step 0 computes the same) leaves no weight on a tie; from there an update
+reaches the forward once it has added up to half an ulp, as when training a checkpoint saved in bf16.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+
+from wpo.config import Recipe
+from wpo.distributed import check_launch, state_options
+from wpo.training import zero
+
+log = logging.getLogger(__name__)
+
+_LOW_HALF = 0xFFFF  # the fp32 mantissa bits bf16 drops
+_TIE = 0x8000  # exactly halfway between two bf16 values
+
+
+def bf16_grid_counts(tensors: Iterable[torch.Tensor]) -> tuple[int, int, int]:
+    """(weights, on a bf16 tie, already a bf16 value) over fp32 tensors."""
+    total = ties = on_grid = 0
+    for tensor in tensors:
+        dropped = tensor.detach().float().contiguous().view(torch.int32) & _LOW_HALF
+        total += dropped.numel()
+        ties += int((dropped == _TIE).sum())
+        on_grid += int((dropped == 0).sum())
+    return total, ties, on_grid
+
+
+@torch.no_grad()
+def start_masters_on_bf16_grid(model: torch.nn.Module) -> tuple[int, int]:
+    """Round the trainable fp32 weights and biases of the linear layers that bf16 autocast always computes in bf16
+    to those bf16 values; returns (weights, weights that changed). Left as they are, since the forward uses them in
+    fp32: embeddings (looked up), norms (elementwise) and the output layer (wpo.training.chunked_loss upcasts it)."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    total = changed = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear) or module is output:
+            continue
+        for param in module.parameters(recurse=False):
+            if param.requires_grad and param.dtype == torch.float32:
+                rounded = param.to(torch.bfloat16).float()
+                total += param.numel()
+                changed += int((rounded != param).sum())
+                param.copy_(rounded)
+    return total, changed
+
+
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16; every CPU with AMX has it too): without it a bf16
+    matmul runs a slow reference kernel, with the same numerics."""
+    return torch.cpu._is_avx512_bf16_supported()
+
+
+def compute_precision(recipe: Recipe, on_cpu: bool) -> str:
+    """The autocast precision this training runs in: `train.mixed_precision: bf16` (fp32 on a CPU without bf16 units,
+    with one line), else the launcher's choice (`accelerate launch --mixed_precision`, which sets
+    ACCELERATE_MIXED_PRECISION), else none."""
+    if recipe.train.mixed_precision == "no":
+        return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if on_cpu and not cpu_has_bf16_units():
+        log.warning(
+            "train.mixed_precision: bf16, but this CPU has no bf16 instructions (AVX512-BF16): training in fp32"
+        )
+        return "no"
+    return "bf16"
+
+
+def make_accelerator(recipe: Recipe) -> Accelerator:
+    """accelerate's Accelerator, on CPU (gloo) when the machine has no accelerator device (`wpo.distributed`), in the
+    precision this recipe asks for. accelerate keeps one process-wide state and refuses to change its precision, so
+    a second training in the process (a notebook, a sweep over train.mixed_precision) drops that state first; the
+    process group, kept in accelerate's PartialState, stays."""
+    from accelerate.state import AcceleratorState
+
+    options = state_options()
+    precision = compute_precision(recipe, options.get("cpu", False))
+    earlier = AcceleratorState._shared_state.get("_mixed_precision")  # set once the state is initialized
+    if earlier is not None and earlier != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    backend = options.pop("backend", None)
+    accelerator = Accelerator(
+        **options,
+        mixed_precision=precision,
+        kwargs_handlers=[InitProcessGroupKwargs(backend=backend)] if backend else [],
+    )
+    check_launch(accelerator.num_processes)
+    if zero.is_deepspeed(accelerator):
+        zero.load_models_whole()
+    log.info(
+        "accelerate: %s, %d process(es) on %s, mixed precision: %s",
+        accelerator.distributed_type.value,
+        accelerator.num_processes,
+        accelerator.device.type,
+        accelerator.mixed_precision,
+    )
+    return accelerator
