@@ -64,6 +64,61 @@ SMOOTH_ADAM = ("train.adam_epsilon=0.1", "train.learning_rate=1e-2")
 
 # --- files -----------------------------------------------------------------------------------------------------------
 
+# A tiny training run: 2 steps of 2 pairs, short sequences, a learning rate that moves a tiny model.
+TINY_TRAINING = {
+    "max_steps": 2,
+    "per_device_batch_size": 2,
+    "max_length": 96,
+    "max_prompt_length": 48,
+    "learning_rate": 1.0e-3,
+}
+
+
+def train_recipe(
+    path: Path,
+    model: Path,
+    pairs: Path | None = None,
+    *,
+    output_dir: Path | None = None,
+    seed: int = 3,
+    stages: tuple[str, ...] | None = ("train",),
+    **train,
+) -> Path:
+    """The recipe file of a tiny training, written one way for every test: TINY_TRAINING's settings, overridden and
+    extended by `train` (None writes null); `output_dir` and `stages` are left out when None."""
+    import yaml
+
+    recipe: dict = {"seed": seed}
+    if output_dir is not None:
+        recipe["output_dir"] = str(output_dir)
+    if stages is not None:
+        recipe["stages"] = list(stages)
+    recipe["model"] = {"name_or_path": str(model)}
+    recipe["train"] = {**({"pairs": str(pairs)} if pairs is not None else {}), **TINY_TRAINING, **train}
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def recipe_for(tmp_path: Path, model: Path, pairs: Path, *overrides: str, run: str = "run"):
+    """A loaded recipe of a tiny training in `tmp_path/run`, for the trainer called in this process."""
+    from wpo.config import load_recipe
+
+    return load_recipe(
+        None,
+        [
+            f"model.name_or_path={model}",
+            f"train.pairs={pairs}",
+            f"output_dir={tmp_path / run}",
+            "seed=3",
+            "train.per_device_batch_size=2",
+            "train.learning_rate=1e-3",
+            "train.logging_steps=1",
+            "train.max_length=96",
+            "train.max_prompt_length=48",
+            *overrides,
+        ],
+    )
+
 
 def write_lines(path: Path, lines: list) -> Path:
     path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import run_wpo
+from helpers import run_wpo, train_recipe
 
 from wpo.config import load_recipe
 
@@ -15,13 +15,7 @@ ENV = {**os.environ, "WPO_LOG_LEVEL": "WARNING"}
 
 
 def tiny_recipe(tmp_path, tiny_llama, pairs_file) -> str:
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(
-        f"output_dir: {tmp_path / 'run'}\nseed: 1\nstages: [train]\nmodel: {{name_or_path: {tiny_llama}}}\n"
-        f"train: {{pairs: {pairs_file}, max_steps: 2, per_device_batch_size: 2, max_length: 96, "
-        "max_prompt_length: 48, learning_rate: 1.0e-3}\n"
-    )
-    return str(recipe)
+    return str(train_recipe(tmp_path / "tiny.yaml", tiny_llama, pairs_file, output_dir=tmp_path / "run", seed=1))
 
 
 @pytest.mark.slow  # launches processes

@@ -14,7 +14,14 @@ RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
 def test_every_recipe_loads(recipe):
-    assert load_recipe(recipe).stages
+    """Each shipped recipe validates, runs the stages its file lists (or every stage), and its resolved form (what
+    `wpo config` prints) loads back to the same recipe."""
+    import yaml
+
+    loaded = load_recipe(recipe)
+    listed = yaml.safe_load(recipe.read_text(encoding="utf-8")).get("stages")
+    assert loaded.stages == (listed or ["sample", "score", "pair", "train", "eval", "export"])
+    assert load_recipe(loaded.to_dict()).to_dict() == loaded.to_dict()
 
 
 def test_seed_recipe_carries_the_cards_hyperparameters():

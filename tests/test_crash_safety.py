@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import PAIRS, assert_ok, cli, pair_record, tiny_model, write_lines
+from helpers import PAIRS, assert_ok, cli, pair_record, tiny_model, train_recipe, write_lines
 from judge_server import FakeJudge
 from safetensors.torch import load_file
 
@@ -234,28 +234,21 @@ def test_pair(tmp_path):
     assert not list((killed / "pair").glob(".*.tmp"))
 
 
-def train_recipe(run_dir: Path, model: Path) -> Path:
+def train_recipe_in(run_dir: Path, model: Path) -> Path:
     """Each run reads its own copy of the pairs, so each computes its own cached reference log-probs."""
     run_dir.mkdir()
     pairs = write_lines(run_dir / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
-    recipe = run_dir / "train.yaml"
-    recipe.write_text(
-        f"seed: 3\nmodel: {{name_or_path: {model}}}\n"
-        f"train: {{pairs: {pairs}, max_steps: 40, save_steps: 5, logging_steps: 1, "
-        "per_device_batch_size: 2, max_length: 96, max_prompt_length: 48, "
-        "learning_rate: 1.0e-3}\n"
-    )
-    return recipe
+    return train_recipe(run_dir / "train.yaml", model, pairs, stages=None, max_steps=40, save_steps=5, logging_steps=1)
 
 
 @pytest.mark.slow  # launches processes
 def test_train(tmp_path, tiny_llama):
     """Kill once checkpoint-10 of 40 steps is on disk; the resumed run logs the uninterrupted run's loss curve and
     ends with its weights."""
-    run_to_completion("train", train_recipe(tmp_path / "straight", tiny_llama), tmp_path / "straight")
+    run_to_completion("train", train_recipe_in(tmp_path / "straight", tiny_llama), tmp_path / "straight")
 
     killed = tmp_path / "killed"
-    recipe = train_recipe(killed, tiny_llama)
+    recipe = train_recipe_in(killed, tiny_llama)
     kill_when("train", recipe, killed, lambda: (killed / "train" / "checkpoint-10" / "trainer_state.json").exists())
     left = assert_no_partial_outputs(killed / "train")
     assert "final/model.safetensors" not in left and "checkpoint-10/model/model.safetensors" in left

@@ -346,9 +346,9 @@ def test_vllm_sampling_refuses_a_launcher(tmp_path, tiny_llama, monkeypatch):
             f"sample.prompts={prompts_file(tmp_path)}",
             f"output_dir={tmp_path / 'run'}",
             "sample.max_new_tokens=8",
+            "sample.backend=vllm",  # vLLM is not installed here: the launch check comes before anything loads it
         ],
     )
-    recipe.sample.backend = "vllm"  # past the load-time check that vLLM is installed, which it is not here
     monkeypatch.setattr(stage, "process_state", lambda: SimpleNamespace(num_processes=2, process_index=0))
     with pytest.raises(ConfigError, match="sample.backend vllm runs in one process .* not as 2 processes"):
         stage.run_sample(recipe)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import DISTRIBUTED_ENV, PAIRS, assert_one_line_error, cli, pair_record, write_lines
+from helpers import DISTRIBUTED_ENV, PAIRS, assert_one_line_error, cli, pair_record, train_recipe, write_lines
 from judge_server import FakeJudge
 
 from wpo.config import load_recipe
@@ -22,16 +22,20 @@ from wpo.sampling.stage import run_sample
 from wpo.training.metrics import read_metrics
 
 
-def train_recipe(tmp_path: Path, model: Path, steps: int) -> Path:
+def faults_training(tmp_path: Path, model: Path, steps: int) -> Path:
     pairs = write_lines(tmp_path / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
-    recipe = tmp_path / "train.yaml"
-    recipe.write_text(
-        f"output_dir: {tmp_path / 'run'}\nseed: 2\nstages: [train]\nmodel: {{name_or_path: {model}}}\n"
-        f"train: {{pairs: {pairs}, max_steps: {steps}, per_device_batch_size: 2, learning_rate: 1.0e-3, "
-        "lr_scheduler: constant, warmup_ratio: 0, max_length: 96, max_prompt_length: 48, logging_steps: 1, "
-        "save_steps: 0}\n"
+    return train_recipe(
+        tmp_path / "train.yaml",
+        model,
+        pairs,
+        output_dir=tmp_path / "run",
+        seed=2,
+        max_steps=steps,
+        lr_scheduler="constant",
+        warmup_ratio=0,
+        logging_steps=1,
+        save_steps=0,
     )
-    return recipe
 
 
 def start_training(recipe: Path, *overrides: str) -> subprocess.Popen:
@@ -57,7 +61,7 @@ def test_a_second_launch_is_refused_and_sigterm_checkpoints_then_resumes(tmp_pat
     """While one `wpo train` runs, a second on the same output_dir stops with who holds it. SIGTERM then stops the
     first at the next step boundary with a checkpoint and exit 143; the rerun resumes from it to the losses of an
     uninterrupted run. A lock left by a killed process blocks nothing."""
-    recipe = train_recipe(tmp_path, tiny_llama, steps=400)
+    recipe = faults_training(tmp_path, tiny_llama, steps=400)
     run = tmp_path / "run"
     first = start_training(recipe)
     metrics = run / "train" / "metrics.jsonl"

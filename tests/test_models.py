@@ -39,5 +39,13 @@ def test_missing_model_and_dtypes(tmp_path):
 
 
 def test_tiny_model_loads_from_safetensors(tiny_llama):
+    import torch
+    from safetensors.torch import load_file
+
     model = load_causal_lm(resolve_model_path(str(tiny_llama)), ModelConfig(name_or_path=str(tiny_llama)))
-    assert model.config.model_type == "llama"
+    saved = load_file(str(tiny_llama / "model.safetensors"))
+    loaded = model.state_dict()
+    assert set(saved) <= set(loaded)  # the tied output layer is saved once, as the embedding
+    for name, tensor in saved.items():
+        assert torch.equal(loaded[name], tensor), name
+    assert {tensor.dtype for tensor in loaded.values()} == {torch.float32}

@@ -6,9 +6,8 @@ import logging
 
 import pytest
 import torch
-from helpers import assert_one_line_error, cli, save_tiny_model
+from helpers import assert_one_line_error, cli, recipe_for, save_tiny_model
 from safetensors.torch import load_file
-from test_trainer import recipe_for
 from torch.testing import assert_close
 
 from wpo.errors import ConfigError

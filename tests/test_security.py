@@ -15,7 +15,16 @@ import tokenize
 from pathlib import Path
 
 import pytest
-from helpers import CHATML_TEMPLATE, PLANTED_KEY, assert_one_line_error, build_tokenizer, cli, run_wpo, write_lines
+from helpers import (
+    CHATML_TEMPLATE,
+    PLANTED_KEY,
+    assert_one_line_error,
+    build_tokenizer,
+    cli,
+    run_wpo,
+    train_recipe,
+    write_lines,
+)
 from judge_server import FakeJudge
 
 from wpo.config import ModelConfig
@@ -27,13 +36,17 @@ from wpo.training.tokenize import tokenize_pairs
 SOURCE = Path(__file__).parent.parent / "src" / "wpo"
 
 
-def train_recipe(tmp_path: Path, model: Path, pairs: Path) -> Path:
-    recipe = tmp_path / "train.yaml"
-    recipe.write_text(
-        f"output_dir: {tmp_path / 'run'}\nstages: [train]\nmodel: {{name_or_path: {model}}}\n"
-        f"train: {{pairs: {pairs}, max_steps: 1, max_length: 64, max_prompt_length: 32}}\n"
+def tiny_training(tmp_path: Path, model: Path, pairs: Path) -> Path:
+    return train_recipe(
+        tmp_path / "train.yaml",
+        model,
+        pairs,
+        output_dir=tmp_path / "run",
+        seed=1,
+        max_steps=1,
+        max_length=64,
+        max_prompt_length=32,
     )
-    return recipe
 
 
 @pytest.fixture
@@ -67,7 +80,7 @@ def test_remote_code_is_never_imported_without_the_recipes_consent(remote_code_m
     with pytest.raises(WpoError, match=r"the tokenizer of .* needs custom code; set model.trust_remote_code: true"):
         load_tokenizer(str(model))
     assert_one_line_error(
-        cli("train", train_recipe(tmp_path, model, pairs_file)),
+        cli("train", tiny_training(tmp_path, model, pairs_file)),
         f"the tokenizer of {model} needs custom code; set model.trust_remote_code: true",
     )
     assert not marker.exists()
@@ -108,7 +121,7 @@ def test_a_pickle_only_checkpoint_is_refused_on_the_command_line(tmp_path, pairs
     (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (model / "pytorch_model.bin").write_bytes(b"never unpickled")
     assert_one_line_error(
-        cli("train", train_recipe(tmp_path, model, pairs_file)),
+        cli("train", tiny_training(tmp_path, model, pairs_file)),
         f"{model} holds only pickle weights (pytorch_model.bin); wpo loads safetensors only. "
         "Convert once with: python -c",
         f"save_pretrained('{model}-safetensors')",
@@ -209,7 +222,7 @@ def test_a_hostile_template_stops_training_with_one_line(tmp_path, tiny_llama, p
     shutil.copytree(tiny_llama, model)
     (model / "chat_template.jinja").write_text(HOSTILE_TEMPLATES[1])
     assert_one_line_error(
-        cli("train", train_recipe(tmp_path, model, pairs_file)),
+        cli("train", tiny_training(tmp_path, model, pairs_file)),
         f"the chat template of {model} tried an unsafe operation (access to attribute '__init__' "
         "of 'type' object is unsafe.); refusing to render it",
     )

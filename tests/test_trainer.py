@@ -9,33 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PAIRS, SMOOTH_ADAM, assert_trained_alike, pair_record, write_lines
+from helpers import PAIRS, SMOOTH_ADAM, assert_trained_alike, pair_record, recipe_for, train_recipe, write_lines
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from wpo.config import load_recipe
+from wpo.config import config_hash
 from wpo.errors import ConfigError, DataError, WpoError
 from wpo.training import precision, trainer
 from wpo.training.metrics import read_metrics
 from wpo.training.tokenize import PromptSharing, TokenizedPair
-
-
-def recipe_for(tmp_path: Path, model: Path, pairs: Path, *overrides: str, run: str = "run"):
-    return load_recipe(
-        None,
-        [
-            f"model.name_or_path={model}",
-            f"train.pairs={pairs}",
-            f"output_dir={tmp_path / run}",
-            "seed=3",
-            "train.per_device_batch_size=2",
-            "train.learning_rate=1e-3",
-            "train.logging_steps=1",
-            "train.max_length=96",
-            "train.max_prompt_length=48",
-            *overrides,
-        ],
-    )
 
 
 def response_statistics(model, tokenizer, prompt, response, softcap):
@@ -223,11 +205,16 @@ def test_another_configs_checkpoints_are_moved_aside_and_training_starts_over(tm
     assert fresh.counts["resumed_from_step"] == 0
 
 
-def test_a_run_resumes_with_another_loss_chunk(tmp_path, tiny_llama, pairs_file):
-    """The chunk only trades memory for passes: a run that ran out of memory may resume with a smaller one."""
-    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", "train.loss_chunk_size=64"))
-    again = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=2", "train.loss_chunk_size=4"))
-    assert again.counts["resumed_from_step"] == 2
+def test_what_only_trades_memory_or_speed_leaves_the_run_config_alone(tmp_path, tiny_llama, pairs_file):
+    """Checkpoints are found by the run config's hash: a run that ran out of memory may resume with a smaller loss
+    chunk or another prompt layout, and logging or saving more often changes nothing trained, while a setting of
+    the loss, the optimizer or the precision starts another run."""
+    base = trainer.run_config(recipe_for(tmp_path, tiny_llama, pairs_file))
+    for same in ("train.loss_chunk_size=4", "train.share_prompts=never", "train.logging_steps=7", "train.save_steps=3"):
+        assert trainer.run_config(recipe_for(tmp_path, tiny_llama, pairs_file, same)) == base, same
+    for other in ("train.beta=0.2", "train.optimizer=adamw_8bit", "train.mixed_precision=bf16", "seed=4"):
+        changed = trainer.run_config(recipe_for(tmp_path, tiny_llama, pairs_file, other))
+        assert changed != base and config_hash(changed) != config_hash(base), other
 
 
 def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tiny_llama, pairs_file):
@@ -711,11 +698,14 @@ def test_metrics_go_to_trackio_offline(tmp_path, tiny_llama, pairs_file):
     import subprocess
     import sys
 
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        f"output_dir: {tmp_path / 'run'}\nseed: 3\nmodel: {{name_or_path: {tiny_llama}}}\n"
-        f"train: {{pairs: {pairs_file}, max_steps: 2, per_device_batch_size: 2, max_length: 96, "
-        "max_prompt_length: 48, logging_steps: 1, report_to: [tensorboard, trackio]}\n"
+    recipe = train_recipe(
+        tmp_path / "r.yaml",
+        tiny_llama,
+        pairs_file,
+        output_dir=tmp_path / "run",
+        stages=None,
+        logging_steps=1,
+        report_to=["tensorboard", "trackio"],
     )
     env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "WPO_LOG_LEVEL": "WARNING"}
     trained = subprocess.run(

@@ -21,6 +21,7 @@ from helpers import (
     free_port,
     pair_record,
     run_wpo,
+    train_recipe,
     two_rounds_of_lora_and_eval,
     write_lines,
 )
@@ -63,16 +64,25 @@ def zero3(
     return result
 
 
-def train_recipe(tmp_path: Path, model: Path, learning_rate: str = "1.0e-2", adam_epsilon: str = "0.1") -> Path:
+def zero3_training(tmp_path: Path, model: Path, learning_rate: float = 1.0e-2, adam_epsilon: float = 0.1) -> Path:
     """By default with helpers.SMOOTH_ADAM's settings, so runs of other layouts train weights that compare well."""
-    recipe = tmp_path / "train.yaml"
-    recipe.write_text(
-        f"seed: 4\nmodel: {{name_or_path: {model}}}\n"
-        f"train: {{max_steps: 3, learning_rate: {learning_rate}, adam_epsilon: {adam_epsilon}, lr_scheduler: linear, "
-        "warmup_ratio: 0, "
-        "max_length: 64, max_prompt_length: 32, logging_steps: 1, save_steps: 1, loss_chunk_size: 8}\n"
+    return train_recipe(
+        tmp_path / "train.yaml",
+        model,
+        seed=4,
+        stages=None,
+        max_steps=3,
+        per_device_batch_size=1,
+        learning_rate=learning_rate,
+        adam_epsilon=adam_epsilon,
+        lr_scheduler="linear",
+        warmup_ratio=0,
+        max_length=64,
+        max_prompt_length=32,
+        logging_steps=1,
+        save_steps=1,
+        loss_chunk_size=8,
     )
-    return recipe
 
 
 def pairs_in(directory: Path) -> str:
@@ -104,7 +114,7 @@ def test_zero3_trains_and_checkpoints_what_one_process_does_and_resumes_without_
     """The reference pass runs on the whole model (not ZeRO-3's partitions: accelerate would have transformers
     partition it while loading), the chunked loss runs on the partitioned output layer, and the checkpoint holds
     whole fp32 weights and Adam state by parameter name — which plain data parallel resumes from."""
-    recipe = train_recipe(tmp_path, tiny_llama)
+    recipe = zero3_training(tmp_path, tiny_llama)
     one, two = tmp_path / "one", tmp_path / "two"
     assert_ok(
         run_wpo(
@@ -164,7 +174,7 @@ def test_zero3_in_bf16_keeps_fp32_masters_and_resumes_to_the_same_weights(tmp_pa
     so three steps of learning rate 1e-6 (linear decay: 1e-6, 6.7e-7, 3.3e-7) move a weight by about 2e-6 (an Adam
     step is about the learning rate); from the bf16-rounded base the change is 2.5e-4 (measured). A resume restores
     the masters and Adam state exactly. Also: accumulation (2 micro-batches per process) under the engine."""
-    recipe = train_recipe(tmp_path, tiny_llama, learning_rate="1.0e-6", adam_epsilon="1.0e-8")
+    recipe = zero3_training(tmp_path, tiny_llama, learning_rate=1.0e-6, adam_epsilon=1.0e-8)
     run = tmp_path / "run"
     overrides = (
         f"output_dir={run}",
@@ -188,7 +198,7 @@ def test_zero3_in_bf16_keeps_fp32_masters_and_resumes_to_the_same_weights(tmp_pa
 
 @pytest.mark.slow  # launches processes
 def test_lora_under_zero3_trains_the_adapter_one_process_trains(tmp_path, tiny_llama):
-    recipe = train_recipe(tmp_path, tiny_llama)
+    recipe = zero3_training(tmp_path, tiny_llama)
     one, two = tmp_path / "one", tmp_path / "two"
     assert_ok(
         run_wpo(

@@ -39,7 +39,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, use_attribute_docstrings=True)
 
     def explicitly_set(self, name: str) -> bool:
-        return name in self.model_fields_set
+        """Set in the recipe to something other than its default: a combination check fires on what the user asked
+        for, not on a default written out (`wpo config` prints every default, and its output must load again)."""
+        return name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default
 
     def hashed_settings(self) -> dict[str, Any]:
         """The section as JSON without its `unhashed` keys: what a stage's config hash covers."""
