@@ -242,7 +242,7 @@ def test_topics_file_errors_name_the_line(tmp_path):
 def test_every_topic_keyword_is_a_word_of_its_facts():
     """A keywords prompt asks for words the reference contains verbatim (not 'invention' for 'inventions')."""
     for topic in ifeval.load_topics():
-        words = {w.lower() for w in ifeval._words(" ".join(topic.facts))}
+        words = {w.lower() for w in ifeval.constraints.words(" ".join(topic.facts))}
         assert {k.lower() for k in topic.keywords} <= words, topic.name
 
 

@@ -1,0 +1,3 @@
+from wpo.tasks.ifeval.prompts import main
+
+main()
