@@ -27,7 +27,15 @@ def letter_probability_b(prompt: str) -> float:
 
 def completion_for(prompt: str) -> dict:
     """A chat completion whose first token's top logprobs the judges read."""
-    if "a or b" in prompt:
+    if "Best Model Identifier" in prompt:  # alpaca_eval's weighted annotator: "m" (output_1) or "M" (output_2)
+        p_m = letter_probability_b(prompt)
+        top = [
+            {"token": "m", "logprob": math.log(0.9 * p_m)},
+            {"token": "M", "logprob": math.log(0.9 * (1 - p_m))},
+            {"token": "The", "logprob": math.log(0.1)},
+        ]
+        text = "m" if p_m >= 0.5 else "M"
+    elif "a or b" in prompt:
         p_b = letter_probability_b(prompt)
         top = [{"token": "b", "logprob": math.log(p_b)}, {"token": "a", "logprob": math.log(1 - p_b)}]
         text = "b" if p_b >= 0.5 else "a"

@@ -120,6 +120,11 @@ NEEDS = {
         "module:function(messages, text[, record]) -> float, e.g. wpo.tasks.reference:chrf",
     ),
     ("eval", "api"): ("api", "an endpoint {base_url, model, api_key_env} that judges pairs"),
+    ("eval", "alpaca_eval"): (
+        "annotator",
+        "an annotator shipped with alpaca_eval, e.g. weighted_alpaca_eval_gpt4_turbo "
+        "(AlpacaEval 2's), or the path of its configs.yaml",
+    ),
     ("eval", "reward_model"): ("reward_model", "a sequence-classification reward model"),
     ("eval", "python"): (
         "function",
@@ -154,6 +159,16 @@ def _eval(recipe: Recipe, trains: bool) -> None:
     for key in ("model", "instruction_difficulty", "gamed_baselines"):
         _exists(f"eval.{key}", getattr(cfg, key))
     _kind_needs(recipe, "eval", "judge")
+    if cfg.judge == "alpaca_eval":
+        from wpo.evaluation.alpaca_eval_protocol import annotator_settings
+
+        annotator_settings(cfg.annotator)  # installed, found, and one chat annotator
+        _required(
+            "eval.api",
+            cfg.api,
+            "eval.judge: alpaca_eval",
+            "the OpenAI-compatible server the annotator's prompts go to {base_url, model, api_key_env}",
+        )
     if cfg.reward:
         _function(cfg.reward, "eval.reward")
     for name, spec in cfg.measures.items():

@@ -130,6 +130,8 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
     if "better" in summary:
         failed = [name for name, check in summary["verdict"].items() if not check["passed"]]
         table.add_row("better than the base", "yes" if summary["better"] else f"no ({', '.join(failed)})")
+    if summary.get("contaminated_instructions"):
+        table.add_row("eval instructions seen in training (!)", str(summary["contaminated_instructions"]))
     if summary.get("identical_to_base") is not None:
         table.add_row("held-out answers identical to the base's", str(summary["identical_to_base"]))
     if "win_rate" in summary:

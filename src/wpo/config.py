@@ -400,10 +400,12 @@ class EvalConfig(Section):
     """Most tokens generated per eval answer."""
     batch_size: int = unhashed(8, gt=0)
     """Eval prompts generated for together."""
-    judge: Literal["api", "reward_model", "python"] = "api"
-    """Judge of model vs baseline: api (eval.api), reward_model (eval.reward_model) or python (eval.function)."""
+    judge: Literal["api", "alpaca_eval", "reward_model", "python"] = "api"
+    """Judge of model vs baseline: api, alpaca_eval (eval.annotator via eval.api), reward_model or python."""
     api: EndpointConfig | None = None
-    """judge api: the OpenAI-compatible judge endpoint (AlpacaEval 2's weighted judging)."""
+    """judge api or alpaca_eval: the OpenAI-compatible server that judges (wpo's pairwise prompt, or the annotator's)."""
+    annotator: str | None = None
+    """judge alpaca_eval: an annotator config shipped with alpaca_eval (weighted_alpaca_eval_gpt4_turbo) or its path."""
     reward_model: str | None = None
     """judge reward_model: the reward model that scores both answers (hub id or directory)."""
     function: str | None = None
@@ -417,9 +419,16 @@ class EvalConfig(Section):
 
     @model_validator(mode="after")
     def _settings_match_judge(self) -> EvalConfig:
-        for key, judge in (("api", "api"), ("reward_model", "reward_model"), ("function", "python")):
-            if getattr(self, key) is not None and self.judge != judge:
-                raise ValueError(f"eval.{key} is only used by eval.judge: {judge} (judge is {self.judge!r})")
+        for key, judges in (
+            ("api", ("api", "alpaca_eval")),
+            ("annotator", ("alpaca_eval",)),
+            ("reward_model", ("reward_model",)),
+            ("function", ("python",)),
+        ):
+            if getattr(self, key) is not None and self.judge not in judges:
+                raise ValueError(
+                    f"eval.{key} is only used by eval.judge: {' or '.join(judges)} (judge is {self.judge!r})"
+                )
         if self.compare_to == "base_model" and self.explicitly_set("reference_generator"):
             raise ValueError(
                 "eval.reference_generator is only used by eval.compare_to: reference (compare_to is 'base_model')"

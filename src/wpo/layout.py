@@ -36,7 +36,7 @@ def gguf_cache(recipe: Recipe) -> Path:
     return Path(recipe.output_dir) / "gguf"
 
 
-def policy_gguf(whole_model_dir: Path, cache: Path) -> Path:
+def converted_policy_path(whole_model_dir: Path, cache: Path) -> Path:
     """The F16 GGUF of these weights (a model without an adapter) under `cache`, named by the sha256 of its weights
     and config, so a rerun or the eval of the same weights finds it."""
     from wpo.config import config_hash

@@ -149,6 +149,7 @@ HEADLINE_KEYS = (
     "better",
     "verdict",
     "identical_to_base",
+    "contaminated_instructions",
 )
 MEASURE_SUFFIXES = ("_base", "_base_ci95", "_trained", "_trained_ci95", "_delta", "_delta_ci95")
 EXPORT_KEYS = ("type", "file", "size_bytes", "perplexity", "hf_perplexity", "kl_mean")

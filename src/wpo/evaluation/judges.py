@@ -6,6 +6,7 @@
   order is random across instructions yet the same on every rerun; the answer is un-swapped afterwards.
 - `reward_model`: 1 + σ(r(model) − r(reference)), the Bradley–Terry probability under a sequence-classification RM.
 - `python`: `module:function(messages, reference_output, model_output[, record]) -> P(model better)` in [0, 1].
+- `alpaca_eval`: AlpacaEval 2's own annotator, run by the alpaca_eval package (`wpo.evaluation.alpaca_eval_protocol`).
 
 Identical outputs are a draw (1.5) without asking anyone.
 """
@@ -125,6 +126,21 @@ class PythonPairwiseJudge:
         return preferences
 
 
+def _alpaca_eval_judge(recipe: Recipe, cache_dir: Path):
+    from wpo.evaluation.alpaca_eval_protocol import AlpacaEvalJudge
+
+    return AlpacaEvalJudge(recipe, cache_dir)
+
+
+# eval.judge → the judge it builds from (recipe, the stage's cache directory)
+JUDGES = {
+    "api": ApiPairwiseJudge,
+    "alpaca_eval": _alpaca_eval_judge,
+    "reward_model": lambda recipe, cache_dir: RewardModelPairwiseJudge(recipe),
+    "python": lambda recipe, cache_dir: PythonPairwiseJudge(recipe),
+}
+
+
 def judge_all(recipe: Recipe, comparisons: list[Comparison], cache_dir: Path) -> tuple[list[float], dict[str, int]]:
     """Preferences for every comparison, with identical outputs settled as draws before any judge is built, and the
     API judge's usage (empty for the others)."""
@@ -132,15 +148,9 @@ def judge_all(recipe: Recipe, comparisons: list[Comparison], cache_dir: Path) ->
     judged: list[float] = []
     usage: dict[str, int] = {}
     if open_items:
-        kind = recipe.eval.judge
-        judge = (
-            ApiPairwiseJudge(recipe, cache_dir)
-            if kind == "api"
-            else RewardModelPairwiseJudge(recipe)
-            if kind == "reward_model"
-            else PythonPairwiseJudge(recipe)
-        )
+        judge = JUDGES[recipe.eval.judge](recipe, cache_dir)
         judged = judge.preferences(open_items)
-        usage = judge.endpoint.usage_report() if isinstance(judge, ApiPairwiseJudge) else {}
+        endpoint = getattr(judge, "endpoint", None)
+        usage = endpoint.usage_report() if endpoint is not None else {}
     answers = iter(judged)
     return [1.5 if c.output == c.reference else next(answers) for c in comparisons], usage

@@ -24,6 +24,8 @@ LEADERBOARD_COLUMNS = [
     "avg_length",
     "length_controlled_winrate",
     "lc_standard_error",
+    "annotator",  # who judged: wpo's judge kind, or the alpaca_eval annotator
+    "comparable_with_leaderboard",  # AlpacaEval 2's protocol exactly (eval.judge: alpaca_eval), else False
 ]
 
 
@@ -31,6 +33,9 @@ def update_leaderboard(path: Path, generator: str, metrics: dict[str, Any]) -> p
     """Insert or replace this generator's row; rows sorted by LC win rate, as alpaca_eval's leaderboards are."""
     row = {column: metrics.get(column) for column in LEADERBOARD_COLUMNS}
     row["mode"] = "wpo"
+    protocol = metrics.get("alpaca_eval") or {}
+    row["annotator"] = protocol.get("annotator") or metrics.get("judge")
+    row["comparable_with_leaderboard"] = bool(protocol.get("comparable_with_leaderboard"))
     board = pd.read_csv(path, index_col=0) if path.is_file() else pd.DataFrame(columns=LEADERBOARD_COLUMNS)
     board = board.drop(index=generator, errors="ignore")
     board.loc[generator] = row

@@ -20,6 +20,7 @@ from wpo.config import Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, atomic_writer, write_json, write_jsonl
 from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_annotation, parse_prompt
 from wpo.errors import ConfigError, DataError
+from wpo.evaluation.contamination import check_contamination
 from wpo.evaluation.judges import Comparison, judge_all
 from wpo.evaluation.measures import compare, per_prompt_values, side_by_side, verdict
 from wpo.evaluation.metrics import summarize
@@ -267,7 +268,7 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
             "generator_1": g,
             "generator_2": generator,
             "preference": pref,
-            "annotator": cfg.judge,
+            "annotator": cfg.annotator if cfg.judge == "alpaca_eval" else cfg.judge,
         }
         for c, g, pref in zip(comparisons, reference_generators, preferences, strict=True)
     ]
@@ -277,6 +278,16 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     )
     metrics["judge"] = cfg.judge
     metrics["reference_generator"] = reference_generators[0]
+    if cfg.judge == "alpaca_eval":
+        from wpo.evaluation.alpaca_eval_protocol import comparability
+
+        metrics["alpaca_eval"] = comparability(recipe, len(prompts), reference_generators[0])
+        if not metrics["alpaca_eval"]["comparable_with_leaderboard"]:
+            log.warning(
+                "eval: AlpacaEval 2's protocol with %s, but not comparable with the public leaderboard: %s",
+                cfg.annotator,
+                "; ".join(metrics["alpaca_eval"]["not_comparable_because"]),
+            )
     if base_outputs is not None:
         base_generator = generator_name(recipe.model.name_or_path)
         metrics.update(heldout_measures(recipe, prompts, base_outputs, outputs, stage_dir, (base_generator, generator)))
@@ -291,6 +302,7 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
                 recipe.train.learning_rate,
                 recipe.train.max_steps or "its",
             )
+    metrics.update(contamination_summary(recipe, prompts))
     write_json(stage_dir / "metrics.json", metrics)
     board = update_leaderboard(
         Path(cfg.leaderboard) if cfg.leaderboard else stage_dir / "leaderboard.csv", generator, metrics
@@ -302,6 +314,7 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         "skipped": dict(policy.skipped),
         "draws_identical_outputs": sum(c.output == c.reference for c in comparisons),
         "judge_usage": judge_usage,
+        "contaminated_instructions": metrics["contaminated_instructions"],
     }
     outputs_written += ["annotations.json", "metrics.json", "report.png", "report.html"]
     write_manifest(
@@ -339,6 +352,32 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
             "eval: better than the base: %s%s", metrics["better"], f" (failed: {', '.join(failed)})" * bool(failed)
         )
     return {"generator": generator, "metrics": metrics}
+
+
+def contamination_summary(recipe: Recipe, prompts) -> dict[str, Any]:
+    """How many eval instructions share a long n-gram with the run's training prompts and pairs, and which."""
+    overlap = check_contamination(recipe, [p.messages[-1]["content"] for p in prompts])
+    if overlap.found:
+        log.warning(
+            "eval: %d of %d eval instructions share a %d-word sequence with the training data (%s), e.g. %s: "
+            "their figures measure memory, not skill",
+            len(overlap.found),
+            len(prompts),
+            overlap.ngram,
+            ", ".join(overlap.sources),
+            prompts[next(iter(overlap.found))].id,
+        )
+    return {
+        "contaminated_instructions": len(overlap.found),
+        "contamination": {
+            "ngram": overlap.ngram,
+            "sources": overlap.sources,
+            "training_texts_read": overlap.texts_read,
+            "instructions_checked": len(prompts),
+            "contaminated": len(overlap.found),
+            "instructions": [{"id": prompts[i].id, "shared": shared} for i, shared in overlap.found.items()],
+        },
+    }
 
 
 def metrics_from_annotations(annotations: list[dict[str, Any]], difficulty=None, gamed=None) -> dict[str, Any]:

@@ -136,6 +136,8 @@ def write_card(
             f"| {name} | {metrics['length_controlled_winrate']:.2f} | {metrics['win_rate']:.2f} | "
             f"{metrics['avg_length']:.0f} |",
             "",
+            judged_by(metrics),
+            "",
         ]
     lines += [
         "### Quantizations",
@@ -175,3 +177,22 @@ def write_card(
     with atomic_writer(path) as handle:
         handle.write(text)
     return text
+
+
+def judged_by(metrics: dict[str, Any]) -> str:
+    """Who judged, and whether the figures stand beside the public AlpacaEval 2 leaderboard's."""
+    protocol = metrics.get("alpaca_eval")
+    if not protocol:
+        return (
+            f"Judged by wpo's `{metrics.get('judge')}` judge against {metrics.get('reference_generator')}'s outputs: "
+            "not AlpacaEval 2's annotator, so not comparable with its leaderboard."
+        )
+    verdict = (
+        "comparable with the public AlpacaEval 2 leaderboard"
+        if protocol["comparable_with_leaderboard"]
+        else "not comparable with the public AlpacaEval 2 leaderboard: " + "; ".join(protocol["not_comparable_because"])
+    )
+    return (
+        f"Judged by alpaca_eval's annotator `{protocol['annotator']}` (AlpacaEval 2's protocol) with "
+        f"{protocol['judged_by']}: {verdict}."
+    )

@@ -13,7 +13,7 @@ from wpo.errors import WpoError
 from wpo.exporting.card import write_card
 from wpo.exporting.convert import check_architecture, check_export_name, check_quantizations, export_gguf
 from wpo.exporting.verify import hf_log_probs, perplexity, verify_gguf
-from wpo.layout import final_model, gguf_cache, policy_gguf
+from wpo.layout import converted_policy_path, final_model, gguf_cache
 from wpo.manifest import source_fingerprint, write_manifest
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
 def evaluated_conversion(recipe: Recipe, model_dir: Path) -> Path | None:
     """The F16 GGUF the llama.cpp eval (or sampling) converted these very weights to, if there is one."""
     cache = gguf_cache(recipe)
-    converted = policy_gguf(model_dir, cache) if cache.is_dir() else None
+    converted = converted_policy_path(model_dir, cache) if cache.is_dir() else None
     return converted if converted is not None and converted.is_file() else None
 
 

@@ -21,6 +21,7 @@ from statistics import fmean
 from typing import Any
 from urllib.parse import quote
 
+from wpo.exporting.card import judged_by
 from wpo.reporting import charts
 from wpo.reporting.collect import (
     READ_WRITTEN_KEYS,
@@ -205,6 +206,7 @@ def glance(run: RunData) -> str:
         measures_card(evaluation) if evaluation else "",
         judge_card(evaluation) if evaluation else "",
         outputs_card(evaluation) if evaluation else "",
+        contamination_card(evaluation) if evaluation else "",
         *(data_card(r.pairs, r.number if len(run.rounds) > 1 else None) for r in run.rounds if r.pairs),
         training_card(last_trained) if last_trained else "",
     ]
@@ -264,7 +266,30 @@ def judge_card(evaluation: EvalData) -> str:
         f"<p>win rate <b>{number(metrics['win_rate'])}</b> ± {number(metrics.get('standard_error'))} (SE); "
         f"length-controlled <b>{number(metrics.get('length_controlled_winrate'))}</b></p>"
         f"<p>won {number(metrics.get('n_wins'))} and drew {number(metrics.get('n_draws'))} of "
-        f"{number(metrics.get('n_total'))} prompts; judge: {esc(metrics.get('judge', '—'))}</p>",
+        f"{number(metrics.get('n_total'))} prompts; judge: {esc(metrics.get('judge', '—'))}</p>"
+        f"<p>{esc(judged_by(metrics))}</p>",
+    )
+
+
+def contamination_card(evaluation: EvalData) -> str:
+    """Eval instructions the training saw: a non-zero count makes every figure above suspect."""
+    found = evaluation.metrics.get("contamination")
+    if not found:
+        return ""
+    if not found["contaminated"]:
+        return card(
+            "Contamination",
+            f"<p>No eval instruction shares a {found['ngram']}-word sequence with the training data "
+            f"({esc(', '.join(found['sources']) or 'none found')}).</p>",
+        )
+    items = "".join(
+        f"<li>{esc(item['id'])}: <q>{esc(shorten(item['shared'], 160))}</q></li>" for item in found["instructions"][:10]
+    )
+    return card(
+        f"Contamination: {found['contaminated']} eval instruction(s) seen in training",
+        f"<p>{found['contaminated']} of {found['instructions_checked']} eval instructions share a "
+        f"{found['ngram']}-word sequence with {esc(', '.join(found['sources']))}:</p><ul>{items}</ul>",
+        "bad",
     )
 
 

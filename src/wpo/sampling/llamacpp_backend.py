@@ -38,7 +38,7 @@ import llama_cpp
 
 from wpo.config import Recipe
 from wpo.errors import ConfigError, WpoError
-from wpo.layout import gguf_cache, policy_gguf
+from wpo.layout import converted_policy_path, gguf_cache
 from wpo.models import cache_root, load_tokenizer, resolve_model_path
 from wpo.sampling import Sample, SampleRequest, cut_at_stop, render_prompt
 
@@ -79,7 +79,7 @@ def converted_policy(recipe: Recipe, model_dir: Path, cache: Path | None = None)
 
     cache = cache or gguf_cache(recipe)
     whole = merged_model_dir(model_dir, cache, recipe.model.trust_remote_code)
-    target = policy_gguf(whole, cache)
+    target = converted_policy_path(whole, cache)
     if not target.is_file():
         log.info("llama.cpp: converting %s to an F16 GGUF (%s)", model_dir, target)
         export_gguf(whole, target.parent, "policy", ["F16"])

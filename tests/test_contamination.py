@@ -1,0 +1,93 @@
+"""Eval instructions seen in training: a 13-word sequence shared with the training prompts or pairs is found, listed
+in metrics.json, flagged in the summary and the report; nothing is flagged without one."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from helpers import pair_record, write_lines
+
+from wpo.config import load_recipe
+from wpo.data.schemas import PromptRecord
+from wpo.evaluation.contamination import find_overlaps, texts_of, training_sources
+from wpo.evaluation.stage import contamination_summary
+
+LONG = "Describe in detail how the ancient Romans built their aqueducts and why those channels lasted so long"
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_a_shared_13_word_sequence_is_found_and_12_are_not():
+    words = LONG.split()
+    instructions = [LONG, "Tell me about owls.", "Write a haiku about the sea and the moon tonight please."]
+    training = [
+        "Question: " + " ".join(words[2:15]).upper() + "!",  # 13 words of the first instruction, other case/punctuation
+        " ".join(words[:12]) + " and nothing else",  # only 12 in a row: not enough
+        "tell me about OWLS",  # a short instruction's words, whole: the same prompt
+        "Tell me about owls and their nests.",  # more than the short instruction: not the same prompt
+    ]
+    overlap = find_overlaps(instructions, training, ["t.jsonl"])
+    assert overlap.found == {0: " ".join(words[2:15]).lower(), 1: "tell me about owls"}
+    assert overlap.texts_read == 4 and overlap.ngram == 13
+    assert find_overlaps(instructions, training[1:2] + training[3:], []).found == {}
+
+
+def test_the_eval_stage_lists_instructions_seen_in_the_run_s_prompts_or_pairs(tmp_path):
+    prompts_file = write_lines(
+        tmp_path / "train-prompts.jsonl",
+        [{"id": "t1", "messages": user("Something unrelated about cheese making in the mountains of France today.")}],
+    )
+    pairs = write_lines(
+        tmp_path / "pairs.jsonl", [pair_record("p1", "What is rain?", f"As asked: {LONG.lower()}.", "No idea.")]
+    )
+    recipe = load_recipe(
+        None, [f"output_dir={tmp_path / 'run'}", f"sample.prompts={prompts_file}", f"train.pairs={pairs}"]
+    )
+    assert training_sources(recipe) == [str(prompts_file), str(pairs)]  # the run's pair output does not exist
+    eval_prompts = [PromptRecord("e1", user(LONG)), PromptRecord("e2", user("Name three birds of prey."))]
+    summary = contamination_summary(recipe, eval_prompts)
+    assert summary["contaminated_instructions"] == 1
+    found = summary["contamination"]
+    assert found["instructions"] == [{"id": "e1", "shared": " ".join(LONG.lower().split()[:13])}]
+    assert (found["instructions_checked"], found["sources"], found["ngram"]) == (2, [str(prompts_file), str(pairs)], 13)
+    records = [json.loads(line) for path in (prompts_file, pairs) for line in path.read_text().splitlines()]
+    assert found["training_texts_read"] == sum(len(list(texts_of(record))) for record in records) == 6
+    json.dumps(summary)  # goes into metrics.json as it is
+
+    clean = contamination_summary(recipe, eval_prompts[1:])
+    assert clean["contaminated_instructions"] == 0 and clean["contamination"]["instructions"] == []
+
+
+def test_the_report_and_the_summary_flag_contamination(tmp_path, capsys):
+    from pathlib import Path
+
+    from wpo.cli import _print_summary
+    from wpo.pipeline import HEADLINE_KEYS
+    from wpo.reporting.collect import EvalData
+    from wpo.reporting.render import contamination_card
+
+    def evaluation_with(metrics):
+        return EvalData(metrics, "m", None, "reference", [], None, [], 805, None, [])
+
+    found = {
+        "ngram": 13,
+        "sources": ["pairs.jsonl"],
+        "training_texts_read": 10,
+        "instructions_checked": 805,
+        "contaminated": 2,
+        "instructions": [{"id": "e1", "shared": "a <b> c"}, {"id": "e7", "shared": "d e f"}],
+    }
+    html = contamination_card(evaluation_with({"contamination": found}))
+    assert "Contamination: 2 eval instruction(s) seen in training" in html
+    assert "2 of 805 eval instructions share a 13-word sequence with pairs.jsonl" in html
+    assert "<q>a &lt;b&gt; c</q>" in html and "e7" in html
+    clean = {"contamination": {**found, "contaminated": 0, "instructions": []}}
+    assert "No eval instruction shares a 13-word sequence" in contamination_card(evaluation_with(clean))
+
+    assert "contaminated_instructions" in HEADLINE_KEYS  # summary.json carries the count
+    _print_summary({"stages": {}, "total_wall_seconds": 1.0, "contaminated_instructions": 2}, Path("s/summary.json"))
+    printed = capsys.readouterr().out
+    assert re.search(r"eval instructions seen in training \(!\) +│ +2 │", printed), printed
