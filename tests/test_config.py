@@ -54,7 +54,11 @@ def test_the_seed_system_recipe_names_every_stage_and_trains_as_the_card():
     assert system.model.trust_remote_code
     assert system.train.model_dump(exclude={"pairs"}) == published.train.model_dump(exclude={"pairs"})
     assert system.train.pairs is None  # the pair stage's output
-    assert (system.eval.judge, system.eval.api.model) == ("api", "gpt-4-1106-preview")
+    assert (system.eval.judge, system.eval.annotator, system.eval.api.model) == (
+        "alpaca_eval",
+        "weighted_alpaca_eval_gpt4_turbo",
+        "gpt-4-1106-preview",  # the annotator's own model: figures comparable with the leaderboard's
+    )
     assert system.eval.instruction_difficulty and system.eval.gamed_baselines
     assert system.export.quantizations == ["Q4_K_M", "Q8_0"]
 

@@ -2,8 +2,9 @@
 shared with the run's training prompts or pairs, or, for an instruction shorter than that, the same words as a whole
 training prompt.
 
-Only the eval instructions' n-grams are held in memory (805 instructions: about 80 000); the training files are
-streamed once and every n-gram of theirs is looked up, so 60 000 training prompts take seconds
+Only the eval instructions' n-grams are held in memory (805 instructions: about 30 000); the training files are
+streamed once, and an n-gram of theirs is built only where one of the instructions' could start (its first two
+words): 805 instructions against 60 000 prompts and their pairs took 60 s and 7 MiB on 2 busy cores
 (`benchmarks/contamination_check.py`).
 """
 
@@ -57,6 +58,7 @@ def find_overlaps(
             short.setdefault(tuple(tokens), []).append(index)
         for gram in set(ngrams(tokens, n)):
             by_ngram.setdefault(gram, []).append(index)
+    openings = {gram[:2] for gram in by_ngram}  # an n-gram is built only where one of theirs could start
     found: dict[int, str] = {}
     read = 0
     for text in training_texts:
@@ -64,9 +66,11 @@ def find_overlaps(
         tokens = words(text)
         for index in short.get(tuple(tokens), []):
             found.setdefault(index, " ".join(tokens))
-        for gram in ngrams(tokens, n):
-            for index in by_ngram.get(gram, ()):
-                found.setdefault(index, " ".join(gram))
+        for start, opening in enumerate(zip(tokens, tokens[1 : max(1, len(tokens) - n + 2)])):
+            if opening in openings:
+                gram = tuple(tokens[start : start + n])
+                for index in by_ngram.get(gram, ()):
+                    found.setdefault(index, " ".join(gram))
     return Overlap(n, sources, read, dict(sorted(found.items())))
 
 

@@ -1,0 +1,125 @@
+"""How large a model's full fine-tuning fits in this machine's memory: plain AdamW vs the memory options, measured.
+
+Each run is a fresh process training a randomly initialised Llama of a named shape (built from its config: no
+download) in fp32 with wpo's trainer step: one pair of `--tokens` tokens per sequence (half prompt), gradient
+checkpointing on, reference log-probs from the policy itself, `--steps` optimizer steps. It prints the process's
+peak resident set and that peak per parameter. Variants: `plain` (AdamW after backward: weights, gradients and two
+fp32 moments, 16 bytes a parameter) and `lean` (`train.optimizer: adamw_8bit` + `train.optimizer_in_backward`: about
+6 bytes a parameter). Do not run `plain` on a shape whose 16 bytes a parameter exceed the machine's memory.
+
+Run: python benchmarks/full_finetune_memory.py --shape llama-3.2-1b --variant plain
+     python benchmarks/full_finetune_memory.py --shape llama-3.2-3b --variant lean
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import peak_memory
+
+SHAPES = {  # the published configs' shapes (tied embeddings, vocabulary 128256)
+    "llama-3.2-1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+    },
+    "llama-3.2-3b": {
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+    },
+}
+VARIANTS = {
+    "plain": [],
+    "lean": ["train.optimizer=adamw_8bit", "train.optimizer_in_backward=true", "train.max_grad_norm=null"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=SHAPES, required=True)
+    parser.add_argument("--variant", choices=VARIANTS, required=True)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, get_scheduler
+
+    from wpo.config import load_recipe
+    from wpo.training import precision, trainer
+    from wpo.training.forward import prompt_sharing
+    from wpo.training.launchers import make_launcher
+    from wpo.training.reference import ReferenceLogps, compute_reference_logps
+    from wpo.training.schedule import build_schedule
+    from wpo.training.tokenize import TokenizedPair, TokenizedPairs
+
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    config = LlamaConfig(**SHAPES[args.shape], vocab_size=128256, tie_word_embeddings=True, pad_token_id=0)
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    parameters = sum(p.numel() for p in model.parameters())
+    recipe = load_recipe(
+        None,
+        [
+            "train.per_device_batch_size=1",
+            "train.gradient_checkpointing=true",
+            "train.learning_rate=1e-6",
+            f"train.max_length={args.tokens + 1}",
+            f"train.max_prompt_length={args.tokens // 2}",
+            *VARIANTS[args.variant],
+        ],
+    )
+    half = args.tokens // 2
+    generator = torch.Generator().manual_seed(0)
+    ids = [torch.randint(1, config.vocab_size, (half,), generator=generator).tolist() for _ in range(3)]
+    tokens = TokenizedPairs([TokenizedPair("0", ids[0], ids[1], ids[2])], 0, 0)
+    model = trainer._make_trainable(model, recipe.train, None, None)
+    accelerator = precision.make_accelerator(recipe)
+    sharing = prompt_sharing(model, recipe.train.share_prompts, recipe.train.max_length)
+    chosen, rejected = compute_reference_logps(
+        model, tokens, 1, 0, accelerator.device, loss_chunk_size=recipe.train.loss_chunk_size, sharing=sharing
+    )
+    optimizer = trainer.masters_and_optimizer(model, recipe.train, accelerator, resuming=False)
+    scheduler = get_scheduler("constant", optimizer)
+    launcher = make_launcher(accelerator)
+    model, optimizer = launcher.prepare(model, optimizer, recipe, 1)
+    state = trainer.TrainState(
+        cfg=recipe.train,
+        accelerator=accelerator,
+        launcher=launcher,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=trainer.bind_loss(recipe.train),
+        tokens=tokens,
+        references=ReferenceLogps(chosen, rejected, None, False),
+        schedule=build_schedule(1, recipe, 1),
+        pad_token_id=0,
+        sharing=sharing,
+    )
+    losses = [trainer.train_step(state, 0)["loss"] for _ in range(args.steps)]
+    peak = peak_memory.peak_mib()
+    print(
+        json.dumps(
+            {
+                "shape": args.shape,
+                "variant": args.variant,
+                "parameters": parameters,
+                "peak_rss_mib": round(peak),
+                "bytes_per_parameter": round(peak * 2**20 / parameters, 2),
+                "losses": losses,
+                "seconds": round(time.perf_counter() - started),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
