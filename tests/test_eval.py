@@ -142,9 +142,10 @@ def test_eval_stage_writes_alpaca_eval_files(tmp_path, tiny_llama, monkeypatch):
     board = (eval_dir / "leaderboard.csv").read_text().splitlines()
     assert board[0] == (
         ",win_rate,standard_error,n_wins,n_wins_base,n_draws,n_total,discrete_win_rate,mode,"
-        "avg_length,length_controlled_winrate,lc_standard_error"
+        "avg_length,length_controlled_winrate,lc_standard_error,annotator,comparable_with_leaderboard"
     )
-    assert board[1].startswith("tiny,")
+    assert board[1].startswith("tiny,") and board[1].endswith(",python,False")  # wpo's judge: not the leaderboard's
+    assert metrics["contaminated_instructions"] == 0 and metrics["contamination"]["ngram"] == 13
     assert (eval_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tiny vs the reference" in (eval_dir / "report.html").read_text()
     assert json.loads((eval_dir / "manifest.json").read_text())["completed"]
