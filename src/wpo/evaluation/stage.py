@@ -215,83 +215,31 @@ def heldout_measures(
 
 
 def run_eval(recipe: Recipe) -> dict[str, Any]:
+    """Answers of the model (and of the base when it is the baseline or measured), judged against the baseline,
+    measured, checked for contamination, and written as alpaca_eval's files plus wpo's."""
     started = time.perf_counter()
     cfg = recipe.eval
     stage_dir = recipe.stage_dir("eval")
     policy = BadRecordPolicy(recipe.on_bad_record)
     prompts = load_comparisons_inputs(recipe, policy)
     model = eval_model(recipe)
-    if model == recipe.model.name_or_path:
-        if cfg.compare_to == "base_model":  # wpo.checks refuses this at load; a Python caller may come straight here
-            raise ConfigError(
-                "eval.compare_to: base_model, but the model to evaluate is the base model itself: "
-                "train first, or set eval.model"
-            )
-        log.warning(
-            "eval: nothing trained under %s and eval.model is unset: evaluating the base model %s against "
-            "the references",
-            recipe.output_dir,
-            model,
-        )
+    _warn_if_untrained(recipe, model)
     generator = cfg.generator_name or generator_name(model)
-    trust = recipe.model.trust_remote_code
-    outputs = generate_outputs(
-        recipe,
-        str(merged_model_dir(Path(model), stage_dir, trust_remote_code=trust)) if Path(model).is_dir() else model,
-        prompts,
-    )
-    write_json(stage_dir / "model_outputs.json", outputs_file(prompts, outputs, generator))
-    outputs_written = ["model_outputs.json"]
-
-    base_outputs: list[str] | None = None
-    if compares_with_base(recipe):
-        base = recipe.model.name_or_path
-        base_outputs = outputs if base == model else generate_outputs(recipe, base, prompts)
-        write_json(stage_dir / "base_outputs.json", outputs_file(prompts, base_outputs, generator_name(base)))
-        outputs_written.append("base_outputs.json")
+    outputs, base_outputs, written = _answers(recipe, model, generator, prompts, stage_dir)
     if cfg.compare_to == "base_model":
         references, reference_generators = base_outputs, [generator_name(recipe.model.name_or_path)] * len(prompts)
     else:
         references = [p.extra[cfg.reference_field] for p in prompts]
         reference_generators = [p.extra.get("reference_generator") or cfg.reference_generator for p in prompts]
-
     comparisons = [
         Comparison(p.messages, r, o, prompt_record(p.id, p.messages, p.extra))
         for p, r, o in zip(prompts, references, outputs, strict=True)
     ]
-    preferences, judge_usage = judge_all(recipe, comparisons, stage_dir)
-    annotations = [
-        {
-            "instruction": c.instruction,
-            "output_1": c.reference,
-            "output_2": c.output,
-            "generator_1": g,
-            "generator_2": generator,
-            "preference": pref,
-            "annotator": cfg.annotator if cfg.judge == "alpaca_eval" else cfg.judge,
-        }
-        for c, g, pref in zip(comparisons, reference_generators, preferences, strict=True)
-    ]
-    write_json(stage_dir / "annotations.json", annotations)
-    metrics = metrics_from_annotations(
-        annotations, *_difficulty_inputs(recipe, [a["instruction"] for a in annotations])
-    )
-    metrics["judge"] = cfg.judge
-    metrics["reference_generator"] = reference_generators[0]
-    if cfg.judge == "alpaca_eval":
-        from wpo.evaluation.alpaca_eval_protocol import comparability
-
-        metrics["alpaca_eval"] = comparability(recipe, len(prompts), reference_generators[0])
-        if not metrics["alpaca_eval"]["comparable_with_leaderboard"]:
-            log.warning(
-                "eval: AlpacaEval 2's protocol with %s, but not comparable with the public leaderboard: %s",
-                cfg.annotator,
-                "; ".join(metrics["alpaca_eval"]["not_comparable_because"]),
-            )
+    annotations, metrics, judge_usage = _judged(recipe, comparisons, reference_generators, generator, stage_dir)
     if base_outputs is not None:
         base_generator = generator_name(recipe.model.name_or_path)
         metrics.update(heldout_measures(recipe, prompts, base_outputs, outputs, stage_dir, (base_generator, generator)))
-        outputs_written += ["measures.jsonl", "side_by_side.md"]
+        written += ["measures.jsonl", "side_by_side.md"]
         metrics["identical_to_base"] = sum(o == b for o, b in zip(outputs, base_outputs, strict=True))
         if model != recipe.model.name_or_path and metrics["identical_to_base"] == len(prompts):
             log.warning(
@@ -316,7 +264,7 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         "judge_usage": judge_usage,
         "contaminated_instructions": metrics["contaminated_instructions"],
     }
-    outputs_written += ["annotations.json", "metrics.json", "report.png", "report.html"]
+    written += ["annotations.json", "metrics.json", "report.png", "report.html"]
     write_manifest(
         stage_dir,
         stage="eval",
@@ -325,13 +273,90 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         seed=recipe.seed,
         counts=counts,
         wall_seconds=time.perf_counter() - started,
-        outputs=outputs_written,
+        outputs=written,
     )
+    _log_figures(metrics, generator, reference_generators[0], len(prompts))
+    return {"generator": generator, "metrics": metrics}
+
+
+def _warn_if_untrained(recipe: Recipe, model: str) -> None:
+    if model != recipe.model.name_or_path:
+        return
+    if (
+        recipe.eval.compare_to == "base_model"
+    ):  # wpo.checks refuses this at load; a Python caller may come straight here
+        raise ConfigError(
+            "eval.compare_to: base_model, but the model to evaluate is the base model itself: "
+            "train first, or set eval.model"
+        )
+    log.warning(
+        "eval: nothing trained under %s and eval.model is unset: evaluating the base model %s against the references",
+        recipe.output_dir,
+        model,
+    )
+
+
+def _answers(recipe: Recipe, model: str, generator: str, prompts, stage_dir: Path):
+    """The model's answers, and the base model's when the eval compares with it or measures both (else None); the
+    files written."""
+    trust = recipe.model.trust_remote_code
+    outputs = generate_outputs(
+        recipe,
+        str(merged_model_dir(Path(model), stage_dir, trust_remote_code=trust)) if Path(model).is_dir() else model,
+        prompts,
+    )
+    write_json(stage_dir / "model_outputs.json", outputs_file(prompts, outputs, generator))
+    written = ["model_outputs.json"]
+    base_outputs: list[str] | None = None
+    if compares_with_base(recipe):
+        base = recipe.model.name_or_path
+        base_outputs = outputs if base == model else generate_outputs(recipe, base, prompts)
+        write_json(stage_dir / "base_outputs.json", outputs_file(prompts, base_outputs, generator_name(base)))
+        written.append("base_outputs.json")
+    return outputs, base_outputs, written
+
+
+def _judged(recipe: Recipe, comparisons, reference_generators: list[str], generator: str, stage_dir: Path):
+    """alpaca_eval's annotations (written), the win rates and LC from them, who judged, and the judge's usage."""
+    cfg = recipe.eval
+    preferences, judge_usage = judge_all(recipe, comparisons, stage_dir)
+    annotations = [
+        {
+            "instruction": c.instruction,
+            "output_1": c.reference,
+            "output_2": c.output,
+            "generator_1": g,
+            "generator_2": generator,
+            "preference": pref,
+            "annotator": cfg.annotator if cfg.judge == "alpaca_eval" else cfg.judge,
+        }
+        for c, g, pref in zip(comparisons, reference_generators, preferences, strict=True)
+    ]
+    write_json(stage_dir / "annotations.json", annotations)
+    metrics = metrics_from_annotations(
+        annotations, *_difficulty_inputs(recipe, [a["instruction"] for a in annotations])
+    )
+    metrics["judge"] = cfg.judge
+    metrics["reference_generator"] = reference_generators[0]
+    if cfg.judge == "alpaca_eval":
+        from wpo.evaluation.alpaca_eval_protocol import comparability
+
+        metrics["alpaca_eval"] = comparability(recipe, len(comparisons), reference_generators[0])
+        if not metrics["alpaca_eval"]["comparable_with_leaderboard"]:
+            log.warning(
+                "eval: AlpacaEval 2's protocol with %s, but not comparable with the public leaderboard: %s",
+                cfg.annotator,
+                "; ".join(metrics["alpaca_eval"]["not_comparable_because"]),
+            )
+    return annotations, metrics, judge_usage
+
+
+def _log_figures(metrics: dict[str, Any], generator: str, baseline: str, count: int) -> None:
     log.info(
         "eval: %s vs %s on %d instructions: LC %.2f, WR %.2f, avg length %.0f",
         generator,
-        reference_generators[0],
-        len(prompts),
+        baseline,
+        count,
         metrics["length_controlled_winrate"],
         metrics["win_rate"],
         metrics["avg_length"],
@@ -351,7 +376,6 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         log.info(
             "eval: better than the base: %s%s", metrics["better"], f" (failed: {', '.join(failed)})" * bool(failed)
         )
-    return {"generator": generator, "metrics": metrics}
 
 
 def contamination_summary(recipe: Recipe, prompts) -> dict[str, Any]:
