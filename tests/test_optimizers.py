@@ -144,19 +144,40 @@ def test_optimizer_in_backward_trains_as_a_step_after_backward(tmp_path, tiny_ll
         assert torch.equal(final_weights(resumed)[name], weight), name
 
 
-def test_adamw_8bit_keeps_moments_in_8_bits_and_resumes_exactly(tmp_path, tiny_llama, pairs_file, monkeypatch):
-    """bitsandbytes' AdamW8bit on the CPU: the embedding's moments are saved as uint8 codes with their block scales,
+@pytest.fixture(scope="module")
+def wider_tiny_llama(tiny_llama, tmp_path_factory):
+    """The tiny llama's tokenizer on a body wide enough (hidden 64, MLP 128) that bitsandbytes keeps every matrix's
+    moments in 8 bits (it does from 4096 elements), with the code maps those share."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    directory = tmp_path_factory.mktemp("wider-tiny-llama")
+    for item in tiny_llama.iterdir():
+        if "token" in item.name or item.name.endswith(".jinja"):
+            shutil.copy(item, directory)
+    config = AutoConfig.from_pretrained(tiny_llama)
+    config.hidden_size, config.intermediate_size = 64, 128
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def test_adamw_8bit_keeps_moments_in_8_bits_and_resumes_exactly(tmp_path, wider_tiny_llama, pairs_file, monkeypatch):
+    """bitsandbytes' AdamW8bit on the CPU: every matrix's moments are saved as uint8 codes with their block scales,
     a resume from the step-2 checkpoint ends on the uninterrupted run's weights bit for bit, and the losses follow
     plain AdamW's closely (4 steps at lr 1e-3 on a tiny model)."""
     eight = ("train.optimizer=adamw_8bit", *NO_CLIPPING)
-    whole = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *eight, run="whole"))
+    whole = trainer.train(recipe_for(tmp_path, wider_tiny_llama, pairs_file, *eight, run="whole"))
     saved = load_file(str(tmp_path / "whole" / "train" / "checkpoint-2" / "optimizer.safetensors"))
     codes = [key for key, value in saved.items() if value.dtype == torch.uint8]
-    assert codes and any("embed_tokens" in key for key in codes), sorted(saved)
-    resumed = interrupted_then_resumed(tmp_path, tiny_llama, pairs_file, monkeypatch, "train.optimizer=adamw_8bit")
+    assert any("embed_tokens" in key for key in codes) and sum("mlp" in key for key in codes) >= 4, sorted(saved)
+    resumed = interrupted_then_resumed(
+        tmp_path, wider_tiny_llama, pairs_file, monkeypatch, "train.optimizer=adamw_8bit"
+    )
     for name, weight in final_weights(whole).items():
         assert torch.equal(final_weights(resumed)[name], weight), name
-    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING, run="adamw"))
+    trainer.train(recipe_for(tmp_path, wider_tiny_llama, pairs_file, *NO_CLIPPING, run="adamw"))
     assert losses(tmp_path, "whole") == pytest.approx(losses(tmp_path, "adamw"), rel=0.02)
     assert losses(tmp_path, "whole")[-1] != losses(tmp_path, "adamw")[-1]  # really another optimizer
 

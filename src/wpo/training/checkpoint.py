@@ -36,11 +36,16 @@ def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tens
     A nested state (bitsandbytes keeps its 8-bit codes and scales under one key) is named `parameter.key/inner`."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
+    storages: set[int] = set()  # safetensors refuses tensors that share memory (bitsandbytes shares its code maps)
 
     def flatten(name: str, prefix: str, values: dict[str, Any]) -> None:
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{name}.{prefix}{key}"] = value.detach().cpu().contiguous()
+                tensor = value.detach().cpu().contiguous()
+                if tensor.untyped_storage().data_ptr() in storages:
+                    tensor = tensor.clone()
+                storages.add(tensor.untyped_storage().data_ptr())
+                tensors[f"{name}.{prefix}{key}"] = tensor
             elif isinstance(value, dict):
                 flatten(name, f"{prefix}{key}/", value)
             else:
