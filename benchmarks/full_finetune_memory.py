@@ -3,7 +3,7 @@
 Each run is a fresh process training a randomly initialised Llama of a named shape (built from its config: no
 download) in fp32 with wpo's trainer step: one pair of `--tokens` tokens per sequence (half prompt), gradient
 checkpointing on, reference log-probs from the policy itself, `--steps` optimizer steps. It prints the process's
-peak resident set and that peak per parameter. Variants: `plain` (AdamW after backward: weights, gradients and two
+peak resident set, that peak per parameter, and each phase's peak (model built, reference pass, optimizer, each step). Variants: `plain` (AdamW after backward: weights, gradients and two
 fp32 moments, 16 bytes a parameter) and `lean` (`train.optimizer: adamw_8bit` + `train.optimizer_in_backward`: about
 6 bytes a parameter). Do not run `plain` on a shape whose 16 bytes a parameter exceed the machine's memory.
 
@@ -63,8 +63,10 @@ def main() -> None:
     started = time.perf_counter()
     torch.manual_seed(0)
     config = LlamaConfig(**SHAPES[args.shape], vocab_size=128256, tie_word_embeddings=True, pad_token_id=0)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     parameters = sum(p.numel() for p in model.parameters())
+    phases = {"model built": peak_memory.peak_mib()}  # each phase's peak resident set, MiB
+    peak_memory.reset_peak()
     recipe = load_recipe(
         None,
         [
@@ -86,6 +88,8 @@ def main() -> None:
     chosen, rejected = compute_reference_logps(
         model, tokens, 1, 0, accelerator.device, loss_chunk_size=recipe.train.loss_chunk_size, sharing=sharing
     )
+    phases["reference pass"] = peak_memory.peak_mib()
+    peak_memory.reset_peak()
     optimizer = trainer.masters_and_optimizer(model, recipe.train, accelerator, resuming=False)
     scheduler = get_scheduler("constant", optimizer)
     launcher = make_launcher(accelerator)
@@ -104,8 +108,13 @@ def main() -> None:
         pad_token_id=0,
         sharing=sharing,
     )
-    losses = [trainer.train_step(state, 0)["loss"] for _ in range(args.steps)]
-    peak = peak_memory.peak_mib()
+    phases["optimizer and prepare"] = peak_memory.peak_mib()
+    losses = []
+    for number in range(1, args.steps + 1):
+        peak_memory.reset_peak()
+        losses.append(trainer.train_step(state, 0)["loss"])
+        phases[f"step {number}"] = peak_memory.peak_mib()
+    peak = max(phases.values())
     print(
         json.dumps(
             {
@@ -114,6 +123,7 @@ def main() -> None:
                 "parameters": parameters,
                 "peak_rss_mib": round(peak),
                 "bytes_per_parameter": round(peak * 2**20 / parameters, 2),
+                "peak_mib_by_phase": {phase: round(mib) for phase, mib in phases.items()},
                 "losses": losses,
                 "seconds": round(time.perf_counter() - started),
             }

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from wpo.config import Recipe, config_hash
+from wpo.config import PairConfig, Recipe, config_hash
 from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
 from wpo.data.schemas import CandidatesRecord, Pair, RecordInvalid, parse_all, parse_candidates
 from wpo.errors import DataError
@@ -56,77 +58,17 @@ def run_pair(recipe: Recipe) -> dict[str, Any]:
     records: list[CandidatesRecord] = [item.record for item in parse_all(source, parse_scored, policy, unique_ids=True)]
     if not records:
         raise DataError(f"{source}: no usable scored candidates (skipped {dict(policy.skipped)})")
-    if recipe.pair.length_unit == "tokens":
-        from wpo.models import load_tokenizer, resolve_model_path
-
-        tokenizer = load_tokenizer(resolve_model_path(recipe.model.name_or_path), recipe.model.trust_remote_code)
-
-        def length(text: str) -> int:
-            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    else:
-        length = len
-
-    pairs, dropped, sources = [], Counter(), {"chosen": Counter(), "rejected": Counter()}
-    empty_candidates = cut_off_candidates = 0
-    all_scores, chosen_scores, rejected_scores = [], [], []
-    cut_off = recipe.pair.cut_off
-    for record in records:
-        candidates = [c for c in record.candidates if c.text.strip()]
-        empty_candidates += len(record.candidates) - len(candidates)
-        cut_off_candidates += sum(c.finish_reason == "length" for c in candidates)
-        if cut_off == "drop":
-            candidates = [c for c in candidates if c.finish_reason != "length"]
-        scores = [c.score for c in candidates]
-        all_scores += scores
-        eligible = [c.finish_reason != "length" for c in candidates] if cut_off == "never_chosen" else None
-        choice = choose_pair(
-            scores, [length(c.text) for c in candidates], [c.text for c in candidates], recipe.pair.min_margin, eligible
-        )
-        if choice.drop_reason:
-            dropped[choice.drop_reason] += 1
-            continue
-        chosen, rejected = candidates[choice.chosen], candidates[choice.rejected]
-        pairs.append(
-            Pair(
-                record.id,
-                record.messages,
-                chosen.text,
-                rejected.text,
-                chosen.score,
-                rejected.score,
-                chosen.source,
-                rejected.source,
-            )
-        )
-        chosen_scores.append(chosen.score)
-        rejected_scores.append(rejected.score)
-        sources["chosen"][chosen.source] += 1
-        sources["rejected"][rejected.source] += 1
-
+    formed = form_pairs(records, recipe.pair, answer_length(recipe))
+    pairs = formed.pairs
     if not pairs:
         raise DataError(
             f"{source}: no preference pair could be formed from {len(records)} prompts "
-            f"(dropped {dict(dropped)}, skipped {dict(policy.skipped)})"
+            f"(dropped {dict(formed.dropped)}, skipped {dict(policy.skipped)})"
         )
     written = write_jsonl(stage_dir / OUTPUT, [p.to_record() for p in pairs])
-    edges = np.histogram_bin_edges(all_scores or [0.0], bins=10)
-    stats = {
-        "pairs": written,
-        "prompts": len(records),
-        "dropped": dict(dropped),
-        "skipped": dict(policy.skipped),
-        "empty_candidates_ignored": empty_candidates,
-        "cut_off_candidates": cut_off_candidates,
-        "cut_off_rule": cut_off,
-        "length_unit": recipe.pair.length_unit,
-        "sources": {side: dict(counter) for side, counter in sources.items()},
-        "mean_margin": float(np.mean(np.subtract(chosen_scores, rejected_scores))) if pairs else None,
-        "histograms": {
-            "all": histogram(all_scores, edges),
-            "chosen": histogram(chosen_scores, edges),
-            "rejected": histogram(rejected_scores, edges),
-        },
-    }
+    formed_stats = formed.stats()
+    stats = {"pairs": written, "prompts": len(records), "dropped": formed_stats.pop("dropped")}
+    stats |= {"skipped": dict(policy.skipped), "length_unit": recipe.pair.length_unit, **formed_stats}
     write_json(stage_dir / STATS, stats)
     config = run_config(recipe)
     counts = {
@@ -149,6 +91,83 @@ def run_pair(recipe: Recipe) -> dict[str, Any]:
         source,
         written,
         stage_dir / OUTPUT,
-        dict(dropped) or "none",
+        dict(formed.dropped) or "none",
     )
     return {"output": str(stage_dir / OUTPUT), "counts": counts, "stats": stats}
+
+
+def answer_length(recipe: Recipe) -> Callable[[str], int]:
+    """How `pair.length_unit` measures an answer (the length tie-break): characters, or the policy's tokens."""
+    if recipe.pair.length_unit != "tokens":
+        return len
+    from wpo.models import load_tokenizer, resolve_model_path
+
+    tokenizer = load_tokenizer(resolve_model_path(recipe.model.name_or_path), recipe.model.trust_remote_code)
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass
+class FormedPairs:
+    """The pairs of every prompt that gives one, and the counts the stage reports."""
+
+    cut_off_rule: str
+    pairs: list[Pair] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+    sources: dict[str, Counter] = field(default_factory=lambda: {"chosen": Counter(), "rejected": Counter()})
+    empty_candidates: int = 0
+    cut_off_candidates: int = 0
+    all_scores: list[float] = field(default_factory=list)
+
+    def stats(self) -> dict[str, Any]:
+        chosen = [p.score_chosen for p in self.pairs]
+        rejected = [p.score_rejected for p in self.pairs]
+        edges = np.histogram_bin_edges(self.all_scores or [0.0], bins=10)
+        return {
+            "dropped": dict(self.dropped),
+            "empty_candidates_ignored": self.empty_candidates,
+            "cut_off_candidates": self.cut_off_candidates,
+            "cut_off_rule": self.cut_off_rule,
+            "sources": {side: dict(counter) for side, counter in self.sources.items()},
+            "mean_margin": float(np.mean(np.subtract(chosen, rejected))) if self.pairs else None,
+            "histograms": {
+                "all": histogram(self.all_scores, edges),
+                "chosen": histogram(chosen, edges),
+                "rejected": histogram(rejected, edges),
+            },
+        }
+
+
+def form_pairs(records: list[CandidatesRecord], cfg: PairConfig, length: Callable[[str], int]) -> FormedPairs:
+    """Best vs worst non-empty candidate of each prompt (`choose_pair`), under `pair.cut_off` and `pair.min_margin`."""
+    formed = FormedPairs(cfg.cut_off)
+    for record in records:
+        candidates = [c for c in record.candidates if c.text.strip()]
+        formed.empty_candidates += len(record.candidates) - len(candidates)
+        formed.cut_off_candidates += sum(c.finish_reason == "length" for c in candidates)
+        if cfg.cut_off == "drop":
+            candidates = [c for c in candidates if c.finish_reason != "length"]
+        scores = [c.score for c in candidates]
+        formed.all_scores += scores
+        eligible = [c.finish_reason != "length" for c in candidates] if cfg.cut_off == "never_chosen" else None
+        choice = choose_pair(
+            scores, [length(c.text) for c in candidates], [c.text for c in candidates], cfg.min_margin, eligible
+        )
+        if choice.drop_reason:
+            formed.dropped[choice.drop_reason] += 1
+            continue
+        chosen, rejected = candidates[choice.chosen], candidates[choice.rejected]
+        formed.pairs.append(
+            Pair(
+                record.id,
+                record.messages,
+                chosen.text,
+                rejected.text,
+                chosen.score,
+                rejected.score,
+                chosen.source,
+                rejected.source,
+            )
+        )
+        formed.sources["chosen"][chosen.source] += 1
+        formed.sources["rejected"][rejected.source] += 1
+    return formed
