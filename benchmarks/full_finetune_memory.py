@@ -19,13 +19,21 @@ import time
 
 import peak_memory
 
-SHAPES = {  # the published configs' shapes (tied embeddings, vocabulary 128256)
+SHAPES = {  # the published configs' shapes (tied embeddings; Llama-3.2's vocabulary 128256 unless given)
     "llama-3.2-1b": {
         "hidden_size": 2048,
         "intermediate_size": 8192,
         "num_hidden_layers": 16,
         "num_attention_heads": 32,
         "num_key_value_heads": 8,
+    },
+    "smollm2-1.7b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 49152,
     },
     "llama-3.2-3b": {
         "hidden_size": 3072,
@@ -62,7 +70,7 @@ def main() -> None:
 
     started = time.perf_counter()
     torch.manual_seed(0)
-    config = LlamaConfig(**SHAPES[args.shape], vocab_size=128256, tie_word_embeddings=True, pad_token_id=0)
+    config = LlamaConfig(**{"vocab_size": 128256, **SHAPES[args.shape]}, tie_word_embeddings=True, pad_token_id=0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     parameters = sum(p.numel() for p in model.parameters())
     phases = {"model built": peak_memory.peak_mib()}  # each phase's peak resident set, MiB

@@ -1,11 +1,12 @@
-"""The precision a training computes in, and bf16 master weights that move the forward as far as the update, not further (`benchmarks/bf16_update.py`).
+"""The precision a training computes in (`compute_precision`, `make_accelerator`), and bf16 master weights that move
+the forward as far as the update, not further (`benchmarks/bf16_update.py`).
 
-Under bf16 autocast the forward computes with each fp32 master weight rounded to bf16. Weights converted from a
-finer format (fp16, a dequantized GGUF such as the embedded SmolLM2: 8.1% of its weights) can sit exactly halfway
-between two bf16 values, where any update, however small, flips the rounding: AdamW's first step at lr 1e-6 then
-moves the forward ~12x further along the gradient than the update itself. Starting the masters on the bf16 grid (the
-values the bf16 forward already uses, so step 0 computes the same) leaves no weight on a tie; from there an update
-reaches the forward once it has added up to half an ulp, as when training a checkpoint saved in bf16.
+Under bf16 autocast the forward computes with each fp32 master weight of a linear layer rounded to bf16. Weights
+converted from a finer format (fp16, a dequantized GGUF such as the embedded SmolLM2: 8.1% of its weights) can sit
+exactly halfway between two bf16 values, where any update, however small, flips the rounding: AdamW's first step at
+lr 1e-6 then moves the forward ~12x further along the gradient than fp32 does. Starting those masters on the bf16
+grid (the values the bf16 forward already uses, so step 0 computes the same) leaves none of them on a tie; from there
+an update reaches the forward once it has added up to half an ulp, as when training a checkpoint saved in bf16.
 """
 
 from __future__ import annotations
