@@ -18,6 +18,7 @@ import json
 import time
 
 import peak_memory
+from bare_step import bare_train_state
 
 SHAPES = {  # the published configs' shapes (tied embeddings; Llama-3.2's vocabulary 128256 unless given)
     "llama-3.2-1b": {
@@ -58,14 +59,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, get_scheduler
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     from wpo.config import load_recipe
     from wpo.training import precision, trainer
     from wpo.training.forward import prompt_sharing
-    from wpo.training.launchers import make_launcher
     from wpo.training.reference import ReferenceLogps, compute_reference_logps
-    from wpo.training.schedule import build_schedule
     from wpo.training.tokenize import TokenizedPair, TokenizedPairs
 
     started = time.perf_counter()
@@ -98,23 +97,8 @@ def main() -> None:
     )
     phases["reference pass"] = peak_memory.peak_mib()
     peak_memory.reset_peak()
-    optimizer = trainer.masters_and_optimizer(model, recipe.train, accelerator, resuming=False)
-    scheduler = get_scheduler("constant", optimizer)
-    launcher = make_launcher(accelerator)
-    model, optimizer = launcher.prepare(model, optimizer, recipe, 1)
-    state = trainer.TrainState(
-        cfg=recipe.train,
-        accelerator=accelerator,
-        launcher=launcher,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        loss_fn=trainer.bind_loss(recipe.train),
-        tokens=tokens,
-        references=ReferenceLogps(chosen, rejected, None, False),
-        schedule=build_schedule(1, recipe, 1),
-        pad_token_id=0,
-        sharing=sharing,
+    state = bare_train_state(
+        model, recipe, accelerator, tokens, ReferenceLogps(chosen, rejected, None, False), 0, sharing
     )
     phases["optimizer and prepare"] = peak_memory.peak_mib()
     losses = []

@@ -59,6 +59,7 @@ import time
 from pathlib import Path
 
 import peak_memory
+from bare_step import bare_train_state
 from peak_memory import ratio
 from transformers import TrainerCallback
 
@@ -132,15 +133,12 @@ def wpo_child(
     variant: str, pairs: int, tokens: int, steps: int, checkpointing: bool, lora: bool, profile: Path | None
 ) -> dict:
     import torch
-    from transformers import get_scheduler
 
     from wpo.config import load_recipe
     from wpo.models import load_causal_lm, load_tokenizer, resolve_model_path
     from wpo.training import precision, trainer
     from wpo.training.forward import prompt_sharing
-    from wpo.training.launchers import make_launcher
     from wpo.training.reference import ReferenceLogps, compute_reference_logps
-    from wpo.training.schedule import build_schedule
     from wpo.training.tokenize import TokenizedPair, TokenizedPairs
 
     torch.manual_seed(0)
@@ -176,25 +174,7 @@ def wpo_child(
             model, tokenized, pairs, tokenizer.pad_token_id, accelerator.device, loss_chunk_size=chunk, sharing=sharing
         )
     references = ReferenceLogps(chosen, rejected, None, False)  # policy = reference: step-1 loss is ln 2 x weight
-    optimizer = trainer.masters_and_optimizer(model, recipe.train, accelerator, resuming=False)
-    schedule = build_schedule(pairs, recipe, 1)
-    scheduler = get_scheduler("constant", optimizer)
-    launcher = make_launcher(accelerator)
-    model, optimizer = launcher.prepare(model, optimizer, recipe, schedule.pairs_per_step)
-    state = trainer.TrainState(
-        cfg=recipe.train,
-        accelerator=accelerator,
-        launcher=launcher,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        loss_fn=trainer.bind_loss(recipe.train),
-        tokens=tokenized,
-        references=references,
-        schedule=schedule,
-        pad_token_id=tokenizer.pad_token_id,
-        sharing=sharing,
-    )
+    state = bare_train_state(model, recipe, accelerator, tokenized, references, tokenizer.pad_token_id, sharing)
     setup_peak = peak_memory.peak_mib()
     start = peak_memory.reset_peak()
     wall, cpu, losses = [], [], []

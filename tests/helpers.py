@@ -99,6 +99,25 @@ def train_recipe(
     return path
 
 
+def train_killed_at(monkeypatch, recipe, step: int) -> None:
+    """`trainer.train(recipe)` interrupted (KeyboardInterrupt) as optimizer step `step` (0-based) begins."""
+    import pytest
+
+    from wpo.training import trainer
+
+    real_step = trainer.train_step
+
+    def dies(state, number):
+        if number == step:
+            raise KeyboardInterrupt
+        return real_step(state, number)
+
+    monkeypatch.setattr(trainer, "train_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(recipe)
+    monkeypatch.setattr(trainer, "train_step", real_step)
+
+
 def recipe_for(tmp_path: Path, model: Path, pairs: Path, *overrides: str, run: str = "run"):
     """A loaded recipe of a tiny training in `tmp_path/run`, for the trainer called in this process."""
     from wpo.config import load_recipe

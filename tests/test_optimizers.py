@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from helpers import assert_one_line_error, cli, recipe_for, save_tiny_model
+from helpers import assert_one_line_error, cli, recipe_for, save_tiny_model, train_killed_at
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
@@ -101,17 +101,9 @@ def test_bf16_training_starts_its_masters_on_the_grid(tmp_path, tiny_llama_with_
 
 def interrupted_then_resumed(tmp_path, tiny_llama, pairs_file, monkeypatch, *overrides):
     """The run killed during step 3 (after the step-2 checkpoint), then resumed to its end."""
-    real_step = trainer.train_step
-
-    def dies_at_step_three(state, step):
-        if step == 2:
-            raise KeyboardInterrupt
-        return real_step(state, step)
-
-    monkeypatch.setattr(trainer, "train_step", dies_at_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING, *overrides, run="resumed"))
-    monkeypatch.setattr(trainer, "train_step", real_step)
+    train_killed_at(
+        monkeypatch, recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING, *overrides, run="resumed"), 2
+    )
     resumed = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING, *overrides, run="resumed"))
     assert resumed.counts["resumed_from_step"] == 2 and resumed.steps == 4
     return resumed

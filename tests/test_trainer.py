@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import PAIRS, SMOOTH_ADAM, assert_trained_alike, pair_record, recipe_for, train_recipe, write_lines
+from helpers import (
+    PAIRS,
+    SMOOTH_ADAM,
+    assert_trained_alike,
+    pair_record,
+    recipe_for,
+    train_killed_at,
+    train_recipe,
+    write_lines,
+)
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
@@ -92,18 +101,8 @@ def test_resume_reproduces_the_uninterrupted_curve(tmp_path, tiny_llama, pairs_f
     trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="straight"))
     straight = read_metrics(tmp_path / "straight" / "train" / "metrics.jsonl")
 
-    real_step = trainer.train_step
-
-    def dies_at_step_four(state, step):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_step(state, step)
-
-    monkeypatch.setattr(trainer, "train_step", dies_at_step_four)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="killed"))
+    train_killed_at(monkeypatch, recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="killed"), step=3)
     assert [row["step"] for row in read_metrics(tmp_path / "killed" / "train" / "metrics.jsonl")] == [1, 2, 3]
-    monkeypatch.setattr(trainer, "train_step", real_step)
 
     result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="killed"))
     assert result.counts["resumed_from_step"] == 2 and result.reference_from_cache
