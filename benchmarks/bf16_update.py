@@ -11,8 +11,8 @@ than bf16 (fp16, or a GGUF dequantized to fp32, as the embedded SmolLM2) can sit
 This script measures, on one synthetic pair of SmolLM2-135M (the answer's log-prob, `--tokens` answer tokens):
 - the change of log p(answer) (the body under autocast, the output layer in fp32 as the trainer computes it) after
   w += lr · sign(∇ log p) (the gradient's direction) and after w += lr · random
-  signs, in fp32 and under bf16 autocast, with the weights as loaded and with the masters started on the bf16 grid
-  (`train.bf16_masters: grid`, what the trainer does under bf16: the forward at step 0 is the same, since the
+  signs, in fp32 and under bf16 autocast, with the weights as loaded and with the tie weights rounded
+  (`train.bf16_ties: round`, what the trainer does under bf16: the forward at step 0 is the same, since the
   forward already rounds to those values);
 - per group of weights (embedding / tied output layer, attention q k v o, MLP gate up down, norms), the share of
   weights on a bf16 tie and on the bf16 grid, the first-order change Σ|∂ log p/∂w|·lr that fp32 predicts, and what
@@ -52,13 +52,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=250, help="answer tokens (the prompt as many)")
     parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--no-groups", action="store_true", help="only the first table (the per-group one is slow)")
     args = parser.parse_args()
 
     from train_step import synthetic_pairs
 
     from wpo.config import ModelConfig
     from wpo.models import load_causal_lm, load_tokenizer, resolve_model_path
-    from wpo.training.precision import bf16_grid_counts, start_masters_on_bf16_grid
+    from wpo.training.precision import bf16_grid_counts, round_bf16_ties
 
     torch.manual_seed(0)
     path = resolve_model_path(MODEL)
@@ -97,11 +98,11 @@ def main() -> None:
         f"SmolLM2-135M, one pair ({prompt_length} prompt + {ids.shape[1] - prompt_length} answer tokens), "
         f"step lr={args.lr:g}; change of the answer's log-prob (nats)\n"
     )
-    start_masters_on_bf16_grid(model)  # what the trainer does under bf16, from the loaded weights
-    gridded = {name: p.detach().clone() for name, p in params.items()}
+    round_bf16_ties(model)  # what the trainer does under bf16, from the loaded weights
+    ties_rounded = {name: p.detach().clone() for name, p in params.items()}
     print("| masters | precision | along the gradient | random signs |")
     print("|---|---|---:|---:|")
-    for label, start in (("as loaded", loaded), ("on the bf16 grid", gridded)):
+    for label, start in (("as loaded", loaded), ("ties rounded", ties_rounded)):
         for bf16 in (False, True):
             print(
                 f"| {label} | {'bf16 autocast' if bf16 else 'fp32'} | {moved(gradient_sign, bf16, start):+.3f} | "
@@ -109,6 +110,8 @@ def main() -> None:
                 flush=True,
             )
 
+    if args.no_groups:
+        return
     counts = {group: bf16_grid_counts([p for name, p in loaded.items() if group_of(name) == group]) for group in GROUPS}
     print("\nAlong the gradient, one group of weights moved at a time (masters as loaded):\n")
     print("| group | weights | on a bf16 tie | on the bf16 grid | fp32 first order | bf16 autocast | ratio |")

@@ -15,7 +15,7 @@ activations not), and the process's peak over its whole life. Variants:
 - `shared`:       `chunked` with `train.share_prompts: always`
 - `chunked-bf16`: the same under `train.mixed_precision: bf16` (bf16 compute over fp32 master weights, started on
                   the bf16 grid); run only on a CPU with bf16 instructions (or with `--bf16-anywhere`, slowly)
-- `chunked-bf16-loaded`: `chunked-bf16` with `train.bf16_masters: as_loaded` (masters as loaded: the embedded
+- `chunked-bf16-keep`: `chunked-bf16` with `train.bf16_ties: keep` (tie weights as loaded: the embedded
                   model's weights on bf16 ties move the forward further than the update, benchmarks/bf16_update.py)
 - `in-backward`:  `chunked` with `train.optimizer_in_backward: true` (and no clipping): each gradient freed once used
 - `adamw-8bit`:   `chunked` with `train.optimizer: adamw_8bit` (bitsandbytes' AdamW8bit: moments in 8 bits)
@@ -69,7 +69,7 @@ VARIANTS = (
     "padded",
     "shared",
     "chunked-bf16",
-    "chunked-bf16-loaded",
+    "chunked-bf16-keep",
     "full-logits",
     "in-backward",
     "adamw-8bit",
@@ -79,14 +79,14 @@ VARIANTS = (
     "trl-bf16",
     "trl-defaults",
 )
-BF16_VARIANTS = ("chunked-bf16", "chunked-bf16-loaded", "lean-bf16", "trl-bf16")
+BF16_VARIANTS = ("chunked-bf16", "chunked-bf16-keep", "lean-bf16", "trl-bf16")
 IN_BACKWARD = ("train.optimizer_in_backward=true", "train.max_grad_norm=null")
 EXTRA_SETTINGS = {  # the recipe keys each variant adds to the trainer's defaults
     "padded": ["train.share_prompts=never"],
     "shared": ["train.share_prompts=always"],
     "full-logits": ["train.loss_chunk_size=0"],
     "chunked-bf16": ["train.mixed_precision=bf16"],
-    "chunked-bf16-loaded": ["train.mixed_precision=bf16", "train.bf16_masters=as_loaded"],
+    "chunked-bf16-keep": ["train.mixed_precision=bf16", "train.bf16_ties=keep"],
     "in-backward": [*IN_BACKWARD],
     "adamw-8bit": ["train.optimizer=adamw_8bit"],
     "lean": [*IN_BACKWARD, "train.optimizer=adamw_8bit"],
@@ -483,7 +483,7 @@ def main() -> None:
         print(f"{tokens:>5} fp32 first-step losses agree to 1e-3: {agree}", flush=True)
         for bf16, fp32 in (
             ("chunked-bf16", "chunked"),
-            ("chunked-bf16-loaded", "chunked"),
+            ("chunked-bf16-keep", "chunked"),
             ("lean-bf16", "lean"),
             ("trl-bf16", "trl"),
         ):

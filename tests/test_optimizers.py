@@ -13,7 +13,7 @@ from torch.testing import assert_close
 from wpo.errors import ConfigError
 from wpo.training import precision, trainer
 from wpo.training.metrics import read_metrics
-from wpo.training.precision import bf16_grid_counts, start_masters_on_bf16_grid
+from wpo.training.precision import bf16_grid_counts, round_bf16_ties
 
 NO_CLIPPING = ("train.max_grad_norm=null", "train.max_steps=4", "train.save_steps=2", "train.save_total_limit=null")
 
@@ -28,8 +28,8 @@ def losses(tmp_path, run: str) -> list[float]:
 
 def test_bf16_ties_are_counted_and_rounded_away():
     """bf16 keeps 8 significant bits: next to 1.0 its values are 2^-7 apart, so 1 + 2^-8 is a tie (rounded to even,
-    1.0). On a tie an update of 1e-6 flips what the bf16 forward sees by a whole 2^-7; from the grid it changes
-    nothing until it adds up to half that."""
+    1.0). On a tie an update of 1e-6 flips what the bf16 forward sees by a whole 2^-7; rounded, it changes nothing
+    until it adds up to half that. Weights off a tie keep their value."""
     weights = torch.tensor([1.0, 1.0 + 2**-8, 1.0 + 2**-10, 0.5 + 2**-9])
     assert bf16_grid_counts([weights]) == (4, 2, 1)  # 1 + 2^-8 and 0.5 + 2^-9 are ties; 1.0 is on the grid
     nudged = (weights + 1e-6).to(torch.bfloat16).float()
@@ -37,14 +37,14 @@ def test_bf16_ties_are_counted_and_rounded_away():
     layer = torch.nn.Linear(4, 1, bias=False)
     with torch.no_grad():
         layer.weight.copy_(weights)
-    assert start_masters_on_bf16_grid(layer) == (4, 3)
+    assert round_bf16_ties(layer) == (4, 2)
     assert layer.weight.dtype == torch.float32
-    assert layer.weight.tolist()[0] == [1.0, 1.0, 1.0, 0.5]  # what .to(bfloat16) gave the forward already
-    assert bf16_grid_counts([layer.weight]) == (4, 0, 4)
+    assert layer.weight.tolist()[0] == [1.0, 1.0, 1.0 + 2**-10, 0.5]  # ties: what .to(bfloat16) gave the forward
+    assert bf16_grid_counts([layer.weight]) == (4, 0, 3)
     moved = (layer.weight + 1e-6).to(torch.bfloat16)
     assert torch.equal(moved, layer.weight.to(torch.bfloat16))
     frozen = torch.nn.Linear(4, 1, bias=False).requires_grad_(False)
-    assert start_masters_on_bf16_grid(frozen) == (0, 0)  # frozen (a LoRA base) weights are not the masters
+    assert round_bf16_ties(frozen) == (0, 0)  # frozen (a LoRA base) weights are not the masters
 
 
 @pytest.fixture(scope="module")
@@ -64,37 +64,41 @@ def tiny_llama_with_ties(tmp_path_factory):
     return directory
 
 
-def test_bf16_training_starts_its_masters_on_the_grid(tmp_path, tiny_llama_with_ties, pairs_file, caplog, monkeypatch):
-    """Under bf16 (the units assumed, so the path runs on any CPU) the masters start on the bf16 grid: the first step
-    computes exactly what `as_loaded` computes (the forward rounded to those values anyway), and a learning rate far
-    below half a bf16 ulp leaves every weight on the grid where it was; `as_loaded` keeps the ties, which the same
-    tiny update flips. fp32 training is untouched by the setting."""
+def test_bf16_training_rounds_the_ties_and_keeps_every_other_weight(
+    tmp_path, tiny_llama_with_ties, pairs_file, caplog, monkeypatch
+):
+    """Under bf16 (the units assumed, so the path runs on any CPU) the linear layers' tie weights are rounded as the
+    forward rounds them: the first step computes exactly what `keep` computes, and a learning rate far below half a
+    bf16 ulp leaves what the forward sees unchanged, where `keep` lets the same tiny update flip the ties. Every other
+    weight starts as loaded; fp32 training is untouched by the setting."""
     monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)
     common = ("train.mixed_precision=bf16", "train.learning_rate=1e-7", "train.warmup_ratio=0", "train.max_steps=2")
     with caplog.at_level(logging.INFO, logger="wpo.training"):
-        grid = trainer.train(recipe_for(tmp_path, tiny_llama_with_ties, pairs_file, *common, run="grid"))
-    assert "bf16: the fp32 masters start on the bf16 grid" in caplog.text
-    loaded = trainer.train(
-        recipe_for(tmp_path, tiny_llama_with_ties, pairs_file, *common, "train.bf16_masters=as_loaded", run="loaded")
+        rounded_run = trainer.train(recipe_for(tmp_path, tiny_llama_with_ties, pairs_file, *common, run="round"))
+    assert "sat exactly halfway between two bf16 values, where any update flips the forward's rounding" in caplog.text
+    kept = trainer.train(
+        recipe_for(tmp_path, tiny_llama_with_ties, pairs_file, *common, "train.bf16_ties=keep", run="keep")
     )
-    first = [read_metrics(tmp_path / run / "train" / "metrics.jsonl")[0] for run in ("grid", "loaded")]
+    first = [read_metrics(tmp_path / run / "train" / "metrics.jsonl")[0] for run in ("round", "keep")]
     assert first[0]["loss"] == first[1]["loss"] and first[0]["logps_chosen"] == first[1]["logps_chosen"]
     original = load_file(str(tiny_llama_with_ties / "model.safetensors"))
     linear = [name for name in original if name.endswith("proj.weight")]
     assert len(linear) == 14  # 2 layers x q k v o gate up down
     flipped = 0
     for name in linear:
-        start, grid_end, loaded_end = original[name], final_weights(grid)[name], final_weights(loaded)[name]
+        start, round_end, keep_end = original[name], final_weights(rounded_run)[name], final_weights(kept)[name]
+        ties = (start.view(torch.int32) & 0xFFFF) == 0x8000  # exactly halfway between two bf16 values
         rounded = start.to(torch.bfloat16)
-        assert (grid_end - rounded.float()).abs().max() < 2.1e-7, name  # from the grid, two steps of at most lr
-        assert (loaded_end - start).abs().max() < 2.1e-7, name  # from the loaded values
-        big = start.abs() > 1e-3  # half an ulp > 2e-6: two steps of 1e-7 cannot cross it from the grid
-        assert torch.equal(grid_end[big].to(torch.bfloat16), rounded[big]), name
-        flipped += int((loaded_end[big].to(torch.bfloat16) != rounded[big]).sum())
+        settled = torch.where(ties, rounded.float(), start)
+        assert (round_end - settled).abs().max() < 2.1e-7, name  # from the rounded ties, two steps of at most lr
+        assert (keep_end - start).abs().max() < 2.1e-7, name  # from the loaded values
+        big = start.abs() > 1e-3  # an eighth of an ulp > 2e-7: two steps of 1e-7 cross no boundary off a tie
+        assert torch.equal(round_end[big].to(torch.bfloat16), rounded[big]), name
+        flipped += int((keep_end[big].to(torch.bfloat16) != rounded[big]).sum())
     for name in set(original) - set(linear):  # embeddings and norms: the forward uses them in fp32
-        assert (final_weights(grid)[name] - original[name]).abs().max() < 2.1e-7, name
+        assert (final_weights(rounded_run)[name] - original[name]).abs().max() < 2.1e-7, name
     ties = bf16_grid_counts(original[name] for name in linear)[1]
-    assert flipped > ties // 4, (flipped, ties)  # as loaded, the same tiny steps flip what the forward sees
+    assert flipped > ties // 4, (flipped, ties)  # kept, the same tiny steps flip what the forward sees
     fp32 = trainer.train(recipe_for(tmp_path, tiny_llama_with_ties, pairs_file, "train.max_steps=1", run="fp32"))
     assert bf16_grid_counts(final_weights(fp32).values())[1] > 0  # no rounding without bf16 compute
 

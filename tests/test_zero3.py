@@ -169,6 +169,15 @@ def test_zero3_trains_and_checkpoints_what_one_process_does_and_resumes_without_
 
 
 @pytest.mark.slow  # launches processes
+def with_ties_rounded(name: str, weight: torch.Tensor) -> torch.Tensor:
+    """Where `train.bf16_ties: round` starts a linear layer's weight: the few exactly halfway between two bf16 values
+    (random fp32 weights: about 1 in 65 536) rounded as the bf16 forward rounds them, every other one as loaded."""
+    if not name.endswith("proj.weight"):
+        return weight
+    ties = (weight.view(torch.int32) & 0xFFFF) == 0x8000
+    return torch.where(ties, weight.to(torch.bfloat16).float(), weight)
+
+
 def test_zero3_in_bf16_keeps_fp32_masters_and_resumes_to_the_same_weights(tmp_path, tiny_llama):
     """DeepSpeed builds its fp32 masters from its bf16 copy of the weights; wpo puts the loaded fp32 weights back,
     so three steps of learning rate 1e-6 (linear decay: 1e-6, 6.7e-7, 3.3e-7) move a weight by about 2e-6 (an Adam
@@ -186,7 +195,9 @@ def test_zero3_in_bf16_keeps_fp32_masters_and_resumes_to_the_same_weights(tmp_pa
     assert "deepspeed: ZeRO-3, bf16 compute over fp32 masters, micro-batch 1, accumulation 2" in launched.stderr
     assert "schedule: 3 steps of 4 pairs (1 per device x 2 accumulation x 2 processes)" in launched.stderr
     uninterrupted, base = weights(run, "final"), load_file(tiny_llama / "model.safetensors")
-    moved = max((uninterrupted[name] - base[name]).abs().max().item() for name in uninterrupted)
+    moved = max(
+        (uninterrupted[name] - with_ties_rounded(name, base[name])).abs().max().item() for name in uninterrupted
+    )
     assert 1e-6 < moved < 4e-6
     assert {tensor.dtype for tensor in uninterrupted.values()} == {torch.float32}
 

@@ -265,9 +265,9 @@ class TrainConfig(Section):
     """bf16: bf16 autocast compute over fp32 master weights and optimizer state; no: compute in the weights' dtype."""
     # weights converted from a finer format (fp16, a dequantized GGUF) can sit halfway between two bf16 values, where
     # any update flips the forward's rounding: at lr 1e-6 the embedded SmolLM2 moved ~12x further along the gradient
-    # than the update (benchmarks/bf16_update.py, wpo.training.precision)
-    bf16_masters: Literal["grid", "as_loaded"] = "grid"
-    """Under bf16 compute, start the fp32 masters on the bf16 values the forward uses (grid) or as loaded."""
+    # than fp32 (benchmarks/bf16_update.py, wpo.training.precision); rounding them changes nothing the forward saw
+    bf16_ties: Literal["round", "keep"] = "round"
+    """Under bf16 compute, round master weights exactly halfway between two bf16 values as the forward does, or keep."""
     report_to: list[Literal["tensorboard", "trackio"]] = unhashed(
         ["tensorboard"]
     )  # trackio: pip install 'wpo[trackio]'

@@ -4,9 +4,9 @@ the forward as far as the update, not further (`benchmarks/bf16_update.py`).
 Under bf16 autocast the forward computes with each fp32 master weight of a linear layer rounded to bf16. Weights
 converted from a finer format (fp16, a dequantized GGUF such as the embedded SmolLM2: 8.1% of its weights) can sit
 exactly halfway between two bf16 values, where any update, however small, flips the rounding: AdamW's first step at
-lr 1e-6 then moves the forward ~12x further along the gradient than fp32 does. Starting those masters on the bf16
-grid (the values the bf16 forward already uses, so step 0 computes the same) leaves none of them on a tie; from there
-an update reaches the forward once it has added up to half an ulp, as when training a checkpoint saved in bf16.
+lr 1e-6 then moves the forward ~12x further along the gradient than fp32 does. Rounding those tie weights to the
+bf16 value the forward already uses (so step 0 computes the same) removes that; every other weight keeps its value,
+and an update reaches the forward once it crosses a rounding boundary, as often as its size says.
 """
 
 from __future__ import annotations
@@ -41,22 +41,23 @@ def bf16_grid_counts(tensors: Iterable[torch.Tensor]) -> tuple[int, int, int]:
 
 
 @torch.no_grad()
-def start_masters_on_bf16_grid(model: torch.nn.Module) -> tuple[int, int]:
-    """Round the trainable fp32 weights and biases of the linear layers that bf16 autocast always computes in bf16
-    to those bf16 values; returns (weights, weights that changed). Left as they are, since the forward uses them in
-    fp32: embeddings (looked up), norms (elementwise) and the output layer (wpo.training.chunked_loss upcasts it)."""
+def round_bf16_ties(model: torch.nn.Module) -> tuple[int, int]:
+    """Round the trainable fp32 weights and biases of the linear layers that bf16 autocast computes in bf16, those
+    exactly halfway between two bf16 values, to the bf16 value the forward computes with; returns (weights, ties
+    rounded). Left as they are: every other weight, and embeddings, norms and the output layer, which the forward uses
+    in fp32 (wpo.training.chunked_loss upcasts the output layer)."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    total = changed = 0
+    total = rounded = 0
     for module in model.modules():
         if not isinstance(module, torch.nn.Linear) or module is output:
             continue
         for param in module.parameters(recurse=False):
             if param.requires_grad and param.dtype == torch.float32:
-                rounded = param.to(torch.bfloat16).float()
+                ties = (param.view(torch.int32) & _LOW_HALF) == _TIE
                 total += param.numel()
-                changed += int((rounded != param).sum())
-                param.copy_(rounded)
-    return total, changed
+                rounded += int(ties.sum())
+                param.copy_(torch.where(ties, param.to(torch.bfloat16).float(), param))
+    return total, rounded
 
 
 def cpu_has_bf16_units() -> bool:

@@ -46,7 +46,7 @@ from wpo.training.launchers import Launcher, make_launcher
 from wpo.training.loss import REFERENCE_FREE_LOSSES, PreferenceLoss, preference_loss
 from wpo.training.metrics import MetricsLog
 from wpo.training.optimizers import build_optimizer, step_in_backward
-from wpo.training.precision import make_accelerator, start_masters_on_bf16_grid
+from wpo.training.precision import make_accelerator, round_bf16_ties
 from wpo.training.reference import ReferenceLogps
 from wpo.training.schedule import Schedule, build_schedule, micro_batches
 from wpo.training.stopping import EXIT_CODES, StopSignals
@@ -143,13 +143,13 @@ def _shared_run_config(recipe: Recipe, accelerator: Accelerator) -> dict[str, An
 
 
 def masters_and_optimizer(model, cfg: TrainConfig, accelerator: Accelerator, resuming: bool) -> torch.optim.Optimizer:
-    """The trainable weights' starting point under bf16 (`train.bf16_masters`) and the optimizer that steps them:
+    """The trainable weights' starting point under bf16 (`train.bf16_ties`) and the optimizer that steps them:
     after backward, or inside it (`train.optimizer_in_backward`, one plain process only)."""
-    if accelerator.mixed_precision == "bf16" and cfg.bf16_masters == "grid" and not resuming:
-        weights, moved = start_masters_on_bf16_grid(model)  # a resumed run's masters are on their own course already
+    if accelerator.mixed_precision == "bf16" and cfg.bf16_ties == "round" and not resuming:
+        weights, moved = round_bf16_ties(model)  # a resumed run's masters are on their own course already
         log.info(
-            "bf16: the fp32 masters start on the bf16 grid (%d of %d weights of linear layers rounded; the "
-            "forward computed with those values already)",
+            "bf16: %d of %d weights of linear layers sat exactly halfway between two bf16 values, where any update "
+            "flips the forward's rounding: rounded to the bf16 value the forward computed with already",
             moved,
             weights,
         )
