@@ -94,6 +94,7 @@ def sent(server: FakeJudge) -> list[tuple[str, dict]]:
     return sorted((json.dumps(body["messages"]), {k: body.get(k) for k in settings}) for body in server.bodies)
 
 
+@pytest.mark.slow  # launches a process (alpaca_eval's own evaluate)
 def test_wpo_judges_by_alpaca_evals_own_protocol(tmp_path):
     instructions, references, outputs = eval_set(tmp_path)
     model_file = tmp_path / "model_outputs.json"
