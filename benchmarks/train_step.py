@@ -13,8 +13,9 @@ activations not), and the process's peak over its whole life. Variants:
                   costs fewer FLOPs than two padded rows)
 - `padded`:       `chunked` with `train.share_prompts: never`: two padded rows per pair, the prompt computed twice
 - `shared`:       `chunked` with `train.share_prompts: always`
-- `chunked-bf16`: the same under `train.mixed_precision: bf16` (bf16 compute over fp32 master weights, started on
-                  the bf16 grid); run only on a CPU with bf16 instructions (or with `--bf16-anywhere`, slowly)
+- `chunked-bf16`: the same under `train.mixed_precision: bf16` (bf16 compute over fp32 master weights, the ones
+                  on a bf16 rounding tie rounded); run only on a CPU with bf16 instructions (or with
+                  `--bf16-anywhere`, slowly)
 - `chunked-bf16-keep`: `chunked-bf16` with `train.bf16_ties: keep` (tie weights as loaded: the embedded
                   model's weights on bf16 ties move the forward further than the update, benchmarks/bf16_update.py)
 - `in-backward`:  `chunked` with `train.optimizer_in_backward: true` (and no clipping): each gradient freed once used
