@@ -13,7 +13,7 @@ from torch.testing import assert_close
 from wpo.errors import ConfigError
 from wpo.training import precision, trainer
 from wpo.training.metrics import read_metrics
-from wpo.training.precision import bf16_grid_counts, round_bf16_ties
+from wpo.training.precision import bf16_grid_counts, on_bf16_tie, round_bf16_ties
 
 NO_CLIPPING = ("train.max_grad_norm=null", "train.max_steps=4", "train.save_steps=2", "train.save_total_limit=null")
 
@@ -87,7 +87,7 @@ def test_bf16_training_rounds_the_ties_and_keeps_every_other_weight(
     flipped = 0
     for name in linear:
         start, round_end, keep_end = original[name], final_weights(rounded_run)[name], final_weights(kept)[name]
-        ties = (start.view(torch.int32) & 0xFFFF) == 0x8000  # exactly halfway between two bf16 values
+        ties = on_bf16_tie(start)
         rounded = start.to(torch.bfloat16)
         settled = torch.where(ties, rounded.float(), start)
         assert (round_end - settled).abs().max() < 2.1e-7, name  # from the rounded ties, two steps of at most lr

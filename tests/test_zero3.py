@@ -174,8 +174,9 @@ def with_ties_rounded(name: str, weight: torch.Tensor) -> torch.Tensor:
     (random fp32 weights: about 1 in 65 536) rounded as the bf16 forward rounds them, every other one as loaded."""
     if not name.endswith("proj.weight"):
         return weight
-    ties = (weight.view(torch.int32) & 0xFFFF) == 0x8000
-    return torch.where(ties, weight.to(torch.bfloat16).float(), weight)
+    from wpo.training.precision import on_bf16_tie
+
+    return torch.where(on_bf16_tie(weight), weight.to(torch.bfloat16).float(), weight)
 
 
 def test_zero3_in_bf16_keeps_fp32_masters_and_resumes_to_the_same_weights(tmp_path, tiny_llama):

@@ -29,11 +29,21 @@ _LOW_HALF = 0xFFFF  # the fp32 mantissa bits bf16 drops
 _TIE = 0x8000  # exactly halfway between two bf16 values
 
 
+def dropped_bits(tensor: torch.Tensor) -> torch.Tensor:
+    """The low 16 bits of each fp32 value: what rounding to bf16 drops (0: already a bf16 value)."""
+    return tensor.detach().float().contiguous().view(torch.int32) & _LOW_HALF
+
+
+def on_bf16_tie(tensor: torch.Tensor) -> torch.Tensor:
+    """Which fp32 values sit exactly halfway between two bf16 values."""
+    return dropped_bits(tensor) == _TIE
+
+
 def bf16_grid_counts(tensors: Iterable[torch.Tensor]) -> tuple[int, int, int]:
     """(weights, on a bf16 tie, already a bf16 value) over fp32 tensors."""
     total = ties = on_grid = 0
     for tensor in tensors:
-        dropped = tensor.detach().float().contiguous().view(torch.int32) & _LOW_HALF
+        dropped = dropped_bits(tensor)
         total += dropped.numel()
         ties += int((dropped == _TIE).sum())
         on_grid += int((dropped == 0).sum())
@@ -53,7 +63,7 @@ def round_bf16_ties(model: torch.nn.Module) -> tuple[int, int]:
             continue
         for param in module.parameters(recurse=False):
             if param.requires_grad and param.dtype == torch.float32:
-                ties = (param.view(torch.int32) & _LOW_HALF) == _TIE
+                ties = on_bf16_tie(param)
                 total += param.numel()
                 rounded += int(ties.sum())
                 param.copy_(torch.where(ties, param.to(torch.bfloat16).float(), param))
