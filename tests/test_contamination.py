@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 
 from helpers import pair_record, write_lines
 
@@ -66,11 +67,13 @@ def test_the_report_and_the_summary_flag_contamination(tmp_path, capsys):
 
     from wpo.cli import _print_summary
     from wpo.pipeline import HEADLINE_KEYS
-    from wpo.reporting.collect import EvalData
-    from wpo.reporting.render import contamination_card
+    from wpo.reporting.collect import EvalData, RoundData, RunData
+    from wpo.reporting.render import render_run
 
-    def evaluation_with(metrics):
-        return EvalData(metrics, "m", None, "reference", [], None, [], 805, None, [])
+    def page_with(metrics):
+        evaluation = EvalData(metrics, "m", None, "reference", [], None, [], 805, None, [])
+        run = RunData(tmp_path, None, [RoundData(1, tmp_path, [], None, None, [], evaluation, None)])
+        return " ".join(render_run(run, datetime.now(UTC)).split())
 
     found = {
         "ngram": 13,
@@ -80,12 +83,14 @@ def test_the_report_and_the_summary_flag_contamination(tmp_path, capsys):
         "contaminated": 2,
         "instructions": [{"id": "e1", "shared": "a <b> c"}, {"id": "e7", "shared": "d e f"}],
     }
-    html = contamination_card(evaluation_with({"contamination": found}))
-    assert "Contamination: 2 eval instruction(s) seen in training" in html
-    assert "2 of 805 eval instructions share a 13-word sequence with pairs.jsonl" in html
-    assert "<q>a &lt;b&gt; c</q>" in html and "e7" in html
+    page = page_with({"contamination": found})
+    assert "<h3>Contamination: 2 eval instruction(s) seen in training</h3>" in page
+    assert "2 of 805 eval instructions share a 13-word sequence with pairs.jsonl" in page
+    assert "<li>e1: <q>a &lt;b&gt; c</q></li><li>e7: <q>d e f</q></li>" in page
     clean = {"contamination": {**found, "contaminated": 0, "instructions": []}}
-    assert "No eval instruction shares a 13-word sequence" in contamination_card(evaluation_with(clean))
+    page = page_with(clean)
+    assert "No eval instruction shares a 13-word sequence with the training data (pairs.jsonl)" in page
+    assert "seen in training" not in page
 
     assert "contaminated_instructions" in HEADLINE_KEYS  # summary.json carries the count
     _print_summary({"stages": {}, "total_wall_seconds": 1.0, "contaminated_instructions": 2}, Path("s/summary.json"))

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from helpers import assert_ok, assert_one_line_error, cli
+from markupsafe import escape
 
 import wpo
 from wpo.data.io import write_json, write_jsonl
@@ -416,7 +417,7 @@ def test_hostile_text_stays_text(full_run):
     assert hostile_pair["chosen"] == "Look: " + HOSTILE * 3 and HOSTILE in hostile_pair["prompt"][0]["content"]
     assert any(item["model"] == "Sure! " + HOSTILE for item in page.data("prompts-1")["items"])
     # and where the page itself shows it (the card, the export's sample answer, the source names), it is escaped
-    assert f"A card. {HOSTILE}" in page.visible and html.escape(HOSTILE) in markup
+    assert f"A card. {HOSTILE}" in page.visible and escape(HOSTILE) in markup
     assert f"<option>{html.escape(HOSTILE_SOURCE)}</option>" in markup
 
 

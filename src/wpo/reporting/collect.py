@@ -92,6 +92,19 @@ class PairStats:
     rejected_lengths: list[int] = field(default_factory=list)
     items: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def chosen_by_source(self) -> Counter[str]:
+        return Counter(chosen for chosen, _ in self.sources.elements())
+
+    @property
+    def rejected_by_source(self) -> Counter[str]:
+        return Counter(rejected for _, rejected in self.sources.elements())
+
+    @property
+    def chosen_longer(self) -> int:
+        """How many pairs have the longer answer chosen: a length bias in the reward shows here first."""
+        return sum(c > r for c, r in zip(self.chosen_lengths, self.rejected_lengths, strict=True))
+
 
 @dataclass
 class EvalData:
@@ -107,6 +120,10 @@ class EvalData:
     total_prompts: int
     highlight_measure: str | None
     repeated_outputs: list[tuple[str, int]]  # the model's answers given more than once, most frequent first
+
+    @property
+    def distinct_answers(self) -> int:
+        return self.total_prompts - sum(n - 1 for _, n in self.repeated_outputs)
 
 
 @dataclass
