@@ -151,6 +151,38 @@ def test_eval_stage_writes_alpaca_eval_files(tmp_path, tiny_llama, monkeypatch):
     assert json.loads((eval_dir / "manifest.json").read_text())["completed"]
 
 
+def test_the_evaluation_page_shows_every_figure_and_row_escaped(tmp_path):
+    """eval/report.html: the headline as the run's page writes figures, the leaderboard row by row (a missing figure a
+    dash), every instruction's preference; markup in a model's name or an instruction stays text; no script at all."""
+    from wpo.evaluation.report import update_leaderboard, write_report
+
+    hostile = "<script>alert(1)</script>"
+    metrics = {"win_rate": 62.5, "standard_error": 12.34567, "n_total": 4, "length_controlled_winrate": 55.0}
+    metrics["avg_length"] = 8.0  # the older row has none: it is left out of the plot, a dash in the table
+    update_leaderboard(tmp_path / "board.csv", "older", {"win_rate": 40.0, "length_controlled_winrate": 41.0})
+    board = update_leaderboard(tmp_path / "board.csv", f"tiny{hostile}", metrics)
+    annotations = [
+        {"instruction": f"Say {hostile}", "preference": 2.0, "output_1": "ref", "output_2": "a model answer"},
+        {"instruction": "x" * 300, "preference": 1.25, "output_1": "reference!", "output_2": "no"},
+    ]
+    write_report(tmp_path, board, metrics, annotations, f"tiny{hostile}")
+    page = (tmp_path / "report.html").read_text()
+
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert "<script" not in page and "script-src" not in page and "default-src &#39;none&#39;" in page
+    assert f"<h1>tiny{escaped} vs the reference</h1>" in page
+    for key, shown in (("length_controlled_winrate", "55"), ("win_rate", "62.5"), ("standard_error", "12.35")):
+        assert f"<tr><td>{key}</td><td>{shown}</td></tr>" in page
+    assert "<tr><td>win rate 95% CI (± 1.96 SE)</td><td>[38.3, 86.7]</td></tr>" in page  # 62.5 ± 1.96 · 12.35
+    rows = page[page.index("<h2>Leaderboard</h2>") : page.index("<h2>Per instruction</h2>")]
+    assert rows.index(f"<b>tiny{escaped}</b>") < rows.index("<td>older</td>")  # by LC win rate, this model in bold
+    assert "<td>older</td><td>40</td><td>—</td>" in rows  # win rate, then its missing standard error
+    instructions = page[page.index("<h2>Per instruction</h2>") :]
+    assert f"<td>Say {escaped}</td><td>2.000</td>" in instructions
+    assert f"<td>{'x' * 199}…</td><td>1.250</td>" in instructions
+    assert "<td>14</td><td>3</td>" in instructions and "<td>2</td><td>10</td>" in instructions
+
+
 def test_eval_reads_an_alpaca_eval_reference_outputs_file(tmp_path, tiny_llama, monkeypatch):
     """alpaca_eval's format (instruction, output = the reference, generator) works as the eval set as it is."""
     (tmp_path / "always.py").write_text("def judge(messages, reference, output):\n    return 0.25\n")

@@ -98,7 +98,7 @@ def test_a_sweep_shares_sampling_and_pairs_its_comparisons(tmp_path, tiny_llama)
     for weighting in ("wpo", "none"):
         for seed in (1, 2):
             run_page = f"runs/{variant_name({'train.weighting': weighting})}-seed{seed}/report.html"
-            assert f"href='{run_page}'" in page and (sweep_dir / run_page).is_file()
+            assert f'href="{run_page}"' in page and (sweep_dir / run_page).is_file()
 
     manifests = sorted(sweep_dir.rglob("manifest.json"))
     written = {path: path.stat().st_mtime_ns for path in manifests}

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import io
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from wpo.data.io import atomic_writer
+from wpo.reporting.render import render_page
 
+LC_WIN_RATE = "length_controlled_winrate"
 LEADERBOARD_COLUMNS = [
     "win_rate",
     "standard_error",
@@ -39,7 +41,7 @@ def update_leaderboard(path: Path, generator: str, metrics: dict[str, Any]) -> p
     board = pd.read_csv(path, index_col=0) if path.is_file() else pd.DataFrame(columns=LEADERBOARD_COLUMNS)
     board = board.drop(index=generator, errors="ignore")
     board.loc[generator] = row
-    board = board.sort_values("length_controlled_winrate", ascending=False)
+    board = board.sort_values(LC_WIN_RATE, ascending=False)
     with atomic_writer(path) as handle:
         board.to_csv(handle, float_format="%.6f")
     return board
@@ -52,14 +54,15 @@ def _figure_png(board: pd.DataFrame, preferences: list[float], generator: str) -
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.scatter(board["avg_length"], board["win_rate"], color="tab:blue", label="win rate")
-    left.scatter(
-        board["avg_length"], board["length_controlled_winrate"], color="tab:orange", marker="x", label="LC win rate"
+    # a row without a figure (a leaderboard written by another tool) is left out of the plot, not a crash
+    length, win, controlled = (
+        pd.to_numeric(board[c], errors="coerce") for c in ("avg_length", "win_rate", LC_WIN_RATE)
     )
-    for name, item in board.iterrows():
-        left.annotate(
-            str(name), (item["avg_length"], item["win_rate"]), fontsize=8, xytext=(4, 4), textcoords="offset points"
-        )
+    left.scatter(length, win, color="tab:blue", label="win rate")
+    left.scatter(length, controlled, color="tab:orange", marker="x", label="LC win rate")
+    for name, x, y in zip(board.index, length, win, strict=True):
+        if pd.notna(x) and pd.notna(y):
+            left.annotate(str(name), (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     left.set_xlabel("average output length (characters)")
     left.set_ylabel("% preferred over the reference")
     left.set_title("Leaderboard: win rate vs length")
@@ -78,39 +81,21 @@ def _figure_png(board: pd.DataFrame, preferences: list[float], generator: str) -
 def write_report(
     directory: Path, board: pd.DataFrame, metrics: dict[str, Any], annotations: list[dict[str, Any]], generator: str
 ) -> None:
+    """`report.png` (the leaderboard's win rate against length, and the preferences) and `report.html` around it."""
     png = _figure_png(board, [a["preference"] for a in annotations], generator)
     with atomic_writer(directory / "report.png", "wb") as handle:
         handle.write(png)
-    headline = "".join(
-        f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(metrics[key]))}</td></tr>"
-        for key in (
-            "length_controlled_winrate",
-            "win_rate",
-            "standard_error",
-            "discrete_win_rate",
-            "n_wins",
-            "n_draws",
-            "n_total",
-            "avg_length",
-            "lc_formula",
-            "judge",
-        )
-        if key in metrics
-    )
-    rows = "".join(
-        f"<tr><td>{html.escape(a['instruction'][:200])}</td><td>{a['preference']:.3f}</td>"
-        f"<td>{len(a['output_2'])}</td><td>{len(a['output_1'])}</td></tr>"
-        for a in annotations
-    )
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>wpo eval: {html.escape(generator)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-        "padding:3px 8px;text-align:left}</style></head><body>"
-        f"<h1>{html.escape(generator)} vs the reference</h1><table>{headline}</table>"
-        f"<p><img alt='win rate vs length; preference histogram' src='data:image/png;base64,"
-        f"{base64.b64encode(png).decode()}'></p><h2>Leaderboard</h2>{board.to_html(float_format='%.2f')}"
-        "<h2>Per instruction</h2><table><tr><th>instruction</th><th>preference</th><th>model length</th>"
-        f"<th>reference length</th></tr>{rows}</table></body></html>"
+    page = render_page(
+        "eval.html.j2",
+        f"wpo eval: {generator}",
+        datetime.now(UTC),
+        with_script=False,
+        generator=generator,
+        metrics=metrics,
+        png=png,
+        columns=LEADERBOARD_COLUMNS,
+        leaderboard=list(json.loads(board.to_json(orient="index")).items()),  # plain values, NaN as None
+        annotations=annotations,
     )
     with atomic_writer(directory / "report.html") as handle:
         handle.write(page)

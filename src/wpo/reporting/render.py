@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -108,8 +109,8 @@ def sections(run: RunData) -> list[Section]:
 
 
 def number(value: Any, signed: bool = False) -> str:
-    """4 significant digits, thousands grouped; missing is a dash."""
-    if value is None:
+    """4 significant digits, thousands grouped; missing (None, or pandas' NaN) is a dash."""
+    if value is None or isinstance(value, float) and math.isnan(value):
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -247,7 +248,7 @@ def environment() -> Environment:
         stage_states=STAGE_STATES,
         training_headline=TRAINING_HEADLINE,
         training_card_lines=TRAINING_CARD,
-        eval_headline=EVAL_HEADLINE,
+        eval_headline_keys=EVAL_HEADLINE,
         pairs_per_page=PAIRS_PER_PAGE,
         prompts_per_page=PROMPTS_PER_PAGE,
     )
@@ -258,15 +259,16 @@ def _asset(name: str) -> str:
     return resources.files("wpo.reporting").joinpath(name).read_text(encoding="utf-8")
 
 
-def _render(template: str, title: str, generated_at: datetime, **values: Any) -> str:
-    """A page in the shell: the package's own style and script inline, the script allowed by its hash alone."""
+def render_page(template: str, title: str, generated_at: datetime, with_script: bool = True, **values: Any) -> str:
+    """A page in the shell: the package's own style (and script, allowed by its hash alone) inline."""
     from wpo import __version__
 
-    script = _asset("report.js")
+    script = _asset("report.js") if with_script else ""
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
     policy = (
-        f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
-        "base-uri 'none'; form-action 'none'"
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+        + (f"script-src 'sha256-{digest}'; " if script else "")
+        + "base-uri 'none'; form-action 'none'"
     )
     return (
         environment()
@@ -285,9 +287,11 @@ def _render(template: str, title: str, generated_at: datetime, **values: Any) ->
 
 def render_run(run: RunData, generated_at: datetime) -> str:
     name = run.directory.resolve().name
-    return _render("run.html.j2", f"wpo report: {name}", generated_at, run=run, name=name, sections=sections(run))
+    return render_page("run.html.j2", f"wpo report: {name}", generated_at, run=run, name=name, sections=sections(run))
 
 
 def render_sweep(sweep: SweepData, report_name: str, generated_at: datetime) -> str:
     name = sweep.directory.resolve().parent.name + "/" + sweep.directory.name
-    return _render("sweep.html.j2", f"wpo sweep: {name}", generated_at, sweep=sweep, name=name, report_name=report_name)
+    return render_page(
+        "sweep.html.j2", f"wpo sweep: {name}", generated_at, sweep=sweep, name=name, report_name=report_name
+    )
