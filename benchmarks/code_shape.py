@@ -17,7 +17,12 @@ from graphlib import CycleError, TopologicalSorter
 
 PACKAGE = "src/wpo/"
 RUNNER = "wpo.pipeline"
-MARKUP_IN_STRING = re.compile(r"<(?:/?[a-z][a-z0-9]*)[ >]")
+HTML_TAGS = (
+    "html head body meta link style script title header footer nav section article figure figcaption div span p a b "
+    "q br pre code ul ol li table thead tbody tr th td details summary select option label input button img noscript "
+    "h1 h2 h3 h4 h5 h6"
+).split()
+MARKUP_IN_STRING = re.compile(rf"</?(?:{'|'.join(HTML_TAGS)})[ >]")  # a tag, not a placeholder like <name>
 
 
 @dataclass

@@ -95,6 +95,33 @@ def test_step_one_loss_equals_the_wpo_formula(tmp_path, pairs_file, kind, reques
         assert abs(wpo_losses(None) - first["loss"]) > 1e-3
 
 
+def test_a_steps_logged_figures_are_means_over_its_pairs():
+    """Hand-worked: margins 1, -1, 0 have mean 0, and only the first counts as a correct preference (a tie does
+    not)."""
+    stats = {
+        "loss": torch.tensor([0.5, 1.5, 1.0], dtype=torch.float64),
+        "weight": torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64),
+        "rewards_chosen": torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64),
+        "rewards_rejected": torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64),
+        "logps_chosen": torch.tensor([-3.0, -6.0, -9.0], dtype=torch.float64),
+        "logps_rejected": torch.tensor([-4.0, -5.0, -6.0], dtype=torch.float64),
+    }
+    assert trainer.step_means(stats) == pytest.approx(
+        {
+            "loss": 1.0,
+            "weight_mean": 0.5,
+            "weight_min": 0.2,
+            "weight_max": 0.8,
+            "rewards_chosen": 1.0,
+            "rewards_rejected": 1.0,
+            "reward_margin": 0.0,
+            "reward_accuracy": 1 / 3,
+            "logps_chosen": -6.0,
+            "logps_rejected": -5.0,
+        }
+    )
+
+
 def test_resume_reproduces_the_uninterrupted_curve(tmp_path, tiny_llama, pairs_file, monkeypatch):
     """6 pairs, 2 per step: 3 steps per epoch, 5 steps cross an epoch boundary. Kill after step 3, resume from 2."""
     common = ("train.max_steps=5", "train.save_steps=2")

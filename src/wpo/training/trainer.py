@@ -213,24 +213,8 @@ def setup(recipe: Recipe) -> TrainState:
     set_seed(recipe.seed)
     plan = plan_training(recipe, accelerator)
 
-    policy = BadRecordPolicy(recipe.on_bad_record)
-    loaded = load_pairs(plan.pairs, policy)
     tokenizer = load_tokenizer(plan.model_path, recipe.model.trust_remote_code)
-    tokens = tokenize_pairs(
-        loaded.pairs, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, policy=policy
-    )
-    if not tokens.pairs:
-        raise DataError(f"{plan.pairs}: no usable pairs (read {loaded.records_read}, skipped {dict(policy.skipped)})")
-    log.info(
-        "pairs: read %d from %s, training on %d; skipped %s; truncated %d prompts, %d responses",
-        loaded.records_read,
-        plan.pairs,
-        len(tokens.pairs),
-        dict(policy.skipped) or "none",
-        tokens.truncated_prompts,
-        tokens.truncated_responses,
-    )
-
+    loaded, tokens, skipped = _training_pairs(plan.pairs, tokenizer, cfg, BadRecordPolicy(recipe.on_bad_record))
     schedule = build_schedule(len(tokens.pairs), recipe, accelerator.num_processes)
     log.info(
         "schedule: %d steps of %d pairs (%d per device x %d accumulation x %d processes), %d steps per epoch",
@@ -280,8 +264,30 @@ def setup(recipe: Recipe) -> TrainState:
         tokenizer=tokenizer,
         start_step=start_step,
         loaded=loaded,
-        skipped=dict(policy.skipped),
+        skipped=skipped,
     )
+
+
+def _training_pairs(
+    source: str, tokenizer, cfg: TrainConfig, policy: BadRecordPolicy
+) -> tuple[LoadedPairs, TokenizedPairs, dict[str, int]]:
+    """The pairs read and tokenized, with what was skipped by reason; none usable is an error naming the file."""
+    loaded = load_pairs(source, policy)
+    tokens = tokenize_pairs(
+        loaded.pairs, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, policy=policy
+    )
+    if not tokens.pairs:
+        raise DataError(f"{source}: no usable pairs (read {loaded.records_read}, skipped {dict(policy.skipped)})")
+    log.info(
+        "pairs: read %d from %s, training on %d; skipped %s; truncated %d prompts, %d responses",
+        loaded.records_read,
+        source,
+        len(tokens.pairs),
+        dict(policy.skipped) or "none",
+        tokens.truncated_prompts,
+        tokens.truncated_responses,
+    )
+    return loaded, tokens, dict(policy.skipped)
 
 
 def _resume_point(
@@ -321,52 +327,76 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
     collected: dict[str, list[torch.Tensor]] = {}
     token_count = 0
     for position, indices in enumerate(batches):
-        pairs = [state.tokens.pairs[i] for i in indices]
-        batch = collate_pairs(pairs, state.pad_token_id, share_prompts=state.sharing.applies_to(pairs))
-        batch = batch.to(accelerator.device)
-        token_count += batch.token_count
-        where = f" at step {step + 1}, pairs {[state.tokens.pairs[i].id for i in indices]}"
         with launcher.accumulating(state.model, last=position == len(batches) - 1):
-            try:
-                with accelerator.autocast():  # bf16 compute under train.mixed_precision; a no-op otherwise
-                    chosen, rejected = pair_statistics(state.model, batch, loss_chunk_size=cfg.loss_chunk_size)
-            except NonFiniteError as exc:
-                raise NonFiniteError(f"{exc}{where}") from None
-            index = torch.tensor(indices)
-            references = state.references
-            result = state.loss_fn(
-                chosen,
-                rejected,
-                references.chosen[index].to(accelerator.device) if references else None,
-                references.rejected[index].to(accelerator.device) if references else None,
-            )
-            loss = result.pair_losses.sum() / local_pairs
-            require_finite("loss", loss.detach(), where)
-            launcher.backward(state.model, loss)
-        for name, value in (
-            ("loss", result.pair_losses),
-            ("weight", result.weights),
-            ("rewards_chosen", result.chosen_rewards),
-            ("rewards_rejected", result.rejected_rewards),
-            ("logps_chosen", chosen.logps),
-            ("logps_rejected", rejected.logps),
-        ):
-            collected.setdefault(name, []).append(value.detach().float())
+            statistics, tokens = _forward_backward(state, indices, local_pairs, step)
+        token_count += tokens
+        for name, value in statistics.items():
+            collected.setdefault(name, []).append(value)
 
     learning_rate = state.scheduler.get_last_lr()[0]
     grad_norm = launcher.step(state.model, state.optimizer, cfg.max_grad_norm)
     if grad_norm is not None:
-        step_pairs = [state.tokens.pairs[i].id for indices in batches for i in indices]
-        require_finite("gradient norm", torch.tensor(grad_norm), f" at step {step + 1}, pairs {step_pairs}")
+        pair_ids = [state.tokens.pairs[i].id for indices in batches for i in indices]
+        require_finite("gradient norm", torch.tensor(grad_norm), f" at step {step + 1}, pairs {pair_ids}")
     state.scheduler.step()
 
     stats = {name: accelerator.gather(torch.cat(values)).cpu().double() for name, values in collected.items()}
     tokens_seen = accelerator.gather(torch.tensor([token_count], device=accelerator.device)).sum().item()
-    margins = stats["rewards_chosen"] - stats["rewards_rejected"]
     seconds = time.perf_counter() - started
     return {
         "step": step + 1,
         "epoch": (step + 1) / state.schedule.steps_per_epoch,
+        **step_means(stats),
+        "learning_rate": learning_rate,
+        "grad_norm": grad_norm,
+        "pairs": int(stats["loss"].numel()),
+        "tokens_per_second": tokens_seen / seconds,
+        "step_seconds": seconds,
+    }
+
+
+def _forward_backward(
+    state: TrainState, indices: list[int], local_pairs: int, step: int
+) -> tuple[dict[str, torch.Tensor], int]:
+    """One micro-batch: forward, loss (its share of the step's mean over `local_pairs`), backward. Returns each pair's
+    statistics, detached, and the tokens computed."""
+    accelerator = state.accelerator
+    pairs = [state.tokens.pairs[i] for i in indices]
+    batch = collate_pairs(pairs, state.pad_token_id, share_prompts=state.sharing.applies_to(pairs))
+    batch = batch.to(accelerator.device)
+    where = f" at step {step + 1}, pairs {[pair.id for pair in pairs]}"
+    try:
+        with accelerator.autocast():  # bf16 compute under train.mixed_precision; a no-op otherwise
+            chosen, rejected = pair_statistics(state.model, batch, loss_chunk_size=state.cfg.loss_chunk_size)
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"{exc}{where}") from None
+    index = torch.tensor(indices)
+    references = state.references
+    result = state.loss_fn(
+        chosen,
+        rejected,
+        references.chosen[index].to(accelerator.device) if references else None,
+        references.rejected[index].to(accelerator.device) if references else None,
+    )
+    loss = result.pair_losses.sum() / local_pairs
+    require_finite("loss", loss.detach(), where)
+    state.launcher.backward(state.model, loss)
+    statistics = {
+        "loss": result.pair_losses,
+        "weight": result.weights,
+        "rewards_chosen": result.chosen_rewards,
+        "rewards_rejected": result.rejected_rewards,
+        "logps_chosen": chosen.logps,
+        "logps_rejected": rejected.logps,
+    }
+    return {name: value.detach().float() for name, value in statistics.items()}, batch.token_count
+
+
+def step_means(stats: dict[str, torch.Tensor]) -> dict[str, float]:
+    """A step's logged figures from every pair's statistics (all processes'): means, the weights' range, and the
+    implicit reward's margin and accuracy (the share of pairs whose chosen answer earns the larger reward)."""
+    margins = stats["rewards_chosen"] - stats["rewards_rejected"]
+    return {
         "loss": stats["loss"].mean().item(),
         "weight_mean": stats["weight"].mean().item(),
         "weight_min": stats["weight"].min().item(),
@@ -377,11 +407,6 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
         "reward_accuracy": (margins > 0).double().mean().item(),
         "logps_chosen": stats["logps_chosen"].mean().item(),
         "logps_rejected": stats["logps_rejected"].mean().item(),
-        "learning_rate": learning_rate,
-        "grad_norm": grad_norm,
-        "pairs": int(stats["loss"].numel()),
-        "tokens_per_second": tokens_seen / seconds,
-        "step_seconds": seconds,
     }
 
 
