@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -32,6 +33,97 @@ def test_quantization_types_are_checked():
         check_quantizations(["IQ2_XS"])
     with pytest.raises(ConfigError, match=r"unknown type 'Q9_K'; supported: F16, BF16, Q8_0, Q2_K"):
         check_quantizations(["Q9_K"])
+
+
+TRAINED = {
+    "base_model": "/somewhere/local/SmolBase",
+    "pairs": "wzhouad/gemma-2-ultrafeedback-hybrid:train",
+    "seed": 3,
+    "num_processes": 2,
+    "total_steps": 24,
+    "lora": None,
+    "train": {
+        "learning_rate": 5e-7,
+        "beta": 0.01,
+        "loss": "sigmoid",
+        "weighting": "wpo",
+        "clamp": None,
+        "per_device_batch_size": 2,
+        "gradient_accumulation_steps": 4,
+        "optimizer": "adamw_8bit",
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.1,
+        "num_epochs": 2,
+        "max_steps": None,
+        "max_length": 1024,
+        "max_prompt_length": 512,
+    },
+}
+
+
+def test_the_card_says_how_the_model_was_trained_and_judged(tmp_path):
+    """The card field by field from the run's records: the hub's metadata (read back by huggingface_hub), the
+    hyperparameters as trained (the 8-bit optimizer under the HF Trainer's name), the evaluation, each quantization;
+    weights without a training record are not called WPO-trained."""
+    from huggingface_hub import ModelCard
+
+    from wpo.exporting.card import write_card
+
+    model_dir = tmp_path / "run" / "train" / "final"
+    model_dir.mkdir(parents=True)
+    (model_dir / "wpo_training.json").write_text(json.dumps(TRAINED))
+    eval_metrics = {"length_controlled_winrate": 55.126, "win_rate": 60.0, "avg_length": 812.4, "judge": "python"}
+    (tmp_path / "run" / "eval").mkdir()
+    (tmp_path / "run" / "eval" / "metrics.json").write_text(json.dumps({**eval_metrics, "reference_generator": "ref"}))
+    quantized = {"type": "Q4_K_M", "file": "t.Q4_K_M.gguf", "size_bytes": 105_040_000, "perplexity": 12.3456}
+    report = [{**quantized, "hf_perplexity": 12.0, "kl_mean": 0.012345}]
+    path = tmp_path / "README.md"
+    text = write_card(
+        path, name="tiny", run_dir=tmp_path / "run", model_dir=model_dir, report=report, license_name="mit"
+    )
+
+    assert path.read_text() == text and text.endswith("```\n")
+    card = ModelCard(text)
+    assert card.data.to_dict() == {
+        "base_model": "SmolBase",  # a local path reduced to its name
+        "datasets": ["wzhouad/gemma-2-ultrafeedback-hybrid"],
+        "library_name": "transformers",
+        "license": "mit",
+        "tags": ["wpo", "alignment", "gguf", "llama.cpp"],
+    }
+    hyperparameters = [line for line in card.text.splitlines() if line.startswith("- ")]
+    assert hyperparameters == [
+        "- learning_rate: 5e-07",
+        "- beta: 0.01",
+        "- loss: sigmoid",
+        "- weighting: wpo",
+        "- per_device_train_batch_size: 2",
+        "- gradient_accumulation_steps: 4",
+        "- seed: 3",
+        "- num_devices: 2",
+        "- optim: adamw_bnb_8bit",
+        "- lr_scheduler_type: cosine",
+        "- lr_scheduler_warmup_ratio: 0.1",
+        "- num_train_epochs: 2.0",
+        "- total_steps: 24",
+        "- max_length: 1024",
+        "- max_prompt_length: 512",
+    ]
+    assert "SmolBase fine-tuned with Weighted Preference Optimization (WPO)" in text
+    assert "| tiny | 55.13 | 60.00 | 812 |" in text
+    assert "| Q4_K_M | t.Q4_K_M.gguf | 105.0 | 12.346 | 12.000 | 0.01235 |" in text
+    assert "Judged by wpo's `python` judge against ref's outputs: not AlpacaEval 2's annotator" in text
+    assert "\n\n\n" not in text and str(tmp_path) not in text
+
+    (model_dir / "wpo_training.json").unlink()
+    shutil.rmtree(tmp_path / "run" / "eval")
+    bare = write_card(
+        path, name="tiny", run_dir=tmp_path / "run", model_dir=model_dir, report=report, license_name=None
+    )
+    assert "fine-tuned" not in bare and "final as it was given to `wpo export`" in bare
+    assert "### Evaluation" not in bare and "### Training Hyperparameters" not in bare
+    assert "See the base model's license." in bare and "license" not in ModelCard(bare).data.to_dict()
+    assert "\n\n\n" not in bare
 
 
 def test_unsupported_architecture_lists_the_supported_ones(tmp_path):

@@ -8,10 +8,9 @@ Local paths are reduced to file names; no secrets are read.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from wpo.data.io import atomic_writer, looks_like_local_path
 from wpo.layout import output_in
@@ -24,6 +23,9 @@ WPO_CITATION = """@article{zhou2024wpo,
   journal={arXiv preprint arXiv:2406.11827},
   year={2024}
 }"""
+
+
+HF_OPTIMIZER_NAMES = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit"}  # train.optimizer → the HF Trainer's
 
 
 def public_name(reference: str | None) -> str | None:
@@ -68,7 +70,8 @@ def data_section(run_dir: Path) -> str:
     )
 
 
-def hyperparameters(trained: dict[str, Any]) -> list[str]:
+def hyperparameters(trained: dict[str, Any]) -> dict[str, Any]:
+    """As trained, under the names the HF Trainer's cards use."""
     train = trained["train"]
     items = {
         "learning_rate": train["learning_rate"],
@@ -80,7 +83,7 @@ def hyperparameters(trained: dict[str, Any]) -> list[str]:
         "gradient_accumulation_steps": train["gradient_accumulation_steps"],
         "seed": trained["seed"],
         "num_devices": trained["num_processes"],
-        "optim": "adamw_torch",
+        "optim": HF_OPTIMIZER_NAMES[train.get("optimizer", "adamw")],
         "lr_scheduler_type": train["lr_scheduler"],
         "lr_scheduler_warmup_ratio": train["warmup_ratio"],
         "num_train_epochs": float(train["num_epochs"]),
@@ -90,90 +93,42 @@ def hyperparameters(trained: dict[str, Any]) -> list[str]:
         "max_prompt_length": train["max_prompt_length"],
         "lora": trained["lora"],
     }
-    return [f"- {key}: {value}" for key, value in items.items() if value is not None]
+    return {key: value for key, value in items.items() if value is not None}
 
 
 def write_card(
     path: Path, *, name: str, run_dir: Path, model_dir: Path, report: list[dict[str, Any]], license_name: str | None
 ) -> str:
+    """The card from `card.md.j2` through huggingface_hub's ModelCard, which writes and checks the YAML metadata the
+    hub reads."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     trained = _read_json(model_dir / "wpo_training.json")
     base = public_name(trained["base_model"]) if trained else public_name(str(model_dir))
     # a hub dataset is named; a local pairs file is described under "Data" instead (no local paths in the card)
     datasets = [trained["pairs"].split(":")[0]] if trained and is_hub_dataset(trained["pairs"]) else []
-    front = {
-        "base_model": base,
-        "library_name": "transformers",
-        "datasets": datasets,
-        "tags": ["wpo", "alignment", "gguf", "llama.cpp"],
-    }
-    if license_name:
-        front["license"] = license_name
-    lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).strip(),
-        "---",
-        f"# {name}-GGUF",
-        "",
-        f"This is a quantized version of {name} created using llama.cpp, by the `wpo` toolkit.",
-        "",
-        "## Model Description",
-        "",
-        f"{base} fine-tuned with Weighted Preference Optimization (WPO): DPO on preference pairs, each pair "
-        "weighted by how likely the current policy is to produce it, so that off-policy data acts more like "
-        "on-policy data. See the [paper](https://arxiv.org/abs/2406.11827).",
-        "",
-        "### Data",
-        "",
-        data_section(run_dir),
-    ]
+    metadata = ModelCardData(
+        base_model=base,
+        library_name="transformers",
+        datasets=datasets,
+        tags=["wpo", "alignment", "gguf", "llama.cpp"],
+        license=license_name,
+    )
     metrics = _read_json(output_in(run_dir, "eval"))
-    if metrics:
-        lines += [
-            "### Evaluation (AlpacaEval-style, vs the reference outputs)",
-            "",
-            "| Model | LC | WR | Avg. Length |",
-            "|---|:---:|:---:|:---:|",
-            f"| {name} | {metrics['length_controlled_winrate']:.2f} | {metrics['win_rate']:.2f} | "
-            f"{metrics['avg_length']:.0f} |",
-            "",
-            judged_by(metrics),
-            "",
-        ]
-    lines += [
-        "### Quantizations",
-        "",
-        "| Type | File | Size (MB) | Perplexity | HF perplexity | Mean KL (HF ‖ GGUF) |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for entry in report:
-        lines.append(
-            f"| {entry['type']} | {entry['file']} | {entry['size_bytes'] / 1e6:.1f} | "
-            f"{entry['perplexity']:.3f} | {entry['hf_perplexity']:.3f} | {entry['kl_mean']:.5f} |"
-        )
-    lines += [""]
-    if trained:
-        lines += [
-            "### Training Hyperparameters",
-            "",
-            "The following hyperparameters were used during training:",
-            "",
-            *hyperparameters(trained),
-            "",
-        ]
-    lines += [
-        "## License",
-        "",
-        license_name or "See the base model's license.",
-        "",
-        "## Citation",
-        "",
-        "WPO:",
-        "```",
-        WPO_CITATION,
-        "```",
-        "",
-    ]
-    text = "\n".join(lines)
+    card = ModelCard.from_template(
+        metadata,
+        template_str=resources.files("wpo.exporting").joinpath("card.md.j2").read_text(encoding="utf-8"),
+        name=name,
+        base=base,
+        data=data_section(run_dir),
+        metrics=metrics,
+        judged_by=judged_by(metrics) if metrics else None,
+        report=report,
+        hyperparameters=hyperparameters(trained) if trained else None,
+        license=license_name,
+        citation=WPO_CITATION,
+    )
+    text = card.content.rstrip("\n") + "\n"  # jinja drops the template's last newline
     with atomic_writer(path) as handle:
         handle.write(text)
     return text
