@@ -132,6 +132,40 @@ def test_identical_candidates_drop_the_prompt(tmp_path, tiny_llama):
     assert (tmp_path / "run" / "sample" / "candidates.jsonl").read_text() == ""
 
 
+def test_candidates_merge_samples_fields_and_models_in_order():
+    """Hand-made: an empty sample is left out and counted, a prompt whose candidates are one text is dropped, finish
+    reasons are counted by source, the records keep the input's order and the prompt's own fields."""
+    from wpo.data.schemas import PromptRecord
+    from wpo.sampling.stage import merge_candidates
+
+    def prompt(id_, reference):
+        return PromptRecord(id_, [{"role": "user", "content": id_}], {"reference": reference})
+
+    prompts = [prompt("b", "B ref"), prompt("a", "same"), prompt("c", "C ref")]
+    samples = {
+        "b": [{"text": "b1", "seed": 1, "finish_reason": "stop"}, {"text": "  ", "seed": 2, "finish_reason": "stop"}],
+        "a": [{"text": "same", "seed": 3, "finish_reason": "length"}],
+        "c": [{"text": "c1", "seed": 4}],
+    }
+    generated = {"gpt": {"b": {"text": "b gpt", "finish_reason": "length"}, "c": "c gpt (old cache: text only)"}}
+    merged = merge_candidates(prompts, samples, ["reference"], generated)
+
+    assert [record["id"] for record in merged.records] == ["b", "c"]
+    assert merged.dropped == {"all_candidates_identical": 1} and merged.empty_samples == 1
+    first = merged.records[0]
+    assert first["reference"] == "B ref" and first["messages"] == [{"role": "user", "content": "b"}]
+    assert [(c["text"], c["source"], c["seed"], c["finish_reason"]) for c in first["candidates"]] == [
+        ("b1", "policy", 1, "stop"),
+        ("B ref", "offpolicy:reference", None, None),
+        ("b gpt", "offpolicy:gpt", None, "length"),
+    ]
+    assert merged.finish_reasons == {
+        "policy": {"stop": 1, "length": 1, "None": 1},
+        "offpolicy:reference": {"None": 3},
+        "offpolicy:gpt": {"length": 1, "None": 1},
+    }
+
+
 def test_bad_prompts_and_settings(tmp_path, tiny_llama):
     prompts = write_lines(
         tmp_path / "p.jsonl",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -86,10 +87,10 @@ def load_prompts(recipe: Recipe, policy: BadRecordPolicy, context: ContextCheck 
 
     def parse(raw: dict[str, Any], where: str) -> PromptRecord:
         prompt = parse_prompt(raw, where)
-        for field in offpolicy_fields:
-            value = prompt.extra.get(field)
+        for name in offpolicy_fields:
+            value = prompt.extra.get(name)
             if not isinstance(value, str) or not value.strip():
-                raise RecordInvalid("missing_offpolicy", f"off-policy field {field!r} is missing or empty")
+                raise RecordInvalid("missing_offpolicy", f"off-policy field {name!r} is missing or empty")
         try:
             problem = context.problem(prompt.messages) if context else None
         except ChatTemplateError as exc:  # e.g. a system message the template does not support
@@ -192,37 +193,18 @@ def _write_candidates(
 
         cache = AnswerCache(recipe.stage_dir("sample") / CACHE_FILE)
         usage["sample.endpoint"] = cache.cost_of(cache.values)
-    dropped: Counter[str] = Counter()
-    empty_samples = 0
-    finish_reasons: defaultdict[str, Counter[str]] = defaultdict(Counter)  # by source: stop, length, None (a field)
-    output = []
-    for prompt in prompts:
-        samples = done[prompt.id]["samples"] if cfg.n > 0 else []
-        kept = [s for s in samples if s["text"].strip()]  # an empty answer (end of turn first) is no candidate
-        empty_samples += len(samples) - len(kept)
-        candidates = [_candidate(s["text"], "policy", s["seed"], s.get("finish_reason")) for s in kept]
-        candidates += [_candidate(prompt.extra[field], f"offpolicy:{field}") for field in cfg.offpolicy_fields]
-        for name, answers in generated.items():
-            if prompt.id in answers:
-                text, reason = cached_answer(answers[prompt.id])
-                candidates.append(_candidate(text, f"offpolicy:{name}", finish_reason=reason))
-        for candidate in candidates:
-            finish_reasons[candidate["source"]][str(candidate["finish_reason"])] += 1
-        if len({c["text"] for c in candidates}) < 2:
-            dropped["all_candidates_identical"] += 1
-            log.warning("dropped prompt %s: all %d candidates are identical", prompt.id, len(candidates))
-            continue
-        output.append({"id": prompt.id, "messages": prompt.messages, **prompt.extra, "candidates": candidates})
-    written = write_jsonl(stage_dir / OUTPUT, output)
+    samples = {prompt.id: done[prompt.id]["samples"] for prompt in prompts} if cfg.n > 0 else {}
+    merged = merge_candidates(prompts, samples, cfg.offpolicy_fields, generated)
+    written = write_jsonl(stage_dir / OUTPUT, merged.records)
     progress.remove()
     counts = {
         "prompts_read": prompts_read,
         "prompts_written": written,
         "skipped": dict(policy.skipped),
-        "dropped": dict(dropped),
+        "dropped": dict(merged.dropped),
         "samples_per_prompt": cfg.n,
-        "empty_samples_left_out": empty_samples,
-        "finish_reasons": {source: dict(reasons) for source, reasons in finish_reasons.items()},
+        "empty_samples_left_out": merged.empty_samples,
+        "finish_reasons": {source: dict(reasons) for source, reasons in merged.finish_reasons.items()},
         "offpolicy_fields": cfg.offpolicy_fields,
         "offpolicy_models": {name: len(answers) for name, answers in generated.items()},
         "api_usage": usage,
@@ -246,9 +228,49 @@ def _write_candidates(
         written,
         stage_dir / OUTPUT,
         dict(policy.skipped) or "none",
-        dict(dropped) or "none",
+        dict(merged.dropped) or "none",
     )
     return {"output": str(stage_dir / OUTPUT), "counts": counts}
+
+
+@dataclass
+class MergedCandidates:
+    """Each kept prompt's record with its candidates, in input order, and what was left out."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+    empty_samples: int = 0
+    finish_reasons: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+
+
+def merge_candidates(
+    prompts: list[PromptRecord],
+    samples: dict[str, list[dict[str, Any]]],
+    offpolicy_fields: list[str],
+    generated: dict[str, dict[str, Any]],
+) -> MergedCandidates:
+    """The policy's samples (an empty one — end of turn first — is no candidate), the prompt's off-policy fields, and
+    each off-policy model's answer; a prompt whose candidates are all one text is dropped, as no pair can come of it.
+    Finish reasons are counted by source (None for a field's text)."""
+    merged = MergedCandidates()
+    for prompt in prompts:
+        own = samples.get(prompt.id, [])
+        kept = [s for s in own if s["text"].strip()]
+        merged.empty_samples += len(own) - len(kept)
+        candidates = [_candidate(s["text"], "policy", s["seed"], s.get("finish_reason")) for s in kept]
+        candidates += [_candidate(prompt.extra[name], f"offpolicy:{name}") for name in offpolicy_fields]
+        for name, answers in generated.items():
+            if prompt.id in answers:
+                text, reason = cached_answer(answers[prompt.id])
+                candidates.append(_candidate(text, f"offpolicy:{name}", finish_reason=reason))
+        for candidate in candidates:
+            merged.finish_reasons[candidate["source"]][str(candidate["finish_reason"])] += 1
+        if len({c["text"] for c in candidates}) < 2:
+            merged.dropped["all_candidates_identical"] += 1
+            log.warning("dropped prompt %s: all %d candidates are identical", prompt.id, len(candidates))
+            continue
+        merged.records.append({"id": prompt.id, "messages": prompt.messages, **prompt.extra, "candidates": candidates})
+    return merged
 
 
 def _candidate(text: str, source: str, seed: int | None = None, finish_reason: str | None = None) -> dict[str, Any]:
