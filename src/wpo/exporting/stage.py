@@ -36,8 +36,6 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
 
 
 def run_export(recipe: Recipe) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from wpo.evaluation.stage import generator_name
     from wpo.models import merged_model_dir, resolve_model_path
 
@@ -60,27 +58,8 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
     text_path = resolve_local(cfg.verify_text)
     if text_path is None:
         raise WpoError(f"export.verify_text {cfg.verify_text}: no such file")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust)
-    ids = tokenizer(text_path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"][: cfg.verify_tokens]
-    hf_model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype="float32", trust_remote_code=trust, use_safetensors=True
-    ).eval()
-    reference = hf_log_probs(hf_model, ids)
-    hf_ppl = perplexity(reference, ids)
-    del hf_model
-    report = []
-    for type_name, path in files.items():
-        entry = {"type": type_name, **verify_gguf(path, ids, reference), "hf_perplexity": hf_ppl}
-        log.info(
-            "export: %s %.1f MB, perplexity %.3f (HF %.3f), mean KL %.5f",
-            path.name,
-            entry["size_bytes"] / 1e6,
-            entry["perplexity"],
-            hf_ppl,
-            entry["kl_mean"],
-        )
-        report.append(entry)
-    write_json(stage_dir / REPORT, {"model": name, "verify_tokens": len(ids), "files": report})
+    report, verified_tokens = compare_with_hf(files, model_dir, text_path, cfg.verify_tokens, trust)
+    write_json(stage_dir / REPORT, {"model": name, "verify_tokens": verified_tokens, "files": report})
     write_card(
         stage_dir / CARD,
         name=name,
@@ -105,6 +84,36 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
         "files": [str(p) for p in files.values()],
         "report": report,
     }
+
+
+def compare_with_hf(
+    files: dict[str, Path], model_dir: Path, text_path: Path, max_tokens: int, trust_remote_code: bool
+) -> tuple[list[dict[str, Any]], int]:
+    """Each GGUF file against the HF model in fp32 on the first `max_tokens` tokens of a held-out text: perplexity of
+    both, and the KL of the file's next-token distribution from the HF model's. Returns the entries and the tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    ids = tokenizer(text_path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"][:max_tokens]
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype="float32", trust_remote_code=trust_remote_code, use_safetensors=True
+    ).eval()
+    reference = hf_log_probs(hf_model, ids)
+    hf_ppl = perplexity(reference, ids)
+    del hf_model
+    report = []
+    for type_name, path in files.items():
+        entry = {"type": type_name, **verify_gguf(path, ids, reference), "hf_perplexity": hf_ppl}
+        log.info(
+            "export: %s %.1f MB, perplexity %.3f (HF %.3f), mean KL %.5f",
+            path.name,
+            entry["size_bytes"] / 1e6,
+            entry["perplexity"],
+            hf_ppl,
+            entry["kl_mean"],
+        )
+        report.append(entry)
+    return report, len(ids)
 
 
 def evaluated_conversion(recipe: Recipe, model_dir: Path) -> Path | None:
