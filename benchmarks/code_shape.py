@@ -132,6 +132,34 @@ def cycles(imports: dict[str, set[str]]) -> list[str]:
             graph[loop[1]].discard(loop[0])
 
 
+STAGE_PACKAGES = (
+    "sampling",
+    "scoring",
+    "pairing",
+    "training",
+    "train",
+    "evaluation",
+    "eval",
+    "exporting",
+    "export",
+    "reporting",
+    "report",
+)
+
+
+def stage_dependencies(imports: dict[str, set[str]]) -> dict[str, set[str]]:
+    """A stage package → the other first-level pieces of wpo its modules import."""
+
+    def piece(module: str) -> str:
+        return module.split(".")[1] if module.count(".") else module
+
+    found: dict[str, set[str]] = {}
+    for module, targets in imports.items():
+        if piece(module) in STAGE_PACKAGES:
+            found.setdefault(piece(module), set()).update(piece(t) for t in targets if piece(t) != piece(module))
+    return dict(sorted(found.items()))
+
+
 def side_by_side(title: str, left: list[str], right: list[str], heads: tuple[str, str]) -> None:
     print(f"\n## {title}\n")
     width = max([len(heads[0]), *map(len, left)]) + 2
@@ -179,6 +207,14 @@ def main() -> None:
     side_by_side(
         f"who imports the runner ({RUNNER})",
         *(sorted(m for m, targets in s.imports.items() if RUNNER in targets) for s in shapes),
+        heads,
+    )
+    side_by_side(
+        "which packages each stage package imports (lazily or not)",
+        *(
+            [f"{pkg} → {', '.join(sorted(deps))}" for pkg, deps in stage_dependencies(s.imports).items()]
+            for s in shapes
+        ),
         heads,
     )
     side_by_side("import cycles at module level", *(cycles(s.eager_imports) for s in shapes), heads)

@@ -1,6 +1,6 @@
-"""The package as `pip install .` ships it (a wheel, not this editable checkout): every file the code reads besides
-its modules — the report's templates, style and script, the embedded prompts — must be inside, or a user's install
-fails where the tests pass."""
+"""The package as `pip install .` ships it (a wheel, not this editable checkout): every module, and every file the
+code reads besides them — the pages' templates, style and script, the embedded prompts — must be inside, or a user's
+install fails where the tests pass."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_the_wheel_holds_every_data_file_of_the_package(tmp_path):
+def test_the_wheel_holds_every_file_of_the_package(tmp_path):
     source = tmp_path / "source"  # built from a copy: building writes build/ and *.egg-info beside the sources
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -33,11 +33,12 @@ def test_the_wheel_holds_every_data_file_of_the_package(tmp_path):
     shipped = set(zipfile.ZipFile(wheel).namelist())
 
     package = ROOT / "src" / "wpo"
-    data_files = {
+    files = {
         "wpo/" + path.relative_to(package).as_posix()
         for path in package.rglob("*")
-        if path.is_file() and path.suffix not in (".py", ".pyc")
+        if path.is_file() and "__pycache__" not in path.parts
     }
-    templates = {name for name in data_files if name.startswith("wpo/reporting/templates/")}
-    assert {"wpo/reporting/templates/page.html.j2", "wpo/reporting/templates/run/glance.html.j2"} <= templates
-    assert data_files - shipped == set()
+    templates = {name for name in files if name.endswith(".j2")}
+    assert {"wpo/pages/templates/page.html.j2", "wpo/reporting/templates/run/glance.html.j2"} <= templates
+    assert {"wpo/evaluation/templates/eval_page.html.j2", "wpo/exporting/card.md.j2"} <= templates
+    assert files - shipped == set()

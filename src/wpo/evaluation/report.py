@@ -10,8 +10,8 @@ from typing import Any
 
 import pandas as pd
 
+from wpo import pages
 from wpo.data.io import atomic_writer
-from wpo.reporting.render import render_page
 
 LC_WIN_RATE = "length_controlled_winrate"
 LEADERBOARD_COLUMNS = [
@@ -85,11 +85,11 @@ def write_report(
     png = _figure_png(board, [a["preference"] for a in annotations], generator)
     with atomic_writer(directory / "report.png", "wb") as handle:
         handle.write(png)
-    page = render_page(
-        "eval.html.j2",
+    page = pages.render_page(
+        pages.environment(__package__),
+        "eval_page.html.j2",
         f"wpo eval: {generator}",
         datetime.now(UTC),
-        with_script=False,
         generator=generator,
         metrics=metrics,
         png=png,

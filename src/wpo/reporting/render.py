@@ -1,36 +1,24 @@
-"""Collected run (or sweep) data → one self-contained HTML page, through the Jinja2 templates in `templates/`.
-
-The templates hold every piece of markup (`page` the shell, `run` and `sweep` the pages, `run/*` a run's parts,
-`macros` the building blocks); this module holds what they need that is not markup: the filters that write figures as
-a person reads them, and which rounds show which part.
-
-Safety, by construction: the templates are autoescaped, so every value from a run's files is HTML-escaped wherever it
-lands; the browsers' data go through `script_json` (shown by the page's script with `textContent`, never as markup);
-the only trusted markup is the package's own style and script and matplotlib's SVG. The page's one script is allowed
-by its hash in a Content-Security-Policy that blocks every request (`default-src 'none'`), so even a mistake in a
-template could neither run an answer's `<script>` nor fetch anything.
+"""Collected run (or sweep) data → one self-contained HTML page, through the templates in `templates/`: `run.html.j2`
+and `sweep.html.j2` the pages, `run/<section>.html.j2` a run's parts, `browser.html.j2` the pair and prompt browsers
+(`report.js` drives them). The shell, the filters and the escaping rules are `wpo.pages`'; this module holds what the
+templates ask of the data that is not markup: which rounds show which part, a delta's direction, the stages' rows.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-import math
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from statistics import fmean
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import Environment
 from markupsafe import Markup
 
+from wpo import pages
 from wpo.exporting.card import judged_by
 from wpo.reporting import charts
 from wpo.reporting.collect import READ_WRITTEN_KEYS, RoundData, RunData, SweepData
@@ -52,18 +40,6 @@ TRAINING_CARD = (
     ("reward_accuracy", "reward accuracy"),
     ("reward_margin", "reward margin"),
     ("weight_mean", "mean WPO weight"),
-)
-EVAL_HEADLINE = (
-    "win_rate",
-    "standard_error",
-    "length_controlled_winrate",
-    "discrete_win_rate",
-    "n_wins",
-    "n_draws",
-    "n_total",
-    "avg_length",
-    "judge",
-    "lc_formula",
 )
 STAGE_STATES = {
     "done": "done",
@@ -105,73 +81,6 @@ def sections(run: RunData) -> list[Section]:
     ]
 
 
-# --- filters: figures as a person reads them ------------------------------------------------------------------------
-
-
-def number(value: Any, signed: bool = False) -> str:
-    """4 significant digits, thousands grouped; missing (None, or pandas' NaN) is a dash."""
-    if value is None or isinstance(value, float) and math.isnan(value):
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:+,}" if signed else f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:+.4g}" if signed else f"{value:.4g}"
-    return str(value)
-
-
-def interval(bounds: list[float] | None, signed: bool = False) -> str:
-    return f"[{number(bounds[0], signed)}, {number(bounds[1], signed)}]" if bounds else ""
-
-
-def seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
-
-
-def shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def shares(counts: Counter[str]) -> str:
-    total = sum(counts.values())
-    return ", ".join(f"{name} {100 * n / total:.0f}%" for name, n in counts.most_common())
-
-
-def csv_cell(value: str) -> str:
-    """A CSV field as the page shows figures (4 significant digits); text stays as it is."""
-    try:
-        return number(float(value)) if value.strip() else ""
-    except ValueError:
-        return value
-
-
-def script_json(payload: Any) -> Markup:
-    """JSON to sit inside a `<script type="application/json">`: `<`, `>` and `&` as `\\u` escapes (still the same
-    JSON), so no text in the data — `</script>`, `<!--` — can end the element early."""
-    text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    for raw, escaped in (
-        ("<", "\\u003c"),
-        (">", "\\u003e"),
-        ("&", "\\u0026"),
-        ("\u2028", "\\u2028"),
-        ("\u2029", "\\u2029"),
-    ):
-        text = text.replace(raw, escaped)
-    return Markup(text)
-
-
-def compact_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def relative_href(target: Path, base: Path) -> str:
-    """A relative link (it survives moving the sweep directory), each path component URL-quoted."""
-    return "/".join(quote(part) for part in target.relative_to(base).parts)
-
-
 # --- what the templates ask of the data -----------------------------------------------------------------------------
 
 
@@ -187,6 +96,11 @@ def direction(bounds: list[float]) -> tuple[str, str]:
     if bounds[1] < 0:
         return "down", "↓"
     return "flat", "≈"
+
+
+def relative_href(target: Path, base: Path) -> str:
+    """A relative link (it survives moving the sweep directory), each path component URL-quoted."""
+    return "/".join(quote(part) for part in target.relative_to(base).parts)
 
 
 def stage_rows(run: RunData) -> list[tuple[str, Any]]:
@@ -213,27 +127,8 @@ def trusted_svg(draw: Callable[..., str | None]) -> Callable[..., Markup | None]
 
 
 @cache
-def environment() -> Environment:
-    env = Environment(
-        loader=PackageLoader("wpo.reporting", "templates"),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters.update(
-        number=number,
-        interval=interval,
-        seconds=seconds,
-        shorten=shorten,
-        shares=shares,
-        mean=fmean,
-        csv_cell=csv_cell,
-        script_json=script_json,
-        compact_json=compact_json,
-        base64=lambda data: base64.b64encode(data).decode(),
-    )
+def _environment() -> Environment:
+    env = pages.environment(__package__, "wpo.evaluation")
     env.tests["logged_in"] = logged_in
     env.globals.update(
         measured=measured,
@@ -248,50 +143,22 @@ def environment() -> Environment:
         stage_states=STAGE_STATES,
         training_headline=TRAINING_HEADLINE,
         training_card_lines=TRAINING_CARD,
-        eval_headline_keys=EVAL_HEADLINE,
         pairs_per_page=PAIRS_PER_PAGE,
         prompts_per_page=PROMPTS_PER_PAGE,
     )
     return env
 
 
-def _asset(name: str) -> str:
-    return resources.files("wpo.reporting").joinpath(name).read_text(encoding="utf-8")
-
-
-def render_page(template: str, title: str, generated_at: datetime, with_script: bool = True, **values: Any) -> str:
-    """A page in the shell: the package's own style (and script, allowed by its hash alone) inline."""
-    from wpo import __version__
-
-    script = _asset("report.js") if with_script else ""
-    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
-    policy = (
-        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-        + (f"script-src 'sha256-{digest}'; " if script else "")
-        + "base-uri 'none'; form-action 'none'"
-    )
-    return (
-        environment()
-        .get_template(template)
-        .render(
-            title=title,
-            policy=policy,
-            style=Markup(_asset("report.css")),
-            script=Markup(script),
-            version=__version__,
-            generated_at=generated_at.isoformat(timespec="seconds"),
-            **values,
-        )
-    )
+def _page(template: str, title: str, generated_at: datetime, **values: Any) -> str:
+    script = resources.files(__package__).joinpath("report.js").read_text(encoding="utf-8")
+    return pages.render_page(_environment(), template, title, generated_at, script, **values)
 
 
 def render_run(run: RunData, generated_at: datetime) -> str:
     name = run.directory.resolve().name
-    return render_page("run.html.j2", f"wpo report: {name}", generated_at, run=run, name=name, sections=sections(run))
+    return _page("run.html.j2", f"wpo report: {name}", generated_at, run=run, name=name, sections=sections(run))
 
 
 def render_sweep(sweep: SweepData, report_name: str, generated_at: datetime) -> str:
     name = sweep.directory.resolve().parent.name + "/" + sweep.directory.name
-    return render_page(
-        "sweep.html.j2", f"wpo sweep: {name}", generated_at, sweep=sweep, name=name, report_name=report_name
-    )
+    return _page("sweep.html.j2", f"wpo sweep: {name}", generated_at, sweep=sweep, name=name, report_name=report_name)
