@@ -66,7 +66,8 @@ def imported(nodes: list[ast.AST], module: str, known: set[str]) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             base = node.module if node.level == 0 else module.rsplit(".", node.level)[0] + "." + node.module
-            names = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            # `from wpo import pages` imports the module wpo.pages; `from wpo.x import name` imports wpo.x
+            names = [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
         for name in names:
@@ -147,12 +148,24 @@ STAGE_PACKAGES = (
 )
 
 
+def piece(module: str) -> str:
+    """The first-level part of wpo a module belongs to: wpo.training.loss → training."""
+    return module.split(".")[1] if module.count(".") else module
+
+
+def package_graph(imports: dict[str, set[str]]) -> dict[str, set[str]]:
+    """First-level parts of wpo and the others each imports (the package `wpo` itself, the public API, left out)."""
+    graph: dict[str, set[str]] = {}
+    for module, targets in imports.items():
+        if module != "wpo":
+            graph.setdefault(piece(module), set()).update(
+                piece(t) for t in targets if t != "wpo" and piece(t) != piece(module)
+            )
+    return graph
+
+
 def stage_dependencies(imports: dict[str, set[str]]) -> dict[str, set[str]]:
     """A stage package → the other first-level pieces of wpo its modules import."""
-
-    def piece(module: str) -> str:
-        return module.split(".")[1] if module.count(".") else module
-
     found: dict[str, set[str]] = {}
     for module, targets in imports.items():
         if piece(module) in STAGE_PACKAGES:
@@ -192,6 +205,7 @@ def main() -> None:
             sum(RUNNER in targets for m, targets in s.imports.items() if not m.startswith("wpo.cli")) for s in shapes
         ],
         "import cycles when importing (module level)": [len(cycles(s.eager_imports)) for s in shapes],
+        "cycles between packages (lazy imports too)": [len(cycles(package_graph(s.imports))) for s in shapes],
     }
     for label, values in rows.items():
         print(f"| {label} | " + " | ".join(str(v) for v in values) + " |")
@@ -217,6 +231,7 @@ def main() -> None:
         ),
         heads,
     )
+    side_by_side("cycles between packages", *(cycles(package_graph(s.imports)) for s in shapes), heads)
     side_by_side("import cycles at module level", *(cycles(s.eager_imports) for s in shapes), heads)
     for s, head in zip(shapes, heads, strict=True):
         print(f"\n{head}: string constants holding HTML tags, by module: {s.markup_strings}")

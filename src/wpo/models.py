@@ -8,6 +8,7 @@ dequantized by transformers once and cached as a safetensors directory, so later
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -214,3 +215,12 @@ def merged_model_dir(model_dir: Path, work_dir: Path, trust_remote_code: bool = 
         shutil.copy2(model_dir / "wpo_training.json", staging / "wpo_training.json")
     staging.rename(target)
     return target
+
+
+def generator_name(model: str) -> str:
+    """The model's name on the leaderboard: a trained run is `<base model>-wpo`, else the model's own name."""
+    trained = Path(model) / "wpo_training.json"
+    if trained.is_file():
+        base = json.loads(trained.read_text(encoding="utf-8"))["base_model"]
+        return f"{Path(base.removeprefix('embedded:')).name}-wpo"
+    return Path(model.removeprefix("embedded:")).name

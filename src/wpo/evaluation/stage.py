@@ -6,7 +6,6 @@ Writes `eval/model_outputs.json` and `eval/annotations.json` in alpaca_eval's fo
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from wpo.evaluation.metrics import summarize
 from wpo.evaluation.report import update_leaderboard, write_report
 from wpo.layout import final_model
 from wpo.manifest import source_fingerprint, write_manifest
-from wpo.models import merged_model_dir
+from wpo.models import generator_name, merged_model_dir
 from wpo.user_functions import prompt_record
 
 log = logging.getLogger(__name__)
@@ -36,15 +35,6 @@ log = logging.getLogger(__name__)
 def eval_model(recipe: Recipe) -> str:
     """`eval.model`, else the trained model of this run (weights or LoRA adapter), else the recipe's base model."""
     return recipe.eval.model or final_model(recipe)
-
-
-def generator_name(model: str) -> str:
-    """The model's name on the leaderboard: a trained run is `<base model>-wpo`, else the model's own name."""
-    trained = Path(model) / "wpo_training.json"
-    if trained.is_file():
-        base = json.loads(trained.read_text(encoding="utf-8"))["base_model"]
-        return f"{Path(base.removeprefix('embedded:')).name}-wpo"
-    return Path(model.removeprefix("embedded:")).name
 
 
 def compares_with_base(recipe: Recipe) -> bool:

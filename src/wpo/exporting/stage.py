@@ -36,8 +36,7 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
 
 
 def run_export(recipe: Recipe) -> dict[str, Any]:
-    from wpo.evaluation.stage import generator_name
-    from wpo.models import merged_model_dir, resolve_model_path
+    from wpo.models import generator_name, merged_model_dir, resolve_model_path
 
     started = time.perf_counter()
     cfg = recipe.export
