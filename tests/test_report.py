@@ -669,3 +669,23 @@ def test_in_a_browser_a_capped_report_pages_through_the_cap_and_shows_the_notice
     assert opened.page.locator(".cap-notice").first.is_visible()
     assert [kind for kind, _ in opened.console if kind == "error"] == [] and opened.errors == []
     opened.page.close()
+
+
+def test_figures_are_written_as_a_person_reads_them():
+    from wpo import pages
+
+    assert [pages.number(v) for v in (1234567, 0.000123456, 62.5, True, None, float("nan"), "text")] == [
+        "1,234,567",
+        "0.0001235",
+        "62.5",
+        "yes",
+        "—",
+        "—",
+        "text",
+    ]
+    assert pages.number(3, signed=True) == "+3" and pages.interval([-0.51234, 2.0], signed=True) == "[-0.5123, +2]"
+    assert [pages.seconds(v) for v in (None, 59.94, 119.9, 330.0)] == ["—", "59.9 s", "119.9 s", "5.5 min"]
+    assert [pages.csv_cell(v) for v in ("0.123456", "", "wpo")] == ["0.1235", "", "wpo"]
+    assert pages.shorten("abcdef", 4) == "abc…" and pages.shorten("abcd", 4) == "abcd"
+    assert pages.shares(Counter({"policy": 3, "offpolicy:gpt": 1})) == "policy 75%, offpolicy:gpt 25%"
+    assert str(pages.script_json({"a": "</script>&\u2028"})) == '{"a":"\\u003c/script\\u003e\\u0026\\u2028"}'
