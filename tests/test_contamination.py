@@ -11,7 +11,7 @@ from helpers import pair_record, write_lines
 
 from wpo.config import load_recipe
 from wpo.data.schemas import PromptRecord
-from wpo.evaluation.contamination import find_overlaps, texts_of, training_sources
+from wpo.evaluation.contamination import find_overlaps, texts_of, training_sources, words
 from wpo.evaluation.stage import contamination_summary
 
 LONG = "Describe in detail how the ancient Romans built their aqueducts and why those channels lasted so long"
@@ -34,6 +34,26 @@ def test_a_shared_13_word_sequence_is_found_and_12_are_not():
     assert overlap.found == {0: " ".join(words[2:15]).lower(), 1: "tell me about owls"}
     assert overlap.texts_read == 4 and overlap.ngram == 13
     assert find_overlaps(instructions, training[1:2] + training[3:], []).found == {}
+
+
+TEMPLATE = "Your answer must contain a title, wrapped in double angular brackets, such as <<poem of joy>>."
+
+
+def test_wording_the_eval_set_shares_is_not_contamination_but_a_leaked_item_is():
+    """IFEval-style: every instruction of a kind carries the same constraint sentence (17 words), and so do the
+    training prompts. That sentence is no evidence; an item whose whole text was trained on, or whose own 13 words
+    were, is."""
+    own = "Explain in plain words why the old stone bridge over the river outlived every newer bridge in town"
+    instructions = [f"Describe owls briefly. {TEMPLATE}", f"Describe rivers briefly. {TEMPLATE}", f"{own}. {TEMPLATE}"]
+    training = [f"Describe kites briefly. {TEMPLATE}", f"Describe tea briefly. {TEMPLATE}"]
+    clean = find_overlaps(instructions, training, ["train.jsonl"])
+    # set aside: the sentence's 16 - 13 + 1 runs of 13 words, and "briefly" + its first 12 (two instructions have it)
+    assert clean.found == {} and clean.template_ngrams == len(words(TEMPLATE)) - 13 + 1 + 1
+
+    leaked = find_overlaps(instructions, [*training, f"describe RIVERS briefly! {TEMPLATE}"], [])
+    assert leaked.found == {1: " ".join(words(f"Describe rivers briefly. {TEMPLATE}"))}  # the whole item
+    seen = find_overlaps(instructions, [*training, f"As asked: {own.upper()}, and more."], [])
+    assert seen.found == {2: " ".join(words(own)[:13])}  # its own words, not the template's
 
 
 def test_the_eval_stage_lists_instructions_seen_in_the_run_s_prompts_or_pairs(tmp_path):

@@ -369,7 +369,8 @@ def _log_figures(metrics: dict[str, Any], generator: str, baseline: str, count: 
 
 
 def contamination_summary(recipe: Recipe, prompts) -> dict[str, Any]:
-    """How many eval instructions share a long n-gram with the run's training prompts and pairs, and which."""
+    """How many eval instructions share a long n-gram of their own with the run's training prompts and pairs (or are
+    a whole training text), and which."""
     overlap = check_contamination(recipe, [p.messages[-1]["content"] for p in prompts])
     if overlap.found:
         log.warning(
@@ -388,6 +389,7 @@ def contamination_summary(recipe: Recipe, prompts) -> dict[str, Any]:
             "sources": overlap.sources,
             "training_texts_read": overlap.texts_read,
             "instructions_checked": len(prompts),
+            "template_ngrams_set_aside": overlap.template_ngrams,
             "contaminated": len(overlap.found),
             "instructions": [{"id": prompts[i].id, "shared": shared} for i, shared in overlap.found.items()],
         },
