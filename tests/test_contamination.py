@@ -100,6 +100,7 @@ def test_the_report_and_the_summary_flag_contamination(tmp_path, capsys):
         "sources": ["pairs.jsonl"],
         "training_texts_read": 10,
         "instructions_checked": 805,
+        "template_ngrams_set_aside": 39,
         "contaminated": 2,
         "instructions": [{"id": "e1", "shared": "a <b> c"}, {"id": "e7", "shared": "d e f"}],
     }
@@ -107,6 +108,7 @@ def test_the_report_and_the_summary_flag_contamination(tmp_path, capsys):
     assert "<h3>Contamination: 2 eval instruction(s) seen in training</h3>" in page
     assert "2 of 805 eval instructions share a 13-word sequence with pairs.jsonl" in page
     assert "<li>e1: <q>a &lt;b&gt; c</q></li><li>e7: <q>d e f</q></li>" in page
+    assert "39 sequences that several eval instructions share (the set's own wording) were not counted" in page
     clean = {"contamination": {**found, "contaminated": 0, "instructions": []}}
     page = page_with(clean)
     assert "No eval instruction shares a 13-word sequence with the training data (pairs.jsonl)" in page
