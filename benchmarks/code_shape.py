@@ -45,6 +45,15 @@ def module_name(path: str) -> str:
     return name.removesuffix(".__init__")
 
 
+def imports_of(sources: dict[str, str]) -> dict[str, set[str]]:
+    """Each module (by its path under src/) → the project's modules it imports, lazily or not."""
+    known = {module_name(path) for path in sources}
+    return {
+        module_name(path): imported(list(ast.walk(ast.parse(text))), module_name(path), known)
+        for path, text in sources.items()
+    }
+
+
 def module_level(tree: ast.Module) -> list[ast.stmt]:
     """The statements that run when the module is imported (not those under `if TYPE_CHECKING:`)."""
     statements = []
@@ -102,7 +111,6 @@ def shape_at(revision: str) -> Shape:
         tree = ast.parse(text)
         shape.modules[module] = len(text.splitlines())
         shape.fmt_skips += text.count("fmt: skip")
-        shape.imports[module] = imported(list(ast.walk(tree)), module, known)
         shape.eager_imports[module] = imported(module_level(tree), module, known)
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -116,6 +124,7 @@ def shape_at(revision: str) -> Shape:
         if markup:
             shape.markup_strings[module] = markup
     shape.functions.sort(reverse=True)
+    shape.imports = imports_of(sources)
     return shape
 
 
