@@ -86,6 +86,17 @@ def test_lc_matches_an_independent_implementation(seed):
     assert ours["length_controlled_winrate"] < head_to_head(prefs)["win_rate"]
 
 
+@pytest.mark.parametrize(("preference", "expected"), [(1.0, 0.0), (2.0, 100.0)])
+def test_lc_of_comparisons_that_all_went_one_way_is_that_rate(preference, expected):
+    """Lost (or won) every comparison, at every length: controlling for length leaves the rate where it is. The
+    penalized fit (the independent implementation, C up to 1e4) tends there too; it must not be the prior, 50%."""
+    prefs = np.full(6, preference)
+    ref_len, model_len = np.arange(50.0, 110.0, 10.0), np.arange(100.0, 142.0, 7.0)
+    out = length_controlled_winrate(prefs, ref_len, model_len)
+    assert out["length_controlled_winrate"] == expected and out["glm_weights"] == {}
+    assert independent_lc(prefs, ref_len, model_len) == pytest.approx(expected, abs=1.0)
+
+
 def test_lc_with_instruction_difficulty_and_gamed_baselines():
     rng = np.random.default_rng(5)
     n = 80

@@ -119,15 +119,20 @@ def length_controlled_winrate(
         features = np.concatenate([gamed, features])
         targets = np.concatenate([np.asarray(gamed_rows["preference"], dtype=float), targets])
         weights = np.concatenate([np.where(not_gamed, 1.0, regularize_to_baseline_lambda / 2), weights])
+    names = ["tanh(std_delta_len)"] + (["instruction_difficulty"] if instruction_difficulty is not None else [])
+    formula = FORMULA_WITH_DIFFICULTY if instruction_difficulty is not None else FORMULA_WITHOUT_DIFFICULTY
+    if gamed_rows is None and np.ptp(targets) == 0 and targets[0] in (0.0, 1.0):
+        # every comparison went one way: the GLM's fit tends to that rate at every length, while liblinear, handed
+        # one class only, returns zero weights and so the prior, 50%, even for a model that lost every comparison
+        return {"length_controlled_winrate": float(targets[0] * 100), "glm_weights": {}, "lc_formula": formula}
     coefficients = fit_glm(features, targets, weights)
     test = features[-len(prefs) :].copy()
     test[:, 0] = 0.0  # no length difference
     predicted = 1.0 / (1.0 + np.exp(-(test @ coefficients)))
-    names = ["tanh(std_delta_len)"] + (["instruction_difficulty"] if instruction_difficulty is not None else [])
     return {
         "length_controlled_winrate": float(predicted.mean() * 100),
         "glm_weights": dict(zip([*names, "not_gamed_baseline"], map(float, coefficients), strict=True)),
-        "lc_formula": FORMULA_WITH_DIFFICULTY if instruction_difficulty is not None else FORMULA_WITHOUT_DIFFICULTY,
+        "lc_formula": formula,
     }
 
 
