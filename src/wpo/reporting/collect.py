@@ -94,11 +94,18 @@ class PairStats:
 
     @property
     def chosen_by_source(self) -> Counter[str]:
-        return Counter(chosen for chosen, _ in self.sources.elements())
+        return self._by_source(0)
 
     @property
     def rejected_by_source(self) -> Counter[str]:
-        return Counter(rejected for _, rejected in self.sources.elements())
+        return self._by_source(1)
+
+    def _by_source(self, side: int) -> Counter[str]:
+        """Pairs by the chosen (0) or rejected (1) answer's source, summed over the (chosen, rejected) counts."""
+        counts = Counter[str]()
+        for key, n in self.sources.items():
+            counts[key[side]] += n
+        return counts
 
     @property
     def chosen_longer(self) -> int:
