@@ -64,7 +64,7 @@ def test_the_seed_system_recipe_names_every_stage_and_trains_as_the_card():
 
 
 def test_public_keys_only_recipe_is_valid(tmp_path):
-    """A recipe setting only DESIGN.md's listed keys loads; everything else has a default."""
+    """A recipe setting only the public keys (docs/design.md) loads; everything else has a default."""
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         """

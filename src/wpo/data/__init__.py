@@ -1,4 +1,4 @@
-"""Readers, writers and schemas for the data contracts between stages (DESIGN.md, "Data contracts")."""
+"""Readers, writers and schemas for the data contracts between stages (docs/design.md, "Data contracts")."""
 
 from wpo.data.io import BadRecordPolicy, SourceRecord, atomic_writer, read_records, write_json, write_jsonl
 from wpo.data.schemas import (

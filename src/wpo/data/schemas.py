@@ -1,4 +1,4 @@
-"""The four data contracts of DESIGN.md as validated records.
+"""The four data contracts of docs/design.md as validated records.
 
 Each `parse_*` takes a raw record and its location and returns a typed record or raises `RecordInvalid` with a
 reason key (for skip counts) and a message; `load_*` applies a `BadRecordPolicy` to a whole source. Pairs are also

@@ -143,7 +143,7 @@ def summarize(
     instruction_difficulty: np.ndarray | None = None,
     gamed_rows: dict[str, np.ndarray] | None = None,
 ) -> dict[str, object]:
-    """Every headline metric of an annotations set (DESIGN.md's `wpo eval --json` keys, and the GLM's details)."""
+    """Every headline metric of an annotations set (docs/design.md's `wpo eval --json` keys, and the GLM's details)."""
     reference_lengths = np.array([len(text) for text in reference_outputs])
     model_lengths = np.array([len(text) for text in model_outputs])
     metrics: dict[str, object] = head_to_head(preferences)
