@@ -67,6 +67,7 @@ def check_checkpoint_roundtrip(model_dir: str, work_dir: str, model, reference, 
             config_hash="h",
             config={},
             schedule={"global_batch_pairs": 2, "total_steps": 1},
+            weight_ledger={},
         )
     dist.barrier()
     point = checkpoint.latest_resume_point(

@@ -178,6 +178,7 @@ def test_outputs_metrics_manifest_and_reference_cache(tmp_path, tiny_llama, pair
         "optimizer.safetensors",
         "rng.safetensors",
         "trainer_state.json",
+        "weights.json",
     }
     run_dir = tmp_path / "run"
     assert not [p for p in run_dir.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".tmp")]

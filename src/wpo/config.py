@@ -251,6 +251,10 @@ class TrainConfig(Section):
     """wpo scales each pair's loss by its weight, the policy's likelihood of both answers; none: unweighted."""
     clamp: bool = True
     """Cap the WPO weight at 1, as the released code does; only with weighting: wpo."""
+    # the paper's code does not normalize: with weights averaging ~0.4 WPO then also takes smaller steps than DPO at
+    # the same learning rate; normalized, the weights only share the step out among the pairs (README, "Training")
+    normalize_weights: bool = False
+    """Scale the WPO weights to mean 1 over each optimizer step's pairs (all processes); only with weighting: wpo."""
     beta: float = Field(0.1, gt=0.0)
     """DPO's β: how far the policy may move from the reference (the seed used 0.01)."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
@@ -336,6 +340,8 @@ class TrainConfig(Section):
     def _keys_combine(self) -> TrainConfig:
         if self.explicitly_set("clamp") and self.weighting == "none":
             raise ValueError("train.clamp only applies to train.weighting: wpo (weighting is 'none')")
+        if self.normalize_weights and self.weighting == "none":
+            raise ValueError("train.normalize_weights only applies to train.weighting: wpo (weighting is 'none')")
         if self.label_smoothing and self.loss not in ("sigmoid", "robust", "length_normalized"):
             raise ValueError(f"train.label_smoothing applies to sigmoid losses only (train.loss is {self.loss!r})")
         if self.loss == "robust" and not self.label_smoothing:

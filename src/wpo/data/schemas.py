@@ -56,6 +56,17 @@ def _finite_or_none(record: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
+def _pair_weight(record: dict[str, Any]) -> float | None:
+    """A pair's own `weight`: absent or null is none; otherwise a finite number >= 0 (0 keeps the pair in its batch
+    but takes it out of the loss)."""
+    value = record.get("weight")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise RecordInvalid("bad_weight", f"weight must be a finite number >= 0 (got {value!r})")
+    return float(value)
+
+
 def _prompt_messages(value: Any, name: str) -> list[dict[str, str]]:
     messages = _messages(value, name)
     if messages[-1]["role"] != "user":
@@ -75,11 +86,13 @@ class Pair:
     score_rejected: float | None = None
     source_chosen: str | None = None
     source_rejected: str | None = None
+    weight: float | None = None  # the user's own weight, multiplied into the pair's loss; None: none given
     where: str | None = field(default=None, compare=False)  # file:line it was read from, for later errors
 
     def to_record(self) -> dict[str, Any]:
-        """TRL's conversational preference format, plus our scores and sources."""
-        return {
+        """TRL's conversational preference format, plus our scores and sources (and the weight, when given: an
+        optional column that TRL's readers leave alone)."""
+        record = {
             "id": self.id,
             "prompt": self.prompt,
             "chosen": [{"role": "assistant", "content": self.chosen}],
@@ -89,6 +102,7 @@ class Pair:
             "source_chosen": self.source_chosen,
             "source_rejected": self.source_rejected,
         }
+        return record if self.weight is None else {**record, "weight": self.weight}
 
 
 def _completion(value: Any, name: str, prompt: list[dict[str, str]]) -> str:
@@ -124,6 +138,7 @@ def parse_pair(record: dict[str, Any], where: str) -> Pair:
         score_rejected=_finite_or_none(record, "score_rejected"),
         source_chosen=record.get("source_chosen"),
         source_rejected=record.get("source_rejected"),
+        weight=_pair_weight(record),
         where=where,
     )
 

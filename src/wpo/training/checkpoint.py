@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
+WEIGHTS_FILE = "weights.json"  # the WPO weights so far, pair by pair (`WeightLedger.state`)
 
 
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -102,8 +103,10 @@ def save_checkpoint(
     config_hash: str,
     config: dict[str, Any],
     schedule: dict[str, int],
+    weight_ledger: dict[str, Any],
 ) -> Path:
-    """`model` (unwrapped) saves `model_state`, its whole state dict; `optimizer_state` is keyed by parameter name."""
+    """`model` (unwrapped) saves `model_state`, its whole state dict; `optimizer_state` is keyed by parameter name;
+    `weight_ledger` is the run's WPO weights so far, as JSON."""
     final = directory / f"checkpoint-{step}"
     staging = directory / f".checkpoint-{step}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -113,6 +116,7 @@ def save_checkpoint(
     optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer_state)
     save_file(optimizer_tensors, str(staging / "optimizer.safetensors"))
     save_file(_rng_tensors(), str(staging / "rng.safetensors"))
+    write_json(staging / WEIGHTS_FILE, weight_ledger)
     write_json(
         staging / STATE_FILE,
         {
@@ -208,6 +212,11 @@ def read_optimizer_state(point: ResumePoint) -> dict[str, Any]:
 def load_optimizer_state(model, optimizer: torch.optim.Optimizer, point: ResumePoint, sharded: bool) -> None:
     """Every process reads the whole state saved at `point` and keeps its own shard of it (all of it, unsharded)."""
     set_optimizer_state_dict(model, optimizer, read_optimizer_state(point), options=_state_dict_options(sharded))
+
+
+def read_weight_ledger(point: ResumePoint) -> dict[str, Any]:
+    """The WPO weights recorded up to `point`, for the ledger to go on from."""
+    return json.loads((point.path / WEIGHTS_FILE).read_text(encoding="utf-8"))
 
 
 def restore_training_state(point: ResumePoint, scheduler) -> None:

@@ -110,7 +110,8 @@ class PreferenceLoss:
 
     loss: torch.Tensor
     pair_losses: torch.Tensor
-    weights: torch.Tensor
+    weights: torch.Tensor  # WPO's weight as the paper defines it: before `weight_scale` and the pairs' own weights
+    clamped: torch.Tensor  # whether the unclamped weight `exp(a(y_w) + a(y_l))` reached the clamp at 1
     chosen_rewards: torch.Tensor
     rejected_rewards: torch.Tensor
 
@@ -128,6 +129,8 @@ def preference_loss(
     clamp: bool = True,
     sft_weight: float = 0.0,
     simpo_gamma: float = 0.0,
+    weight_scale: torch.Tensor | None = None,
+    pair_weights: torch.Tensor | None = None,
 ) -> PreferenceLoss:
     """Weighted preference loss over a batch of pairs; every loss type takes the same WPO weight.
 
@@ -135,7 +138,9 @@ def preference_loss(
     `sft_weight` α adds RPO's term, the chosen answer's negative log-likelihood per token, `α · (−logp(y_w) / |y_w|)`,
     to each pair's loss before the weight: it keeps the chosen answer likely (and its end-of-turn token), where a
     preference loss alone can lower both answers' likelihood and move the mass to degenerate text.
-    `pair_losses` are already multiplied by the weight; `loss` is their mean over pairs. Rewards are the implicit
+    `weight_scale` multiplies WPO's weights (`train.normalize_weights`: the step's pair count over their sum, so they
+    average 1 over the step); `pair_weights` are the pairs' own `weight` fields, multiplied in with or without WPO's.
+    `pair_losses` are already multiplied by every weight; `loss` is their mean over pairs. Rewards are the implicit
     DPO rewards `β (logp_π - logp_ref)` (for the reference-free loss, `β` times the length-normalized log-prob).
     """
     if loss_type in REFERENCE_FREE_LOSSES:
@@ -156,15 +161,21 @@ def preference_loss(
 
     if weighting == "wpo":
         weights = wpo_weight(chosen.aligned_logps, rejected.aligned_logps, clamp=clamp)
+        clamped = (chosen.aligned_logps + rejected.aligned_logps).detach() >= 0  # exp(a_w + a_l) >= 1
     elif weighting == "none":
         weights = torch.ones_like(unweighted)
+        clamped = torch.zeros_like(unweighted, dtype=torch.bool)
     else:
         raise ValueError(f"unknown weighting {weighting!r}; expected 'wpo' or 'none'")
-    pair_losses = weights * unweighted
+    applied = weights if weight_scale is None else weights * weight_scale
+    if pair_weights is not None:
+        applied = applied * pair_weights
+    pair_losses = applied * unweighted
     return PreferenceLoss(
         loss=pair_losses.mean(),
         pair_losses=pair_losses,
         weights=weights,
+        clamped=clamped,
         chosen_rewards=(beta * chosen_scores).detach(),
         rejected_rewards=(beta * rejected_scores).detach(),
     )

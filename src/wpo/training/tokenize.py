@@ -27,10 +27,18 @@ class TokenizedPair:
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
+    source_chosen: str | None = None
+    source_rejected: str | None = None
+    weight: float | None = None  # the pair's own `weight` field, multiplied into its loss
 
     @property
     def token_count(self) -> int:
         return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+    @property
+    def kind(self) -> str:
+        """What the weights are reported by: `<source of the chosen> vs <source of the rejected>`."""
+        return f"{self.source_chosen or 'unknown'} vs {self.source_rejected or 'unknown'}"
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,17 @@ def tokenize_pairs(
         room = max_length - len(prompt_ids)
         if len(chosen_ids) > room or len(rejected_ids) > room:
             truncated_responses += 1
-        tokenized.append(TokenizedPair(pair.id, prompt_ids, chosen_ids[:room], rejected_ids[:room]))
+        tokenized.append(
+            TokenizedPair(
+                pair.id,
+                prompt_ids,
+                chosen_ids[:room],
+                rejected_ids[:room],
+                source_chosen=pair.source_chosen,
+                source_rejected=pair.source_rejected,
+                weight=pair.weight,
+            )
+        )
     return TokenizedPairs(tokenized, truncated_prompts, truncated_responses)
 
 

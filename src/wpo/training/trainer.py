@@ -43,14 +43,14 @@ from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_mo
 from wpo.training import checkpoint, reference
 from wpo.training.forward import pair_statistics, prompt_sharing, require_finite
 from wpo.training.launchers import Launcher, make_launcher
-from wpo.training.loss import REFERENCE_FREE_LOSSES, PreferenceLoss, preference_loss
-from wpo.training.metrics import MetricsLog
+from wpo.training.loss import REFERENCE_FREE_LOSSES, PreferenceLoss, SequenceStatistics, preference_loss, wpo_weight
+from wpo.training.metrics import PAIR_WEIGHTS_FILE, MetricsLog, WeightLedger, weight_figures
 from wpo.training.optimizers import build_optimizer, step_in_backward
 from wpo.training.precision import make_accelerator, round_bf16_ties
 from wpo.training.reference import ReferenceLogps
 from wpo.training.schedule import Schedule, build_schedule, micro_batches
 from wpo.training.stopping import EXIT_CODES, StopSignals
-from wpo.training.tokenize import PromptSharing, TokenizedPairs, collate_pairs, tokenize_pairs
+from wpo.training.tokenize import PromptSharing, TokenizedPair, TokenizedPairs, collate_pairs, tokenize_pairs
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ class TrainState:
     start_step: int = 0
     loaded: LoadedPairs | None = None
     skipped: dict[str, int] | None = None
+    weights: WeightLedger | None = None  # every pair's WPO weight at its first and last visit, and the run's totals
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class TrainResult:
     last_metrics: dict[str, Any] | None
     reference_from_cache: bool | None
     counts: dict[str, Any]
+    weights: dict[str, Any]  # the WPO weights' figures over the whole run (`WeightLedger.summary`)
 
 
 def _shared_run_config(recipe: Recipe, accelerator: Accelerator) -> dict[str, Any]:
@@ -241,11 +243,12 @@ def setup(recipe: Recipe) -> TrainState:
     )
     launcher = make_launcher(accelerator)
     model, optimizer = launcher.prepare(model, optimizer, recipe, schedule.pairs_per_step)
-    start_step = 0
+    start_step, weights = 0, WeightLedger()
     if plan.resume_point is not None:
         launcher.restore_optimizer(model, optimizer, plan.resume_point)
         checkpoint.restore_training_state(plan.resume_point, scheduler)
         start_step = plan.resume_point.step
+        weights = WeightLedger(checkpoint.read_weight_ledger(plan.resume_point))
     return TrainState(
         recipe=recipe,
         cfg=cfg,
@@ -265,6 +268,7 @@ def setup(recipe: Recipe) -> TrainState:
         start_step=start_step,
         loaded=loaded,
         skipped=skipped,
+        weights=weights,
     )
 
 
@@ -324,11 +328,12 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
         accelerator.process_index,
     )
     local_pairs = sum(len(batch) for batch in batches)
+    weight_scale = _weight_scale(state, batches, step) if cfg.normalize_weights else None
     collected: dict[str, list[torch.Tensor]] = {}
     token_count = 0
     for position, indices in enumerate(batches):
         with launcher.accumulating(state.model, last=position == len(batches) - 1):
-            statistics, tokens = _forward_backward(state, indices, local_pairs, step)
+            statistics, tokens = _forward_backward(state, indices, local_pairs, step, weight_scale)
         token_count += tokens
         for name, value in statistics.items():
             collected.setdefault(name, []).append(value)
@@ -341,12 +346,20 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
     state.scheduler.step()
 
     stats = {name: accelerator.gather(torch.cat(values)).cpu().double() for name, values in collected.items()}
+    local_indices = torch.tensor([i for indices in batches for i in indices], device=accelerator.device)
+    pairs = [state.tokens.pairs[i] for i in accelerator.gather(local_indices).tolist()]  # in the order of `stats`
+    clamped = stats["clamped"].bool()
+    if state.weights is not None:
+        margins = stats["rewards_chosen"] - stats["rewards_rejected"]
+        state.weights.record(step + 1, pairs, stats["weight"].tolist(), clamped.tolist(), margins.tolist())
     tokens_seen = accelerator.gather(torch.tensor([token_count], device=accelerator.device)).sum().item()
     seconds = time.perf_counter() - started
     return {
         "step": step + 1,
         "epoch": (step + 1) / state.schedule.steps_per_epoch,
         **step_means(stats),
+        **weight_figures(stats["weight"], clamped, [pair.kind for pair in pairs]),
+        **({"weight_scale": weight_scale.item()} if weight_scale is not None else {}),
         "learning_rate": learning_rate,
         "grad_norm": grad_norm,
         "pairs": int(stats["loss"].numel()),
@@ -355,21 +368,46 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
     }
 
 
+def _micro_batch_statistics(
+    state: TrainState, indices: list[int], step: int
+) -> tuple[SequenceStatistics, SequenceStatistics, int]:
+    """One micro-batch's forward pass: chosen and rejected statistics, and the tokens computed."""
+    accelerator = state.accelerator
+    pairs = [state.tokens.pairs[i] for i in indices]
+    batch = collate_pairs(pairs, state.pad_token_id, share_prompts=state.sharing.applies_to(pairs))
+    batch = batch.to(accelerator.device)
+    try:
+        with accelerator.autocast():  # bf16 compute under train.mixed_precision; a no-op otherwise
+            chosen, rejected = pair_statistics(state.model, batch, loss_chunk_size=state.cfg.loss_chunk_size)
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"{exc} at step {step + 1}, pairs {[pair.id for pair in pairs]}") from None
+    return chosen, rejected, batch.token_count
+
+
+def _weight_scale(state: TrainState, batches: list[list[int]], step: int) -> torch.Tensor:
+    """`train.normalize_weights`: the step's pair count over the sum of their WPO weights, every process's micro-batches
+    summed, so the scaled weights average 1 over the step. Each micro-batch's backward comes before the next one's
+    forward, so the weights are found first, by a forward pass without gradient (detached, as in the loss)."""
+    cfg, accelerator = state.cfg, state.accelerator
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # weight sum, pairs
+    with torch.no_grad():
+        for indices in batches:
+            chosen, rejected, _ = _micro_batch_statistics(state, indices, step)
+            weights = wpo_weight(chosen.aligned_logps, rejected.aligned_logps, clamp=cfg.clamp)
+            totals += torch.stack([weights.double().sum(), totals.new_tensor(len(indices))])
+    weight_sum, pair_count = accelerator.reduce(totals, reduction="sum").tolist()
+    return torch.tensor(pair_count / weight_sum if weight_sum > 0 else 1.0, device=accelerator.device)
+
+
 def _forward_backward(
-    state: TrainState, indices: list[int], local_pairs: int, step: int
+    state: TrainState, indices: list[int], local_pairs: int, step: int, weight_scale: torch.Tensor | None = None
 ) -> tuple[dict[str, torch.Tensor], int]:
     """One micro-batch: forward, loss (its share of the step's mean over `local_pairs`), backward. Returns each pair's
     statistics, detached, and the tokens computed."""
     accelerator = state.accelerator
     pairs = [state.tokens.pairs[i] for i in indices]
-    batch = collate_pairs(pairs, state.pad_token_id, share_prompts=state.sharing.applies_to(pairs))
-    batch = batch.to(accelerator.device)
     where = f" at step {step + 1}, pairs {[pair.id for pair in pairs]}"
-    try:
-        with accelerator.autocast():  # bf16 compute under train.mixed_precision; a no-op otherwise
-            chosen, rejected = pair_statistics(state.model, batch, loss_chunk_size=state.cfg.loss_chunk_size)
-    except NonFiniteError as exc:
-        raise NonFiniteError(f"{exc}{where}") from None
+    chosen, rejected, token_count = _micro_batch_statistics(state, indices, step)
     index = torch.tensor(indices)
     references = state.references
     result = state.loss_fn(
@@ -377,6 +415,8 @@ def _forward_backward(
         rejected,
         references.chosen[index].to(accelerator.device) if references else None,
         references.rejected[index].to(accelerator.device) if references else None,
+        weight_scale=weight_scale,
+        pair_weights=_pair_weights(pairs, accelerator.device),
     )
     loss = result.pair_losses.sum() / local_pairs
     require_finite("loss", loss.detach(), where)
@@ -384,12 +424,20 @@ def _forward_backward(
     statistics = {
         "loss": result.pair_losses,
         "weight": result.weights,
+        "clamped": result.clamped,
         "rewards_chosen": result.chosen_rewards,
         "rewards_rejected": result.rejected_rewards,
         "logps_chosen": chosen.logps,
         "logps_rejected": rejected.logps,
     }
-    return {name: value.detach().float() for name, value in statistics.items()}, batch.token_count
+    return {name: value.detach().float() for name, value in statistics.items()}, token_count
+
+
+def _pair_weights(pairs: list[TokenizedPair], device: torch.device) -> torch.Tensor | None:
+    """The pairs' own `weight` fields (1 where a pair has none); None when no pair of the micro-batch has one."""
+    if all(pair.weight is None for pair in pairs):
+        return None
+    return torch.tensor([1.0 if pair.weight is None else pair.weight for pair in pairs], device=device)
 
 
 def step_means(stats: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -451,7 +499,9 @@ def train(recipe: Recipe) -> TrainResult:
 
     final_dir = save_final(state)
     counts = _counts(state)
+    weights = state.weights.summary()
     if accelerator.is_main_process:
+        state.weights.write(plan.train_dir)
         write_manifest(
             plan.train_dir,
             stage="train",
@@ -460,8 +510,11 @@ def train(recipe: Recipe) -> TrainResult:
             seed=recipe.seed,
             counts=counts,
             wall_seconds=time.perf_counter() - started,
-            outputs=["final", "metrics.jsonl"],
-            extra={"reference_cache": str(state.references.cache_path) if state.references else None},
+            outputs=["final", "metrics.jsonl", PAIR_WEIGHTS_FILE],
+            extra={
+                "reference_cache": str(state.references.cache_path) if state.references else None,
+                "weights": weights,
+            },
         )
     return TrainResult(
         final_dir=final_dir,
@@ -469,6 +522,7 @@ def train(recipe: Recipe) -> TrainResult:
         last_metrics=last_row,
         reference_from_cache=state.references.from_cache if state.references else None,
         counts=counts,
+        weights=weights,
     )
 
 
@@ -498,6 +552,7 @@ def _counts(state: TrainState) -> dict[str, Any]:
     return {
         "pairs_read": state.loaded.records_read,
         "pairs_trained": len(state.tokens.pairs),
+        "pairs_with_weight": sum(pair.weight is not None for pair in state.tokens.pairs),
         "skipped": state.skipped,
         "truncated_prompts": state.tokens.truncated_prompts,
         "truncated_responses": state.tokens.truncated_responses,
@@ -518,6 +573,7 @@ def run_train(recipe: Recipe) -> dict[str, Any]:
         "steps": result.steps,
         "final_metrics": result.last_metrics,
         "reference_from_cache": result.reference_from_cache,
+        "weights": result.weights,
     }
 
 
@@ -540,6 +596,7 @@ def save_checkpoint(state: TrainState, step: int) -> None:
             config_hash=plan.run_hash,
             config=plan.config,
             schedule=state.schedule.fingerprint(),
+            weight_ledger=state.weights.state(),
         )
         checkpoint.prune_checkpoints(plan.train_dir, keep=state.cfg.save_total_limit)
     accelerator.wait_for_everyone()
