@@ -100,6 +100,10 @@ export: {model: m, quantizations: [Q4_K_M, Q8_0]}
         (["train.loss=kto"], r"train.loss: Input should be 'sigmoid', 'robust', 'ipo', 'hinge' or 'length_normalized'"),
         (["model.lora.alph=4"], r"model.lora.alph: unknown key; did you mean model.lora.alpha\?"),
         (["train.weighting=none", "train.clamp=false"], r"train.clamp only applies to train.weighting: wpo"),
+        (
+            ["train.weighting=none", "train.normalize_weights=true"],
+            r"train.normalize_weights only applies to train.weighting: wpo",
+        ),
         (["train.loss=ipo", "train.label_smoothing=0.1"], r"train.label_smoothing applies to sigmoid losses only"),
         (["train.max_prompt_length=600", "train.max_length=512"], r"train.max_prompt_length \(600\) must be below"),
         (["train.loss=length_normalized", "train.reference_model=x"], r"train.reference_model is unused"),

@@ -101,6 +101,27 @@ def test_bad_pair_records_name_file_and_line(tmp_path, line, reason, message):
     assert loaded.skipped == {reason: 1}
 
 
+def test_a_pairs_own_weight_is_read_and_written_back_only_when_given(tmp_path):
+    records = [dict(pair_record(*PAIRS[0]), weight=2), dict(pair_record(*PAIRS[1]), weight=0.0), pair_record(*PAIRS[2])]
+    loaded = load_pairs(str(write_lines(tmp_path / "p.jsonl", records)), BadRecordPolicy())
+    assert [p.weight for p in loaded.pairs] == [2.0, 0.0, None]
+    written = [p.to_record() for p in loaded.pairs]
+    assert [r.get("weight") for r in written] == [2.0, 0.0, None]
+    assert "weight" not in written[2]  # the TRL format, unchanged when no weight is given
+
+
+@pytest.mark.parametrize("weight", ["-1", '"2"', "true", "NaN", "Infinity", "[1]"])
+def test_bad_weights_are_refused_naming_file_and_line(tmp_path, weight):
+    good = [json.dumps(pair_record(*pair)) for pair in PAIRS[:2]]
+    bad = json.dumps(pair_record(*PAIRS[2]))[:-1] + f', "weight": {weight}}}'
+    path = write_lines(tmp_path / "pairs.jsonl", [*good, bad])
+    shown = {"NaN": "nan", "Infinity": "inf", "true": "True", '"2"': "'2'"}.get(weight, weight)
+    with pytest.raises(DataError) as raised:
+        load_pairs(str(path), BadRecordPolicy())
+    assert str(raised.value) == f"{path}:3: weight must be a finite number >= 0 (got {shown})"
+    assert load_pairs(str(path), BadRecordPolicy("skip")).skipped == {"bad_weight": 1}
+
+
 def test_identical_and_duplicate_pairs(tmp_path):
     same = pair_record("s", "q", "same answer", "same answer")
     path = write_lines(tmp_path / "p.jsonl", [pair_record(*PAIRS[0]), same, "", pair_record(*PAIRS[0])])

@@ -146,6 +146,45 @@ def test_other_losses_hand_worked():
     assert free.loss.item() == pytest.approx(weight * LN2, rel=1e-12)
 
 
+def test_a_pairs_own_weight_and_the_weight_scale_multiply_its_loss():
+    """Two pairs, β = 0.5. Pair A as above: z = 2, w = exp(-0.3 - 0.4) = exp(-0.7) ≈ 0.49659, unweighted loss
+    ln(1 + e^-1) ≈ 0.31326. Pair B: z = 0, unweighted ln 2 ≈ 0.69315, a_w + a_l = 0.2 + 0.1 = 0.3 ≥ 0, so its weight
+    exp(0.3) is clamped to 1 (and reported clamped).
+
+    Pair A's own weight 2: loss = (2 · e^-0.7 · ln(1 + e^-1) + 1 · ln 2) / 2 ≈ (0.31112 + 0.69315) / 2 ≈ 0.50213.
+    Under weighting none the own weight still counts: (2 ln(1 + e^-1) + ln 2) / 2 ≈ 0.65984.
+    A weight scale s multiplies WPO's weight: s = 2 / (e^-0.7 + 1) makes the weights average 1, and the loss
+    s · (e^-0.7 ln(1 + e^-1) + ln 2) / 2 ≈ 1.33638 · 0.42435 ≈ 0.56710. The reported weights stay WPO's own.
+    """
+    chosen, rejected = stats([-4.0, -5.0], [-0.3, 0.2], [3, 3]), stats([-6.0, -5.0], [-0.4, 0.1], [5, 5])
+    ref_c, ref_r = torch.tensor([-5.0, -5.0], dtype=torch.float64), torch.tensor([-5.0, -5.0], dtype=torch.float64)
+    weight_a, loss_a, loss_b = math.exp(-0.7), math.log1p(math.exp(-1.0)), LN2
+    own = torch.tensor([2.0, 1.0], dtype=torch.float64)
+
+    weighted = preference_loss(chosen, rejected, ref_c, ref_r, beta=0.5, pair_weights=own)
+    assert weighted.loss.item() == pytest.approx((2 * weight_a * loss_a + loss_b) / 2, rel=1e-12)
+    assert weighted.loss.item() == pytest.approx(0.50213, abs=1e-5)
+    assert_close(weighted.weights, torch.tensor([weight_a, 1.0], dtype=torch.float64))
+    assert weighted.clamped.tolist() == [False, True]
+
+    plain = preference_loss(chosen, rejected, ref_c, ref_r, beta=0.5, weighting="none", pair_weights=own)
+    assert plain.loss.item() == pytest.approx((2 * loss_a + loss_b) / 2, rel=1e-12)
+    assert plain.clamped.tolist() == [False, False]
+
+    scale = 2 / (weight_a + 1)
+    scaled = preference_loss(
+        chosen, rejected, ref_c, ref_r, beta=0.5, weight_scale=torch.tensor(scale, dtype=torch.float64)
+    )
+    assert scaled.loss.item() == pytest.approx(scale * (weight_a * loss_a + loss_b) / 2, rel=1e-12)
+    assert scaled.loss.item() == pytest.approx(0.56710, abs=1e-5)
+    assert (scaled.weights * scale).mean().item() == pytest.approx(1.0, rel=1e-12)
+    assert_close(scaled.weights, weighted.weights)
+
+    unscaled = preference_loss(chosen, rejected, ref_c, ref_r, beta=0.5)
+    ones = preference_loss(chosen, rejected, ref_c, ref_r, beta=0.5, pair_weights=torch.ones(2, dtype=torch.float64))
+    assert torch.equal(ones.pair_losses, unscaled.pair_losses)  # weight 1 changes no bit
+
+
 def test_reference_losses_need_reference_logps():
     chosen, rejected = stats([-4.0], [-0.3], [2]), stats([-6.0], [-0.4], [3])
     with pytest.raises(ValueError, match="needs reference log-probs"):

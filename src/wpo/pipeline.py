@@ -194,6 +194,8 @@ def _run_pipeline(recipe: Recipe, force: bool) -> dict[str, Any] | None:
         summary["stages"][name] = run_or_skip(recipe, name, force=force)
     summary["wall_seconds"] = {label: entry["wall_seconds"] for label, entry in summary["stages"].items()}
     summary["total_wall_seconds"] = time.perf_counter() - started
+    if "train" in recipe.stages:  # the last round's, from its manifest: a skipped stage reports them too
+        summary["weights"] = (read_manifest(current.stage_dir("train")) or {}).get("weights")
     if "eval" in recipe.stages:
         metrics = _read_json(stage_output(recipe, "eval"))
         summary.update({key: metrics[key] for key in HEADLINE_KEYS if key in metrics})
