@@ -5,6 +5,7 @@ pair per device, against one process with two pairs per device — the same glob
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -153,6 +154,47 @@ def test_a_killed_multi_process_training_resumes_to_the_same_weights(tmp_path, t
     assert json.loads((two / "train" / "manifest.json").read_text())["counts"]["resumed_from_step"] == 2
     for name, tensor in uninterrupted.items():
         assert_close(weights(two, "final")[name], tensor, rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow  # launches processes
+def test_weights_are_normalized_over_the_global_batch(tmp_path, tiny_llama):
+    """train.normalize_weights over 4 pairs a step: two processes with 1 pair a micro-batch and 2 micro-batches each
+    against one process with 2 x 2. At step 1 (learning rate 0, policy = reference: every pair's loss is ln 2) the
+    normalized loss is ln 2, and the scale is 1 / (the mean weight of all 4 pairs): had each process scaled its own
+    pairs, its scale (and the gradient) would follow its own 2 pairs' mean. The weight figures, gathered over both
+    processes, and the per-pair table equal one process's."""
+    records = [pair_record(*pair) for pair in PAIRS]
+    for record in records[:3]:
+        record["source_chosen"] = "offpolicy:reference"
+    pairs = write_lines(tmp_path / "pairs.jsonl", records)
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(
+        f"seed: 4\nmodel: {{name_or_path: {tiny_llama}}}\n"
+        f"train: {{pairs: {pairs}, max_steps: 1, gradient_accumulation_steps: 2, normalize_weights: true, "
+        "max_length: 64, max_prompt_length: 32, logging_steps: 1, save_steps: 0, loss_chunk_size: 8}\n"
+    )
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert_ok(run_wpo("train", recipe, f"output_dir={one}", "train.per_device_batch_size=2", env=DISTRIBUTED_ENV))
+    launched = assert_ok(
+        run_wpo("train", recipe, f"output_dir={two}", "train.per_device_batch_size=1", processes=2, env=DISTRIBUTED_ENV)
+    )
+    assert "schedule: 1 steps of 4 pairs (1 per device x 2 accumulation x 2 processes)" in launched.stderr
+    (one_row,), (two_row,) = (read_metrics(run / "train" / "metrics.jsonl") for run in (one, two))
+    assert two_row["pairs"] == 4 and two_row["learning_rate"] == 0.0
+    assert two_row["loss"] == pytest.approx(math.log(2), rel=1e-5)
+    assert two_row["weight_scale"] == pytest.approx(1 / two_row["weight_mean"], rel=1e-6)
+    for key in ("loss", "weight_scale", "weight_mean", "weight_ess", "weight_clamped_share", "grad_norm"):
+        assert two_row[key] == pytest.approx(one_row[key], rel=1e-5), key
+    assert two_row["weight_mean_by_source"] == pytest.approx(one_row["weight_mean_by_source"], rel=1e-5)
+
+    def table(run: Path) -> list[dict]:
+        rows = [json.loads(line) for line in (run / "train" / "pair_weights.jsonl").read_text().splitlines()]
+        return sorted(rows, key=lambda row: row["id"])
+
+    numbers = ("weight_first", "weight_last", "margin_first", "margin_last")
+    for a, b in zip(table(one), table(two), strict=True):
+        assert {k: v for k, v in b.items() if k not in numbers} == {k: v for k, v in a.items() if k not in numbers}
+        assert [b[k] for k in numbers] == pytest.approx([a[k] for k in numbers], rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.slow  # launches processes

@@ -125,7 +125,7 @@ def test_a_steps_logged_figures_are_means_over_its_pairs():
 def test_resume_reproduces_the_uninterrupted_curve(tmp_path, tiny_llama, pairs_file, monkeypatch):
     """6 pairs, 2 per step: 3 steps per epoch, 5 steps cross an epoch boundary. Kill after step 3, resume from 2."""
     common = ("train.max_steps=5", "train.save_steps=2")
-    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="straight"))
+    uninterrupted = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="straight"))
     straight = read_metrics(tmp_path / "straight" / "train" / "metrics.jsonl")
 
     train_killed_at(monkeypatch, recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="killed"), step=3)
@@ -141,6 +141,21 @@ def test_resume_reproduces_the_uninterrupted_curve(tmp_path, tiny_llama, pairs_f
     final_b = load_file(str(tmp_path / "killed" / "train" / "final" / "model.safetensors"))
     for name, tensor in final_a.items():
         torch.testing.assert_close(final_b[name], tensor, rtol=1e-6, atol=1e-7)
+    # the per-pair table and the run's weight figures survive the resume: saved with checkpoint-2, continued after it
+    straight_pairs, resumed_pairs = (
+        read_jsonl(tmp_path / run / "train" / "pair_weights.jsonl") for run in ("straight", "killed")
+    )
+    assert [(r["id"], r["visits"], r["step_first"], r["step_last"]) for r in resumed_pairs] == [
+        (r["id"], r["visits"], r["step_first"], r["step_last"]) for r in straight_pairs
+    ]
+    for a, b in zip(straight_pairs, resumed_pairs, strict=True):
+        assert [b[k] for k in ("weight_first", "weight_last")] == pytest.approx(
+            [a[k] for k in ("weight_first", "weight_last")], rel=1e-6
+        )
+    assert result.weights.pop("weight_mean_by_source") == pytest.approx(
+        uninterrupted.weights.pop("weight_mean_by_source"), rel=1e-6
+    )
+    assert result.weights == pytest.approx(uninterrupted.weights, rel=1e-6)
 
 
 def test_outputs_metrics_manifest_and_reference_cache(tmp_path, tiny_llama, pairs_file):
@@ -194,6 +209,119 @@ def test_outputs_metrics_manifest_and_reference_cache(tmp_path, tiny_llama, pair
     again = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3", "train.resume=never"))
     assert again.reference_from_cache is True
     assert read_metrics(train_dir / "metrics.jsonl")[0]["loss"] == rows[0]["loss"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def hybrid_pairs(tmp_path: Path, **own_weights: float) -> Path:
+    """PAIRS with the first three chosen from an off-policy reference answer, as a hybrid pool pairs them; `p2=2.0`
+    gives pair p2 its own weight."""
+    records = [pair_record(*pair) for pair in PAIRS]
+    for record in records[:3]:
+        record["source_chosen"] = "offpolicy:reference"
+    for record in records:
+        if record["id"] in own_weights:
+            record["weight"] = own_weights[record["id"]]
+    return write_lines(tmp_path / "pairs.jsonl", records)
+
+
+def test_pair_weights_file_agrees_with_the_logged_steps_field_by_field(tmp_path, tiny_llama):
+    """6 pairs, 2 per step, 4 steps: steps 1-3 visit every pair once, step 4 (epoch 2) two of them again. Each step's
+    ESS, clamped share, mean weight by pair kind and reward margin come back from the pairs' rows; the manifest holds
+    the same figures over all 8 visits."""
+    pairs = hybrid_pairs(tmp_path)
+    result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs, "train.max_steps=4"))
+    train_dir = tmp_path / "run" / "train"
+    steps = read_metrics(train_dir / "metrics.jsonl")
+    rows = read_jsonl(train_dir / "pair_weights.jsonl")
+
+    assert sorted(row["id"] for row in rows) == sorted(pair[0] for pair in PAIRS)
+    for row in rows:
+        expected_source = "offpolicy:reference" if row["id"] in ("p1", "p2", "p3") else "policy"
+        assert (row["source_chosen"], row["source_rejected"]) == (expected_source, "policy")
+        assert 1 <= row["step_first"] <= 3 and row["visits"] == (2 if row["step_last"] == 4 else 1)
+        assert row["step_last"] == (4 if row["visits"] == 2 else row["step_first"])
+        assert 0.0 < row["weight_first"] <= 1.0 and 0.0 < row["weight_last"] <= 1.0
+        if row["visits"] == 1:
+            assert (row["weight_last"], row["margin_last"]) == (row["weight_first"], row["margin_first"])
+    assert sum(row["visits"] for row in rows) == 8
+
+    for step in steps:
+        visited = [
+            (row["weight_first"], row["margin_first"])
+            if step["step"] <= 3
+            else (row["weight_last"], row["margin_last"])
+            for row in rows
+            if (row["step_first"] if step["step"] <= 3 else row["step_last"]) == step["step"]
+        ]
+        kinds = [
+            f"{row['source_chosen']} vs {row['source_rejected']}"
+            for row in rows
+            if (row["step_first"] if step["step"] <= 3 else row["step_last"]) == step["step"]
+        ]
+        weights = torch.tensor([weight for weight, _ in visited], dtype=torch.float64)
+        assert step["pairs"] == len(visited) == 2
+        assert step["weight_ess"] == pytest.approx(weights.sum().item() ** 2 / (weights**2).sum().item(), rel=1e-12)
+        assert step["weight_ess_share"] == pytest.approx(step["weight_ess"] / 2, rel=1e-12)
+        assert step["weight_clamped_share"] == sum(weight == 1.0 for weight, _ in visited) / 2
+        by_kind = {kind: [w for k, (w, _) in zip(kinds, visited, strict=True) if k == kind] for kind in set(kinds)}
+        assert step["weight_mean_by_source"] == pytest.approx({k: sum(v) / len(v) for k, v in by_kind.items()})
+        assert step["reward_margin"] == pytest.approx(sum(m for _, m in visited) / 2, rel=1e-6, abs=1e-9)
+        assert step["weight_mean"] == pytest.approx(weights.mean().item(), rel=1e-12)
+
+    manifest = json.loads((train_dir / "manifest.json").read_text())
+    visits = [row["weight_first"] for row in rows] + [row["weight_last"] for row in rows if row["visits"] == 2]
+    assert manifest["weights"] == result.weights
+    assert manifest["weights"]["pair_visits"] == 8 and manifest["weights"]["pairs_visited"] == 6
+    assert manifest["weights"]["weight_mean"] == pytest.approx(sum(visits) / 8, rel=1e-12)
+    assert set(manifest["weights"]["weight_mean_by_source"]) == {"offpolicy:reference vs policy", "policy vs policy"}
+    assert manifest["counts"]["pairs_with_weight"] == 0 and "pair_weights.jsonl" in manifest["outputs"]
+    assert "weight_scale" not in steps[0]  # only under train.normalize_weights
+
+
+@pytest.mark.parametrize("weighting", ["none", "wpo"])
+def test_a_pairs_own_weight_multiplies_its_loss(tmp_path, tiny_llama, weighting):
+    """One step over all 6 pairs at learning rate 0 (warmup), where the policy is its reference: z = 0, so every
+    pair's unweighted loss is -ln σ(0) = ln 2. With p2's own weight 2 and p5's 0, the step's loss is
+    ln 2 · (1 + 2 + 1 + 1 + 0 + 1) / 6 = ln 2 · 7/6 without WPO, and ln 2 · Σ own_i · w_i / 6 with WPO's weights w_i."""
+    pairs = hybrid_pairs(tmp_path, p2=2.0, p5=0)
+    recipe = recipe_for(
+        tmp_path,
+        tiny_llama,
+        pairs,
+        "train.max_steps=1",
+        "train.gradient_accumulation_steps=3",
+        f"train.weighting={weighting}",
+    )
+    result = trainer.train(recipe)
+    first = read_metrics(tmp_path / "run" / "train" / "metrics.jsonl")[0]
+    assert first["pairs"] == 6 and first["learning_rate"] == 0.0
+    own = {"p2": 2.0, "p5": 0.0}
+    rows = read_jsonl(tmp_path / "run" / "train" / "pair_weights.jsonl")
+    weighted = sum(own.get(row["id"], 1.0) * row["weight_first"] for row in rows)
+    if weighting == "none":
+        assert weighted == 6.0  # WPO's weights are all 1
+    assert first["loss"] == pytest.approx(math.log(2) * weighted / 6, rel=1e-5)
+    assert result.counts["pairs_with_weight"] == 2
+
+
+def test_normalized_weights_average_one_over_the_step(tmp_path, tiny_llama, pairs_file):
+    """Step 1 over all 6 pairs in 3 micro-batches, at z = 0 (each pair's loss ln 2): with the weights scaled to mean
+    1 over the step, the step's loss is ln 2 · Σ w_i s / 6 = ln 2 exactly as the answer, where the paper's unscaled
+    weights give ln 2 · mean(w). The scale s = 1 / mean(w) multiplies the whole step's gradient, so the gradient
+    norm is the unscaled one times s; the weights reported stay WPO's own."""
+    common = ("train.max_steps=1", "train.gradient_accumulation_steps=3")
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, run="plain"))
+    trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *common, "train.normalize_weights=true", run="norm"))
+    (plain,), (normalized,) = (read_metrics(tmp_path / run / "train" / "metrics.jsonl") for run in ("plain", "norm"))
+    assert plain["weight_mean"] < 0.99  # the weights really are below 1 here: the scale does something
+    assert plain["loss"] == pytest.approx(math.log(2) * plain["weight_mean"], rel=1e-5)
+    assert normalized["loss"] == pytest.approx(math.log(2), rel=1e-5)
+    assert normalized["weight_scale"] == pytest.approx(1 / plain["weight_mean"], rel=1e-6)
+    assert normalized["weight_mean"] == pytest.approx(plain["weight_mean"], rel=1e-6)
+    assert normalized["grad_norm"] == pytest.approx(plain["grad_norm"] * normalized["weight_scale"], rel=1e-5)
 
 
 def test_a_datasets_directory_of_pairs_is_never_written_to(tmp_path, tiny_llama):
