@@ -341,14 +341,18 @@ def keys(
         ),
     ] = None,
     as_json: JsonOption = False,
+    as_markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the docs' Markdown page (docs/recipe-keys.md).")
+    ] = False,
 ) -> None:
-    """Every recipe key with its type, default and what it does.
+    """Every recipe key with its type, default and what it does: a table on a terminal, tab-separated lines when
+    piped.
 
     Example: wpo keys train
     """
 
     with _one_line_errors():
-        from wpo.recipe_keys import recipe_keys
+        from wpo.recipe_keys import markdown_page, plain_lines, recipe_keys
 
         rows = [
             row
@@ -360,16 +364,25 @@ def keys(
             raise WpoError(f"no recipe key {section!r}; sections and top-level keys: {', '.join(sections)}")
         if as_json:
             _print_json([vars(row) for row in rows])
-            return
-        from rich.console import Console
-        from rich.table import Table
+        elif as_markdown:
+            typer.echo(markdown_page(rows), nl=False)
+        elif not sys.stdout.isatty():
+            typer.echo(plain_lines(rows), nl=False)
+        else:
+            _print_keys_table(rows)
 
-        table = Table(show_header=True)
-        for column in ("key", "type", "default", "description"):
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(row.key, row.type, row.default, row.description)
-        Console().print(table)
+
+def _print_keys_table(rows) -> None:
+    """The terminal's table; descriptions printed as written (no console markup or emoji codes read in them)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=True)
+    for column in ("key", "type", "default", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row.key, row.type, row.default, row.description)
+    Console(markup=False, emoji=False, highlight=False).print(table)
 
 
 @app.command()
@@ -387,6 +400,25 @@ def chat(
         from wpo.chat import run_chat
 
         run_chat(model, prompt, max_new_tokens)
+
+
+@app.command(name="model-dir")
+def model_dir(
+    model: Annotated[str, typer.Argument(help="embedded:NAME (e.g. embedded:smollm2-135m-instruct) or a .gguf file.")],
+    directory: Annotated[Path, typer.Argument(help="Where to write the HF directory (new, or empty).")],
+) -> None:
+    """Write a model as an HF directory (safetensors weights, tokenizer, chat template) that a recipe's
+    model.name_or_path, transformers or any HF tool can read: to edit its chat template, or train it elsewhere.
+
+    Example: wpo model-dir embedded:smollm2-135m-instruct ./smollm2
+    """
+
+    with _one_line_errors():
+        from wpo.models import write_model_dir
+
+        written = write_model_dir(model, directory)
+        typer.echo(f"{written}: {model} as an HF directory ({', '.join(sorted(p.name for p in written.iterdir()))})")
+        typer.echo(f"in a recipe: model.name_or_path: {written}")
 
 
 def _show_version(value: bool) -> None:

@@ -79,6 +79,27 @@ def gguf_to_hf_dir(gguf_path: Path) -> Path:
     return target
 
 
+def write_model_dir(model: str, target: Path) -> Path:
+    """The embedded model, or any `.gguf` file, as an HF directory at `target` (safetensors weights, tokenizer, chat
+    template), for a recipe's `model.name_or_path` or any tool that reads HF directories: the cached dequantized copy,
+    copied out whole and renamed into place."""
+    if not model.startswith("embedded:") and Path(model).suffix != ".gguf":
+        raise WpoError(
+            f"wpo model-dir writes an embedded:NAME model or a .gguf file as an HF directory; {model} is neither "
+            "(an HF directory or hub id is already one)"
+        )
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise WpoError(f"{target} already exists and is not an empty directory; name a new one")
+    source = Path(resolve_model_path(model))
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, copy_function=shutil.copyfile)  # the user's umask, not the cache's modes
+    if target.exists():
+        target.rmdir()
+    staging.rename(target)
+    return target
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """A local HF directory or hub id for any accepted model reference."""
     if name_or_path.startswith("embedded:"):

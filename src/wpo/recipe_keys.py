@@ -1,8 +1,10 @@
-"""Every recipe key with its type, default and description, read from the config models (`wpo keys`)."""
+"""Every recipe key with its type, default and description, read from the config models (`wpo keys`), and the two
+ways it is printed besides the terminal's table: tab-separated lines for a pipe, and the docs' Markdown page."""
 
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -75,3 +77,66 @@ def _default_text(value: Any) -> str:
     if isinstance(value, BaseModel):
         return "(section)"
     return json.dumps(value, default=str)
+
+
+def plain_lines(rows: list[RecipeKey]) -> str:
+    """One tab-separated line per key, under a header: what a pipe gets (`cut`, `grep`, `column -t -s$'\\t'`)."""
+    lines = ["key\ttype\tdefault\tdescription"]
+    lines += [f"{row.key}\t{row.type}\t{row.default}\t{row.description}" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+MARKDOWN_INTRO = """\
+# Recipe keys
+
+<!-- Written by `wpo keys --markdown > docs/recipe-keys.md` from the recipe's own field descriptions; edit those
+(src/wpo/config.py), never this page: tests/test_docs.py fails when the two differ. -->
+
+Every key a recipe can set, with its type, its default and what it does. Set a key in the recipe's YAML (`train:`
+then `beta: 0.05`) or override it on the command line with its dotted name (`wpo run recipe.yaml train.beta=0.05`).
+A key inside a list of mappings is written `name[].key` (`sample.offpolicy_models[].model`). `wpo keys [SECTION]`
+prints the same in a terminal, `wpo keys --json` for programs.
+"""
+
+
+def markdown_page(rows: list[RecipeKey]) -> str:
+    """The key reference of the docs site: one table per section, top-level keys first, in declaration order."""
+    sections: dict[str, list[RecipeKey]] = {"Top-level keys": []}
+    intros: dict[str, str] = {}
+    for row in rows:
+        section, _, rest = row.key.partition(".")
+        if not rest and row.default == "(section)":
+            sections[section], intros[section] = [], row.description
+        elif not rest:
+            sections["Top-level keys"].append(row)
+        else:
+            sections.setdefault(section, []).append(row)
+    parts = [MARKDOWN_INTRO]
+    for title, members in sections.items():
+        if not members:
+            continue
+        parts.append(f"## {title}\n")
+        if title in intros:
+            parts.append(_markdown_text(intros[title]) + "\n")
+        table = ["| key | type | default | description |", "|---|---|---|---|"]
+        table += [
+            f"| {_code(row.key)} | {_code(row.type)} | {_code(row.default)} | {_markdown_text(row.description)} |"
+            for row in members
+        ]
+        parts.append("\n".join(table) + "\n")
+    return "\n".join(parts)
+
+
+def _code(text: str) -> str:
+    """A code span inside a table cell: its pipes escaped, or the table would split there."""
+    escaped = text.replace("|", "\\|")
+    return f"`{escaped}`"
+
+
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]|#])")
+
+
+def _markdown_text(text: str) -> str:
+    """A description as literal text: Markdown's specials escaped and `<...>` kept visible, not read as HTML."""
+    escaped = MARKDOWN_SPECIALS.sub(r"\\\1", text)
+    return escaped.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
