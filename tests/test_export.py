@@ -112,7 +112,8 @@ def test_the_card_says_how_the_model_was_trained_and_judged(tmp_path):
     assert "SmolBase fine-tuned with Weighted Preference Optimization (WPO)" in text
     assert "| tiny | 55.13 | 60.00 | 812 |" in text
     assert "| Q4_K_M | t.Q4_K_M.gguf | 105.0 | 12.346 | 12.000 | 0.01235 |" in text
-    assert "Judged by wpo's `python` judge against ref's outputs: not AlpacaEval 2's annotator" in text
+    assert "### Evaluation (AlpacaEval-style, vs the reference outputs (ref))" in text
+    assert "Judged by wpo's `python` judge: not AlpacaEval 2's annotator" in text
     assert "\n\n\n" not in text and str(tmp_path) not in text
 
     (model_dir / "wpo_training.json").unlink()

@@ -1,7 +1,8 @@
 """The model card (`README.md` beside the GGUF files), in the shape of the seed's card.
 
 Everything comes from the run's own records: the trainer's `wpo_training.json` (hyperparameters exactly as trained),
-the sample/score/pair manifests (how the preference data was built), `eval/metrics.json` and the quantization report.
+the sample/score/pair manifests (how the preference data was built), `eval/metrics.json` with the eval manifest (what
+the model was compared with, the win rates, the held-out measures and the verdict) and the quantization report.
 Local paths are reduced to file names; no secrets are read.
 """
 
@@ -115,6 +116,7 @@ def write_card(
         license=license_name,
     )
     metrics = _read_json(output_in(run_dir, "eval"))
+    eval_manifest = _read_json(run_dir / "eval" / "manifest.json")
     card = ModelCard.from_template(
         metadata,
         template_str=resources.files("wpo.exporting").joinpath("card.md.j2").read_text(encoding="utf-8"),
@@ -122,7 +124,9 @@ def write_card(
         base=base,
         data=data_section(run_dir),
         metrics=metrics,
+        compared_with=compared_with(metrics, eval_manifest) if metrics else None,
         judged_by=judged_by(metrics) if metrics else None,
+        heldout=heldout(metrics, eval_manifest) if metrics else None,
         report=report,
         hyperparameters=hyperparameters(trained) if trained else None,
         license=license_name,
@@ -134,13 +138,55 @@ def write_card(
     return text
 
 
+def compared_with(metrics: dict[str, Any], eval_manifest: dict[str, Any] | None) -> str:
+    """What the model's answers were judged against, by name: the base model's answers or the reference outputs."""
+    config = (eval_manifest or {}).get("config", {})
+    if config.get("eval", {}).get("compare_to") == "base_model":
+        return f"the base model {public_name(config['base_model'])}"
+    generator = metrics.get("reference_generator")
+    return f"the reference outputs ({generator})" if generator else "the reference outputs"
+
+
+def heldout(metrics: dict[str, Any], eval_manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The held-out measures, base (by name) → trained with each delta's paired 95% CI (three decimals for measures
+    in [0, 1], one for chrF and lengths), and the verdict with each of its rules; None when eval measured nothing."""
+    names = metrics.get("measures", [])
+    if not names:
+        return None
+    rows = []
+    for name in names:
+        base, trained = metrics[f"{name}_base"], metrics[f"{name}_trained"]
+        low, high = metrics[f"{name}_delta_ci95"]
+        digits = 1 if max(abs(base), abs(trained)) >= 10 else 3
+        rows.append(
+            {
+                "name": name,
+                "base": f"{base:.{digits}f}",
+                "trained": f"{trained:.{digits}f}",
+                "delta": f"{metrics[f'{name}_delta']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]",
+            }
+        )
+    rules = [
+        {"rule": check["rule"], "value": f"{check['value']:.3g}", "held": check["passed"]}
+        for check in metrics.get("verdict", {}).values()
+    ]
+    base = public_name((eval_manifest or {}).get("config", {}).get("base_model")) or "the base model"
+    return {
+        "prompts": metrics[f"{names[0]}_n"],
+        "base": base,
+        "rows": rows,
+        "better": metrics.get("better"),
+        "rules": rules,
+    }
+
+
 def judged_by(metrics: dict[str, Any]) -> str:
     """Who judged, and whether the figures stand beside the public AlpacaEval 2 leaderboard's."""
     protocol = metrics.get("alpaca_eval")
     if not protocol:
         return (
-            f"Judged by wpo's `{metrics.get('judge')}` judge against {metrics.get('reference_generator')}'s outputs: "
-            "not AlpacaEval 2's annotator, so not comparable with its leaderboard."
+            f"Judged by wpo's `{metrics.get('judge')}` judge: not AlpacaEval 2's annotator, so not comparable with its "
+            "leaderboard."
         )
     verdict = (
         "comparable with the public AlpacaEval 2 leaderboard"
