@@ -153,6 +153,7 @@ def test_version_and_help_examples():
         "export",
         "config",
         "keys",
+        "model-dir",
         "sweep",
         "report",
         "chat",
