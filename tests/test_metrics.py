@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from wpo.training.metrics import WeightLedger, effective_sample_size, tracker_scalars, weight_figures
 from wpo.training.tokenize import TokenizedPair
@@ -26,11 +25,7 @@ def test_a_batchs_weight_figures_hand_worked():
     Clamped: 1 of 4 = 0.25. Mean by kind: reference vs policy (1 + 0.5) / 2 = 0.75; policy vs policy (0.5 + 0) / 2
     = 0.25.
     """
-    figures = weight_figures(
-        torch.tensor([1.0, 0.5, 0.5, 0.0]),
-        torch.tensor([True, False, False, False]),
-        [HYBRID, HYBRID, ON_POLICY, ON_POLICY],
-    )
+    figures = weight_figures([1.0, 0.5, 0.5, 0.0], [True, False, False, False], [HYBRID, HYBRID, ON_POLICY, ON_POLICY])
     assert figures == {
         "weight_ess": pytest.approx(8 / 3),
         "weight_ess_share": pytest.approx(2 / 3),
@@ -41,9 +36,9 @@ def test_a_batchs_weight_figures_hand_worked():
 
 def test_effective_sample_size_at_its_bounds():
     """Equal weights: every pair counts, ESS = n (any scale). One pair with all the weight: ESS = 1. No weight: 0."""
-    assert effective_sample_size(torch.full((5,), 0.3)) == pytest.approx(5.0)
-    assert effective_sample_size(torch.tensor([0.0, 0.9, 0.0])) == pytest.approx(1.0)
-    assert effective_sample_size(torch.zeros(3)) == 0.0
+    assert effective_sample_size([0.3] * 5) == pytest.approx(5.0)
+    assert effective_sample_size([0.0, 0.9, 0.0]) == pytest.approx(1.0)
+    assert effective_sample_size([0.0] * 3) == 0.0
 
 
 def test_the_ledger_keeps_each_pairs_first_and_last_visit_and_the_runs_totals():

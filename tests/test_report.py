@@ -473,6 +473,65 @@ def test_each_round_is_shown(full_run, tmp_path):
     assert [tag for tag, _ in page.elements].count("svg") == 5  # data and training twice, the evaluation once
 
 
+def test_the_training_part_shows_what_the_wpo_weights_did(full_run, tmp_path):
+    """A training's weights as the trainer writes them: figures per logged step, `pair_weights.jsonl` and the run's
+    figures in the manifest → a chart, the run's line, the table by pair kind, and the least-weighted pairs first."""
+    run = copy_of(full_run, tmp_path)
+    hybrid, on_policy = "offpolicy:reference vs policy", "policy vs policy"
+    metrics = [json.loads(line) for line in (run / "train" / "metrics.jsonl").read_text().splitlines()]
+    for row in metrics:
+        row.update(weight_ess_share=0.9, weight_clamped_share=0.25, weight_mean_by_source={hybrid: 0.4, on_policy: 0.8})
+    write_jsonl(run / "train" / "metrics.jsonl", metrics)
+
+    def pair_row(pair_id: str, chosen: str, first: float, last: float) -> dict:
+        return {
+            "id": pair_id,
+            "source_chosen": chosen,
+            "source_rejected": "policy",
+            "weight_first": first,
+            "weight_last": last,
+            "margin_first": 0.0,
+            "margin_last": 0.125,
+            "step_first": 1,
+            "step_last": 6,
+            "visits": 2,
+        }
+
+    write_jsonl(
+        run / "train" / "pair_weights.jsonl",
+        [
+            pair_row("a", "offpolicy:reference", 0.5, 0.25),
+            pair_row(HOSTILE, "offpolicy:reference", 0.5, 0.75),
+            pair_row("c", "policy", 1.0, 0.0625),
+        ],
+    )
+    manifest = json.loads((run / "train" / "manifest.json").read_text())
+    manifest["weights"] = {
+        "pair_visits": 6,
+        "pairs_visited": 3,
+        "weight_mean": 0.5104,
+        "weight_ess": 4.5,
+        "weight_ess_share": 0.75,
+        "weight_ess_share_step_mean": 0.8,
+        "weight_clamped_share": 0.1667,
+        "weight_mean_by_source": {hybrid: 0.5, on_policy: 0.5312},
+    }
+    write_json(run / "train" / "manifest.json", manifest)
+
+    markup, page = report_of(run)
+    assert [tag for tag, _ in page.elements].count("svg") == 4  # data, training, the weights and eval charts
+    assert "mean WPO weight by pair kind" in markup and "every pair's WPO weight" in markup
+    assert (
+        "Over the run's 6 pair visits: mean weight 0.5104; effective sample size 0.75 of the visits (per step, on "
+        "average 0.8 of the step's pairs); 0.1667 clamped at 1." in page.visible
+    )
+    assert f"{hybrid} 2 0.5 0.5 0.5" in page.visible  # pairs, mean at first visit, at last visit, over every visit
+    assert f"{on_policy} 1 1 0.0625 0.5312" in page.visible
+    lowest = re.search(r"The pairs WPO weighed least</summary>(.*?)</table>", markup, re.S).group(1)
+    assert re.findall(r'data-pair-id="([^"]*)"', lowest) == ["c", "a", str(escape(HOSTILE))]
+    assert HOSTILE not in markup  # the id stays text
+
+
 def test_the_command_writes_the_page_and_names_a_directory_that_is_not_a_run(full_run, tmp_path):
     run = copy_of(full_run, tmp_path)
     (run / REPORT_NAME).unlink()

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from wpo.reporting.collect import CandidateStats, PairStats
+from wpo.reporting.collect import CandidateStats, PairStats, PairWeights
 
 PANEL_INCHES = (3.6, 2.6)
 TRAINING_PANELS = (
@@ -20,6 +20,8 @@ TRAINING_PANELS = (
     ("reward accuracy", ("reward_accuracy",)),
     ("learning rate", ("learning_rate",)),
     ("gradient norm (before clipping)", ("grad_norm",)),
+    ("WPO weights' effective sample size,\nshare of the step's pairs", ("weight_ess_share",)),
+    ("share of WPO weights clamped at 1", ("weight_clamped_share",)),
 )
 
 
@@ -109,7 +111,7 @@ def training_chart(rows: list[dict[str, Any]]) -> str | None:
         values = [row.get(key) for row in rows]
         return None if any(v is None for v in values) else np.array(values, dtype=float)
 
-    figure, axes = _figure(len(TRAINING_PANELS), 3)
+    figure, axes = _figure(len(TRAINING_PANELS), 4)
     for axis, (title, keys) in zip(axes, TRAINING_PANELS, strict=True):
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("step", fontsize=9)
@@ -121,6 +123,34 @@ def training_chart(rows: list[dict[str, Any]]) -> str | None:
         band = [series(key) for key in keys[1:]]
         if len(band) == 2 and band[0] is not None and band[1] is not None:
             axis.fill_between(steps, band[0], band[1], alpha=0.25, linewidth=0)
+    return to_svg(figure)
+
+
+def weights_chart(rows: list[dict[str, Any]], weights: PairWeights | None) -> str | None:
+    """The mean WPO weight of each pair kind per logged step, and every pair's weight at its first and last visit."""
+    kinds = sorted({kind for row in rows for kind in row.get("weight_mean_by_source", {})})
+    if not kinds and weights is None:
+        return None
+    figure, axes = _figure(int(bool(kinds)) + int(weights is not None), 2)
+    if kinds:
+        axis = axes.pop(0)
+        for kind in kinds:
+            logged = [
+                (row["step"], row["weight_mean_by_source"][kind])
+                for row in rows
+                if kind in row.get("weight_mean_by_source", {})
+            ]
+            steps, means = zip(*logged, strict=True)
+            axis.plot(steps, means, marker="o" if len(logged) < 40 else None, markersize=3, label=plain(kind))
+        axis.set_title("mean WPO weight by pair kind (chosen vs rejected)", fontsize=10)
+        axis.set_xlabel("step", fontsize=9)
+        axis.legend(fontsize=7)
+    if weights is not None:
+        series = {
+            "first visit": [row["weight_first"] for row in weights.rows],
+            "last visit": [row["weight_last"] for row in weights.rows],
+        }
+        _histogram(axes[0], series, "every pair's WPO weight", "weight", stacked=False)
     return to_svg(figure)
 
 

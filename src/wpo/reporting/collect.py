@@ -22,6 +22,7 @@ from wpo.data.schemas import Annotation, RecordInvalid, parse_annotation, parse_
 from wpo.errors import DataError, WpoError
 from wpo.layout import output_in
 from wpo.manifest import MANIFEST_NAME, file_sha256, read_manifest
+from wpo.training.metrics import PAIR_WEIGHTS_FILE
 
 # What each stage's manifest counts as read and written (the stages name them differently); the rest of the counts
 # are shown as they are.
@@ -114,6 +115,39 @@ class PairStats:
 
 
 @dataclass
+class PairWeights:
+    """What WPO's weights did in one training: `train/pair_weights.jsonl` (each pair's weight at its first and last
+    visit) and the manifest's figures over every visit."""
+
+    rows: list[dict[str, Any]]
+    run: dict[str, Any]
+
+    def by_kind(self) -> list[dict[str, Any]]:
+        """Per pair kind (`<chosen's source> vs <rejected's source>`): pairs, and their mean weight at the first and
+        the last visit, and over every visit (the manifest's)."""
+        kinds: dict[str, list[dict[str, Any]]] = {}
+        for row in self.rows:
+            kinds.setdefault(
+                f"{row['source_chosen'] or 'unknown'} vs {row['source_rejected'] or 'unknown'}", []
+            ).append(row)
+        every_visit = self.run.get("weight_mean_by_source", {})
+        return [
+            {
+                "kind": kind,
+                "pairs": len(rows),
+                "first": sum(row["weight_first"] for row in rows) / len(rows),
+                "last": sum(row["weight_last"] for row in rows) / len(rows),
+                "every_visit": every_visit.get(kind),
+            }
+            for kind, rows in sorted(kinds.items())
+        ]
+
+    def lowest(self, count: int = 10) -> list[dict[str, Any]]:
+        """The pairs WPO weighed least at their last visit: the ones it all but left out."""
+        return sorted(self.rows, key=lambda row: (row["weight_last"], row["id"]))[:count]
+
+
+@dataclass
 class EvalData:
     """The headline metrics and, per held-out prompt, the baseline's and the model's answers with their measures."""
 
@@ -150,6 +184,7 @@ class RoundData:
     candidates: CandidateStats | None
     pairs: PairStats | None
     training: list[dict[str, Any]]
+    pair_weights: PairWeights | None
     evaluation: EvalData | None
     export: ExportData | None
 
@@ -263,6 +298,7 @@ def collect_round(number: int, directory: Path, summary: dict[str, Any] | None, 
         candidates=candidate_stats(candidates_path) if candidates_path.is_file() else None,
         pairs=pair_stats(pairs_path, cap) if pairs_path.is_file() else None,
         training=training_rows(directory / "train" / "metrics.jsonl"),
+        pair_weights=pair_weights(directory / "train"),
         evaluation=eval_data(directory / "eval", cap) if output_in(directory, "eval").is_file() else None,
         export=export_data(directory / "export"),
     )
@@ -318,6 +354,15 @@ def training_rows(path: Path) -> list[dict[str, Any]]:
     from wpo.training.metrics import read_metrics  # tolerates the line a kill cut short, as the trainer's resume does
 
     return read_metrics(path)
+
+
+def pair_weights(train_dir: Path) -> PairWeights | None:
+    """None for a training that wrote no per-pair weights (unfinished, or from before they were written)."""
+    path = train_dir / PAIR_WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    rows = [item.data for item in read_records(str(path))]
+    return PairWeights(rows=rows, run=(read_manifest(train_dir) or {}).get("weights") or {})
 
 
 def eval_data(directory: Path, cap: int) -> EvalData:

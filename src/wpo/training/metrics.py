@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from wpo.data.io import write_jsonl
 
 if TYPE_CHECKING:
@@ -23,25 +21,24 @@ PAIR_WEIGHTS_FILE = "pair_weights.jsonl"
 TAG_UNSAFE = re.compile(r"[^-/\w.]")
 
 
-def effective_sample_size(weights: torch.Tensor) -> float:
+def effective_sample_size(weights: Sequence[float]) -> float:
     """Kish's effective sample size `(Σw)² / Σw²`: how many equally weighted pairs carry as much of the loss as these
     (all of them when the weights are equal, 1 when one pair has it all); 0 when every weight is 0."""
-    weights = weights.double()
-    squares = float((weights * weights).sum())
-    return float(weights.sum()) ** 2 / squares if squares else 0.0
+    squares = sum(weight * weight for weight in weights)
+    return sum(weights) ** 2 / squares if squares else 0.0
 
 
-def weight_figures(weights: torch.Tensor, clamped: torch.Tensor, kinds: Sequence[str]) -> dict[str, Any]:
+def weight_figures(weights: Sequence[float], clamped: Sequence[bool], kinds: Sequence[str]) -> dict[str, Any]:
     """A batch's WPO weights in figures: their effective sample size, as a count and as a share of the batch; the
     share held at the clamp (unclamped weight ≥ 1); and the mean weight per pair kind (`TokenizedPair.kind`)."""
     ess = effective_sample_size(weights)
     by_kind: dict[str, list[float]] = {}
-    for kind, weight in zip(kinds, weights.double().tolist(), strict=True):
+    for kind, weight in zip(kinds, weights, strict=True):
         by_kind.setdefault(kind, []).append(weight)
     return {
         "weight_ess": ess,
         "weight_ess_share": ess / len(weights),
-        "weight_clamped_share": clamped.double().mean().item(),
+        "weight_clamped_share": sum(map(bool, clamped)) / len(clamped),
         "weight_mean_by_source": {kind: sum(values) / len(values) for kind, values in sorted(by_kind.items())},
     }
 
@@ -91,7 +88,7 @@ class WeightLedger:
             kind[0] += weight
             kind[1] += 1
         totals["steps"] += 1
-        totals["ess_share"] += effective_sample_size(torch.tensor(weights, dtype=torch.float64)) / len(weights)
+        totals["ess_share"] += effective_sample_size(weights) / len(weights)
 
     def rows(self) -> list[dict[str, Any]]:
         """`pair_weights.jsonl`: one row per pair visited, in order of first visit."""

@@ -348,17 +348,17 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
     stats = {name: accelerator.gather(torch.cat(values)).cpu().double() for name, values in collected.items()}
     local_indices = torch.tensor([i for indices in batches for i in indices], device=accelerator.device)
     pairs = [state.tokens.pairs[i] for i in accelerator.gather(local_indices).tolist()]  # in the order of `stats`
-    clamped = stats["clamped"].bool()
+    weights, clamped = stats["weight"].tolist(), stats["clamped"].bool().tolist()
     if state.weights is not None:
         margins = stats["rewards_chosen"] - stats["rewards_rejected"]
-        state.weights.record(step + 1, pairs, stats["weight"].tolist(), clamped.tolist(), margins.tolist())
+        state.weights.record(step + 1, pairs, weights, clamped, margins.tolist())
     tokens_seen = accelerator.gather(torch.tensor([token_count], device=accelerator.device)).sum().item()
     seconds = time.perf_counter() - started
     return {
         "step": step + 1,
         "epoch": (step + 1) / state.schedule.steps_per_epoch,
         **step_means(stats),
-        **weight_figures(stats["weight"], clamped, [pair.kind for pair in pairs]),
+        **weight_figures(weights, clamped, [pair.kind for pair in pairs]),
         **({"weight_scale": weight_scale.item()} if weight_scale is not None else {}),
         "learning_rate": learning_rate,
         "grad_norm": grad_norm,
