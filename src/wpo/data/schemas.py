@@ -90,8 +90,8 @@ class Pair:
     where: str | None = field(default=None, compare=False)  # file:line it was read from, for later errors
 
     def to_record(self) -> dict[str, Any]:
-        """TRL's conversational preference format, plus our scores and sources (and the weight, when given: an
-        optional column that TRL's readers leave alone)."""
+        """TRL's conversational preference format, plus our scores and sources (and the pair's own weight, only when
+        it has one: an optional column, as the scores and sources are)."""
         record = {
             "id": self.id,
             "prompt": self.prompt,

@@ -120,6 +120,8 @@ def training_chart(rows: list[dict[str, Any]]) -> str | None:
             axis.text(0.5, 0.5, f"{keys[0]} not logged", ha="center", va="center", transform=axis.transAxes)
             continue
         axis.plot(steps, main, marker="o" if len(rows) < 40 else None, markersize=3)
+        if keys[0].endswith("_share"):  # a share on its whole range: 0.99 against 1 is no swing
+            axis.set_ylim(-0.02, 1.02)
         band = [series(key) for key in keys[1:]]
         if len(band) == 2 and band[0] is not None and band[1] is not None:
             axis.fill_between(steps, band[0], band[1], alpha=0.25, linewidth=0)
