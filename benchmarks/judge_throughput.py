@@ -37,7 +37,8 @@ def main() -> None:
         [
             sys.executable,
             "-m",
-            "llama_cpp.server",
+            "wpo.llamacpp",  # llama_cpp.server, its models loaded as on every llama.cpp use in wpo (AMX CPUs too)
+            "server",
             "--model",
             str(embedded_gguf("embedded:smollm2-135m-instruct")),
             "--port",

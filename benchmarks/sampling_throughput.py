@@ -47,12 +47,12 @@ class OneSequenceAtATime:
     """The llamacpp backend as it was before batching: one `create_completion` per request."""
 
     def __init__(self, model_path: str, recipe: Recipe, threads: int):
-        from llama_cpp import Llama
+        from wpo.llamacpp import open_llama
 
         self.config = recipe.sample
         self.tokenizer = load_tokenizer(model_path)
-        self.llm = Llama(
-            model_path=str(embedded_gguf(recipe.model.name_or_path)),
+        self.llm = open_llama(
+            embedded_gguf(recipe.model.name_or_path),
             n_ctx=recipe.sample.context_length,
             n_threads=threads,
             n_threads_batch=threads,

@@ -53,7 +53,7 @@ def pairs_file(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def llama_server():
-    """`python -m llama_cpp.server` on the embedded SmolLM2 GGUF, on loopback, requiring an API key."""
+    """`python -m wpo.llamacpp server` (llama_cpp.server) on the embedded SmolLM2 GGUF, on loopback, with an API key."""
     from wpo.models import embedded_gguf
 
     port = free_port()
@@ -61,7 +61,8 @@ def llama_server():
         [
             sys.executable,
             "-m",
-            "llama_cpp.server",
+            "wpo.llamacpp",  # llama_cpp.server, its models loaded as on every llama.cpp use in wpo (AMX CPUs too)
+            "server",
             "--model",
             str(embedded_gguf("embedded:smollm2-135m-instruct")),
             "--host",

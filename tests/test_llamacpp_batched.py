@@ -64,8 +64,7 @@ def test_greedy_decoding_matches_llama_cpps_own_completion(model_path):
     """Temperature 0 is greedy, whatever the seed, and gives the text `Llama.create_completion` gives one prompt
     at a time (with the same attention kernel): the same tokenization, detokenization and end-of-turn handling as the
     backend had before batching."""
-    from llama_cpp import Llama
-
+    from wpo.llamacpp import open_llama
     from wpo.models import load_tokenizer
     from wpo.sampling import render_prompt
     from wpo.sampling.llamacpp_backend import policy_gguf
@@ -78,7 +77,7 @@ def test_greedy_decoding_matches_llama_cpps_own_completion(model_path):
     texts = [sample.text for sample in samples]
 
     gguf = str(policy_gguf(load_recipe(None, ["sample.backend=llamacpp"])))
-    llm = Llama(model_path=gguf, n_ctx=512, n_threads=1, n_threads_batch=1, flash_attn=True, verbose=False)
+    llm = open_llama(gguf, n_ctx=512, n_threads=1, n_threads_batch=1, flash_attn=True, verbose=False)
     tokenizer = load_tokenizer(model_path)
     for messages, text in zip(prompts, texts, strict=True):
         tokens = llm.tokenize(render_prompt(tokenizer, messages).encode(), add_bos=False, special=True)

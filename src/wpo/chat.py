@@ -16,18 +16,22 @@ from wpo.errors import WpoError
 
 class GgufChat:
     def __init__(self, path: Path, max_new_tokens: int):
-        from llama_cpp import Llama
+        from wpo.llamacpp import open_llama
 
-        self.llm = Llama(model_path=str(path), n_ctx=4096, n_threads=os.cpu_count(), verbose=False)
+        self.path = path
+        self.llm = open_llama(path, n_ctx=4096, n_threads=os.cpu_count(), verbose=False)
         self.max_new_tokens = max_new_tokens
 
     def stream(self, messages: list[dict[str, str]]) -> Iterator[str]:
-        for chunk in self.llm.create_chat_completion(
-            messages=messages, max_tokens=self.max_new_tokens, temperature=0.7, stream=True
-        ):
-            text = chunk["choices"][0]["delta"].get("content")
-            if text:
-                yield text
+        from wpo.llamacpp import crash_reported_llama
+
+        with crash_reported_llama(f"chatting with {self.path}"):
+            for chunk in self.llm.create_chat_completion(
+                messages=messages, max_tokens=self.max_new_tokens, temperature=0.7, stream=True
+            ):
+                text = chunk["choices"][0]["delta"].get("content")
+                if text:
+                    yield text
 
 
 class HfChat:

@@ -42,7 +42,7 @@ def _one_line_errors() -> Iterator[None]:
         yield
     except WpoError as exc:
         typer.echo(f"wpo: error: {' '.join(str(exc).splitlines())}", err=True)  # one line, even if a value had several
-        raise typer.Exit(2) from None
+        raise typer.Exit(getattr(exc, "exit_code", 2)) from None
     except Stopped as stop:
         typer.echo(f"wpo: stopped: {stop}", err=True)
         raise typer.Exit(stop.exit_code) from None

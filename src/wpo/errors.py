@@ -17,6 +17,13 @@ class NonFiniteError(WpoError):
     """A logit, log-prob, loss or gradient is NaN or infinite; the message says which, where, and for which pairs."""
 
 
+class NativeCrash(WpoError):
+    """A native library (llama.cpp) died by a signal in a child process wpo started; the message names the library,
+    the file, the signal and the fix. Exit status 1: the command failed at run time, not on its input."""
+
+    exit_code = 1
+
+
 class Stopped(BaseException):  # noqa: N818 - like KeyboardInterrupt: no `except Exception` may swallow it
     """SIGTERM or SIGINT stopped the command after saving what it had: the rerun resumes. `exit_code` is the shell's
     (143 for SIGTERM, 130 for SIGINT)."""

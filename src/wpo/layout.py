@@ -5,9 +5,16 @@ A low module (no torch, no stages): the stages, the checks and the runner import
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from wpo.config import Recipe
+
+
+def cache_root() -> Path:
+    """What wpo keeps across runs (dequantized embedded models, F16 conversions, llama.cpp's probe verdicts)."""
+    return Path(os.environ.get("WPO_CACHE_DIR", Path.home() / ".cache" / "wpo"))
+
 
 # What each stage writes under `<output_dir>/<stage>/` for the next stage to read.
 STAGE_OUTPUTS = {

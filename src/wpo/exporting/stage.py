@@ -12,7 +12,7 @@ from wpo.data.io import atomic_writer, resolve_local, write_json
 from wpo.errors import WpoError
 from wpo.exporting.card import write_card
 from wpo.exporting.convert import check_architecture, check_export_name, check_quantizations, export_gguf
-from wpo.exporting.verify import hf_log_probs, perplexity, verify_gguf
+from wpo.exporting.verify import hf_logits, log_probs, perplexity, verify_gguf
 from wpo.layout import converted_policy_path, final_model, gguf_cache
 from wpo.manifest import source_fingerprint, write_manifest
 
@@ -97,12 +97,12 @@ def compare_with_hf(
     hf_model = AutoModelForCausalLM.from_pretrained(
         str(model_dir), dtype="float32", trust_remote_code=trust_remote_code, use_safetensors=True
     ).eval()
-    reference = hf_log_probs(hf_model, ids)
-    hf_ppl = perplexity(reference, ids)
+    reference_logits = hf_logits(hf_model, ids)
+    hf_ppl = perplexity(log_probs(reference_logits), ids)
     del hf_model
     report = []
     for type_name, path in files.items():
-        entry = {"type": type_name, **verify_gguf(path, ids, reference), "hf_perplexity": hf_ppl}
+        entry = {"type": type_name, **verify_gguf(path, ids, reference_logits), "hf_perplexity": hf_ppl}
         log.info(
             "export: %s %.1f MB, perplexity %.3f (HF %.3f), mean KL %.5f",
             path.name,

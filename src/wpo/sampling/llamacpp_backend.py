@@ -38,8 +38,9 @@ import llama_cpp
 
 from wpo.config import Recipe
 from wpo.errors import ConfigError, WpoError
-from wpo.layout import converted_policy_path, gguf_cache
-from wpo.models import cache_root, load_tokenizer, resolve_model_path
+from wpo.layout import cache_root, converted_policy_path, gguf_cache
+from wpo.llamacpp import crash_reported_llama, model_params
+from wpo.models import load_tokenizer, resolve_model_path
 from wpo.sampling import Sample, SampleRequest, cut_at_stop, render_prompt
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,8 @@ class LlamaCppSampler:
         self.tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load and context chatter
         llama_cpp.llama_backend_init()
-        model_params = llama_cpp.llama_model_default_params()
-        model_params.n_gpu_layers = 0
-        gguf = policy_gguf(recipe, Path(model_path))
-        self.model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), model_params)
+        gguf = self.gguf = policy_gguf(recipe, Path(model_path))
+        self.model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), model_params())
         if not self.model:
             raise WpoError(f"llama.cpp could not load {gguf}")
         weakref.finalize(self, llama_cpp.llama_model_free, self.model)
@@ -204,15 +203,16 @@ class LlamaCppSampler:
         texts: list[Sample] = [Sample("", "stop")] * len(requests)
         waiting = deque(groups.values())
         active: list[_Sample] = []  # active[i] decodes in llama.cpp sequence i
-        try:
-            while waiting or active:
-                while waiting and len(active) < self.parallel:
-                    self._admit(waiting, requests, active, texts)
-                if active:
-                    self._decode_step(active, texts)
-        finally:
-            for sample in active:
-                llama_cpp.llama_sampler_free(sample.chain)
+        with crash_reported_llama(f"sampling from {self.gguf}"):
+            try:
+                while waiting or active:
+                    while waiting and len(active) < self.parallel:
+                        self._admit(waiting, requests, active, texts)
+                    if active:
+                        self._decode_step(active, texts)
+            finally:
+                for sample in active:
+                    llama_cpp.llama_sampler_free(sample.chain)
         return texts
 
     def _admit(
