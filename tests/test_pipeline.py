@@ -90,7 +90,10 @@ def test_two_rounds_sample_from_the_updated_policy_then_eval_the_last(tmp_path, 
     ):
         assert written[key] == metrics[key] == summary[key]
     assert set(written["wall_seconds"]) == set(summary["stages"]) and written["rounds"] == 2
+    assert written["weights"] == read_json(round_two / "train" / "manifest.json")["weights"]  # the last round's
+    assert written["weights"]["pair_visits"] > 0
 
     again = run_pipeline(recipe)  # everything is done under the same config: nothing runs
     assert all(entry["skipped"] for entry in again["stages"].values())
     assert again["reward_delta_ci95"] == summary["reward_delta_ci95"]
+    assert again["weights"] == summary["weights"]  # read from the manifest when training is skipped
