@@ -120,7 +120,7 @@ def markdown_page(rows: list[RecipeKey]) -> str:
             parts.append(_markdown_text(intros[title]) + "\n")
         table = ["| key | type | default | description |", "|---|---|---|---|"]
         table += [
-            f"| {_code(row.key)} | {_code(row.type)} | {_code(row.default)} | {_markdown_text(row.description)} |"
+            f"| `{row.key}` | {_code(row.type)} | {_code(row.default)} | {_markdown_text(row.description)} |"
             for row in members
         ]
         parts.append("\n".join(table) + "\n")
@@ -128,9 +128,9 @@ def markdown_page(rows: list[RecipeKey]) -> str:
 
 
 def _code(text: str) -> str:
-    """A code span inside a table cell: its pipes escaped, or the table would split there."""
-    escaped = text.replace("|", "\\|")
-    return f"`{escaped}`"
+    """Literal text set as code in a table cell: an HTML code element, since a Markdown code span keeps the backslash
+    of an escaped pipe (and an unescaped one would split the cell)."""
+    return f"<code>{_markdown_text(text)}</code>"
 
 
 MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]|#])")
