@@ -214,9 +214,16 @@ def load_optimizer_state(model, optimizer: torch.optim.Optimizer, point: ResumeP
     set_optimizer_state_dict(model, optimizer, read_optimizer_state(point), options=_state_dict_options(sharded))
 
 
-def read_weight_ledger(point: ResumePoint) -> dict[str, Any]:
-    """The WPO weights recorded up to `point`, for the ledger to go on from."""
-    return json.loads((point.path / WEIGHTS_FILE).read_text(encoding="utf-8"))
+def read_weight_ledger(point: ResumePoint) -> dict[str, Any] | None:
+    """The WPO weights recorded up to `point`, for the ledger to go on from; None from a checkpoint written before
+    they were kept (the per-pair table then starts at the resumed step)."""
+    path = point.path / WEIGHTS_FILE
+    if not path.is_file():
+        log.warning(
+            "%s has no %s: pair_weights.jsonl covers the steps after %d only", point.path, WEIGHTS_FILE, point.step
+        )
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def restore_training_state(point: ResumePoint, scheduler) -> None:
