@@ -158,6 +158,19 @@ def test_resume_reproduces_the_uninterrupted_curve(tmp_path, tiny_llama, pairs_f
     assert result.weights == pytest.approx(uninterrupted.weights, rel=1e-6)
 
 
+def test_a_checkpoint_from_before_the_weight_table_resumes_with_the_table_from_there(
+    tmp_path, tiny_llama, pairs_file, monkeypatch, caplog
+):
+    recipe = recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3", "train.save_steps=2")
+    train_killed_at(monkeypatch, recipe, step=2)
+    (tmp_path / "run" / "train" / "checkpoint-2" / "weights.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        result = trainer.train(recipe)
+    assert "has no weights.json: pair_weights.jsonl covers the steps after 2 only" in caplog.text
+    rows = read_jsonl(tmp_path / "run" / "train" / "pair_weights.jsonl")
+    assert [row["step_first"] for row in rows] == [3, 3] and result.weights["pair_visits"] == 2
+
+
 def test_outputs_metrics_manifest_and_reference_cache(tmp_path, tiny_llama, pairs_file):
     result = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, "train.max_steps=3", "train.save_steps=2"))
     train_dir = tmp_path / "run" / "train"
