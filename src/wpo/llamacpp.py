@@ -202,7 +202,6 @@ def _probe(gguf: str) -> None:
     """The probe child: the AMX kernels take a quantized batch of several rows, with them on."""
     import llama_cpp
 
-    llama_cpp.llama_log_set(llama_cpp.llama_log_callback(lambda *_: None), None)
     llama_cpp.llama_backend_init()
     model = llama_cpp.llama_model_load_from_file(gguf.encode(), model_params(extra=True))
     if not model:
