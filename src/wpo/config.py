@@ -158,6 +158,11 @@ class SampleConfig(Section):
     """vllm: GPUs the model is split over (above 1 needs backend vllm)."""
     offpolicy_fields: list[str] = Field(default_factory=list)
     """Prompt-record fields whose text joins the candidates as offpolicy:<field>, e.g. [reference]."""
+    # error: a record without one (absent, null or blank) is a bad record, so on_bad_record decides (stop at its
+    # file:line, or skip it counted as missing_offpolicy); skip_record drops it whatever on_bad_record says;
+    # skip_candidate keeps it and its on-policy samples, counted by field in the manifest's offpolicy_missing
+    offpolicy_missing: Literal["error", "skip_record", "skip_candidate"] = "error"
+    """A record without an off-policy field: error (a bad record, per on_bad_record), skip_record or skip_candidate."""
     offpolicy_models: list[OffPolicyModelConfig] = Field(default_factory=list)
     """API models that answer every prompt once, each joining the candidates as offpolicy:<name>."""
 

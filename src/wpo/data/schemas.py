@@ -24,6 +24,10 @@ class RecordInvalid(Exception):
         self.message = message
 
 
+class RecordLeftOut(RecordInvalid):
+    """A record the recipe asks to leave out (counted by reason), whatever on_bad_record says."""
+
+
 def _messages(value: Any, name: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
@@ -309,6 +313,9 @@ def parse_all(source: str, parse: Any, policy: BadRecordPolicy, unique_ids: bool
     for item in read_records(source, policy):
         try:
             record = parse(item.data, item.where)
+        except RecordLeftOut as exc:
+            policy.skip(item.where, exc.reason, exc.message)
+            continue
         except RecordInvalid as exc:
             policy.reject(item.where, exc.reason, exc.message)
             continue
