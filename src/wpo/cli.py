@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from wpo.config import load_recipe
-from wpo.errors import Stopped, WpoError
+from wpo.errors import MachineLacks, Stopped, WpoError
 from wpo.reporting import MAX_ITEMS
 
 app = typer.Typer(
@@ -36,10 +36,14 @@ WaitOption = Annotated[bool, typer.Option("--wait", help="If another launch uses
 
 @contextlib.contextmanager
 def _one_line_errors() -> Iterator[None]:
-    """Every command's body runs inside: a known error prints one line (exit 2), an unexpected one too (exit 1,
-    traceback on WPO_DEBUG)."""
+    """Every command's body runs inside: a known error prints one line (exit 2), what this machine lacks a line each
+    (exit 3), an unexpected error one line too (exit 1, traceback on WPO_DEBUG)."""
     try:
         yield
+    except MachineLacks as exc:
+        for lack in exc.lacks:
+            typer.echo(f"wpo: this machine lacks: {lack}", err=True)
+        raise typer.Exit(exc.exit_code) from None
     except WpoError as exc:
         typer.echo(f"wpo: error: {' '.join(str(exc).splitlines())}", err=True)  # one line, even if a value had several
         raise typer.Exit(getattr(exc, "exit_code", 2)) from None
@@ -312,7 +316,9 @@ def show_config(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
 ) -> None:
     """Print the validated recipe with every default filled in: exactly what would run. It fails where `wpo run`
-    would: what the recipe's stages need (settings, files, functions, upstream outputs) is checked too.
+    would: what the recipe's stages need (settings, functions, upstream outputs) is checked, and every input file is
+    read as its stage reads it (exit 2). What this machine lacks to run it (a package, GPUs, a file) is said apart,
+    a line each on stderr, with the recipe still printed (exit 3).
 
     Example: wpo config recipes/quickstart.yaml train.beta=0.1 --json
     """
@@ -321,14 +327,21 @@ def show_config(
         from wpo.checks import check_stages
 
         loaded = load_recipe(recipe, overrides)
-        check_stages(loaded, loaded.stages)
-        resolved = loaded.to_dict()
-        if as_json:
-            _print_json(resolved)
-        else:
-            import yaml
+        try:
+            check_stages(loaded, loaded.stages)
+        except MachineLacks:
+            _print_recipe(loaded.to_dict(), as_json)  # the recipe is right: only this machine cannot run it
+            raise
+        _print_recipe(loaded.to_dict(), as_json)
 
-            typer.echo(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), nl=False)
+
+def _print_recipe(resolved: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(resolved)
+    else:
+        import yaml
+
+        typer.echo(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), nl=False)
 
 
 @app.command()

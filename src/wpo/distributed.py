@@ -7,13 +7,13 @@ machine has no accelerator device, and a launch accelerate still does not see as
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Any
 
 import torch
 from accelerate import PartialState
 
+from wpo import machine
 from wpo.errors import ConfigError, WpoError
 
 
@@ -31,10 +31,7 @@ def state_options() -> dict[str, Any]:
     machine without an accelerator device names gloo itself and runs DeepSpeed on its CPU accelerator (how the tests
     run ZeRO-3 on two processes)."""
     if deepspeed_launch():
-        if importlib.util.find_spec("deepspeed") is None:
-            raise ConfigError(
-                "this is a DeepSpeed launch, but deepspeed is not installed: pip install 'wpo[deepspeed]'"
-            )
+        machine.refuse([machine.deepspeed()])
         return {"cpu": False, "backend": "gloo"} if on_cpu() else {"cpu": False}
     return {"cpu": on_cpu()}
 

@@ -13,6 +13,18 @@ class DataError(WpoError):
     """An input record is invalid; the message names the file and line."""
 
 
+class MachineLacks(WpoError):
+    """This machine lacks what the recipe needs to run (a package, GPUs, a file), though the recipe itself may be
+    right: a line each, `wpo: this machine lacks: ...`, and exit status 3 — apart from a recipe's mistakes (2), so a
+    script can tell a recipe to fix from one to run elsewhere."""
+
+    exit_code = 3
+
+    def __init__(self, lacks: list[str]):
+        super().__init__("this machine lacks: " + "; ".join(lacks))
+        self.lacks = lacks
+
+
 class NonFiniteError(WpoError):
     """A logit, log-prob, loss or gradient is NaN or infinite; the message says which, where, and for which pairs."""
 

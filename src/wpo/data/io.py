@@ -36,10 +36,12 @@ class SourceRecord:
 
 @dataclass
 class BadRecordPolicy:
-    """What to do with an invalid record: raise (naming file:line) or count a skip by reason and go on."""
+    """What to do with an invalid record: raise (naming file:line) or count a skip by reason and go on (logging each
+    one, unless a check that sums them up reads the file first)."""
 
     mode: Literal["error", "skip"] = "error"
     skipped: Counter[str] = field(default_factory=Counter)
+    log_skips: bool = True
 
     def reject(self, where: str, reason: str, message: str) -> None:
         if self.mode == "error":
@@ -49,7 +51,8 @@ class BadRecordPolicy:
     def skip(self, where: str, reason: str, message: str) -> None:
         """Skip regardless of mode: for records the recipe always drops (e.g. chosen identical to rejected)."""
         self.skipped[reason] += 1
-        log.warning("skipped %s: %s", where, message)
+        if self.log_skips:
+            log.warning("skipped %s: %s", where, message)
 
 
 def resolve_builtin(source: str) -> Path:
@@ -124,7 +127,7 @@ def _read_jsonl(path: Path, policy: BadRecordPolicy) -> Iterator[SourceRecord]:
             try:
                 data = json.loads(text.rstrip("\r\n"))  # so an error's column is on this line, not past its end
             except json.JSONDecodeError as exc:
-                policy.reject(where, "invalid_json", f"invalid JSON ({exc.msg} at column {exc.colno})")
+                policy.reject(where, "invalid_json", f"invalid JSON ({_json_problem(exc)})")
                 continue
             except RecursionError:
                 policy.reject(where, "invalid_json", "invalid JSON (nested too deeply)")
@@ -141,6 +144,12 @@ def _read_jsonl(path: Path, policy: BadRecordPolicy) -> Iterator[SourceRecord]:
             yield SourceRecord(where, data)
     if not seen_a_line:
         raise DataError(f"{path}: the file is empty (no records)")
+
+
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    """What is wrong and where on the line: "Unterminated string starting at column 119" (some of json's messages end
+    in "at" already)."""
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
 
 
 def _encodable(data: Any) -> bool:
@@ -163,7 +172,7 @@ def _read_json_array(path: Path, policy: BadRecordPolicy) -> Iterator[SourceReco
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: invalid UTF-8 at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({_json_problem(exc)})") from None
     except (RecursionError, ValueError):
         raise DataError(f"{path}: invalid JSON (nested too deeply, or a number too long to read)") from None
     for index, data in enumerate(items):

@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from wpo import machine
 from wpo.config import Recipe
 from wpo.endpoints import CACHE_FILE, AnswerCache, ChatRequest, Endpoint, message_text
 from wpo.errors import ConfigError, WpoError
@@ -33,18 +34,9 @@ LEADERBOARD_REFERENCE = "gpt4_turbo"  # AlpacaEval 2's baseline outputs (gpt-4-1
 ALPACA_EVAL_DEFAULTS = {"temperature": 0.7, "top_p": 1.0}
 
 
-def require_alpaca_eval() -> None:
-    try:
-        import alpaca_eval  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            "eval.judge: alpaca_eval needs the alpaca_eval package: pip install 'wpo[alpaca-eval]'"
-        ) from None
-
-
 def annotator_config_path(annotator: str) -> Path:
     """The annotator's `configs.yaml`: a path, or the name of a config shipped with alpaca_eval."""
-    require_alpaca_eval()
+    machine.refuse([machine.alpaca_eval()])
     from alpaca_eval import constants
 
     given = Path(annotator).expanduser()

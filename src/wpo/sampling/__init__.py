@@ -8,12 +8,11 @@ on which other prompts share its batch (the transformers backend draws each row 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from dataclasses import dataclass
 from typing import Protocol
 
+from wpo import machine
 from wpo.config import Recipe
-from wpo.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -43,17 +42,10 @@ def sample_seed(run_seed: int, prompt_id: str, index: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-# The backends that are optional installs: checked when a stage starts sampling, not when any recipe loads.
-OPTIONAL_BACKENDS = {
-    "llamacpp": ("llama_cpp", "pip install llama-cpp-python"),
-    "vllm": ("vllm", "pip install vllm (GPU only; it pins its own torch)"),
-}
-
-
-def make_sampler(recipe: Recipe, model_path: str) -> Sampler:
+def make_sampler(recipe: Recipe, model_path: str, key: str = "sample.backend") -> Sampler:
+    """The recipe's backend (`key` names the setting it came from), once this machine has what it needs."""
     backend = recipe.sample.backend
-    if backend in OPTIONAL_BACKENDS and importlib.util.find_spec(OPTIONAL_BACKENDS[backend][0]) is None:
-        raise ConfigError(f"sample.backend: {backend} is not installed; {OPTIONAL_BACKENDS[backend][1]}")
+    machine.refuse(machine.generation_backend(backend, key, recipe.sample.tensor_parallel_size))
     if backend == "transformers":
         from wpo.sampling.transformers_backend import TransformersSampler
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from wpo import machine
 from wpo.config import TrainConfig
-from wpo.errors import ConfigError
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -32,10 +32,9 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     settings = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_epsilon}
     groups = [group for group in groups if group["params"]]
     if cfg.optimizer == "adamw_8bit":
-        try:
-            from bitsandbytes.optim import AdamW8bit
-        except ImportError:
-            raise ConfigError("train.optimizer: adamw_8bit needs bitsandbytes: pip install 'wpo[lowbit]'") from None
+        machine.refuse([machine.bitsandbytes()])
+        from bitsandbytes.optim import AdamW8bit
+
         return AdamW8bit(groups, **settings)
     return torch.optim.AdamW(groups, **settings)
 
