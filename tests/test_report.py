@@ -150,7 +150,8 @@ def write_train_stage(run: Path, steps: int = 6, pairs: Path | None = None) -> l
         "num_processes": 1,
         "global_batch_pairs": 8,
     }
-    config = {"seed": 1, "pairs_sha256": file_sha256(pairs or run / "pair" / "pairs.jsonl")}
+    pairs = pairs or run / "pair" / "pairs.jsonl"
+    config = {"seed": 1, "inputs": {"train.pairs": {"source": str(pairs), "fingerprint": file_sha256(pairs)}}}
     write_manifest(
         run / "train",
         stage="train",

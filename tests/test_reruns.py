@@ -91,6 +91,60 @@ def test_an_upstream_change_redoes_every_stale_stage_training_included(user_run)
     assert all(entry["skipped"] for entry in again["stages"].values())
 
 
+def redone_lines(caplog) -> list[str]:
+    return [record.getMessage().split(": ", 1)[1] for record in caplog.records if " is redone: " in record.getMessage()]
+
+
+def test_editing_the_reward_or_a_helper_it_imports_redoes_score_and_what_follows(user_run, caplog):
+    """The reward's code is an input like any file: editing its body, or a helper module it imports, redoes score
+    and every stage after it (with a line saying what changed), and the scores come from the edited code."""
+    run, folder = user_run.parent / "run", user_run.parent
+    (folder / "closeness_scale.py").write_text("SCALE = 1\n")
+    (folder / "length_closeness.py").write_text(
+        "from closeness_scale import SCALE\n\n"
+        "def reward(messages, text, record):\n    return -SCALE * abs(len(text) - len(record['reference']))\n"
+    )
+    assert_ok(cli("run", user_run))
+    score = manifest(run, "score")
+    assert score["config"]["code"].keys() == {"closeness_scale.py", "length_closeness.py"}
+    assert score["fingerprinted"] == [
+        f"score.candidates: {run / 'sample' / 'candidates.jsonl'}",
+        "code: closeness_scale.py",
+        "code: length_closeness.py",
+    ]
+    caplog.clear()
+    summary = json.loads(assert_ok(cli("run", user_run, "--json")).stdout)  # unchanged: everything skips
+    assert all(entry["skipped"] for entry in summary["stages"].values()) and not redone_lines(caplog)
+
+    (folder / "closeness_scale.py").write_text("SCALE = 3\n")
+    summary = json.loads(assert_ok(cli("run", user_run, "--json")).stdout)
+    assert {name: entry["skipped"] for name, entry in summary["stages"].items()} == {
+        "sample": True,
+        "score": False,
+        "pair": False,
+        "train": False,
+    }
+    assert redone_lines(caplog)[
+        0
+    ] == "score is redone: closeness_scale.py changed; the earlier result is kept in " + str(
+        run / f"score.replaced-{score['config_hash']}"
+    )
+    assert redone_lines(caplog)[1].startswith(
+        f"pair is redone: pair.candidates ({run / 'score' / 'candidates.jsonl'}) changed"
+    )
+    for record in (json.loads(line) for line in (run / "score" / "candidates.jsonl").open()):
+        for candidate in record["candidates"]:  # the edited helper's scale
+            assert candidate["score"] == -3 * abs(len(candidate["text"]) - len(record["reference"]))
+
+    caplog.clear()
+    (folder / "length_closeness.py").write_text(
+        "from closeness_scale import SCALE\n\n"
+        "def reward(messages, text, record):\n    return -SCALE * abs(len(text) - len(record['reference'])) - 1\n"
+    )
+    assert_ok(cli("run", user_run, "--json"))
+    assert redone_lines(caplog)[0].startswith("score is redone: length_closeness.py changed")
+
+
 def test_the_reference_rewards_are_sacrebleus_scores_over_100():
     from sacrebleu.metrics import BLEU, CHRF
 

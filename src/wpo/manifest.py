@@ -57,6 +57,15 @@ def source_fingerprint(source: str) -> str:
     return file_sha256(local)
 
 
+def fingerprinted(config: dict[str, Any]) -> list[str]:
+    """What a stage's config fingerprinted (`wpo.stage_run`): each input by its recipe key and source, each file of
+    the user's code by its path."""
+    inputs = (config.get("inputs") or {}).items()
+    return [f"{key}: {entry['source']}" for key, entry in inputs if entry.get("source")] + [
+        f"code: {path}" for path in config.get("code") or {}
+    ]
+
+
 def write_manifest(
     stage_dir: Path,
     *,
@@ -82,6 +91,7 @@ def write_manifest(
             "counts": counts,
             "wall_seconds": round(wall_seconds, 3),
             "outputs": outputs,
+            "fingerprinted": fingerprinted(config),
             "versions": package_versions(),
             **(extra or {}),
         },

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from wpo.checks import check_stages
-from wpo.config import ROUND_STAGES, Recipe, config_hash
+from wpo.config import ROUND_STAGES, Recipe
 from wpo.data.io import write_json
 from wpo.distributed import MULTI_PROCESS_STAGES, process_state, refuse_a_launcher
 from wpo.layout import stage_output
-from wpo.manifest import changed_keys, completed_with, move_aside, read_manifest
+from wpo.manifest import completed_with, move_aside, read_manifest
 from wpo.reporting import write_run_report
 from wpo.run_lock import run_lock
+from wpo.stage_run import StageRun, resolve, what_changed
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,18 @@ class Stage:
     module: str
     run_function: str
 
-    def _function(self, name: str) -> Callable[[Recipe], dict[str, Any]]:
+    def _function(self, name: str) -> Callable[..., dict[str, Any]]:
         return getattr(importlib.import_module(self.module), name)
 
     def run_config(self, recipe: Recipe) -> dict[str, Any]:
         return self._function("run_config")(recipe)
 
-    def run(self, recipe: Recipe) -> dict[str, Any]:
-        return self._function(self.run_function)(recipe)
+    def resolve(self, recipe: Recipe, every_process: bool = False) -> StageRun:
+        """Its config and the fingerprint of every input, once (with `every_process`, the main process's for all)."""
+        return resolve(self.name, recipe, self._function("run_config"), every_process)
+
+    def run(self, run: StageRun) -> dict[str, Any]:
+        return self._function(self.run_function)(run)
 
 
 STAGE_REGISTRY = {
@@ -66,9 +71,9 @@ def run_stage(recipe: Recipe, name: str, force: bool = False, wait: bool = False
         return run_or_skip(recipe, name, launch if launch.num_processes > 1 else None, force=force)
 
 
-def _timed_run(recipe: Recipe, name: str) -> dict[str, Any]:
+def _timed_run(run: StageRun) -> dict[str, Any]:
     started = time.perf_counter()
-    headline = STAGE_REGISTRY[name].run(recipe)
+    headline = STAGE_REGISTRY[run.stage].run(run)
     return {"wall_seconds": time.perf_counter() - started, "skipped": False, **headline}
 
 
@@ -79,11 +84,10 @@ def run_or_skip(recipe: Recipe, name: str, launch=None, force: bool = False) -> 
     With `launch` (every process of a launch calls this): each process looks at the manifest before any writes it;
     the stages that split run in every process, the others in the main process while the rest wait.
     """
-    stage = STAGE_REGISTRY[name]
     stage_dir = recipe.stage_dir(name)
-    config = stage.run_config(recipe)  # fingerprints its inputs: computed once
-    run_hash = config_hash(config)
-    done = completed_with(stage_dir, run_hash) and not force
+    # every input fingerprinted, once (under a launch by the main process); the stage computes none of it again
+    run = STAGE_REGISTRY[name].resolve(recipe, every_process=launch is not None)
+    done = completed_with(stage_dir, run.config_hash) and not force
     earlier = read_manifest(stage_dir)
     if launch is not None:
         launch.wait_for_everyone()
@@ -100,21 +104,18 @@ def run_or_skip(recipe: Recipe, name: str, launch=None, force: bool = False) -> 
         if force and stage_dir.is_dir() and any(stage_dir.iterdir()):  # finished or not: start over
             move_aside(stage_dir, earlier_hash, f"{name} is redone as asked (--force)")
         elif earlier and earlier.get("completed"):  # a finished result of another config; an unfinished one resumes
-            changed = changed_keys(earlier.get("config", {}), config)
             move_aside(
-                stage_dir,
-                earlier_hash,
-                f"{name} is redone: its config changed (differs in: {', '.join(changed) or 'unknown'})",
+                stage_dir, earlier_hash, f"{name} is redone: {what_changed(earlier.get('config', {}), run.config)}"
             )
     if launch is not None:
         launch.wait_for_everyone()
     if launch is None or name in MULTI_PROCESS_STAGES:
         log.info("%s: running (%s)", name, stage_dir)
-        return _timed_run(recipe, name)
+        return _timed_run(run)
     result = {"wall_seconds": 0.0, "skipped": False, "main_process_only": True}
     if launch.is_main_process:
         log.info("%s: running on the main process (%s)", name, stage_dir)
-        result = _timed_run(recipe, name)
+        result = _timed_run(run)
     launch.wait_for_everyone()
     return result
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from wpo.config import Recipe, config_hash
+from wpo.config import Recipe
 from wpo.data.io import BadRecordPolicy, atomic_writer, write_json, write_jsonl
 from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_annotation, parse_prompt
 from wpo.errors import ConfigError, DataError
@@ -25,9 +25,10 @@ from wpo.evaluation.measures import compare, per_prompt_values, side_by_side, ve
 from wpo.evaluation.metrics import summarize
 from wpo.evaluation.report import update_leaderboard, write_report
 from wpo.layout import final_model
-from wpo.manifest import source_fingerprint, write_manifest
+from wpo.manifest import write_manifest
 from wpo.models import generator_name, merged_model_dir
-from wpo.user_functions import prompt_record
+from wpo.stage_run import StageRun, code_fingerprints, input_fingerprint, resolved
+from wpo.user_functions import prompt_record, recipe_functions
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,14 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
     return {
         "seed": recipe.seed,
         "model": model,
-        "model_files": source_fingerprint(model) if Path(model).exists() else model,
         "base_model": base,
-        "base_model_files": source_fingerprint(base) if base and Path(base).exists() else base,
         "eval": recipe.eval.hashed_settings(),
-        "prompts_sha256": source_fingerprint(recipe.eval.prompts or ""),
+        "inputs": {
+            "eval.model": input_fingerprint(model),
+            "model.name_or_path": input_fingerprint(base),
+            "eval.prompts": input_fingerprint(recipe.eval.prompts),
+        },
+        "code": code_fingerprints(recipe_functions("eval", recipe.eval)),
     }
 
 
@@ -114,7 +118,7 @@ def generate_outputs(recipe: Recipe, model: str, prompts) -> list[str]:
     generation_recipe = recipe.model_copy(
         update={"sample": sampling, "model": recipe.model.model_copy(update={"name_or_path": model})}
     )
-    sampler = make_sampler(generation_recipe, resolve_model_path(model))
+    sampler = make_sampler(generation_recipe, resolve_model_path(model), key="eval.backend")
     outputs = []
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc=f"eval: {generator_name(model)}", unit="batch"):
         batch = prompts[start : start + cfg.batch_size]
@@ -204,10 +208,12 @@ def heldout_measures(
     return metrics
 
 
-def run_eval(recipe: Recipe) -> dict[str, Any]:
+def run_eval(target: StageRun | Recipe) -> dict[str, Any]:
     """Answers of the model (and of the base when it is the baseline or measured), judged against the baseline,
     measured, checked for contamination, and written as alpaca_eval's files plus wpo's."""
     started = time.perf_counter()
+    run = resolved(target, "eval", run_config)
+    recipe = run.recipe
     cfg = recipe.eval
     stage_dir = recipe.stage_dir("eval")
     policy = BadRecordPolicy(recipe.on_bad_record)
@@ -246,7 +252,6 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         Path(cfg.leaderboard) if cfg.leaderboard else stage_dir / "leaderboard.csv", generator, metrics
     )
     write_report(stage_dir, board, metrics, annotations, generator)
-    config = run_config(recipe)
     counts = {
         "prompts": len(prompts),
         "skipped": dict(policy.skipped),
@@ -258,8 +263,8 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     write_manifest(
         stage_dir,
         stage="eval",
-        config=config,
-        config_hash=config_hash(config),
+        config=run.config,
+        config_hash=run.config_hash,
         seed=recipe.seed,
         counts=counts,
         wall_seconds=time.perf_counter() - started,

@@ -7,14 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wpo.config import Recipe, config_hash
+from wpo.config import Recipe
 from wpo.data.io import atomic_writer, resolve_local, write_json
 from wpo.errors import WpoError
 from wpo.exporting.card import write_card
 from wpo.exporting.convert import check_architecture, check_export_name, check_quantizations, export_gguf
 from wpo.exporting.verify import hf_logits, log_probs, perplexity, verify_gguf
 from wpo.layout import converted_policy_path, final_model, gguf_cache
-from wpo.manifest import source_fingerprint, write_manifest
+from wpo.manifest import write_manifest
+from wpo.stage_run import StageRun, input_fingerprint, resolved
 
 log = logging.getLogger(__name__)
 REPORT, CARD = "quantization_report.json", "README.md"
@@ -30,15 +31,17 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
     model = export_model(recipe)
     return {
         "model": model,
-        "model_files": source_fingerprint(model) if Path(model).exists() else model,
         "export": recipe.export.model_dump(mode="json"),
+        "inputs": {"export.model": input_fingerprint(model)},
     }
 
 
-def run_export(recipe: Recipe) -> dict[str, Any]:
+def run_export(target: StageRun | Recipe) -> dict[str, Any]:
     from wpo.models import generator_name, merged_model_dir, resolve_model_path
 
     started = time.perf_counter()
+    run = resolved(target, "export", run_config)
+    recipe = run.recipe
     cfg = recipe.export
     stage_dir = recipe.stage_dir("export")
     types = check_quantizations(cfg.quantizations)
@@ -50,8 +53,7 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
     if not (model_dir / "config.json").is_file():
         raise WpoError(f"export.model {model}: not a local HF model directory")
     check_architecture(model_dir)
-    config = run_config(recipe)
-    discard_files_of_another_config(stage_dir, config_hash(config))
+    discard_files_of_another_config(stage_dir, run.config_hash)
     files = export_gguf(model_dir, stage_dir, name, types, f16_source=evaluated_conversion(recipe, model_dir))
 
     text_path = resolve_local(cfg.verify_text)
@@ -70,8 +72,8 @@ def run_export(recipe: Recipe) -> dict[str, Any]:
     write_manifest(
         stage_dir,
         stage="export",
-        config=config,
-        config_hash=config_hash(config),
+        config=run.config,
+        config_hash=run.config_hash,
         seed=recipe.seed,
         counts={"files": len(files)},
         wall_seconds=time.perf_counter() - started,

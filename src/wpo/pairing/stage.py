@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from wpo.config import PairConfig, Recipe, config_hash
+from wpo.config import PairConfig, Recipe
 from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
 from wpo.data.schemas import CandidatesRecord, Pair, RecordInvalid, parse_all, parse_candidates
 from wpo.errors import DataError
 from wpo.layout import STAGE_OUTPUTS, stage_output
-from wpo.manifest import source_fingerprint, write_manifest
+from wpo.manifest import write_manifest
 from wpo.pairing import choose_pair
+from wpo.stage_run import StageRun, input_fingerprint, resolved
 
 log = logging.getLogger(__name__)
 OUTPUT, STATS = STAGE_OUTPUTS["pair"], "stats.json"
@@ -30,7 +31,7 @@ def candidates_source(recipe: Recipe) -> str:
 def run_config(recipe: Recipe) -> dict[str, Any]:
     config = {
         "pair": recipe.pair.hashed_settings(),
-        "candidates_sha256": source_fingerprint(candidates_source(recipe)),
+        "inputs": {"pair.candidates": input_fingerprint(candidates_source(recipe))},
     }
     if recipe.pair.length_unit == "tokens":
         config["tokenizer"] = recipe.model.name_or_path
@@ -50,8 +51,10 @@ def histogram(values: list[float], edges: np.ndarray) -> dict[str, list[float]]:
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def run_pair(recipe: Recipe) -> dict[str, Any]:
+def run_pair(target: StageRun | Recipe) -> dict[str, Any]:
     started = time.perf_counter()
+    run = resolved(target, "pair", run_config)
+    recipe = run.recipe
     stage_dir = recipe.stage_dir("pair")
     source = candidates_source(recipe)
     policy = BadRecordPolicy(recipe.on_bad_record)
@@ -70,7 +73,6 @@ def run_pair(recipe: Recipe) -> dict[str, Any]:
     stats = {"pairs": written, "prompts": len(records), "dropped": formed_stats.pop("dropped")}
     stats |= {"skipped": dict(policy.skipped), "length_unit": recipe.pair.length_unit, **formed_stats}
     write_json(stage_dir / STATS, stats)
-    config = run_config(recipe)
     counts = {
         key: stats[key]
         for key in ("pairs", "prompts", "dropped", "skipped", "empty_candidates_ignored", "cut_off_candidates")
@@ -78,8 +80,8 @@ def run_pair(recipe: Recipe) -> dict[str, Any]:
     write_manifest(
         stage_dir,
         stage="pair",
-        config=config,
-        config_hash=config_hash(config),
+        config=run.config,
+        config_hash=run.config_hash,
         seed=recipe.seed,
         counts=counts,
         wall_seconds=time.perf_counter() - started,

@@ -77,6 +77,7 @@ class CandidateStats:
     scores_by_source: dict[str, list[float]] = field(default_factory=dict)
     count_by_source: Counter[str] = field(default_factory=Counter)
     unscored: int = 0
+    offpolicy_missing: dict[str, int] = field(default_factory=dict)  # prompts kept without the field, by field
 
 
 @dataclass
@@ -291,11 +292,12 @@ def collect_round(number: int, directory: Path, summary: dict[str, Any] | None, 
     scored = output_in(directory, "score")
     candidates_path = scored if scored.is_file() else output_in(directory, "sample")
     pairs_path = output_in(directory, "pair")
+    offpolicy_missing = next(stage for stage in stages if stage.name == "sample").count("offpolicy_missing") or {}
     return RoundData(
         number=number,
         directory=directory,
         stages=stages,
-        candidates=candidate_stats(candidates_path) if candidates_path.is_file() else None,
+        candidates=candidate_stats(candidates_path, offpolicy_missing) if candidates_path.is_file() else None,
         pairs=pair_stats(pairs_path, cap) if pairs_path.is_file() else None,
         training=training_rows(directory / "train" / "metrics.jsonl"),
         pair_weights=pair_weights(directory / "train"),
@@ -304,8 +306,10 @@ def collect_round(number: int, directory: Path, summary: dict[str, Any] | None, 
     )
 
 
-def candidate_stats(path: Path) -> CandidateStats:
-    stats = CandidateStats(path)
+def candidate_stats(path: Path, offpolicy_missing: dict[str, int]) -> CandidateStats:
+    """The candidates by source and their scores; `offpolicy_missing` is the sample manifest's count of prompts kept
+    without an off-policy field (`sample.offpolicy_missing: skip_candidate`)."""
+    stats = CandidateStats(path, offpolicy_missing=offpolicy_missing)
     for record in parsed_records(path, parse_candidates):
         stats.prompts += 1
         for candidate in record.candidates:
@@ -472,6 +476,13 @@ def export_data(directory: Path) -> ExportData | None:
     return ExportData(model=(report or {}).get("model"), files=(report or {}).get("files", []), card=card)
 
 
+def trained_pairs_sha256(train_config: dict[str, Any]) -> str:
+    """The sha256 of the pairs a train stage read, from its manifest's config (`pairs_sha256` in runs before the
+    resolved stage runs)."""
+    entry = (train_config.get("inputs") or {}).get("train.pairs") or {}
+    return entry.get("fingerprint") or train_config.get("pairs_sha256", "")
+
+
 def collect_sweep(sweep_dir: Path) -> SweepData:
     """`runs.csv`, `comparison.csv` and `comparison.png` as `wpo sweep` wrote them, each run matched to its
     directory under `runs/` and to the shared data directory whose pairs it trained on (by the pairs file's sha256,
@@ -491,7 +502,7 @@ def collect_sweep(sweep_dir: Path) -> SweepData:
         directory = sweep_dir / "runs" / name
         directory = directory if name and directory.is_dir() else None
         manifest = read_manifest(directory / "train") if directory else None
-        data_dir = pairs_by_sha.get((manifest or {}).get("config", {}).get("pairs_sha256", ""))
+        data_dir = pairs_by_sha.get(trained_pairs_sha256((manifest or {}).get("config", {})))
         runs.append(SweepRun(name=name, row=row, directory=directory, data_directory=data_dir))
     plot = sweep_dir / "comparison.png"
     return SweepData(

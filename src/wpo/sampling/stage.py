@@ -17,17 +17,18 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from wpo.config import Recipe, config_hash
+from wpo.config import Recipe
 from wpo.data.io import BadRecordPolicy, write_jsonl
 from wpo.data.progress import ProgressFile
-from wpo.data.schemas import PromptRecord, RecordInvalid, parse_all, parse_prompt
+from wpo.data.schemas import PromptRecord, RecordInvalid, RecordLeftOut, parse_all, parse_prompt
 from wpo.distributed import process_state
 from wpo.endpoints import cached_answer
 from wpo.errors import ConfigError, DataError
 from wpo.layout import STAGE_OUTPUTS
-from wpo.manifest import source_fingerprint, write_manifest
+from wpo.manifest import write_manifest
 from wpo.models import ChatTemplateError
 from wpo.sampling import SampleRequest, make_sampler, render_prompt, sample_seed
+from wpo.stage_run import StageRun, input_fingerprint, resolved
 
 log = logging.getLogger(__name__)
 OUTPUT = STAGE_OUTPUTS["sample"]
@@ -38,9 +39,11 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
     return {
         "seed": recipe.seed,
         "model": recipe.model.model_dump(mode="json"),
-        "model_files": source_fingerprint(recipe.model.name_or_path),
         "sample": recipe.sample.hashed_settings(),
-        "prompts_sha256": source_fingerprint(recipe.sample.prompts or ""),
+        "inputs": {
+            "model.name_or_path": input_fingerprint(recipe.model.name_or_path),
+            "sample.prompts": input_fingerprint(recipe.sample.prompts),
+        },
     }
 
 
@@ -78,19 +81,25 @@ class ContextCheck:
 
 
 def load_prompts(recipe: Recipe, policy: BadRecordPolicy, context: ContextCheck | None = None) -> list[PromptRecord]:
-    """Prompts with unique ids, each carrying every configured off-policy field as a non-empty string (and, given a
-    `context` check, fitting the model's context)."""
+    """Prompts with unique ids, each carrying every configured off-policy field as a non-empty string, or lacking
+    one as `sample.offpolicy_missing` allows (and, given a `context` check, fitting the model's context); none at all
+    is an error naming what was skipped."""
     source = recipe.sample.prompts
     if not source:
         raise ConfigError("sample.prompts is required to sample (a prompts file, Parquet, datasets dir or hub id)")
-    offpolicy_fields = recipe.sample.offpolicy_fields
+    offpolicy_fields, missing = recipe.sample.offpolicy_fields, recipe.sample.offpolicy_missing
 
     def parse(raw: dict[str, Any], where: str) -> PromptRecord:
         prompt = parse_prompt(raw, where)
         for name in offpolicy_fields:
             value = prompt.extra.get(name)
-            if not isinstance(value, str) or not value.strip():
-                raise RecordInvalid("missing_offpolicy", f"off-policy field {name!r} is missing or empty")
+            if value is not None and not isinstance(value, str):
+                raise RecordInvalid("wrong_type", f"off-policy field {name!r} must be text, got {type(value).__name__}")
+            if offpolicy_text(prompt, name) is None and missing != "skip_candidate":
+                problem = f"off-policy field {name!r} is missing or empty"
+                if missing == "skip_record":
+                    raise RecordLeftOut("missing_offpolicy", problem)
+                raise RecordInvalid("missing_offpolicy", f"{problem}{MISSING_OFFPOLICY_HINT}")
         try:
             problem = context.problem(prompt.messages) if context else None
         except ChatTemplateError as exc:  # e.g. a system message the template does not support
@@ -99,7 +108,21 @@ def load_prompts(recipe: Recipe, policy: BadRecordPolicy, context: ContextCheck 
             raise RecordInvalid("prompt_too_long", problem)
         return prompt
 
-    return [item.record for item in parse_all(source, parse, policy, unique_ids=True)]
+    prompts = [item.record for item in parse_all(source, parse, policy, unique_ids=True)]
+    if not prompts:
+        raise DataError(f"{source}: no usable prompts (skipped {dict(policy.skipped)})")
+    return prompts
+
+
+MISSING_OFFPOLICY_HINT = (
+    " (sample.offpolicy_missing: skip_candidate keeps such a record with its on-policy samples; skip_record drops it)"
+)
+
+
+def offpolicy_text(prompt: PromptRecord, name: str) -> str | None:
+    """The prompt's answer in off-policy field `name`; None where it is absent, null or blank."""
+    value = prompt.extra.get(name)
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def batch_plan(prompts: list[PromptRecord], batch_size: int) -> list[list[PromptRecord]]:
@@ -108,25 +131,25 @@ def batch_plan(prompts: list[PromptRecord], batch_size: int) -> list[list[Prompt
     return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
 
 
-def run_sample(recipe: Recipe) -> dict[str, Any]:
+def run_sample(target: StageRun | Recipe) -> dict[str, Any]:
     from wpo.models import resolve_model_path
 
     started = time.perf_counter()
+    run = resolved(target, "sample", run_config)
+    recipe = run.recipe
     cfg = recipe.sample
     stage_dir = recipe.stage_dir("sample")
     policy = BadRecordPolicy(recipe.on_bad_record)
     prompts = load_prompts(recipe, policy, ContextCheck(recipe) if cfg.n > 0 else None)
     if not prompts:
         raise DataError(f"{cfg.prompts}: no usable prompts (skipped {dict(policy.skipped)})")
-    config = run_config(recipe)
-    run_hash = config_hash(config)
     state = process_state()
     if state.num_processes > 1 and cfg.backend == "vllm":
         raise ConfigError(
             "sample.backend vllm runs in one process (it spreads over GPUs by tensor_parallel_size); "
             f"launch wpo sample without a launcher, not as {state.num_processes} processes"
         )
-    progress = ProgressFile(stage_dir, "candidates", run_hash, state.process_index, state.num_processes)
+    progress = ProgressFile(stage_dir, "candidates", run.config_hash, state.process_index, state.num_processes)
     done = progress.load()
     state.wait_for_everyone()  # every process has read (and repaired) the progress files before any appends
     already_done = sum(p.id in done for p in prompts)
@@ -165,15 +188,13 @@ def run_sample(recipe: Recipe) -> dict[str, Any]:
     state.wait_for_everyone()
     if state.num_processes > 1:
         log.info("sample: process %d sampled %d of %d batches", state.process_index, len(mine), len(pending))
-    result = (
-        _write_candidates(recipe, prompts, progress, policy, already_done, started) if state.is_main_process else {}
-    )
+    result = _write_candidates(run, prompts, progress, policy, already_done, started) if state.is_main_process else {}
     state.wait_for_everyone()  # no process moves on before the merged file exists
     return {**result, "generation_seconds": generation_seconds}
 
 
 def _write_candidates(
-    recipe: Recipe,
+    run: StageRun,
     prompts: list[PromptRecord],
     progress: ProgressFile,
     policy: BadRecordPolicy,
@@ -181,9 +202,9 @@ def _write_candidates(
     started: float,
 ) -> dict[str, Any]:
     """Merge every process's samples with the off-policy answers, in input order; write the file and the manifest."""
+    recipe = run.recipe
     cfg = recipe.sample
     stage_dir = recipe.stage_dir("sample")
-    config = run_config(recipe)
     done = progress.load()
     prompts_read = len(prompts) + sum(policy.skipped.values())
     generated, usage = offpolicy_answers(recipe, prompts, policy)
@@ -206,6 +227,7 @@ def _write_candidates(
         "empty_samples_left_out": merged.empty_samples,
         "finish_reasons": {source: dict(reasons) for source, reasons in merged.finish_reasons.items()},
         "offpolicy_fields": cfg.offpolicy_fields,
+        "offpolicy_missing": dict(merged.offpolicy_missing),
         "offpolicy_models": {name: len(answers) for name, answers in generated.items()},
         "api_usage": usage,
         "prompts_done_before_this_run": already_done,
@@ -214,8 +236,8 @@ def _write_candidates(
     write_manifest(
         stage_dir,
         stage="sample",
-        config=config,
-        config_hash=config_hash(config),
+        config=run.config,
+        config_hash=run.config_hash,
         seed=recipe.seed,
         counts=counts,
         wall_seconds=wall,
@@ -239,6 +261,7 @@ class MergedCandidates:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
+    offpolicy_missing: Counter[str] = field(default_factory=Counter)  # kept prompts without the field, by field
     empty_samples: int = 0
     finish_reasons: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
@@ -249,8 +272,9 @@ def merge_candidates(
     offpolicy_fields: list[str],
     generated: dict[str, dict[str, Any]],
 ) -> MergedCandidates:
-    """The policy's samples (an empty one — end of turn first — is no candidate), the prompt's off-policy fields, and
-    each off-policy model's answer; a prompt whose candidates are all one text is dropped, as no pair can come of it.
+    """The policy's samples (an empty one — end of turn first — is no candidate), the prompt's off-policy fields (a
+    field the prompt lacks, as `sample.offpolicy_missing: skip_candidate` allows, is none, counted), and each
+    off-policy model's answer; a prompt whose candidates are all one text is dropped, as no pair can come of it.
     Finish reasons are counted by source (None for a field's text)."""
     merged = MergedCandidates()
     for prompt in prompts:
@@ -258,7 +282,12 @@ def merge_candidates(
         kept = [s for s in own if s["text"].strip()]
         merged.empty_samples += len(own) - len(kept)
         candidates = [_candidate(s["text"], "policy", s["seed"], s.get("finish_reason")) for s in kept]
-        candidates += [_candidate(prompt.extra[name], f"offpolicy:{name}") for name in offpolicy_fields]
+        for name in offpolicy_fields:
+            text = offpolicy_text(prompt, name)
+            if text is None:
+                merged.offpolicy_missing[name] += 1
+            else:
+                candidates.append(_candidate(text, f"offpolicy:{name}"))
         for name, answers in generated.items():
             if prompt.id in answers:
                 text, reason = cached_answer(answers[prompt.id])

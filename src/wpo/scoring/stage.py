@@ -17,15 +17,17 @@ from typing import Any
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from wpo.config import Recipe, config_hash
+from wpo.config import Recipe
 from wpo.data.io import BadRecordPolicy, write_jsonl
 from wpo.data.progress import ProgressFile
 from wpo.data.schemas import parse_all, parse_candidates
 from wpo.distributed import process_state
 from wpo.errors import DataError
 from wpo.layout import STAGE_OUTPUTS, stage_output
-from wpo.manifest import source_fingerprint, write_manifest
+from wpo.manifest import write_manifest
 from wpo.scoring import ScoreRequest, make_scorer
+from wpo.stage_run import StageRun, code_fingerprints, input_fingerprint, resolved
+from wpo.user_functions import recipe_functions
 
 log = logging.getLogger(__name__)
 OUTPUT = STAGE_OUTPUTS["score"]
@@ -37,12 +39,17 @@ def candidates_source(recipe: Recipe) -> str:
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:
-    score = recipe.score.hashed_settings()
-    return {"score": score, "candidates_sha256": source_fingerprint(candidates_source(recipe))}
+    return {
+        "score": recipe.score.hashed_settings(),
+        "inputs": {"score.candidates": input_fingerprint(candidates_source(recipe))},
+        "code": code_fingerprints(recipe_functions("score", recipe.score)),
+    }
 
 
-def run_score(recipe: Recipe) -> dict[str, Any]:
+def run_score(target: StageRun | Recipe) -> dict[str, Any]:
     started = time.perf_counter()
+    run = resolved(target, "score", run_config)
+    recipe = run.recipe
     stage_dir = recipe.stage_dir("score")
     source = candidates_source(recipe)
     policy = BadRecordPolicy(recipe.on_bad_record)
@@ -50,9 +57,8 @@ def run_score(recipe: Recipe) -> dict[str, Any]:
     if not records:
         raise DataError(f"{source}: no usable candidate records (skipped {dict(policy.skipped)})")
 
-    run_hash = config_hash(run_config(recipe))
     state = process_state()
-    progress = ProgressFile(stage_dir, "scores", run_hash, state.process_index, state.num_processes)
+    progress = ProgressFile(stage_dir, "scores", run.config_hash, state.process_index, state.num_processes)
     done = progress.load()
     state.wait_for_everyone()  # every process has read (and repaired) the progress files before any appends
     already_done = sum(str(data["id"]) in done for _, data in records)
@@ -93,13 +99,13 @@ def run_score(recipe: Recipe) -> dict[str, Any]:
     result = {}
     if state.is_main_process:
         totals = {key: sum(w[key] for w in every_process) for key in work}
-        result = _write_scored(recipe, records, progress, policy, already_done, totals, started)
+        result = _write_scored(run, records, progress, policy, already_done, totals, started)
     state.wait_for_everyone()  # no process moves on before the merged file exists
     return result
 
 
 def _write_scored(
-    recipe: Recipe,
+    run: StageRun,
     records: list[tuple[str, dict[str, Any]]],
     progress: ProgressFile,
     policy: BadRecordPolicy,
@@ -108,6 +114,7 @@ def _write_scored(
     started: float,
 ) -> dict[str, Any]:
     """Every process's scored records, in input order: the output file and the manifest."""
+    recipe = run.recipe
     stage_dir, source = recipe.stage_dir("score"), candidates_source(recipe)
     done = progress.load()
     written = write_jsonl(stage_dir / OUTPUT, [done[str(data["id"])] for _, data in records])
@@ -119,12 +126,11 @@ def _write_scored(
         "skipped": dict(policy.skipped),
         **work,
     }
-    config = run_config(recipe)
     write_manifest(
         stage_dir,
         stage="score",
-        config=config,
-        config_hash=config_hash(config),
+        config=run.config,
+        config_hash=run.config_hash,
         seed=recipe.seed,
         counts=counts,
         wall_seconds=time.perf_counter() - started,

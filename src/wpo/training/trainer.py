@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import importlib.util
 import json
 import logging
 import math
@@ -32,14 +31,16 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
+from wpo import machine
 from wpo.config import LoraConfig as LoraSettings  # peft's LoraConfig is another class
-from wpo.config import ModelConfig, Recipe, TrainConfig, config_hash, low_precision_problem
+from wpo.config import ModelConfig, Recipe, TrainConfig, low_precision_problem
 from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import LoadedPairs, load_pairs
 from wpo.errors import ConfigError, DataError, NonFiniteError, Stopped
 from wpo.layout import stage_output
-from wpo.manifest import move_aside, source_fingerprint, write_manifest
+from wpo.manifest import move_aside, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
+from wpo.stage_run import StageRun, input_fingerprint, resolved
 from wpo.training import checkpoint, reference
 from wpo.training.forward import pair_statistics, prompt_sharing, require_finite
 from wpo.training.launchers import Launcher, make_launcher
@@ -64,9 +65,11 @@ def run_config(recipe: Recipe) -> dict[str, Any]:
     return {
         "seed": recipe.seed,
         "model": recipe.model.model_dump(mode="json"),
-        "model_files": source_fingerprint(recipe.model.name_or_path),
         "train": recipe.train.hashed_settings(),
-        "pairs_sha256": source_fingerprint(pairs_source(recipe)),
+        "inputs": {
+            "model.name_or_path": input_fingerprint(recipe.model.name_or_path),
+            "train.pairs": input_fingerprint(pairs_source(recipe)),
+        },
     }
 
 
@@ -134,16 +137,6 @@ class TrainResult:
     weights: dict[str, Any]  # the WPO weights' figures over the whole run (`WeightLedger.summary`)
 
 
-def _shared_run_config(recipe: Recipe, accelerator: Accelerator) -> dict[str, Any]:
-    """The run config as the main process computes it, so every process keys checkpoints with the same hash (file
-    fingerprints read by each process could differ)."""
-    if accelerator.num_processes == 1:
-        return run_config(recipe)
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([run_config(recipe) if accelerator.is_main_process else None])[0]
-
-
 def masters_and_optimizer(model, cfg: TrainConfig, accelerator: Accelerator, resuming: bool) -> torch.optim.Optimizer:
     """The trainable weights' starting point under bf16 (`train.bf16_ties`) and the optimizer that steps them:
     after backward, or inside it (`train.optimizer_in_backward`, one plain process only)."""
@@ -181,17 +174,17 @@ def bind_loss(cfg: TrainConfig) -> Callable[..., PreferenceLoss]:
     )
 
 
-def plan_training(recipe: Recipe, accelerator: Accelerator) -> TrainPlan:
+def plan_training(run: StageRun) -> TrainPlan:
     """Paths, the models' sources, the dtype and the run config, resolved once (the resume point comes later, once
     the schedule it must match is known)."""
+    recipe = run.recipe
     cfg = recipe.train
-    if "trackio" in cfg.report_to and importlib.util.find_spec("trackio") is None:
-        raise ConfigError("train.report_to names trackio, which is not installed: pip install 'wpo[trackio]'")
+    if "trackio" in cfg.report_to:
+        machine.refuse([machine.trackio()])
     dtype = resolve_dtype(recipe.model.dtype)
     problem = low_precision_problem(str(dtype).removeprefix("torch."), recipe)
     if problem:  # model.dtype: auto resolved to bf16 on this machine, or the recipe's stages did not name train
         raise ConfigError(problem)
-    config = _shared_run_config(recipe, accelerator)
     model_path = resolve_model_path(recipe.model.name_or_path)
     reference_path = None
     if cfg.loss not in REFERENCE_FREE_LOSSES:
@@ -203,17 +196,18 @@ def plan_training(recipe: Recipe, accelerator: Accelerator) -> TrainPlan:
         model_path=model_path,
         reference_path=reference_path,
         dtype=dtype,
-        config=config,
-        run_hash=config_hash(config),
+        config=run.config,
+        run_hash=run.config_hash,
         lora=recipe.model.lora is not None,
     )
 
 
-def setup(recipe: Recipe) -> TrainState:
+def setup(target: StageRun | Recipe) -> TrainState:
+    recipe = target.recipe if isinstance(target, StageRun) else target
     cfg = recipe.train
-    accelerator = make_accelerator(recipe)
+    accelerator = make_accelerator(recipe)  # first: under a launch, the resolution is broadcast through its group
     set_seed(recipe.seed)
-    plan = plan_training(recipe, accelerator)
+    plan = plan_training(resolved(target, "train", run_config))
 
     tokenizer = load_tokenizer(plan.model_path, recipe.model.trust_remote_code)
     loaded, tokens, skipped = _training_pairs(plan.pairs, tokenizer, cfg, BadRecordPolicy(recipe.on_bad_record))
@@ -458,9 +452,10 @@ def step_means(stats: dict[str, torch.Tensor]) -> dict[str, float]:
     }
 
 
-def train(recipe: Recipe) -> TrainResult:
+def train(target: StageRun | Recipe) -> TrainResult:
     started = time.perf_counter()
-    state = setup(recipe)
+    state = setup(target)
+    recipe = state.recipe
     cfg, plan, accelerator, schedule = state.cfg, state.plan, state.accelerator, state.schedule
     metrics = MetricsLog(
         plan.train_dir,
@@ -563,9 +558,9 @@ def _counts(state: TrainState) -> dict[str, Any]:
     }
 
 
-def run_train(recipe: Recipe) -> dict[str, Any]:
+def run_train(target: StageRun | Recipe) -> dict[str, Any]:
     """The stage entry point: train, and report the headline figures."""
-    result = train(recipe)
+    result = train(target)
     return {
         "output": str(result.final_dir),
         "counts": result.counts,
