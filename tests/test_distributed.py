@@ -352,6 +352,25 @@ def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llam
     )
     assert 0.0 <= two_summary["reward_trained"] <= 1.0 and "win_rate" in two_summary
 
+    def inputs(run: Path, stage: str) -> dict:  # each stage's inputs as resolved (by the main process, for all)
+        config = json.loads((run / stage / "manifest.json").read_text())["config"]
+        return {key: entry["fingerprint"] for key, entry in config["inputs"].items()}
+
+    for stage in ("sample", "score", "pair"):
+        assert inputs(two, stage) == inputs(one, stage), stage
+    again = assert_ok(
+        run_wpo(
+            "run",
+            recipe,
+            f"output_dir={two}",
+            "train.per_device_batch_size=1",
+            *SMOOTH_ADAM,
+            processes=2,
+            env=DISTRIBUTED_ENV,
+        )
+    )
+    assert "is redone" not in again.stderr and again.stderr.count("already done under this config") >= 8
+
 
 def test_progress_of_any_process_count_resumes_and_other_configs_are_removed(tmp_path):
     """A run killed with two processes resumes with one (and vice versa): `load` reads every process's file of the
