@@ -356,6 +356,16 @@ def assert_ok(result: subprocess.CompletedProcess | Result, tail: int = 4000) ->
     return result
 
 
+def machine_lacks(result: Result) -> list[str]:
+    """What an in-process run said this machine lacks: it ended with exit 3 and every `wpo` line of stderr is
+    `wpo: this machine lacks: ...` (a library's warning may stand beside them); those lines without the prefix."""
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 3, (result.exception, result.stderr)
+    prefix = "wpo: this machine lacks: "
+    lines = [line for line in result.stderr.splitlines() if line.startswith("wpo")]
+    assert lines and all(line.startswith(prefix) for line in lines), result.stderr
+    return [line.removeprefix(prefix) for line in lines]
+
+
 def assert_one_line_error(result: Result, *fragments: str, exact: str | None = None) -> None:
     """An in-process run ended with exit 2 and stderr one line `wpo: error: ...`: no traceback, nothing escaped the
     CLI. The line contains every fragment, and with `exact` it is exactly `wpo: error: <exact>`."""

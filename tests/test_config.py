@@ -97,6 +97,10 @@ export: {model: m, quantizations: [Q4_K_M, Q8_0]}
         (["train.beta=high"], r"train.beta: Input should be a valid number"),
         (["train.beta=-1"], r"train.beta: Input should be greater than 0"),
         (["train.num_epochs=1.5"], r"train.num_epochs: Input should be a valid integer"),
+        (
+            ["sample.offpolicy_missing=skip"],
+            r"sample.offpolicy_missing: Input should be 'error', 'skip_record' or 'skip_candidate'",
+        ),
         (["train.loss=kto"], r"train.loss: Input should be 'sigmoid', 'robust', 'ipo', 'hinge' or 'length_normalized'"),
         (["model.lora.alph=4"], r"model.lora.alph: unknown key; did you mean model.lora.alpha\?"),
         (["train.weighting=none", "train.clamp=false"], r"train.clamp only applies to train.weighting: wpo"),

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from helpers import assert_one_line_error, cli, recipe_for, save_tiny_model, train_killed_at
+from helpers import cli, machine_lacks, recipe_for, save_tiny_model, train_killed_at
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
@@ -199,8 +199,13 @@ def test_optimizer_in_backward_refuses_what_it_cannot_do(tmp_path, tiny_llama, p
     assert message in str(caught.value)
 
 
-def test_adamw_8bit_without_bitsandbytes_is_one_line_at_load(tmp_path, tiny_llama, pairs_file, monkeypatch):
+def test_adamw_8bit_without_bitsandbytes_is_what_this_machine_lacks(tmp_path, tiny_llama, pairs_file, monkeypatch):
+    """Said at load by `wpo config` (exit 3, the recipe printed), and by the optimizer itself with the same line."""
     import importlib.util
+
+    from wpo.config import load_recipe
+    from wpo.errors import MachineLacks
+    from wpo.training.optimizers import build_optimizer
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -211,11 +216,10 @@ def test_adamw_8bit_without_bitsandbytes_is_one_line_at_load(tmp_path, tiny_llam
         f"output_dir: {tmp_path / 'run'}\nmodel: {{name_or_path: {tiny_llama}}}\nstages: [train]\n"
         f"train: {{pairs: {pairs_file}, optimizer: adamw_8bit}}\n"
     )
-    assert_one_line_error(
-        cli("config", recipe),
-        exact=(
-            f"{recipe}: train.optimizer: adamw_8bit needs bitsandbytes, which is not installed: pip install "
-            "'wpo[lowbit]', or set train.optimizer: adamw"
-        ),
-    )
+    lack = "bitsandbytes (train.optimizer: adamw_8bit): pip install 'wpo[lowbit]', or set train.optimizer: adamw"
+    config = cli("config", recipe)
+    assert machine_lacks(config) == [lack] and "optimizer: adamw_8bit" in config.stdout
     assert not (tmp_path / "run").exists()
+    with pytest.raises(MachineLacks) as raised:
+        build_optimizer(torch.nn.Linear(2, 2), load_recipe(recipe).train)
+    assert raised.value.lacks == [lack]

@@ -422,6 +422,19 @@ def test_hostile_text_stays_text(full_run):
     assert f"<option>{html.escape(HOSTILE_SOURCE)}</option>" in markup
 
 
+def test_the_data_part_says_how_many_prompts_lack_an_offpolicy_field(full_run, tmp_path):
+    """sample.offpolicy_missing: skip_candidate keeps such prompts without the field's candidate; the sample
+    manifest counts them by field."""
+    run = copy_of(full_run, tmp_path)
+    manifest = json.loads((run / "sample" / "manifest.json").read_text())
+    manifest["counts"]["offpolicy_missing"] = {"reference": 4}
+    (run / "sample" / "manifest.json").write_text(json.dumps(manifest))
+    _, page = report_of(run)
+    said = f"{PROMPTS} prompts in score/candidates.jsonl ; 4 lack the field reference , so have no offpolicy:reference "
+    assert said + "candidate." in page.visible  # (the page's text joined with spaces around each element)
+    assert "lack the field" not in report_of(full_run)[1].visible  # none missing: nothing said
+
+
 def test_a_stage_that_did_not_run_is_absent_not_an_error(full_run, tmp_path):
     run = copy_of(full_run, tmp_path)
     for stage in ("sample", "score", "pair", "export"):

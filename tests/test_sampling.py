@@ -14,7 +14,7 @@ import torch
 from helpers import prompts_file, write_lines
 
 from wpo.config import load_recipe
-from wpo.errors import ConfigError, DataError
+from wpo.errors import ConfigError, DataError, MachineLacks
 from wpo.sampling import SampleRequest, sample_seed
 from wpo.sampling.stage import run_sample
 from wpo.sampling.transformers_backend import PerRowSampling, TransformersSampler, nucleus
@@ -132,6 +132,39 @@ def test_identical_candidates_drop_the_prompt(tmp_path, tiny_llama):
     assert (tmp_path / "run" / "sample" / "candidates.jsonl").read_text() == ""
 
 
+def without_reference(path, ids: set[str]):
+    """The prompts file at `path` with the `reference` of the prompts `ids` taken out."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return write_lines(path, [{k: v for k, v in r.items() if k != "reference" or r["id"] not in ids} for r in records])
+
+
+def test_a_prompt_without_its_offpolicy_field_keeps_its_samples_or_is_left_out(tmp_path, tiny_llama):
+    """skip_candidate: a prompt lacking the field keeps its on-policy samples and gets no off-policy candidate,
+    counted by field; skip_record: it is left out, counted, though on_bad_record is error."""
+    prompts = without_reference(prompts_file(tmp_path), {"q1", "q3"})
+    settings = ["sample.offpolicy_fields=[reference]", "sample.batch_size=5"]
+    kept = run_sample(
+        sample_recipe(tmp_path, tiny_llama, prompts, *settings, "sample.offpolicy_missing=skip_candidate")
+    )
+    lines = (tmp_path / "run" / "sample" / "candidates.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    sources = {r["id"]: [c["source"] for c in r["candidates"]] for r in records}
+    assert sources == {
+        prompt: ["policy"] * 3 + ([] if prompt in ("q1", "q3") else ["offpolicy:reference"])
+        for prompt in ("q0", "q1", "q2", "q3", "q4")
+    }
+    assert kept["counts"]["offpolicy_missing"] == {"reference": 2} and kept["counts"]["skipped"] == {}
+    manifest = json.loads((tmp_path / "run" / "sample" / "manifest.json").read_text())
+    assert manifest["counts"]["offpolicy_missing"] == {"reference": 2}
+
+    left_out = run_sample(
+        sample_recipe(tmp_path, tiny_llama, prompts, *settings, "sample.offpolicy_missing=skip_record", run="records")
+    )
+    assert left_out["counts"]["skipped"] == {"missing_offpolicy": 2} and left_out["counts"]["offpolicy_missing"] == {}
+    written = (tmp_path / "records" / "sample" / "candidates.jsonl").read_text().splitlines()
+    assert written == [line for line in lines if json.loads(line)["id"] in ("q0", "q2", "q4")]  # the same samples
+
+
 def test_candidates_merge_samples_fields_and_models_in_order():
     """Hand-made: an empty sample is left out and counted, a prompt whose candidates are one text is dropped, finish
     reasons are counted by source, the records keep the input's order and the prompt's own fields."""
@@ -176,10 +209,17 @@ def test_bad_prompts_and_settings(tmp_path, tiny_llama):
     )
     with pytest.raises(DataError, match=r"p.jsonl:1: off-policy field 'reference' is missing or empty"):
         run_sample(sample_recipe(tmp_path, tiny_llama, prompts, "sample.offpolicy_fields=[reference]"))
+    numbered = write_lines(tmp_path / "n.jsonl", [{"id": "a", "messages": [{"role": "user", "content": "x"}], "n": 5}])
+    with pytest.raises(DataError, match=r"n.jsonl:1: off-policy field 'n' must be text, got int"):  # not missing
+        run_sample(
+            sample_recipe(
+                tmp_path, tiny_llama, numbered, "sample.offpolicy_fields=[n]", "sample.offpolicy_missing=skip_candidate"
+            )
+        )
     with pytest.raises(DataError, match=r"p.jsonl:2: duplicate id 'a'"):
         run_sample(sample_recipe(tmp_path, tiny_llama, prompts))
     vllm = load_recipe(None, ["sample.backend=vllm"])  # the recipe loads: the backend is checked when sampling starts
-    with pytest.raises(ConfigError, match=r"sample.backend: vllm is not installed; pip install vllm"):
+    with pytest.raises(MachineLacks, match=r"vllm \(sample.backend: vllm\): pip install vllm on a GPU machine"):
         run_sample(
             sample_recipe(
                 tmp_path,

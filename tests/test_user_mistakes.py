@@ -1,5 +1,7 @@
 """A new user's own model, prompts and reward: every mistake a user can make ends in one line, exit 2, that says what
-to do — at load, where `wpo config` and `wpo run` agree — and the commands agree with each other on reruns.
+to do — at load, where `wpo config` and `wpo run` agree, input files included, which `wpo config` reads as the stages
+will — and the commands agree with each other on reruns. What this machine lacks to run a recipe (a package, a GPU,
+a file) is no mistake of the recipe's: its own lines, exit 3, and `wpo config` still prints the recipe.
 
 Each case runs the real CLI in this process (`helpers.cli`); the messages are checked fragment by fragment.
 """
@@ -10,9 +12,14 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import assert_ok, assert_one_line_error, cli, write_lines
+import yaml
+from helpers import assert_ok, assert_one_line_error, cli, machine_lacks, pair_record, write_lines
 
 import wpo
+from wpo.config import load_recipe
+from wpo.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -37,10 +44,6 @@ AT_LOAD = {
     "score without its model": (
         "stages: [sample, score]\nsample: {prompts: PROMPTS}\n",
         ["score.model is required by score.scorer: reward_model", "or choose score.scorer: python"],
-    ),
-    "a prompts file that is not there": (
-        "stages: [sample]\nsample: {prompts: ./nope.jsonl}\n",
-        ["sample.prompts: no such file or directory: ./nope.jsonl"],
     ),
     "a quantization llama.cpp does not know": (
         "stages: [export]\nexport: {quantizations: [Q4_K_X]}\n",
@@ -68,10 +71,6 @@ AT_LOAD = {
         "stages: [train]\n",
         ["train reads", "pair/pairs.jsonl, which does not exist: run `wpo pair` first", "train.pairs"],
     ),
-    "a model path that is not there": (
-        "stages: [train]\nmodel: {name_or_path: ./my-model}\ntrain: {pairs: PROMPTS}\n",
-        ["model.name_or_path: no such file or directory: ./my-model"],
-    ),
 }
 
 
@@ -83,6 +82,194 @@ def test_config_fails_where_run_would_with_one_line(tmp_path, prompts, case, mon
     for command in ("config", "run"):
         assert_one_line_error(cli(command, recipe), str(recipe), *fragments)
     assert not (tmp_path / "run").exists()  # nothing ran, nothing was written
+
+
+NOT_HERE = "no such file or directory here: copy it to this machine, or correct the path"
+
+# recipe text → the stage it runs, and the one thing this machine lacks to run it
+LACKS = {
+    "a prompts file that is not there": (
+        "stages: [sample]\nsample: {prompts: ./nope.jsonl}\n",
+        "sample",
+        f"./nope.jsonl (sample.prompts): {NOT_HERE}",
+    ),
+    "a model path that is not there": (
+        "stages: [sample]\nmodel: {name_or_path: ./my-model}\nsample: {prompts: PROMPTS}\n",
+        "sample",
+        f"./my-model (model.name_or_path): {NOT_HERE}",
+    ),
+    "a reference model that is not there": (
+        "stages: [train]\ntrain: {pairs: PAIRS, reference_model: ./ref}\n",
+        "train",
+        f"./ref (train.reference_model): {NOT_HERE}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LACKS))
+def test_a_file_that_is_not_here_is_what_this_machine_lacks(tmp_path, prompts, case, monkeypatch):
+    """The file may be on the machine that runs the recipe: `wpo config` prints the recipe and says what is missing
+    here (exit 3); `wpo run` and the stage's command refuse to start with the same line."""
+    monkeypatch.chdir(tmp_path)
+    pairs = write_lines(tmp_path / "pairs.jsonl", [pair_record("p1", "Hi?", "Hello.", "No.")])
+    text, stage, lack = LACKS[case]
+    recipe = recipe_file(tmp_path, text.replace("PROMPTS", str(prompts)).replace("PAIRS", str(pairs)))
+    config = cli("config", recipe)
+    assert machine_lacks(config) == [lack]
+    assert yaml.safe_load(config.stdout) == load_recipe(recipe).to_dict()
+    for command in ("run", stage):
+        refused = cli(command, recipe)
+        assert machine_lacks(refused) == [lack] and refused.stdout == ""
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_seed_recipe_is_printed_on_a_machine_without_vllm_or_a_gpu(monkeypatch):
+    """A user prepares the seed's GPU run on a laptop: the recipe is right, and what this laptop lacks is said apart
+    (exit 3), a line per thing, naming every setting that needs it; a mistake in the recipe is still exit 2."""
+    import importlib.util
+
+    import torch
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("vllm", "alpaca_eval") else found(name, *a)
+    )
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.chdir(ROOT)
+    recipe = "recipes/gemma-2-9b-it-wpo-hb.yaml"
+    config = cli("config", recipe, "--json")
+    lacks = machine_lacks(config)
+    vllm = "vllm (sample.backend: vllm, eval.backend: vllm): pip install vllm on a GPU machine (it pins its own torch)"
+    gpu = "a GPU (sample.backend: vllm, eval.backend: vllm): torch sees 0 here: run it on a machine with a GPU"
+    alpaca_eval = "alpaca_eval (eval.judge: alpaca_eval): pip install 'wpo[alpaca-eval]'"
+    eval_set = f"alpaca_eval/gpt4_turbo_reference_outputs.json (eval.prompts): {NOT_HERE}"
+    assert lacks[:2] == [vllm, gpu] and alpaca_eval in lacks and eval_set in lacks
+    assert json.loads(config.stdout) == load_recipe(ROOT / recipe).to_dict()
+
+    refused = cli("run", recipe)
+    assert machine_lacks(refused) == lacks and refused.stdout == ""
+    assert machine_lacks(cli("sample", recipe)) == [
+        vllm.replace(", eval.backend: vllm", ""),
+        gpu.replace(", eval.backend: vllm", ""),
+    ]
+    assert not (ROOT / load_recipe(ROOT / recipe).output_dir).exists()
+
+    assert_one_line_error(cli("config", recipe, "train.bta=1"), "train.bta: unknown key")
+    # a mistake the checks find comes before what the machine lacks
+    assert_one_line_error(cli("config", recipe, "export.quantizations=[Q4_K_X]"), "unknown type 'Q4_K_X'")
+
+
+def issue_prompts(path: Path, malformed_line: int | None = None) -> Path:
+    """16 prompts, the last 6 without the `reference` their recipe samples as an off-policy answer (as issue 38's
+    user had them); `malformed_line` cut short inside a string."""
+    lines = [
+        json.dumps(
+            {"id": f"q{i}", "messages": [{"role": "user", "content": f"Name {i} colors."}]}
+            | ({"reference": f"{i} colors: red, ..."} if i < 10 else {})
+        )
+        for i in range(16)
+    ]
+    if malformed_line is not None:
+        lines[malformed_line - 1] = lines[malformed_line - 1][:50]
+    return write_lines(path, lines)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("my-prompts.jsonl", "my-prompts.jsonl:11: off-policy field 'reference' is missing or empty"),
+        ("bad-prompts.jsonl", "bad-prompts.jsonl:8: invalid JSON (Unterminated string starting at column 44)"),
+    ],
+)
+def test_config_fails_on_the_line_and_with_the_words_of_the_sample_stage(
+    tmp_path, tiny_llama, monkeypatch, case, expected
+):
+    from wpo.sampling.stage import run_sample
+
+    monkeypatch.chdir(tmp_path)
+    issue_prompts(tmp_path / case, malformed_line=8 if case.startswith("bad") else None)
+    recipe = recipe_file(
+        tmp_path,
+        f"stages: [sample]\nmodel: {{name_or_path: {tiny_llama}}}\n"
+        f"sample: {{prompts: {case}, n: 2, max_new_tokens: 4, offpolicy_fields: [reference]}}\n",
+    )
+    with pytest.raises(DataError) as stage_error:
+        run_sample(load_recipe(recipe, [f"output_dir={tmp_path / 'stage'}"]))  # the stage itself, no checks before it
+    assert str(stage_error.value).startswith(expected)
+    for command in ("config", "run"):
+        assert_one_line_error(cli(command, recipe), exact=str(stage_error.value))
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_reads_the_prompts_under_the_recipes_policies(tmp_path, monkeypatch, caplog):
+    """What a stage would skip passes, counted in one line; what leaves no prompt at all fails as the stage would."""
+    monkeypatch.chdir(tmp_path)
+    issue_prompts(tmp_path / "my-prompts.jsonl")
+    recipe = recipe_file(
+        tmp_path, "stages: [sample]\nsample: {prompts: my-prompts.jsonl, offpolicy_fields: [reference]}\n"
+    )
+    for policy, skipped in (
+        ("on_bad_record=skip", True),
+        ("sample.offpolicy_missing=skip_record", True),
+        ("sample.offpolicy_missing=skip_candidate", False),
+    ):
+        caplog.clear()
+        assert_ok(cli("config", recipe, policy))
+        said = "sample.prompts: my-prompts.jsonl: 6 records will be skipped (missing_offpolicy 6)"
+        assert (said in caplog.text) is skipped, (policy, caplog.text)
+    assert_one_line_error(
+        cli("config", recipe, "on_bad_record=skip", "sample.offpolicy_fields=[answer]"),
+        exact="my-prompts.jsonl: no usable prompts (skipped {'missing_offpolicy': 16})",
+    )
+
+
+def candidates_record(source: str = "policy", score: float | None = 1.0) -> dict:
+    messages = [{"role": "user", "content": "Hi?"}]
+    texts = ("Hello.", "No.")
+    candidates = [{"text": text, "source": source, "seed": None, "score": score} for text in texts]
+    return {"id": "q1", "messages": messages, "candidates": candidates}
+
+
+# stages and settings → the input file they read (FILE in the settings), its one record, and the stage's words
+INPUTS = {
+    "score.candidates": (
+        "stages: [score]\nscore: {scorer: python, function: wpo.tasks.reference:chrf, candidates: FILE}\n",
+        "c.jsonl",
+        candidates_record(source="gpt"),
+        "candidates[0].source must be 'policy' or 'offpolicy:<name>', got 'gpt'",
+    ),
+    "the score stage's output, read by pair": (
+        "stages: [pair]\npair: {length_unit: characters}\n",
+        "run/score/candidates.jsonl",
+        candidates_record(score=None),
+        "candidates[0] has no score (run wpo score first)",
+    ),
+    "train.pairs": (
+        "stages: [train]\ntrain: {pairs: FILE}\n",
+        "p.jsonl",
+        pair_record("p1", "Hi?", "Hello.", "No.") | {"weight": -1},
+        "weight must be a finite number >= 0 (got -1)",
+    ),
+    "eval.prompts": (
+        "stages: [eval]\neval: {prompts: FILE, judge: python, function: wpo.tasks.ifeval:content_preference}\n",
+        "e.jsonl",
+        {"id": "e1", "messages": [{"role": "user", "content": "Hi?"}]},
+        "reference output field 'reference' is missing",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(INPUTS))
+def test_config_reads_every_stages_input_with_its_reader(tmp_path, case):
+    """An input set in the recipe, or an upstream output that a stage not in this run wrote, is read as its stage
+    reads it: its record fails at load, with the file:line and the stage's words."""
+    settings, name, record, words = INPUTS[case]
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_lines(path, [record])
+    recipe = recipe_file(tmp_path, settings.replace("FILE", str(path)))
+    for command in ("config", "run"):
+        assert_one_line_error(cli(command, recipe), exact=f"{path}:1: {words}")
 
 
 def test_a_stage_command_checks_what_it_needs(tmp_path, prompts):

@@ -301,9 +301,13 @@ def test_configure_refuses_what_the_trainer_does_not_drive(plugin_options, messa
 
 
 def test_a_deepspeed_launch_without_deepspeed_installed_says_how_to_get_it(monkeypatch):
+    import importlib.util
+
     from wpo import distributed
+    from wpo.errors import MachineLacks
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    monkeypatch.setattr(distributed.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError, match=r"deepspeed is not installed: pip install 'wpo\[deepspeed\]'"):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(MachineLacks) as raised:
         distributed.state_options()
+    assert raised.value.lacks == ["deepspeed (a DeepSpeed launch): pip install 'wpo[deepspeed]'"]
