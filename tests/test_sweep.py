@@ -10,7 +10,7 @@ from helpers import run_wpo, write_lines
 
 import wpo
 from wpo.data.io import resolve_builtin
-from wpo.sweeps import parse_grid, variant_name
+from wpo.sweeps import parse_grid, parse_variants, variant_name, variants
 
 
 def builtin(name: str) -> list[dict]:
@@ -110,9 +110,38 @@ def test_sweep_arguments_are_checked(tmp_path, tiny_llama):
     with pytest.raises(wpo.ConfigError, match=r"--grid 'train.beta' is not of the form KEY=V1,V2"):
         parse_grid(["train.beta"])
     recipe = tiny_recipe(tmp_path, tiny_llama)
-    with pytest.raises(wpo.ConfigError, match=r"--baseline must give one value of the grid"):
+    with pytest.raises(wpo.ConfigError, match=r"--baseline must name one variant by every key \(train.beta\), got"):
         wpo.sweep(recipe, grid={"train.beta": ["0.1", "0.2"]}, seeds=[1], baseline={"train.beta": "0.3"})
+    with pytest.raises(wpo.ConfigError, match=r"--grid and --variant both set train.beta"):
+        wpo.sweep(recipe, grid={"train.beta": ["0.1"]}, seeds=[1], variants=[{"train.beta": "0.2"}])
+    result = run_wpo("sweep", str(tmp_path / "r.yaml"), "--grid", "train.beta=0.1", "--baseline", "train.beta")
+    assert result.returncode == 2 and "--baseline 'train.beta' is not of the form KEY=V" in result.stderr
     with pytest.raises(wpo.ConfigError, match=r"train.bta: unknown key"):
         wpo.sweep(recipe, grid={"train.bta": ["0.1"]}, seeds=[1])
     result = run_wpo("sweep", str(tmp_path / "missing.yaml"), "--grid", "train.beta=0.1,0.2")
     assert result.returncode == 2 and "recipe" in result.stderr and "does not exist" in result.stderr
+
+
+def test_explicit_variants_are_cells_a_grid_cannot_express():
+    cells = parse_variants(["train.weighting=none", "train.weighting=wpo; train.normalize_weights=true"][:1])
+    assert cells == [{"train.weighting": "none"}]
+    cells = parse_variants(
+        ["train.weighting=none;train.normalize_weights=false", "train.weighting=wpo;train.normalize_weights=true"]
+    )
+    assert cells == [
+        {"train.weighting": "none", "train.normalize_weights": "false"},
+        {"train.weighting": "wpo", "train.normalize_weights": "true"},
+    ]
+    crossed = variants({"sample.offpolicy_fields": ["[]", "[reference]"]}, cells)
+    assert [variant_name(v) for v in crossed] == [
+        "weighting-none_normalize_weights-false_offpolicy_fields--",
+        "weighting-none_normalize_weights-false_offpolicy_fields--reference-",
+        "weighting-wpo_normalize_weights-true_offpolicy_fields--",
+        "weighting-wpo_normalize_weights-true_offpolicy_fields--reference-",
+    ]
+    with pytest.raises(
+        wpo.ConfigError, match=r"every --variant must set the same keys \(they set: train.weighting \| "
+    ):
+        parse_variants(["train.weighting=none", "train.weighting=wpo;train.normalize_weights=true"])
+    with pytest.raises(wpo.ConfigError, match=r"--variant 'train.beta' is not of the form KEY=V;KEY=V"):
+        parse_variants(["train.beta"])

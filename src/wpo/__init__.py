@@ -104,16 +104,18 @@ def sweep(
     seeds: list[int],
     baseline: dict[str, str] | None = None,
     overrides: list[str] | None = None,
+    variants: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """`wpo sweep`: every grid variant x seed with shared upstream stages; runs.csv, comparison.csv (paired by seed
-    and prompt), comparison.png under output_dir/sweep/. `grid` maps dotted keys to lists of values (YAML text)."""
+    and prompt), comparison.png under output_dir/sweep/. `grid` maps dotted keys to lists of values (YAML text);
+    `variants` lists cells a grid cannot express (each a mapping of the same keys), crossed with the grid."""
     from wpo.sweeps import run_sweep
 
     if isinstance(recipe, Recipe):
         recipe = recipe.to_dict()
-    return run_sweep(
-        recipe, overrides or [], {k: [str(v) for v in values] for k, values in grid.items()}, seeds, baseline
-    )
+    grid_text = {k: [str(v) for v in values] for k, values in grid.items()}
+    explicit = [{k: str(v) for k, v in variant.items()} for variant in variants or []]
+    return run_sweep(recipe, overrides or [], grid_text, seeds, baseline, explicit)
 
 
 def report(directory: str | Path, max_items: int | None = None) -> list[Path]:

@@ -269,6 +269,10 @@ def sweep(
     grid: Annotated[list[str] | None, typer.Option(help="KEY=V1,V2: one axis of the grid (repeat for more).")] = None,
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated: every variant runs with each.")] = "1",
     baseline: Annotated[list[str] | None, typer.Option(help="KEY=V: the variant others are compared with.")] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=V;KEY=V: one cell a grid cannot express (repeat; each sets the same keys)."),
+    ] = None,
 ) -> None:
     """Run every variant of a grid x every seed under output_dir/sweep/, sharing upstream stages; write runs.csv,
     comparison.csv (paired by seed and prompt, with CIs) and comparison.png.
@@ -277,15 +281,20 @@ def sweep(
     """
 
     with _one_line_errors():
-        from wpo.sweeps import parse_grid, run_sweep
+        from wpo.sweeps import parse_grid, parse_variants, run_sweep
 
-        chosen = dict(item.split("=", 1) for item in baseline or [] if "=" in item) or None
+        malformed = [item for item in baseline or [] if "=" not in item]
+        if malformed:
+            raise WpoError(f"--baseline {malformed[0]!r} is not of the form KEY=V")
+        chosen = dict(item.split("=", 1) for item in baseline or []) or None
         try:
             seed_list = [int(seed) for seed in seeds.split(",")]
         except ValueError:
             raise WpoError(f"--seeds {seeds!r} must be integers separated by commas") from None
         with _stdout_for_results():
-            result = run_sweep(recipe, overrides or [], parse_grid(grid or []), seed_list, chosen)
+            result = run_sweep(
+                recipe, overrides or [], parse_grid(grid or []), seed_list, chosen, parse_variants(variant or [])
+            )
         _print_json({key: result[key] for key in ("runs", "data_directories", "runs_csv", "comparison_csv")})
 
 

@@ -48,8 +48,25 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
-def variants(grid: dict[str, list[str]]) -> list[dict[str, str]]:
-    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+def parse_variants(items: list[str]) -> list[dict[str, str]]:
+    """`KEY=V;KEY=V` items → one variant each: cells a grid cannot express (`train.weighting=wpo;
+    train.normalize_weights=true` beside `train.weighting=none`). Every item sets the same keys."""
+    found = []
+    for item in items:
+        pairs = [part.strip().partition("=") for part in item.split(";") if part.strip()]
+        if not pairs or any(not sep or not key or not value for key, sep, value in pairs):
+            raise ConfigError(f"--variant {item!r} is not of the form KEY=V;KEY=V")
+        found.append({key.strip(): value.strip() for key, _, value in pairs})
+    if found and any(variant.keys() != found[0].keys() for variant in found):
+        keys = " | ".join(", ".join(variant) for variant in found)
+        raise ConfigError(f"every --variant must set the same keys (they set: {keys})")
+    return found
+
+
+def variants(grid: dict[str, list[str]], explicit: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
+    """The grid's combinations, each crossed with every explicit variant (when there are any)."""
+    combinations = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    return [{**cell, **combination} for cell in explicit or [{}] for combination in combinations]
 
 
 def variant_name(variant: dict[str, str]) -> str:
@@ -70,13 +87,16 @@ def _data_key(recipe: Recipe) -> str:
 
 
 def plan(
-    recipe_source: str | Path | dict[str, Any], overrides: list[str], grid: dict[str, list[str]], seeds: list[int]
+    recipe_source: str | Path | dict[str, Any],
+    overrides: list[str],
+    variant_list: list[dict[str, str]],
+    seeds: list[int],
 ) -> list[dict[str, Any]]:
     """Every run: its variant, seed, recipe for the data stages (or None when it shares nothing) and for its own."""
     base = load_recipe(recipe_source, overrides)
     sweep_dir = Path(base.output_dir) / "sweep"
     runs = []
-    for variant in variants(grid):
+    for variant in variant_list:
         for seed in seeds:
             settings = [*overrides, *(f"{k}={v}" for k, v in variant.items()), f"seed={seed}"]
             recipe = load_recipe(recipe_source, settings)
@@ -116,20 +136,27 @@ def run_sweep(
     grid: dict[str, list[str]],
     seeds: list[int],
     baseline: dict[str, str] | None = None,
+    explicit: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) every run of the plan, then write runs.csv, comparison.csv, comparison.png and the sweep's
     report.html (linking each run's own page, which `wpo run` wrote)."""
     from wpo.pipeline import run_pipeline
 
-    if not grid:
-        raise ConfigError("wpo sweep needs at least one --grid KEY=V1,V2")
-    baseline = baseline or {key: values[0] for key, values in grid.items()}
-    unknown = {k: v for k, v in baseline.items() if k not in grid or v not in grid[k]}
-    if unknown or set(baseline) != set(grid):
+    if not grid and not explicit:
+        raise ConfigError("wpo sweep needs at least one --grid KEY=V1,V2 or --variant KEY=V;KEY=V")
+    overlap = set(grid) & set(explicit[0] if explicit else {})
+    if overlap:
+        raise ConfigError(f"--grid and --variant both set {', '.join(sorted(overlap))}")
+    variant_list = variants(grid, explicit)
+    keys = list(variant_list[0])
+    chosen = variant_list[0] if baseline is None else next((v for v in variant_list if v == baseline), None)
+    if chosen is None:
         raise ConfigError(
-            f"--baseline must give one value of the grid for every grid key ({', '.join(grid)}), got {baseline}"
+            f"--baseline must name one variant by every key ({', '.join(keys)}), got {baseline}; the variants: "
+            + " | ".join(variant_name(v) for v in variant_list)
         )
-    runs = plan(recipe_source, overrides, grid, seeds)
+    baseline = chosen
+    runs = plan(recipe_source, overrides, variant_list, seeds)
     done_data: set[str] = set()
     for index, entry in enumerate(runs, 1):
         log.info("sweep: run %d of %d: %s, seed %d", index, len(runs), variant_name(entry["variant"]), entry["seed"])
@@ -138,9 +165,9 @@ def run_sweep(
             done_data.add(entry["data"].output_dir)
         entry["summary"] = run_pipeline(entry["run"])
     sweep_dir = Path(load_recipe(recipe_source, overrides).output_dir) / "sweep"
-    rows = write_runs_csv(sweep_dir / "runs.csv", runs, list(grid))
+    rows = write_runs_csv(sweep_dir / "runs.csv", runs, keys)
     table = compare(runs, baseline)
-    write_comparison(sweep_dir, table, list(grid))
+    write_comparison(sweep_dir, table, keys)
     from wpo.reporting import write_sweep_page
 
     write_sweep_page(sweep_dir)
