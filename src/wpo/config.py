@@ -223,13 +223,6 @@ class ScoreConfig(Section):
                 raise ValueError(f"score.{key} is only used by score.scorer: {scorer} (scorer is {self.scorer!r})")
         return self
 
-    def required(self, key: str):
-        """A setting the chosen scorer cannot run without, or a ConfigError naming it."""
-        value = getattr(self, key)
-        if value is None:
-            raise ConfigError(f"score.{key} is required by score.scorer: {self.scorer}")
-        return value
-
 
 class PairConfig(Section):
     candidates: str | None = unhashed()

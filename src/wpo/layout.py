@@ -16,6 +16,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("WPO_CACHE_DIR", Path.home() / ".cache" / "wpo"))
 
 
+# Each stage's module: its `run_config`, its run, its `check` and its input's reader (the runner and the checks
+# import it by this name, only when the stage is used).
+STAGE_MODULES = {
+    "sample": "wpo.sampling.stage",
+    "score": "wpo.scoring.stage",
+    "pair": "wpo.pairing.stage",
+    "train": "wpo.training.stage",
+    "eval": "wpo.evaluation.stage",
+    "export": "wpo.exporting.stage",
+}
+
 # What each stage writes under `<output_dir>/<stage>/` for the next stage to read.
 STAGE_OUTPUTS = {
     "sample": "candidates.jsonl",

@@ -17,7 +17,7 @@ from wpo.checks import check_stages
 from wpo.config import ROUND_STAGES, Recipe
 from wpo.data.io import write_json
 from wpo.distributed import MULTI_PROCESS_STAGES, process_state, refuse_a_launcher
-from wpo.layout import stage_output
+from wpo.layout import STAGE_MODULES, stage_output
 from wpo.manifest import completed_with, move_aside, read_manifest
 from wpo.reporting import write_run_report
 from wpo.run_lock import run_lock
@@ -49,14 +49,7 @@ class Stage:
         return self._function(self.run_function)(run)
 
 
-STAGE_REGISTRY = {
-    "sample": Stage("sample", "wpo.sampling.stage", "run_sample"),
-    "score": Stage("score", "wpo.scoring.stage", "run_score"),
-    "pair": Stage("pair", "wpo.pairing.stage", "run_pair"),
-    "train": Stage("train", "wpo.training.trainer", "run_train"),
-    "eval": Stage("eval", "wpo.evaluation.stage", "run_eval"),
-    "export": Stage("export", "wpo.exporting.stage", "run_export"),
-}
+STAGE_REGISTRY = {name: Stage(name, module, f"run_{name}") for name, module in STAGE_MODULES.items()}
 
 
 def run_stage(recipe: Recipe, name: str, force: bool = False, wait: bool = False) -> dict[str, Any]:

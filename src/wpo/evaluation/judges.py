@@ -22,6 +22,21 @@ from typing import Any
 from wpo.config import Recipe, ScoreConfig
 from wpo.endpoints import CACHE_FILE, AnswerCache, ChatRequest, Endpoint, first_token_distribution, message_text
 from wpo.errors import WpoError
+from wpo.rules import Need, needed
+
+# What each judge cannot run without.
+JUDGE_NEEDS = {
+    "api": Need("api", "an endpoint {base_url, model, api_key_env} that judges pairs"),
+    "alpaca_eval": Need(
+        "annotator",
+        "an annotator shipped with alpaca_eval, e.g. weighted_alpaca_eval_gpt4_turbo (AlpacaEval 2's), or the path "
+        "of its configs.yaml",
+    ),
+    "reward_model": Need("reward_model", "a sequence-classification reward model"),
+    "python": Need(
+        "function", "module:function(messages, reference_output, model_output[, record]) -> P(model better)"
+    ),
+}
 
 PAIRWISE_SYSTEM = "You are a careful, impartial judge of assistant responses."
 PAIRWISE_TEMPLATE = (
@@ -62,9 +77,7 @@ def second_better(choice: dict[str, Any]) -> float:
 
 class ApiPairwiseJudge:
     def __init__(self, recipe: Recipe, cache_dir: Path):
-        self.config = recipe.eval.api
-        if self.config is None:
-            raise WpoError("eval.api (base_url, model, ...) is required by eval.judge: api")
+        self.config = needed("eval", recipe.eval, "judge", JUDGE_NEEDS)
         self.endpoint = Endpoint(self.config, "eval.api", AnswerCache(cache_dir / CACHE_FILE))
 
     def _request(self, first: str, second: str, instruction: str) -> ChatRequest:
@@ -95,9 +108,7 @@ class RewardModelPairwiseJudge:
     def __init__(self, recipe: Recipe):
         from wpo.scoring.reward_model import RewardModelScorer
 
-        if recipe.eval.reward_model is None:
-            raise WpoError("eval.reward_model is required by eval.judge: reward_model")
-        scoring = ScoreConfig(scorer="reward_model", model=recipe.eval.reward_model)
+        scoring = ScoreConfig(scorer="reward_model", model=needed("eval", recipe.eval, "judge", JUDGE_NEEDS))
         self.scorer = RewardModelScorer(recipe.model_copy(update={"score": scoring}))
 
     def preferences(self, comparisons: list[Comparison]) -> list[float]:
@@ -112,9 +123,7 @@ class PythonPairwiseJudge:
     def __init__(self, recipe: Recipe):
         from wpo.user_functions import load_function
 
-        if recipe.eval.function is None:
-            raise WpoError("eval.function is required by eval.judge: python")
-        self.function = load_function(recipe.eval.function, "eval.function")
+        self.function = load_function(needed("eval", recipe.eval, "judge", JUDGE_NEEDS), "eval.function")
 
     def preferences(self, comparisons: list[Comparison]) -> list[float]:
         preferences = []

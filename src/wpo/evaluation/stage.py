@@ -15,18 +15,21 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from wpo import machine
 from wpo.config import Recipe
 from wpo.data.io import BadRecordPolicy, atomic_writer, write_json, write_jsonl
 from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_annotation, parse_prompt
 from wpo.errors import ConfigError, DataError
 from wpo.evaluation.contamination import check_contamination
-from wpo.evaluation.judges import Comparison, judge_all
+from wpo.evaluation.judges import JUDGE_NEEDS, Comparison, judge_all
 from wpo.evaluation.measures import compare, per_prompt_values, side_by_side, verdict
 from wpo.evaluation.metrics import summarize
 from wpo.evaluation.report import update_leaderboard, write_report
 from wpo.layout import final_model
+from wpo.machine import Lack
 from wpo.manifest import write_manifest
 from wpo.models import generator_name, merged_model_dir
+from wpo.rules import exists, needed_and_there, required, user_function
 from wpo.stage_run import StageRun, code_fingerprints, input_fingerprint, resolved
 from wpo.user_functions import prompt_record, recipe_functions
 
@@ -72,14 +75,21 @@ def from_alpaca_eval(raw: dict[str, Any], where: str, reference_field: str) -> d
     }
 
 
+def eval_prompts_source(recipe: Recipe) -> str:
+    return required(
+        "eval.prompts",
+        recipe.eval.prompts,
+        "the eval stage",
+        "an eval set with a reference answer per prompt (or eval.compare_to: base_model), e.g. "
+        "builtin:ifeval-heldout.jsonl",
+    )
+
+
 def load_comparisons_inputs(recipe: Recipe, policy: BadRecordPolicy):
     """The eval prompts (with their reference outputs unless the baseline is the base model): our prompts format, or
     alpaca_eval's reference outputs file."""
     cfg = recipe.eval
-    if not cfg.prompts:
-        raise ConfigError(
-            "eval.prompts is required: an eval set (with a reference output per prompt, or eval.compare_to: base_model)"
-        )
+    source = eval_prompts_source(recipe)
     needs_reference = cfg.compare_to == "reference"
 
     def parse(raw: dict[str, Any], where: str) -> PromptRecord:
@@ -90,9 +100,9 @@ def load_comparisons_inputs(recipe: Recipe, policy: BadRecordPolicy):
             raise RecordInvalid("missing_reference", f"reference output field {cfg.reference_field!r} is missing")
         return prompt
 
-    prompts = load_records(cfg.prompts, parse, policy)
+    prompts = load_records(source, parse, policy)
     if not prompts:
-        raise DataError(f"{cfg.prompts}: no usable eval prompts (skipped {dict(policy.skipped)})")
+        raise DataError(f"{source}: no usable eval prompts (skipped {dict(policy.skipped)})")
     return prompts
 
 
@@ -274,16 +284,57 @@ def run_eval(target: StageRun | Recipe) -> dict[str, Any]:
     return {"generator": generator, "metrics": metrics}
 
 
+def refuse_the_base_against_itself(recipe: Recipe, evaluated: str | None) -> None:
+    """eval.compare_to: base_model needs something other than the base to evaluate (`evaluated`: the model eval
+    will answer with, None when a train stage of this run writes it)."""
+    if recipe.eval.compare_to != "base_model" or evaluated != recipe.model.name_or_path:
+        return
+    nothing = (
+        "eval.model is the base model"
+        if recipe.eval.model
+        else f"nothing is trained under {recipe.output_dir} and stages do not include train"
+    )
+    raise ConfigError(
+        f"eval.compare_to: base_model, but {nothing}: the base would be compared with itself; "
+        "train first, or set eval.model to the model to evaluate"
+    )
+
+
+def check(recipe: Recipe, stages: list[str], lacks: list[Lack | None]) -> None:
+    """The eval set, the judge's setting, the user's functions, and something other than the base to evaluate."""
+    cfg = recipe.eval
+    exists("eval.prompts", eval_prompts_source(recipe), lacks)
+    for key in ("model", "instruction_difficulty", "gamed_baselines"):
+        exists(f"eval.{key}", getattr(cfg, key), lacks)
+    lacks += machine.generation_backend(cfg.backend, "eval.backend", recipe.sample.tensor_parallel_size)
+    needed_and_there("eval", cfg, "judge", JUDGE_NEEDS, lacks)
+    if cfg.judge == "alpaca_eval":
+        from wpo.evaluation.alpaca_eval_protocol import annotator_settings
+
+        missing = machine.alpaca_eval()
+        if missing:
+            lacks.append(missing)
+        else:
+            annotator_settings(cfg.annotator)  # found, and one chat annotator
+        required(
+            "eval.api",
+            cfg.api,
+            "eval.judge: alpaca_eval",
+            "the OpenAI-compatible server the annotator's prompts go to {base_url, model, api_key_env}",
+        )
+    for key, spec in recipe_functions("eval", cfg).items():
+        user_function(spec, key)
+    refuse_the_base_against_itself(recipe, cfg.model or (None if "train" in stages else final_model(recipe)))
+
+
+def read_input(recipe: Recipe, source: str, policy: BadRecordPolicy) -> None:
+    load_comparisons_inputs(recipe, policy)
+
+
 def _warn_if_untrained(recipe: Recipe, model: str) -> None:
     if model != recipe.model.name_or_path:
         return
-    if (
-        recipe.eval.compare_to == "base_model"
-    ):  # wpo.checks refuses this at load; a Python caller may come straight here
-        raise ConfigError(
-            "eval.compare_to: base_model, but the model to evaluate is the base model itself: "
-            "train first, or set eval.model"
-        )
+    refuse_the_base_against_itself(recipe, model)  # wpo.checks refuses it first; a Python caller may come here
     log.warning(
         "eval: nothing trained under %s and eval.model is unset: evaluating the base model %s against the references",
         recipe.output_dir,

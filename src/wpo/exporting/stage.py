@@ -14,7 +14,9 @@ from wpo.exporting.card import write_card
 from wpo.exporting.convert import check_architecture, check_export_name, check_quantizations, export_gguf
 from wpo.exporting.verify import hf_logits, log_probs, perplexity, verify_gguf
 from wpo.layout import converted_policy_path, final_model, gguf_cache
+from wpo.machine import Lack
 from wpo.manifest import write_manifest
+from wpo.rules import exists
 from wpo.stage_run import StageRun, input_fingerprint, resolved
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,15 @@ GGUF_CONFIG = ".gguf-config"  # the config hash the GGUF files in the stage dire
 # One path component, so `<name>.<TYPE>.gguf` stays inside the stage directory.
 def export_model(recipe: Recipe) -> str:
     return recipe.export.model or final_model(recipe)
+
+
+def check(recipe: Recipe, stages: list[str], lacks: list[Lack | None]) -> None:
+    """The quantization types and the name, and that the model and the verification text are here."""
+    check_quantizations(recipe.export.quantizations)
+    if recipe.export.name:
+        check_export_name(recipe.export.name, recipe.stage_dir("export"))
+    exists("export.model", recipe.export.model, lacks)
+    exists("export.verify_text", recipe.export.verify_text, lacks)
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:

@@ -46,6 +46,10 @@ def parse_scored(record: dict[str, Any], where: str) -> CandidatesRecord:
     return parsed
 
 
+def read_input(recipe: Recipe, source: str, policy: BadRecordPolicy) -> None:
+    parse_all(source, parse_scored, policy, unique_ids=True)
+
+
 def histogram(values: list[float], edges: np.ndarray) -> dict[str, list[float]]:
     counts, _ = np.histogram(values, bins=edges)
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}

@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from wpo import machine
 from wpo.config import Recipe
 from wpo.data.io import BadRecordPolicy, write_jsonl
 from wpo.data.progress import ProgressFile
@@ -25,8 +26,10 @@ from wpo.distributed import process_state
 from wpo.endpoints import cached_answer
 from wpo.errors import ConfigError, DataError
 from wpo.layout import STAGE_OUTPUTS
+from wpo.machine import Lack
 from wpo.manifest import write_manifest
 from wpo.models import ChatTemplateError
+from wpo.rules import exists, required
 from wpo.sampling import SampleRequest, make_sampler, render_prompt, sample_seed
 from wpo.stage_run import StageRun, input_fingerprint, resolved
 
@@ -80,13 +83,33 @@ class ContextCheck:
         )
 
 
+def prompts_source(recipe: Recipe) -> str:
+    return required(
+        "sample.prompts",
+        recipe.sample.prompts,
+        "the sample stage",
+        "a JSONL/Parquet file of {id, messages} records, a datasets directory, a hub id or builtin:NAME",
+    )
+
+
+def check(recipe: Recipe, stages: list[str], lacks: list[Lack | None]) -> None:
+    """What sampling needs from the recipe and this machine (`wpo.checks` asks before any stage runs)."""
+    cfg = recipe.sample
+    exists("sample.prompts", prompts_source(recipe), lacks)
+    exists("sample.gguf", cfg.gguf, lacks)
+    if cfg.n > 0:
+        lacks += machine.generation_backend(cfg.backend, "sample.backend", cfg.tensor_parallel_size)
+
+
+def read_input(recipe: Recipe, source: str, policy: BadRecordPolicy) -> None:
+    load_prompts(recipe, policy)  # without the context check: it loads the tokenizer, and sampling does it
+
+
 def load_prompts(recipe: Recipe, policy: BadRecordPolicy, context: ContextCheck | None = None) -> list[PromptRecord]:
     """Prompts with unique ids, each carrying every configured off-policy field as a non-empty string, or lacking
     one as `sample.offpolicy_missing` allows (and, given a `context` check, fitting the model's context); none at all
     is an error naming what was skipped."""
-    source = recipe.sample.prompts
-    if not source:
-        raise ConfigError("sample.prompts is required to sample (a prompts file, Parquet, datasets dir or hub id)")
+    source = prompts_source(recipe)
     offpolicy_fields, missing = recipe.sample.offpolicy_fields, recipe.sample.offpolicy_missing
 
     def parse(raw: dict[str, Any], where: str) -> PromptRecord:
@@ -141,8 +164,6 @@ def run_sample(target: StageRun | Recipe) -> dict[str, Any]:
     stage_dir = recipe.stage_dir("sample")
     policy = BadRecordPolicy(recipe.on_bad_record)
     prompts = load_prompts(recipe, policy, ContextCheck(recipe) if cfg.n > 0 else None)
-    if not prompts:
-        raise DataError(f"{cfg.prompts}: no usable prompts (skipped {dict(policy.skipped)})")
     state = process_state()
     if state.num_processes > 1 and cfg.backend == "vllm":
         raise ConfigError(

@@ -6,6 +6,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from wpo.config import Recipe
+from wpo.rules import Need, needed
+
+# What each scorer cannot run without.
+SCORER_NEEDS = {
+    "reward_model": Need(
+        "model",
+        "set it to a sequence-classification reward model (an HF directory or hub id), or choose score.scorer: "
+        "python (with score.function) or judge (with score.judge)",
+    ),
+    "judge": Need("judge", "an endpoint {base_url, model, api_key_env}"),
+    "python": Need("function", "module:function(messages, text[, record]) -> float, e.g. wpo.tasks.reference:chrf"),
+}
 
 
 @dataclass(frozen=True)
@@ -26,11 +38,11 @@ def make_scorer(recipe: Recipe, cache_dir) -> Scorer:
     if scorer == "python":
         from wpo.scoring.python_callable import PythonScorer
 
-        return PythonScorer(recipe.score.required("function"))
+        return PythonScorer(needed("score", recipe.score, "scorer", SCORER_NEEDS))
     if scorer == "reward_model":
         from wpo.scoring.reward_model import RewardModelScorer
 
         return RewardModelScorer(recipe)
     from wpo.scoring.judge import JudgeScorer
 
-    return JudgeScorer(recipe.score.required("judge"), cache_dir)
+    return JudgeScorer(needed("score", recipe.score, "scorer", SCORER_NEEDS), cache_dir)

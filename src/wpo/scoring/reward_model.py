@@ -25,7 +25,10 @@ class RewardModelScorer:
     def __init__(self, recipe: Recipe):
         from transformers import AutoModelForSequenceClassification
 
-        path = resolve_model_path(recipe.score.required("model"))
+        from wpo.rules import needed
+        from wpo.scoring import SCORER_NEEDS
+
+        path = resolve_model_path(needed("score", recipe.score, "scorer", SCORER_NEEDS))
         self.config = recipe.score
         # first: it says why remote code is needed, if it is
         self.model = load_pretrained(

@@ -24,8 +24,10 @@ from wpo.data.schemas import parse_all, parse_candidates
 from wpo.distributed import process_state
 from wpo.errors import DataError
 from wpo.layout import STAGE_OUTPUTS, stage_output
+from wpo.machine import Lack
 from wpo.manifest import write_manifest
-from wpo.scoring import ScoreRequest, make_scorer
+from wpo.rules import needed_and_there
+from wpo.scoring import SCORER_NEEDS, ScoreRequest, make_scorer
 from wpo.stage_run import StageRun, code_fingerprints, input_fingerprint, resolved
 from wpo.user_functions import recipe_functions
 
@@ -36,6 +38,15 @@ RECORDS_PER_APPEND = 8
 
 def candidates_source(recipe: Recipe) -> str:
     return recipe.score.candidates or str(stage_output(recipe, "sample"))
+
+
+def check(recipe: Recipe, stages: list[str], lacks: list[Lack | None]) -> None:
+    """The chosen scorer's setting is set, and imports or is here."""
+    needed_and_there("score", recipe.score, "scorer", SCORER_NEEDS, lacks)
+
+
+def read_input(recipe: Recipe, source: str, policy: BadRecordPolicy) -> None:
+    parse_all(source, parse_candidates, policy, unique_ids=True)
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from wpo.errors import ConfigError, DataError, NonFiniteError, Stopped
 from wpo.layout import stage_output
 from wpo.manifest import move_aside, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
-from wpo.stage_run import StageRun, input_fingerprint, resolved
+from wpo.stage_run import StageRun, resolved
 from wpo.training import checkpoint, reference
 from wpo.training.forward import pair_statistics, prompt_sharing, require_finite
 from wpo.training.launchers import Launcher, make_launcher
@@ -50,27 +50,11 @@ from wpo.training.optimizers import build_optimizer, step_in_backward
 from wpo.training.precision import make_accelerator, round_bf16_ties
 from wpo.training.reference import ReferenceLogps
 from wpo.training.schedule import Schedule, build_schedule, micro_batches
+from wpo.training.stage import pairs_source, run_config
 from wpo.training.stopping import EXIT_CODES, StopSignals
 from wpo.training.tokenize import PromptSharing, TokenizedPair, TokenizedPairs, collate_pairs, tokenize_pairs
 
 log = logging.getLogger(__name__)
-
-
-def pairs_source(recipe: Recipe) -> str:
-    return recipe.train.pairs or str(stage_output(recipe, "pair"))
-
-
-def run_config(recipe: Recipe) -> dict[str, Any]:
-    """Everything that determines the trained weights; its hash keys checkpoints and the stage manifest."""
-    return {
-        "seed": recipe.seed,
-        "model": recipe.model.model_dump(mode="json"),
-        "train": recipe.train.hashed_settings(),
-        "inputs": {
-            "model.name_or_path": input_fingerprint(recipe.model.name_or_path),
-            "train.pairs": input_fingerprint(pairs_source(recipe)),
-        },
-    }
 
 
 @dataclass(frozen=True)
@@ -179,8 +163,7 @@ def plan_training(run: StageRun) -> TrainPlan:
     the schedule it must match is known)."""
     recipe = run.recipe
     cfg = recipe.train
-    if "trackio" in cfg.report_to:
-        machine.refuse([machine.trackio()])
+    machine.refuse([machine.trackio() if "trackio" in cfg.report_to else None])  # adamw_8bit: build_optimizer
     dtype = resolve_dtype(recipe.model.dtype)
     problem = low_precision_problem(str(dtype).removeprefix("torch."), recipe)
     if problem:  # model.dtype: auto resolved to bf16 on this machine, or the recipe's stages did not name train
@@ -555,20 +538,6 @@ def _counts(state: TrainState) -> dict[str, Any]:
         "resumed_from_step": state.start_step,
         "num_processes": state.accelerator.num_processes,
         "global_batch_pairs": state.schedule.pairs_per_step,
-    }
-
-
-def run_train(target: StageRun | Recipe) -> dict[str, Any]:
-    """The stage entry point: train, and report the headline figures."""
-    result = train(target)
-    return {
-        "output": str(result.final_dir),
-        "counts": result.counts,
-        "final_dir": str(result.final_dir),
-        "steps": result.steps,
-        "final_metrics": result.last_metrics,
-        "reference_from_cache": result.reference_from_cache,
-        "weights": result.weights,
     }
 
 
