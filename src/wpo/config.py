@@ -250,7 +250,7 @@ class TrainConfig(Section):
     clamp: bool = True
     """Cap the WPO weight at 1, as the released code does; only with weighting: wpo."""
     # the paper's code does not normalize: with weights averaging ~0.4 WPO then also takes smaller steps than DPO at
-    # the same learning rate; normalized, the weights only share the step out among the pairs (README, "Training")
+    # the same learning rate; normalized, the weights only share the step out among the pairs (docs/training.md, "What the WPO weights did")
     normalize_weights: bool = False
     """Scale the WPO weights to mean 1 over each optimizer step's pairs (all processes); only with weighting: wpo."""
     beta: float = Field(0.1, gt=0.0)

@@ -2,7 +2,7 @@
 
 Nothing here sees a model, a batch dict or a config: the trainer turns logits into per-sequence statistics with
 `sequence_statistics`, and `preference_loss` turns those (plus precomputed reference log-probs) into the weighted
-loss. Every formula is the one written in DESIGN.md ("The method, exactly").
+loss. Every formula is the one written in docs/design.md ("The method, exactly").
 """
 
 from __future__ import annotations
