@@ -249,8 +249,9 @@ class TrainConfig(Section):
     """wpo scales each pair's loss by its weight, the policy's likelihood of both answers; none: unweighted."""
     clamp: bool = True
     """Cap the WPO weight at 1, as the released code does; only with weighting: wpo."""
-    # the paper's code does not normalize: with weights averaging ~0.4 WPO then also takes smaller steps than DPO at
-    # the same learning rate; normalized, the weights only share the step out among the pairs (docs/training.md, "What the WPO weights did")
+    # the paper's code does not normalize: the weights (averaging ~0.5 in the quickstart) also scale the loss, which
+    # AdamW mostly cancels (gradient clipping does not); normalized, they only share each step out among its pairs
+    # (docs/training.md, "What the WPO weights did")
     normalize_weights: bool = False
     """Scale the WPO weights to mean 1 over each optimizer step's pairs (all processes); only with weighting: wpo."""
     beta: float = Field(0.1, gt=0.0)
