@@ -193,3 +193,15 @@ def test_dpo_ablation_differs_from_the_quickstart_only_in_the_weighting():
     assert ablation.model == quickstart.model and ablation.seed == quickstart.seed
     differing = {key for key, value in ablation.eval if getattr(quickstart.eval, key) != value}
     assert differing == {"generator_name"}  # the same prompts, base, measures and judge
+
+
+def test_mixed_precision_no_is_written_plainly(tmp_path):
+    """YAML reads a plain `no` as false; the documented value `no` still loads, from a recipe and from an override,
+    and anything else that is not a value names the key."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  mixed_precision: no\n")
+    assert load_recipe(recipe).train.mixed_precision == "no"
+    assert load_recipe(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_recipe(None, ["train.mixed_precision='no'"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match=r"train\.mixed_precision: .*'bf16'.*\(got True\)"):
+        load_recipe(None, ["train.mixed_precision=yes"])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from wpo.errors import ConfigError
 
@@ -334,6 +334,12 @@ class TrainConfig(Section):
     """adamw (torch), or adamw_8bit: moments in 8 bits (bitsandbytes, pip install 'wpo[lowbit]'), 4x less state."""
     optimizer_in_backward: bool = False
     """Step each parameter as soon as backward has its gradient and free it; needs max_grad_norm: null."""
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_as_written(cls, value: Any) -> Any:
+        """YAML reads a plain `no` as false: `mixed_precision: no` and `train.mixed_precision=no` mean the value no."""
+        return "no" if value is False else value
 
     @model_validator(mode="after")
     def _keys_combine(self) -> TrainConfig:
