@@ -264,8 +264,10 @@ class TrainConfig(Section):
     """SimPO's target margin γ, only for loss: length_normalized."""
     # bf16 compute (autocast) over fp32 master weights and optimizer state; the loss's statistics stay fp32, and the
     # reference pass runs in the same precision, so the first step still sees z = 0
-    mixed_precision: Literal["bf16", "no"] = "no"
-    """bf16: bf16 autocast compute over fp32 master weights and optimizer state; no: compute in the weights' dtype."""
+    # auto: bf16 where the CPU has AMX or AVX512-BF16 units or the GPU supports bf16, else no
+    # (wpo.training.auto_precision); the default stays no until a measurement on such a CPU says auto pays there
+    mixed_precision: Literal["auto", "bf16", "no"] = "no"
+    """bf16 (autocast over fp32 masters), no (the weights' dtype), or auto: bf16 where the CPU or GPU has bf16 units."""
     # weights converted from a finer format (fp16, a dequantized GGUF) can sit halfway between two bf16 values, where
     # any update flips the forward's rounding: at lr 1e-6 the embedded SmolLM2 moved ~12x further along the gradient
     # than fp32 (benchmarks/bf16_update.py, wpo.training.precision); rounding them changes nothing the forward saw

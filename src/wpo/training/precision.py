@@ -21,7 +21,7 @@ from accelerate.utils import InitProcessGroupKwargs
 
 from wpo.config import Recipe
 from wpo.distributed import check_launch, state_options
-from wpo.training import zero
+from wpo.training import auto_precision, zero
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,13 @@ def cpu_has_bf16_units() -> bool:
 def compute_precision(recipe: Recipe, on_cpu: bool) -> str:
     """The autocast precision this training runs in: `train.mixed_precision: bf16` (fp32 on a CPU without bf16 units,
     with one line), else the launcher's choice (`accelerate launch --mixed_precision`, which sets
-    ACCELERATE_MIXED_PRECISION), else none."""
-    if recipe.train.mixed_precision == "no":
+    ACCELERATE_MIXED_PRECISION), else none. `auto` is first resolved to bf16 or no (`wpo.training.auto_precision`,
+    one line saying why) and is then exactly that value, as the run config that keys checkpoints hashes it."""
+    wanted = recipe.train.mixed_precision
+    if wanted == "auto":
+        wanted, reason = auto_precision.auto_mixed_precision(auto_precision.this_machine())
+        log.info("train.mixed_precision: auto -> %s (%s)", wanted, reason)
+    if wanted == "no":
         return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if on_cpu and not cpu_has_bf16_units():
         log.warning(

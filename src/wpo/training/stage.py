@@ -36,11 +36,16 @@ def read_input(recipe: Recipe, source: str, policy: BadRecordPolicy) -> None:
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:
-    """Everything that determines the trained weights; its hash keys checkpoints and the stage manifest."""
+    """Everything that determines the trained weights; its hash keys checkpoints and the stage manifest. It holds
+    `train.mixed_precision: auto` resolved on this machine, so `auto` and the value it resolves to are one run."""
+    from wpo.training.auto_precision import resolve_mixed_precision
+
+    train = recipe.train.hashed_settings()
+    train["mixed_precision"] = resolve_mixed_precision(recipe.train.mixed_precision)
     return {
         "seed": recipe.seed,
         "model": recipe.model.model_dump(mode="json"),
-        "train": recipe.train.hashed_settings(),
+        "train": train,
         "inputs": {
             "model.name_or_path": input_fingerprint(recipe.model.name_or_path),
             "train.pairs": input_fingerprint(pairs_source(recipe)),
