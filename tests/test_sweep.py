@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import pytest
 from helpers import run_wpo, write_lines
@@ -50,15 +51,25 @@ def tiny_recipe(tmp_path, tiny_llama) -> dict:
     }
 
 
-def test_a_sweep_shares_sampling_and_pairs_its_comparisons(tmp_path, tiny_llama):
+def test_a_sweep_shares_sampling_and_pairs_its_comparisons(tmp_path, tiny_llama, caplog):
     recipe = tiny_recipe(tmp_path, tiny_llama)
-    result = wpo.sweep(
-        recipe, grid={"train.weighting": ["wpo", "none"]}, seeds=[1, 2], baseline={"train.weighting": "wpo"}
-    )
+    with caplog.at_level(logging.INFO, logger="wpo.training.reference"):
+        result = wpo.sweep(
+            recipe, grid={"train.weighting": ["wpo", "none"]}, seeds=[1, 2], baseline={"train.weighting": "wpo"}
+        )
     sweep_dir = tmp_path / "out" / "sweep"
     assert result["runs"] == 4 and result["data_directories"] == 2  # changing train.* keys never samples again
     assert len(list(sweep_dir.glob("data-*/sample/candidates.jsonl"))) == 2
     assert not list((sweep_dir / "runs").glob("*/sample"))
+    # one reference pass per seed's pairs, in the sweep's cache: the DPO run reads the WPO run's
+    assert len(list((sweep_dir / "reference_cache").glob("*.safetensors"))) == 2
+    assert [m.split(":")[1].split()[0] for m in caplog.messages if m.startswith("reference log-probs")] == [
+        "computed",
+        "computed",
+        "read",
+        "read",
+    ]
+    assert not list((sweep_dir / "runs").glob("*/train/reference_cache"))
     rows = list(csv.DictReader((sweep_dir / "runs.csv").open()))
     assert [(r["train.weighting"], r["seed"]) for r in rows] == [
         ("wpo", "1"),

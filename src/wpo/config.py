@@ -243,6 +243,10 @@ class TrainConfig(Section):
     """Preference pairs to train on (TRL conversational format); unset: this run's pair/pairs.jsonl."""
     reference_model: str | None = None
     """Frozen reference model of the loss; unset: the untrained policy itself (no second copy)."""
+    # keyed by what determines the log-probs (wpo.training.reference.cache_key), so runs that differ only in what
+    # comes after them (beta, the loss, the learning rate) read one pass; `wpo sweep` points its runs at one directory
+    reference_cache_dir: str | None = unhashed()
+    """Directory of the reference log-probs cache, shareable between runs; unset: <output_dir>/train/reference_cache."""
     loss: LossType = "sigmoid"
     """Preference loss: sigmoid (DPO), robust, ipo, hinge or length_normalized (SimPO, reference-free)."""
     weighting: Literal["wpo", "none"] = "wpo"

@@ -4,7 +4,10 @@ A variant is one combination of the grid's values; a run is a variant with a see
 score, pair) would compute the same thing — same config hash for all three, e.g. variants that differ only in
 `train.*` keys — share one data directory, `sweep/data-<hash>/`; each run then trains and evaluates in
 `sweep/runs/<variant>-seed<seed>/` on those pairs. A multi-round recipe samples from its own policy every round, so
-its runs share nothing. Every stage is skipped when already done, so a killed sweep resumes where it stopped.
+its runs share no data. Every run keeps its reference log-probs in `sweep/reference_cache/` (unless the recipe sets
+`train.reference_cache_dir`), keyed by what determines them: runs that differ only in what acts after them (beta,
+the loss, the learning rate) compute one reference pass between them. Every stage is skipped when already done, so a
+killed sweep resumes where it stopped.
 
 Outputs, under `<output_dir>/sweep/`:
 - `runs.csv`: one row per run — the grid's values, the seed, every headline figure of its summary;
@@ -100,6 +103,8 @@ def plan(
         for seed in seeds:
             settings = [*overrides, *(f"{k}={v}" for k, v in variant.items()), f"seed={seed}"]
             recipe = load_recipe(recipe_source, settings)
+            if recipe.train.reference_cache_dir is None:  # one reference pass for the runs that compute the same
+                settings.append(f"train.reference_cache_dir={sweep_dir / 'reference_cache'}")
             run_dir = sweep_dir / "runs" / f"{variant_name(variant)}-seed{seed}"
             own_stages = [stage for stage in recipe.stages if stage not in ("export",)]
             if recipe.rounds > 1 or not set(DATA_STAGES) <= set(recipe.stages):

@@ -1,18 +1,23 @@
-"""Reference log-probs, computed once before training and cached in the run's train directory.
+"""Reference log-probs, computed once before training and cached, keyed by what determines them.
 
-The cache key covers the reference model (its path and weight files' sizes and times), the dtype, and a digest of
-every token id the model sees — so any change to the pairs, the tokenizer, the chat template or the truncation
-settings computes afresh, and a rerun of the same recipe reads the file instead of running the model. The cache
-never sits beside the pairs: a run does not write inside its inputs (a `datasets` directory would change its own
-fingerprint, and the pairs may be read-only or shared).
+The key covers the reference model (its path and weight files' sizes and times), a digest of every token id the
+model sees (so the pairs, the tokenizer, the chat template and the truncation settings, as far as they change what
+the model reads), and how the pass computes (`ReferencePass`). Nothing that only acts after the log-probs — beta, the
+loss, the weighting, the learning rate, the seed — is in it, so the runs of a sweep over those read one pass: the
+cache lives in `train.reference_cache_dir` (`wpo sweep` gives its runs one, `<output_dir>/sweep/reference_cache`),
+else in the run's own `train/reference_cache`. Files are written atomically, so runs sharing the directory at once
+never read a half-written one (two that compute the same key write the same numbers). The cache never sits beside
+the pairs: a run does not write inside its inputs (a `datasets` directory would change its own fingerprint, and the
+pairs may be read-only or shared).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -49,12 +54,28 @@ def model_fingerprint(resolved_path: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def cache_directory(train_dir: Path) -> Path:
-    return train_dir / CACHE_DIR_NAME
+def cache_directory(configured: str | None, train_dir: Path) -> Path:
+    """`train.reference_cache_dir` when set (shared between runs), else the run's own `train/reference_cache`."""
+    return Path(configured) if configured else train_dir / CACHE_DIR_NAME
 
 
-def cache_key(fingerprint: str, precision: str, tokens: TokenizedPairs) -> str:
-    payload = f"{fingerprint}|{precision}|{tokens.digest()}"
+@dataclass(frozen=True)
+class ReferencePass:
+    """How the pass computes, beyond the weights and the token ids. Each of these changes the log-probs, at least in
+    their last bits, so a run reads only what it would have computed itself: a sweep's run gives the numbers it gives
+    alone."""
+
+    dtype: str  # the weights as loaded
+    autocast: str  # the compute precision: train.mixed_precision as resolved, or the launcher's
+    device: str
+    prompt_sharing: str  # shared-prompt rows round differently from padded ones
+    loss_chunk_size: int  # chunks of the output layer (upcast under bf16), or full logits (0)
+    batch_size: int  # which pairs are padded together
+    processes: int  # each process computes every n-th pair
+
+
+def cache_key(fingerprint: str, computed_by: ReferencePass, tokens: TokenizedPairs) -> str:
+    payload = json.dumps({"reference": fingerprint, **asdict(computed_by), "tokens": tokens.digest()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 

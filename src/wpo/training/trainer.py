@@ -68,7 +68,7 @@ class TrainPlan:
     reference_path: str | None  # the loss's frozen reference; None for reference-free losses
     dtype: torch.dtype  # the weights' dtype as loaded
     config: dict[str, Any]  # everything that determines the trained weights (`run_config`)
-    run_hash: str  # its hash: keys checkpoints, the reference cache's directory and the manifest
+    run_hash: str  # its hash: keys checkpoints and the manifest
     resume_point: checkpoint.ResumePoint | None = None
     lora: bool = False
 
@@ -606,8 +606,9 @@ def _reference_logps(
     accelerator: Accelerator,
     sharing: PromptSharing,
 ) -> ReferenceLogps | None:
-    """The reference's log-probs of every pair: from the cache when this model, precision and tokenization computed
-    them before, else one pass (with the policy itself when it is the reference)."""
+    """The reference's log-probs of every pair: from the cache when a run computed them before from the same weights,
+    token ids and way of computing (`reference.cache_key`), else one pass (with the policy itself when it is the
+    reference)."""
     if plan.reference_path is None:
         return None
 
@@ -616,12 +617,19 @@ def _reference_logps(
             return policy_model  # the untrained policy is the reference: no second copy in memory
         return load_causal_lm(plan.reference_path, model_cfg).to(accelerator.device)
 
-    # the layout too: log-probs computed with a shared prompt differ from padded rows' in the float rounding
-    precision = f"{plan.dtype}|autocast={accelerator.mixed_precision}|shared={sharing.mode}"
-    key = reference.cache_key(reference.model_fingerprint(plan.reference_path), precision, tokens)
+    computed_by = reference.ReferencePass(
+        dtype=str(plan.dtype),
+        autocast=accelerator.mixed_precision,
+        device=accelerator.device.type,
+        prompt_sharing=sharing.mode,
+        loss_chunk_size=cfg.loss_chunk_size,
+        batch_size=cfg.per_device_batch_size,
+        processes=accelerator.num_processes,
+    )
+    key = reference.cache_key(reference.model_fingerprint(plan.reference_path), computed_by, tokens)
     with accelerator.autocast():  # the policy's compute precision, so step 1 sees z = 0
         result = reference.load_or_compute(
-            cache_dir=reference.cache_directory(plan.train_dir),
+            cache_dir=reference.cache_directory(cfg.reference_cache_dir, plan.train_dir),
             key=key,
             tokens=tokens,
             load_model=load_reference,
