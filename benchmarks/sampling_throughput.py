@@ -35,7 +35,16 @@ import torch
 from wpo.config import Recipe, load_recipe
 from wpo.data.io import BadRecordPolicy
 from wpo.models import embedded_gguf, load_tokenizer, resolve_model_path
-from wpo.sampling import Sample, Sampler, SampleRequest, cut_at_stop, make_sampler, render_prompt, sample_seed
+from wpo.sampling import (
+    Generation,
+    Sample,
+    Sampler,
+    SampleRequest,
+    cut_at_stop,
+    make_sampler,
+    render_prompt,
+    sample_seed,
+)
 from wpo.sampling.stage import batch_plan, load_prompts
 from wpo.training.precision import cpu_has_bf16_units
 
@@ -117,13 +126,15 @@ def main() -> None:
     q4_1 = load_recipe(str(QUICKSTART), [*llamacpp, f"sample.gguf={embedded_gguf(recipe.model.name_or_path)}"])
     f16 = load_recipe(str(QUICKSTART), llamacpp)  # the backend's default: an F16 conversion of the policy
     configurations: dict[str, Callable[[], Sampler]] = {
-        "transformers fp32": lambda: make_sampler(fp32, model_path),
+        "transformers fp32": lambda: make_sampler(model_path, fp32.model, Generation.for_sampling(fp32)),
         "llamacpp Q4_1, one at a time": lambda: OneSequenceAtATime(model_path, recipe, args.threads),
-        "llamacpp Q4_1, batched": lambda: make_sampler(q4_1, model_path),
-        "llamacpp F16, batched": lambda: make_sampler(f16, model_path),
+        "llamacpp Q4_1, batched": lambda: make_sampler(model_path, q4_1.model, Generation.for_sampling(q4_1)),
+        "llamacpp F16, batched": lambda: make_sampler(model_path, f16.model, Generation.for_sampling(f16)),
     }
     if cpu_has_bf16_units():  # the check the trainer makes before bf16 compute
-        configurations["transformers bf16"] = lambda: make_sampler(bf16, model_path)
+        configurations["transformers bf16"] = lambda: make_sampler(
+            model_path, bf16.model, Generation.for_sampling(bf16)
+        )
     else:  # bf16 matmuls are emulated without the units, ~100x slower than fp32 (benchmarks/matmul_peak.py)
         print("transformers bf16: skipped, this CPU has no bf16 instructions (AVX512-BF16)")
     results = {}

@@ -46,7 +46,7 @@ def main() -> None:
         timings, scores = {}, {}
         for batch_size in (1, args.batch_size):
             recipe = load_recipe(None, [f"score.model={directory}", f"score.batch_size={batch_size}"])
-            scorer = RewardModelScorer(recipe)
+            scorer = RewardModelScorer(directory, recipe.model, batch_size, recipe.score.max_length)
             started = time.perf_counter()
             scores[batch_size] = scorer.score(requests)
             timings[batch_size] = time.perf_counter() - started

@@ -66,7 +66,7 @@ def write_prompts(path, count):
 @pytest.mark.slow
 def test_llamacpp_sampler_is_seeded_per_sample(tmp_path):
     from wpo.models import resolve_model_path
-    from wpo.sampling import SampleRequest
+    from wpo.sampling import Generation, SampleRequest
     from wpo.sampling.llamacpp_backend import LlamaCppSampler
 
     recipe = load_recipe(
@@ -79,7 +79,9 @@ def test_llamacpp_sampler_is_seeded_per_sample(tmp_path):
             "sample.threads=1",
         ],
     )
-    sampler = LlamaCppSampler(resolve_model_path(recipe.model.name_or_path), recipe)
+    sampler = LlamaCppSampler(
+        resolve_model_path(recipe.model.name_or_path), recipe.model, Generation.for_sampling(recipe)
+    )
     question = [{"role": "user", "content": "Tell me a fact about the moon."}]
     requests = [SampleRequest(question, 1), SampleRequest(question, 2), SampleRequest(question, 1)]
     first = sampler.generate(requests)

@@ -264,6 +264,7 @@ def test_export_links_the_f16_conversion_eval_made_of_the_same_weights(tmp_path,
     """The llama.cpp eval converted the trained weights already: export links that file (same inode, no second
     conversion), verifies it like any other, and quantizes from it."""
     from wpo.exporting import convert
+    from wpo.layout import gguf_cache
     from wpo.sampling.llamacpp_backend import converted_policy
 
     model = tiny_model(tmp_path / "model", "llama", smollm_tokenizer)
@@ -277,7 +278,7 @@ def test_export_links_the_f16_conversion_eval_made_of_the_same_weights(tmp_path,
             "export.verify_tokens=64",
         ],
     )
-    evaluated = converted_policy(recipe, model)
+    evaluated = converted_policy(model, gguf_cache(recipe))
     conversions = []
     real_convert = convert.convert
     monkeypatch.setattr(convert, "convert", lambda *args: conversions.append(args) or real_convert(*args))

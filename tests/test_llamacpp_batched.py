@@ -10,7 +10,7 @@ import pytest
 
 from wpo.config import load_recipe
 from wpo.errors import ConfigError
-from wpo.sampling import SampleRequest, cut_at_stop
+from wpo.sampling import Generation, SampleRequest, cut_at_stop
 
 SYSTEM = {"role": "system", "content": "You are a concise assistant."}
 EARLY_EOS = [{"role": "user", "content": "Hi!"}]  # the model answers in 9 tokens, then its end-of-turn token
@@ -39,7 +39,7 @@ def sampler(model_path: str, *overrides: str):
     from wpo.sampling.llamacpp_backend import LlamaCppSampler
 
     recipe = load_recipe(None, ["sample.backend=llamacpp", "sample.threads=1", *overrides])
-    return LlamaCppSampler(model_path, recipe)
+    return LlamaCppSampler(model_path, recipe.model, Generation.for_sampling(recipe))
 
 
 @pytest.mark.slow
@@ -171,7 +171,8 @@ def test_an_hf_policy_is_converted_to_f16_once_per_weights(tmp_path, model_path)
     assert policy_gguf(recipe_for(policy), policy) == gguf and gguf.stat().st_mtime_ns == written
 
     requests = [SampleRequest([{"role": "user", "content": "hello"}], seed) for seed in (1, 2, 1)]
-    samples = LlamaCppSampler(str(policy), recipe_for(policy)).generate(requests)
+    recipe = recipe_for(policy)
+    samples = LlamaCppSampler(str(policy), recipe.model, Generation.for_sampling(recipe)).generate(requests)
     assert len(samples) == 3 and samples[0] == samples[2]
 
     from safetensors.torch import load_file, save_file

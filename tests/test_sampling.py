@@ -15,7 +15,7 @@ from helpers import prompts_file, write_lines
 
 from wpo.config import load_recipe
 from wpo.errors import ConfigError, DataError, MachineLacks
-from wpo.sampling import SampleRequest, sample_seed
+from wpo.sampling import Generation, SampleRequest, sample_seed
 from wpo.sampling.stage import run_sample
 from wpo.sampling.transformers_backend import PerRowSampling, TransformersSampler, nucleus
 
@@ -73,7 +73,7 @@ def test_nucleus_keeps_what_a_full_sort_keeps():
 
 def test_a_sample_does_not_depend_on_its_batch(tmp_path, tiny_llama):
     recipe = sample_recipe(tmp_path, tiny_llama, prompts_file(tmp_path), "sample.max_new_tokens=12")
-    sampler = TransformersSampler(str(tiny_llama), recipe)
+    sampler = TransformersSampler(str(tiny_llama), recipe.model, Generation.for_sampling(recipe))
     requests = [
         SampleRequest([{"role": "user", "content": text}], seed)
         for text, seed in (("Hi", 11), ("What is the capital of France? Answer.", 12), ("Seven", 13))
@@ -83,12 +83,12 @@ def test_a_sample_does_not_depend_on_its_batch(tmp_path, tiny_llama):
     assert together == alone
     assert {s.finish_reason for s in together} <= {"stop", "length"}
     stop = next(character for character in together[0].text if character.strip())  # a string the sample holds
-    stopped = TransformersSampler(
-        str(tiny_llama),
-        sample_recipe(
-            tmp_path, tiny_llama, prompts_file(tmp_path), "sample.max_new_tokens=12", f"sample.stop=[{stop!r}]"
-        ),
-    ).generate(requests)
+    with_stop = sample_recipe(
+        tmp_path, tiny_llama, prompts_file(tmp_path), "sample.max_new_tokens=12", f"sample.stop=[{stop!r}]"
+    )
+    stopped = TransformersSampler(str(tiny_llama), with_stop.model, Generation.for_sampling(with_stop)).generate(
+        requests
+    )
     for cut, free in zip(stopped, together, strict=True):
         if stop in free.text:  # ended at the stop string: the text before it, and why
             assert (cut.text, cut.finish_reason) == (free.text[: free.text.index(stop)], "stop")

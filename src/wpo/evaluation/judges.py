@@ -108,8 +108,12 @@ class RewardModelPairwiseJudge:
     def __init__(self, recipe: Recipe):
         from wpo.scoring.reward_model import RewardModelScorer
 
-        scoring = ScoreConfig(scorer="reward_model", model=needed("eval", recipe.eval, "judge", JUDGE_NEEDS))
-        self.scorer = RewardModelScorer(recipe.model_copy(update={"score": scoring}))
+        self.scorer = RewardModelScorer(
+            needed("eval", recipe.eval, "judge", JUDGE_NEEDS),
+            recipe.model,
+            batch_size=ScoreConfig.model_fields["batch_size"].default,  # score's defaults for a scorer, unset here
+            max_length=ScoreConfig.model_fields["max_length"].default,
+        )
 
     def preferences(self, comparisons: list[Comparison]) -> list[float]:
         from wpo.scoring import ScoreRequest

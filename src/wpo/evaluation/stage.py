@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from wpo import machine
-from wpo.config import Recipe
+from wpo.config import ModelConfig, Recipe
 from wpo.data.io import BadRecordPolicy, atomic_writer, write_json, write_jsonl
 from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_annotation, parse_prompt
 from wpo.errors import ConfigError, DataError
@@ -108,27 +108,11 @@ def load_comparisons_inputs(recipe: Recipe, policy: BadRecordPolicy):
 
 def generate_outputs(recipe: Recipe, model: str, prompts) -> list[str]:
     from wpo.models import resolve_model_path
-    from wpo.sampling import SampleRequest, make_sampler, sample_seed
+    from wpo.sampling import Generation, SampleRequest, make_sampler, sample_seed
 
     cfg = recipe.eval
-    sampling = recipe.sample.model_copy(
-        update={
-            "backend": cfg.backend,
-            "temperature": cfg.temperature,
-            "top_p": cfg.top_p,
-            "top_k": 0,
-            "max_new_tokens": cfg.max_new_tokens,
-            "stop": [],
-            "n": 1,
-            "batch_size": cfg.batch_size,
-            "parallel_sequences": None,  # llamacpp: an eval batch at once
-            "gguf": None,  # llamacpp: the GGUF of the model evaluated (a .gguf or embedded one), never the policy's
-        }
-    )
-    generation_recipe = recipe.model_copy(
-        update={"sample": sampling, "model": recipe.model.model_copy(update={"name_or_path": model})}
-    )
-    sampler = make_sampler(generation_recipe, resolve_model_path(model), key="eval.backend")
+    evaluated = ModelConfig(**{**recipe.model.model_dump(), "name_or_path": model})  # validated like any section
+    sampler = make_sampler(resolve_model_path(model), evaluated, Generation.for_eval(recipe))
     outputs = []
     for start in tqdm(range(0, len(prompts), cfg.batch_size), desc=f"eval: {generator_name(model)}", unit="batch"):
         batch = prompts[start : start + cfg.batch_size]

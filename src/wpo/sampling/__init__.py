@@ -8,11 +8,14 @@ on which other prompts share its batch (the transformers backend draws each row 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from wpo import machine
-from wpo.config import Recipe
+from wpo.config import EndpointConfig, ModelConfig, Recipe
+from wpo.layout import gguf_cache
 
 
 @dataclass(frozen=True)
@@ -42,28 +45,97 @@ def sample_seed(run_seed: int, prompt_id: str, index: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def make_sampler(recipe: Recipe, model_path: str, key: str = "sample.backend") -> Sampler:
-    """The recipe's backend (`key` names the setting it came from), once this machine has what it needs."""
-    backend = recipe.sample.backend
-    machine.refuse(machine.generation_backend(backend, key, recipe.sample.tensor_parallel_size))
+@dataclass(frozen=True)
+class Generation:
+    """How to generate, whichever section asks — the sample stage's policy samples or eval's answers: the settings
+    the backends read, and nothing of the recipe besides. `key` names the setting the backend came from."""
+
+    backend: str
+    key: str
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    batch_size: int  # requests handed to `generate` at once
+    seed: int  # the run's (vLLM's engine seed; each sample has its own)
+    cache_dir: Path  # the stage's directory, where a server's answers are cached
+    conversions: Path  # the run's `gguf/`, where llamacpp keeps the F16 GGUFs it converts
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    samples_per_prompt: int = 1
+    parallel_sequences: int | None = None  # llamacpp: sequences decoding together (default: a whole batch)
+    gguf: str | None = None  # llamacpp: a GGUF of the model to sample from, instead of converting it
+    threads: int | None = None
+    context_length: int = 4096
+    tensor_parallel_size: int = 1
+    endpoint: EndpointConfig | None = None  # openai: the server whose model is the policy
+
+    @classmethod
+    def for_sampling(cls, recipe: Recipe) -> Generation:
+        cfg = recipe.sample
+        return cls(
+            backend=cfg.backend,
+            key="sample.backend",
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            seed=recipe.seed,
+            cache_dir=recipe.stage_dir("sample"),
+            conversions=gguf_cache(recipe),
+            top_k=cfg.top_k,
+            stop=tuple(cfg.stop),
+            samples_per_prompt=cfg.n,
+            parallel_sequences=cfg.parallel_sequences,
+            gguf=cfg.gguf,
+            threads=cfg.threads,
+            context_length=cfg.context_length,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            endpoint=cfg.endpoint,
+        )
+
+    @classmethod
+    def for_eval(cls, recipe: Recipe) -> Generation:
+        """Eval's answers: one per prompt, a whole eval batch decoding together, from the GGUF of the model evaluated
+        (never `sample.gguf`, the policy's), with sample's machine settings (threads, context, GPUs)."""
+        cfg = recipe.eval
+        return cls(
+            backend=cfg.backend,
+            key="eval.backend",
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            seed=recipe.seed,
+            cache_dir=recipe.stage_dir("eval"),
+            conversions=gguf_cache(recipe),
+            threads=recipe.sample.threads,
+            context_length=recipe.sample.context_length,
+            tensor_parallel_size=recipe.sample.tensor_parallel_size,
+        )
+
+
+def make_sampler(model_path: str, model: ModelConfig, generation: Generation) -> Sampler:
+    """The backend `generation` names, once this machine has what it needs."""
+    backend = generation.backend
+    machine.refuse(machine.generation_backend(backend, generation.key, generation.tensor_parallel_size))
     if backend == "transformers":
         from wpo.sampling.transformers_backend import TransformersSampler
 
-        return TransformersSampler(model_path, recipe)
+        return TransformersSampler(model_path, model, generation)
     if backend == "llamacpp":
         from wpo.sampling.llamacpp_backend import LlamaCppSampler
 
-        return LlamaCppSampler(model_path, recipe)
+        return LlamaCppSampler(model_path, model, generation)
     if backend == "openai":
         from wpo.sampling.openai_backend import OpenAISampler
 
-        return OpenAISampler(recipe)
+        return OpenAISampler(generation)
     from wpo.sampling.vllm_backend import VllmSampler
 
-    return VllmSampler(model_path, recipe)
+    return VllmSampler(model_path, model, generation)
 
 
-def cut_at_stop(text: str, stop: list[str]) -> str:
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """The text up to (not including) the first stop string, as every backend returns it."""
     positions = [text.find(s) for s in stop if s and s in text]
     return text[: min(positions)] if positions else text

@@ -36,12 +36,12 @@ from pathlib import Path
 
 import llama_cpp
 
-from wpo.config import Recipe
+from wpo.config import ModelConfig, Recipe
 from wpo.errors import ConfigError, WpoError
 from wpo.layout import cache_root, converted_policy_path, gguf_cache
 from wpo.llamacpp import crash_reported_llama, model_params
 from wpo.models import load_tokenizer, resolve_model_path
-from wpo.sampling import Sample, SampleRequest, cut_at_stop, render_prompt
+from wpo.sampling import Generation, Sample, SampleRequest, cut_at_stop, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -51,35 +51,40 @@ MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 
 
 def policy_gguf(recipe: Recipe, model_dir: Path | None = None) -> Path:
-    """The GGUF to sample from: `sample.gguf`, the model itself when it is a GGUF, or — for the embedded model and an
-    HF model directory such as round k's policy — an F16 conversion (`converted_policy`). The embedded model is
-    trained from its GGUF's dequantized weights; their F16 copy is what training starts from, and samples ~1.6× faster
-    batched than the shipped Q4_1, which has no matrix-matrix kernel on AVX2."""
-    name = recipe.model.name_or_path
-    if recipe.sample.gguf:
-        return Path(recipe.sample.gguf)
+    """The GGUF the sample stage samples from (`gguf_to_sample`, with the recipe's model and `sample.gguf`)."""
+    return gguf_to_sample(recipe.model, recipe.sample.gguf, model_dir, gguf_cache(recipe))
+
+
+def gguf_to_sample(model: ModelConfig, gguf: str | None, model_dir: Path | None, cache: Path) -> Path:
+    """The GGUF to sample from: `gguf` when given, the model itself when it is a GGUF, or — for the embedded model
+    and an HF model directory such as round k's policy — an F16 conversion (`converted_policy`, cached under `cache`,
+    the run's `gguf/`). The embedded model is trained from its GGUF's dequantized weights; their F16 copy is what
+    training starts from, and samples ~1.6× faster batched than the shipped Q4_1, which has no matrix-matrix kernel
+    on AVX2."""
+    name = model.name_or_path
+    if gguf:
+        return Path(gguf)
     if name.endswith(".gguf"):
         return Path(name)
     if name.startswith("embedded:"):
-        return converted_policy(recipe, Path(resolve_model_path(name)), cache=cache_root() / "gguf")
+        return converted_policy(Path(resolve_model_path(name)), cache_root() / "gguf", model.trust_remote_code)
     if model_dir is not None and any((model_dir / f).is_file() for f in ("config.json", "adapter_config.json")):
-        return converted_policy(recipe, model_dir)
+        return converted_policy(model_dir, cache, model.trust_remote_code)
     raise ConfigError(
         f"sample.backend: llamacpp needs a GGUF of the policy; {name} is neither a GGUF nor a local HF model "
         "directory: set sample.gguf to a GGUF of it (wpo export writes one)"
     )
 
 
-def converted_policy(recipe: Recipe, model_dir: Path, cache: Path | None = None) -> Path:
+def converted_policy(model_dir: Path, cache: Path, trust_remote_code: bool = False) -> Path:
     """An F16 GGUF of an HF model directory (a LoRA adapter merged first), converted once and cached under `cache`
-    (by default `output_dir/gguf/`) by the sha256 of its weights and config: round k's policy is converted when its
-    sampling starts, and a rerun, or the eval of the same weights, finds it. F16 keeps the weights as trained (a
-    quantized policy would sample another distribution) and is the type llama.cpp batches fastest on AVX2."""
+    by the sha256 of its weights and config: round k's policy is converted when its sampling starts, and a rerun, or
+    the eval of the same weights, finds it. F16 keeps the weights as trained (a quantized policy would sample another
+    distribution) and is the type llama.cpp batches fastest on AVX2."""
     from wpo.exporting.convert import export_gguf
     from wpo.models import merged_model_dir
 
-    cache = cache or gguf_cache(recipe)
-    whole = merged_model_dir(model_dir, cache, recipe.model.trust_remote_code)
+    whole = merged_model_dir(model_dir, cache, trust_remote_code)
     target = converted_policy_path(whole, cache)
     if not target.is_file():
         log.info("llama.cpp: converting %s to an F16 GGUF (%s)", model_dir, target)
@@ -109,14 +114,14 @@ class _PromptGroup:
 
 
 class LlamaCppSampler:
-    def __init__(self, model_path: str, recipe: Recipe):
-        cfg = self.config = recipe.sample
-        self.parallel = cfg.parallel_sequences or min(max(cfg.batch_size * cfg.n, 1), MAX_SEQUENCES)
+    def __init__(self, model_path: str, model: ModelConfig, generation: Generation):
+        cfg = self.config = generation
+        self.parallel = cfg.parallel_sequences or min(max(cfg.batch_size * cfg.samples_per_prompt, 1), MAX_SEQUENCES)
         self.stop = [s for s in cfg.stop if s]  # checked after every token, so built once
-        self.tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(model_path, model.trust_remote_code)
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load and context chatter
         llama_cpp.llama_backend_init()
-        gguf = self.gguf = policy_gguf(recipe, Path(model_path))
+        gguf = self.gguf = gguf_to_sample(model, cfg.gguf, Path(model_path), cfg.conversions)
         self.model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), model_params())
         if not self.model:
             raise WpoError(f"llama.cpp could not load {gguf}")

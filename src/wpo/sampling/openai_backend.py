@@ -8,19 +8,16 @@ again at most what was in flight. Whether a server honours `seed` is the server'
 
 from __future__ import annotations
 
-from wpo.config import Recipe
 from wpo.endpoints import AnswerCache, ChatRequest, Endpoint, answer_with_reason, cached_answer
-from wpo.sampling import Sample, SampleRequest, cut_at_stop
+from wpo.sampling import Generation, Sample, SampleRequest, cut_at_stop
 
 CACHE_FILE = "policy_cache.jsonl"
 
 
 class OpenAISampler:
-    def __init__(self, recipe: Recipe):
-        self.cfg = recipe.sample
-        self.endpoint = Endpoint(
-            self.cfg.endpoint, "sample.endpoint", AnswerCache(recipe.stage_dir("sample") / CACHE_FILE)
-        )
+    def __init__(self, generation: Generation):
+        self.cfg = generation
+        self.endpoint = Endpoint(generation.endpoint, "sample.endpoint", AnswerCache(generation.cache_dir / CACHE_FILE))
 
     def _request(self, request: SampleRequest) -> ChatRequest:
         cfg = self.cfg
@@ -29,7 +26,7 @@ class OpenAISampler:
             "top_p": cfg.top_p,
             "max_tokens": cfg.max_new_tokens,
             "seed": request.seed,
-            **({"stop": cfg.stop} if cfg.stop else {}),
+            **({"stop": list(cfg.stop)} if cfg.stop else {}),
         }
         key = AnswerCache.key(cfg.endpoint.model, cfg.endpoint.extra_body, params, request.messages)
         return ChatRequest(key, request.messages, params, f"a sample with seed {request.seed}")

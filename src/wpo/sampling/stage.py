@@ -30,7 +30,7 @@ from wpo.machine import Lack
 from wpo.manifest import write_manifest
 from wpo.models import ChatTemplateError
 from wpo.rules import exists, required
-from wpo.sampling import SampleRequest, make_sampler, render_prompt, sample_seed
+from wpo.sampling import Generation, SampleRequest, make_sampler, render_prompt, sample_seed
 from wpo.stage_run import StageRun, input_fingerprint, resolved
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,9 @@ def run_sample(target: StageRun | Recipe) -> dict[str, Any]:
     mine = pending[state.process_index :: state.num_processes]
     generation_seconds = 0.0
     if mine and cfg.n > 0:
-        sampler = make_sampler(recipe, resolve_model_path(recipe.model.name_or_path))
+        sampler = make_sampler(
+            resolve_model_path(recipe.model.name_or_path), recipe.model, Generation.for_sampling(recipe)
+        )
         for batch in tqdm(mine, desc="sample", unit="batch", disable=not state.is_main_process):
             requests = [
                 SampleRequest(p.messages, sample_seed(recipe.seed, p.id, k)) for p in batch for k in range(cfg.n)

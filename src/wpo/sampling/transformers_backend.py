@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from wpo.config import Recipe
+from wpo.config import ModelConfig
 from wpo.distributed import process_device
 from wpo.models import load_causal_lm, load_tokenizer
-from wpo.sampling import Sample, SampleRequest, cut_at_stop, render_prompt
+from wpo.sampling import Generation, Sample, SampleRequest, cut_at_stop, render_prompt
 
 NUCLEUS_CANDIDATES = 64
 
@@ -69,11 +69,11 @@ class PerRowSampling(LogitsProcessor):
 
 
 class TransformersSampler:
-    def __init__(self, model_path: str, recipe: Recipe):
-        self.config = recipe.sample
-        self.tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
+    def __init__(self, model_path: str, model: ModelConfig, generation: Generation):
+        self.config = generation
+        self.tokenizer = load_tokenizer(model_path, model.trust_remote_code)
         self.tokenizer.padding_side = "left"
-        self.model = load_causal_lm(model_path, recipe.model)
+        self.model = load_causal_lm(model_path, model)
         self.device = process_device()
         self.model.to(self.device).eval()
 
@@ -89,7 +89,7 @@ class TransformersSampler:
             max_new_tokens=cfg.max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id,
-            stop_strings=cfg.stop or None,
+            stop_strings=list(cfg.stop) or None,
         )
         processor = PerRowSampling([r.seed for r in requests], cfg.temperature, cfg.top_p, cfg.top_k, self.device)
         output = self.model.generate(

@@ -8,23 +8,23 @@ Not exercised by the CPU test suite: this workplace's CI has no GPU.
 
 from __future__ import annotations
 
-from wpo.config import Recipe
+from wpo.config import ModelConfig
 from wpo.models import load_tokenizer, resolve_dtype
-from wpo.sampling import Sample, SampleRequest, cut_at_stop, render_prompt
+from wpo.sampling import Generation, Sample, SampleRequest, cut_at_stop, render_prompt
 
 
 class VllmSampler:
-    def __init__(self, model_path: str, recipe: Recipe):
+    def __init__(self, model_path: str, model: ModelConfig, generation: Generation):
         from vllm import LLM
 
-        self.config = recipe.sample
-        self.tokenizer = load_tokenizer(model_path, recipe.model.trust_remote_code)
+        self.config = generation
+        self.tokenizer = load_tokenizer(model_path, model.trust_remote_code)
         self.llm = LLM(
             model=model_path,
-            tensor_parallel_size=recipe.sample.tensor_parallel_size,
-            dtype=str(resolve_dtype(recipe.model.dtype)).removeprefix("torch."),
-            trust_remote_code=recipe.model.trust_remote_code,
-            seed=recipe.seed,
+            tensor_parallel_size=generation.tensor_parallel_size,
+            dtype=str(resolve_dtype(model.dtype)).removeprefix("torch."),
+            trust_remote_code=model.trust_remote_code,
+            seed=generation.seed,
             enable_prefix_caching=True,
         )
 
@@ -47,7 +47,7 @@ class VllmSampler:
                 top_p=cfg.top_p,
                 top_k=cfg.top_k if cfg.top_k > 0 else -1,
                 max_tokens=cfg.max_new_tokens,
-                stop=cfg.stop or None,
+                stop=list(cfg.stop) or None,
                 seed=r.seed,
             )
             for r in requests

@@ -42,7 +42,10 @@ def make_scorer(recipe: Recipe, cache_dir) -> Scorer:
     if scorer == "reward_model":
         from wpo.scoring.reward_model import RewardModelScorer
 
-        return RewardModelScorer(recipe)
+        cfg = recipe.score
+        return RewardModelScorer(
+            needed("score", cfg, "scorer", SCORER_NEEDS), recipe.model, cfg.batch_size, cfg.max_length
+        )
     from wpo.scoring.judge import JudgeScorer
 
     return JudgeScorer(needed("score", recipe.score, "scorer", SCORER_NEEDS), cache_dir)

@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from wpo.config import Recipe
+from wpo.config import ModelConfig
 from wpo.distributed import process_device
 from wpo.errors import WpoError
 from wpo.models import apply_chat_template, load_pretrained, load_tokenizer, resolve_model_path
@@ -22,22 +22,21 @@ log = logging.getLogger(__name__)
 
 
 class RewardModelScorer:
-    def __init__(self, recipe: Recipe):
+    def __init__(self, reward_model: str, model: ModelConfig, batch_size: int, max_length: int):
+        """`reward_model` (a directory or hub id) loaded with `model`'s dtype and remote-code permission; `batch_size`
+        conversations per forward pass, each cut from the left to `max_length` tokens."""
         from transformers import AutoModelForSequenceClassification
 
-        from wpo.rules import needed
-        from wpo.scoring import SCORER_NEEDS
-
-        path = resolve_model_path(needed("score", recipe.score, "scorer", SCORER_NEEDS))
-        self.config = recipe.score
+        path = resolve_model_path(reward_model)
+        self.batch_size, self.max_length = batch_size, max_length
         # first: it says why remote code is needed, if it is
         self.model = load_pretrained(
             path,
-            recipe.model,
+            model,
             AutoModelForSequenceClassification,
             custom_code="its own code (e.g. ArmoRM's gating head)",
         )
-        self.tokenizer = load_tokenizer(path, recipe.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(path, model.trust_remote_code)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.device = process_device()
@@ -53,13 +52,13 @@ class RewardModelScorer:
             for r in requests
         ]
         encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        limit = self.config.max_length
+        limit = self.max_length
         self.truncated += sum(len(ids) > limit for ids in encoded)
         encoded = [ids[-limit:] for ids in encoded]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # length buckets: little padding
         scores: list[float] = [0.0] * len(encoded)
-        for start in range(0, len(order), self.config.batch_size):
-            rows = order[start : start + self.config.batch_size]
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(self.device)
             output = self.model(**batch)
             values = output.score if hasattr(output, "score") else output.logits
