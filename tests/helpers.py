@@ -119,9 +119,11 @@ def train_killed_at(monkeypatch, recipe, step: int) -> None:
 
 
 def recipe_for(tmp_path: Path, model: Path, pairs: Path, *overrides: str, run: str = "run"):
-    """A loaded recipe of a tiny training in `tmp_path/run`, for the trainer called in this process."""
+    """A loaded recipe of a tiny training in `tmp_path/run` (TINY_TRAINING's settings but its step count, which the
+    tests give), for the trainer called in this process."""
     from wpo.config import load_recipe
 
+    settings = [f"train.{key}={value}" for key, value in TINY_TRAINING.items() if key != "max_steps"]
     return load_recipe(
         None,
         [
@@ -129,14 +131,30 @@ def recipe_for(tmp_path: Path, model: Path, pairs: Path, *overrides: str, run: s
             f"train.pairs={pairs}",
             f"output_dir={tmp_path / run}",
             "seed=3",
-            "train.per_device_batch_size=2",
-            "train.learning_rate=1e-3",
             "train.logging_steps=1",
-            "train.max_length=96",
-            "train.max_prompt_length=48",
+            *settings,
             *overrides,
         ],
     )
+
+
+def one_step_training(tmp_path: Path, model: Path, pairs: Path, max_prompt_length: int | None = 32) -> Path:
+    """The recipe file of a one-step training on short sequences, in `tmp_path/run`."""
+    return train_recipe(
+        tmp_path / "train.yaml",
+        model,
+        pairs,
+        output_dir=tmp_path / "run",
+        seed=1,
+        max_steps=1,
+        max_length=64,
+        max_prompt_length=max_prompt_length,
+    )
+
+
+def user(text: str) -> list[dict[str, str]]:
+    """A one-message conversation."""
+    return [{"role": "user", "content": text}]
 
 
 def write_lines(path: Path, lines: list) -> Path:

@@ -7,7 +7,7 @@ import json
 import re
 from datetime import UTC, datetime
 
-from helpers import pair_record, write_lines
+from helpers import pair_record, user, write_lines
 
 from wpo.config import load_recipe
 from wpo.data.schemas import PromptRecord
@@ -15,10 +15,6 @@ from wpo.evaluation.contamination import find_overlaps, texts_of, training_sourc
 from wpo.evaluation.stage import contamination_summary
 
 LONG = "Describe in detail how the ancient Romans built their aqueducts and why those channels lasted so long"
-
-
-def user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
 
 
 def test_a_shared_13_word_sequence_is_found_and_12_are_not():
@@ -92,7 +88,11 @@ def test_the_report_and_the_summary_flag_contamination(tmp_path, capsys):
 
     def page_with(metrics):
         evaluation = EvalData(metrics, "m", None, "reference", [], None, [], 805, None, [])
-        run = RunData(tmp_path, None, [RoundData(1, tmp_path, [], None, None, [], evaluation, None)])
+        run = RunData(
+            tmp_path,
+            None,
+            [RoundData(1, tmp_path, [], None, None, [], pair_weights=None, evaluation=evaluation, export=None)],
+        )
         return " ".join(render_run(run, datetime.now(UTC)).split())
 
     found = {

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, cli, run_wpo, train_recipe, write_lines
+from helpers import assert_one_line_error, cli, one_step_training, run_wpo, write_lines
 
 HOSTILE = Path(__file__).parent / "hostile"
 ONE_MB = 1_000_000
@@ -106,22 +106,9 @@ def test_a_one_megabyte_candidate_is_just_a_long_candidate(tmp_path):
     assert len(pair["chosen"][0]["content"]) == ONE_MB
 
 
-def tiny_training(tmp_path: Path, model: Path, pairs: Path, max_prompt_length: int | None) -> Path:
-    return train_recipe(
-        tmp_path / "train.yaml",
-        model,
-        pairs,
-        output_dir=tmp_path / "run",
-        seed=1,
-        max_steps=1,
-        max_length=64,
-        max_prompt_length=max_prompt_length,
-    )
-
-
 def test_a_prompt_longer_than_max_length_fails_is_skipped_or_truncated(tmp_path, tiny_llama):
     pairs = HOSTILE / "pairs-long-prompt.jsonl"
-    refused = cli("train", tiny_training(tmp_path, tiny_llama, pairs, None))
+    refused = cli("train", one_step_training(tmp_path, tiny_llama, pairs, None))
     assert isinstance(refused.exception, SystemExit) and refused.exit_code == 2
     assert refused.stderr.startswith(f"wpo: error: {pairs}:2 (pair long): prompt has ")
     assert refused.stderr.endswith(
@@ -129,12 +116,12 @@ def test_a_prompt_longer_than_max_length_fails_is_skipped_or_truncated(tmp_path,
     )
     assert refused.stderr.count("\n") == 1
 
-    skipped = cli("train", tiny_training(tmp_path, tiny_llama, pairs, None), "on_bad_record=skip")
+    skipped = cli("train", one_step_training(tmp_path, tiny_llama, pairs, None), "on_bad_record=skip")
     assert skipped.exit_code == 0, skipped.stderr
     counts = manifest_counts(tmp_path / "run", "train")
     assert (counts["skipped"], counts["pairs_trained"], counts["truncated_prompts"]) == ({"prompt_too_long": 1}, 2, 0)
 
-    truncated = cli("train", tiny_training(tmp_path, tiny_llama, pairs, 32), "train.resume=never")
+    truncated = cli("train", one_step_training(tmp_path, tiny_llama, pairs, 32), "train.resume=never")
     assert truncated.exit_code == 0, truncated.stderr
     counts = manifest_counts(tmp_path / "run", "train")
     assert (counts["skipped"], counts["pairs_trained"], counts["truncated_prompts"]) == ({}, 3, 1)
@@ -145,7 +132,7 @@ def test_a_one_megabyte_response_is_truncated_and_counted(tmp_path, tiny_llama):
     records[1]["prompt"][0]["content"] = "Write at length."
     records[1]["chosen"][0]["content"] = "The sea and the sky. " * (ONE_MB // 21)
     pairs = write_lines(tmp_path / "pairs.jsonl", records)
-    assert cli("train", tiny_training(tmp_path, tiny_llama, pairs, 32)).exit_code == 0
+    assert cli("train", one_step_training(tmp_path, tiny_llama, pairs, 32)).exit_code == 0
     counts = manifest_counts(tmp_path / "run", "train")
     assert (counts["pairs_trained"], counts["truncated_responses"], counts["skipped"]) == (3, 1, {})
 

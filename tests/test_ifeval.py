@@ -7,14 +7,10 @@ import math
 import random
 
 import pytest
+from helpers import user
 
 from wpo.data.io import resolve_builtin
 from wpo.tasks import ifeval
-
-
-def user(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
-
 
 KEYWORDS = "Tell me about salt. Include the keywords 'mineral' and 'sodium' in the response."
 WORDS = "Describe snow briefly. Answer with less than 10 words."

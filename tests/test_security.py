@@ -21,8 +21,8 @@ from helpers import (
     assert_one_line_error,
     build_tokenizer,
     cli,
+    one_step_training,
     run_wpo,
-    train_recipe,
     write_lines,
 )
 from judge_server import FakeJudge
@@ -34,19 +34,6 @@ from wpo.models import apply_chat_template, load_pretrained, load_tokenizer
 from wpo.training.tokenize import tokenize_pairs
 
 SOURCE = Path(__file__).parent.parent / "src" / "wpo"
-
-
-def tiny_training(tmp_path: Path, model: Path, pairs: Path) -> Path:
-    return train_recipe(
-        tmp_path / "train.yaml",
-        model,
-        pairs,
-        output_dir=tmp_path / "run",
-        seed=1,
-        max_steps=1,
-        max_length=64,
-        max_prompt_length=32,
-    )
 
 
 @pytest.fixture
@@ -80,7 +67,7 @@ def test_remote_code_is_never_imported_without_the_recipes_consent(remote_code_m
     with pytest.raises(WpoError, match=r"the tokenizer of .* needs custom code; set model.trust_remote_code: true"):
         load_tokenizer(str(model))
     assert_one_line_error(
-        cli("train", tiny_training(tmp_path, model, pairs_file)),
+        cli("train", one_step_training(tmp_path, model, pairs_file)),
         f"the tokenizer of {model} needs custom code; set model.trust_remote_code: true",
     )
     assert not marker.exists()
@@ -121,7 +108,7 @@ def test_a_pickle_only_checkpoint_is_refused_on_the_command_line(tmp_path, pairs
     (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (model / "pytorch_model.bin").write_bytes(b"never unpickled")
     assert_one_line_error(
-        cli("train", tiny_training(tmp_path, model, pairs_file)),
+        cli("train", one_step_training(tmp_path, model, pairs_file)),
         f"{model} holds only pickle weights (pytorch_model.bin); wpo loads safetensors only. "
         "Convert once with: python -c",
         f"save_pretrained('{model}-safetensors')",
@@ -222,7 +209,7 @@ def test_a_hostile_template_stops_training_with_one_line(tmp_path, tiny_llama, p
     shutil.copytree(tiny_llama, model)
     (model / "chat_template.jinja").write_text(HOSTILE_TEMPLATES[1])
     assert_one_line_error(
-        cli("train", tiny_training(tmp_path, model, pairs_file)),
+        cli("train", one_step_training(tmp_path, model, pairs_file)),
         f"the chat template of {model} tried an unsafe operation (access to attribute '__init__' "
         "of 'type' object is unsafe.); refusing to render it",
     )
