@@ -182,8 +182,8 @@ def test_the_files_name_the_annotator_and_whether_it_is_the_leaderboards(tmp_pat
     assert "not comparable with the public AlpacaEval 2 leaderboard: judged by llama-3-70b" in judged_by(
         {"alpaca_eval": other}
     )
-    assert judged_by({"judge": "python", "reference_generator": "reference"}).startswith(
-        "Judged by wpo's `python` judge against reference's outputs: not AlpacaEval 2's annotator"
+    assert judged_by({"judge": "python", "reference_generator": "reference"}) == (  # the heading names the baseline
+        "Judged by wpo's `python` judge: not AlpacaEval 2's annotator, so not comparable with its leaderboard."
     )
 
 
