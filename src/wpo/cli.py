@@ -124,12 +124,14 @@ def _print_summary(summary: dict[str, Any], path: Path) -> None:
         table.add_row(label, "done before (skipped)" if entry["skipped"] else f"{entry['wall_seconds']:.0f} s")
     table.add_row("total", f"{summary['total_wall_seconds']:.0f} s", end_section=True)
     table.add_row("report", str(path.with_name("report.html")), end_section=True)
-    for name in (key.removesuffix("_delta_ci95") for key in list(summary) if key.endswith("_delta_ci95")):
-        low, high = summary[f"{name}_delta_ci95"]
+    from wpo.figures import paired_measures
+
+    for measure in paired_measures(summary):
+        low, high = measure.delta.ci95 or (float("nan"), float("nan"))
         table.add_row(
-            f"{name}: base → trained, delta (95% CI)",
-            f"{summary[f'{name}_base']:.3f} → "
-            f"{summary[f'{name}_trained']:.3f}, {summary[f'{name}_delta']:+.3f} [{low:+.3f}, {high:+.3f}]",
+            f"{measure.name}: base → trained, delta (95% CI)",
+            f"{measure.base.mean:.3f} → {measure.trained.mean:.3f}, "
+            f"{measure.delta.mean:+.3f} [{low:+.3f}, {high:+.3f}]",
         )
     if "better" in summary:
         failed = [name for name, check in summary["verdict"].items() if not check["passed"]]

@@ -17,6 +17,7 @@ from wpo.checks import check_stages
 from wpo.config import ROUND_STAGES, Recipe
 from wpo.data.io import write_json
 from wpo.distributed import MULTI_PROCESS_STAGES, process_state, refuse_a_launcher
+from wpo.figures import paired_measures
 from wpo.layout import STAGE_MODULES, stage_output
 from wpo.manifest import completed_with, move_aside, read_manifest
 from wpo.reporting import write_run_report
@@ -145,7 +146,6 @@ HEADLINE_KEYS = (
     "identical_to_base",
     "contaminated_instructions",
 )
-MEASURE_SUFFIXES = ("_base", "_base_ci95", "_trained", "_trained_ci95", "_delta", "_delta_ci95")
 EXPORT_KEYS = ("type", "file", "size_bytes", "perplexity", "hf_perplexity", "kl_mean")
 
 
@@ -193,13 +193,10 @@ def _run_pipeline(recipe: Recipe, force: bool) -> dict[str, Any] | None:
     if "eval" in recipe.stages:
         metrics = _read_json(stage_output(recipe, "eval"))
         summary.update({key: metrics[key] for key in HEADLINE_KEYS if key in metrics})
-        summary.update(
-            {
-                name + suffix: metrics[name + suffix]
-                for name in metrics.get("measures", [])
-                for suffix in MEASURE_SUFFIXES
-            }
-        )
+        measures = paired_measures(metrics)
+        summary["measures"] = [measure.name for measure in measures]
+        for measure in measures:
+            summary.update(measure.flat())
     if "export" in recipe.stages:
         report = _read_json(stage_output(recipe, "export"))
         summary["exports"] = [{key: entry[key] for key in EXPORT_KEYS if key in entry} for entry in report["files"]]

@@ -32,6 +32,7 @@ import numpy as np
 from wpo.config import Recipe, config_hash, load_recipe
 from wpo.data.io import atomic_writer
 from wpo.errors import ConfigError
+from wpo.figures import MeasureRow, paired_measures, row_measure_names
 
 log = logging.getLogger(__name__)
 DATA_STAGES = ("sample", "score", "pair")
@@ -188,9 +189,12 @@ def run_sweep(
 
 
 def _headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run's row: its scalar figures, and each held-out measure's means with their CIs as `_low`/`_high` columns."""
     scalars = {k: v for k, v in summary.items() if isinstance(v, int | float | bool) and k != "rounds"}
-    scalars |= {f"{k}_low": v[0] for k, v in summary.items() if k.endswith("_ci95")}
-    scalars |= {f"{k}_high": v[1] for k, v in summary.items() if k.endswith("_ci95")}
+    for measure in paired_measures(summary):
+        for key, value in measure.flat().items():
+            if isinstance(value, list):
+                scalars |= {f"{key}_low": value[0], f"{key}_high": value[1]}
     return {k: v for k, v in scalars.items() if not k.startswith(("wall", "total_wall"))}
 
 
@@ -212,9 +216,14 @@ def write_runs_csv(path: Path, runs: list[dict[str, Any]], keys: list[str]) -> l
     return rows
 
 
-def _measures(run: Recipe) -> list[dict[str, Any]]:
+def _measures(run: Recipe) -> list[MeasureRow]:
+    """A run's `measures.jsonl`, typed; empty before its eval ran."""
     path = Path(run.output_dir) / "eval" / "measures.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    names = row_measure_names(records[0]) if records else []
+    return [MeasureRow.from_record(record, names) for record in records]
 
 
 def stratified_ci(per_seed: list[np.ndarray], seed: int = 0) -> list[float]:
@@ -234,18 +243,18 @@ def compare(runs: list[dict[str, Any]], baseline: dict[str, str]) -> list[dict[s
         by_variant.setdefault(json.dumps(entry["variant"]), {})[entry["seed"]] = _measures(entry["run"])
     base_rows = by_variant[json.dumps(baseline)]
     first = next((rows for rows in base_rows.values() if rows), [])
-    names = [key.removesuffix("_trained") for key in (first[0] if first else {}) if key.endswith("_trained")]
+    names = list(first[0].trained) if first else []
     table = []
     for key, per_seed in by_variant.items():
         seeds = sorted(seed for seed, rows in per_seed.items() if rows and base_rows.get(seed))
         for name in names:
-            values = [np.array([row[f"{name}_trained"] for row in per_seed[s]]) for s in seeds]
+            values = [np.array([row.trained[name] for row in per_seed[s]]) for s in seeds]
             if not values:
                 continue
             differences = []
             for s in seeds:
-                base_by_id = {row["id"]: row[f"{name}_trained"] for row in base_rows[s]}
-                differences.append(np.array([row[f"{name}_trained"] - base_by_id[row["id"]] for row in per_seed[s]]))
+                base_by_id = {row.id: row.trained[name] for row in base_rows[s]}
+                differences.append(np.array([row.trained[name] - base_by_id[row.id] for row in per_seed[s]]))
             table.append(
                 {
                     **json.loads(key),

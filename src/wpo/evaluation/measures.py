@@ -23,6 +23,7 @@ import numpy as np
 from wpo.data.schemas import PromptRecord
 from wpo.errors import WpoError
 from wpo.evaluation.metrics import paired_comparison
+from wpo.figures import MeasureRow, paired_measures
 from wpo.user_functions import UserFunction, prompt_record
 
 BUILTIN_MEASURES = ("chrf", "length_chars", "distinct_2")
@@ -68,8 +69,9 @@ def compare(rows: list[dict[str, Any]], names: list[str], seed: int) -> dict[str
     """Paired comparison of every measure over the per-prompt rows (`<name>_base`, `<name>_trained`)."""
     metrics: dict[str, Any] = {"measures": names}
     for name in names:
-        base = np.array([row[f"{name}_base"] for row in rows])
-        trained = np.array([row[f"{name}_trained"] for row in rows])
+        base_field, trained_field = MeasureRow.fields(name)
+        base = np.array([row[base_field] for row in rows])
+        trained = np.array([row[trained_field] for row in rows])
         metrics.update(paired_comparison(name, base, trained, seed))
     return metrics
 
@@ -83,23 +85,24 @@ def verdict(
 ) -> dict[str, Any]:
     """Each rule of "better" with its figure and whether it held; `better` only when every rule holds."""
     checks: dict[str, dict[str, Any]] = {}
+    measures = {measure.name: measure for measure in paired_measures(metrics)}
     for name in gain_measures:
-        low = metrics[f"{name}_delta_ci95"][0]
+        low = measures[name].delta.ci95[0]
         checks[f"{name}_up"] = {"rule": f"{name} delta CI above 0", "value": low, "passed": low > 0}
-    if "chrf_delta_ci95" in metrics:
-        low = metrics["chrf_delta_ci95"][0]
+    if "chrf" in measures:
+        low = measures["chrf"].delta.ci95[0]
         checks["content_not_worse"] = {
             "rule": f"chrF delta CI low end above -{content_margin:g}",
             "value": low,
             "passed": low > -content_margin,
         }
-    ratio = metrics["length_chars_trained"] / max(metrics["length_chars_base"], 1.0)
+    ratio = measures["length_chars"].trained.mean / max(measures["length_chars"].base.mean, 1.0)
     checks["length_not_collapsed"] = {
         "rule": f"length ratio trained/base at least {min_length_ratio:g}",
         "value": ratio,
         "passed": ratio >= min_length_ratio,
     }
-    low = metrics["distinct_2_delta_ci95"][0]
+    low = measures["distinct_2"].delta.ci95[0]
     checks["repetition_not_worse"] = {
         "rule": f"distinct-2 delta CI low end above -{repetition_margin:g}",
         "value": low,

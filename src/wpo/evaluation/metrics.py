@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from wpo.errors import DataError
+from wpo.figures import Estimate, PairedMeasure
 
 C_GRID = np.logspace(-4, 4, 10)
 FORMULA_WITH_DIFFICULTY = "tanh(std_delta_len) + instruction_difficulty + not_gamed_baseline"
@@ -177,12 +178,8 @@ def paired_comparison(name: str, base: np.ndarray, trained: np.ndarray, seed: in
     if base.shape != trained.shape:
         raise ValueError(f"{base.size} base values of {name} for {trained.size} trained ones")
     delta = trained - base
-    return {
-        f"{name}_base": float(base.mean()),
-        f"{name}_base_ci95": bootstrap_mean_ci(base, seed),
-        f"{name}_trained": float(trained.mean()),
-        f"{name}_trained_ci95": bootstrap_mean_ci(trained, seed),
-        f"{name}_delta": float(delta.mean()),
-        f"{name}_delta_ci95": bootstrap_mean_ci(delta, seed),
-        f"{name}_n": int(base.size),
-    }
+
+    def estimate(values: np.ndarray) -> Estimate:
+        return Estimate(float(values.mean()), tuple(bootstrap_mean_ci(values, seed)))
+
+    return PairedMeasure(name, estimate(base), estimate(trained), estimate(delta), int(base.size)).flat()

@@ -25,6 +25,7 @@ from wpo.evaluation.judges import JUDGE_NEEDS, Comparison, judge_all
 from wpo.evaluation.measures import compare, per_prompt_values, side_by_side, verdict
 from wpo.evaluation.metrics import summarize
 from wpo.evaluation.report import update_leaderboard, write_report
+from wpo.figures import MeasureRow, paired_measures
 from wpo.layout import final_model
 from wpo.machine import Lack
 from wpo.manifest import write_manifest
@@ -183,8 +184,8 @@ def heldout_measures(
             {
                 "id": prompt.id,
                 **({"constraint": prompt.extra["constraint"]} if "constraint" in prompt.extra else {}),
-                **{f"{name}_base": value for name, value in values[0].items()},
-                **{f"{name}_trained": value for name, value in values[1].items()},
+                **{MeasureRow.fields(name)[0]: value for name, value in values[0].items()},
+                **{MeasureRow.fields(name)[1]: value for name, value in values[1].items()},
                 "prompt": prompt.messages[-1]["content"],
                 "reference": reference,
                 "base_output": base,
@@ -391,15 +392,15 @@ def _log_figures(metrics: dict[str, Any], generator: str, baseline: str, count: 
         metrics["win_rate"],
         metrics["avg_length"],
     )
-    for name in metrics.get("measures", []):
+    for measure in paired_measures(metrics):
         log.info(
             "eval: %s %.3f (base) → %.3f (%s); delta %+.3f, 95%% CI [%.3f, %.3f]",
-            name,
-            metrics[f"{name}_base"],
-            metrics[f"{name}_trained"],
+            measure.name,
+            measure.base.mean,
+            measure.trained.mean,
             generator,
-            metrics[f"{name}_delta"],
-            *metrics[f"{name}_delta_ci95"],
+            measure.delta.mean,
+            *measure.delta.ci95,
         )
     if "better" in metrics:
         failed = [name for name, check in metrics["verdict"].items() if not check["passed"]]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wpo.data.io import atomic_writer, looks_like_local_path
+from wpo.figures import paired_measures
 from wpo.layout import output_in
 from wpo.models import EMBEDDED_HUB_IDS
 
@@ -150,20 +151,20 @@ def compared_with(metrics: dict[str, Any], eval_manifest: dict[str, Any] | None)
 def heldout(metrics: dict[str, Any], eval_manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     """The held-out measures, base (by name) → trained with each delta's paired 95% CI (three decimals for measures
     in [0, 1], one for chrF and lengths), and the verdict with each of its rules; None when eval measured nothing."""
-    names = metrics.get("measures", [])
-    if not names:
+    measures = paired_measures(metrics)
+    if not measures:
         return None
     rows = []
-    for name in names:
-        base, trained = metrics[f"{name}_base"], metrics[f"{name}_trained"]
-        low, high = metrics[f"{name}_delta_ci95"]
+    for measure in measures:
+        base, trained = measure.base.mean, measure.trained.mean
+        low, high = measure.delta.ci95 or (float("nan"), float("nan"))
         digits = 1 if max(abs(base), abs(trained)) >= 10 else 3
         rows.append(
             {
-                "name": name,
+                "name": measure.name,
                 "base": f"{base:.{digits}f}",
                 "trained": f"{trained:.{digits}f}",
-                "delta": f"{metrics[f'{name}_delta']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]",
+                "delta": f"{measure.delta.mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]",
             }
         )
     rules = [
@@ -172,7 +173,7 @@ def heldout(metrics: dict[str, Any], eval_manifest: dict[str, Any] | None) -> di
     ]
     base = public_name((eval_manifest or {}).get("config", {}).get("base_model")) or "the base model"
     return {
-        "prompts": metrics[f"{names[0]}_n"],
+        "prompts": measures[0].n,
         "base": base,
         "rows": rows,
         "better": metrics.get("better"),

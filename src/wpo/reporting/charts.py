@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from wpo.figures import PairedMeasure
 from wpo.reporting.collect import CandidateStats, PairStats, PairWeights
 
 PANEL_INCHES = (3.6, 2.6)
@@ -156,15 +157,15 @@ def weights_chart(rows: list[dict[str, Any]], weights: PairWeights | None) -> st
     return to_svg(figure)
 
 
-def eval_chart(metrics: dict[str, Any], measures: list[str]) -> str | None:
+def eval_chart(measures: list[PairedMeasure]) -> str | None:
     """Per held-out measure: the base's and the trained model's means with their 95% CIs."""
-    shown = [name for name in measures if f"{name}_base_ci95" in metrics and f"{name}_trained_ci95" in metrics]
+    shown = [m for m in measures if m.base.ci95 is not None and m.trained.ci95 is not None and m.delta.ci95]
     if not shown:
         return None
     figure, axes = _figure(len(shown), min(len(shown), 5))
-    for axis, name in zip(axes, shown, strict=True):
-        centers = [metrics[f"{name}_base"], metrics[f"{name}_trained"]]
-        intervals = [metrics[f"{name}_base_ci95"], metrics[f"{name}_trained_ci95"]]
+    for axis, measure in zip(axes, shown, strict=True):
+        centers = [measure.base.mean, measure.trained.mean]
+        intervals = [measure.base.ci95, measure.trained.ci95]
         errors = [
             [c - low for c, (low, _) in zip(centers, intervals, strict=True)],
             [high - c for c, (_, high) in zip(centers, intervals, strict=True)],
@@ -172,6 +173,6 @@ def eval_chart(metrics: dict[str, Any], measures: list[str]) -> str | None:
         axis.errorbar([0, 1], centers, yerr=errors, fmt="o", capsize=5)
         axis.set_xticks([0, 1], ["base", "trained"])
         axis.set_xlim(-0.5, 1.5)
-        low, high = metrics[f"{name}_delta_ci95"]
-        axis.set_title(f"{plain(name)}\nΔ {metrics[f'{name}_delta']:+.3g} [{low:+.3g}, {high:+.3g}]", fontsize=9)
+        low, high = measure.delta.ci95
+        axis.set_title(f"{plain(measure.name)}\nΔ {measure.delta.mean:+.3g} [{low:+.3g}, {high:+.3g}]", fontsize=9)
     return to_svg(figure)

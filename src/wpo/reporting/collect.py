@@ -20,6 +20,7 @@ from wpo.config import ROUND_STAGES, STAGES
 from wpo.data.io import BadRecordPolicy, read_records
 from wpo.data.schemas import Annotation, RecordInvalid, parse_annotation, parse_candidates, parse_pair
 from wpo.errors import DataError, WpoError
+from wpo.figures import MeasureRow, row_measure_names
 from wpo.layout import output_in
 from wpo.manifest import MANIFEST_NAME, file_sha256, read_manifest
 from wpo.training.metrics import PAIR_WEIGHTS_FILE
@@ -382,8 +383,8 @@ def eval_data(directory: Path, cap: int) -> EvalData:
     measures_path = directory / "measures.jsonl"
     rows = [item.data for item in read_records(str(measures_path))] if measures_path.is_file() else []
     if rows:
-        names = metrics.get("measures") or [k.removesuffix("_base") for k in rows[0] if k.endswith("_base")]
-        missing = [f"{n}_{side}" for n in names for side in ("base", "trained") if f"{n}_{side}" not in rows[0]]
+        names = metrics.get("measures") or row_measure_names(rows[0])
+        missing = [field for n in names for field in MeasureRow.fields(n) if field not in rows[0]]
         if missing:
             raise DataError(f"{measures_path}:1: no field {missing[0]} (metrics.json lists the measure {names[0]})")
         base_outputs = read_json(directory / "base_outputs.json") or [{}]
@@ -438,16 +439,17 @@ def _preferences_by_row(rows: list[dict[str, Any]], annotations: list[Annotation
     return [a.preference for a in annotations] if matches else [None] * len(rows)
 
 
-def _measured_item(row: dict[str, Any], names: list[str], preference: float | None) -> dict[str, Any]:
+def _measured_item(record: dict[str, Any], names: list[str], preference: float | None) -> dict[str, Any]:
+    row = MeasureRow.from_record(record, names)
     return {
-        "id": str(row["id"]),
-        "prompt": row["prompt"],
-        "reference": row.get("reference"),
-        "constraint": row.get("constraint"),
-        "baseline": row["base_output"],
-        "model": row["output"],
-        "baseline_measures": {n: row[f"{n}_base"] for n in names},
-        "model_measures": {n: row[f"{n}_trained"] for n in names},
+        "id": row.id,
+        "prompt": record["prompt"],
+        "reference": record.get("reference"),
+        "constraint": record.get("constraint"),
+        "baseline": record["base_output"],
+        "model": record["output"],
+        "baseline_measures": row.base,
+        "model_measures": row.trained,
         "preference": preference,
         "label": None,
     }

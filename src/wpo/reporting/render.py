@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from wpo import pages
 from wpo.exporting.card import judged_by
+from wpo.figures import PairedMeasure, paired_measures
 from wpo.reporting import charts
 from wpo.reporting.collect import READ_WRITTEN_KEYS, RoundData, RunData, SweepData
 
@@ -87,9 +88,9 @@ def sections(run: RunData) -> list[Section]:
 # --- what the templates ask of the data -----------------------------------------------------------------------------
 
 
-def measured(metrics: dict[str, Any], suffix: str) -> list[str]:
-    """The measures that have `<name><suffix>` in the metrics."""
-    return [name for name in metrics.get("measures", []) if f"{name}{suffix}" in metrics]
+def measured(metrics: dict[str, Any]) -> list[PairedMeasure]:
+    """The held-out measures of an eval's metrics, typed (`wpo.figures`)."""
+    return paired_measures(metrics)
 
 
 def direction(bounds: list[float]) -> tuple[str, str]:
