@@ -64,7 +64,7 @@ def main() -> None:
     from wpo.config import load_recipe
     from wpo.training import precision, trainer
     from wpo.training.forward import prompt_sharing
-    from wpo.training.reference import ReferenceLogps, compute_reference_logps
+    from wpo.training.reference_logps import ReferenceLogps, compute_reference_logps
     from wpo.training.tokenize import TokenizedPair, TokenizedPairs
 
     started = time.perf_counter()

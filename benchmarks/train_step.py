@@ -139,7 +139,7 @@ def wpo_child(
     from wpo.models import load_causal_lm, load_tokenizer, resolve_model_path
     from wpo.training import precision, trainer
     from wpo.training.forward import prompt_sharing
-    from wpo.training.reference import ReferenceLogps, compute_reference_logps
+    from wpo.training.reference_logps import ReferenceLogps, compute_reference_logps
     from wpo.training.tokenize import TokenizedPair, TokenizedPairs
 
     torch.manual_seed(0)

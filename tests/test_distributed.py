@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from torch.testing import assert_close
 
 from wpo.training.metrics import read_metrics
-from wpo.training.reference import gather_strided
+from wpo.training.reference_logps import gather_strided
 
 LOGGED = ("loss", "weight_mean", "reward_margin", "logps_chosen", "logps_rejected", "grad_norm", "learning_rate")
 

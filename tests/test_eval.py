@@ -154,7 +154,7 @@ def test_eval_stage_writes_alpaca_eval_files(tmp_path, tiny_llama, monkeypatch):
 def test_the_evaluation_page_shows_every_figure_and_row_escaped(tmp_path):
     """eval/report.html: the headline as the run's page writes figures, the leaderboard row by row (a missing figure a
     dash), every instruction's preference; markup in a model's name or an instruction stays text; no script at all."""
-    from wpo.evaluation.report import update_leaderboard, write_report
+    from wpo.evaluation.leaderboard import update_leaderboard, write_report
 
     hostile = "<script>alert(1)</script>"
     metrics = {"win_rate": 62.5, "standard_error": 12.34567, "n_total": 4, "length_controlled_winrate": 55.0}

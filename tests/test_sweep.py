@@ -53,7 +53,7 @@ def tiny_recipe(tmp_path, tiny_llama) -> dict:
 
 def test_a_sweep_shares_sampling_and_pairs_its_comparisons(tmp_path, tiny_llama, caplog):
     recipe = tiny_recipe(tmp_path, tiny_llama)
-    with caplog.at_level(logging.INFO, logger="wpo.training.reference"):
+    with caplog.at_level(logging.INFO, logger="wpo.training.reference_logps"):
         result = wpo.sweep(
             recipe, grid={"train.weighting": ["wpo", "none"]}, seeds=[1, 2], baseline={"train.weighting": "wpo"}
         )

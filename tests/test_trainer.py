@@ -586,7 +586,7 @@ def test_chunked_loss_runs_as_the_output_layers_forward(tiny_llama, pairs_file):
 
 
 def test_reference_logps_come_back_in_the_pairs_order_though_batched_by_length(tiny_llama, pairs_file):
-    from wpo.training.reference import compute_reference_logps
+    from wpo.training.reference_logps import compute_reference_logps
 
     model = tiny_model(tiny_llama)
     tokens, tokenizer = tokenized_pairs(tiny_llama, pairs_file)
@@ -603,7 +603,7 @@ def test_reference_logps_come_back_in_the_pairs_order_though_batched_by_length(t
 
 
 def test_reference_logps_by_the_chunked_path_equal_the_full_path(tiny_gemma2, pairs_file):
-    from wpo.training.reference import compute_reference_logps
+    from wpo.training.reference_logps import compute_reference_logps
 
     model = tiny_model(tiny_gemma2)
     tokens, tokenizer = tokenized_pairs(tiny_gemma2, pairs_file)

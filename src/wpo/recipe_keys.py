@@ -90,7 +90,7 @@ MARKDOWN_INTRO = """\
 # Recipe keys
 
 <!-- Written by `wpo keys --markdown > docs/recipe-keys.md` from the recipe's own field descriptions; edit those
-(src/wpo/config.py), never this page: tests/test_docs.py fails when the two differ. -->
+(src/wpo/config/schema.py), never this page: tests/test_docs.py fails when the two differ. -->
 
 Every key a recipe can set, with its type, its default and what it does. Set a key in the recipe's YAML (`train:`
 then `beta: 0.05`) or override it on the command line with its dotted name (`wpo run recipe.yaml train.beta=0.05`).

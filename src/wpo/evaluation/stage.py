@@ -22,9 +22,9 @@ from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_an
 from wpo.errors import ConfigError, DataError
 from wpo.evaluation.contamination import check_contamination
 from wpo.evaluation.judges import JUDGE_NEEDS, Comparison, judge_all
+from wpo.evaluation.leaderboard import update_leaderboard, write_report
 from wpo.evaluation.measures import compare, per_prompt_values, side_by_side, verdict
 from wpo.evaluation.metrics import summarize
-from wpo.evaluation.report import update_leaderboard, write_report
 from wpo.figures import MeasureRow, paired_measures
 from wpo.layout import final_model
 from wpo.machine import Lack

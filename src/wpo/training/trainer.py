@@ -41,14 +41,14 @@ from wpo.layout import stage_output
 from wpo.manifest import move_aside, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from wpo.stage_run import StageRun, resolved
-from wpo.training import checkpoint, reference
+from wpo.training import checkpoint, reference_logps
 from wpo.training.forward import pair_statistics, prompt_sharing, require_finite
 from wpo.training.launchers import Launcher, make_launcher
 from wpo.training.loss import REFERENCE_FREE_LOSSES, PreferenceLoss, SequenceStatistics, preference_loss, wpo_weight
 from wpo.training.metrics import PAIR_WEIGHTS_FILE, MetricsLog, WeightLedger, weight_figures
 from wpo.training.optimizers import build_optimizer, step_in_backward
 from wpo.training.precision import make_accelerator, round_bf16_ties
-from wpo.training.reference import ReferenceLogps
+from wpo.training.reference_logps import ReferenceLogps
 from wpo.training.schedule import Schedule, build_schedule, micro_batches
 from wpo.training.stage import pairs_source, run_config
 from wpo.training.stopping import EXIT_CODES, StopSignals
@@ -607,7 +607,7 @@ def _reference_logps(
     sharing: PromptSharing,
 ) -> ReferenceLogps | None:
     """The reference's log-probs of every pair: from the cache when a run computed them before from the same weights,
-    token ids and way of computing (`reference.cache_key`), else one pass (with the policy itself when it is the
+    token ids and way of computing (`reference_logps.cache_key`), else one pass (with the policy itself when it is the
     reference)."""
     if plan.reference_path is None:
         return None
@@ -617,7 +617,7 @@ def _reference_logps(
             return policy_model  # the untrained policy is the reference: no second copy in memory
         return load_causal_lm(plan.reference_path, model_cfg).to(accelerator.device)
 
-    computed_by = reference.ReferencePass(
+    computed_by = reference_logps.ReferencePass(
         dtype=str(plan.dtype),
         autocast=accelerator.mixed_precision,
         device=accelerator.device.type,
@@ -626,10 +626,10 @@ def _reference_logps(
         batch_size=cfg.per_device_batch_size,
         processes=accelerator.num_processes,
     )
-    key = reference.cache_key(reference.model_fingerprint(plan.reference_path), computed_by, tokens)
+    key = reference_logps.cache_key(reference_logps.model_fingerprint(plan.reference_path), computed_by, tokens)
     with accelerator.autocast():  # the policy's compute precision, so step 1 sees z = 0
-        result = reference.load_or_compute(
-            cache_dir=reference.cache_directory(cfg.reference_cache_dir, plan.train_dir),
+        result = reference_logps.load_or_compute(
+            cache_dir=reference_logps.cache_directory(cfg.reference_cache_dir, plan.train_dir),
             key=key,
             tokens=tokens,
             load_model=load_reference,

@@ -1,24 +1,12 @@
-"""Recipes: YAML → one typed, validated config per stage, with `key=value` overrides.
-
-Validation happens once, on load: an unknown key, a wrong type or an invalid combination of keys fails with the
-key's dotted path (and the recipe's file name), before any model is touched. Keys that only make sense together are
-checked here too, so nothing combines silently at run time.
-"""
+"""The recipe's schema: one typed section per stage, each key with its default and the description `wpo keys`
+prints; keys that only make sense together are checked here, so nothing combines silently at run time."""
 
 from __future__ import annotations
 
-import copy
-import difflib
-import hashlib
-import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
-
-from wpo.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 STAGES: tuple[str, ...] = ("sample", "score", "pair", "train", "eval", "export")
 LossType = Literal["sigmoid", "robust", "ipo", "hinge", "length_normalized"]  # `wpo.training.loss` implements each
@@ -243,7 +231,7 @@ class TrainConfig(Section):
     """Preference pairs to train on (TRL conversational format); unset: this run's pair/pairs.jsonl."""
     reference_model: str | None = None
     """Frozen reference model of the loss; unset: the untrained policy itself (no second copy)."""
-    # keyed by what determines the log-probs (wpo.training.reference.cache_key), so runs that differ only in what
+    # keyed by what determines the log-probs (wpo.training.reference_logps.cache_key), so runs that differ only in what
     # comes after them (beta, the loss, the learning rate) read one pass; `wpo sweep` points its runs at one directory
     reference_cache_dir: str | None = unhashed()
     """Directory of the reference log-probs cache, shareable between runs; unset: <output_dir>/train/reference_cache."""
@@ -560,146 +548,3 @@ def low_precision_problem(dtype: str, recipe: Recipe) -> str | None:
         "resolution; load float32 weights (bf16 compute comes from the launcher's mixed_precision), train LoRA, "
         "or set train.low_precision_weights: true to train so anyway"
     )
-
-
-class _Yaml12Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-6` as a float, as YAML 1.2 does (PyYAML's 1.1 rules make it a string)."""
-
-
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-class DuplicateKeyError(yaml.constructor.ConstructorError):
-    """A key given twice in one mapping: PyYAML would silently keep the second."""
-
-
-def _mapping_without_duplicates(loader: _Yaml12Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        if key in seen:
-            raise DuplicateKeyError(
-                None, None, f"key {key!r} is given twice (lines {seen[key]} and {line})", key_node.start_mark
-            )
-        seen[key] = line
-    return loader.construct_mapping(node, deep=deep)
-
-
-_Yaml12Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-
-
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `dotted.key=value` strings; values are parsed as YAML (`train.beta=0.05`, `stages=[train]`)."""
-    for override in overrides:
-        key, sep, raw_value = override.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {override!r} is not of the form key=value")
-        parts = key.strip().split(".")
-        node = data
-        for depth, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {override!r}: {'.'.join(parts[: depth + 1])} is not a section")
-            node = child
-        try:
-            node[parts[-1]] = parse_yaml(raw_value)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {override!r}: value is not valid YAML ({exc.problem})") from None
-    return data
-
-
-def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            return []
-        candidates = [a for a in getattr(field.annotation, "__args__", (field.annotation,)) if isinstance(a, type)]
-        nested = [a for a in candidates if issubclass(a, BaseModel)]
-        if not nested:
-            return []
-        model = nested[0]
-    return list(model.model_fields)
-
-
-def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and "[" in p))
-        path = ".".join(str(p) for p in loc) or "(recipe)"
-        if error["type"] == "extra_forbidden":
-            known = _known_keys(Recipe, loc)
-            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            hint = f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))}?" if close else ""
-            lines.append(f"{source}: {path}: unknown key{hint}")
-        elif error["type"] == "value_error":
-            message = str(error["msg"]).removeprefix("Value error, ")
-            lines.append(f"{source}: {message}" if loc == () else f"{source}: {path}: {message}")
-        else:
-            lines.append(f"{source}: {path}: {error['msg']} (got {error.get('input')!r})")
-    return "; ".join(dict.fromkeys(lines))
-
-
-def load_recipe(path: str | Path | dict[str, Any] | None, overrides: list[str] | None = None) -> Recipe:
-    """Load and validate a recipe file, a mapping (as a notebook builds one) or the defaults (`None`), then apply
-    `key=value` overrides."""
-    if isinstance(path, dict):
-        try:
-            recipe = Recipe.model_validate(apply_overrides(copy.deepcopy(path), overrides or []))
-        except ValidationError as exc:
-            raise ConfigError(_format_validation_error(exc, "(mapping)")) from None
-        recipe._source = "(mapping)"
-        return recipe
-    source = str(path) if path is not None else "(defaults)"
-    data: Any = {}
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"recipe {source} does not exist") from None
-        except IsADirectoryError:
-            raise ConfigError(f"recipe {source} is a directory: give the recipe's YAML file") from None
-        except PermissionError:
-            raise ConfigError(f"recipe {source} cannot be read (permission denied)") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"recipe {source} is not valid UTF-8") from None
-        try:
-            data = parse_yaml(text) or {}
-        except DuplicateKeyError as exc:
-            raise ConfigError(f"{source}:{exc.problem_mark.line + 1}: {exc.problem}; keep one") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{source}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: a recipe must be a mapping of sections, got {type(data).__name__}")
-    data = apply_overrides(data, overrides or [])
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
-    recipe._source = source
-    return recipe
-
-
-def config_hash(payload: Any) -> str:
-    """A stable short hash of any JSON-serializable config fragment."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
