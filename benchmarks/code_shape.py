@@ -31,6 +31,8 @@ class Shape:
     functions: list[tuple[int, str]] = field(default_factory=list)  # (lines, module:function)
     imports: dict[str, set[str]] = field(default_factory=dict)  # module → wpo modules it imports, lazily or not
     eager_imports: dict[str, set[str]] = field(default_factory=dict)  # only those run when the module is imported
+    recipe_takers: list[str] = field(default_factory=list)  # module:function with a parameter annotated Recipe
+    section_copies: list[str] = field(default_factory=list)  # `.model_copy(update=...)` calls outside the config
     fmt_skips: int = 0
     markup_strings: dict[str, int] = field(default_factory=dict)  # module → string constants holding HTML tags
     templates: int = 0
@@ -101,6 +103,11 @@ def is_markup_docstring(node: ast.AST) -> bool:
     )
 
 
+def takes_recipe(argument: ast.arg) -> bool:
+    """A parameter annotated as the whole recipe (`Recipe`, `Recipe | None`, `StageRun | Recipe`)."""
+    return argument.annotation is not None and "Recipe" in re.findall(r"\w+", ast.unparse(argument.annotation))
+
+
 def shape_at(revision: str) -> Shape:
     paths = [p for p in git("ls-tree", "-r", "--name-only", revision, PACKAGE).split() if p.startswith(PACKAGE)]
     sources = {p: git("show", f"{revision}:{p}") for p in paths if p.endswith(".py")}
@@ -115,6 +122,16 @@ def shape_at(revision: str) -> Shape:
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 shape.functions.append((node.end_lineno - node.lineno + 1, f"{module}:{node.name}"))
+                if any(takes_recipe(argument) for argument in node.args.args + node.args.kwonlyargs):
+                    shape.recipe_takers.append(f"{module}:{node.name}")
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "model_copy"
+                and any(keyword.arg == "update" for keyword in node.keywords)
+                and not module.startswith("wpo.config")
+            ):
+                shape.section_copies.append(f"{module}:{node.lineno}")
         markup = sum(
             1
             for node in ast.walk(tree)
@@ -192,6 +209,13 @@ def side_by_side(title: str, left: list[str], right: list[str], heads: tuple[str
         print(a.ljust(width) + b)
 
 
+def modules_of(functions: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name in functions:
+        counts[name.split(":")[0]] = counts.get(name.split(":")[0], 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before")
@@ -207,6 +231,8 @@ def main() -> None:
         "lines in src/wpo": [sum(s.modules.values()) for s in shapes],
         "modules over 500 lines": [sum(n > 500 for n in s.modules.values()) for s in shapes],
         "functions over 60 lines": [sum(n > 60 for n, _ in s.functions) for s in shapes],
+        "functions taking the whole Recipe": [len(s.recipe_takers) for s in shapes],
+        "`model_copy(update=...)` outside the config": [len(s.section_copies) for s in shapes],
         "`# fmt: skip`": [s.fmt_skips for s in shapes],
         "string constants holding HTML tags": [sum(s.markup_strings.values()) for s in shapes],
         "templates (.j2)": [s.templates for s in shapes],
@@ -242,8 +268,10 @@ def main() -> None:
     )
     side_by_side("cycles between packages", *(cycles(package_graph(s.imports)) for s in shapes), heads)
     side_by_side("import cycles at module level", *(cycles(s.eager_imports) for s in shapes), heads)
+    side_by_side("model_copy(update=...) outside the config", *(s.section_copies for s in shapes), heads)
     for s, head in zip(shapes, heads, strict=True):
         print(f"\n{head}: string constants holding HTML tags, by module: {s.markup_strings}")
+        print(f"{head}: functions taking the whole Recipe, by module: {modules_of(s.recipe_takers)}")
 
 
 if __name__ == "__main__":
