@@ -322,17 +322,21 @@ def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llam
     assert_ok(
         run_wpo("run", recipe, f"output_dir={one}", "train.per_device_batch_size=2", *SMOOTH_ADAM, env=DISTRIBUTED_ENV)
     )
-    launched = assert_ok(
-        run_wpo(
-            "run",
-            recipe,
-            f"output_dir={two}",
-            "train.per_device_batch_size=1",
-            *SMOOTH_ADAM,
-            processes=2,
-            env=DISTRIBUTED_ENV,
+
+    def launch_two_processes():
+        return assert_ok(
+            run_wpo(
+                "run",
+                recipe,
+                f"output_dir={two}",
+                "train.per_device_batch_size=1",
+                *SMOOTH_ADAM,
+                processes=2,
+                env=DISTRIBUTED_ENV,
+            )
         )
-    )
+
+    launched = launch_two_processes()
 
     assert "pair: running on the main process" in launched.stderr
     assert "run: process 1 is done; the main process goes on with ['eval']" in launched.stderr
@@ -358,17 +362,7 @@ def test_wpo_run_under_a_launcher_does_what_one_process_does(tmp_path, tiny_llam
 
     for stage in ("sample", "score", "pair"):
         assert inputs(two, stage) == inputs(one, stage), stage
-    again = assert_ok(
-        run_wpo(
-            "run",
-            recipe,
-            f"output_dir={two}",
-            "train.per_device_batch_size=1",
-            *SMOOTH_ADAM,
-            processes=2,
-            env=DISTRIBUTED_ENV,
-        )
-    )
+    again = launch_two_processes()
     assert "is redone" not in again.stderr and again.stderr.count("already done under this config") >= 8
 
 
