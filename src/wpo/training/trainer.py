@@ -86,8 +86,9 @@ class TrainPlan:
 
 
 @dataclass
-class TrainState:
-    """Everything a step reads or changes. `setup()` builds it; `train_step()` advances it by one optimizer step."""
+class StepState:
+    """Everything an optimizer step reads or changes, all of it required: `train_step()` advances it by one step (a
+    benchmark's bare step builds one too: benchmarks/bare_step.py)."""
 
     cfg: TrainConfig
     accelerator: Accelerator
@@ -101,14 +102,19 @@ class TrainState:
     schedule: Schedule
     pad_token_id: int
     sharing: PromptSharing
-    # what the run saves and reports (a bare step, as benchmarks/train_step.py builds one, needs none of it)
-    recipe: Recipe | None = None  # what `final/` records as trained
-    plan: TrainPlan | None = None
-    tokenizer: PreTrainedTokenizerBase | None = None
-    start_step: int = 0
-    loaded: LoadedPairs | None = None
-    skipped: dict[str, int] | None = None
-    weights: WeightLedger | None = None  # every pair's WPO weight at its first and last visit, and the run's totals
+    weights: WeightLedger  # every pair's WPO weight at its first and last visit, and the run's totals
+
+
+@dataclass
+class TrainState(StepState):
+    """A run's steps and what the run saves and reports besides: `setup()` builds it."""
+
+    recipe: Recipe  # what `final/` records as trained
+    plan: TrainPlan
+    tokenizer: PreTrainedTokenizerBase
+    start_step: int
+    loaded: LoadedPairs
+    skipped: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,24 @@ def masters_and_optimizer(model, cfg: TrainConfig, accelerator: Accelerator, res
             )
         step_in_backward(optimizer)
     return optimizer
+
+
+def optimization(
+    model, recipe: Recipe, accelerator: Accelerator, schedule: Schedule, resuming: bool, lr_scheduler: str | None = None
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, Launcher]:
+    """The optimizer, its learning-rate schedule (`train.lr_scheduler` with its warmup, or `lr_scheduler`) and the
+    launcher's prepared model and optimizer: what `setup` builds, and a benchmark's bare step with it."""
+    cfg = recipe.train
+    optimizer = masters_and_optimizer(model, cfg, accelerator, resuming=resuming)
+    scheduler = get_scheduler(
+        lr_scheduler or cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * schedule.total_steps),
+        num_training_steps=schedule.total_steps,
+    )
+    launcher = make_launcher(accelerator)
+    model, optimizer = launcher.prepare(model, optimizer, recipe, schedule.pairs_per_step)
+    return model, optimizer, scheduler, launcher
 
 
 def bind_loss(cfg: TrainConfig) -> Callable[..., PreferenceLoss]:
@@ -211,15 +235,9 @@ def setup(target: StageRun | Recipe) -> TrainState:
     sharing = prompt_sharing(model, cfg.share_prompts, cfg.max_length)
     references = _reference_logps(plan, cfg, recipe.model, model, tokens, tokenizer, accelerator, sharing)
     model = _make_trainable(model, cfg, recipe.model.lora, plan.resume_point)
-    optimizer = masters_and_optimizer(model, cfg, accelerator, resuming=plan.resume_point is not None)
-    scheduler = get_scheduler(
-        cfg.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(cfg.warmup_ratio * schedule.total_steps),
-        num_training_steps=schedule.total_steps,
+    model, optimizer, scheduler, launcher = optimization(
+        model, recipe, accelerator, schedule, resuming=plan.resume_point is not None
     )
-    launcher = make_launcher(accelerator)
-    model, optimizer = launcher.prepare(model, optimizer, recipe, schedule.pairs_per_step)
     start_step, weights = 0, WeightLedger()
     if plan.resume_point is not None:
         launcher.restore_optimizer(model, optimizer, plan.resume_point)
@@ -291,7 +309,7 @@ def _resume_point(
     return checkpoint.latest_resume_point(plan.train_dir, plan.run_hash, schedule.fingerprint())
 
 
-def train_step(state: TrainState, step: int) -> dict[str, Any]:
+def train_step(state: StepState, step: int) -> dict[str, Any]:
     """One optimizer step over the schedule's pairs for `step`; returns the logged row (means over all its pairs)."""
     cfg, accelerator, launcher = state.cfg, state.accelerator, state.launcher
     started = time.perf_counter()
@@ -326,9 +344,8 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
     local_indices = torch.tensor([i for indices in batches for i in indices], device=accelerator.device)
     pairs = [state.tokens.pairs[i] for i in accelerator.gather(local_indices).tolist()]  # in the order of `stats`
     weights, clamped = stats["weight"].tolist(), stats["clamped"].bool().tolist()
-    if state.weights is not None:
-        margins = stats["rewards_chosen"] - stats["rewards_rejected"]
-        state.weights.record(step + 1, pairs, weights, clamped, margins.tolist())
+    margins = stats["rewards_chosen"] - stats["rewards_rejected"]
+    state.weights.record(step + 1, pairs, weights, clamped, margins.tolist())
     tokens_seen = accelerator.gather(torch.tensor([token_count], device=accelerator.device)).sum().item()
     seconds = time.perf_counter() - started
     return {
@@ -346,7 +363,7 @@ def train_step(state: TrainState, step: int) -> dict[str, Any]:
 
 
 def _micro_batch_statistics(
-    state: TrainState, indices: list[int], step: int
+    state: StepState, indices: list[int], step: int
 ) -> tuple[SequenceStatistics, SequenceStatistics, int]:
     """One micro-batch's forward pass: chosen and rejected statistics, and the tokens computed."""
     accelerator = state.accelerator
@@ -361,7 +378,7 @@ def _micro_batch_statistics(
     return chosen, rejected, batch.token_count
 
 
-def _weight_scale(state: TrainState, batches: list[list[int]], step: int) -> torch.Tensor:
+def _weight_scale(state: StepState, batches: list[list[int]], step: int) -> torch.Tensor:
     """`train.normalize_weights`: the step's pair count over the sum of their WPO weights, every process's micro-batches
     summed, so the scaled weights average 1 over the step. Each micro-batch's backward comes before the next one's
     forward, so the weights are found first, by a forward pass without gradient (detached, as in the loss)."""
@@ -377,7 +394,7 @@ def _weight_scale(state: TrainState, batches: list[list[int]], step: int) -> tor
 
 
 def _forward_backward(
-    state: TrainState, indices: list[int], local_pairs: int, step: int, weight_scale: torch.Tensor | None = None
+    state: StepState, indices: list[int], local_pairs: int, step: int, weight_scale: torch.Tensor | None = None
 ) -> tuple[dict[str, torch.Tensor], int]:
     """One micro-batch: forward, loss (its share of the step's mean over `local_pairs`), backward. Returns each pair's
     statistics, detached, and the tokens computed."""
