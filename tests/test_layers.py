@@ -1,16 +1,14 @@
 """The package's layers, read from the source (every import, lazy ones inside functions too): no stage imports the
 runner, and no first-level part of wpo reaches back to one that imports it. The import graph is the one
-`benchmarks/code_shape.py` prints at two revisions."""
+`benchmarks/code_shape.py` prints at two revisions (both read it with tests/import_graph.py)."""
 
 from __future__ import annotations
 
-import sys
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from code_shape import imports_of, package_graph  # noqa: E402 - a script's module, from its folder
+from import_graph import imports_of, package_graph  # noqa: E402 - the tests' own module, beside this file
 
 RUNNER_USERS = {"wpo", "wpo.cli", "wpo.sweeps"}  # the public API and the two commands that run whole pipelines
 
