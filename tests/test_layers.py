@@ -7,8 +7,9 @@ from __future__ import annotations
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
+from import_graph import imports_of, package_graph
+
 ROOT = Path(__file__).resolve().parents[1]
-from import_graph import imports_of, package_graph  # noqa: E402 - the tests' own module, beside this file
 
 RUNNER_USERS = {"wpo", "wpo.cli", "wpo.sweeps"}  # the public API and the two commands that run whole pipelines
 
