@@ -10,9 +10,9 @@ def bare_train_state(model, recipe, accelerator, tokens, references, pad_token_i
     from wpo.training.metrics import WeightLedger
     from wpo.training.schedule import build_schedule
 
-    schedule = build_schedule(len(tokens.pairs), recipe, 1)
+    schedule = build_schedule(len(tokens.pairs), recipe.train, recipe.seed, 1)
     model, optimizer, scheduler, launcher = trainer.optimization(
-        model, recipe, accelerator, schedule, resuming=False, lr_scheduler="constant"
+        model, recipe.train, accelerator, schedule, resuming=False, lr_scheduler="constant"
     )
     return trainer.StepState(
         cfg=recipe.train,

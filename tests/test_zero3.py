@@ -264,7 +264,7 @@ def test_configure_writes_the_recipe_into_the_engine_config(tmp_path):
         None, ["train.per_device_batch_size=2", "train.gradient_accumulation_steps=4", "train.max_grad_norm=0.5"]
     )
     accelerator = plugin_accelerator(zero_stage=3, zero3_init_flag=False)
-    zero.configure(accelerator, recipe, pairs_per_step=16)
+    zero.configure(accelerator, recipe.train, pairs_per_step=16)
     config = accelerator.state.deepspeed_plugin.deepspeed_config
     assert (
         config["train_micro_batch_size_per_gpu"],
@@ -296,7 +296,9 @@ def test_configure_refuses_what_the_trainer_does_not_drive(plugin_options, messa
     """(accelerate turns zero3_init_flag on by default for ZeRO-3: these cases turn it off, but for its own.)"""
     with pytest.raises(ConfigError, match=message):
         zero.configure(
-            plugin_accelerator(**{"zero3_init_flag": False, **plugin_options}), load_recipe(None, []), pairs_per_step=1
+            plugin_accelerator(**{"zero3_init_flag": False, **plugin_options}),
+            load_recipe(None, []).train,
+            pairs_per_step=1,
         )
 
 

@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from wpo.config import Recipe
+from wpo.config import TrainConfig
 from wpo.training import checkpoint, zero
 
 
@@ -32,7 +32,7 @@ class PlainLauncher:
     def __init__(self, accelerator: Accelerator):
         self.accelerator = accelerator
 
-    def prepare(self, model, optimizer: torch.optim.Optimizer, recipe: Recipe, pairs_per_step: int):
+    def prepare(self, model, optimizer: torch.optim.Optimizer, cfg: TrainConfig, pairs_per_step: int):
         return self.accelerator.prepare(model, optimizer)
 
     def accumulating(self, model, last: bool) -> AbstractContextManager:
@@ -68,12 +68,12 @@ class ZeroLauncher:
         self.accelerator = accelerator
         self.group_names: list[list[str]] = []
 
-    def prepare(self, model, optimizer: torch.optim.Optimizer, recipe: Recipe, pairs_per_step: int):
+    def prepare(self, model, optimizer: torch.optim.Optimizer, cfg: TrainConfig, pairs_per_step: int):
         """The recipe sets the engine's batch and clipping; in bf16 the engine would build its fp32 masters from its
         bf16 copy of the weights (rounding them), so the loaded weights are put back as the masters."""
         names = {id(param): name for name, param in model.named_parameters()}
         self.group_names = [[names[id(param)] for param in group["params"]] for group in optimizer.param_groups]
-        zero.configure(self.accelerator, recipe, pairs_per_step)
+        zero.configure(self.accelerator, cfg, pairs_per_step)
         masters = None
         if zero.computes_in_bf16(self.accelerator):
             masters = {

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wpo.config import Recipe
+from wpo.config import TrainConfig
 from wpo.errors import ConfigError, DataError
 
 
@@ -42,8 +42,7 @@ class Schedule:
         }
 
 
-def build_schedule(pair_count: int, recipe: Recipe, num_processes: int) -> Schedule:
-    cfg = recipe.train
+def build_schedule(pair_count: int, cfg: TrainConfig, seed: int, num_processes: int) -> Schedule:
     per_step = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * num_processes
     if cfg.global_batch_size is not None and cfg.global_batch_size != per_step:
         raise ConfigError(
@@ -59,7 +58,7 @@ def build_schedule(pair_count: int, recipe: Recipe, num_processes: int) -> Sched
     if steps_per_epoch == 0:
         raise DataError(f"{pair_count} pairs are fewer than one optimizer step's {per_step} pairs")
     total = cfg.max_steps or steps_per_epoch * cfg.num_epochs
-    return Schedule(pair_count, per_step, steps_per_epoch, total, recipe.seed, num_processes)
+    return Schedule(pair_count, per_step, steps_per_epoch, total, seed, num_processes)
 
 
 def micro_batches(step_pairs: list[int], per_device: int, accumulation: int, world: int, rank: int) -> list[list[int]]:

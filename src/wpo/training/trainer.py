@@ -151,11 +151,15 @@ def masters_and_optimizer(model, cfg: TrainConfig, accelerator: Accelerator, res
 
 
 def optimization(
-    model, recipe: Recipe, accelerator: Accelerator, schedule: Schedule, resuming: bool, lr_scheduler: str | None = None
+    model,
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    schedule: Schedule,
+    resuming: bool,
+    lr_scheduler: str | None = None,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, Launcher]:
     """The optimizer, its learning-rate schedule (`train.lr_scheduler` with its warmup, or `lr_scheduler`) and the
     launcher's prepared model and optimizer: what `setup` builds, and a benchmark's bare step with it."""
-    cfg = recipe.train
     optimizer = masters_and_optimizer(model, cfg, accelerator, resuming=resuming)
     scheduler = get_scheduler(
         lr_scheduler or cfg.lr_scheduler,
@@ -164,7 +168,7 @@ def optimization(
         num_training_steps=schedule.total_steps,
     )
     launcher = make_launcher(accelerator)
-    model, optimizer = launcher.prepare(model, optimizer, recipe, schedule.pairs_per_step)
+    model, optimizer = launcher.prepare(model, optimizer, cfg, schedule.pairs_per_step)
     return model, optimizer, scheduler, launcher
 
 
@@ -218,7 +222,7 @@ def setup(target: StageRun | Recipe) -> TrainState:
 
     tokenizer = load_tokenizer(plan.model_path, recipe.model.trust_remote_code)
     loaded, tokens, skipped = _training_pairs(plan.pairs, tokenizer, cfg, BadRecordPolicy(recipe.on_bad_record))
-    schedule = build_schedule(len(tokens.pairs), recipe, accelerator.num_processes)
+    schedule = build_schedule(len(tokens.pairs), cfg, recipe.seed, accelerator.num_processes)
     log.info(
         "schedule: %d steps of %d pairs (%d per device x %d accumulation x %d processes), %d steps per epoch",
         schedule.total_steps,
@@ -236,7 +240,7 @@ def setup(target: StageRun | Recipe) -> TrainState:
     references = _reference_logps(plan, cfg, recipe.model, model, tokens, tokenizer, accelerator, sharing)
     model = _make_trainable(model, cfg, recipe.model.lora, plan.resume_point)
     model, optimizer, scheduler, launcher = optimization(
-        model, recipe, accelerator, schedule, resuming=plan.resume_point is not None
+        model, cfg, accelerator, schedule, resuming=plan.resume_point is not None
     )
     start_step, weights = 0, WeightLedger()
     if plan.resume_point is not None:

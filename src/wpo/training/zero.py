@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from wpo.config import Recipe
+from wpo.config import TrainConfig
 from wpo.errors import ConfigError, WpoError
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def computes_in_bf16(accelerator: Accelerator) -> bool:
     return accelerator.state.deepspeed_plugin.deepspeed_config.get("bf16", {}).get("enabled") is True
 
 
-def configure(accelerator: Accelerator, recipe: Recipe, pairs_per_step: int) -> None:
+def configure(accelerator: Accelerator, cfg: TrainConfig, pairs_per_step: int) -> None:
     """Write the recipe's batch, accumulation and clipping into the engine's config (before `prepare`), refusing a
     launcher config that sets them otherwise, or a setup this trainer does not drive."""
     plugin = accelerator.state.deepspeed_plugin
@@ -62,7 +62,6 @@ def configure(accelerator: Accelerator, recipe: Recipe, pairs_per_step: int) -> 
         raise ConfigError(
             "the DeepSpeed config names an optimizer or scheduler: remove them; the recipe's train section decides both"
         )
-    cfg = recipe.train
     wanted = {
         "train_micro_batch_size_per_gpu": cfg.per_device_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
