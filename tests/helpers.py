@@ -187,12 +187,16 @@ def prompts_file(tmp_path, count=5, reference=True):
     return write_lines(tmp_path / "prompts.jsonl", records)
 
 
-def two_rounds_of_lora_and_eval(tmp_path: Path, model: Path) -> Path:
-    """A `wpo run` recipe: two rounds of sample, score, pair and LoRA training on IFEval prompts, then eval."""
+def builtin(name: str) -> list[dict]:
+    """The records of a data file shipped in the package (`builtin:NAME`)."""
     from wpo.data.io import resolve_builtin
 
-    train = [json.loads(line) for line in resolve_builtin("builtin:ifeval-train.jsonl").read_text().splitlines()]
-    heldout = [json.loads(line) for line in resolve_builtin("builtin:ifeval-heldout.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in resolve_builtin(f"builtin:{name}").read_text().splitlines()]
+
+
+def two_rounds_of_lora_and_eval(tmp_path: Path, model: Path) -> Path:
+    """A `wpo run` recipe: two rounds of sample, score, pair and LoRA training on IFEval prompts, then eval."""
+    train, heldout = builtin("ifeval-train.jsonl"), builtin("ifeval-heldout.jsonl")
     recipe = tmp_path / "run.yaml"
     recipe.write_text(
         f"seed: 5\nrounds: 2\nstages: [sample, score, pair, train, eval]\n"

@@ -12,10 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from helpers import write_lines
+from helpers import builtin, write_lines
 
 from wpo.config import load_recipe
-from wpo.data.io import resolve_builtin
 from wpo.errors import DataError, WpoError
 from wpo.evaluation.judges import ApiPairwiseJudge, Comparison, judge_all, model_shown_first
 from wpo.evaluation.stage import run_eval
@@ -297,7 +296,7 @@ def test_eval_against_the_base_model_with_a_programmatic_reward(tmp_path, tiny_l
     from wpo.evaluation.metrics import bootstrap_mean_ci
     from wpo.tasks import ifeval
 
-    heldout = [json.loads(line) for line in resolve_builtin("builtin:ifeval-heldout.jsonl").read_text().splitlines()]
+    heldout = builtin("ifeval-heldout.jsonl")
     prompts = write_lines(tmp_path / "heldout.jsonl", heldout[:5])
     recipe = load_recipe(
         None,

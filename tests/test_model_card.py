@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import tiny_model, write_lines
+from helpers import builtin, tiny_model, write_lines
 
 from wpo.config import load_recipe
-from wpo.data.io import resolve_builtin
 from wpo.exporting.card import write_card
 from wpo.models import load_tokenizer, resolve_model_path
 from wpo.pipeline import run_pipeline
@@ -82,8 +81,7 @@ def test_the_card_of_a_run_compared_with_its_base(tmp_path):
     base = tiny_model(
         tmp_path / "tiny-base", "llama", load_tokenizer(resolve_model_path("embedded:smollm2-135m-instruct"))
     )
-    train = [json.loads(line) for line in resolve_builtin("builtin:ifeval-train.jsonl").read_text().splitlines()]
-    heldout = [json.loads(line) for line in resolve_builtin("builtin:ifeval-heldout.jsonl").read_text().splitlines()]
+    train, heldout = builtin("ifeval-train.jsonl"), builtin("ifeval-heldout.jsonl")
     run = tmp_path / "run"
     recipe = load_recipe(
         None,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from helpers import write_lines
+from helpers import builtin, write_lines
 
 from wpo.config import load_recipe
-from wpo.data.io import resolve_builtin
 from wpo.pipeline import run_pipeline
 
 
@@ -21,8 +20,7 @@ def policy_texts(candidates_file):
 
 
 def test_two_rounds_sample_from_the_updated_policy_then_eval_the_last(tmp_path, tiny_llama):
-    train = [json.loads(line) for line in resolve_builtin("builtin:ifeval-train.jsonl").read_text().splitlines()]
-    heldout = [json.loads(line) for line in resolve_builtin("builtin:ifeval-heldout.jsonl").read_text().splitlines()]
+    train, heldout = builtin("ifeval-train.jsonl"), builtin("ifeval-heldout.jsonl")
     run = tmp_path / "run"
     recipe = load_recipe(
         None,

@@ -7,15 +7,10 @@ import json
 import logging
 
 import pytest
-from helpers import run_wpo, write_lines
+from helpers import builtin, run_wpo, write_lines
 
 import wpo
-from wpo.data.io import resolve_builtin
 from wpo.sweeps import parse_grid, parse_variants, variant_name, variants
-
-
-def builtin(name: str) -> list[dict]:
-    return [json.loads(line) for line in resolve_builtin(f"builtin:{name}").read_text().splitlines()]
 
 
 def tiny_recipe(tmp_path, tiny_llama) -> dict:
