@@ -57,8 +57,9 @@ def crash_reported(what: str, fix: str) -> Iterator[None]:
         yield
     finally:
         faulthandler.disable()
-        if was_enabled:
-            faulthandler.enable()
+        if was_enabled:  # back to stderr, where a stderr without a file descriptor (a notebook's) allows it
+            with contextlib.suppress(RuntimeError, ValueError, OSError, AttributeError):
+                faulthandler.enable()
         os.close(write_end)
         reporter.wait()
 
