@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wpo.config import Recipe, config_hash
-from wpo.manifest import source_fingerprint
+from wpo.manifest import changed_keys, source_fingerprint
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,6 @@ def code_fingerprints(functions: dict[str, str]) -> dict[str, str]:
 def what_changed(old: dict[str, Any], new: dict[str, Any]) -> str:
     """Why an earlier result of this stage is stale, in the user's words: the code files that changed, the inputs
     whose contents changed, else the settings that differ."""
-    from wpo.manifest import changed_keys
-
     old_code, new_code = old.get("code") or {}, new.get("code") or {}
     code = [path for path in sorted(set(old_code) | set(new_code)) if old_code.get(path) != new_code.get(path)]
     if code:

@@ -55,9 +55,10 @@ def load_function(spec: str, key: str) -> UserFunction:
         raise ConfigError(f"{key}: {spec!r} must be 'module:function' (e.g. my_rewards:reward)")
     _working_directory_first()
     try:
-        _reload_changed_user_modules(module_name)
+        code = [(name, _sha256(path)) for name, path in reversed(_user_modules(module_name))]  # helpers first
+        _reload_changed_user_modules(code)
         module = importlib.import_module(module_name)
-        _stamp_user_modules(module_name)
+        _stamp_user_modules(code)
     except Exception as exc:  # ImportError, or the user's module failing as it imports
         raise ConfigError(
             f"{key}: cannot import {module_name!r} ({type(exc).__name__}: {exc}); it must be "
@@ -137,23 +138,23 @@ def _user_modules(module_name: str) -> list[tuple[str, Path]]:
     return found
 
 
-def _reload_changed_user_modules(module_name: str) -> None:
+def _reload_changed_user_modules(code: list[tuple[str, str]]) -> None:
     """A user's module imported earlier in this process (a notebook, a sweep) whose code changed since, its own or a
     helper's, is imported again with every user module it imports, helpers first (a `from helper import X` holds the
-    old X until its importer runs again): the code that runs is the code the fingerprint names."""
-    modules = [(name, path, _sha256(path)) for name, path in reversed(_user_modules(module_name))]
-    imported = [(sys.modules[name], digest) for name, _, digest in modules if name in sys.modules]
+    old X until its importer runs again): the code that runs is the code the fingerprint names. `code`: the modules
+    by name with their files' sha256, helpers first."""
+    imported = [(sys.modules[name], digest) for name, digest in code if name in sys.modules]
     if any(getattr(module, "__wpo_sha256__", None) != digest for module, digest in imported):
         for module, digest in imported:
             importlib.reload(module)
             module.__wpo_sha256__ = digest
 
 
-def _stamp_user_modules(module_name: str) -> None:
+def _stamp_user_modules(code: list[tuple[str, str]]) -> None:
     """Record the code each imported user module was loaded from."""
-    for name, path in _user_modules(module_name):
+    for name, digest in code:
         if name in sys.modules and not hasattr(sys.modules[name], "__wpo_sha256__"):
-            sys.modules[name].__wpo_sha256__ = _sha256(path)
+            sys.modules[name].__wpo_sha256__ = digest
 
 
 def _sha256(path: Path) -> str:
