@@ -205,3 +205,18 @@ def test_mixed_precision_no_is_written_plainly(tmp_path):
     assert load_recipe(None, ["train.mixed_precision='no'"]).train.mixed_precision == "no"
     with pytest.raises(ConfigError, match=r"train\.mixed_precision: .*'bf16'.*\(got True\)"):
         load_recipe(None, ["train.mixed_precision=yes"])
+
+
+def test_a_round_is_a_validated_one_round_recipe(tmp_path):
+    """Round k ≥ 2 writes under output_dir/round-k and samples from round k-1's model; the rest of the recipe, its
+    source and its unset defaults carry over; round 1 is the recipe with rounds: 1."""
+    recipe = load_recipe(
+        None,
+        [f"output_dir={tmp_path}", "rounds=3", "model.dtype=float32", "sample.n=2", "model.lora={r: 4}"],
+    )
+    first, third = recipe.for_round(1), recipe.for_round(3, str(tmp_path / "round-2-final"))
+    assert first.rounds == 1 and first.output_dir == str(tmp_path) and first.model == recipe.model
+    assert third.rounds == 1 and third.output_dir == str(tmp_path / "round-3")
+    assert third.model.name_or_path == str(tmp_path / "round-2-final") and third.model.lora == recipe.model.lora
+    assert (third.sample, third.source) == (recipe.sample, recipe.source)
+    assert not third.sample.explicitly_set("temperature") and third.sample.explicitly_set("n")

@@ -115,10 +115,10 @@ def run_or_skip(recipe: Recipe, name: str, launch=None, force: bool = False) -> 
 
 
 def round_recipe(recipe: Recipe, round_number: int, launch) -> Recipe:
-    """Round k ≥ 2 of iterative on-policy WPO: a one-round recipe that samples from, and trains, round k-1's model
-    (which is also its reference), writing under `output_dir/round-k`. A LoRA adapter is merged by the main process."""
+    """Round k ≥ 2 of iterative on-policy WPO samples from, and trains, round k-1's model (`Recipe.for_round`). A
+    LoRA adapter is merged by the main process."""
     if round_number == 1:
-        return recipe.model_copy(update={"rounds": 1})
+        return recipe.for_round(1)
     from wpo.models import merged_model_dir
 
     previous_final = stage_output(recipe, "train", round_number - 1)
@@ -127,13 +127,7 @@ def round_recipe(recipe: Recipe, round_number: int, launch) -> Recipe:
     policy = merge() if launch.is_main_process else None
     launch.wait_for_everyone()
     policy = policy or merge()  # the other processes find the main process's merge
-    return recipe.model_copy(
-        update={
-            "rounds": 1,
-            "output_dir": str(recipe.round_output_dir(round_number)),
-            "model": recipe.model.model_copy(update={"name_or_path": str(policy)}),
-        }
-    )
+    return recipe.for_round(round_number, str(policy))
 
 
 HEADLINE_KEYS = (

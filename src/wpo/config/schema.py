@@ -536,6 +536,21 @@ class Recipe(Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def for_round(self, round_number: int, policy: str | None = None) -> Recipe:
+        """Round `round_number` of iterative on-policy WPO as a one-round recipe, validated like a loaded one: it
+        writes under `round_output_dir(round_number)` and, from round 2 on, samples from and trains `policy` (round
+        k-1's model, also its reference). Only the keys the recipe set are carried, so a default stays a default."""
+        data = self.model_dump(exclude_unset=True)
+        data["rounds"] = 1
+        if round_number > 1:
+            if policy is None:
+                raise ValueError(f"round {round_number} needs the policy round {round_number - 1} trained")
+            data["output_dir"] = str(self.round_output_dir(round_number))
+            data["model"] = {**data.get("model", {}), "name_or_path": policy}
+        recipe = Recipe.model_validate(data)
+        recipe._source = self._source
+        return recipe
+
 
 def low_precision_problem(dtype: str, recipe: Recipe) -> str | None:
     """Why full fine-tuning in `dtype` (resolved, or as written) would quietly not train, unless the recipe asks for
