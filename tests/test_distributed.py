@@ -269,7 +269,7 @@ def test_two_processes_sample_the_same_candidates_as_one(tmp_path, tiny_llama):
     assert "sample: process 1 sampled 2 of 5 batches" in launched.stderr
     one, two = (tmp_path / run / "sample" for run in ("one", "two"))
     assert (two / "candidates.jsonl").read_bytes() == (one / "candidates.jsonl").read_bytes()
-    assert json.loads((two / "manifest.json").read_text())["counts"]["prompts_written"] == 9
+    assert json.loads((two / "manifest.json").read_text())["counts"]["written"] == 9
     assert not list(two.glob(".*progress*"))  # every process's progress file is gone once merged
 
 
@@ -305,7 +305,7 @@ def test_two_processes_score_what_one_process_scores(tmp_path, tiny_reward_model
     assert all(isinstance(c["score"], float) for r in scored for c in r["candidates"])
     one_counts, two_counts = (json.loads((run / "manifest.json").read_text())["counts"] for run in (one, two))
     assert two_counts == one_counts
-    assert (two_counts["candidates_scored"], two_counts["records_written"]) == (40, 20)
+    assert (two_counts["candidates_scored"], two_counts["written"]) == (40, 20)
     assert 0 < two_counts["truncated"] < 40  # the long ones, counted in whichever process scored them
     assert not list(two.glob(".*progress*"))
 

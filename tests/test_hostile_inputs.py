@@ -64,7 +64,7 @@ def test_a_bad_record_names_its_line_or_is_counted(tmp_path, name):
     skipped = cli("pair", pair_recipe(tmp_path, HOSTILE / name, on_bad_record="skip"))
     assert skipped.exit_code == 0, skipped.stderr
     counts = manifest_counts(tmp_path / "run", "pair")
-    assert (counts["skipped"], counts["pairs"], counts["dropped"]) == ({reason: 1}, 2, {})
+    assert (counts["read"], counts["written"], counts["skipped"]) == (3, 2, {reason: 1})
 
 
 def test_an_empty_file_is_an_error_even_when_skipping(tmp_path):
@@ -79,11 +79,11 @@ def test_tied_and_empty_candidates_are_dropped_and_counted(tmp_path):
     """All-tied scores give no pair (counted as dropped); an empty candidate is ignored (counted), the rest pair."""
     assert cli("pair", pair_recipe(tmp_path, HOSTILE / "all-tied.jsonl")).exit_code == 0
     counts = manifest_counts(tmp_path / "run", "pair")
-    assert (counts["pairs"], counts["dropped"], counts["skipped"]) == (2, {"all_scores_equal": 1}, {})
+    assert (counts["written"], counts["skipped"]) == (2, {"all_scores_equal": 1})
 
     assert cli("pair", pair_recipe(tmp_path, HOSTILE / "empty-candidate.jsonl")).exit_code == 0
     counts = manifest_counts(tmp_path / "run", "pair")
-    assert (counts["pairs"], counts["empty_candidates_ignored"], counts["dropped"]) == (3, 1, {})
+    assert (counts["written"], counts["empty_candidates_ignored"], counts["skipped"]) == (3, 1, {})
     pairs = [json.loads(line) for line in (tmp_path / "run" / "pair" / "pairs.jsonl").read_text().splitlines()]
     assert pairs[1]["chosen"][0]["content"] == "Four."  # the empty text scored 9.0 but is not a response
 
@@ -160,7 +160,7 @@ def test_a_prompt_beyond_the_models_context_is_refused_before_sampling(tmp_path,
     skipped = cli("sample", recipe, "on_bad_record=skip")
     assert skipped.exit_code == 0, skipped.stderr
     counts = manifest_counts(tmp_path / "run", "sample")
-    assert (counts["skipped"], counts["prompts_read"]) == ({"prompt_too_long": 1}, 2)
+    assert (counts["skipped"], counts["read"]) == ({"prompt_too_long": 1}, 2)
 
 
 RECIPES = {

@@ -76,7 +76,7 @@ def test_pair_stage_writes_pairs_and_stats(tmp_path):
     assert sum(stats["histograms"]["all"]["counts"]) == 7 and sum(stats["histograms"]["chosen"]["counts"]) == 2
     assert result["stats"]["pairs"] == 2
     manifest = json.loads((tmp_path / "run" / "pair" / "manifest.json").read_text())
-    assert manifest["counts"]["dropped"] == {"all_scores_equal": 1} and manifest["completed"]
+    assert manifest["counts"]["skipped"] == {"all_scores_equal": 1} and manifest["completed"]
 
 
 def test_unscored_candidates_are_refused(tmp_path):

@@ -65,8 +65,8 @@ def test_stages_from_python_with_a_mapping_and_overrides(tmp_path, tiny_llama):
             ["train.max_steps=2", "train.learning_rate=1e-3"],
         )
         assert isinstance(recipe, wpo.Recipe) and recipe.train.max_steps == 2
-        assert wpo.sample(recipe)["counts"]["prompts_written"] == 4
-        assert wpo.score(recipe)["counts"]["records_written"] == 4
+        assert wpo.sample(recipe)["counts"]["written"] == 4
+        assert wpo.score(recipe)["counts"]["written"] == 4
         assert wpo.pair(recipe)["stats"]["pairs"] == 4
         trained = wpo.train(recipe)
     finally:

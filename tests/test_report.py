@@ -375,10 +375,12 @@ def test_a_full_run_shows_every_stage_with_its_counts(full_run):
     assert len(pairs) == PROMPTS - 1  # one prompt dropped: its two answers score the same
     for stage in ("sample", "score", "pair", "train", "eval", "export"):
         assert f"{stage} done" in page.visible
-    # pair: prompts read, pairs written, and by reason; train: its config hash, wall time, counts by reason
-    assert f"{PROMPTS} {PROMPTS - 1} skipped: none; dropped: all_scores_equal 1" in page.visible
+    # pair: prompts read, pairs written, and skipped by reason; train: its config hash, wall time, counts by reason;
+    # sample and train wrote their manifests in the shape before `Counts` (each its own names), and still show
+    assert f"{PROMPTS} {PROMPTS - 1} all_scores_equal 1" in page.visible
+    assert f"sample done 12.5 s — 5a3b1e0000000001 {PROMPTS} {PROMPTS} none" in page.visible
     assert "train done 5.5 min" in page.visible and "7ra1n00000000001" in page.visible
-    assert "skipped: too_long 2" in page.visible
+    assert f"{PROMPTS - 1} {PROMPTS - 1} too_long 2" in page.visible
     assert f"{PROMPTS - 1} pairs" in page.visible
 
     by_source = Counter((pair["source_chosen"], pair["source_rejected"]) for pair in pairs)

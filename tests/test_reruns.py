@@ -64,10 +64,10 @@ def test_every_command_skips_a_finished_stage_and_force_redoes_it(user_run, capl
     assert skipped["skipped"] and skipped["output"] == str(run / "sample" / "candidates.jsonl")
     assert manifest(run, "sample") == first  # nothing ran, nothing was rewritten
     table = assert_ok(cli("sample", user_run)).stdout
-    assert "done before under this config (skipped)" in table and "prompts written" in table
+    assert "done before under this config (skipped)" in table and "written" in table
 
     redone = json.loads(assert_ok(cli("sample", user_run, "--force", "--json")).stdout)
-    assert not redone["skipped"] and redone["counts"]["prompts_written"] == 4
+    assert not redone["skipped"] and redone["counts"]["written"] == 4
     replaced = run / f"sample.replaced-{first['config_hash']}"
     assert json.loads((replaced / "manifest.json").read_text()) == first
     assert (run / "sample" / "candidates.jsonl").read_bytes() == (replaced / "candidates.jsonl").read_bytes()

@@ -110,7 +110,7 @@ def test_sample_stage_writes_the_hybrid_pool(tmp_path, tiny_llama):
     assert [c["seed"] for c in first["candidates"]] == [sample_seed(5, "q0", k) for k in range(3)] + [None]
     assert first["candidates"][3]["text"] == "0 plus 0 is 0."
     assert all(c["score"] is None and c["scores"] is None for c in first["candidates"])
-    assert result["counts"]["prompts_written"] == 5
+    assert result["counts"]["written"] == 5
     manifest = json.loads((tmp_path / "run" / "sample" / "manifest.json").read_text())
     assert manifest["completed"] and manifest["counts"]["samples_per_prompt"] == 3
     assert not list((tmp_path / "run" / "sample").glob(".*progress*"))
@@ -121,14 +121,14 @@ def test_sample_stage_writes_the_hybrid_pool(tmp_path, tiny_llama):
         )
     )
     assert (tmp_path / "again" / "sample" / "candidates.jsonl").read_text() == "\n".join(lines) + "\n"
-    assert again["counts"]["prompts_written"] == 5
+    assert again["counts"]["written"] == 5
 
 
 def test_identical_candidates_drop_the_prompt(tmp_path, tiny_llama):
     result = run_sample(
         sample_recipe(tmp_path, tiny_llama, prompts_file(tmp_path, 2), "sample.temperature=0", "sample.n=2")
     )
-    assert result["counts"]["dropped"] == {"all_candidates_identical": 2}
+    assert result["counts"]["skipped"] == {"all_candidates_identical": 2}
     assert (tmp_path / "run" / "sample" / "candidates.jsonl").read_text() == ""
 
 

@@ -59,7 +59,7 @@ def test_python_scorer_fills_every_candidate(tmp_path, monkeypatch):
         0.3,
     ]
     assert records[1]["extra"] == 1  # extra fields ride along
-    assert result["counts"]["candidates_scored"] == 9 and result["counts"]["records_written"] == 3
+    assert result["counts"]["candidates_scored"] == 9 and result["counts"]["written"] == 3
 
 
 def test_non_finite_scores_name_the_candidate(tmp_path, monkeypatch):

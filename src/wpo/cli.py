@@ -177,6 +177,8 @@ def _print_stage(name: str, headline: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from wpo.manifest import Counts
+
     table = Table(title=f"wpo {name}", show_header=False)
     table.add_column("what")
     table.add_column("value", overflow="fold")
@@ -186,7 +188,7 @@ def _print_stage(name: str, headline: dict[str, Any]) -> None:
         table.add_row("output", str(headline["output"]))
     for path in headline.get("files", []):
         table.add_row("file", path)
-    for key, value in (headline.get("counts") or {}).items():
+    for key, value in Counts.from_json(headline.get("counts"), name).to_json().items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) or "none"
         table.add_row(key.replace("_", " "), _short(value))

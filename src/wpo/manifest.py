@@ -2,6 +2,10 @@
 
 `wpo run` skips a stage whose manifest says it completed under the same config hash (which covers its inputs'
 fingerprints), so rerunning a recipe costs nothing for stages already done.
+
+Every stage counts under the same names (`Counts`: read, written, skipped by reason, then its own figures), written
+by `Counts.to_json` and read by `Counts.from_json`, which also reads the manifests written before, where each stage
+named its read and written counts its own way.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import logging
 import platform
 import shutil
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -66,6 +71,54 @@ def fingerprinted(config: dict[str, Any]) -> list[str]:
     ]
 
 
+# How each stage named its read and written counts before `Counts` (manifests of older runs).
+OLD_READ_WRITTEN_KEYS = {
+    "sample": ("prompts_read", "prompts_written"),
+    "score": ("records_read", "records_written"),
+    "pair": ("prompts", "pairs"),
+    "train": ("pairs_read", "pairs_trained"),
+    "eval": ("prompts", None),
+    "export": (None, "files"),
+}
+OLD_REASON_KEYS = ("skipped", "dropped")
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a stage read, wrote and left out, under the same names in every manifest, so the report and the CLI
+    read any stage alike; the stage's own figures (samples per prompt, API usage, steps) ride along in `other`."""
+
+    read: int | None  # input records, the skipped ones included; None where the stage reads no records (export)
+    written: int | None  # output records (or files, for export)
+    skipped: dict[str, int] = field(default_factory=dict)  # records read that gave no output, by reason
+    other: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        clashes = {"read", "written", "skipped"} & set(self.other)
+        if clashes:
+            raise ValueError(f"a stage's own counts cannot be named {sorted(clashes)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"read": self.read, "written": self.written, "skipped": dict(self.skipped), **self.other}
+
+    @classmethod
+    def from_json(cls, counts: dict[str, Any] | None, stage: str) -> Counts:
+        """A manifest's counts, as `to_json` writes them or as `stage` wrote them before (its own names for read and
+        written, bad records under `skipped` and records that gave no output under `dropped`)."""
+        counts = dict(counts or {})
+        if "read" in counts and "written" in counts:
+            return cls(counts.pop("read"), counts.pop("written"), counts.pop("skipped", None) or {}, counts)
+        read_key, written_key = OLD_READ_WRITTEN_KEYS.get(stage, (None, None))
+        read = counts.pop(read_key, None) if read_key else None
+        written = counts.pop(written_key, None) if written_key else None
+        skipped: dict[str, int] = {}
+        for key in OLD_REASON_KEYS:
+            by_reason = counts.pop(key, None)
+            for reason, n in (by_reason if isinstance(by_reason, dict) else {}).items():
+                skipped[reason] = skipped.get(reason, 0) + n
+        return cls(read, written, skipped, counts)
+
+
 def write_manifest(
     stage_dir: Path,
     *,
@@ -73,12 +126,14 @@ def write_manifest(
     config: dict[str, Any],
     config_hash: str,
     seed: int,
-    counts: dict[str, Any],
+    counts: Counts | dict[str, Any],
     wall_seconds: float,
     outputs: list[str],
     extra: dict[str, Any] | None = None,
     completed: bool = True,
 ) -> Path:
+    """The stage's manifest. `counts` is a `Counts`; a mapping is written as given (the train stage's, until it
+    counts with `Counts` too), and `Counts.from_json` reads both."""
     path = stage_dir / MANIFEST_NAME
     write_json(
         path,
@@ -88,7 +143,7 @@ def write_manifest(
             "config_hash": config_hash,
             "seed": seed,
             "config": config,
-            "counts": counts,
+            "counts": counts.to_json() if isinstance(counts, Counts) else counts,
             "wall_seconds": round(wall_seconds, 3),
             "outputs": outputs,
             "fingerprinted": fingerprinted(config),

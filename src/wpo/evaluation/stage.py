@@ -28,7 +28,7 @@ from wpo.evaluation.metrics import summarize
 from wpo.figures import MeasureRow, paired_measures
 from wpo.layout import final_model
 from wpo.machine import Lack
-from wpo.manifest import write_manifest
+from wpo.manifest import Counts, write_manifest
 from wpo.models import generator_name, merged_model_dir
 from wpo.rules import exists, needed_and_there, required, user_function
 from wpo.stage_run import StageRun, code_fingerprints, input_fingerprint, resolved
@@ -247,13 +247,16 @@ def run_eval(target: StageRun | Recipe) -> dict[str, Any]:
         Path(cfg.leaderboard) if cfg.leaderboard else stage_dir / "leaderboard.csv", generator, metrics
     )
     write_report(stage_dir, board, metrics, annotations, generator)
-    counts = {
-        "prompts": len(prompts),
-        "skipped": dict(policy.skipped),
-        "draws_identical_outputs": sum(c.output == c.reference for c in comparisons),
-        "judge_usage": judge_usage,
-        "contaminated_instructions": metrics["contaminated_instructions"],
-    }
+    counts = Counts(
+        read=len(prompts) + sum(policy.skipped.values()),
+        written=len(prompts),  # answers, one per prompt
+        skipped=dict(policy.skipped),
+        other={
+            "draws_identical_outputs": sum(c.output == c.reference for c in comparisons),
+            "judge_usage": judge_usage,
+            "contaminated_instructions": metrics["contaminated_instructions"],
+        },
+    )
     written += ["annotations.json", "metrics.json", "report.png", "report.html"]
     write_manifest(
         stage_dir,

@@ -16,6 +16,7 @@ from typing import Any
 from wpo.data.io import atomic_writer, looks_like_local_path
 from wpo.figures import paired_measures
 from wpo.layout import output_in
+from wpo.manifest import Counts
 from wpo.models import EMBEDDED_HUB_IDS
 
 WPO_CITATION = """@article{zhou2024wpo,
@@ -56,6 +57,7 @@ def data_section(run_dir: Path) -> str:
     if not (sample and score and pair):
         return "The preference pairs were provided directly to the trainer (no sample/score/pair stages in this run).\n"
     sample_cfg, score_cfg = sample["config"]["sample"], score["config"]["score"]
+    pair_counts = Counts.from_json(pair["counts"], "pair")
     fields = ", ".join(f"`{f}`" for f in sample_cfg["offpolicy_fields"])
     scorer = {
         "reward_model": f"the reward model {public_name(score_cfg.get('model'))}",
@@ -67,8 +69,8 @@ def data_section(run_dir: Path) -> str:
         f"top_p {sample_cfg['top_p']}, backend {sample_cfg['backend']})"
         f"{f', plus the off-policy answers in the prompts field(s) {fields}' if fields else ''}, scored by {scorer}. "
         "Each prompt's highest- and lowest-scored candidates form a pair "
-        f"(ties: shortest chosen, rejected closest in length); {pair['counts']['pairs']} pairs from "
-        f"{pair['counts']['prompts']} prompts.\n"
+        f"(ties: shortest chosen, rejected closest in length); {pair_counts.written} pairs from "
+        f"{pair_counts.read} prompts.\n"
     )
 
 

@@ -15,7 +15,7 @@ from wpo.exporting.convert import check_architecture, check_export_name, check_q
 from wpo.exporting.verify import hf_logits, log_probs, perplexity, verify_gguf
 from wpo.layout import converted_policy_path, final_model, gguf_cache
 from wpo.machine import Lack
-from wpo.manifest import write_manifest
+from wpo.manifest import Counts, write_manifest
 from wpo.rules import exists
 from wpo.stage_run import StageRun, input_fingerprint, resolved
 
@@ -86,13 +86,13 @@ def run_export(target: StageRun | Recipe) -> dict[str, Any]:
         config=run.config,
         config_hash=run.config_hash,
         seed=recipe.seed,
-        counts={"files": len(files)},
+        counts=Counts(read=None, written=len(files)),
         wall_seconds=time.perf_counter() - started,
         outputs=[p.name for p in files.values()] + [REPORT, CARD],
     )
     return {
         "output": str(stage_dir / REPORT),
-        "counts": {"files": len(files)},
+        "counts": Counts(read=None, written=len(files)).to_json(),
         "files": [str(p) for p in files.values()],
         "report": report,
     }

@@ -16,7 +16,7 @@ from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
 from wpo.data.schemas import CandidatesRecord, Pair, RecordInvalid, parse_all, parse_candidates
 from wpo.errors import DataError
 from wpo.layout import STAGE_OUTPUTS, stage_output
-from wpo.manifest import write_manifest
+from wpo.manifest import Counts, write_manifest
 from wpo.pairing import choose_pair
 from wpo.stage_run import StageRun, input_fingerprint, resolved
 
@@ -77,10 +77,12 @@ def run_pair(target: StageRun | Recipe) -> dict[str, Any]:
     stats = {"pairs": written, "prompts": len(records), "dropped": formed_stats.pop("dropped")}
     stats |= {"skipped": dict(policy.skipped), "length_unit": recipe.pair.length_unit, **formed_stats}
     write_json(stage_dir / STATS, stats)
-    counts = {
-        key: stats[key]
-        for key in ("pairs", "prompts", "dropped", "skipped", "empty_candidates_ignored", "cut_off_candidates")
-    }
+    counts = Counts(
+        read=len(records) + sum(policy.skipped.values()),
+        written=written,
+        skipped=dict(policy.skipped + formed.dropped),
+        other={key: stats[key] for key in ("empty_candidates_ignored", "cut_off_candidates")},
+    )
     write_manifest(
         stage_dir,
         stage="pair",
@@ -99,7 +101,7 @@ def run_pair(target: StageRun | Recipe) -> dict[str, Any]:
         stage_dir / OUTPUT,
         dict(formed.dropped) or "none",
     )
-    return {"output": str(stage_dir / OUTPUT), "counts": counts, "stats": stats}
+    return {"output": str(stage_dir / OUTPUT), "counts": counts.to_json(), "stats": stats}
 
 
 def answer_length(recipe: Recipe) -> Callable[[str], int]:

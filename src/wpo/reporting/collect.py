@@ -22,20 +22,9 @@ from wpo.data.schemas import Annotation, RecordInvalid, parse_annotation, parse_
 from wpo.errors import DataError, WpoError
 from wpo.figures import MeasureRow, row_measure_names
 from wpo.layout import output_in
-from wpo.manifest import MANIFEST_NAME, file_sha256, read_manifest
+from wpo.manifest import MANIFEST_NAME, Counts, file_sha256, read_manifest
 from wpo.training.metrics import PAIR_WEIGHTS_FILE
 
-# What each stage's manifest counts as read and written (the stages name them differently); the rest of the counts
-# are shown as they are.
-READ_WRITTEN_KEYS = {
-    "sample": ("prompts_read", "prompts_written"),
-    "score": ("records_read", "records_written"),
-    "pair": ("prompts", "pairs"),
-    "train": ("pairs_read", "pairs_trained"),
-    "eval": ("prompts", None),
-    "export": (None, "files"),
-}
-REASON_KEYS = ("skipped", "dropped")  # counts by reason
 ROUND_DIR = re.compile(r"round-(\d+)")
 
 
@@ -54,19 +43,9 @@ class StageStatus:
             return "done"
         return "incomplete" if self.directory.is_dir() else "absent"
 
-    def count(self, key: str | None) -> Any:
-        return (self.manifest or {}).get("counts", {}).get(key) if key else None
-
     @property
-    def by_reason(self) -> dict[str, dict[str, int]]:
-        counts = (self.manifest or {}).get("counts", {})
-        return {key: counts[key] for key in REASON_KEYS if isinstance(counts.get(key), dict)}
-
-    @property
-    def other_counts(self) -> dict[str, Any]:
-        counts = (self.manifest or {}).get("counts", {})
-        shown = {*REASON_KEYS, *READ_WRITTEN_KEYS.get(self.name, ())}
-        return {key: value for key, value in counts.items() if key not in shown}
+    def counts(self) -> Counts:
+        return Counts.from_json((self.manifest or {}).get("counts"), self.name)
 
 
 @dataclass
@@ -293,7 +272,9 @@ def collect_round(number: int, directory: Path, summary: dict[str, Any] | None, 
     scored = output_in(directory, "score")
     candidates_path = scored if scored.is_file() else output_in(directory, "sample")
     pairs_path = output_in(directory, "pair")
-    offpolicy_missing = next(stage for stage in stages if stage.name == "sample").count("offpolicy_missing") or {}
+    offpolicy_missing = (
+        next(stage for stage in stages if stage.name == "sample").counts.other.get("offpolicy_missing") or {}
+    )
     return RoundData(
         number=number,
         directory=directory,

@@ -22,7 +22,7 @@ from wpo import pages
 from wpo.exporting.card import judged_by
 from wpo.figures import PairedMeasure, paired_measures
 from wpo.reporting import charts
-from wpo.reporting.collect import READ_WRITTEN_KEYS, RoundData, RunData, SweepData
+from wpo.reporting.collect import RoundData, RunData, SweepData
 
 PAIRS_PER_PAGE = 25
 PROMPTS_PER_PAGE = 20
@@ -144,7 +144,6 @@ def _environment() -> Environment:
         training_chart=trusted_svg(charts.training_chart),
         weights_chart=trusted_svg(charts.weights_chart),
         eval_chart=trusted_svg(charts.eval_chart),
-        read_written_keys=READ_WRITTEN_KEYS,
         stage_states=STAGE_STATES,
         training_headline=TRAINING_HEADLINE,
         training_card_lines=TRAINING_CARD,

@@ -27,7 +27,7 @@ from wpo.endpoints import cached_answer
 from wpo.errors import ConfigError, DataError
 from wpo.layout import STAGE_OUTPUTS
 from wpo.machine import Lack
-from wpo.manifest import write_manifest
+from wpo.manifest import Counts, write_manifest
 from wpo.models import ChatTemplateError
 from wpo.rules import exists, required
 from wpo.sampling import Generation, SampleRequest, make_sampler, render_prompt, sample_seed
@@ -241,20 +241,21 @@ def _write_candidates(
     merged = merge_candidates(prompts, samples, cfg.offpolicy_fields, generated)
     written = write_jsonl(stage_dir / OUTPUT, merged.records)
     progress.remove()
-    counts = {
-        "prompts_read": prompts_read,
-        "prompts_written": written,
-        "skipped": dict(policy.skipped),
-        "dropped": dict(merged.dropped),
-        "samples_per_prompt": cfg.n,
-        "empty_samples_left_out": merged.empty_samples,
-        "finish_reasons": {source: dict(reasons) for source, reasons in merged.finish_reasons.items()},
-        "offpolicy_fields": cfg.offpolicy_fields,
-        "offpolicy_missing": dict(merged.offpolicy_missing),
-        "offpolicy_models": {name: len(answers) for name, answers in generated.items()},
-        "api_usage": usage,
-        "prompts_done_before_this_run": already_done,
-    }
+    counts = Counts(
+        read=prompts_read,
+        written=written,
+        skipped=dict(policy.skipped + merged.dropped),
+        other={
+            "samples_per_prompt": cfg.n,
+            "empty_samples_left_out": merged.empty_samples,
+            "finish_reasons": {source: dict(reasons) for source, reasons in merged.finish_reasons.items()},
+            "offpolicy_fields": cfg.offpolicy_fields,
+            "offpolicy_missing": dict(merged.offpolicy_missing),
+            "offpolicy_models": {name: len(answers) for name, answers in generated.items()},
+            "api_usage": usage,
+            "prompts_done_before_this_run": already_done,
+        },
+    )
     wall = time.perf_counter() - started
     write_manifest(
         stage_dir,
@@ -268,14 +269,14 @@ def _write_candidates(
     )
     log.info(
         "sample: read %d prompts from %s, wrote %d to %s; skipped %s, dropped %s",
-        counts["prompts_read"],
+        prompts_read,
         cfg.prompts,
         written,
         stage_dir / OUTPUT,
         dict(policy.skipped) or "none",
         dict(merged.dropped) or "none",
     )
-    return {"output": str(stage_dir / OUTPUT), "counts": counts}
+    return {"output": str(stage_dir / OUTPUT), "counts": counts.to_json()}
 
 
 @dataclass

@@ -25,7 +25,7 @@ from wpo.distributed import process_state
 from wpo.errors import DataError
 from wpo.layout import STAGE_OUTPUTS, stage_output
 from wpo.machine import Lack
-from wpo.manifest import write_manifest
+from wpo.manifest import Counts, write_manifest
 from wpo.rules import needed_and_there
 from wpo.scoring import SCORER_NEEDS, ScoreRequest, make_scorer
 from wpo.stage_run import StageRun, code_fingerprints, input_fingerprint, resolved
@@ -130,13 +130,12 @@ def _write_scored(
     done = progress.load()
     written = write_jsonl(stage_dir / OUTPUT, [done[str(data["id"])] for _, data in records])
     progress.remove()
-    counts = {
-        "records_read": len(records) + sum(policy.skipped.values()),
-        "records_written": written,
-        "records_done_before_this_run": already_done,
-        "skipped": dict(policy.skipped),
-        **work,
-    }
+    counts = Counts(
+        read=len(records) + sum(policy.skipped.values()),
+        written=written,
+        skipped=dict(policy.skipped),
+        other={"records_done_before_this_run": already_done, **work},
+    )
     write_manifest(
         stage_dir,
         stage="score",
@@ -149,13 +148,13 @@ def _write_scored(
     )
     log.info(
         "score: read %d records from %s, wrote %d to %s; skipped %s",
-        counts["records_read"],
+        counts.read,
         source,
         written,
         stage_dir / OUTPUT,
         dict(policy.skipped) or "none",
     )
-    return {"output": str(stage_dir / OUTPUT), "counts": counts}
+    return {"output": str(stage_dir / OUTPUT), "counts": counts.to_json()}
 
 
 def _prompt_record(candidates_record: dict[str, Any]) -> dict[str, Any]:
