@@ -102,9 +102,11 @@ def main() -> None:
 
     from wpo.config import load_recipe
     from wpo.exporting.convert import quantize
-    from wpo.sampling.llamacpp_backend import policy_gguf
+    from wpo.layout import gguf_cache
+    from wpo.sampling.llamacpp_backend import gguf_to_sample
 
-    f16 = policy_gguf(load_recipe(None, ["sample.backend=llamacpp"]))
+    embedded = load_recipe(None, ["sample.backend=llamacpp"])
+    f16 = gguf_to_sample(embedded.model, None, None, gguf_cache(embedded.output_dir))
     figures = ("prompt_tps", "generate_1_tps", "generate_16_tps")
     print(f"| type | extra buffers | {' | '.join(figures)} |")
     print("|---|---|" + "---:|" * len(figures))

@@ -111,7 +111,7 @@ def main() -> None:
     cfg = recipe.sample
     model_path = resolve_model_path(recipe.model.name_or_path)
     tokenizer = load_tokenizer(model_path)
-    prompts = load_prompts(recipe, BadRecordPolicy())[: args.prompts]
+    prompts = load_prompts(recipe.sample, BadRecordPolicy())[: args.prompts]
     batches = [
         [SampleRequest(p.messages, sample_seed(recipe.seed, p.id, k)) for p in batch for k in range(cfg.n)]
         for batch in batch_plan(prompts, cfg.batch_size)
@@ -126,14 +126,20 @@ def main() -> None:
     q4_1 = load_recipe(str(QUICKSTART), [*llamacpp, f"sample.gguf={embedded_gguf(recipe.model.name_or_path)}"])
     f16 = load_recipe(str(QUICKSTART), llamacpp)  # the backend's default: an F16 conversion of the policy
     configurations: dict[str, Callable[[], Sampler]] = {
-        "transformers fp32": lambda: make_sampler(model_path, fp32.model, Generation.for_sampling(fp32)),
+        "transformers fp32": lambda: make_sampler(
+            model_path, fp32.model, Generation.for_sampling(fp32.sample, fp32.seed, fp32.output_dir)
+        ),
         "llamacpp Q4_1, one at a time": lambda: OneSequenceAtATime(model_path, recipe, args.threads),
-        "llamacpp Q4_1, batched": lambda: make_sampler(model_path, q4_1.model, Generation.for_sampling(q4_1)),
-        "llamacpp F16, batched": lambda: make_sampler(model_path, f16.model, Generation.for_sampling(f16)),
+        "llamacpp Q4_1, batched": lambda: make_sampler(
+            model_path, q4_1.model, Generation.for_sampling(q4_1.sample, q4_1.seed, q4_1.output_dir)
+        ),
+        "llamacpp F16, batched": lambda: make_sampler(
+            model_path, f16.model, Generation.for_sampling(f16.sample, f16.seed, f16.output_dir)
+        ),
     }
     if cpu_has_bf16_units():  # the check the trainer makes before bf16 compute
         configurations["transformers bf16"] = lambda: make_sampler(
-            model_path, bf16.model, Generation.for_sampling(bf16)
+            model_path, bf16.model, Generation.for_sampling(bf16.sample, bf16.seed, bf16.output_dir)
         )
     else:  # bf16 matmuls are emulated without the units, ~100x slower than fp32 (benchmarks/matmul_peak.py)
         print("transformers bf16: skipped, this CPU has no bf16 instructions (AVX512-BF16)")

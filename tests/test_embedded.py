@@ -80,7 +80,9 @@ def test_llamacpp_sampler_is_seeded_per_sample(tmp_path):
         ],
     )
     sampler = LlamaCppSampler(
-        resolve_model_path(recipe.model.name_or_path), recipe.model, Generation.for_sampling(recipe)
+        resolve_model_path(recipe.model.name_or_path),
+        recipe.model,
+        Generation.for_sampling(recipe.sample, recipe.seed, recipe.output_dir),
     )
     question = [{"role": "user", "content": "Tell me a fact about the moon."}]
     requests = [SampleRequest(question, 1), SampleRequest(question, 2), SampleRequest(question, 1)]

@@ -278,7 +278,7 @@ def test_export_links_the_f16_conversion_eval_made_of_the_same_weights(tmp_path,
             "export.verify_tokens=64",
         ],
     )
-    evaluated = converted_policy(model, gguf_cache(recipe))
+    evaluated = converted_policy(model, gguf_cache(recipe.output_dir))
     conversions = []
     real_convert = convert.convert
     monkeypatch.setattr(convert, "convert", lambda *args: conversions.append(args) or real_convert(*args))

@@ -10,6 +10,7 @@ import pytest
 
 from wpo.config import load_recipe
 from wpo.errors import ConfigError
+from wpo.layout import gguf_cache
 from wpo.sampling import Generation, SampleRequest, cut_at_stop
 
 SYSTEM = {"role": "system", "content": "You are a concise assistant."}
@@ -39,7 +40,9 @@ def sampler(model_path: str, *overrides: str):
     from wpo.sampling.llamacpp_backend import LlamaCppSampler
 
     recipe = load_recipe(None, ["sample.backend=llamacpp", "sample.threads=1", *overrides])
-    return LlamaCppSampler(model_path, recipe.model, Generation.for_sampling(recipe))
+    return LlamaCppSampler(
+        model_path, recipe.model, Generation.for_sampling(recipe.sample, recipe.seed, recipe.output_dir)
+    )
 
 
 @pytest.mark.slow
@@ -67,7 +70,7 @@ def test_greedy_decoding_matches_llama_cpps_own_completion(model_path):
     from wpo.llamacpp import open_llama
     from wpo.models import load_tokenizer
     from wpo.sampling import render_prompt
-    from wpo.sampling.llamacpp_backend import policy_gguf
+    from wpo.sampling.llamacpp_backend import gguf_to_sample
 
     prompts = [EARLY_EOS, user("What is the capital of France?"), user("Name a color.")]
     batched = sampler(model_path, "sample.temperature=0.0", "sample.max_new_tokens=24")
@@ -76,7 +79,8 @@ def test_greedy_decoding_matches_llama_cpps_own_completion(model_path):
     assert samples == batched.generate([SampleRequest(messages, 99) for messages in prompts])
     texts = [sample.text for sample in samples]
 
-    gguf = str(policy_gguf(load_recipe(None, ["sample.backend=llamacpp"])))
+    embedded = load_recipe(None, ["sample.backend=llamacpp"])
+    gguf = str(gguf_to_sample(embedded.model, None, None, gguf_cache(embedded.output_dir)))
     llm = open_llama(gguf, n_ctx=512, n_threads=1, n_threads_batch=1, flash_attn=True, verbose=False)
     tokenizer = load_tokenizer(model_path)
     for messages, text in zip(prompts, texts, strict=True):
@@ -147,7 +151,7 @@ def test_an_hf_policy_is_converted_to_f16_once_per_weights(tmp_path, model_path)
     from helpers import tiny_model
 
     from wpo.models import load_tokenizer
-    from wpo.sampling.llamacpp_backend import LlamaCppSampler, policy_gguf
+    from wpo.sampling.llamacpp_backend import LlamaCppSampler, gguf_to_sample
 
     tokenizer = load_tokenizer(model_path)  # llama.cpp's converter accepts only tokenizers it knows
     policy = tiny_model(tmp_path / "policy", "llama", tokenizer)
@@ -164,15 +168,20 @@ def test_an_hf_policy_is_converted_to_f16_once_per_weights(tmp_path, model_path)
             ],
         )
 
-    gguf = policy_gguf(recipe_for(policy), policy)
+    def converted(model):
+        return gguf_to_sample(recipe_for(model).model, None, model, tmp_path / "run" / "gguf")
+
+    gguf = converted(policy)
     assert gguf.parent.parent == tmp_path / "run" / "gguf" and gguf.name == "policy.F16.gguf"
     assert gguf.read_bytes()[:4] == b"GGUF"
     written = gguf.stat().st_mtime_ns
-    assert policy_gguf(recipe_for(policy), policy) == gguf and gguf.stat().st_mtime_ns == written
+    assert converted(policy) == gguf and gguf.stat().st_mtime_ns == written
 
     requests = [SampleRequest([{"role": "user", "content": "hello"}], seed) for seed in (1, 2, 1)]
     recipe = recipe_for(policy)
-    samples = LlamaCppSampler(str(policy), recipe.model, Generation.for_sampling(recipe)).generate(requests)
+    samples = LlamaCppSampler(
+        str(policy), recipe.model, Generation.for_sampling(recipe.sample, recipe.seed, recipe.output_dir)
+    ).generate(requests)
     assert len(samples) == 3 and samples[0] == samples[2]
 
     from safetensors.torch import load_file, save_file
@@ -183,7 +192,7 @@ def test_an_hf_policy_is_converted_to_f16_once_per_weights(tmp_path, model_path)
         policy / "model.safetensors",
         metadata={"format": "pt"},
     )
-    retrained = policy_gguf(recipe_for(policy), policy)
+    retrained = converted(policy)
     assert retrained != gguf and retrained.is_file()
 
 
@@ -196,13 +205,16 @@ def test_the_embedded_model_is_sampled_from_an_f16_copy_of_the_weights_training_
     from gguf.quants import dequantize
 
     from wpo.models import cache_root, embedded_gguf
-    from wpo.sampling.llamacpp_backend import policy_gguf
+    from wpo.sampling.llamacpp_backend import gguf_to_sample
 
     recipe = load_recipe(None, ["sample.backend=llamacpp"])
-    converted = policy_gguf(recipe)
+    converted = gguf_to_sample(recipe.model, None, None, gguf_cache(recipe.output_dir))
     assert converted.is_relative_to(cache_root() / "gguf") and converted.name == "policy.F16.gguf"
     written = converted.stat().st_mtime_ns
-    assert policy_gguf(recipe) == converted and converted.stat().st_mtime_ns == written  # converted once
+    assert (
+        gguf_to_sample(recipe.model, None, None, gguf_cache(recipe.output_dir)) == converted
+        and converted.stat().st_mtime_ns == written
+    )  # converted once
 
     name = "blk.0.ffn_down.weight"
     shipped = next(t for t in GGUFReader(embedded_gguf(recipe.model.name_or_path)).tensors if t.name == name)

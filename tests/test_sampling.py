@@ -73,7 +73,9 @@ def test_nucleus_keeps_what_a_full_sort_keeps():
 
 def test_a_sample_does_not_depend_on_its_batch(tmp_path, tiny_llama):
     recipe = sample_recipe(tmp_path, tiny_llama, prompts_file(tmp_path), "sample.max_new_tokens=12")
-    sampler = TransformersSampler(str(tiny_llama), recipe.model, Generation.for_sampling(recipe))
+    sampler = TransformersSampler(
+        str(tiny_llama), recipe.model, Generation.for_sampling(recipe.sample, recipe.seed, recipe.output_dir)
+    )
     requests = [
         SampleRequest([{"role": "user", "content": text}], seed)
         for text, seed in (("Hi", 11), ("What is the capital of France? Answer.", 12), ("Seven", 13))
@@ -86,9 +88,11 @@ def test_a_sample_does_not_depend_on_its_batch(tmp_path, tiny_llama):
     with_stop = sample_recipe(
         tmp_path, tiny_llama, prompts_file(tmp_path), "sample.max_new_tokens=12", f"sample.stop=[{stop!r}]"
     )
-    stopped = TransformersSampler(str(tiny_llama), with_stop.model, Generation.for_sampling(with_stop)).generate(
-        requests
-    )
+    stopped = TransformersSampler(
+        str(tiny_llama),
+        with_stop.model,
+        Generation.for_sampling(with_stop.sample, with_stop.seed, with_stop.output_dir),
+    ).generate(requests)
     for cut, free in zip(stopped, together, strict=True):
         if stop in free.text:  # ended at the stop string: the text before it, and why
             assert (cut.text, cut.finish_reason) == (free.text[: free.text.index(stop)], "stop")
@@ -235,9 +239,9 @@ def test_bad_prompts_and_settings(tmp_path, tiny_llama):
     with pytest.raises(ConfigError, match=r"sample.prompts is required"):
         run_sample(load_recipe(None, [f"output_dir={tmp_path}"]))
     with pytest.raises(ConfigError, match=r"llamacpp needs a GGUF of the policy"):
-        from wpo.sampling.llamacpp_backend import policy_gguf
+        from wpo.sampling.llamacpp_backend import gguf_to_sample
 
-        policy_gguf(load_recipe(None, [f"model.name_or_path={tiny_llama}", "sample.backend=llamacpp"]))
+        gguf_to_sample(load_recipe(None, [f"model.name_or_path={tiny_llama}"]).model, None, None, tmp_path / "gguf")
 
 
 @pytest.mark.slow  # launches processes

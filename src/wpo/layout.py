@@ -49,9 +49,9 @@ def output_in(round_dir: Path, name: str) -> Path:
     return Path(round_dir) / name / STAGE_OUTPUTS[name]
 
 
-def gguf_cache(recipe: Recipe) -> Path:
+def gguf_cache(output_dir: str | Path) -> Path:
     """Where a run keeps the F16 GGUFs of its policies that llama.cpp samples and evaluates with."""
-    return Path(recipe.output_dir) / "gguf"
+    return Path(output_dir) / "gguf"
 
 
 def converted_policy_path(whole_model_dir: Path, cache: Path) -> Path:

@@ -130,7 +130,7 @@ def compare_with_hf(
 
 def evaluated_conversion(recipe: Recipe, model_dir: Path) -> Path | None:
     """The F16 GGUF the llama.cpp eval (or sampling) converted these very weights to, if there is one."""
-    cache = gguf_cache(recipe)
+    cache = gguf_cache(recipe.output_dir)
     converted = converted_policy_path(model_dir, cache) if cache.is_dir() else None
     return converted if converted is not None and converted.is_file() else None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from wpo import machine
-from wpo.config import EndpointConfig, ModelConfig, Recipe
+from wpo.config import EndpointConfig, EvalConfig, ModelConfig, SampleConfig
 from wpo.layout import gguf_cache
 
 
@@ -70,8 +70,8 @@ class Generation:
     endpoint: EndpointConfig | None = None  # openai: the server whose model is the policy
 
     @classmethod
-    def for_sampling(cls, recipe: Recipe) -> Generation:
-        cfg = recipe.sample
+    def for_sampling(cls, cfg: SampleConfig, seed: int, output_dir: str | Path) -> Generation:
+        """The sample stage's policy samples (`cfg.n` per prompt) for the run under `output_dir`."""
         return cls(
             backend=cfg.backend,
             key="sample.backend",
@@ -79,9 +79,9 @@ class Generation:
             top_p=cfg.top_p,
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
-            seed=recipe.seed,
-            cache_dir=recipe.stage_dir("sample"),
-            conversions=gguf_cache(recipe),
+            seed=seed,
+            cache_dir=Path(output_dir) / "sample",
+            conversions=gguf_cache(output_dir),
             top_k=cfg.top_k,
             stop=tuple(cfg.stop),
             samples_per_prompt=cfg.n,
@@ -94,10 +94,9 @@ class Generation:
         )
 
     @classmethod
-    def for_eval(cls, recipe: Recipe) -> Generation:
+    def for_eval(cls, cfg: EvalConfig, sample: SampleConfig, seed: int, output_dir: str | Path) -> Generation:
         """Eval's answers: one per prompt, a whole eval batch decoding together, from the GGUF of the model evaluated
-        (never `sample.gguf`, the policy's), with sample's machine settings (threads, context, GPUs)."""
-        cfg = recipe.eval
+        (never `sample.gguf`, the policy's), with `sample`'s machine settings (threads, context, GPUs)."""
         return cls(
             backend=cfg.backend,
             key="eval.backend",
@@ -105,12 +104,12 @@ class Generation:
             top_p=cfg.top_p,
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.batch_size,
-            seed=recipe.seed,
-            cache_dir=recipe.stage_dir("eval"),
-            conversions=gguf_cache(recipe),
-            threads=recipe.sample.threads,
-            context_length=recipe.sample.context_length,
-            tensor_parallel_size=recipe.sample.tensor_parallel_size,
+            seed=seed,
+            cache_dir=Path(output_dir) / "eval",
+            conversions=gguf_cache(output_dir),
+            threads=sample.threads,
+            context_length=sample.context_length,
+            tensor_parallel_size=sample.tensor_parallel_size,
         )
 
 

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import llama_cpp
 
-from wpo.config import ModelConfig, Recipe
+from wpo.config import ModelConfig
 from wpo.errors import ConfigError, WpoError
-from wpo.layout import cache_root, converted_policy_path, gguf_cache
+from wpo.layout import cache_root, converted_policy_path
 from wpo.llamacpp import crash_reported_llama, model_params
 from wpo.models import load_tokenizer, resolve_model_path
 from wpo.sampling import Generation, Sample, SampleRequest, cut_at_stop, render_prompt
@@ -48,11 +48,6 @@ log = logging.getLogger(__name__)
 # A sequence's KV stream is sized in steps of this many tokens, so similar batches reuse one context.
 CONTEXT_STEP = 256
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
-
-
-def policy_gguf(recipe: Recipe, model_dir: Path | None = None) -> Path:
-    """The GGUF the sample stage samples from (`gguf_to_sample`, with the recipe's model and `sample.gguf`)."""
-    return gguf_to_sample(recipe.model, recipe.sample.gguf, model_dir, gguf_cache(recipe))
 
 
 def gguf_to_sample(model: ModelConfig, gguf: str | None, model_dir: Path | None, cache: Path) -> Path:

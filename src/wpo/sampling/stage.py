@@ -13,12 +13,13 @@ import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from wpo import machine
-from wpo.config import Recipe
+from wpo.config import ModelConfig, OffPolicyModelConfig, Recipe, SampleConfig
 from wpo.data.io import BadRecordPolicy, write_jsonl
 from wpo.data.progress import ProgressFile
 from wpo.data.schemas import PromptRecord, RecordInvalid, RecordLeftOut, parse_all, parse_prompt
@@ -55,8 +56,8 @@ class ContextCheck:
     not is a bad record (named, or counted as `prompt_too_long`), not a crash or an out-of-memory mid-run. The
     tokenizer is loaded on first use, after the prompts file itself has been checked."""
 
-    def __init__(self, recipe: Recipe):
-        self.recipe = recipe
+    def __init__(self, model: ModelConfig, cfg: SampleConfig):
+        self.model, self.cfg = model, cfg
         self.tokenizer = None
         self.limit: int | None = None
 
@@ -65,7 +66,7 @@ class ContextCheck:
 
         from wpo.models import load_tokenizer, resolve_model_path
 
-        cfg, model = self.recipe.sample, self.recipe.model
+        cfg, model = self.cfg, self.model
         if self.tokenizer is None:
             path = resolve_model_path(model.name_or_path)
             self.tokenizer = load_tokenizer(path, model.trust_remote_code)
@@ -83,10 +84,10 @@ class ContextCheck:
         )
 
 
-def prompts_source(recipe: Recipe) -> str:
+def prompts_source(cfg: SampleConfig) -> str:
     return required(
         "sample.prompts",
-        recipe.sample.prompts,
+        cfg.prompts,
         "the sample stage",
         "a JSONL/Parquet file of {id, messages} records, a datasets directory, a hub id or builtin:NAME",
     )
@@ -95,22 +96,22 @@ def prompts_source(recipe: Recipe) -> str:
 def check(recipe: Recipe, stages: list[str], lacks: list[Lack | None]) -> None:
     """What sampling needs from the recipe and this machine (`wpo.checks` asks before any stage runs)."""
     cfg = recipe.sample
-    exists("sample.prompts", prompts_source(recipe), lacks)
+    exists("sample.prompts", prompts_source(cfg), lacks)
     exists("sample.gguf", cfg.gguf, lacks)
     if cfg.n > 0:
         lacks += machine.generation_backend(cfg.backend, "sample.backend", cfg.tensor_parallel_size)
 
 
 def read_input(recipe: Recipe, source: str, policy: BadRecordPolicy) -> None:
-    load_prompts(recipe, policy)  # without the context check: it loads the tokenizer, and sampling does it
+    load_prompts(recipe.sample, policy)  # without the context check: it loads the tokenizer, and sampling does it
 
 
-def load_prompts(recipe: Recipe, policy: BadRecordPolicy, context: ContextCheck | None = None) -> list[PromptRecord]:
+def load_prompts(cfg: SampleConfig, policy: BadRecordPolicy, context: ContextCheck | None = None) -> list[PromptRecord]:
     """Prompts with unique ids, each carrying every configured off-policy field as a non-empty string, or lacking
     one as `sample.offpolicy_missing` allows (and, given a `context` check, fitting the model's context); none at all
     is an error naming what was skipped."""
-    source = prompts_source(recipe)
-    offpolicy_fields, missing = recipe.sample.offpolicy_fields, recipe.sample.offpolicy_missing
+    source = prompts_source(cfg)
+    offpolicy_fields, missing = cfg.offpolicy_fields, cfg.offpolicy_missing
 
     def parse(raw: dict[str, Any], where: str) -> PromptRecord:
         prompt = parse_prompt(raw, where)
@@ -163,7 +164,7 @@ def run_sample(target: StageRun | Recipe) -> dict[str, Any]:
     cfg = recipe.sample
     stage_dir = recipe.stage_dir("sample")
     policy = BadRecordPolicy(recipe.on_bad_record)
-    prompts = load_prompts(recipe, policy, ContextCheck(recipe) if cfg.n > 0 else None)
+    prompts = load_prompts(cfg, policy, ContextCheck(recipe.model, cfg) if cfg.n > 0 else None)
     state = process_state()
     if state.num_processes > 1 and cfg.backend == "vllm":
         raise ConfigError(
@@ -183,7 +184,9 @@ def run_sample(target: StageRun | Recipe) -> dict[str, Any]:
     generation_seconds = 0.0
     if mine and cfg.n > 0:
         sampler = make_sampler(
-            resolve_model_path(recipe.model.name_or_path), recipe.model, Generation.for_sampling(recipe)
+            resolve_model_path(recipe.model.name_or_path),
+            recipe.model,
+            Generation.for_sampling(cfg, recipe.seed, recipe.output_dir),
         )
         for batch in tqdm(mine, desc="sample", unit="batch", disable=not state.is_main_process):
             requests = [
@@ -230,7 +233,7 @@ def _write_candidates(
     stage_dir = recipe.stage_dir("sample")
     done = progress.load()
     prompts_read = len(prompts) + sum(policy.skipped.values())
-    generated, usage = offpolicy_answers(recipe, prompts, policy)
+    generated, usage = offpolicy_answers(cfg.offpolicy_models, prompts, policy, stage_dir)
     if cfg.backend == "openai":  # the policy's server: what its answers (in its cache, with their costs) cost in all
         from wpo.endpoints import AnswerCache
         from wpo.sampling.openai_backend import CACHE_FILE
@@ -330,16 +333,19 @@ def _candidate(text: str, source: str, seed: int | None = None, finish_reason: s
     return {"text": text, "source": source, "seed": seed, "score": None, "scores": None, "finish_reason": finish_reason}
 
 
-def offpolicy_answers(recipe: Recipe, prompts: list[PromptRecord], policy: BadRecordPolicy):
-    """`{model name: {prompt id: answer}}` from every `sample.offpolicy_models` endpoint, and each one's usage. A
-    prompt whose request still fails stops the stage, naming it, or with `on_bad_record: skip` is counted as
-    `offpolicy_failed:<name>` and keeps its other candidates."""
+def offpolicy_answers(
+    models: list[OffPolicyModelConfig], prompts: list[PromptRecord], policy: BadRecordPolicy, stage_dir: Path
+):
+    """`{model name: {prompt id: answer}}` from every `sample.offpolicy_models` endpoint (answers cached in
+    `stage_dir`), and each one's usage. A prompt whose request still fails stops the stage, naming it, or with
+    `on_bad_record: skip` (the `policy`'s mode) is counted as `offpolicy_failed:<name>` and keeps its other
+    candidates."""
     from wpo.endpoints import AnswerCache, ChatRequest, EmptyAnswer, Endpoint, nonempty_answer
 
-    cache = AnswerCache(recipe.stage_dir("sample") / OFFPOLICY_CACHE)
+    cache = AnswerCache(stage_dir / OFFPOLICY_CACHE)
     generated: dict[str, dict[str, str]] = {}
     usage: dict[str, dict[str, int]] = {}
-    for model in recipe.sample.offpolicy_models:
+    for model in models:
         endpoint = Endpoint(model, f"sample.offpolicy_models {model.name}", cache)
         params = {"temperature": model.temperature, "top_p": model.top_p, "max_tokens": model.max_tokens}
         requests = [
@@ -356,7 +362,7 @@ def offpolicy_answers(recipe: Recipe, prompts: list[PromptRecord], policy: BadRe
             policy.skipped[f"offpolicy_{'empty' if isinstance(error, EmptyAnswer) else 'failed'}:{name}"] += 1
             log.warning("sample: skipped the %s answer for %s: %s", name, request.label, error)
 
-        failure = count_failure if recipe.on_bad_record == "skip" else None
+        failure = count_failure if policy.mode == "skip" else None
         answers = endpoint.ask_all(requests, nonempty_answer, on_failure=failure, desc=f"sample: {model.name}")
         generated[model.name] = {p.id: text for p, text in zip(prompts, answers, strict=True) if text is not None}
         usage[model.name] = endpoint.usage_report()
