@@ -134,7 +134,7 @@ def test_wpo_judges_by_alpaca_evals_own_protocol(tmp_path):
         comparisons = [
             Comparison([{"role": "user", "content": i}], r, o) for i, r, o in zip(instructions, references, outputs)
         ]
-        preferences, usage = judge_all(recipe, comparisons, tmp_path / "run")
+        preferences, usage = judge_all(recipe.eval, recipe.model, comparisons, tmp_path / "run")
         asked_by_wpo = sent(server)
     assert asked_by_wpo == asked_by_alpaca_eval
     assert len(asked_by_wpo) == COUNT and usage["requests"] == COUNT
@@ -146,12 +146,13 @@ def test_wpo_judges_by_alpaca_evals_own_protocol(tmp_path):
         {"instruction": i, "output_1": r, "output_2": o, "preference": p}
         for i, r, o, p in zip(instructions, references, outputs, preferences)
     ]
-    ours = metrics_from_annotations(annotations, *_difficulty_inputs(recipe, instructions))
+    ours = metrics_from_annotations(annotations, *_difficulty_inputs(recipe.eval, instructions))
     assert ours["win_rate"] == pytest.approx(itself["win_rate"], abs=0.01)
     assert ours["length_controlled_winrate"] == pytest.approx(itself["length_controlled_winrate"], abs=0.01)
 
     with FakeJudge() as server:  # a rerun asks nothing: wpo's answer cache holds the judge's answers
-        again, usage = judge_all(wpo_recipe(tmp_path, server.url), comparisons, tmp_path / "run")
+        rerun = wpo_recipe(tmp_path, server.url)
+        again, usage = judge_all(rerun.eval, rerun.model, comparisons, tmp_path / "run")
         assert again == preferences and server.received == 0 and usage["requests"] == 0
 
 
@@ -160,7 +161,7 @@ def test_the_files_name_the_annotator_and_whether_it_is_the_leaderboards(tmp_pat
     from wpo.exporting.card import judged_by
 
     recipe = wpo_recipe(tmp_path, "http://127.0.0.1:9/v1")
-    same = comparability(recipe, 805, "gpt4_turbo")
+    same = comparability(recipe.eval, 805, "gpt4_turbo")
     assert same == {
         "annotator": ANNOTATOR,
         "annotator_model": JUDGE_MODEL,
@@ -169,7 +170,7 @@ def test_the_files_name_the_annotator_and_whether_it_is_the_leaderboards(tmp_pat
         "not_comparable_because": [],
     }
     local = wpo_recipe(tmp_path, "http://127.0.0.1:9/v1", 'eval.api.model="llama-3-70b"')
-    other = comparability(local, 120, "reference")
+    other = comparability(local.eval, 120, "reference")
     assert other["not_comparable_because"] == [
         f"judged by llama-3-70b, not the annotator's {JUDGE_MODEL}",
         "120 instructions, not AlpacaEval's 805",

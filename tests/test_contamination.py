@@ -63,9 +63,10 @@ def test_the_eval_stage_lists_instructions_seen_in_the_run_s_prompts_or_pairs(tm
     recipe = load_recipe(
         None, [f"output_dir={tmp_path / 'run'}", f"sample.prompts={prompts_file}", f"train.pairs={pairs}"]
     )
-    assert training_sources(recipe) == [str(prompts_file), str(pairs)]  # the run's pair output does not exist
+    sources = training_sources(recipe)
+    assert sources == [str(prompts_file), str(pairs)]  # the run's pair output does not exist
     eval_prompts = [PromptRecord("e1", user(LONG)), PromptRecord("e2", user("Name three birds of prey."))]
-    summary = contamination_summary(recipe, eval_prompts)
+    summary = contamination_summary(sources, eval_prompts)
     assert summary["contaminated_instructions"] == 1
     found = summary["contamination"]
     assert found["instructions"] == [{"id": "e1", "shared": " ".join(LONG.lower().split()[:13])}]
@@ -74,7 +75,7 @@ def test_the_eval_stage_lists_instructions_seen_in_the_run_s_prompts_or_pairs(tm
     assert found["training_texts_read"] == sum(len(list(texts_of(record))) for record in records) == 6
     json.dumps(summary)  # goes into metrics.json as it is
 
-    clean = contamination_summary(recipe, eval_prompts[1:])
+    clean = contamination_summary(sources, eval_prompts[1:])
     assert clean["contaminated_instructions"] == 0 and clean["contamination"]["instructions"] == []
 
 

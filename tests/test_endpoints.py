@@ -131,7 +131,7 @@ def test_the_pairwise_judge_reports_saved_judgements_too(tmp_path):
             match=r"eval.api \(m at .*\) answered HTTP 503 after 2 attempts for the "
             r"instruction 'task \d'; 1 answers are saved in .*judge_cache.jsonl",
         ):
-            ApiPairwiseJudge(recipe, tmp_path).preferences(items)
+            ApiPairwiseJudge(recipe.eval, tmp_path).preferences(items)
     assert judge.received == 1 + 2
 
 

@@ -54,7 +54,7 @@ def test_api_judge_unswaps_the_order(tmp_path):
             None, [f"eval.api={{base_url: 'http://127.0.0.1:{server.server_address[1]}/v1', model: j}}"]
         )
         items = [Comparison([{"role": "user", "content": f"task {i}"}], "reference", f"output {i}") for i in range(12)]
-        preferences = ApiPairwiseJudge(recipe, tmp_path).preferences(items)
+        preferences = ApiPairwiseJudge(recipe.eval, tmp_path).preferences(items)
     finally:
         server.shutdown()
     for item, preference in zip(items, preferences, strict=True):
@@ -64,7 +64,7 @@ def test_api_judge_unswaps_the_order(tmp_path):
 def test_identical_outputs_are_draws_without_a_judge(tmp_path):
     recipe = load_recipe(None, ["eval.judge=python", "eval.function=nowhere:f"])  # never imported: all identical
     items = [Comparison([{"role": "user", "content": "q"}], "same", "same")]
-    assert judge_all(recipe, items, tmp_path) == ([1.5], {})
+    assert judge_all(recipe.eval, recipe.model, items, tmp_path) == ([1.5], {})
 
 
 def test_reward_model_judge_is_bradley_terry(tiny_reward_model):
@@ -79,7 +79,7 @@ def test_reward_model_judge_is_bradley_terry(tiny_reward_model):
         Comparison([{"role": "user", "content": f"Say something about {w}."}], f"{w}.", f"I like {w} a lot.")
         for w in ("the sea", "foxes")
     ]
-    preferences = RewardModelPairwiseJudge(recipe).preferences(items)
+    preferences = RewardModelPairwiseJudge(recipe.eval, recipe.model).preferences(items)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model)
 

@@ -66,11 +66,15 @@ def test_a_rule_fails_with_the_same_words_at_check_and_at_run_time(tmp_path):
     from wpo.scoring import make_scorer
 
     for overrides, stage, at_run_time in (
-        (["score.scorer=python", "score.candidates=" + str(tmp_path)], "score", lambda r: make_scorer(r, tmp_path)),
+        (
+            ["score.scorer=python", "score.candidates=" + str(tmp_path)],
+            "score",
+            lambda r: make_scorer(r.score, r.model, tmp_path),
+        ),
         (
             ["eval.judge=python", "eval.prompts=builtin:ifeval-heldout.jsonl"],
             "eval",
-            lambda r: JUDGES["python"](r, tmp_path),
+            lambda r: JUDGES["python"](r.eval, r.model, tmp_path),
         ),
     ):
         recipe = load_recipe(None, overrides)

@@ -131,7 +131,8 @@ def test_eval_generates_greedily_with_llamacpp_from_the_evaluated_models_gguf(mo
     )
     greedy = sampler(model_path, "sample.temperature=0.0", "sample.max_new_tokens=8")
     expected = [s.text for s in greedy.generate([SampleRequest(p.messages, 0) for p in prompts])]
-    assert generate_outputs(recipe, "embedded:smollm2-135m-instruct", prompts) == expected
+    generation = Generation.for_eval(recipe.eval, recipe.sample, recipe.seed, recipe.output_dir)
+    assert generate_outputs("embedded:smollm2-135m-instruct", recipe.model, generation, prompts) == expected
 
 
 def test_llamacpp_settings_need_the_llamacpp_backend():

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from wpo import machine
-from wpo.config import Recipe
+from wpo.config import EvalConfig
 from wpo.endpoints import CACHE_FILE, AnswerCache, ChatRequest, Endpoint, message_text
 from wpo.errors import ConfigError, WpoError
 
@@ -74,10 +74,9 @@ def annotator_settings(annotator: str) -> dict[str, Any]:
 class AlpacaEvalJudge:
     """alpaca_eval's `PairwiseAnnotator` with its completions sent through wpo's endpoint (`eval.api`)."""
 
-    def __init__(self, recipe: Recipe, cache_dir: Path):
+    def __init__(self, cfg: EvalConfig, cache_dir: Path):
         from alpaca_eval.annotators import PairwiseAnnotator
 
-        cfg = recipe.eval
         if cfg.api is None or cfg.annotator is None:
             raise WpoError("eval.judge: alpaca_eval needs eval.annotator and eval.api")
         self.config = cfg.api
@@ -154,9 +153,8 @@ def _as_alpaca_eval_completion(choice: dict[str, Any]) -> dict[str, Any]:
     return completion
 
 
-def comparability(recipe: Recipe, instructions: int, reference_generator: str) -> dict[str, Any]:
+def comparability(cfg: EvalConfig, instructions: int, reference_generator: str) -> dict[str, Any]:
     """Whether these figures can stand beside the public AlpacaEval 2 leaderboard's, and what differs if not."""
-    cfg = recipe.eval
     annotator_model = annotator_settings(cfg.annotator)["completions_kwargs"].get("model_name")
     differences = []
     if Path(cfg.annotator).name.removesuffix(".yaml") != LEADERBOARD_ANNOTATOR:

@@ -118,8 +118,8 @@ def _local(source: str) -> bool:
         return False
 
 
-def check_contamination(recipe: Recipe, instructions: list[str]) -> Overlap:
-    sources = training_sources(recipe)
+def check_contamination(sources: list[str], instructions: list[str]) -> Overlap:
+    """The eval instructions' long n-grams found in the training texts of `sources` (`training_sources`)."""
 
     def texts() -> Iterator[str]:
         for source in sources:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wpo.config import Recipe, ScoreConfig
+from wpo.config import EvalConfig, ModelConfig, ScoreConfig
 from wpo.endpoints import CACHE_FILE, AnswerCache, ChatRequest, Endpoint, first_token_distribution, message_text
 from wpo.errors import WpoError
 from wpo.rules import Need, needed
@@ -76,8 +76,8 @@ def second_better(choice: dict[str, Any]) -> float:
 
 
 class ApiPairwiseJudge:
-    def __init__(self, recipe: Recipe, cache_dir: Path):
-        self.config = needed("eval", recipe.eval, "judge", JUDGE_NEEDS)
+    def __init__(self, cfg: EvalConfig, cache_dir: Path):
+        self.config = needed("eval", cfg, "judge", JUDGE_NEEDS)
         self.endpoint = Endpoint(self.config, "eval.api", AnswerCache(cache_dir / CACHE_FILE))
 
     def _request(self, first: str, second: str, instruction: str) -> ChatRequest:
@@ -105,12 +105,12 @@ class ApiPairwiseJudge:
 
 
 class RewardModelPairwiseJudge:
-    def __init__(self, recipe: Recipe):
+    def __init__(self, cfg: EvalConfig, model: ModelConfig):
         from wpo.scoring.reward_model import RewardModelScorer
 
         self.scorer = RewardModelScorer(
-            needed("eval", recipe.eval, "judge", JUDGE_NEEDS),
-            recipe.model,
+            needed("eval", cfg, "judge", JUDGE_NEEDS),
+            model,
             batch_size=ScoreConfig.model_fields["batch_size"].default,  # score's defaults for a scorer, unset here
             max_length=ScoreConfig.model_fields["max_length"].default,
         )
@@ -124,10 +124,10 @@ class RewardModelPairwiseJudge:
 
 
 class PythonPairwiseJudge:
-    def __init__(self, recipe: Recipe):
+    def __init__(self, cfg: EvalConfig):
         from wpo.user_functions import load_function
 
-        self.function = load_function(needed("eval", recipe.eval, "judge", JUDGE_NEEDS), "eval.function")
+        self.function = load_function(needed("eval", cfg, "judge", JUDGE_NEEDS), "eval.function")
 
     def preferences(self, comparisons: list[Comparison]) -> list[float]:
         preferences = []
@@ -139,29 +139,32 @@ class PythonPairwiseJudge:
         return preferences
 
 
-def _alpaca_eval_judge(recipe: Recipe, cache_dir: Path):
+def _alpaca_eval_judge(cfg: EvalConfig, cache_dir: Path):
     from wpo.evaluation.alpaca_eval_protocol import AlpacaEvalJudge
 
-    return AlpacaEvalJudge(recipe, cache_dir)
+    return AlpacaEvalJudge(cfg, cache_dir)
 
 
-# eval.judge → the judge it builds from (recipe, the stage's cache directory)
+# eval.judge → the judge it builds from (the eval section, the policy's model section, the stage's cache directory)
 JUDGES = {
-    "api": ApiPairwiseJudge,
-    "alpaca_eval": _alpaca_eval_judge,
-    "reward_model": lambda recipe, cache_dir: RewardModelPairwiseJudge(recipe),
-    "python": lambda recipe, cache_dir: PythonPairwiseJudge(recipe),
+    "api": lambda cfg, model, cache_dir: ApiPairwiseJudge(cfg, cache_dir),
+    "alpaca_eval": lambda cfg, model, cache_dir: _alpaca_eval_judge(cfg, cache_dir),
+    "reward_model": lambda cfg, model, cache_dir: RewardModelPairwiseJudge(cfg, model),
+    "python": lambda cfg, model, cache_dir: PythonPairwiseJudge(cfg),
 }
 
 
-def judge_all(recipe: Recipe, comparisons: list[Comparison], cache_dir: Path) -> tuple[list[float], dict[str, int]]:
+def judge_all(
+    cfg: EvalConfig, model: ModelConfig, comparisons: list[Comparison], cache_dir: Path
+) -> tuple[list[float], dict[str, int]]:
     """Preferences for every comparison, with identical outputs settled as draws before any judge is built, and the
-    API judge's usage (empty for the others)."""
+    API judge's usage (empty for the others). `model` is the policy's section: a reward-model judge loads its
+    weights with the policy's settings (dtype, remote code)."""
     open_items = [c for c in comparisons if c.output != c.reference]
     judged: list[float] = []
     usage: dict[str, int] = {}
     if open_items:
-        judge = JUDGES[recipe.eval.judge](recipe, cache_dir)
+        judge = JUDGES[cfg.judge](cfg, model, cache_dir)
         judged = judge.preferences(open_items)
         endpoint = getattr(judge, "endpoint", None)
         usage = endpoint.usage_report() if endpoint is not None else {}

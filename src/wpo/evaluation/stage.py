@@ -16,11 +16,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from wpo import machine
-from wpo.config import ModelConfig, Recipe
+from wpo.config import EvalConfig, ModelConfig, Recipe
 from wpo.data.io import BadRecordPolicy, atomic_writer, write_json, write_jsonl
 from wpo.data.schemas import PromptRecord, RecordInvalid, load_records, parse_annotation, parse_prompt
 from wpo.errors import ConfigError, DataError
-from wpo.evaluation.contamination import check_contamination
+from wpo.evaluation.contamination import check_contamination, training_sources
 from wpo.evaluation.judges import JUDGE_NEEDS, Comparison, judge_all
 from wpo.evaluation.leaderboard import update_leaderboard, write_report
 from wpo.evaluation.measures import compare, per_prompt_values, side_by_side, verdict
@@ -31,25 +31,23 @@ from wpo.machine import Lack
 from wpo.manifest import Counts, write_manifest
 from wpo.models import generator_name, merged_model_dir
 from wpo.rules import exists, needed_and_there, required, user_function
+from wpo.sampling import Generation
 from wpo.stage_run import StageRun, code_fingerprints, input_fingerprint, resolved
 from wpo.user_functions import prompt_record, recipe_functions
 
 log = logging.getLogger(__name__)
 
 
-def eval_model(recipe: Recipe) -> str:
-    """`eval.model`, else the trained model of this run (weights or LoRA adapter), else the recipe's base model."""
-    return recipe.eval.model or final_model(recipe)
-
-
-def compares_with_base(recipe: Recipe) -> bool:
+def compares_with_base(cfg: EvalConfig) -> bool:
     """The base model's outputs are needed as the pairwise baseline, or to measure what training did to the reward."""
-    return recipe.eval.compare_to == "base_model" or recipe.eval.reward is not None or bool(recipe.eval.measures)
+    return cfg.compare_to == "base_model" or cfg.reward is not None or bool(cfg.measures)
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:
-    model = eval_model(recipe)
-    base = recipe.model.name_or_path if compares_with_base(recipe) else None
+    """`model` is the model evaluated: `eval.model`, else the trained model of this run (weights or LoRA adapter),
+    else the recipe's base model."""
+    model = recipe.eval.model or final_model(recipe)
+    base = recipe.model.name_or_path if compares_with_base(recipe.eval) else None
     return {
         "seed": recipe.seed,
         "model": model,
@@ -76,21 +74,20 @@ def from_alpaca_eval(raw: dict[str, Any], where: str, reference_field: str) -> d
     }
 
 
-def eval_prompts_source(recipe: Recipe) -> str:
+def eval_prompts_source(cfg: EvalConfig) -> str:
     return required(
         "eval.prompts",
-        recipe.eval.prompts,
+        cfg.prompts,
         "the eval stage",
         "an eval set with a reference answer per prompt (or eval.compare_to: base_model), e.g. "
         "builtin:ifeval-heldout.jsonl",
     )
 
 
-def load_comparisons_inputs(recipe: Recipe, policy: BadRecordPolicy):
+def load_comparisons_inputs(cfg: EvalConfig, policy: BadRecordPolicy):
     """The eval prompts (with their reference outputs unless the baseline is the base model): our prompts format, or
     alpaca_eval's reference outputs file."""
-    cfg = recipe.eval
-    source = eval_prompts_source(recipe)
+    source = eval_prompts_source(cfg)
     needs_reference = cfg.compare_to == "reference"
 
     def parse(raw: dict[str, Any], where: str) -> PromptRecord:
@@ -107,27 +104,27 @@ def load_comparisons_inputs(recipe: Recipe, policy: BadRecordPolicy):
     return prompts
 
 
-def generate_outputs(recipe: Recipe, model: str, prompts) -> list[str]:
+def generate_outputs(model: str, settings: ModelConfig, generation: Generation, prompts) -> list[str]:
+    """One answer per prompt from `model`, loaded with the policy's `settings` (dtype, remote code)."""
     from wpo.models import resolve_model_path
-    from wpo.sampling import Generation, SampleRequest, make_sampler, sample_seed
+    from wpo.sampling import SampleRequest, make_sampler, sample_seed
 
-    cfg = recipe.eval
-    evaluated = ModelConfig(**{**recipe.model.model_dump(), "name_or_path": model})  # validated like any section
-    sampler = make_sampler(resolve_model_path(model), evaluated, Generation.for_eval(recipe))
+    evaluated = ModelConfig(**{**settings.model_dump(), "name_or_path": model})  # validated like any section
+    sampler = make_sampler(resolve_model_path(model), evaluated, generation)
     outputs = []
-    for start in tqdm(range(0, len(prompts), cfg.batch_size), desc=f"eval: {generator_name(model)}", unit="batch"):
-        batch = prompts[start : start + cfg.batch_size]
-        samples = sampler.generate([SampleRequest(p.messages, sample_seed(recipe.seed, p.id, 0)) for p in batch])
+    size = generation.batch_size
+    for start in tqdm(range(0, len(prompts), size), desc=f"eval: {generator_name(model)}", unit="batch"):
+        batch = prompts[start : start + size]
+        samples = sampler.generate([SampleRequest(p.messages, sample_seed(generation.seed, p.id, 0)) for p in batch])
         outputs += [sample.text for sample in samples]
     log.info("eval: generated %d outputs with %s", len(outputs), model)
     return outputs
 
 
-def _difficulty_inputs(recipe: Recipe, instructions: list[str]):
+def _difficulty_inputs(cfg: EvalConfig, instructions: list[str]):
     """AlpacaEval's per-instruction difficulties (a CSV with `instruction` and `instruction_difficulty` columns, as
     alpaca_eval ships it), matched to this eval set by instruction text — never by row position, which silently
     misaligns a reordered or filtered eval set — and its gamed-baseline rows when given."""
-    cfg = recipe.eval
     if cfg.instruction_difficulty is None:
         return None, None
     frame = pd.read_csv(cfg.instruction_difficulty)
@@ -164,13 +161,19 @@ def outputs_file(prompts, outputs: list[str], generator: str) -> list[dict[str, 
 
 
 def heldout_measures(
-    recipe: Recipe, prompts, base_outputs: list[str], outputs: list[str], stage_dir: Path, generators: tuple[str, str]
+    cfg: EvalConfig,
+    seed: int,
+    prompts,
+    base_outputs: list[str],
+    outputs: list[str],
+    stage_dir: Path,
+    generators: tuple[str, str],
 ) -> dict[str, Any]:
     """Every measure of the base's and the evaluated model's answers per prompt (`measures.jsonl`,
-    `side_by_side.md`), their paired bootstrap CIs, and the verdict on "better" (see `wpo.evaluation.measures`)."""
+    `side_by_side.md`), their paired bootstrap CIs (drawn from `seed`), and the verdict on "better" (see
+    `wpo.evaluation.measures`)."""
     from wpo.user_functions import load_function
 
-    cfg = recipe.eval
     functions = {"reward": load_function(cfg.reward, "eval.reward")} if cfg.reward else {}
     functions |= {name: load_function(spec, f"eval.measures.{name}") for name, spec in cfg.measures.items()}
     with_reference = all(isinstance(p.extra.get(cfg.reference_field), str) for p in prompts)
@@ -197,7 +200,7 @@ def heldout_measures(
     highlight = "reward" if "reward" in names else names[0]
     with atomic_writer(stage_dir / "side_by_side.md") as handle:
         handle.write(side_by_side(rows, names, generators[0], generators[1], highlight))
-    metrics = compare(rows, names, recipe.seed)
+    metrics = compare(rows, names, seed)
     gains = [name for name in names if name in functions]
     metrics.update(verdict(metrics, gains, cfg.content_margin, cfg.min_length_ratio, cfg.repetition_margin))
     return metrics
@@ -209,14 +212,16 @@ def run_eval(target: StageRun | Recipe) -> dict[str, Any]:
     started = time.perf_counter()
     run = resolved(target, "eval", run_config)
     recipe = run.recipe
-    cfg = recipe.eval
+    cfg, base_model = recipe.eval, recipe.model.name_or_path
     stage_dir = recipe.stage_dir("eval")
     policy = BadRecordPolicy(recipe.on_bad_record)
-    prompts = load_comparisons_inputs(recipe, policy)
-    model = eval_model(recipe)
-    _warn_if_untrained(recipe, model)
+    prompts = load_comparisons_inputs(cfg, policy)
+    model = run.config["model"]
+    if model == base_model:
+        _warn_if_untrained(cfg, base_model, recipe.output_dir)
     generator = cfg.generator_name or generator_name(model)
-    outputs, base_outputs, written = _answers(recipe, model, generator, prompts, stage_dir)
+    generation = Generation.for_eval(cfg, recipe.sample, recipe.seed, recipe.output_dir)
+    outputs, base_outputs, written = _answers(cfg, recipe.model, generation, model, generator, prompts, stage_dir)
     if cfg.compare_to == "base_model":
         references, reference_generators = base_outputs, [generator_name(recipe.model.name_or_path)] * len(prompts)
     else:
@@ -226,13 +231,15 @@ def run_eval(target: StageRun | Recipe) -> dict[str, Any]:
         Comparison(p.messages, r, o, prompt_record(p.id, p.messages, p.extra))
         for p, r, o in zip(prompts, references, outputs, strict=True)
     ]
-    annotations, metrics, judge_usage = _judged(recipe, comparisons, reference_generators, generator, stage_dir)
+    annotations, metrics, judge_usage = _judged(
+        cfg, recipe.model, comparisons, reference_generators, generator, stage_dir
+    )
     if base_outputs is not None:
-        base_generator = generator_name(recipe.model.name_or_path)
-        metrics.update(heldout_measures(recipe, prompts, base_outputs, outputs, stage_dir, (base_generator, generator)))
+        generators = (generator_name(base_model), generator)
+        metrics.update(heldout_measures(cfg, recipe.seed, prompts, base_outputs, outputs, stage_dir, generators))
         written += ["measures.jsonl", "side_by_side.md"]
         metrics["identical_to_base"] = sum(o == b for o, b in zip(outputs, base_outputs, strict=True))
-        if model != recipe.model.name_or_path and metrics["identical_to_base"] == len(prompts):
+        if model != base_model and metrics["identical_to_base"] == len(prompts):
             log.warning(
                 "eval: every one of the %d answers is identical to the base model's: the training changed "
                 "nothing these prompts show (train.learning_rate %g over %s steps); train more, or with a "
@@ -241,7 +248,7 @@ def run_eval(target: StageRun | Recipe) -> dict[str, Any]:
                 recipe.train.learning_rate,
                 recipe.train.max_steps or "its",
             )
-    metrics.update(contamination_summary(recipe, prompts))
+    metrics.update(contamination_summary(training_sources(recipe), prompts))
     write_json(stage_dir / "metrics.json", metrics)
     board = update_leaderboard(
         Path(cfg.leaderboard) if cfg.leaderboard else stage_dir / "leaderboard.csv", generator, metrics
@@ -272,15 +279,15 @@ def run_eval(target: StageRun | Recipe) -> dict[str, Any]:
     return {"generator": generator, "metrics": metrics}
 
 
-def refuse_the_base_against_itself(recipe: Recipe, evaluated: str | None) -> None:
+def refuse_the_base_against_itself(cfg: EvalConfig, base_model: str, output_dir: str, evaluated: str | None) -> None:
     """eval.compare_to: base_model needs something other than the base to evaluate (`evaluated`: the model eval
-    will answer with, None when a train stage of this run writes it)."""
-    if recipe.eval.compare_to != "base_model" or evaluated != recipe.model.name_or_path:
+    will answer with, None when a train stage of the run under `output_dir` writes it)."""
+    if cfg.compare_to != "base_model" or evaluated != base_model:
         return
     nothing = (
         "eval.model is the base model"
-        if recipe.eval.model
-        else f"nothing is trained under {recipe.output_dir} and stages do not include train"
+        if cfg.model
+        else f"nothing is trained under {output_dir} and stages do not include train"
     )
     raise ConfigError(
         f"eval.compare_to: base_model, but {nothing}: the base would be compared with itself; "
@@ -291,7 +298,7 @@ def refuse_the_base_against_itself(recipe: Recipe, evaluated: str | None) -> Non
 def check(recipe: Recipe, stages: list[str], lacks: list[Lack | None]) -> None:
     """The eval set, the judge's setting, the user's functions, and something other than the base to evaluate."""
     cfg = recipe.eval
-    exists("eval.prompts", eval_prompts_source(recipe), lacks)
+    exists("eval.prompts", eval_prompts_source(cfg), lacks)
     for key in ("model", "instruction_difficulty", "gamed_baselines"):
         exists(f"eval.{key}", getattr(cfg, key), lacks)
     lacks += machine.generation_backend(cfg.backend, "eval.backend", recipe.sample.tensor_parallel_size)
@@ -312,48 +319,55 @@ def check(recipe: Recipe, stages: list[str], lacks: list[Lack | None]) -> None:
         )
     for key, spec in recipe_functions("eval", cfg).items():
         user_function(spec, key)
-    refuse_the_base_against_itself(recipe, cfg.model or (None if "train" in stages else final_model(recipe)))
+    evaluated = cfg.model or (None if "train" in stages else final_model(recipe))
+    refuse_the_base_against_itself(cfg, recipe.model.name_or_path, recipe.output_dir, evaluated)
 
 
 def read_input(recipe: Recipe, source: str, policy: BadRecordPolicy) -> None:
-    load_comparisons_inputs(recipe, policy)
+    load_comparisons_inputs(recipe.eval, policy)
 
 
-def _warn_if_untrained(recipe: Recipe, model: str) -> None:
-    if model != recipe.model.name_or_path:
-        return
-    refuse_the_base_against_itself(recipe, model)  # wpo.checks refuses it first; a Python caller may come here
+def _warn_if_untrained(cfg: EvalConfig, base_model: str, output_dir: str) -> None:
+    """Eval answers with the base model: refused where the base is also the baseline, else said."""
+    refuse_the_base_against_itself(cfg, base_model, output_dir, base_model)  # wpo.checks refuses it first
     log.warning(
         "eval: nothing trained under %s and eval.model is unset: evaluating the base model %s against the references",
-        recipe.output_dir,
-        model,
+        output_dir,
+        base_model,
     )
 
 
-def _answers(recipe: Recipe, model: str, generator: str, prompts, stage_dir: Path):
-    """The model's answers, and the base model's when the eval compares with it or measures both (else None); the
-    files written."""
-    trust = recipe.model.trust_remote_code
+def _answers(
+    cfg: EvalConfig, base: ModelConfig, generation: Generation, model: str, generator: str, prompts, stage_dir: Path
+):
+    """The model's answers, and the base model's (`base`, whose settings load both) when the eval compares with it
+    or measures both (else None); the files written."""
+    trust = base.trust_remote_code
     outputs = generate_outputs(
-        recipe,
         str(merged_model_dir(Path(model), stage_dir, trust_remote_code=trust)) if Path(model).is_dir() else model,
+        base,
+        generation,
         prompts,
     )
     write_json(stage_dir / "model_outputs.json", outputs_file(prompts, outputs, generator))
     written = ["model_outputs.json"]
     base_outputs: list[str] | None = None
-    if compares_with_base(recipe):
-        base = recipe.model.name_or_path
-        base_outputs = outputs if base == model else generate_outputs(recipe, base, prompts)
-        write_json(stage_dir / "base_outputs.json", outputs_file(prompts, base_outputs, generator_name(base)))
+    if compares_with_base(cfg):
+        base_outputs = (
+            outputs if base.name_or_path == model else generate_outputs(base.name_or_path, base, generation, prompts)
+        )
+        write_json(
+            stage_dir / "base_outputs.json", outputs_file(prompts, base_outputs, generator_name(base.name_or_path))
+        )
         written.append("base_outputs.json")
     return outputs, base_outputs, written
 
 
-def _judged(recipe: Recipe, comparisons, reference_generators: list[str], generator: str, stage_dir: Path):
+def _judged(
+    cfg: EvalConfig, model: ModelConfig, comparisons, reference_generators: list[str], generator: str, stage_dir: Path
+):
     """alpaca_eval's annotations (written), the win rates and LC from them, who judged, and the judge's usage."""
-    cfg = recipe.eval
-    preferences, judge_usage = judge_all(recipe, comparisons, stage_dir)
+    preferences, judge_usage = judge_all(cfg, model, comparisons, stage_dir)
     annotations = [
         {
             "instruction": c.instruction,
@@ -367,15 +381,13 @@ def _judged(recipe: Recipe, comparisons, reference_generators: list[str], genera
         for c, g, pref in zip(comparisons, reference_generators, preferences, strict=True)
     ]
     write_json(stage_dir / "annotations.json", annotations)
-    metrics = metrics_from_annotations(
-        annotations, *_difficulty_inputs(recipe, [a["instruction"] for a in annotations])
-    )
+    metrics = metrics_from_annotations(annotations, *_difficulty_inputs(cfg, [a["instruction"] for a in annotations]))
     metrics["judge"] = cfg.judge
     metrics["reference_generator"] = reference_generators[0]
     if cfg.judge == "alpaca_eval":
         from wpo.evaluation.alpaca_eval_protocol import comparability
 
-        metrics["alpaca_eval"] = comparability(recipe, len(comparisons), reference_generators[0])
+        metrics["alpaca_eval"] = comparability(cfg, len(comparisons), reference_generators[0])
         if not metrics["alpaca_eval"]["comparable_with_leaderboard"]:
             log.warning(
                 "eval: AlpacaEval 2's protocol with %s, but not comparable with the public leaderboard: %s",
@@ -412,10 +424,10 @@ def _log_figures(metrics: dict[str, Any], generator: str, baseline: str, count: 
         )
 
 
-def contamination_summary(recipe: Recipe, prompts) -> dict[str, Any]:
-    """How many eval instructions share a long n-gram of their own with the run's training prompts and pairs (or are
-    a whole training text), and which."""
-    overlap = check_contamination(recipe, [p.messages[-1]["content"] for p in prompts])
+def contamination_summary(sources: list[str], prompts) -> dict[str, Any]:
+    """How many eval instructions share a long n-gram of their own with the run's training prompts and pairs
+    (`sources`, from `training_sources`) or are a whole training text, and which."""
+    overlap = check_contamination(sources, [p.messages[-1]["content"] for p in prompts])
     if overlap.found:
         log.warning(
             "eval: %d of %d eval instructions share a %d-word sequence with the training data (%s), e.g. %s: "

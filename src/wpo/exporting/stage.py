@@ -24,11 +24,6 @@ REPORT, CARD = "quantization_report.json", "README.md"
 GGUF_CONFIG = ".gguf-config"  # the config hash the GGUF files in the stage directory were made under
 
 
-# One path component, so `<name>.<TYPE>.gguf` stays inside the stage directory.
-def export_model(recipe: Recipe) -> str:
-    return recipe.export.model or final_model(recipe)
-
-
 def check(recipe: Recipe, stages: list[str], lacks: list[Lack | None]) -> None:
     """The quantization types and the name, and that the model and the verification text are here."""
     check_quantizations(recipe.export.quantizations)
@@ -39,7 +34,8 @@ def check(recipe: Recipe, stages: list[str], lacks: list[Lack | None]) -> None:
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:
-    model = export_model(recipe)
+    """`model` is the model exported: `export.model`, else the model the run ends with."""
+    model = recipe.export.model or final_model(recipe)
     return {
         "model": model,
         "export": recipe.export.model_dump(mode="json"),
@@ -56,7 +52,7 @@ def run_export(target: StageRun | Recipe) -> dict[str, Any]:
     cfg = recipe.export
     stage_dir = recipe.stage_dir("export")
     types = check_quantizations(cfg.quantizations)
-    model = export_model(recipe)
+    model = run.config["model"]
     name = cfg.name or generator_name(model)
     check_export_name(name, stage_dir)
     trust = recipe.model.trust_remote_code
@@ -65,7 +61,9 @@ def run_export(target: StageRun | Recipe) -> dict[str, Any]:
         raise WpoError(f"export.model {model}: not a local HF model directory")
     check_architecture(model_dir)
     discard_files_of_another_config(stage_dir, run.config_hash)
-    files = export_gguf(model_dir, stage_dir, name, types, f16_source=evaluated_conversion(recipe, model_dir))
+    files = export_gguf(
+        model_dir, stage_dir, name, types, f16_source=evaluated_conversion(recipe.output_dir, model_dir)
+    )
 
     text_path = resolve_local(cfg.verify_text)
     if text_path is None:
@@ -128,9 +126,10 @@ def compare_with_hf(
     return report, len(ids)
 
 
-def evaluated_conversion(recipe: Recipe, model_dir: Path) -> Path | None:
-    """The F16 GGUF the llama.cpp eval (or sampling) converted these very weights to, if there is one."""
-    cache = gguf_cache(recipe.output_dir)
+def evaluated_conversion(output_dir: str, model_dir: Path) -> Path | None:
+    """The F16 GGUF the llama.cpp eval (or sampling) of the run under `output_dir` converted these very weights to,
+    if there is one."""
+    cache = gguf_cache(output_dir)
     converted = converted_policy_path(model_dir, cache) if cache.is_dir() else None
     return converted if converted is not None and converted.is_file() else None
 

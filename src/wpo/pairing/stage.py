@@ -7,15 +7,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wpo.config import PairConfig, Recipe
+from wpo.config import ModelConfig, PairConfig, Recipe
 from wpo.data.io import BadRecordPolicy, write_json, write_jsonl
 from wpo.data.schemas import CandidatesRecord, Pair, RecordInvalid, parse_all, parse_candidates
 from wpo.errors import DataError
-from wpo.layout import STAGE_OUTPUTS, stage_output
+from wpo.layout import STAGE_OUTPUTS, output_in
 from wpo.manifest import Counts, write_manifest
 from wpo.pairing import choose_pair
 from wpo.stage_run import StageRun, input_fingerprint, resolved
@@ -24,14 +25,15 @@ log = logging.getLogger(__name__)
 OUTPUT, STATS = STAGE_OUTPUTS["pair"], "stats.json"
 
 
-def candidates_source(recipe: Recipe) -> str:
-    return recipe.pair.candidates or str(stage_output(recipe, "score"))
+def candidates_source(cfg: PairConfig, run_dir: str) -> str:
+    """`pair.candidates`, else what the score stage of the run (or round) under `run_dir` wrote."""
+    return cfg.candidates or str(output_in(Path(run_dir), "score"))
 
 
 def run_config(recipe: Recipe) -> dict[str, Any]:
     config = {
         "pair": recipe.pair.hashed_settings(),
-        "inputs": {"pair.candidates": input_fingerprint(candidates_source(recipe))},
+        "inputs": {"pair.candidates": input_fingerprint(candidates_source(recipe.pair, recipe.output_dir))},
     }
     if recipe.pair.length_unit == "tokens":
         config["tokenizer"] = recipe.model.name_or_path
@@ -60,12 +62,12 @@ def run_pair(target: StageRun | Recipe) -> dict[str, Any]:
     run = resolved(target, "pair", run_config)
     recipe = run.recipe
     stage_dir = recipe.stage_dir("pair")
-    source = candidates_source(recipe)
+    source = candidates_source(recipe.pair, recipe.output_dir)
     policy = BadRecordPolicy(recipe.on_bad_record)
     records: list[CandidatesRecord] = [item.record for item in parse_all(source, parse_scored, policy, unique_ids=True)]
     if not records:
         raise DataError(f"{source}: no usable scored candidates (skipped {dict(policy.skipped)})")
-    formed = form_pairs(records, recipe.pair, answer_length(recipe))
+    formed = form_pairs(records, recipe.pair, answer_length(recipe.pair, recipe.model))
     pairs = formed.pairs
     if not pairs:
         raise DataError(
@@ -104,13 +106,13 @@ def run_pair(target: StageRun | Recipe) -> dict[str, Any]:
     return {"output": str(stage_dir / OUTPUT), "counts": counts.to_json(), "stats": stats}
 
 
-def answer_length(recipe: Recipe) -> Callable[[str], int]:
+def answer_length(cfg: PairConfig, model: ModelConfig) -> Callable[[str], int]:
     """How `pair.length_unit` measures an answer (the length tie-break): characters, or the policy's tokens."""
-    if recipe.pair.length_unit != "tokens":
+    if cfg.length_unit != "tokens":
         return len
     from wpo.models import load_tokenizer, resolve_model_path
 
-    tokenizer = load_tokenizer(resolve_model_path(recipe.model.name_or_path), recipe.model.trust_remote_code)
+    tokenizer = load_tokenizer(resolve_model_path(model.name_or_path), model.trust_remote_code)
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

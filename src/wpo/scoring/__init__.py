@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-from wpo.config import Recipe
+from wpo.config import ModelConfig, ScoreConfig
 from wpo.rules import Need, needed
 
 # What each scorer cannot run without.
@@ -33,19 +34,18 @@ class Scorer(Protocol):
         ...
 
 
-def make_scorer(recipe: Recipe, cache_dir) -> Scorer:
-    scorer = recipe.score.scorer
-    if scorer == "python":
+def make_scorer(cfg: ScoreConfig, model: ModelConfig, cache_dir: Path) -> Scorer:
+    """The scorer `cfg` names; a reward model loads with the policy's `model` settings (dtype, remote code), a judge
+    caches its answers in `cache_dir`."""
+    setting = needed("score", cfg, "scorer", SCORER_NEEDS)
+    if cfg.scorer == "python":
         from wpo.scoring.python_callable import PythonScorer
 
-        return PythonScorer(needed("score", recipe.score, "scorer", SCORER_NEEDS))
-    if scorer == "reward_model":
+        return PythonScorer(setting)
+    if cfg.scorer == "reward_model":
         from wpo.scoring.reward_model import RewardModelScorer
 
-        cfg = recipe.score
-        return RewardModelScorer(
-            needed("score", cfg, "scorer", SCORER_NEEDS), recipe.model, cfg.batch_size, cfg.max_length
-        )
+        return RewardModelScorer(setting, model, cfg.batch_size, cfg.max_length)
     from wpo.scoring.judge import JudgeScorer
 
-    return JudgeScorer(needed("score", recipe.score, "scorer", SCORER_NEEDS), cache_dir)
+    return JudgeScorer(setting, cache_dir)

@@ -12,18 +12,19 @@ import copy
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from wpo.config import Recipe
+from wpo.config import Recipe, ScoreConfig
 from wpo.data.io import BadRecordPolicy, write_jsonl
 from wpo.data.progress import ProgressFile
 from wpo.data.schemas import parse_all, parse_candidates
 from wpo.distributed import process_state
 from wpo.errors import DataError
-from wpo.layout import STAGE_OUTPUTS, stage_output
+from wpo.layout import STAGE_OUTPUTS, output_in
 from wpo.machine import Lack
 from wpo.manifest import Counts, write_manifest
 from wpo.rules import needed_and_there
@@ -36,8 +37,9 @@ OUTPUT = STAGE_OUTPUTS["score"]
 RECORDS_PER_APPEND = 8
 
 
-def candidates_source(recipe: Recipe) -> str:
-    return recipe.score.candidates or str(stage_output(recipe, "sample"))
+def candidates_source(cfg: ScoreConfig, run_dir: str) -> str:
+    """`score.candidates`, else what the sample stage of the run (or round) under `run_dir` wrote."""
+    return cfg.candidates or str(output_in(Path(run_dir), "sample"))
 
 
 def check(recipe: Recipe, stages: list[str], lacks: list[Lack | None]) -> None:
@@ -52,7 +54,7 @@ def read_input(recipe: Recipe, source: str, policy: BadRecordPolicy) -> None:
 def run_config(recipe: Recipe) -> dict[str, Any]:
     return {
         "score": recipe.score.hashed_settings(),
-        "inputs": {"score.candidates": input_fingerprint(candidates_source(recipe))},
+        "inputs": {"score.candidates": input_fingerprint(candidates_source(recipe.score, recipe.output_dir))},
         "code": code_fingerprints(recipe_functions("score", recipe.score)),
     }
 
@@ -62,7 +64,7 @@ def run_score(target: StageRun | Recipe) -> dict[str, Any]:
     run = resolved(target, "score", run_config)
     recipe = run.recipe
     stage_dir = recipe.stage_dir("score")
-    source = candidates_source(recipe)
+    source = candidates_source(recipe.score, recipe.output_dir)
     policy = BadRecordPolicy(recipe.on_bad_record)
     records = [(item.where, item.raw) for item in parse_all(source, parse_candidates, policy, unique_ids=True)]
     if not records:
@@ -79,7 +81,7 @@ def run_score(target: StageRun | Recipe) -> dict[str, Any]:
     chunks = [records[i : i + RECORDS_PER_APPEND] for i in range(0, len(records), RECORDS_PER_APPEND)]
     pending = [chunk for chunk in chunks if any(str(data["id"]) not in done for _, data in chunk)]
     mine = pending[state.process_index :: state.num_processes]
-    scorer = make_scorer(recipe, stage_dir) if mine else None
+    scorer = make_scorer(recipe.score, recipe.model, stage_dir) if mine else None
     state.wait_for_everyone()  # every judge cache is loaded (and repaired) before any process appends to it
     my_candidates = sum(len(d["candidates"]) for chunk in mine for _, d in chunk)
     bar = tqdm(total=my_candidates, desc="score", unit="candidate", disable=not state.is_main_process)
@@ -126,7 +128,7 @@ def _write_scored(
 ) -> dict[str, Any]:
     """Every process's scored records, in input order: the output file and the manifest."""
     recipe = run.recipe
-    stage_dir, source = recipe.stage_dir("score"), candidates_source(recipe)
+    stage_dir, source = recipe.stage_dir("score"), candidates_source(recipe.score, recipe.output_dir)
     done = progress.load()
     written = write_jsonl(stage_dir / OUTPUT, [done[str(data["id"])] for _, data in records])
     progress.remove()
