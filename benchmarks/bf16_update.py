@@ -9,7 +9,7 @@ there, the forward moves much further along the gradient than the update. Weight
 than bf16 (fp16, or a GGUF dequantized to fp32, as the embedded SmolLM2) can sit there in numbers.
 
 This script measures, on one synthetic pair of SmolLM2-135M (the answer's log-prob, `--tokens` answer tokens):
-- the change of log p(answer) (the body under autocast, the output layer in fp32 as the trainer computes it) after
+- the change of log p(answer) (the body and output layer under autocast, as the trainer computes them) after
   w += lr · sign(∇ log p) (the gradient's direction) and after w += lr · random
   signs, in fp32 and under bf16 autocast, with the weights as loaded and with the tie weights rounded
   (`train.bf16_ties: round`, what the trainer does under bf16: the forward at step 0 is the same, since the
@@ -39,12 +39,12 @@ def group_of(name: str) -> str:
 
 
 def answer_logp(model, ids: torch.Tensor, prompt_length: int, bf16: bool) -> torch.Tensor:
-    """The body under autocast (when `bf16`), the output layer in fp32 from the body's last hidden states, as the
-    trainer's chunked loss computes it."""
+    """The body and the output layer under autocast (when `bf16`), the log-softmax in fp32, as the trainer's chunked
+    loss computes them."""
     context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     with context:
         hidden = model.model(ids).last_hidden_state[0, prompt_length - 1 : -1]
-    logits = hidden.float() @ model.get_output_embeddings().weight.float().T
+        logits = torch.nn.functional.linear(hidden, model.get_output_embeddings().weight).float()
     return torch.log_softmax(logits, -1).gather(-1, ids[0, prompt_length:, None]).sum()
 
 

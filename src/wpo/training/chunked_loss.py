@@ -5,6 +5,12 @@ full-size logits (and several tensors like them) alive for backward: gigabytes p
 Here the output projection runs on `chunk_size` response tokens at a time; each chunk's logits are reduced to three
 numbers per token (target logit, `logsumexp(z)`, `log sum p^2`) and dropped, and backward recomputes them chunk by
 chunk. Peak memory is O(chunk_size x V), whatever the batch and sequence length.
+
+Under autocast (`train.mixed_precision: bf16`) the products are what autocast's own linear layer computes, and what
+the full-logits path (`train.loss_chunk_size: 0`) gets from the model's output layer: inputs and logits in bf16. The
+reductions over the vocabulary and every gradient accumulator stay fp32. On a CPU with bf16 units that makes the
+output layer's four products per token (forward, its recomputation, two gradients) about ten times cheaper; in fp32
+they were a fifth of the quickstart's bf16 step (benchmarks/quickstart_train.py).
 """
 
 from __future__ import annotations
@@ -31,10 +37,23 @@ def _weight_slices(weight: torch.Tensor, dtype: torch.dtype) -> Iterator[tuple[s
         yield rows, weight[rows].to(dtype)
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes a linear layer in here (bf16 under `train.mixed_precision: bf16`), or None."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
 def _chunk_logits(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+    low_precision: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`hidden @ weight.T + bias` for one chunk of tokens, computed and returned in `dtype` (fp32 for bf16 inputs)."""
+    """`hidden @ weight.T + bias` for one chunk of tokens, returned in `dtype` (fp32 for bf16 inputs): computed in
+    `dtype`, or, given `low_precision` (the weight in autocast's dtype), as autocast computes a linear layer."""
+    if low_precision is not None:
+        bias = None if bias is None else bias.to(low_precision.dtype)
+        return torch.nn.functional.linear(hidden.to(low_precision.dtype), low_precision, bias).to(dtype)
     logits = hidden.new_empty((hidden.shape[0], weight.shape[0]), dtype=dtype)
     for rows, weight_rows in _weight_slices(weight, dtype):
         torch.mm(hidden, weight_rows.t(), out=logits[:, rows])
@@ -53,13 +72,16 @@ class ChunkedTokenStatistics(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, softcap, chunk_size):
         dtype = torch.promote_types(hidden.dtype, torch.float32)
+        matmul_dtype = autocast_dtype(hidden.device.type)
+        # cast once per pass, kept for backward (autocast's linear keeps its cast weight the same way)
+        low_precision = None if matmul_dtype is None else weight.detach().to(matmul_dtype)
         count = hidden.shape[0]
         token_logps = hidden.new_empty(count, dtype=dtype)
         log_normalizers = hidden.new_empty(count, dtype=dtype)
         log_sum_p_squared = hidden.new_empty(count, dtype=dtype)
         for start in range(0, count, chunk_size):
             rows = slice(start, start + chunk_size)
-            logits = _chunk_logits(hidden[rows].to(dtype), weight, bias, dtype)
+            logits = _chunk_logits(hidden[rows].to(dtype), weight, bias, dtype, low_precision)
             if softcap is not None:
                 logits.div_(softcap).tanh_().mul_(softcap)
             target = logits.gather(1, labels[rows].unsqueeze(1)).squeeze(1)
@@ -73,14 +95,14 @@ class ChunkedTokenStatistics(torch.autograd.Function):
             token_logps[rows] = target - log_normalizers[rows]
             log_sum_p_squared[rows] = log_sum_exp_squared - 2.0 * log_sum_exp
             del logits, exp_shifted  # before the next chunk allocates its own
-        ctx.save_for_backward(hidden, weight, bias, labels, log_normalizers, log_sum_p_squared)
+        ctx.save_for_backward(hidden, weight, bias, labels, log_normalizers, log_sum_p_squared, low_precision)
         ctx.softcap, ctx.chunk_size = softcap, chunk_size
         ctx.set_materialize_grads(False)  # an output nobody backpropagates through costs nothing in backward
         return token_logps, log_sum_p_squared
 
     @staticmethod
     def backward(ctx, grad_token_logps, grad_log_sum_p_squared):
-        hidden, weight, bias, labels, log_normalizers, log_sum_p_squared = ctx.saved_tensors
+        hidden, weight, bias, labels, log_normalizers, log_sum_p_squared, low_precision = ctx.saved_tensors
         softcap, chunk_size = ctx.softcap, ctx.chunk_size
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         dtype = log_normalizers.dtype
@@ -101,14 +123,18 @@ class ChunkedTokenStatistics(torch.autograd.Function):
                 log_sum_p_squared[rows],
                 None if grad_token_logps is None else grad_token_logps[rows].to(dtype),
                 None if grad_log_sum_p_squared is None else grad_log_sum_p_squared[rows].to(dtype),
+                low_precision,
             )
-            for vocab_rows, weight_rows in _weight_slices(weight, dtype):
-                if grad_hidden is not None:
-                    grad_hidden[rows].addmm_(grad_logits[:, vocab_rows], weight_rows)
-                if grad_weight is not None:
-                    grad_weight[vocab_rows].addmm_(grad_logits[:, vocab_rows].t(), hidden_rows)
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
+            if low_precision is None:
+                _add_products(grad_hidden, grad_weight, rows, grad_logits, hidden_rows, weight)
+            else:  # in autocast's dtype, as its linear's backward computes them; accumulated in fp32
+                grad_logits = grad_logits.to(low_precision.dtype)
+                if grad_hidden is not None:
+                    grad_hidden[rows] += grad_logits @ low_precision
+                if grad_weight is not None:
+                    grad_weight += grad_logits.t() @ hidden_rows.to(low_precision.dtype)
             del grad_logits  # before the next chunk allocates its own
         return (
             None if grad_hidden is None else grad_hidden.to(hidden.dtype),
@@ -118,6 +144,15 @@ class ChunkedTokenStatistics(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _add_products(grad_hidden, grad_weight, rows: slice, grad_logits, hidden_rows, weight) -> None:
+    """The chunk's products into the fp32 gradients, the weight upcast a slice of the vocabulary at a time."""
+    for vocab_rows, weight_rows in _weight_slices(weight, grad_logits.dtype):
+        if grad_hidden is not None:
+            grad_hidden[rows].addmm_(grad_logits[:, vocab_rows], weight_rows)
+        if grad_weight is not None:
+            grad_weight[vocab_rows].addmm_(grad_logits[:, vocab_rows].t(), hidden_rows)
 
 
 def _chunk_logit_gradient(
@@ -130,6 +165,7 @@ def _chunk_logit_gradient(
     log_sum_p_squared: torch.Tensor,
     grad_token_logps: torch.Tensor | None,
     grad_log_sum_p_squared: torch.Tensor | None,
+    low_precision: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """d/dx of `g1·log p(label) + g2·log Σp²` for one chunk, x the logits before the soft-cap, recomputed here.
 
@@ -137,7 +173,7 @@ def _chunk_logit_gradient(
     of 2z), so dL/dz = `p·(2·g2·p/Σp² - g1 - 2·g2) + g1·onehot`; the cap z = c·tanh(x/c) adds dz/dx = 1 - tanh².
     Two `[chunk, V]` buffers when g2 is None (the trainer's case), three otherwise.
     """
-    logits = _chunk_logits(hidden, weight, bias, log_normalizers.dtype)
+    logits = _chunk_logits(hidden, weight, bias, log_normalizers.dtype, low_precision)
     tanh = logits.div_(softcap).tanh_() if softcap is not None else None
     probs = tanh.mul(softcap) if tanh is not None else logits
     probs.sub_(log_normalizers.unsqueeze(1)).exp_()

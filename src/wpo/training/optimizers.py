@@ -21,9 +21,11 @@ from wpo import machine
 from wpo.config import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
     """AdamW (or bitsandbytes' AdamW8bit); like HF Trainer, biases and norm weights (1-D parameters) get no weight
-    decay."""
+    decay. `fused`: torch's fused AdamW, one pass over each weight's state where the default makes about eight (on
+    the quickstart's CPU 0.13 s a step against 0.33 s). Its updates differ from the default's in the last bits, so
+    bf16 trainings take it and fp32 trainings keep the default: every fp32 result stays bit for bit."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
@@ -36,7 +38,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
         from bitsandbytes.optim import AdamW8bit
 
         return AdamW8bit(groups, **settings)
-    return torch.optim.AdamW(groups, **settings)
+    return torch.optim.AdamW(groups, **settings, fused=fused or None)
 
 
 def step_in_backward(optimizer: torch.optim.Optimizer) -> list[torch.utils.hooks.RemovableHandle]:

@@ -95,6 +95,26 @@ def compute_precision(recipe: Recipe, on_cpu: bool) -> str:
     return "bf16"
 
 
+def sdpa_in_fp32_under_cpu_autocast(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention, computed in fp32 when CPU autocast is on (as it would be in bf16): PyTorch's CPU
+    flash-attention kernel runs forward and backward about 2x slower in bf16 than in fp32 at training shapes (SmolLM2,
+    4 x 9 heads x 158 tokens: 9.9 against 5.2 ms), where every linear layer runs ~9x faster. Elsewhere (no autocast,
+    a GPU) it is transformers' function unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    with torch.autocast("cpu", enabled=False):
+        return sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+
+
+def use_fp32_attention_on_cpu() -> None:
+    """Route the "sdpa" attention of every model in this process through `sdpa_in_fp32_under_cpu_autocast`."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa_in_fp32_under_cpu_autocast
+
+
 def make_accelerator(recipe: Recipe) -> Accelerator:
     """accelerate's Accelerator, on CPU (gloo) when the machine has no accelerator device (`wpo.distributed`), in the
     precision this recipe asks for. accelerate keeps one process-wide state and refuses to change its precision, so
@@ -114,6 +134,8 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
         kwargs_handlers=[InitProcessGroupKwargs(backend=backend)] if backend else [],
     )
     check_launch(accelerator.num_processes)
+    if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu":
+        use_fp32_attention_on_cpu()
     if zero.is_deepspeed(accelerator):
         zero.load_models_whole()
     log.info(

@@ -56,6 +56,8 @@ from wpo.training.tokenize import PromptSharing, TokenizedPair, TokenizedPairs, 
 
 log = logging.getLogger(__name__)
 
+UNSHARDED = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)  # one whole optimizer each
+
 
 @dataclass(frozen=True)
 class TrainPlan:
@@ -138,7 +140,9 @@ def masters_and_optimizer(model, cfg: TrainConfig, accelerator: Accelerator, res
             moved,
             weights,
         )
-    optimizer = build_optimizer(model, cfg)
+    # the fused kernel on plain and DDP processes; ZeRO and FSDP shard the state their own way
+    fused = accelerator.mixed_precision == "bf16" and accelerator.distributed_type in UNSHARDED
+    optimizer = build_optimizer(model, cfg, fused=fused)
     if cfg.optimizer_in_backward:
         if accelerator.distributed_type != DistributedType.NO:
             raise ConfigError(
@@ -327,15 +331,18 @@ def train_step(state: StepState, step: int) -> dict[str, Any]:
         accelerator.process_index,
     )
     local_pairs = sum(len(batch) for batch in batches)
-    weight_scale = _weight_scale(state, batches, step) if cfg.normalize_weights else None
     collected: dict[str, list[torch.Tensor]] = {}
     token_count = 0
-    for position, indices in enumerate(batches):
-        with launcher.accumulating(state.model, last=position == len(batches) - 1):
-            statistics, tokens = _forward_backward(state, indices, local_pairs, step, weight_scale)
-        token_count += tokens
-        for name, value in statistics.items():
-            collected.setdefault(name, []).append(value)
+    # One autocast region for the step's forward passes (backward leaves it): autocast casts each trainable weight to
+    # bf16 once per region, so once per step instead of once per micro-batch; the weights change only after it.
+    with accelerator.autocast():
+        weight_scale = _weight_scale(state, batches, step) if cfg.normalize_weights else None
+        for position, indices in enumerate(batches):
+            with launcher.accumulating(state.model, last=position == len(batches) - 1):
+                statistics, tokens = _forward_backward(state, indices, local_pairs, step, weight_scale)
+            token_count += tokens
+            for name, value in statistics.items():
+                collected.setdefault(name, []).append(value)
 
     learning_rate = state.scheduler.get_last_lr()[0]
     grad_norm = launcher.step(state.model, state.optimizer, cfg.max_grad_norm)
@@ -418,7 +425,8 @@ def _forward_backward(
     )
     loss = result.pair_losses.sum() / local_pairs
     require_finite("loss", loss.detach(), where)
-    state.launcher.backward(state.model, loss)
+    with torch.autocast(accelerator.device.type, enabled=False):  # backward computes in its forward's precisions
+        state.launcher.backward(state.model, loss)
     statistics = {
         "loss": result.pair_losses,
         "weight": result.weights,
