@@ -415,10 +415,14 @@ def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
 
     import torch
-    import trl
 
     from wpo.training import precision
 
+    trl_version = "not run"
+    if any(variant.startswith("trl") for variant in args.variants):
+        import trl  # pip install 'wpo[bench]'
+
+        trl_version = trl.__version__
     variants = list(args.variants)
     if not precision.cpu_has_bf16_units() and not args.bf16_anywhere:
         for variant in [v for v in variants if v in BF16_VARIANTS]:
@@ -436,7 +440,7 @@ def main() -> None:
         f"SmolLM2-135M fp32, {'LoRA' if args.lora else 'full fine-tuning'}, {args.pairs} pair(s) x T tokens per "
         f"sequence (half prompt), median of {args.steps} steps "
         f"after the first, ratios of CPU time; gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} "
-        f"(trl-defaults: on); torch {torch.__version__} ({torch.get_num_threads()} threads), trl {trl.__version__}"
+        f"(trl-defaults: on); torch {torch.__version__} ({torch.get_num_threads()} threads), trl {trl_version}"
     )
     print(
         f"{'T':>5} {'variant':<13} {'process s':>9} {'x trl':>6} {'wall s':>7} {'CPU s':>7} {'x trl':>6} "
@@ -489,9 +493,10 @@ def main() -> None:
             ("trl-bf16", "trl"),
         ):
             if bf16 in results and fp32 in results:
-                offs = [abs(a / b - 1) for a, b in zip(results[bf16]["losses"], results[fp32]["losses"], strict=True)]
+                pairs = zip(results[bf16]["losses"], results[fp32]["losses"], strict=True)
                 print(
-                    f"{tokens:>5} {bf16} loss vs {fp32}'s, step by step: {' '.join(f'{off:.2%}' for off in offs)}",
+                    f"{tokens:>5} {bf16} loss vs {fp32}'s, step by step: "
+                    + "  ".join(f"{a:.4g} vs {b:.4g} ({a / b - 1:+.1%})" for a, b in pairs),
                     flush=True,
                 )
         if "adamw-8bit" in results and "chunked" in results:

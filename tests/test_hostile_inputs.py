@@ -119,12 +119,12 @@ def test_a_prompt_longer_than_max_length_fails_is_skipped_or_truncated(tmp_path,
     skipped = cli("train", one_step_training(tmp_path, tiny_llama, pairs, None), "on_bad_record=skip")
     assert skipped.exit_code == 0, skipped.stderr
     counts = manifest_counts(tmp_path / "run", "train")
-    assert (counts["skipped"], counts["pairs_trained"], counts["truncated_prompts"]) == ({"prompt_too_long": 1}, 2, 0)
+    assert (counts["skipped"], counts["written"], counts["truncated_prompts"]) == ({"prompt_too_long": 1}, 2, 0)
 
     truncated = cli("train", one_step_training(tmp_path, tiny_llama, pairs, 32), "train.resume=never")
     assert truncated.exit_code == 0, truncated.stderr
     counts = manifest_counts(tmp_path / "run", "train")
-    assert (counts["skipped"], counts["pairs_trained"], counts["truncated_prompts"]) == ({}, 3, 1)
+    assert (counts["skipped"], counts["written"], counts["truncated_prompts"]) == ({}, 3, 1)
 
 
 def test_a_one_megabyte_response_is_truncated_and_counted(tmp_path, tiny_llama):
@@ -134,7 +134,7 @@ def test_a_one_megabyte_response_is_truncated_and_counted(tmp_path, tiny_llama):
     pairs = write_lines(tmp_path / "pairs.jsonl", records)
     assert cli("train", one_step_training(tmp_path, tiny_llama, pairs, 32)).exit_code == 0
     counts = manifest_counts(tmp_path / "run", "train")
-    assert (counts["pairs_trained"], counts["truncated_responses"], counts["skipped"]) == (3, 1, {})
+    assert (counts["written"], counts["truncated_responses"], counts["skipped"]) == (3, 1, {})
 
 
 def test_a_prompt_beyond_the_models_context_is_refused_before_sampling(tmp_path, tiny_llama):

@@ -31,7 +31,7 @@ from wpo.data.io import write_json, write_jsonl
 from wpo.data.schemas import Candidate, CandidatesRecord, PromptRecord
 from wpo.evaluation.measures import compare, per_prompt_values, verdict
 from wpo.evaluation.metrics import summarize
-from wpo.manifest import file_sha256, write_manifest
+from wpo.manifest import Counts, file_sha256, write_manifest
 from wpo.reporting import REPORT_NAME, build_run_report
 from wpo.reporting.render import PAIRS_PER_PAGE, PROMPTS_PER_PAGE
 from wpo.user_functions import UserFunction
@@ -44,6 +44,12 @@ REWARD_MODULE = "report_test_reward"
 
 
 # --- a run directory, made as the stages make it -------------------------------------------------------------------
+
+
+def write_old_manifest(stage_dir: Path, stage: str, counts: dict, **fields) -> None:
+    """A manifest as an earlier release wrote it: the stage's counts under its own names."""
+    path = write_manifest(stage_dir, stage=stage, counts=Counts.from_json(counts, stage), **fields)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "counts": counts}))
 
 
 def prompt_id(index: int) -> str:
@@ -87,13 +93,13 @@ def write_sample_stage(run: Path) -> None:
         "api_usage": {},
         "prompts_done_before_this_run": 0,
     }
-    write_manifest(
+    write_old_manifest(
         run / "sample",
-        stage="sample",
+        "sample",
+        counts,
         config={"seed": 1},
         config_hash="5a3b1e0000000001",
         seed=1,
-        counts=counts,
         wall_seconds=12.5,
         outputs=["candidates.jsonl"],
     )
@@ -152,13 +158,13 @@ def write_train_stage(run: Path, steps: int = 6, pairs: Path | None = None) -> l
     }
     pairs = pairs or run / "pair" / "pairs.jsonl"
     config = {"seed": 1, "inputs": {"train.pairs": {"source": str(pairs), "fingerprint": file_sha256(pairs)}}}
-    write_manifest(
+    write_old_manifest(
         run / "train",
-        stage="train",
+        "train",
+        counts,
         config=config,
         config_hash="7ra1n00000000001",
         seed=1,
-        counts=counts,
         wall_seconds=330.0,
         outputs=["metrics.jsonl"],
     )
@@ -237,7 +243,7 @@ def write_eval_stage(run: Path, with_measures: bool = True) -> dict:
         )
         outputs += ["measures.jsonl", "base_outputs.json"]
     write_json(stage / "metrics.json", metrics)
-    counts = {"prompts": len(EVAL_PROMPTS), "skipped": {}, "draws_identical_outputs": 0, "judge_usage": {}}
+    counts = Counts(len(EVAL_PROMPTS), len(EVAL_PROMPTS), other={"draws_identical_outputs": 0, "judge_usage": {}})
     write_manifest(
         stage,
         stage="eval",
@@ -279,7 +285,7 @@ def write_export_stage(run: Path) -> None:
         config={},
         config_hash="ex9047000000001a",
         seed=1,
-        counts={"files": 2},
+        counts=Counts(None, 2),
         wall_seconds=30.0,
         outputs=[entry["file"] for entry in files] + ["README.md"],
     )

@@ -213,7 +213,7 @@ def test_outputs_metrics_manifest_and_reference_cache(tmp_path, tiny_llama, pair
 
     manifest = json.loads((train_dir / "manifest.json").read_text())
     assert manifest["completed"] and manifest["stage"] == "train" and manifest["seed"] == 3
-    assert manifest["counts"]["pairs_trained"] == 6 and manifest["counts"]["skipped"] == {}
+    assert manifest["counts"]["written"] == 6 and manifest["counts"]["skipped"] == {}
     assert "torch" in manifest["versions"] and manifest["wall_seconds"] > 0
     cache = Path(manifest["reference_cache"])
     assert cache.parent == train_dir / "reference_cache" and cache.is_file()
@@ -476,7 +476,7 @@ def test_bad_pairs_fail_or_are_counted(tmp_path, tiny_llama):
         )
     )
     assert result.counts["skipped"] == {"invalid_json": 1, "prompt_too_long": 1}
-    assert result.counts["pairs_trained"] == 6
+    assert result.counts["written"] == 6
 
 
 def test_global_batch_size_mismatch_fails(tmp_path, tiny_llama, pairs_file):

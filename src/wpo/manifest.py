@@ -126,14 +126,13 @@ def write_manifest(
     config: dict[str, Any],
     config_hash: str,
     seed: int,
-    counts: Counts | dict[str, Any],
+    counts: Counts,
     wall_seconds: float,
     outputs: list[str],
     extra: dict[str, Any] | None = None,
     completed: bool = True,
 ) -> Path:
-    """The stage's manifest. `counts` is a `Counts`; a mapping is written as given (the train stage's, until it
-    counts with `Counts` too), and `Counts.from_json` reads both."""
+    """The stage's manifest."""
     path = stage_dir / MANIFEST_NAME
     write_json(
         path,
@@ -143,7 +142,7 @@ def write_manifest(
             "config_hash": config_hash,
             "seed": seed,
             "config": config,
-            "counts": counts.to_json() if isinstance(counts, Counts) else counts,
+            "counts": counts.to_json(),
             "wall_seconds": round(wall_seconds, 3),
             "outputs": outputs,
             "fingerprinted": fingerprinted(config),

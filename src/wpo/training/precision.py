@@ -104,6 +104,8 @@ def sdpa_in_fp32_under_cpu_autocast(module, query, key, value, attention_mask, *
 
     if query.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_mask.is_floating_point():  # an additive mask, in the inputs' dtype
+        attention_mask = attention_mask.float()
     with torch.autocast("cpu", enabled=False):
         return sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
 

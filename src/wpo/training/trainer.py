@@ -38,7 +38,7 @@ from wpo.data.io import BadRecordPolicy, write_json
 from wpo.data.schemas import LoadedPairs, load_pairs
 from wpo.errors import ConfigError, DataError, NonFiniteError, Stopped
 from wpo.layout import stage_output
-from wpo.manifest import move_aside, write_manifest
+from wpo.manifest import Counts, move_aside, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from wpo.stage_run import StageRun, resolved
 from wpo.training import checkpoint, reference_logps
@@ -528,7 +528,7 @@ def train(target: StageRun | Recipe) -> TrainResult:
         steps=schedule.total_steps,
         last_metrics=last_row,
         reference_from_cache=state.references.from_cache if state.references else None,
-        counts=counts,
+        counts=counts.to_json(),
         weights=weights,
     )
 
@@ -543,7 +543,7 @@ def _stop(state: TrainState, step: int, signal_number: int, started: float) -> N
             config=state.plan.config,
             config_hash=state.plan.run_hash,
             seed=state.recipe.seed,
-            counts={**_counts(state), "stopped_at_step": step, "stopped_by": name},
+            counts=_counts(state, stopped_at_step=step, stopped_by=name),
             wall_seconds=time.perf_counter() - started,
             outputs=[f"checkpoint-{step}"],
             completed=False,
@@ -555,19 +555,22 @@ def _stop(state: TrainState, step: int, signal_number: int, started: float) -> N
     )
 
 
-def _counts(state: TrainState) -> dict[str, Any]:
-    return {
-        "pairs_read": state.loaded.records_read,
-        "pairs_trained": len(state.tokens.pairs),
-        "pairs_with_weight": sum(pair.weight is not None for pair in state.tokens.pairs),
-        "skipped": state.skipped,
-        "truncated_prompts": state.tokens.truncated_prompts,
-        "truncated_responses": state.tokens.truncated_responses,
-        "steps": state.schedule.total_steps,
-        "resumed_from_step": state.start_step,
-        "num_processes": state.accelerator.num_processes,
-        "global_batch_pairs": state.schedule.pairs_per_step,
-    }
+def _counts(state: TrainState, **more: Any) -> Counts:
+    return Counts(
+        read=state.loaded.records_read,
+        written=len(state.tokens.pairs),  # the pairs trained on
+        skipped=state.skipped,
+        other={
+            "pairs_with_weight": sum(pair.weight is not None for pair in state.tokens.pairs),
+            "truncated_prompts": state.tokens.truncated_prompts,
+            "truncated_responses": state.tokens.truncated_responses,
+            "steps": state.schedule.total_steps,
+            "resumed_from_step": state.start_step,
+            "num_processes": state.accelerator.num_processes,
+            "global_batch_pairs": state.schedule.pairs_per_step,
+            **more,
+        },
+    )
 
 
 def save_checkpoint(state: TrainState, step: int) -> None:
