@@ -54,8 +54,9 @@ def bf16_grid_counts(tensors: Iterable[torch.Tensor]) -> tuple[int, int, int]:
 def round_bf16_ties(model: torch.nn.Module) -> tuple[int, int]:
     """Round the trainable fp32 weights and biases of the linear layers that bf16 autocast computes in bf16, those
     exactly halfway between two bf16 values, to the bf16 value the forward computes with; returns (weights, ties
-    rounded). Left as they are: every other weight, and embeddings, norms and the output layer, which the forward uses
-    in fp32 (wpo.training.chunked_loss upcasts the output layer)."""
+    rounded). Left as they are: every other weight, embeddings and norms, which the forward uses in fp32, and the
+    output layer: often tied to the embedding, whose lookup would change, and its ties move the first step within
+    noise (docs/performance.md)."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     total = rounded = 0
     for module in model.modules():
