@@ -90,7 +90,7 @@ def main() -> None:
     ids = [torch.randint(1, config.vocab_size, (half,), generator=generator).tolist() for _ in range(3)]
     tokens = TokenizedPairs([TokenizedPair("0", ids[0], ids[1], ids[2])], 0, 0)
     model = trainer._make_trainable(model, recipe.train, None, None)
-    accelerator = precision.make_accelerator(recipe)
+    accelerator = precision.make_accelerator(recipe.train.mixed_precision)
     sharing = prompt_sharing(model, recipe.train.share_prompts, recipe.train.max_length)
     chosen, rejected = compute_reference_logps(
         model, tokens, 1, 0, accelerator.device, loss_chunk_size=recipe.train.loss_chunk_size, sharing=sharing

@@ -166,7 +166,9 @@ def wpo_child(
         [TokenizedPair(str(i), r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]) for i, r in enumerate(rows)], 0, 0
     )
     model = trainer._make_trainable(load_causal_lm(path, recipe.model), recipe.train, recipe.model.lora, None)
-    accelerator = precision.make_accelerator(recipe)  # the precision the recipe gets, as in the trainer
+    accelerator = precision.make_accelerator(
+        recipe.train.mixed_precision
+    )  # the precision the recipe gets, as in the trainer
     chunk = recipe.train.loss_chunk_size
     sharing = prompt_sharing(model, recipe.train.share_prompts, recipe.train.max_length)
     share = sharing.applies_to(tokenized.pairs)  # the pairs all have the same lengths

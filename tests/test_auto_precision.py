@@ -33,26 +33,19 @@ def test_auto_decides_from_the_reported_units(support, expected):
     assert auto_mixed_precision(support) == expected
 
 
-def recipe_for_precision(value: str):
-    from wpo.config import load_recipe
-
-    return load_recipe(None, [f"train.mixed_precision={value}"])
-
-
 @pytest.mark.parametrize(("support", "expected"), [(AMX, "bf16"), (AVX512_BF16, "bf16"), (AVX2_ONLY, "no")])
 def test_auto_is_logged_once_with_its_reason_and_computes_as_its_value(monkeypatch, caplog, support, expected):
     """One line with the reason, then the resolved value as if written (no launcher precision set here)."""
     monkeypatch.setattr(auto_precision, "this_machine", lambda: support)
     monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: support.amx or support.avx512_bf16)
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    recipe = recipe_for_precision("auto")
     with caplog.at_level(logging.INFO, logger="wpo.training"):
-        assert precision.compute_precision(recipe, on_cpu=True) == expected
+        assert precision.compute_precision("auto", on_cpu=True) == expected
     reason = auto_mixed_precision(support)[1]
     assert [m for m in caplog.messages if "auto" in m] == [f"train.mixed_precision: auto -> {expected} ({reason})"]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="wpo.training"):
-        assert precision.compute_precision(recipe_for_precision(expected), on_cpu=True) == expected
+        assert precision.compute_precision(expected, on_cpu=True) == expected
     assert not caplog.messages  # the written value: nothing to explain
 
 

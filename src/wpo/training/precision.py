@@ -19,7 +19,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
-from wpo.config import Recipe
 from wpo.distributed import check_launch, state_options
 from wpo.training import auto_precision, zero
 
@@ -77,12 +76,11 @@ def cpu_has_bf16_units() -> bool:
     return torch.cpu._is_avx512_bf16_supported()
 
 
-def compute_precision(recipe: Recipe, on_cpu: bool) -> str:
+def compute_precision(wanted: str, on_cpu: bool) -> str:
     """The autocast precision this training runs in: `train.mixed_precision: bf16` (fp32 on a CPU without bf16 units,
     with one line), else the launcher's choice (`accelerate launch --mixed_precision`, which sets
     ACCELERATE_MIXED_PRECISION), else none. `auto` is first resolved to bf16 or no (`wpo.training.auto_precision`,
     one line saying why) and is then exactly that value, as the run config that keys checkpoints hashes it."""
-    wanted = recipe.train.mixed_precision
     if wanted == "auto":
         wanted, reason = auto_precision.auto_mixed_precision(auto_precision.this_machine())
         log.info("train.mixed_precision: auto -> %s (%s)", wanted, reason)
@@ -118,15 +116,15 @@ def use_fp32_attention_on_cpu() -> None:
     ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa_in_fp32_under_cpu_autocast
 
 
-def make_accelerator(recipe: Recipe) -> Accelerator:
+def make_accelerator(mixed_precision: str) -> Accelerator:
     """accelerate's Accelerator, on CPU (gloo) when the machine has no accelerator device (`wpo.distributed`), in the
-    precision this recipe asks for. accelerate keeps one process-wide state and refuses to change its precision, so
-    a second training in the process (a notebook, a sweep over train.mixed_precision) drops that state first; the
-    process group, kept in accelerate's PartialState, stays."""
+    precision `mixed_precision` (`train.mixed_precision`) asks for. accelerate keeps one process-wide state and
+    refuses to change its precision, so a second training in the process (a notebook, a sweep over
+    train.mixed_precision) drops that state first; the process group, kept in accelerate's PartialState, stays."""
     from accelerate.state import AcceleratorState
 
     options = state_options()
-    precision = compute_precision(recipe, options.get("cpu", False))
+    precision = compute_precision(mixed_precision, options.get("cpu", False))
     earlier = AcceleratorState._shared_state.get("_mixed_precision")  # set once the state is initialized
     if earlier is not None and earlier != precision:
         AcceleratorState._reset_state(reset_partial_state=False)

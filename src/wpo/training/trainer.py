@@ -66,13 +66,19 @@ class TrainPlan:
     train_dir: Path
     final_dir: Path
     pairs: str  # the pairs file trained on
+    model: ModelConfig  # the model section: how to load the base model, and LoRA's settings
     model_path: str  # the base model as a local directory or hub id
     reference_path: str | None  # the loss's frozen reference; None for reference-free losses
     dtype: torch.dtype  # the weights' dtype as loaded
     config: dict[str, Any]  # everything that determines the trained weights (`run_config`)
     run_hash: str  # its hash: keys checkpoints and the manifest
+    seed: int
+    run_name: str  # the trackers' name for this run
     resume_point: checkpoint.ResumePoint | None = None
-    lora: bool = False
+
+    @property
+    def lora(self) -> bool:
+        return self.model.lora is not None
 
     @property
     def policy_weights(self) -> str:
@@ -111,7 +117,6 @@ class StepState:
 class TrainState(StepState):
     """A run's steps and what the run saves and reports besides: `setup()` builds it."""
 
-    recipe: Recipe  # what `final/` records as trained
     plan: TrainPlan
     tokenizer: PreTrainedTokenizerBase
     start_step: int
@@ -208,25 +213,29 @@ def plan_training(run: StageRun) -> TrainPlan:
         train_dir=recipe.stage_dir("train"),
         final_dir=stage_output(recipe, "train"),
         pairs=pairs_source(recipe),
+        model=recipe.model,
         model_path=model_path,
         reference_path=reference_path,
         dtype=dtype,
         config=run.config,
         run_hash=run.config_hash,
-        lora=recipe.model.lora is not None,
+        seed=recipe.seed,
+        run_name=f"{Path(recipe.output_dir).name}-seed{recipe.seed}",
     )
 
 
 def setup(target: StageRun | Recipe) -> TrainState:
     recipe = target.recipe if isinstance(target, StageRun) else target
     cfg = recipe.train
-    accelerator = make_accelerator(recipe)  # first: under a launch, the resolution is broadcast through its group
+    accelerator = make_accelerator(
+        cfg.mixed_precision
+    )  # first: under a launch, the resolution is broadcast through its group
     set_seed(recipe.seed)
     plan = plan_training(resolved(target, "train", run_config))
 
-    tokenizer = load_tokenizer(plan.model_path, recipe.model.trust_remote_code)
+    tokenizer = load_tokenizer(plan.model_path, plan.model.trust_remote_code)
     loaded, tokens, skipped = _training_pairs(plan.pairs, tokenizer, cfg, BadRecordPolicy(recipe.on_bad_record))
-    schedule = build_schedule(len(tokens.pairs), cfg, recipe.seed, accelerator.num_processes)
+    schedule = build_schedule(len(tokens.pairs), cfg, plan.seed, accelerator.num_processes)
     log.info(
         "schedule: %d steps of %d pairs (%d per device x %d accumulation x %d processes), %d steps per epoch",
         schedule.total_steps,
@@ -238,11 +247,11 @@ def setup(target: StageRun | Recipe) -> TrainState:
     )
     plan = replace(plan, resume_point=_resume_point(plan, cfg, schedule, accelerator))
 
-    model = load_causal_lm(plan.policy_weights, recipe.model)
+    model = load_causal_lm(plan.policy_weights, plan.model)
     model.to(accelerator.device)
     sharing = prompt_sharing(model, cfg.share_prompts, cfg.max_length)
-    references = _reference_logps(plan, cfg, recipe.model, model, tokens, tokenizer, accelerator, sharing)
-    model = _make_trainable(model, cfg, recipe.model.lora, plan.resume_point)
+    references = _reference_logps(plan, cfg, model, tokens, tokenizer.pad_token_id, accelerator, sharing)
+    model = _make_trainable(model, cfg, plan.model.lora, plan.resume_point)
     model, optimizer, scheduler, launcher = optimization(
         model, cfg, accelerator, schedule, resuming=plan.resume_point is not None
     )
@@ -253,7 +262,6 @@ def setup(target: StageRun | Recipe) -> TrainState:
         start_step = plan.resume_point.step
         weights = WeightLedger(checkpoint.read_weight_ledger(plan.resume_point))
     return TrainState(
-        recipe=recipe,
         cfg=cfg,
         plan=plan,
         accelerator=accelerator,
@@ -467,14 +475,13 @@ def step_means(stats: dict[str, torch.Tensor]) -> dict[str, float]:
 def train(target: StageRun | Recipe) -> TrainResult:
     started = time.perf_counter()
     state = setup(target)
-    recipe = state.recipe
     cfg, plan, accelerator, schedule = state.cfg, state.plan, state.accelerator, state.schedule
     metrics = MetricsLog(
         plan.train_dir,
         state.start_step,
         enabled=accelerator.is_main_process,
         report_to=tuple(cfg.report_to),
-        run_name=f"{Path(recipe.output_dir).name}-seed{recipe.seed}",
+        run_name=plan.run_name,
         config=plan.config,
     )
     last_row = None
@@ -514,7 +521,7 @@ def train(target: StageRun | Recipe) -> TrainResult:
             stage="train",
             config=plan.config,
             config_hash=plan.run_hash,
-            seed=recipe.seed,
+            seed=plan.seed,
             counts=counts,
             wall_seconds=time.perf_counter() - started,
             outputs=["final", "metrics.jsonl", PAIR_WEIGHTS_FILE],
@@ -542,7 +549,7 @@ def _stop(state: TrainState, step: int, signal_number: int, started: float) -> N
             stage="train",
             config=state.plan.config,
             config_hash=state.plan.run_hash,
-            seed=state.recipe.seed,
+            seed=state.plan.seed,
             counts=_counts(state, stopped_at_step=step, stopped_by=name),
             wall_seconds=time.perf_counter() - started,
             outputs=[f"checkpoint-{step}"],
@@ -602,8 +609,8 @@ def save_final(state: TrainState) -> Path:
     """`final/`: the last step's checkpointed weights (or LoRA adapter) and tokenizer, hard-linked rather than written
     again (at 9B a second copy is 36 GB of writes; checkpoints are only ever renamed or removed whole, never changed
     in place), and the hyperparameters exactly as trained, for the model card."""
-    recipe, accelerator, schedule = state.recipe, state.accelerator, state.schedule
-    train_dir, final_dir = state.plan.train_dir, state.plan.final_dir
+    plan, accelerator, schedule = state.plan, state.accelerator, state.schedule
+    train_dir, final_dir = plan.train_dir, plan.final_dir
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         staging = train_dir / ".final.tmp"
@@ -612,14 +619,14 @@ def save_final(state: TrainState) -> Path:
         write_json(
             staging / "wpo_training.json",
             {
-                **_lineage(recipe.model.name_or_path),
-                "seed": recipe.seed,
+                **_lineage(plan.model.name_or_path),
+                "seed": plan.seed,
                 "num_processes": accelerator.num_processes,
                 "global_batch_pairs": schedule.pairs_per_step,
                 "total_steps": schedule.total_steps,
-                "pairs": state.plan.pairs,
-                "lora": recipe.model.lora.model_dump() if recipe.model.lora else None,
-                "train": recipe.train.model_dump(mode="json"),
+                "pairs": plan.pairs,
+                "lora": plan.model.lora.model_dump() if plan.model.lora else None,
+                "train": state.cfg.model_dump(mode="json"),
             },
         )
         shutil.rmtree(final_dir, ignore_errors=True)
@@ -631,10 +638,9 @@ def save_final(state: TrainState) -> Path:
 def _reference_logps(
     plan: TrainPlan,
     cfg: TrainConfig,
-    model_cfg: ModelConfig,
     policy_model: torch.nn.Module,
     tokens: TokenizedPairs,
-    tokenizer: PreTrainedTokenizerBase,
+    pad_token_id: int,
     accelerator: Accelerator,
     sharing: PromptSharing,
 ) -> ReferenceLogps | None:
@@ -647,7 +653,7 @@ def _reference_logps(
     def load_reference():
         if plan.policy_is_reference:
             return policy_model  # the untrained policy is the reference: no second copy in memory
-        return load_causal_lm(plan.reference_path, model_cfg).to(accelerator.device)
+        return load_causal_lm(plan.reference_path, plan.model).to(accelerator.device)
 
     computed_by = reference_logps.ReferencePass(
         dtype=str(plan.dtype),
@@ -666,7 +672,7 @@ def _reference_logps(
             tokens=tokens,
             load_model=load_reference,
             batch_size=cfg.per_device_batch_size,
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=pad_token_id,
             accelerator=accelerator,
             loss_chunk_size=cfg.loss_chunk_size,
             sharing=sharing,
