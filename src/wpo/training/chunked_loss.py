@@ -216,10 +216,10 @@ def _low_precision_backward(
 ) -> None:
     """The backward under autocast, every product in autocast's dtype and every sum in fp32, a slice of the
     vocabulary against all the tokens at a time: each slice of the weight's gradient is one product, written once,
-    rounded once as autocast's linear rounds it. A slice holds as many logits as a chunk of tokens against the whole
-    vocabulary, so memory stays O(chunk_size x V). (Token chunks against the whole vocabulary, as in fp32, added a
-    bf16 `[V, H]` product into the fp32 gradient once per chunk: at 512 tokens x 4 pairs those passes took a third of
-    the bf16 step, benchmarks/train_step.py.)"""
+    rounded once as autocast's linear rounds it. A slice's logits are at most SLICE_LOGITS, and no more than a chunk
+    of tokens against the whole vocabulary, so memory stays O(chunk_size x V). (Token chunks against the whole
+    vocabulary, as in fp32, added a bf16 `[V, H]` product into the fp32 gradient once per chunk: at 512 tokens x 4
+    pairs those passes took a third of the bf16 step, benchmarks/train_step.py.)"""
     labels, log_normalizers, log_sum_p_squared, g1, g2 = per_token
     grad_hidden, grad_weight, grad_bias = gradients
     dtype, matmul_dtype = log_normalizers.dtype, low_precision.dtype
