@@ -69,7 +69,8 @@ class ReferencePass:
     autocast: str  # the compute precision: train.mixed_precision as resolved, or the launcher's
     device: str
     prompt_sharing: str  # shared-prompt rows round differently from padded ones
-    loss_chunk_size: int  # chunks of the output layer (upcast under bf16), or full logits (0)
+    loss_chunk_size: int  # chunks of the output layer, or full logits (0)
+    output_layer: str  # the output layer's products: "fp32", or autocast's dtype (so since wpo's bf16 rework, #40)
     batch_size: int  # which pairs are padded together
     processes: int  # each process computes every n-th pair
 

@@ -227,9 +227,8 @@ def plan_training(run: StageRun) -> TrainPlan:
 def setup(target: StageRun | Recipe) -> TrainState:
     recipe = target.recipe if isinstance(target, StageRun) else target
     cfg = recipe.train
-    accelerator = make_accelerator(
-        cfg.mixed_precision
-    )  # first: under a launch, the resolution is broadcast through its group
+    # first: under a launch, the resolution is broadcast through its group
+    accelerator = make_accelerator(cfg.mixed_precision)
     set_seed(recipe.seed)
     plan = plan_training(resolved(target, "train", run_config))
 
@@ -661,6 +660,7 @@ def _reference_logps(
         device=accelerator.device.type,
         prompt_sharing=sharing.mode,
         loss_chunk_size=cfg.loss_chunk_size,
+        output_layer="bf16" if accelerator.mixed_precision == "bf16" else "fp32",
         batch_size=cfg.per_device_batch_size,
         processes=accelerator.num_processes,
     )
