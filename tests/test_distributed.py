@@ -93,6 +93,46 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
 
 
 @pytest.mark.slow  # launches processes
+def test_two_processes_under_auto_precision_train_what_one_process_trains(tmp_path, tiny_llama):
+    """`train.mixed_precision: auto` as this machine resolves it (bf16 on a CPU with AMX or AVX512-BF16, fp32
+    elsewhere): both runs log the same resolution, and two processes (one pair each) follow one process (both pairs)
+    to bf16's rounding: a micro-batch of another shape rounds its bf16 products differently (on the AMX Xeon the
+    losses agreed to 1e-4 and the weights to 1% of their update; the bounds leave room for other CPUs)."""
+    from wpo.training.auto_precision import auto_mixed_precision, this_machine
+
+    recipe = tmp_path / "train.yaml"
+    write_lines(tmp_path / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
+    recipe.write_text(
+        f"seed: 4\nmodel: {{name_or_path: {tiny_llama}}}\n"
+        f"train: {{pairs: {tmp_path / 'pairs.jsonl'}, max_steps: 3, lr_scheduler: constant, warmup_ratio: 0, "
+        "max_length: 64, max_prompt_length: 32, logging_steps: 1, save_steps: 0, loss_chunk_size: 8, "
+        "mixed_precision: auto}\n"
+    )
+    runs = {}
+    for processes, batch in ((1, 2), (2, 1)):
+        runs[processes] = tmp_path / f"p{processes}"
+        launched = assert_ok(
+            run_wpo(
+                "train",
+                recipe,
+                f"output_dir={runs[processes]}",
+                f"train.per_device_batch_size={batch}",
+                *SMOOTH_ADAM,
+                processes=processes,
+                env=DISTRIBUTED_ENV,
+            )
+        )
+        resolved, reason = auto_mixed_precision(this_machine())
+        assert f"train.mixed_precision: auto -> {resolved} ({reason})" in launched.stderr
+        assert f"mixed precision: {resolved}" in launched.stderr
+    one, two = (read_metrics(runs[n] / "train" / "metrics.jsonl") for n in (1, 2))
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3), (a["loss"], b["loss"])
+    one_weights, two_weights = (load_file(runs[n] / "train" / "final" / "model.safetensors") for n in (1, 2))
+    assert_trained_alike(two_weights, one_weights, load_file(tiny_llama / "model.safetensors"), rel=3e-2)
+
+
+@pytest.mark.slow  # launches processes
 def test_a_killed_multi_process_training_resumes_to_the_same_weights(tmp_path, tiny_llama):
     """Two processes checkpoint what one process checkpoints (whole weights, Adam state keyed by parameter name),
     and a two-process run stopped after its step-2 checkpoint resumes from it to the uninterrupted run's weights."""

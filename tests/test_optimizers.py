@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -137,6 +138,30 @@ def test_optimizer_in_backward_trains_as_a_step_after_backward(tmp_path, tiny_ll
         tmp_path, tiny_llama, pairs_file, monkeypatch, "train.optimizer_in_backward=true"
     )
     for name, weight in final_weights(hooked).items():
+        assert torch.equal(final_weights(resumed)[name], weight), name
+
+
+def test_a_bf16_run_under_auto_resumes_bit_for_bit(tmp_path, tiny_llama, pairs_file, monkeypatch):
+    """`train.mixed_precision: auto` on a CPU reporting AMX (substituted, so this runs the bf16 path on any CPU): a run
+    killed after its step-2 checkpoint resumes to the uninterrupted run's losses and weights exactly, the fused
+    AdamW's state and the bf16 casts included."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from wpo.training import auto_precision
+
+    monkeypatch.setattr(auto_precision, "this_machine", lambda: auto_precision.Bf16Support("cpu", amx=True))
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", sdpa_attention_forward)  # restored after the test
+    auto = "train.mixed_precision=auto"
+    straight = trainer.train(recipe_for(tmp_path, tiny_llama, pairs_file, *NO_CLIPPING, auto, run="straight"))
+    resumed = interrupted_then_resumed(tmp_path, tiny_llama, pairs_file, monkeypatch, auto)
+    assert (
+        json.loads((tmp_path / "resumed" / "train" / "manifest.json").read_text())["config"]["train"]["mixed_precision"]
+        == "bf16"
+    )
+    assert losses(tmp_path, "resumed") == losses(tmp_path, "straight")
+    for name, weight in final_weights(straight).items():
         assert torch.equal(final_weights(resumed)[name], weight), name
 
 
