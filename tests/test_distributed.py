@@ -464,3 +464,32 @@ def test_stages_that_do_not_split_refuse_a_launcher(command, monkeypatch):
         r"torchrun or accelerate \(only sample, score and train split",
     ):
         run_stage(recipe, command)
+
+
+def test_a_command_ends_its_process_group_before_the_interpreter_exits(monkeypatch):
+    """The CLI registers `wpo.distributed.end_process_group` at exit: it destroys an initialized group (rather than
+    leaving its threads to the interpreter's teardown) and does nothing without one. In a fresh interpreter, so no
+    other test's group is touched."""
+    import atexit
+
+    from wpo import cli
+
+    code = (
+        "import torch.distributed as dist\n"
+        "from wpo.distributed import end_process_group\n"
+        "end_process_group()\n"
+        f"dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{free_port()}', rank=0, world_size=1)\n"
+        "assert dist.is_initialized()\n"
+        "end_process_group()\n"
+        "print('ended' if not dist.is_initialized() else 'still initialized')\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "ended"
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(cli, "app", lambda: None)
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)
+    cli.main()
+    assert registered == [cli._end_process_group]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -473,8 +474,18 @@ def _stop_on_sigterm(_number: int, _frame) -> None:
     raise Stopped("SIGTERM received; what finished is saved, and the rerun resumes", 143)
 
 
+def _end_process_group() -> None:
+    """At exit, a launched command's process group (`wpo.distributed.end_process_group`); a command that never
+    imported torch.distributed (`wpo config`, `wpo --version`) does not import it now."""
+    if "torch.distributed" in sys.modules:
+        from wpo.distributed import end_process_group
+
+        end_process_group()
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    atexit.register(_end_process_group)
     logging.basicConfig(
         level=os.environ.get("WPO_LOG_LEVEL", "INFO"),
         format="%(asctime)s wpo %(levelname)s %(name)s: %(message)s",

@@ -62,6 +62,15 @@ def process_state() -> PartialState:
     return state
 
 
+def end_process_group() -> None:
+    """The launch's process group torn down by this process before the interpreter exits (registered with atexit by
+    the CLI): left to the interpreter's own teardown, its communication threads can abort a process whose work is
+    all saved (`terminate called without an active exception`, SIGABRT, seen once under ZeRO-3), failing the launch.
+    Local to this process: no collective runs, so a process whose peer already died does not wait for it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def process_device() -> torch.device:
     """Where this process computes: its own GPU under a multi-GPU launch (cuda:LOCAL_RANK), else the one device."""
     return process_state().device
