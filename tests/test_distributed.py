@@ -23,6 +23,7 @@ from helpers import (
     pair_record,
     prompts_file,
     run_wpo,
+    train_recipe,
     two_rounds_of_lora_and_eval,
     write_lines,
 )
@@ -100,13 +101,22 @@ def test_two_processes_under_auto_precision_train_what_one_process_trains(tmp_pa
     losses agreed to 1e-4 and the weights to 1% of their update; the bounds leave room for other CPUs)."""
     from wpo.training.auto_precision import auto_mixed_precision, this_machine
 
-    recipe = tmp_path / "train.yaml"
-    write_lines(tmp_path / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
-    recipe.write_text(
-        f"seed: 4\nmodel: {{name_or_path: {tiny_llama}}}\n"
-        f"train: {{pairs: {tmp_path / 'pairs.jsonl'}, max_steps: 3, lr_scheduler: constant, warmup_ratio: 0, "
-        "max_length: 64, max_prompt_length: 32, logging_steps: 1, save_steps: 0, loss_chunk_size: 8, "
-        "mixed_precision: auto}\n"
+    pairs = write_lines(tmp_path / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
+    recipe = train_recipe(
+        tmp_path / "train.yaml",
+        tiny_llama,
+        pairs,
+        seed=4,
+        stages=None,
+        max_steps=3,
+        lr_scheduler="constant",
+        warmup_ratio=0,
+        max_length=64,
+        max_prompt_length=32,
+        logging_steps=1,
+        save_steps=0,
+        loss_chunk_size=8,
+        mixed_precision="auto",
     )
     runs = {}
     for processes, batch in ((1, 2), (2, 1)):
