@@ -4,8 +4,10 @@ fp32's, and the share of the matmul peak it reaches.
 Every variant runs `wpo train recipes/quickstart.yaml` on the quickstart's own pairs file (its batch, its lengths,
 its schedule) in a fresh subprocess, through the trainer's own `setup` and `train_step` (no checkpoint, no final
 save): `fp32` is `train.mixed_precision=no`, `bf16` is `train.mixed_precision=bf16`, and `--variant NAME=KEY=V,...`
-adds one with other settings (`--variant padded=train.mixed_precision=bf16,train.share_prompts=never`). Printed per
-variant: setup (model load and reference pass) and step times, wall and CPU; each step's loss and its relative
+adds one with other settings (`--variant padded=train.mixed_precision=bf16,train.share_prompts=never`). Each child
+sets malloc up as the `wpo` command does (`wpo.allocator`); the setting `malloc=glibc` leaves glibc's default
+instead (`--variant fp32-glibc=train.mixed_precision=no,malloc=glibc`). Printed per variant: setup (model load and
+reference pass) and step times, wall and CPU; minor page faults per step; peak RSS; each step's loss and its relative
 difference from fp32's; and the model FLOPs each step computed over its
 CPU time, against the per-core matmul peak measured in the same run in the variant's precision (the FLOPs: 6 per
 body weight per token computed, a shared prompt once; 6 per output-layer weight per response token, which is all the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -31,6 +34,11 @@ from train_step import OpProfile, matmul_peaks
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 VARIANTS = {"fp32": ["train.mixed_precision=no"], "bf16": ["train.mixed_precision=bf16"]}
+GLIBC_MALLOC = "malloc=glibc"
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def step_flops(model, batch_rows: list[tuple[int, int, int]]) -> float:
@@ -50,11 +58,14 @@ def step_flops(model, batch_rows: list[tuple[int, int, int]]) -> float:
 def child(name: str, settings: list[str], pairs: str, steps: int, profile: Path | None) -> dict:
     import torch
 
+    from wpo import allocator
     from wpo.config import load_recipe
     from wpo.training import trainer
     from wpo.training.schedule import micro_batches
     from wpo.training.tokenize import collate_pairs
 
+    malloc = allocator.keep_freed_memory() if GLIBC_MALLOC not in settings else "glibc's default"
+    settings = [setting for setting in settings if setting != GLIBC_MALLOC]
     with tempfile.TemporaryDirectory() as output_dir:
         recipe = load_recipe(RECIPE, [f"output_dir={output_dir}", f"train.pairs={pairs}", *settings])
         started, started_cpu = time.perf_counter(), time.process_time()
@@ -72,13 +83,23 @@ def child(name: str, settings: list[str], pairs: str, steps: int, profile: Path 
                 shapes.append((collated.token_count, responses, collated.input_ids.shape[-1]))
             if step == 1:
                 profiler.start()  # the first step allocates the optimizer's state
-            started, started_cpu = time.perf_counter(), time.process_time()
+            started, started_cpu, faults = time.perf_counter(), time.process_time(), minor_faults()
             row = trainer.train_step(state, step)
             wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
-            rows.append({"wall": wall, "cpu": cpu, "loss": row["loss"], "flops": step_flops(state.model, shapes)})
+            rows.append(
+                {
+                    "wall": wall,
+                    "cpu": cpu,
+                    "faults": minor_faults() - faults,
+                    "loss": row["loss"],
+                    "flops": step_flops(state.model, shapes),
+                }
+            )
         profiler.stop()
         return {
             "variant": name,
+            "malloc": malloc,
+            "peak_mib": peak_memory.peak_mib(),
             "precision": state.accelerator.mixed_precision,
             "threads": torch.get_num_threads(),
             "setup_wall": setup_wall,
@@ -144,7 +165,8 @@ def main() -> None:
     base = results.get("fp32")
     print(
         f"\n{'variant':<14} {'precision':<9} {'process s':>9} {'setup s':>8} {'steps s':>8} {'x fp32':>7} "
-        f"{'median step CPU s':>17} {'x fp32':>7} {'GFLOP/s/core':>12} {'x peak':>7}  settings"
+        f"{'median step CPU s':>17} {'x fp32':>7} {'GFLOP/s/core':>12} {'x peak':>7} {'faults/step':>11} "
+        f"{'peak MiB':>8}  settings"
     )
     for name, r in results.items():
         steps = r["steps"]
@@ -157,9 +179,10 @@ def main() -> None:
         print(
             f"{name:<14} {r['precision']:<9} {r['process_wall']:>9.1f} {r['setup_wall']:>8.1f} {steps_wall:>8.1f} "
             f"{steps_wall / base_wall if base_wall else float('nan'):>7.2f} {median_cpu:>17.2f} "
-            f"{median_cpu / base_cpu if base_cpu else float('nan'):>7.2f} {achieved:>12.1f} {achieved / peak:>7.2f}  "
-            f"{' '.join(r['settings'])}"
+            f"{median_cpu / base_cpu if base_cpu else float('nan'):>7.2f} {achieved:>12.1f} {achieved / peak:>7.2f} "
+            f"{statistics.median(s['faults'] for s in steps):>11.0f} {r['peak_mib']:>8.0f}  {' '.join(r['settings'])}"
         )
+    print("\nmalloc: " + "; ".join(f"{name}: {r['malloc']}" for name, r in results.items()))
     print("\nper step: wall s / CPU s / loss (relative difference from fp32's loss)")
     print(f"{'step':>4} " + " ".join(f"{name:>30}" for name in results))
     for index in range(max(len(r["steps"]) for r in results.values())):

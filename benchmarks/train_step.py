@@ -42,10 +42,12 @@ in the same run at SmolLM2's layer shapes, fp32 and bf16.
 
 `--profile DIR` writes each variant's torch profile of its steps (the ops by CPU time) to DIR: on a CPU with bf16
 units, `--variants chunked chunked-bf16 trl trl-bf16 --profile DIR` shows which ops an autocast spends its time in.
-Profiling slows the steps; time without it.
+Profiling slows the steps; time without it. Every child sets malloc up as the `wpo` command does (`wpo.allocator`),
+TRL's too, so the ratios compare code; `--glibc-malloc` keeps glibc's default in all of them.
 
 Run: python benchmarks/train_step.py [--tokens 512 1024 2048] [--variants chunked full-logits trl] [--pairs 1]
-     [--steps 2] [--gradient-checkpointing] [--lora] [--profile DIR] [--bf16-anywhere]   (the defaults: ~25 min on a 2-core CPU; ~40 min on one core)
+     [--steps 2] [--gradient-checkpointing] [--lora] [--profile DIR] [--bf16-anywhere] [--glibc-malloc]
+     (the defaults: ~25 min on a 2-core CPU; ~40 min on one core)
 """
 
 from __future__ import annotations
@@ -399,9 +401,18 @@ def main() -> None:
         action="store_true",
         help="run the bf16 variants on a CPU without bf16 units too (same numerics, ~10-100x slower)",
     )
+    parser.add_argument(
+        "--glibc-malloc",
+        action="store_true",
+        help="every child keeps glibc's default malloc, not what the wpo command sets up (wpo.allocator)",
+    )
     parser.add_argument("--child", choices=VARIANTS)
     args = parser.parse_args()
     if args.child:
+        if not args.glibc_malloc:
+            from wpo import allocator
+
+            allocator.keep_freed_memory()  # as the wpo command does; TRL's children alike, so ratios compare code
         if args.bf16_anywhere:
             from wpo.training import precision
 
@@ -466,6 +477,7 @@ def main() -> None:
                 *(["--lora"] * args.lora),
                 *(["--profile", str(args.profile)] if args.profile else []),
                 *(["--bf16-anywhere"] * args.bf16_anywhere),
+                *(["--glibc-malloc"] * args.glibc_malloc),
             ]
             started = time.perf_counter()
             results[variant] = peak_memory.run_child(__file__, arguments)

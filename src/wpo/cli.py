@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from wpo import allocator
 from wpo.config import load_recipe
 from wpo.errors import MachineLacks, Stopped, WpoError
 from wpo.reporting import MAX_ITEMS
@@ -492,6 +493,7 @@ def main() -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    logging.getLogger(__name__).debug(allocator.keep_freed_memory())
     app()
 
 
