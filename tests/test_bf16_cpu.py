@@ -15,10 +15,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from wpo.training import precision, trainer
+from wpo.training import auto_precision, precision, trainer
 from wpo.training.chunked_loss import chunked_sequence_statistics
 from wpo.training.loss import IGNORE_INDEX, sequence_statistics, soft_cap
-from wpo.training.precision import sdpa_in_fp32_under_cpu_autocast
+from wpo.training.precision import sdpa_for_cpu_autocast
 
 BF16 = torch.bfloat16
 
@@ -73,27 +73,49 @@ def test_the_chunked_loss_without_autocast_stays_fp32():
     assert_close(chunked.logps, expected.logps, rtol=1e-6, atol=1e-6)
 
 
-def attention_inputs():
+def attention_inputs(length: int = 7):
     generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 7, 8, generator=generator).to(BF16) for _ in range(3))
-    mask = torch.ones(7, 7, dtype=torch.bool).tril().expand(2, 1, 7, 7)
+    q, k, v = (torch.randn(2, 3, length, 8, generator=generator).to(BF16) for _ in range(3))
+    mask = torch.ones(length, length, dtype=torch.bool).tril().expand(2, 1, length, length)
     return SimpleNamespace(num_key_value_groups=1, is_causal=True), q, k, v, mask
 
 
-def test_attention_computes_in_fp32_under_cpu_autocast_and_is_transformers_own_elsewhere():
-    """PyTorch's CPU flash attention is slower in bf16 than in fp32, so under CPU autocast the attention computes
-    in fp32 (the very fp32 function on the upcast inputs); without autocast it is transformers' function as is."""
+def with_amx(monkeypatch, amx: bool) -> None:
+    report = auto_precision.Bf16Support("cpu", amx=amx, avx512_bf16=True)
+    monkeypatch.setattr(auto_precision, "this_machine", lambda: report)
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_short_rows_attend_in_fp32_under_cpu_autocast_and_it_is_transformers_own_elsewhere(monkeypatch, amx):
+    """PyTorch's CPU flash attention is slower in bf16 than in fp32 on short rows, so under CPU autocast their
+    attention computes in fp32 (the very fp32 function on the upcast inputs); without autocast it is transformers'
+    function as is."""
+    with_amx(monkeypatch, amx)
     module, q, k, v, mask = attention_inputs()
     with torch.autocast("cpu", dtype=BF16):
-        output, _ = sdpa_in_fp32_under_cpu_autocast(module, q, k, v, mask)
+        output, _ = sdpa_for_cpu_autocast(module, q, k, v, mask)
         in_bf16, _ = sdpa_attention_forward(module, q, k, v, mask)
     assert output.dtype == torch.float32 and in_bf16.dtype == BF16
     assert torch.equal(output, sdpa_attention_forward(module, q.float(), k.float(), v.float(), mask)[0])
-    plain, _ = sdpa_in_fp32_under_cpu_autocast(module, q, k, v, mask)
+    plain, _ = sdpa_for_cpu_autocast(module, q, k, v, mask)
     assert plain.dtype == BF16 and torch.equal(plain, sdpa_attention_forward(module, q, k, v, mask)[0])
     additive = torch.zeros(mask.shape, dtype=BF16).masked_fill(~mask, float("-inf"))  # an eager-style mask
     with torch.autocast("cpu", dtype=BF16):
-        assert torch.equal(sdpa_in_fp32_under_cpu_autocast(module, q, k, v, additive)[0], output)
+        assert torch.equal(sdpa_for_cpu_autocast(module, q, k, v, additive)[0], output)
+
+
+@pytest.mark.parametrize("amx, in_fp32", [(True, False), (False, True)])
+def test_rows_from_192_tokens_attend_in_bf16_under_cpu_autocast_where_the_cpu_has_amx(monkeypatch, amx, in_fp32):
+    """From BF16_ATTENTION_FROM tokens a row, the kernel runs faster in bf16 on a CPU with AMX: there the attention is
+    transformers' own under autocast; without AMX it stays in fp32 (bf16 not measured faster there)."""
+    with_amx(monkeypatch, amx)
+    assert precision.attention_in_fp32(precision.BF16_ATTENTION_FROM - 1, amx=True)
+    module, q, k, v, mask = attention_inputs(precision.BF16_ATTENTION_FROM)
+    with torch.autocast("cpu", dtype=BF16):
+        output, _ = sdpa_for_cpu_autocast(module, q, k, v, mask)
+    expected = sdpa_attention_forward(module, *((q.float(), k.float(), v.float()) if in_fp32 else (q, k, v)), mask)
+    assert output.dtype == (torch.float32 if in_fp32 else BF16)
+    assert torch.equal(output, expected[0])
 
 
 class WeightCasts(TorchDispatchMode):
@@ -120,7 +142,7 @@ def test_a_bf16_step_casts_each_weight_once_and_computes_attention_in_fp32(
     monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", sdpa_attention_forward)  # restored after the test
     overrides = ("train.per_device_batch_size=1", "train.gradient_accumulation_steps=2", "train.max_steps=1")
     state = trainer.setup(recipe_for(tmp_path, tiny_llama, pairs_file, *overrides, "train.mixed_precision=bf16"))
-    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_in_fp32_under_cpu_autocast
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa_for_cpu_autocast
     assert state.optimizer.defaults["fused"] is True
     weight = state.model.model.layers[0].self_attn.q_proj.weight
     with WeightCasts(weight) as casts:
