@@ -15,10 +15,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from wpo.training import auto_precision, precision, trainer
+from wpo.training import auto_precision, cpu_attention, precision, trainer
 from wpo.training.chunked_loss import chunked_sequence_statistics
+from wpo.training.cpu_attention import sdpa_for_cpu_autocast
 from wpo.training.loss import IGNORE_INDEX, sequence_statistics, soft_cap
-from wpo.training.precision import sdpa_for_cpu_autocast
 
 BF16 = torch.bfloat16
 
@@ -109,13 +109,26 @@ def test_rows_from_192_tokens_attend_in_bf16_under_cpu_autocast_where_the_cpu_ha
     """From BF16_ATTENTION_FROM tokens a row, the kernel runs faster in bf16 on a CPU with AMX: there the attention is
     transformers' own under autocast; without AMX it stays in fp32 (bf16 not measured faster there)."""
     with_amx(monkeypatch, amx)
-    assert precision.attention_in_fp32(precision.BF16_ATTENTION_FROM - 1, amx=True)
-    module, q, k, v, mask = attention_inputs(precision.BF16_ATTENTION_FROM)
+    assert cpu_attention.attention_in_fp32(cpu_attention.BF16_ATTENTION_FROM - 1, amx=True)
+    module, q, k, v, mask = attention_inputs(cpu_attention.BF16_ATTENTION_FROM)
     with torch.autocast("cpu", dtype=BF16):
         output, _ = sdpa_for_cpu_autocast(module, q, k, v, mask)
     expected = sdpa_attention_forward(module, *((q.float(), k.float(), v.float()) if in_fp32 else (q, k, v)), mask)
     assert output.dtype == (torch.float32 if in_fp32 else BF16)
     assert torch.equal(output, expected[0])
+
+
+def test_the_reference_cache_key_records_how_attention_computes(monkeypatch):
+    """A reference pass cached under one attention is not read under another: their log-probs differ in their last
+    bits (`ReferencePass.attention`)."""
+    with_amx(monkeypatch, True)
+    with_units = cpu_attention.how_attention_computes("bf16", "cpu")
+    with_amx(monkeypatch, False)
+    without = cpu_attention.how_attention_computes("bf16", "cpu")
+    assert with_units == "fp32 below 192 tokens a row, bf16 from there"
+    assert without == "fp32"
+    assert cpu_attention.how_attention_computes("no", "cpu") == "the model's own"
+    assert cpu_attention.how_attention_computes("bf16", "cuda") == "the model's own"
 
 
 class WeightCasts(TorchDispatchMode):

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
 from wpo.distributed import check_launch, state_options
-from wpo.training import auto_precision, zero
+from wpo.training import auto_precision, cpu_attention, zero
 
 log = logging.getLogger(__name__)
 
@@ -94,41 +94,6 @@ def compute_precision(wanted: str, on_cpu: bool) -> str:
     return "bf16"
 
 
-# the row length from which PyTorch's CPU flash attention runs faster in bf16 than in fp32 on a CPU with AMX (SmolLM2's
-# 4 x 9 heads, forward + backward, 2 threads: 158 tokens 9.8 against 6.0 ms, 192 even, 384 18.5 against 26.5, 768 63
-# against 91); below it the kernel's small bf16 blocks lose to fp32
-BF16_ATTENTION_FROM = 192
-
-
-def attention_in_fp32(query_length: int, amx: bool) -> bool:
-    """Under CPU autocast, whether attention over rows of `query_length` tokens computes in fp32 rather than bf16:
-    below BF16_ATTENTION_FROM, and at every length on a CPU without AMX, where bf16 attention was not measured faster."""
-    return not amx or query_length < BF16_ATTENTION_FROM
-
-
-def sdpa_for_cpu_autocast(module, query, key, value, attention_mask, **kwargs):
-    """transformers' SDPA attention, computed in fp32 under CPU autocast where bf16 would be slower
-    (`attention_in_fp32`): where every linear layer runs ~9x faster in bf16, PyTorch's CPU flash attention runs short
-    rows about 1.6x slower. Elsewhere (long rows with AMX, no autocast, a GPU) it is transformers' function
-    unchanged."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    cpu_autocast = query.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-    if not cpu_autocast or not attention_in_fp32(query.shape[-2], auto_precision.this_machine().amx):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if attention_mask is not None and attention_mask.is_floating_point():  # an additive mask, in the inputs' dtype
-        attention_mask = attention_mask.float()
-    with torch.autocast("cpu", enabled=False):
-        return sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
-
-
-def use_cpu_autocast_attention() -> None:
-    """Route the "sdpa" attention of every model in this process through `sdpa_for_cpu_autocast`."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    ALL_ATTENTION_FUNCTIONS["sdpa"] = sdpa_for_cpu_autocast
-
-
 def make_accelerator(mixed_precision: str) -> Accelerator:
     """accelerate's Accelerator, on CPU (gloo) when the machine has no accelerator device (`wpo.distributed`), in the
     precision `mixed_precision` (`train.mixed_precision`) asks for. accelerate keeps one process-wide state and
@@ -149,7 +114,7 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     )
     check_launch(accelerator.num_processes)
     if accelerator.mixed_precision == "bf16" and accelerator.device.type == "cpu":
-        use_cpu_autocast_attention()
+        cpu_attention.use_cpu_autocast_attention()
     if zero.is_deepspeed(accelerator):
         zero.load_models_whole()
     log.info(

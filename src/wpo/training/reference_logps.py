@@ -71,6 +71,7 @@ class ReferencePass:
     prompt_sharing: str  # shared-prompt rows round differently from padded ones
     loss_chunk_size: int  # chunks of the output layer, or full logits (0)
     output_layer: str  # the output layer's products: "fp32", or autocast's dtype (so since wpo's bf16 rework, #40)
+    attention: str  # how attention computes (cpu_attention.how_attention_computes)
     batch_size: int  # which pairs are padded together
     processes: int  # each process computes every n-th pair
 

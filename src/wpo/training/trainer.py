@@ -41,7 +41,7 @@ from wpo.layout import stage_output
 from wpo.manifest import Counts, move_aside, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from wpo.stage_run import StageRun, resolved
-from wpo.training import checkpoint, reference_logps
+from wpo.training import checkpoint, cpu_attention, reference_logps
 from wpo.training.forward import pair_statistics, prompt_sharing, require_finite
 from wpo.training.launchers import Launcher, make_launcher
 from wpo.training.loss import REFERENCE_FREE_LOSSES, PreferenceLoss, SequenceStatistics, preference_loss, wpo_weight
@@ -661,6 +661,7 @@ def _reference_logps(
         prompt_sharing=sharing.mode,
         loss_chunk_size=cfg.loss_chunk_size,
         output_layer="bf16" if accelerator.mixed_precision == "bf16" else "fp32",
+        attention=cpu_attention.how_attention_computes(accelerator.mixed_precision, accelerator.device.type),
         batch_size=cfg.per_device_batch_size,
         processes=accelerator.num_processes,
     )
