@@ -105,7 +105,7 @@ def test_short_rows_attend_in_fp32_under_cpu_autocast_and_it_is_transformers_own
 
 
 @pytest.mark.parametrize("amx, in_fp32", [(True, False), (False, True)])
-def test_rows_from_192_tokens_attend_in_bf16_under_cpu_autocast_where_the_cpu_has_amx(monkeypatch, amx, in_fp32):
+def test_long_rows_attend_in_bf16_under_cpu_autocast_where_the_cpu_has_amx(monkeypatch, amx, in_fp32):
     """From BF16_ATTENTION_FROM tokens a row, the kernel runs faster in bf16 on a CPU with AMX: there the attention is
     transformers' own under autocast; without AMX it stays in fp32 (bf16 not measured faster there)."""
     with_amx(monkeypatch, amx)
@@ -125,7 +125,7 @@ def test_the_reference_cache_key_records_how_attention_computes(monkeypatch):
     with_units = cpu_attention.how_attention_computes("bf16", "cpu")
     with_amx(monkeypatch, False)
     without = cpu_attention.how_attention_computes("bf16", "cpu")
-    assert with_units == "fp32 below 192 tokens a row, bf16 from there"
+    assert with_units == "fp32 below 256 tokens a row, bf16 from there"
     assert without == "fp32"
     assert cpu_attention.how_attention_computes("no", "cpu") == "the model's own"
     assert cpu_attention.how_attention_computes("bf16", "cuda") == "the model's own"

@@ -11,10 +11,10 @@ import torch
 
 from wpo.training import auto_precision
 
-# the row length from which PyTorch's CPU flash attention runs faster in bf16 than in fp32 on a CPU with AMX (SmolLM2's
-# 4 x 9 heads, forward + backward, 2 threads: 158 tokens 9.8 against 6.0 ms, 192 even, 384 18.5 against 26.5, 768 63
-# against 91); below it the kernel's small bf16 blocks lose to fp32
-BF16_ATTENTION_FROM = 192
+# the row length from which PyTorch's CPU flash attention runs at least as fast in bf16 as in fp32 on a CPU with AMX
+# (benchmarks/cpu_attention.py: SmolLM2's heads, 4 rows, forward + backward, 2 threads, bf16/fp32 with a shared-prompt
+# mask: 158 tokens 1.75, 192 1.45, 224 1.01, 256 0.98, 384 0.84, 768 0.68); below it the small bf16 blocks lose
+BF16_ATTENTION_FROM = 256
 
 
 def attention_in_fp32(query_length: int, amx: bool) -> bool:
