@@ -15,7 +15,7 @@ chunked loss projects; attention's scores and mix). The bf16 variants need a CPU
 AMX); without them they are skipped unless `--bf16-anywhere`.
 
 Run: python benchmarks/quickstart_train.py --pairs runs/quickstart/pair/pairs.jsonl [--steps 12] [--profile DIR]
-     [--variant NAME=KEY=V,KEY=V] [--only NAME ...]
+     [--variant NAME=KEY=V,KEY=V] [--only NAME ...] [--model DIR]
      (the pairs: `wpo run recipes/quickstart.yaml stages=[sample,score,pair]`; ~2 min on a 2-core Xeon with AMX)
 """
 
@@ -122,6 +122,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="run only these variants (fp32 is the baseline of every ratio)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="each variant's op profile, steps 2 on")
     parser.add_argument("--bf16-anywhere", action="store_true", help="run bf16 without the units too (slowly)")
+    parser.add_argument(
+        "--model",
+        help="another model in place of the quickstart's (a local directory): where the embedded SmolLM2 cannot be "
+        "installed, a copy of its config with random weights times the same shapes",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--settings", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -140,6 +145,8 @@ def main() -> None:
     for text in args.variant:
         name, _, overrides = text.partition("=")
         variants[name] = overrides.split(",") if overrides else []
+    if args.model:
+        variants = {name: [f"model.name_or_path={args.model}", *settings] for name, settings in variants.items()}
     if args.only:
         variants = {name: settings for name, settings in variants.items() if name in args.only or name == "fp32"}
     if args.profile:
