@@ -48,10 +48,18 @@ print(json.dumps({"done": done, "held_mmapped": held.hblkhd, "held_heap": held.a
 """
 
 
+def environment_without_malloc_settings() -> dict[str, str]:
+    """This environment less what would make `keep_freed_memory` leave malloc alone."""
+    return {key: value for key, value in os.environ.items() if key not in allocator.USER_SETTINGS}
+
+
 def probe(mode: str) -> dict:
-    environment = {key: value for key, value in os.environ.items() if key not in allocator.USER_SETTINGS}
     completed = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, env=environment, check=True
+        [sys.executable, "-c", PROBE, mode],
+        capture_output=True,
+        text=True,
+        env=environment_without_malloc_settings(),
+        check=True,
     )
     return json.loads(completed.stdout)
 
@@ -94,12 +102,11 @@ def test_another_c_library_is_left_alone(monkeypatch):
 
 
 def test_the_command_sets_malloc_up_before_it_runs_anything():
-    environment = {key: value for key, value in os.environ.items() if key not in allocator.USER_SETTINGS}
     completed = subprocess.run(
         [sys.executable, "-m", "wpo", "--help"],
         capture_output=True,
         text=True,
-        env={**environment, "WPO_LOG_LEVEL": "DEBUG"},
+        env={**environment_without_malloc_settings(), "WPO_LOG_LEVEL": "DEBUG"},
         check=True,
     )
     assert "wpo.cli: malloc serves blocks from its heap and keeps up to 1 GiB of it free" in completed.stderr
