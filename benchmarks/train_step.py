@@ -18,6 +18,8 @@ activations not), and the process's peak over its whole life. Variants:
                   `--bf16-anywhere`, slowly)
 - `chunked-bf16-keep`: `chunked-bf16` with `train.bf16_ties: keep` (tie weights as loaded: the embedded
                   model's weights on bf16 ties move the forward further than the update, benchmarks/bf16_update.py)
+- `chunked-compiled`, `chunked-bf16-compiled`: `chunked` and `chunked-bf16` with `train.compile: true` (each
+                  decoder layer compiled by torch.compile; the untimed first step compiles)
 - `in-backward`:  `chunked` with `train.optimizer_in_backward: true` (and no clipping): each gradient freed once used
 - `adamw-8bit`:   `chunked` with `train.optimizer: adamw_8bit` (bitsandbytes' AdamW8bit: moments in 8 bits)
 - `lean`:         both memory options; `lean-bf16` the same under bf16
@@ -73,6 +75,8 @@ VARIANTS = (
     "shared",
     "chunked-bf16",
     "chunked-bf16-keep",
+    "chunked-compiled",
+    "chunked-bf16-compiled",
     "full-logits",
     "in-backward",
     "adamw-8bit",
@@ -82,7 +86,7 @@ VARIANTS = (
     "trl-bf16",
     "trl-defaults",
 )
-BF16_VARIANTS = ("chunked-bf16", "chunked-bf16-keep", "lean-bf16", "trl-bf16")
+BF16_VARIANTS = ("chunked-bf16", "chunked-bf16-keep", "chunked-bf16-compiled", "lean-bf16", "trl-bf16")
 IN_BACKWARD = ("train.optimizer_in_backward=true", "train.max_grad_norm=null")
 EXTRA_SETTINGS = {  # the recipe keys each variant adds to the trainer's defaults
     "padded": ["train.share_prompts=never"],
@@ -90,6 +94,8 @@ EXTRA_SETTINGS = {  # the recipe keys each variant adds to the trainer's default
     "full-logits": ["train.loss_chunk_size=0"],
     "chunked-bf16": ["train.mixed_precision=bf16"],
     "chunked-bf16-keep": ["train.mixed_precision=bf16", "train.bf16_ties=keep"],
+    "chunked-compiled": ["train.compile=true"],
+    "chunked-bf16-compiled": ["train.mixed_precision=bf16", "train.compile=true"],
     "in-backward": [*IN_BACKWARD],
     "adamw-8bit": ["train.optimizer=adamw_8bit"],
     "lean": [*IN_BACKWARD, "train.optimizer=adamw_8bit"],
@@ -139,7 +145,7 @@ def wpo_child(
 
     from wpo.config import load_recipe
     from wpo.models import load_causal_lm, load_tokenizer, resolve_model_path
-    from wpo.training import precision, trainer
+    from wpo.training import layer_compile, precision, trainer
     from wpo.training.forward import prompt_sharing
     from wpo.training.reference_logps import ReferenceLogps, compute_reference_logps
     from wpo.training.tokenize import TokenizedPair, TokenizedPairs
@@ -179,6 +185,8 @@ def wpo_child(
             model, tokenized, pairs, tokenizer.pad_token_id, accelerator.device, loss_chunk_size=chunk, sharing=sharing
         )
     references = ReferenceLogps(chosen, rejected, None, False)  # policy = reference: step-1 loss is ln 2 x weight
+    if recipe.train.compile:  # as the trainer's setup does: after the reference pass; the untimed first step compiles
+        layer_compile.compile_decoder_layers(model, accelerator.distributed_type)
     state = bare_train_state(model, recipe, accelerator, tokenized, references, tokenizer.pad_token_id, sharing)
     setup_peak = peak_memory.peak_mib()
     start = peak_memory.reset_peak()
@@ -503,6 +511,7 @@ def main() -> None:
         for bf16, fp32 in (
             ("chunked-bf16", "chunked"),
             ("chunked-bf16-keep", "chunked"),
+            ("chunked-bf16-compiled", "chunked"),
             ("lean-bf16", "lean"),
             ("trl-bf16", "trl"),
         ):

@@ -328,6 +328,10 @@ class TrainConfig(Section):
     """adamw (torch), or adamw_8bit: moments in 8 bits (bitsandbytes, pip install 'wpo[lowbit]'), 4x less state."""
     optimizer_in_backward: bool = False
     """Step each parameter as soon as backward has its gradient and free it; needs max_grad_norm: null."""
+    # inductor fuses the elementwise work between the matmuls (wpo.training.layer_compile): the steps run faster once
+    # compiled, the first ones pay the compile; only float rounding changes, so, like loss_chunk_size, not hashed
+    compile: bool = unhashed(False)
+    """Compile each decoder layer with torch.compile: faster steps after a compile of tens of seconds; for long runs."""
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -33,13 +33,18 @@ def how_attention_computes(mixed_precision: str, device_type: str) -> str:
     return "fp32"
 
 
+@torch.compiler.assume_constant_result  # a compiled layer (train.compile) reads it once, not through the lru_cache
+def _has_amx() -> bool:
+    return auto_precision.this_machine().amx
+
+
 def sdpa_for_cpu_autocast(module, query, key, value, attention_mask, **kwargs):
     """transformers' SDPA attention, computed in fp32 under CPU autocast where bf16 would be slower
     (`attention_in_fp32`); elsewhere (long rows with AMX, no autocast, a GPU) transformers' function unchanged."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     cpu_autocast = query.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-    if not cpu_autocast or not attention_in_fp32(query.shape[2], auto_precision.this_machine().amx):
+    if not cpu_autocast or not attention_in_fp32(query.shape[2], _has_amx()):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if attention_mask is not None and attention_mask.is_floating_point():  # an additive mask, in the inputs' dtype
         attention_mask = attention_mask.float()

@@ -72,6 +72,7 @@ class ReferencePass:
     loss_chunk_size: int  # chunks of the output layer, or full logits (0)
     output_layer: str  # the output layer's products: "fp32", or autocast's dtype (so since wpo's bf16 rework, #40)
     attention: str  # how attention computes (cpu_attention.how_attention_computes)
+    compiled: bool  # the policy's decoder layers compiled (train.compile): inductor's fused ops round otherwise
     batch_size: int  # which pairs are padded together
     processes: int  # each process computes every n-th pair
 

@@ -41,7 +41,7 @@ from wpo.layout import stage_output
 from wpo.manifest import Counts, move_aside, write_manifest
 from wpo.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_path
 from wpo.stage_run import StageRun, resolved
-from wpo.training import checkpoint, cpu_attention, reference_logps
+from wpo.training import checkpoint, cpu_attention, layer_compile, reference_logps
 from wpo.training.forward import pair_statistics, prompt_sharing, require_finite
 from wpo.training.launchers import Launcher, make_launcher
 from wpo.training.loss import REFERENCE_FREE_LOSSES, PreferenceLoss, SequenceStatistics, preference_loss, wpo_weight
@@ -249,6 +249,8 @@ def setup(target: StageRun | Recipe) -> TrainState:
     model = load_causal_lm(plan.policy_weights, plan.model)
     model.to(accelerator.device)
     sharing = prompt_sharing(model, cfg.share_prompts, cfg.max_length)
+    if cfg.compile:  # before the reference pass: compiled layers round otherwise, and step 1 must see z = 0
+        log.info(layer_compile.compile_decoder_layers(model, accelerator.distributed_type))
     references = _reference_logps(plan, cfg, model, tokens, tokenizer.pad_token_id, accelerator, sharing)
     model = _make_trainable(model, cfg, plan.model.lora, plan.resume_point)
     model, optimizer, scheduler, launcher = optimization(
@@ -662,6 +664,7 @@ def _reference_logps(
         loss_chunk_size=cfg.loss_chunk_size,
         output_layer="bf16" if accelerator.mixed_precision == "bf16" else "fp32",
         attention=cpu_attention.how_attention_computes(accelerator.mixed_precision, accelerator.device.type),
+        compiled=cfg.compile and plan.policy_is_reference,
         batch_size=cfg.per_device_batch_size,
         processes=accelerator.num_processes,
     )
