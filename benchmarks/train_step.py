@@ -180,13 +180,13 @@ def wpo_child(
     chunk = recipe.train.loss_chunk_size
     sharing = prompt_sharing(model, recipe.train.share_prompts, recipe.train.max_length)
     share = sharing.applies_to(tokenized.pairs)  # the pairs all have the same lengths
+    if recipe.train.compile:  # as the trainer's setup does: before the reference pass; the untimed first step compiles
+        layer_compile.compile_decoder_layers(model, accelerator.distributed_type)
     with accelerator.autocast():  # the reference in the policy's compute precision, as the trainer does
         chosen, rejected = compute_reference_logps(
             model, tokenized, pairs, tokenizer.pad_token_id, accelerator.device, loss_chunk_size=chunk, sharing=sharing
         )
     references = ReferenceLogps(chosen, rejected, None, False)  # policy = reference: step-1 loss is ln 2 x weight
-    if recipe.train.compile:  # as the trainer's setup does: after the reference pass; the untimed first step compiles
-        layer_compile.compile_decoder_layers(model, accelerator.distributed_type)
     state = bare_train_state(model, recipe, accelerator, tokenized, references, tokenizer.pad_token_id, sharing)
     setup_peak = peak_memory.peak_mib()
     start = peak_memory.reset_peak()
