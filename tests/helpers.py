@@ -26,6 +26,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Multi-process runs (torchrun, accelerate launch): one thread per process, and the INFO lines the tests read.
 DISTRIBUTED_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WPO_LOG_LEVEL": "INFO"}
 
+# what `train.compile` logs for a tiny llama's two layers
+COMPILED_LOG_LINE = (
+    "train.compile: 2 decoder layers (LlamaDecoderLayer) compiled by torch.compile (inductor): "
+    "the first batches wait for the compile"
+)
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
+    COMPILED_LOG_LINE,
     DISTRIBUTED_ENV,
     PAIRS,
     SMOOTH_ADAM,
@@ -140,6 +141,48 @@ def test_two_processes_under_auto_precision_train_what_one_process_trains(tmp_pa
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3), (a["loss"], b["loss"])
     one_weights, two_weights = (load_file(runs[n] / "train" / "final" / "model.safetensors") for n in (1, 2))
     assert_trained_alike(two_weights, one_weights, load_file(tiny_llama / "model.safetensors"), rel=3e-2)
+
+
+@pytest.mark.slow  # launches processes and compiles
+def test_two_processes_with_compiled_layers_train_what_one_eager_process_trains(tmp_path, tiny_llama):
+    """`train.compile` under plain data parallel: each process compiles its own layers in place, the gradients are
+    reduced as without it, and the run follows one eager process to the fused ops' rounding."""
+    pairs = write_lines(tmp_path / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
+    recipe = train_recipe(
+        tmp_path / "train.yaml",
+        tiny_llama,
+        pairs,
+        seed=4,
+        stages=None,
+        max_steps=3,
+        lr_scheduler="constant",
+        warmup_ratio=0,
+        max_length=64,
+        max_prompt_length=32,
+        logging_steps=1,
+        save_steps=0,
+    )
+    runs = {}
+    for processes, batch, compiled in ((1, 2, "false"), (2, 1, "true")):
+        runs[processes] = tmp_path / f"p{processes}"
+        launched = assert_ok(
+            run_wpo(
+                "train",
+                recipe,
+                f"output_dir={runs[processes]}",
+                f"train.per_device_batch_size={batch}",
+                f"train.compile={compiled}",
+                *SMOOTH_ADAM,
+                processes=processes,
+                env=DISTRIBUTED_ENV,
+            )
+        )
+    assert COMPILED_LOG_LINE in launched.stderr
+    one, two = (read_metrics(runs[n] / "train" / "metrics.jsonl") for n in (1, 2))
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a["loss"], b["loss"])
+    one_weights, two_weights = (load_file(runs[n] / "train" / "final" / "model.safetensors") for n in (1, 2))
+    assert_trained_alike(two_weights, one_weights, load_file(tiny_llama / "model.safetensors"), rel=1e-3)
 
 
 @pytest.mark.slow  # launches processes

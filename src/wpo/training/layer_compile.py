@@ -44,4 +44,7 @@ def compile_decoder_layers(model: torch.nn.Module, distributed_type: Distributed
     for layer in layers:
         layer.compile(dynamic=True)
     kinds = sorted({type(layer).__name__ for layer in layers})
-    return f"train.compile: {len(layers)} decoder layers ({', '.join(kinds)}) compiled by torch.compile (inductor)"
+    return (
+        f"train.compile: {len(layers)} decoder layers ({', '.join(kinds)}) compiled by torch.compile (inductor): "
+        "the first batches wait for the compile"
+    )
