@@ -94,6 +94,51 @@ def test_two_processes_train_what_one_process_trains(tmp_path, tiny_llama):
     assert_trained_alike(two_weights, one_weights, load_file(tiny_llama / "model.safetensors"))
 
 
+def one_and_two_processes(tmp_path: Path, model: Path, two_processes_also: tuple[str, ...] = (), **train) -> dict:
+    """A 3-step training as one process with two pairs a micro-batch (in tmp_path/p1) and as two with one each
+    (tmp_path/p2, with `two_processes_also` overrides): each launch's completed process, by process count."""
+    pairs = write_lines(tmp_path / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
+    recipe = train_recipe(
+        tmp_path / "train.yaml",
+        model,
+        pairs,
+        seed=4,
+        stages=None,
+        max_steps=3,
+        lr_scheduler="constant",
+        warmup_ratio=0,
+        max_length=64,
+        max_prompt_length=32,
+        logging_steps=1,
+        save_steps=0,
+        **train,
+    )
+    launched = {}
+    for processes, batch in ((1, 2), (2, 1)):
+        launched[processes] = assert_ok(
+            run_wpo(
+                "train",
+                recipe,
+                f"output_dir={tmp_path / f'p{processes}'}",
+                f"train.per_device_batch_size={batch}",
+                *(two_processes_also if processes == 2 else ()),
+                *SMOOTH_ADAM,
+                processes=processes,
+                env=DISTRIBUTED_ENV,
+            )
+        )
+    return launched
+
+
+def assert_two_follow_one(tmp_path: Path, initial: Path, loss_rel: float, weight_rel: float) -> None:
+    """The two-process run of `one_and_two_processes` logs the one-process run's losses and trains its weights."""
+    one, two = (read_metrics(tmp_path / f"p{n}" / "train" / "metrics.jsonl") for n in (1, 2))
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=loss_rel), (a["loss"], b["loss"])
+    one_weights, two_weights = (load_file(tmp_path / f"p{n}" / "train" / "final" / "model.safetensors") for n in (1, 2))
+    assert_trained_alike(two_weights, one_weights, load_file(initial / "model.safetensors"), rel=weight_rel)
+
+
 @pytest.mark.slow  # launches processes
 def test_two_processes_under_auto_precision_train_what_one_process_trains(tmp_path, tiny_llama):
     """`train.mixed_precision: auto` as this machine resolves it (bf16 on a CPU with AMX or AVX512-BF16, fp32
@@ -102,87 +147,21 @@ def test_two_processes_under_auto_precision_train_what_one_process_trains(tmp_pa
     losses agreed to 1e-4 and the weights to 1% of their update; the bounds leave room for other CPUs)."""
     from wpo.training.auto_precision import auto_mixed_precision, this_machine
 
-    pairs = write_lines(tmp_path / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
-    recipe = train_recipe(
-        tmp_path / "train.yaml",
-        tiny_llama,
-        pairs,
-        seed=4,
-        stages=None,
-        max_steps=3,
-        lr_scheduler="constant",
-        warmup_ratio=0,
-        max_length=64,
-        max_prompt_length=32,
-        logging_steps=1,
-        save_steps=0,
-        loss_chunk_size=8,
-        mixed_precision="auto",
-    )
-    runs = {}
-    for processes, batch in ((1, 2), (2, 1)):
-        runs[processes] = tmp_path / f"p{processes}"
-        launched = assert_ok(
-            run_wpo(
-                "train",
-                recipe,
-                f"output_dir={runs[processes]}",
-                f"train.per_device_batch_size={batch}",
-                *SMOOTH_ADAM,
-                processes=processes,
-                env=DISTRIBUTED_ENV,
-            )
-        )
-        resolved, reason = auto_mixed_precision(this_machine())
-        assert f"train.mixed_precision: auto -> {resolved} ({reason})" in launched.stderr
-        assert f"mixed precision: {resolved}" in launched.stderr
-    one, two = (read_metrics(runs[n] / "train" / "metrics.jsonl") for n in (1, 2))
-    for a, b in zip(one, two, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3), (a["loss"], b["loss"])
-    one_weights, two_weights = (load_file(runs[n] / "train" / "final" / "model.safetensors") for n in (1, 2))
-    assert_trained_alike(two_weights, one_weights, load_file(tiny_llama / "model.safetensors"), rel=3e-2)
+    launched = one_and_two_processes(tmp_path, tiny_llama, loss_chunk_size=8, mixed_precision="auto")
+    resolved, reason = auto_mixed_precision(this_machine())
+    for run in launched.values():
+        assert f"train.mixed_precision: auto -> {resolved} ({reason})" in run.stderr
+        assert f"mixed precision: {resolved}" in run.stderr
+    assert_two_follow_one(tmp_path, tiny_llama, loss_rel=1e-3, weight_rel=3e-2)
 
 
 @pytest.mark.slow  # launches processes and compiles
 def test_two_processes_with_compiled_layers_train_what_one_eager_process_trains(tmp_path, tiny_llama):
     """`train.compile` under plain data parallel: each process compiles its own layers in place, the gradients are
     reduced as without it, and the run follows one eager process to the fused ops' rounding."""
-    pairs = write_lines(tmp_path / "pairs.jsonl", [pair_record(*pair) for pair in PAIRS])
-    recipe = train_recipe(
-        tmp_path / "train.yaml",
-        tiny_llama,
-        pairs,
-        seed=4,
-        stages=None,
-        max_steps=3,
-        lr_scheduler="constant",
-        warmup_ratio=0,
-        max_length=64,
-        max_prompt_length=32,
-        logging_steps=1,
-        save_steps=0,
-    )
-    runs = {}
-    for processes, batch, compiled in ((1, 2, "false"), (2, 1, "true")):
-        runs[processes] = tmp_path / f"p{processes}"
-        launched = assert_ok(
-            run_wpo(
-                "train",
-                recipe,
-                f"output_dir={runs[processes]}",
-                f"train.per_device_batch_size={batch}",
-                f"train.compile={compiled}",
-                *SMOOTH_ADAM,
-                processes=processes,
-                env=DISTRIBUTED_ENV,
-            )
-        )
-    assert COMPILED_LOG_LINE in launched.stderr
-    one, two = (read_metrics(runs[n] / "train" / "metrics.jsonl") for n in (1, 2))
-    for a, b in zip(one, two, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a["loss"], b["loss"])
-    one_weights, two_weights = (load_file(runs[n] / "train" / "final" / "model.safetensors") for n in (1, 2))
-    assert_trained_alike(two_weights, one_weights, load_file(tiny_llama / "model.safetensors"), rel=1e-3)
+    launched = one_and_two_processes(tmp_path, tiny_llama, two_processes_also=("train.compile=true",))
+    assert COMPILED_LOG_LINE in launched[2].stderr and COMPILED_LOG_LINE not in launched[1].stderr
+    assert_two_follow_one(tmp_path, tiny_llama, loss_rel=1e-4, weight_rel=1e-3)
 
 
 @pytest.mark.slow  # launches processes
