@@ -9,7 +9,7 @@ from helpers import COMPILED_LOG_LINE, SMOOTH_ADAM, assert_trained_alike, recipe
 from safetensors.torch import load_file
 
 from wpo.errors import ConfigError
-from wpo.training import layer_compile, trainer
+from wpo.training import layer_compile, reference_logps, trainer
 from wpo.training.metrics import read_metrics
 
 
@@ -24,7 +24,10 @@ def test_the_decoder_layers_are_found_through_a_lora_wrapper(tiny_llama):
 
 
 def test_a_model_without_named_layers_is_refused_naming_the_key():
-    with pytest.raises(ConfigError, match=r"Sequential names no decoder layer class .* for train.compile"):
+    with pytest.raises(
+        ConfigError,
+        match=r"Sequential names no decoder layer class .* for train.compile to compile: set train.compile: false",
+    ):
         layer_compile.decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
@@ -48,11 +51,22 @@ def dynamo_counters():
     torch._dynamo.reset()
 
 
-@pytest.mark.slow  # compiles a tiny model's layer, forward and backward (~1 min on 2 cores)
+@pytest.mark.slow  # compiles a tiny model's layers, forward and backward (~30 s on 2 cores, inductor's cache empty)
 @pytest.mark.parametrize("mode", ["full", "lora-checkpointed"])
-def test_compiled_layers_train_as_eager_ones(tmp_path, tiny_llama, pairs_file, caplog, dynamo_counters, mode):
-    """Same losses and weights (to float rounding), same files; every layer ran compiled, and one dynamic graph
-    served both layers at every length."""
+def test_compiled_layers_train_as_eager_ones(
+    tmp_path, tiny_llama, pairs_file, caplog, dynamo_counters, monkeypatch, mode
+):
+    """Same losses and weights (to float rounding), same files; the reference pass ran on the compiled layers (so
+    step 1 sees z = 0) and its cache says so; a handful of graphs served both layers at every length."""
+    reference_passes = []
+    real_pass = reference_logps.compute_reference_logps
+
+    def recording(model, *args, **kwargs):
+        compiled = [layer._compiled_call_impl is not None for layer in layer_compile.decoder_layers(model)]
+        reference_passes.append(all(compiled))
+        return real_pass(model, *args, **kwargs)
+
+    monkeypatch.setattr(reference_logps, "compute_reference_logps", recording)
     settings = ["train.max_steps=3", "train.warmup_ratio=0.0", *SMOOTH_ADAM]
     if mode == "lora-checkpointed":
         settings += ["model.lora={r: 4, alpha: 8, dropout: 0.0}", "train.gradient_checkpointing=true"]
@@ -62,6 +76,11 @@ def test_compiled_layers_train_as_eager_ones(tmp_path, tiny_llama, pairs_file, c
         compiled = trainer.train(
             recipe_for(tmp_path, tiny_llama, pairs_file, *settings, "train.compile=true", run="compiled")
         )
+    assert reference_passes == [False, True]
+    caches = [
+        {p.name for p in (tmp_path / run / "train" / "reference_cache").iterdir()} for run in ("eager", "compiled")
+    ]
+    assert caches[0] and caches[1] and caches[0] != caches[1]
     assert COMPILED_LOG_LINE in caplog.messages
     frames = dynamo_counters["frames"]
     assert frames["ok"] >= 1

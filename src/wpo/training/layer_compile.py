@@ -2,8 +2,9 @@
 
 A training step at the quickstart's shapes spends about half its time outside the matmuls: norms, rotary embeddings,
 the activation, the residual adds and, under bf16 autocast, the casts around every linear layer, each a separate pass
-over memory. Inductor fuses them. Every layer runs the same code, so one compiled graph serves them all; shapes are
-compiled dynamic from the start, as every micro-batch has its own length.
+over memory. Inductor fuses them. Every layer runs the same code, so what is compiled once serves them all (in three
+graphs: transformers' output-capturing hooks cut a layer at its attention and at its end); shapes are compiled dynamic
+from the start, as every micro-batch has its own length.
 
 Compiled in place (`Module.compile`), the layers keep their parameters and names: checkpoints, LoRA adapters and
 the saved model are the same files. Only the float rounding of the fused ops differs from eager.
@@ -26,14 +27,15 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     layers = [module for module in model.modules() if type(module).__name__ in block_names]
     if not layers:
         raise ConfigError(
-            f"{type(model).__name__} names no decoder layer class (_no_split_modules) for train.compile to compile"
+            f"{type(model).__name__} names no decoder layer class (_no_split_modules) for train.compile to compile: "
+            "set train.compile: false"
         )
     return layers
 
 
 def compile_decoder_layers(model: torch.nn.Module, distributed_type: DistributedType) -> str:
     """Compile every decoder layer in place, dynamic shapes from the first call; returns what was done, for the log.
-    The compile itself happens in the first steps. Not under DeepSpeed or FSDP, whose hooks gather each layer's
+    The compile itself happens at the first calls, in the reference pass and the first step. Not under DeepSpeed or FSDP, whose hooks gather each layer's
     sharded weights around its call."""
     if distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ConfigError(
