@@ -6,7 +6,9 @@ its schedule) in a fresh subprocess, through the trainer's own `setup` and `trai
 save): `fp32` is `train.mixed_precision=no`, `bf16` is `train.mixed_precision=bf16`, and `--variant NAME=KEY=V,...`
 adds one with other settings (`--variant padded=train.mixed_precision=bf16,train.share_prompts=never`). Each child
 sets malloc up as the `wpo` command does (`wpo.allocator`); the setting `malloc=glibc` leaves glibc's default
-instead (`--variant fp32-glibc=train.mixed_precision=no,malloc=glibc`). Printed per variant: setup (model load and
+instead (`--variant fp32-glibc=train.mixed_precision=no,malloc=glibc`); `--variant
+bf16-compiled=train.mixed_precision=bf16,train.compile=true` times compiled decoder layers (the setup's reference
+pass and the first step include the compile). Printed per variant: setup (model load and
 reference pass) and step times, wall and CPU; minor page faults per step; peak RSS; each step's loss and its relative
 difference from fp32's; and the model FLOPs each step computed over its
 CPU time, against the per-core matmul peak measured in the same run in the variant's precision (the FLOPs: 6 per
