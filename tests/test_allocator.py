@@ -70,7 +70,7 @@ def test_a_freed_block_is_kept_and_its_pages_reused():
     assert default["held_mmapped"] >= size  # glibc's default: a block this size is its own mmap, unmapped when freed
 
     kept = probe("kept")
-    assert kept["done"] == "malloc serves blocks from its heap and keeps up to 1 GiB of it free"
+    assert kept["done"] == "malloc serves blocks from its heap and trims it only once 1 GiB lies free at its top"
     assert kept["held_mmapped"] < size and kept["held_heap"] >= size
     assert kept["freed_heap"] >= size  # not trimmed: the pages stay the process's
     assert kept["second_touch_faults"] < 100  # 64 MiB is 16384 pages; reused, they fault no more
@@ -93,7 +93,7 @@ def test_glibc_tunables_of_other_parts_do_not_count_as_malloc_settings(monkeypat
     monkeypatch.setattr(allocator.ctypes, "CDLL", lambda _: FakeLibc(applied))
     result = allocator.keep_freed_memory({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"})
     assert result.startswith("malloc serves blocks from its heap")
-    assert applied == [(allocator.M_MMAP_MAX, 0), (allocator.M_TRIM_THRESHOLD, allocator.KEEP_FREE_TOP)]
+    assert applied == [(allocator.M_MMAP_MAX, 0), (allocator.M_TRIM_THRESHOLD, allocator.TRIM_ONLY_PAST)]
 
 
 def test_another_c_library_is_left_alone(monkeypatch):
@@ -109,7 +109,10 @@ def test_the_command_sets_malloc_up_before_it_runs_anything():
         env={**environment_without_malloc_settings(), "WPO_LOG_LEVEL": "DEBUG"},
         check=True,
     )
-    assert "wpo.cli: malloc serves blocks from its heap and keeps up to 1 GiB of it free" in completed.stderr
+    assert (
+        "wpo.cli: malloc serves blocks from its heap and trims it only once 1 GiB lies free at its top"
+        in completed.stderr
+    )
 
 
 class FakeLibc:

@@ -28,7 +28,7 @@ def how_attention_computes(mixed_precision: str, device_type: str) -> str:
     last bits."""
     if mixed_precision != "bf16" or device_type != "cpu":
         return "the model's own"
-    if auto_precision.this_machine().amx:
+    if _has_amx():
         return f"fp32 below {BF16_ATTENTION_FROM} tokens a row, bf16 from there"
     return "fp32"
 

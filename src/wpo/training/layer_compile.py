@@ -35,8 +35,8 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def compile_decoder_layers(model: torch.nn.Module, distributed_type: DistributedType) -> str:
     """Compile every decoder layer in place, dynamic shapes from the first call; returns what was done, for the log.
-    The compile itself happens at the first calls, in the reference pass and the first step. Not under DeepSpeed or FSDP, whose hooks gather each layer's
-    sharded weights around its call."""
+    The compile itself happens at the first calls, in the reference pass and the first step. Not under DeepSpeed or
+    FSDP, whose hooks gather each layer's sharded weights around its call."""
     if distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ConfigError(
             f"train.compile is for one process or plain data parallel; this launch shards the weights "
