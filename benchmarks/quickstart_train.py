@@ -8,13 +8,12 @@ adds one with other settings (`--variant padded=train.mixed_precision=bf16,train
 sets malloc up as the `wpo` command does (`wpo.allocator`); the setting `malloc=glibc` leaves glibc's default
 instead (`--variant fp32-glibc=train.mixed_precision=no,malloc=glibc`); `--variant
 bf16-compiled=train.mixed_precision=bf16,train.compile=true` times compiled decoder layers (the setup's reference
-pass and the first step include the compile). Printed per variant: setup (model load and
-reference pass) and step times, wall and CPU; minor page faults per step; peak RSS; each step's loss and its relative
-difference from fp32's; and the model FLOPs each step computed over its
-CPU time, against the per-core matmul peak measured in the same run in the variant's precision (the FLOPs: 6 per
-body weight per token computed, a shared prompt once; 6 per output-layer weight per response token, which is all the
-chunked loss projects; attention's scores and mix). The bf16 variants need a CPU with bf16 units (AVX512-BF16 or
-AMX); without them they are skipped unless `--bf16-anywhere`.
+pass and the first step include the compile). Printed per variant: setup (model load and reference pass) and step
+times, wall and CPU; minor page faults per step; peak RSS; each step's loss and its relative difference from fp32's;
+and the model FLOPs each step computed over its CPU time, against the per-core matmul peak measured in the same run
+in the variant's precision (the FLOPs: 6 per body weight per token computed, a shared prompt once; 6 per output-layer
+weight per response token, which is all the chunked loss projects; attention's scores and mix). The bf16 variants
+need a CPU with bf16 units (AVX512-BF16 or AMX); without them they are skipped unless `--bf16-anywhere`.
 
 Run: python benchmarks/quickstart_train.py --pairs runs/quickstart/pair/pairs.jsonl [--steps 12] [--profile DIR]
      [--variant NAME=KEY=V,KEY=V] [--only NAME ...] [--model DIR]

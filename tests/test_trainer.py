@@ -375,8 +375,9 @@ def test_another_configs_checkpoints_are_moved_aside_and_training_starts_over(tm
 
 def test_what_only_trades_memory_or_speed_leaves_the_run_config_alone(tmp_path, tiny_llama, pairs_file):
     """Checkpoints are found by the run config's hash: a run that ran out of memory may resume with a smaller loss
-    chunk or another prompt layout, one may switch compiled layers (train.compile) on or off, and logging or saving more often changes nothing trained, while a setting of
-    the loss, the optimizer or the precision starts another run."""
+    chunk or another prompt layout, one may switch compiled layers (train.compile) on or off, and logging or saving
+    more often changes nothing trained, while a setting of the loss, the optimizer or the precision starts another
+    run."""
     base = trainer.run_config(recipe_for(tmp_path, tiny_llama, pairs_file))
     for same in (
         "train.loss_chunk_size=4",

@@ -5,8 +5,8 @@ and hands them back when freed, and it trims the heap's free top too. A training
 `[vocabulary, hidden]` buffers every micro-batch (the output layer's gradient and bf16 cast, the tied embedding's
 gradient: 56-113 MiB each for SmolLM2), so each is faulted in anew, page by page: about 95 000 minor page faults a
 step on the quickstart (bf16, 2-core Xeon). Raising the threshold to its 32 MiB ceiling changed nothing; serving
-every block from the heap and trimming it only once 1 GiB lies free at its top brought them to 8 000-30 000 (docs/performance.md, "The
-allocator").
+every block from the heap and trimming it only once 1 GiB lies free at its top brought them to 8 000-30 000
+(docs/performance.md, "The allocator").
 
 PyTorch's CPU guide gets the same from swapping in jemalloc or tcmalloc with LD_PRELOAD; glibc's own `mallopt` needs
 no other library and no relaunch. It changes where memory comes from, never a value computed.
@@ -31,8 +31,8 @@ USER_SETTINGS = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESH
 
 def keep_freed_memory(environ: dict[str, str] | None = None) -> str:
     """Serve this process's blocks from glibc's heap (no mmap per block; threads' heaps still map what exceeds their
-    64 MiB) and trim it only once TRIM_ONLY_PAST lies free at its top; returns what was done, for the log. Left alone where the C
-    library is not glibc or the environment tunes malloc or preloads a library."""
+    64 MiB) and trim it only once TRIM_ONLY_PAST lies free at its top; returns what was done, for the log. Left
+    alone where the C library is not glibc or the environment tunes malloc or preloads a library."""
     environ = os.environ if environ is None else environ
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return "malloc left as is (not glibc)"
